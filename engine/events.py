@@ -1,0 +1,190 @@
+"""The engine's one event stream.
+
+Every fact the engine learns becomes one immutable event. The same stream feeds the TUI, the
+headless console and the snapshot recorder, so what was shown and what was saved cannot disagree.
+Times are nanoseconds since the run started, on the monotonic clock (``time.perf_counter_ns``).
+Sizes are MiB (2**20 bytes) and say so in the field name.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+MIB = 1 << 20
+
+ErrorKind = Literal["input", "runtime", "oom", "cancelled"]
+RunStatus = Literal["complete", "incomplete", "failed"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted:
+    t_ns: int
+    run_id: str
+    started_utc: str
+    target: dict[str, Any]
+    workload: dict[str, Any]
+    sample_hz: float
+    kind: Literal["run_started"] = "run_started"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseStarted:
+    t_ns: int
+    phase_id: int
+    name: str
+    detail: str = ""
+    kind: Literal["phase_started"] = "phase_started"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PhaseEnded:
+    t_ns: int
+    phase_id: int
+    name: str
+    duration_ns: int
+    ok: bool = True
+    kind: Literal["phase_ended"] = "phase_ended"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchTimed:
+    """One forward batch inside an encode call: tokenisation plus the model's forward pass.
+
+    sentence-transformers sorts inputs by length inside ``encode()``, so batches of one call are not
+    identically distributed: the token counts travel with each time.
+    """
+
+    t_ns: int
+    phase_id: int
+    call_index: int
+    batch_index: int
+    items: int
+    tokens: int
+    padded_tokens: int
+    duration_ns: int
+    warmup: bool
+    kind: Literal["batch_timed"] = "batch_timed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodeTimed:
+    """One whole encode call, timed from the caller's side; warm-ups are recorded, never counted."""
+
+    t_ns: int
+    phase_id: int
+    call_index: int
+    label: str
+    items: int
+    tokens: int
+    words: int
+    duration_ns: int
+    warmup: bool
+    kind: Literal["encode_timed"] = "encode_timed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceSample:
+    t_ns: int
+    rss_mib: float
+    sys_ram_used_mib: float
+    sys_ram_available_mib: float
+    cpu_percent: float
+    per_core_percent: tuple[float, ...]
+    threads: int
+    gpu_used_mib: float | None = None
+    gpu_total_mib: float | None = None
+    gpu_process_mib: float | None = None
+    gpu_util_percent: float | None = None
+    torch_allocated_mib: float | None = None
+    torch_reserved_mib: float | None = None
+    torch_max_allocated_mib: float | None = None
+    torch_max_reserved_mib: float | None = None
+    kind: Literal["resource_sample"] = "resource_sample"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Note:
+    t_ns: int
+    text: str
+    level: Literal["info", "warning"] = "info"
+    kind: Literal["note"] = "note"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Result:
+    """A named result of the workload (speed scores, similarity matrix, token statistics …)."""
+
+    t_ns: int
+    name: str
+    data: dict[str, Any]
+    kind: Literal["result"] = "result"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorEvent:
+    t_ns: int
+    error_kind: ErrorKind
+    message: str
+    phase: str = ""
+    detail: str = ""
+    kind: Literal["error"] = "error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished:
+    t_ns: int
+    status: RunStatus
+    duration_ns: int
+    kind: Literal["run_finished"] = "run_finished"
+
+
+Event = Union[
+    RunStarted,
+    PhaseStarted,
+    PhaseEnded,
+    BatchTimed,
+    EncodeTimed,
+    ResourceSample,
+    Note,
+    Result,
+    ErrorEvent,
+    RunFinished,
+]
+
+Subscriber = Callable[[Event], None]
+
+
+@dataclass(slots=True)
+class Clock:
+    """The run's time base: nanoseconds since the run started, monotonic."""
+
+    t0_ns: int = field(default_factory=time.perf_counter_ns)
+
+    def now(self) -> int:
+        return time.perf_counter_ns() - self.t0_ns
+
+
+class EventBus:
+    """Fans each event out to every subscriber, in one order for all of them.
+
+    Publishing happens on the runner and sampler threads; the lock keeps every consumer's view of
+    the order identical. Subscribers must be quick and must not publish themselves.
+    """
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock()
+        self._subscribers: list[Subscriber] = []
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.append(subscriber)
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            for subscriber in self._subscribers:
+                subscriber(event)

@@ -1,0 +1,300 @@
+"""A snapshot as tables: the one description that `show`, Markdown and CSV export all render.
+
+Every cell comes from the snapshot; nothing here measures or estimates anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .events import BatchTimed, EncodeTimed, PhaseEnded, PhaseStarted, ResourceSample
+from .snapshot import Snapshot, to_json
+
+Cell = str | int | float | None
+
+PEAK_LABELS = {
+    "rss_mib": "process RSS MiB",
+    "sys_ram_used_mib": "system RAM used MiB",
+    "gpu_used_mib": "GPU used MiB",
+    "gpu_process_mib": "GPU this process MiB",
+    "torch_allocated_mib": "torch allocated MiB",
+    "torch_reserved_mib": "torch reserved MiB",
+    "cpu_percent": "process CPU %",
+    "threads": "threads",
+}
+
+
+@dataclass
+class Table:
+    name: str  # a slug: what --table takes
+    title: str
+    columns: list[str]
+    rows: list[list[Cell]] = field(default_factory=list)
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "N/A"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value != 0 and abs(value) < 10 ** (-digits):
+            return f"{value:.2e}"
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _kv(name: str, title: str, pairs: list[tuple[str, Any]]) -> Table:
+    return Table(name, title, ["field", "value"], [[k, v] for k, v in pairs if v is not None])
+
+
+def summary_tables(snap: Snapshot) -> list[Table]:
+    s = snap.summary
+    t = snap.target
+    w = snap.workload
+    env = snap.environment
+    tables: list[Table] = [
+        _kv(
+            "run",
+            "Run",
+            [
+                ("run id", snap.run_id),
+                ("status", snap.status),
+                ("started (UTC)", snap.created_utc),
+                ("duration s", s.duration_s),
+                ("workload", w.get("name")),
+                ("model", t.get("model_name")),
+                ("backend", t.get("backend")),
+                ("device", t.get("device_resolved") or t.get("device")),
+                ("dtype", t.get("dtype")),
+                ("truncate_dim", t.get("truncate_dim")),
+                ("max_seq_length", t.get("max_seq_length")),
+                ("embedding dim", t.get("embedding_dim")),
+                ("parameters", t.get("parameters")),
+                ("sample rate Hz", (s.results.get("sampler") or {}).get("hz")),
+            ]
+            + [(f"workload {k}", v) for k, v in w.items() if k != "name" and not isinstance(v, (list, dict))],
+        ),
+        _kv(
+            "environment",
+            "Environment",
+            [
+                ("host", env.get("hostname")),
+                ("os", env.get("os")),
+                ("cpu", env.get("cpu_model")),
+                ("cores (logical/physical)", f"{env.get('cpu_cores_logical')}/{env.get('cpu_cores_physical')}"),
+                ("RAM MiB", env.get("ram_total_mib")),
+                ("GPU", ", ".join(f"{g['name']} (driver {g['driver']})" for g in env.get("gpus", [])) or "none"),
+                ("python", env.get("python")),
+                ("torch threads", env.get("torch_threads")),
+            ]
+            + [(lib, ver) for lib, ver in (env.get("libraries") or {}).items() if ver],
+        ),
+    ]
+    phases = Table(
+        "phases",
+        "Phases",
+        ["phase", "detail", "start s", "duration s", "peak RSS MiB", "peak GPU process MiB", "peak CPU %", "samples"],
+    )
+    for p in s.phases:
+        phases.rows.append(
+            [
+                p.name,
+                p.detail,
+                p.start_s,
+                p.duration_s,
+                p.peaks.get("rss_mib"),
+                p.peaks.get("gpu_process_mib"),
+                p.peaks.get("cpu_percent"),
+                p.samples,
+            ]
+        )
+    tables.append(phases)
+
+    stat_cols = ["count", "mean_s", "std_s", "cv_percent", "min_s", "p50_s", "p90_s", "p95_s", "p99_s", "max_s"]
+    series = [(label, st) for label, st in (("encode call", s.encode.get("stats", {})), ("batch", s.batches.get("stats", {}))) if st.get("count")]
+    if series:
+        timings = Table("timings", "Latency (warm-ups not counted)", ["statistic", *[f"{label} s" for label, _ in series]])
+        for col in stat_cols:
+            label = col.removesuffix("_s").replace("cv_percent", "CV %")
+            timings.rows.append([label, *[st.get(col) for _, st in series]])
+        tables.append(timings)
+    if s.encode.get("warmup_s"):
+        tables.append(
+            Table("warmups", "Warm-ups (recorded, not counted)", ["#", "seconds"], [[i + 1, v] for i, v in enumerate(s.encode["warmup_s"])])
+        )
+    if s.throughput:
+        tp = _kv(
+            "throughput",
+            "Throughput",
+            [
+                ("items/s", s.throughput.get("items_per_s")),
+                ("tokens/s", s.throughput.get("tokens_per_s")),
+                ("words/s", s.throughput.get("words_per_s")),
+                ("padding %", s.batches.get("padding_percent")),
+            ],
+        )
+        tables.append(tp)
+
+    peaks = Table("peaks", "Peaks (sampled, and the kernel's or torch's own counter)", ["metric", "sampled", "at s", "during", "counter", "source"])
+    for name, pk in s.peaks.items():
+        peaks.rows.append([PEAK_LABELS.get(name, name), pk.sampled, pk.at_s, pk.phase, pk.counter, pk.counter_source])
+    tables.append(peaks)
+
+    speed = s.results.get("speed")
+    if speed:
+        tables.append(
+            _kv(
+                "speed",
+                f"Speed ({speed.get('task_name')}, MTEB v1 protocol)",
+                [
+                    ("time_mean s", speed.get("time_mean")),
+                    ("time_std s", speed.get("time_std")),
+                    ("avg_words_per_sec", speed.get("avg_words_per_sec")),
+                    ("timings s", ", ".join(f"{x:.4f}" for x in speed.get("timings", []))),
+                    ("words", speed.get("words")),
+                ],
+            )
+        )
+    tok = s.results.get("tokens")
+    if tok:
+        tables.append(
+            _kv(
+                "tokens",
+                "Input length in tokens (before truncation)",
+                [
+                    ("texts", tok.get("count")),
+                    ("min", tok.get("min")),
+                    ("mean", tok.get("mean")),
+                    ("p50", tok.get("p50")),
+                    ("p90", tok.get("p90")),
+                    ("max", tok.get("max")),
+                    ("max_seq_length", tok.get("max_seq_length")),
+                    ("truncated texts", tok.get("truncated")),
+                    ("truncated %", tok.get("truncated_percent")),
+                ],
+            )
+        )
+    enc = s.results.get("encode")
+    if enc:
+        tables.append(
+            _kv(
+                "encode",
+                "Encode",
+                [
+                    ("lines", enc.get("lines")),
+                    ("mode", enc.get("mode")),
+                    ("prompt name", enc.get("prompt_name")),
+                    ("prompt used", repr(enc.get("prompt_used", ""))),
+                    ("embedding dim", enc.get("embedding_dim")),
+                ],
+            )
+        )
+    sim = s.results.get("similarity")
+    if sim:
+        tables.extend(similarity_tables(sim))
+    if s.errors:
+        tables.append(
+            Table("errors", "Errors", ["kind", "phase", "message"], [[e["error_kind"], e["phase"], e["message"]] for e in s.errors])
+        )
+    if s.notes:
+        tables.append(Table("notes", "Notes", ["note"], [[n] for n in s.notes]))
+    return tables
+
+
+def similarity_tables(sim: dict[str, Any]) -> list[Table]:
+    out: list[Table] = []
+    docs: list[str] = sim["documents"]
+    for qi, query in enumerate(sim["queries"]):
+        ranking = sim["rankings"][qi]
+        expected = sim["expected"][qi] if qi < len(sim.get("expected", [])) else None
+        table = Table(
+            f"similarity-q{qi + 1}" if len(sim["queries"]) > 1 else "similarity",
+            f"Query: {query}  (prompt {sim.get('query_prompt', '')!r}; documents {sim.get('document_prompt', '')!r})",
+            ["rank", "doc", "score", "expected", "document"],
+        )
+        for rank, di in enumerate(ranking):
+            table.rows.append(
+                [rank + 1, di + 1, sim["scores"][qi][di], "✓" if expected == di else "", docs[di]]
+            )
+        margin = sim["margins"][qi]
+        verdict = sim["top1_correct"][qi] if qi < len(sim.get("top1_correct", [])) else None
+        table.rows.append(["margin", None, margin, {True: "right first", False: "WRONG first", None: ""}[verdict], "best − runner-up"])
+        out.append(table)
+    return out
+
+
+def raw_tables(snap: Snapshot) -> list[Table]:
+    """Every measured event as a flat table, for spreadsheets."""
+    encodes = Table("encodes", "Encode calls", ["t_s", "phase_id", "call", "label", "items", "tokens", "words", "seconds", "warmup"])
+    batches = Table("batches", "Batches", ["t_s", "phase_id", "call", "batch", "items", "tokens", "padded_tokens", "seconds", "warmup"])
+    sample_cols = [f for f in ResourceSample.__dataclass_fields__ if f not in ("kind", "t_ns", "per_core_percent")]
+    timeline = Table("timeline", "Resource timeline", ["t_s", *sample_cols, "per_core_percent"])
+    phases = Table("phase-events", "Phase events", ["t_s", "event", "phase_id", "name", "detail", "duration_s", "ok"])
+    for e in snap.events:
+        t = e.t_ns / 1e9
+        if isinstance(e, EncodeTimed):
+            encodes.rows.append([t, e.phase_id, e.call_index, e.label, e.items, e.tokens, e.words, e.duration_ns / 1e9, e.warmup])
+        elif isinstance(e, BatchTimed):
+            batches.rows.append(
+                [t, e.phase_id, e.call_index, e.batch_index, e.items, e.tokens, e.padded_tokens, e.duration_ns / 1e9, e.warmup]
+            )
+        elif isinstance(e, ResourceSample):
+            d = asdict(e)
+            timeline.rows.append([t, *[d[c] for c in sample_cols], " ".join(f"{v:.1f}" for v in e.per_core_percent)])
+        elif isinstance(e, PhaseStarted):
+            phases.rows.append([t, "start", e.phase_id, e.name, e.detail, None, None])
+        elif isinstance(e, PhaseEnded):
+            phases.rows.append([t, "end", e.phase_id, e.name, "", e.duration_ns / 1e9, e.ok])
+    return [encodes, batches, timeline, phases]
+
+
+def all_tables(snap: Snapshot) -> dict[str, Table]:
+    return {t.name: t for t in [*summary_tables(snap), *raw_tables(snap)]}
+
+
+def to_markdown(snap: Snapshot) -> str:
+    lines = [f"# embprof profile: {snap.workload.get('name')} on {snap.target.get('model_name')}", ""]
+    for table in summary_tables(snap):
+        lines += [f"## {table.title}", ""]
+        lines.append("| " + " | ".join(table.columns) + " |")
+        lines.append("|" + "|".join("---" for _ in table.columns) + "|")
+        for row in table.rows:
+            lines.append("| " + " | ".join(fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def to_csv(table: Table) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(table.columns)
+    for row in table.rows:
+        writer.writerow(["" if c is None else c for c in row])
+    return buf.getvalue()
+
+
+def export(snap: Snapshot, fmt_name: str, table: str = "summary") -> str:
+    if fmt_name == "json":
+        return to_json(snap)
+    if fmt_name == "md":
+        return to_markdown(snap)
+    tables = all_tables(snap)
+    if table == "summary":
+        # One long table a spreadsheet can pivot: section, row label, column, value.
+        flat = Table("summary", "Summary", ["section", "row", "column", "value"])
+        for t in summary_tables(snap):
+            for row in t.rows:
+                for col, cell in zip(t.columns[1:], row[1:]):
+                    flat.rows.append([t.name, row[0], col, cell])
+        return to_csv(flat)
+    if table not in tables:
+        from .errors import UserError
+
+        raise UserError(f"unknown table '{table}': choose one of summary, {', '.join(tables)}")
+    return to_csv(tables[table])

@@ -1,0 +1,170 @@
+"""The runner: executes one workload against one target on its own thread, emitting events."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import threading
+import traceback
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from .context import RunContext
+from .errors import RunCancelled, UserError
+from .events import MIB, Clock, ErrorEvent, EventBus, Result, RunFinished, RunStarted, RunStatus, Subscriber
+from .sampler import Sampler, cuda_index_for_nvml
+from .targets import Target
+from .workloads import Workload
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or exc.__class__.__name__ in ("OutOfMemoryError", "OutOfResources")
+
+
+def kernel_counters() -> dict[str, Any]:
+    """High-water marks the kernel and torch keep themselves: they see peaks between samples."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    # ru_maxrss is KiB on Linux and bytes on macOS.
+    maxrss_bytes = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
+    out: dict[str, Any] = {"ru_maxrss_mib": maxrss_bytes / MIB}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        try:
+            if torch.cuda.is_initialized():
+                out["torch_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
+                out["torch_max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+        except Exception:
+            pass
+    return out
+
+
+class Runner:
+    """One run: target load + workload, sampled from start to end.
+
+    ``start()`` returns at once; every fact arrives through the subscribers. ``cancel()`` asks the
+    workload to stop at the next batch boundary; what was measured until then is kept.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        workload: Workload,
+        *,
+        sample_hz: float = 10.0,
+        subscribers: list[Subscriber] | None = None,
+        nvml: Any = "auto",
+    ) -> None:
+        self.target = target
+        self.workload = workload
+        self.sample_hz = sample_hz
+        self.bus = EventBus(Clock())
+        for sub in subscribers or []:
+            self.bus.subscribe(sub)
+        self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        self.cancel_event = threading.Event()
+        self.status: RunStatus | None = None
+        self.error: ErrorEvent | None = None
+        self._nvml = nvml
+        self._thread: threading.Thread | None = None
+        self._done = threading.Event()
+        self.sampler: Sampler | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="embprof-runner", daemon=True)
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the run has finished and every event is out.
+
+        An Event rather than Thread.join: a join interrupted by Ctrl-C can leave CPython (before
+        3.13) believing the thread has ended while it is still writing its last events.
+        """
+        return self._done.wait(timeout)
+
+    def join(self) -> None:
+        """Wait for the run and for its thread: quitting never leaves a thread behind."""
+        self._done.wait()
+        if self._thread is not None:
+            self._thread.join()
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+    def run_sync(self) -> RunStatus:
+        self.start()
+        self.join()
+        assert self.status is not None
+        return self.status
+
+    def _gpu_index(self) -> int | None:
+        device = self.target.spec.device
+        if device == "auto" or device.startswith("cuda"):
+            return cuda_index_for_nvml(device)
+        return None
+
+    def _run(self) -> None:
+        bus = self.bus
+        clock = bus.clock
+        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml)
+        self.sampler = sampler
+        ctx = RunContext(bus, self.cancel_event, sampler)
+        bus.publish(
+            RunStarted(
+                t_ns=clock.now(),
+                run_id=self.run_id,
+                started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                target=self.target.describe(),
+                workload=self.workload.settings(),
+                sample_hz=self.sample_hz,
+            )
+        )
+        status: RunStatus = "complete"
+        sampler.start()
+        try:
+            self.target.load(ctx)
+            bus.publish(Result(t_ns=clock.now(), name="target", data=self.target.describe()))
+            self.workload.run(ctx, self.target)
+        except RunCancelled:
+            status = "incomplete"
+            self._error(ctx, "cancelled", "stopped by the user; what was measured until then is kept")
+        except UserError as exc:
+            status = "failed"
+            self._error(ctx, "input", str(exc))
+        except BaseException as exc:  # the run must end with a snapshot whatever happened
+            status = "failed"
+            kind = "oom" if _is_oom(exc) else "runtime"
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            self._error(ctx, kind, f"{exc.__class__.__name__}: {first}", traceback.format_exc(limit=8))
+        finally:
+            sampler.stop()
+            try:
+                self.target.close()
+            except Exception:
+                pass
+            bus.publish(
+                Result(
+                    t_ns=clock.now(),
+                    name="sampler",
+                    data={
+                        "hz": self.sample_hz,
+                        "samples": sampler.samples_taken,
+                        "cpu_time_s": sampler.cpu_time_ns / 1e9,
+                        "cpu_percent_of_one_core": 100.0 * sampler.cpu_time_ns / max(1, clock.now()),
+                        "host_only_reason": sampler.host_only_reason,
+                    },
+                )
+            )
+            bus.publish(Result(t_ns=clock.now(), name="kernel_counters", data=kernel_counters()))
+            self.status = status
+            bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
+            self._done.set()
+
+    def _error(self, ctx: RunContext, kind: str, message: str, detail: str = "") -> None:
+        event = ErrorEvent(t_ns=ctx.now(), error_kind=kind, message=message, phase=ctx.failed_phase or ctx.phase_name, detail=detail)  # type: ignore[arg-type]
+        self.error = event
+        ctx.emit(event)

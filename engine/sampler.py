@@ -1,0 +1,267 @@
+"""The resource sampler: its own daemon thread, a drift-free loop, one ResourceSample per tick."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import psutil
+
+from .events import MIB, EventBus, Note, ResourceSample
+
+MIN_HZ = 1.0
+MAX_HZ = 100.0
+
+
+def load_nvml() -> ModuleType | None:
+    """Import nvidia-ml-py's module; None when the package is missing."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    return pynvml
+
+
+class GpuProbe:
+    """Reads one NVIDIA device through NVML; every reading can be N/A (None) on its own.
+
+    Per-process memory is N/A on MIG devices, where the driver does not report it, and where this
+    process's PID is not among the device's compute processes (a container's PID namespace).
+    """
+
+    def __init__(self, nvml: Any, index: int) -> None:
+        self._nvml = nvml
+        self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        self.index = index
+        self.pid = os.getpid()
+        self.mig = False
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(self.handle)
+            self.mig = bool(current)
+        except Exception:  # not supported on this device or driver: treat as no MIG
+            self.mig = False
+
+    def describe(self) -> dict[str, Any]:
+        nvml = self._nvml
+        name = nvml.nvmlDeviceGetName(self.handle)
+        if isinstance(name, bytes):
+            name = name.decode()
+        driver = nvml.nvmlSystemGetDriverVersion()
+        if isinstance(driver, bytes):
+            driver = driver.decode()
+        total = nvml.nvmlDeviceGetMemoryInfo(self.handle).total / MIB
+        return {"index": self.index, "name": name, "driver": driver, "memory_total_mib": total, "mig": self.mig}
+
+    def read(self) -> dict[str, float | None]:
+        nvml = self._nvml
+        out: dict[str, float | None] = {
+            "gpu_used_mib": None,
+            "gpu_total_mib": None,
+            "gpu_process_mib": None,
+            "gpu_util_percent": None,
+        }
+        try:
+            mem = nvml.nvmlDeviceGetMemoryInfo(self.handle)
+            out["gpu_used_mib"] = mem.used / MIB
+            out["gpu_total_mib"] = mem.total / MIB
+        except Exception:
+            pass
+        try:
+            out["gpu_util_percent"] = float(nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+        except Exception:
+            pass
+        if not self.mig:
+            try:
+                for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
+                    if proc.pid == self.pid and proc.usedGpuMemory is not None:
+                        out["gpu_process_mib"] = proc.usedGpuMemory / MIB
+                        break
+            except Exception:
+                pass
+        return out
+
+
+def _torch_cuda_reading() -> dict[str, float | None]:
+    """torch's caching-allocator counters, only once the workload itself has initialised CUDA.
+
+    The sampler never imports torch: that would put torch's import cost on whoever starts it.
+    """
+    torch = sys.modules.get("torch")
+    none: dict[str, float | None] = {
+        "torch_allocated_mib": None,
+        "torch_reserved_mib": None,
+        "torch_max_allocated_mib": None,
+        "torch_max_reserved_mib": None,
+    }
+    if torch is None:
+        return none
+    try:
+        if not torch.cuda.is_initialized():
+            return none
+        return {
+            "torch_allocated_mib": torch.cuda.memory_allocated() / MIB,
+            "torch_reserved_mib": torch.cuda.memory_reserved() / MIB,
+            "torch_max_allocated_mib": torch.cuda.max_memory_allocated() / MIB,
+            "torch_max_reserved_mib": torch.cuda.max_memory_reserved() / MIB,
+        }
+    except Exception:
+        return none
+
+
+def cuda_index_for_nvml(device: str) -> int:
+    """Map a torch device string to an NVML index, honouring CUDA_VISIBLE_DEVICES when it lists numbers."""
+    ordinal = 0
+    if device.startswith("cuda:"):
+        try:
+            ordinal = int(device.split(":", 1)[1])
+        except ValueError:
+            ordinal = 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:
+        parts = [p.strip() for p in visible.split(",") if p.strip()]
+        if ordinal < len(parts) and parts[ordinal].isdigit():
+            return int(parts[ordinal])
+    return ordinal
+
+
+class Sampler:
+    """Samples this process and the machine at ``hz`` on a named daemon thread.
+
+    The schedule advances by a fixed interval (``next += interval``) so it does not drift with the
+    time each sample takes; ticks missed while the machine was starved are skipped, not bunched.
+    ``poke()`` asks for one extra sample now (the runner pokes at phase ends so that a peak at a
+    phase boundary is not lost between ticks).
+    """
+
+    def __init__(
+        self,
+        bus: EventBus,
+        hz: float = 10.0,
+        *,
+        gpu_index: int | None = 0,
+        nvml: Any = "auto",
+        pid: int | None = None,
+    ) -> None:
+        if not MIN_HZ <= hz <= MAX_HZ:
+            raise ValueError(f"sample rate must be between {MIN_HZ:g} and {MAX_HZ:g} Hz, not {hz:g}")
+        self.bus = bus
+        self.hz = hz
+        self.interval_s = 1.0 / hz
+        self._proc = psutil.Process(pid)
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._nvml = load_nvml() if nvml == "auto" else nvml
+        self._gpu_index = gpu_index
+        self.gpu: GpuProbe | None = None
+        self.host_only_reason = ""
+        self.samples_taken = 0
+        self.cpu_time_ns = 0  # the sampler thread's own CPU time, for the overhead figure
+        self._last_cpu = 0.0
+        self._last_cores: tuple[float, ...] = tuple(0.0 for _ in range(psutil.cpu_count() or 1))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._open_gpu()
+        # psutil's CPU percentages are deltas since the previous call: prime them here so the
+        # first real sample measures a real interval instead of reporting 0.
+        self._proc.cpu_percent(None)
+        psutil.cpu_percent(None, percpu=True)
+        self._thread = threading.Thread(target=self._loop, name="embprof-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._nvml is not None and self.gpu is not None:
+            try:
+                self._nvml.nvmlShutdown()
+            except Exception:
+                pass
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    # -- internals ---------------------------------------------------------------------------
+    def _open_gpu(self) -> None:
+        if self._gpu_index is None:
+            self.host_only_reason = "no GPU device in use"
+        elif self._nvml is None:
+            self.host_only_reason = "nvidia-ml-py is not installed"
+        else:
+            try:
+                self._nvml.nvmlInit()
+                count = self._nvml.nvmlDeviceGetCount()
+                if count == 0:
+                    self.host_only_reason = "NVML sees no GPU"
+                elif self._gpu_index >= count:
+                    self.host_only_reason = f"NVML sees {count} GPU(s), not index {self._gpu_index}"
+                else:
+                    self.gpu = GpuProbe(self._nvml, self._gpu_index)
+            except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, …
+                self.host_only_reason = f"NVML unavailable ({exc.__class__.__name__})"
+        if self.gpu is None:
+            self.bus.publish(
+                Note(t_ns=self.bus.clock.now(), text=f"host-only sampling: {self.host_only_reason}; GPU columns are N/A")
+            )
+        elif self.gpu.mig:
+            self.bus.publish(
+                Note(t_ns=self.bus.clock.now(), text="GPU is in MIG mode: per-process GPU memory is N/A")
+            )
+
+    def _loop(self) -> None:
+        next_t = time.perf_counter() + self.interval_s
+        while not self._stop.is_set():
+            timeout = next_t - time.perf_counter()
+            woken = self._wake.wait(timeout) if timeout > 0 else False
+            if self._stop.is_set():
+                break
+            if woken:
+                self._wake.clear()
+                self.sample_once(cpu=False)
+                continue
+            else:
+                next_t += self.interval_s
+                now = time.perf_counter()
+                if next_t < now:  # starved for longer than a tick: skip the missed ticks
+                    next_t = now + self.interval_s
+            self.sample_once()
+        self.sample_once(cpu=False)  # the closing state, so the timeline ends when the run ends
+
+    def sample_once(self, cpu: bool = True) -> ResourceSample:
+        """Take one sample. ``cpu=False`` (a poke) repeats the last CPU figures instead of reading
+        new ones: psutil's CPU percentages over a few milliseconds are dominated by the 10 ms tick
+        of the kernel's CPU-time counters, and reading them would also shorten the next interval."""
+        started = time.thread_time_ns()
+        proc = self._proc
+        with proc.oneshot():
+            rss = proc.memory_info().rss
+            threads = proc.num_threads()
+            if cpu:
+                self._last_cpu = proc.cpu_percent(None)
+        vm = psutil.virtual_memory()
+        if cpu:
+            self._last_cores = tuple(psutil.cpu_percent(None, percpu=True))
+        gpu = self.gpu.read() if self.gpu is not None else {}
+        sample = ResourceSample(
+            t_ns=self.bus.clock.now(),
+            rss_mib=rss / MIB,
+            sys_ram_used_mib=(vm.total - vm.available) / MIB,
+            sys_ram_available_mib=vm.available / MIB,
+            cpu_percent=self._last_cpu,
+            per_core_percent=self._last_cores,
+            threads=threads,
+            **gpu,
+            **_torch_cuda_reading(),
+        )
+        self.bus.publish(sample)
+        self.samples_taken += 1
+        # Publishing counts too: fanning the sample out to the consumers is part of its cost.
+        self.cpu_time_ns += time.thread_time_ns() - started
+        return sample

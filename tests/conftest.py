@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# The real evaluation data lives beside the project, never inside it.
+DATASETS = Path(os.environ.get("EMBPROF_DATASETS", REPO.parent / "shared" / "datasets"))
+SPEED_TEXT = DATASETS / "the_ugly_duckling" / "the_ugly_duckling.txt"
+
+
+def embprof_exe() -> str:
+    exe = Path(sys.executable).parent / "embprof"
+    if not exe.exists():
+        pytest.skip("the embprof console script is not installed in this environment (pip install -e .)")
+    return str(exe)
+
+
+@pytest.fixture(scope="session")
+def speed_text() -> Path:
+    if not SPEED_TEXT.is_file():
+        pytest.skip(f"the speed text is absent: {SPEED_TEXT} (set EMBPROF_DATASETS to the datasets folder)")
+    return SPEED_TEXT
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lookalikes import build_tiny_embeddinggemma
+
+    return build_tiny_embeddinggemma(tmp_path_factory.mktemp("lookalikes") / "tiny-embeddinggemma")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lookalikes import build_tiny_qwen3_embedding
+
+    return build_tiny_qwen3_embedding(tmp_path_factory.mktemp("lookalikes") / "tiny-qwen3-embedding")
+
+
+@pytest.fixture()
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for CLI subprocesses: offline, a private cache, snapshots in a temp folder."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "XDG_CACHE_HOME": str(tmp_path / "cache"),
+            "EMBPROF_PROFILES_DIR": str(tmp_path / "profiles"),
+            "PYTHONUNBUFFERED": "1",
+            "COLUMNS": "120",
+        }
+    )
+    env.pop("EMBPROF_SPEED_TEXT", None)
+    return env

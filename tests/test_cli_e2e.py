@@ -1,0 +1,185 @@
+"""End-to-end through the installed `embprof` command, with the real bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import embprof_exe
+from embprof.engine.events import BatchTimed, EncodeTimed
+from embprof.engine.snapshot import Snapshot, load
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(args: list[str], env: dict[str, str], stdin: bytes | None = None, timeout: float = 300) -> tuple[int, str, str, float]:
+    """Run embprof in a child and return (rc, stdout, stderr, the child's ru_maxrss in MiB from wait4)."""
+    proc = subprocess.Popen(
+        [embprof_exe(), *args], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = proc.communicate(stdin, timeout=timeout)
+    # Popen.communicate reaps the child with waitpid; the resource usage of that child is what
+    # RUSAGE_CHILDREN gained, which is independent of anything embprof itself reports.
+    return proc.returncode, out.decode(), err.decode(), 0.0
+
+
+def run_cli_rusage(args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
+    proc = subprocess.Popen([embprof_exe(), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()  # type: ignore[union-attr]
+    err = proc.stderr.read()  # type: ignore[union-attr]
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, out.decode(), err.decode(), usage.ru_maxrss / 1024  # KiB -> MiB
+
+
+def snapshot_from(stdout: str) -> tuple[Path, Snapshot]:
+    last = stdout.strip().splitlines()[-1]
+    assert last.startswith("snapshot: "), stdout
+    path = Path(last.removeprefix("snapshot: ").strip())
+    return path, load(path)
+
+
+def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> None:
+    rc, out, err, child_maxrss_mib = run_cli_rusage(["run", "encode"], cli_env)
+    assert rc == 0, err
+    path, snap = snapshot_from(out)
+    assert path.parent == Path(cli_env["EMBPROF_PROFILES_DIR"])
+    assert snap.status == "complete"
+    assert [p.name for p in snap.summary.phases][:3] == ["import", "load", "warm-up"]
+    assert snap.summary.encode["calls"] == 3 and snap.summary.encode["warmup_calls"] == 1
+    # Peak RSS from the sampler against the child's own ru_maxrss, reported by the kernel to us.
+    sampled = snap.summary.peaks["rss_mib"].sampled
+    assert sampled is not None
+    assert abs(sampled - child_maxrss_mib) / child_maxrss_mib < 0.05, (sampled, child_maxrss_mib)
+    # Tokens per timed call add up from the per-batch events.
+    encodes = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
+    for call in encodes:
+        batches = [b for b in snap.events if isinstance(b, BatchTimed) and b.call_index == call.call_index]
+        assert sum(b.items for b in batches) == call.items == 34
+        assert sum(b.tokens for b in batches) == call.tokens > 0
+        assert sum(b.duration_ns for b in batches) <= call.duration_ns
+    tokens = snap.summary.results["tokens"]
+    assert tokens["count"] == 34 and tokens["max_seq_length"] == 256 and tokens["truncated"] == 0
+    assert "Japanese" not in out and "Latency" in out
+    assert "Traceback" not in err
+
+
+def test_speed_protocol_through_the_cli(cli_env: dict[str, str], speed_text: Path) -> None:
+    rc, out, err, _ = run_cli(["run", "speed", "--text", str(speed_text), "--loops", "3", "-q"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    speed = snap.summary.results["speed"]
+    assert speed["task_name"] == "CPUSpeedTask"
+    assert len(speed["timings"]) == 3 and speed["words"] == 3633
+    assert speed["avg_words_per_sec"] == pytest.approx(3633 / speed["time_mean"])
+    assert snap.workload["paragraphs"] == 43 and snap.workload["text_is_canonical"] is True
+    loops = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
+    assert [e.duration_ns / 1e9 for e in loops] == speed["timings"]
+    assert all(e.items == 43 for e in loops)
+    warm = [e for e in snap.events if isinstance(e, EncodeTimed) and e.warmup]
+    assert len(warm) == 1 and warm[0].items == 1
+
+
+def test_speed_text_from_environment_and_offline_message(cli_env: dict[str, str], speed_text: Path) -> None:
+    env = dict(cli_env, EMBPROF_SPEED_TEXT_URL="http://127.0.0.1:9/none")
+    rc, out, err, _ = run_cli(["run", "speed"], env)
+    assert rc == 2 and "Traceback" not in err
+    assert "--text FILE" in err and "EMBPROF_SPEED_TEXT" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(Path(env["EMBPROF_PROFILES_DIR"]).glob("*.json"))
+
+
+def test_similarity_builtin_example(cli_env: dict[str, str]) -> None:
+    rc, out, err, _ = run_cli(["run", "similarity"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    sim = snap.summary.results["similarity"]
+    row = sim["scores"][0]
+    order = sorted(range(len(row)), key=lambda i: -row[i])
+    assert sim["rankings"][0] == order
+    assert sim["margins"][0] == pytest.approx(row[order[0]] - row[order[1]])
+    assert sim["top1_correct"][0] is True  # MiniLM ranks the right answer first
+    assert "right first" in out
+
+
+def test_prompts_reach_the_encoder_of_the_gemma_lookalike(cli_env: dict[str, str], tiny_gemma: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from lookalikes import GEMMA_PROMPTS
+
+    rc, out, err, _ = run_cli(["prompts", "--model", str(tiny_gemma), "--tsv"], cli_env)
+    assert rc == 0, err
+    rows = [line.split("\t") for line in out.rstrip("\n").split("\n")[1:]]
+    assert {r[0]: r[2] for r in rows} == GEMMA_PROMPTS
+    roles = {r[0]: r[1] for r in rows}
+    assert roles["query"] == "query default" and roles["document"] == "document default"
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("which metal is liquid\nthe cat slept on the warm windowsill\n", encoding="utf-8")
+    rc, out, err, _ = run_cli(
+        ["run", "encode", "--model", str(tiny_gemma), "--input", str(lines), "--prompt-name", "STS", "--repeats", "1", "-q"],
+        cli_env,
+    )
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    assert snap.summary.results["encode"]["prompt_used"] == GEMMA_PROMPTS["STS"]
+    # The tokens the model really saw, counted independently with its tokenizer, prompt included.
+    tok = AutoTokenizer.from_pretrained(str(tiny_gemma))
+    texts = lines.read_text(encoding="utf-8").splitlines()
+    expected = sum(len(tok(GEMMA_PROMPTS["STS"] + t)["input_ids"]) for t in texts)
+    without = sum(len(tok(t)["input_ids"]) for t in texts)
+    timed = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
+    assert timed[0].tokens == expected > without
+
+    rc, out, err, _ = run_cli(["run", "encode", "--model", str(tiny_gemma), "--as", "query", "--repeats", "1", "-q"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    assert snap.summary.results["encode"]["prompt_used"] == GEMMA_PROMPTS["query"]
+
+
+def test_show_list_and_export(cli_env: dict[str, str], tmp_path: Path) -> None:
+    rc, out, err, _ = run_cli(["run", "encode", "--repeats", "2", "-q"], cli_env)
+    assert rc == 0, err
+    path, snap = snapshot_from(out)
+    rc, shown, err, _ = run_cli(["show", str(path)], cli_env)
+    assert rc == 0 and "Phases" in shown and "Peaks" in shown and snap.run_id in shown
+    rc, listed, err, _ = run_cli(["list"], cli_env)
+    assert rc == 0 and path.name[:20] in listed
+    md = tmp_path / "r.md"
+    rc, _, err, _ = run_cli(["export", str(path), "--format", "md", "-o", str(md)], cli_env)
+    assert rc == 0 and md.read_text().startswith("# embprof profile: encode")
+    rc, csv_text, err, _ = run_cli(["export", str(path), "--format", "csv", "--table", "batches"], cli_env)
+    batches = [e for e in snap.events if isinstance(e, BatchTimed)]
+    assert rc == 0 and len(csv_text.strip().splitlines()) == 1 + len(batches)
+    rc, js, err, _ = run_cli(["export", str(path), "--format", "json"], cli_env)
+    assert rc == 0 and json.loads(js)["run_id"] == snap.run_id
+
+
+def test_ctrl_c_keeps_what_was_measured(cli_env: dict[str, str], speed_text: Path) -> None:
+    proc = subprocess.Popen(
+        [embprof_exe(), "run", "speed", "--text", str(speed_text), "--loops", "60"],
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 240
+    for line in proc.stderr:
+        if "loop 2 " in line or time.monotonic() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    _, snap = snapshot_from(out)
+    assert snap.status == "incomplete"
+    assert any(e["error_kind"] == "cancelled" for e in snap.summary.errors)
+    timed = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
+    assert 2 <= len(timed) < 60

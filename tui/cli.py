@@ -1,0 +1,421 @@
+"""The `embprof` command line.
+
+Only argparse is imported at start-up: `embprof --help` must never pay for torch, and even the
+engine is imported only by the command that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embprof.engine.targets import TargetSpec
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+MAIN_EXAMPLES = """\
+examples:
+  embprof run encode                                  profile the bundled all-MiniLM-L6-v2 on the sample corpus
+  embprof run speed --model google/embeddinggemma-300m --device cuda
+  embprof run encode --input notes.txt --as query --batch-size 16
+  embprof run similarity --query "Which metal is liquid?" --docs docs.txt
+  embprof prompts --model google/embeddinggemma-300m --tsv
+  embprof list
+  embprof show profiles/<run>.json
+  embprof export profiles/<run>.json --format md -o report.md
+"""
+
+RUN_EXAMPLES = {
+    "speed": """\
+examples:
+  embprof run speed                                   MTEB v1 CPUSpeedTask protocol on the bundled model
+  embprof run speed --device cuda                     the GPUSpeedTask
+  embprof run speed --text the_ugly_duckling.txt --loops 7
+the text: --text FILE, else $EMBPROF_SPEED_TEXT, else the user cache, else a checked download.
+""",
+    "encode": """\
+examples:
+  embprof run encode                                  the built-in sample corpus, English and Japanese
+  embprof run encode --input lines.txt --as document --batch-size 64 --repeats 5
+  cat queries.txt | embprof run encode --input - --as query
+  embprof run encode --model google/embeddinggemma-300m --prompt-name STS
+  embprof run encode --prompt "task: search result | query: "
+""",
+    "similarity": """\
+examples:
+  embprof run similarity                              the built-in ranking check (a distractor that denies the key phrase)
+  embprof run similarity --query "Which planet is red?" --docs planets.txt
+  embprof run similarity --model google/embeddinggemma-300m --prompt-name STS
+""",
+}
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32, width=100)
+
+
+def _positive_hz(value: str) -> float:
+    try:
+        hz = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number of samples per second")
+    if not 1.0 <= hz <= 100.0:
+        raise argparse.ArgumentTypeError(f"sample rate must be between 1 and 100 Hz, not {value}")
+    return hz
+
+
+def _add_target_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("target")
+    g.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
+    g.add_argument("--truncate-dim", type=int, metavar="N", help="Matryoshka: keep the first N dimensions")
+    g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run (off by default)")
+
+
+def _add_save_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recording")
+    g.add_argument("--sample-hz", type=_positive_hz, default=10.0, metavar="HZ", help="resource samples per second, 1–100 (default 10)")
+    g.add_argument(
+        "--profiles-dir",
+        metavar="DIR",
+        default=None,
+        help="where the snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)",
+    )
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embprof",
+        description="Profile text-embedding models: load and encode latency, memory, CPU, GPU, prompts and ranking.",
+        epilog=MAIN_EXAMPLES,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a workload headless and save its snapshot", formatter_class=_Formatter,
+                         description="Run one workload against one target, sampled live, and save a snapshot.",
+                         epilog=MAIN_EXAMPLES)
+    wl = run.add_subparsers(dest="workload", metavar="WORKLOAD", required=True)
+
+    sp = wl.add_parser("speed", help="MTEB v1 SpeedTask: 7 timed encodes of The Ugly Duckling", epilog=RUN_EXAMPLES["speed"], formatter_class=_Formatter)
+    _add_target_args(sp)
+    g = sp.add_argument_group("speed")
+    g.add_argument("--text", metavar="FILE", help="the_ugly_duckling.txt (see below for the order it is looked for)")
+    g.add_argument("--loops", type=int, default=7, help="timed loops (default 7, as mteb)")
+    g.add_argument("--batch-size", type=int, default=32, help="encode batch size (default 32)")
+    _add_save_args(sp)
+
+    en = wl.add_parser("encode", help="encode lines from a file, stdin or the sample corpus", epilog=RUN_EXAMPLES["encode"], formatter_class=_Formatter)
+    _add_target_args(en)
+    g = en.add_argument_group("encode")
+    g.add_argument("-i", "--input", metavar="FILE", help="one text per line; '-' for stdin (default: built-in sample corpus)")
+    g.add_argument("--as", dest="mode", choices=["plain", "query", "document"], default="plain",
+                   help="encode_query / encode_document with the model's own prompts, or plain encode")
+    g.add_argument("--prompt-name", help="one of the model's prompts (see `embprof prompts`)")
+    g.add_argument("--prompt", help="a raw prompt prefix, e.g. 'task: search result | query: '")
+    g.add_argument("--batch-size", type=int, default=32, help="default 32")
+    g.add_argument("--warmups", type=int, default=1, help="untimed warm-up passes (default 1; recorded, not counted)")
+    g.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
+    _add_save_args(en)
+
+    si = wl.add_parser("similarity", help="rank documents for queries; score matrix and margin", epilog=RUN_EXAMPLES["similarity"], formatter_class=_Formatter)
+    _add_target_args(si)
+    g = si.add_argument_group("similarity")
+    g.add_argument("--query", action="append", default=[], help="a query (repeatable)")
+    g.add_argument("--docs", metavar="FILE", help="documents, one per line")
+    g.add_argument("--prompt-name", help="use this prompt for both sides instead of the query/document prompts")
+    g.add_argument("--query-prompt-name", help="prompt for the queries only")
+    g.add_argument("--doc-prompt-name", help="prompt for the documents only")
+    _add_save_args(si)
+
+    pr = sub.add_parser("prompts", help="list a model's built-in prompts", formatter_class=_Formatter,
+                        epilog="examples:\n  embprof prompts\n  embprof prompts --model google/embeddinggemma-300m --tsv > prompts.tsv\n")
+    _add_target_args(pr)
+    pr.add_argument("--tsv", action="store_true", help="tab-separated: name, role, prompt")
+
+    ls = sub.add_parser("list", help="list saved snapshots", formatter_class=_Formatter,
+                        epilog="examples:\n  embprof list\n  embprof list --profiles-dir runs/\n")
+    ls.add_argument("--profiles-dir", metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
+
+    sh = sub.add_parser("show", help="print a snapshot", formatter_class=_Formatter,
+                        epilog="examples:\n  embprof show profiles/20261128T101500Z-ab12cd-speed-all-MiniLM-L6-v2.json\n")
+    sh.add_argument("file", help="a snapshot JSON file")
+
+    ex = sub.add_parser("export", help="write a snapshot as JSON, CSV or Markdown", formatter_class=_Formatter,
+                        epilog="examples:\n  embprof export run.json --format md -o report.md\n"
+                        "  embprof export run.json --format csv --table batches -o batches.csv\n"
+                        "  embprof export run.json --format csv --table timeline\n"
+                        "tables: summary (long form), run, phases, timings, throughput, peaks, speed, tokens,\n"
+                        "        similarity, encodes, batches, timeline, phase-events\n")
+    ex.add_argument("file", help="a snapshot JSON file")
+    ex.add_argument("--format", choices=["json", "csv", "md"], default="md")
+    ex.add_argument("--table", default="summary", help="with --format csv: which table (default summary)")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
+
+    sub.add_parser("schema", help="print the snapshot's JSON Schema")
+    return parser
+
+
+def profiles_dir(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("EMBPROF_PROFILES_DIR") or "profiles")
+
+
+def _target_spec(args: argparse.Namespace) -> TargetSpec:
+    from embprof.engine.targets import TargetSpec
+
+    spec = TargetSpec(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        truncate_dim=args.truncate_dim,
+        trust_remote_code=args.trust_remote_code,
+    )
+    spec.validate()
+    return spec
+
+
+def _workload(args: argparse.Namespace) -> Any:
+    if args.workload == "speed":
+        from embprof.engine.workloads.speed import SpeedWorkload
+
+        return SpeedWorkload(text_file=args.text, loops=args.loops, batch_size=args.batch_size)
+    if args.workload == "encode":
+        from embprof.engine.workloads.encode import EncodeWorkload
+
+        return EncodeWorkload(
+            input=args.input,
+            mode=args.mode,
+            prompt_name=args.prompt_name,
+            prompt=args.prompt,
+            batch_size=args.batch_size,
+            warmups=args.warmups,
+            repeats=args.repeats,
+        )
+    from embprof.engine.workloads.similarity import SimilarityWorkload
+
+    return SimilarityWorkload(
+        queries=list(args.query),
+        docs_file=args.docs,
+        prompt_name=args.prompt_name,
+        query_prompt_name=args.query_prompt_name,
+        doc_prompt_name=args.doc_prompt_name,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from embprof.engine import environment
+    from embprof.engine import snapshot as snap_mod
+    from embprof.engine.files import ensure_writable_dir
+    from embprof.engine.report import summary_tables
+    from embprof.engine.runner import Runner
+    from embprof.engine.targets import SentenceTransformerTarget
+    from embprof.engine.workloads import check_prompt_names
+
+    from .console import ConsoleProgress, render_table
+
+    out_dir = ensure_writable_dir(profiles_dir(args.profiles_dir), "profiles folder")
+    spec = _target_spec(args)
+    workload = _workload(args)
+    workload.prepare()  # bad input fails here, before anything is loaded or saved
+    target = SentenceTransformerTarget(spec)
+    target.resolve()
+    check_prompt_names(workload, target)
+
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False)
+    recorder = snap_mod.Recorder()
+    runner = Runner(
+        target,
+        workload,
+        sample_hz=args.sample_hz,
+        subscribers=[recorder, ConsoleProgress(err, quiet=args.quiet)],
+    )
+    runner.start()
+    interrupted = False
+    while not runner.finished:
+        try:
+            runner.wait(0.2)
+        except KeyboardInterrupt:
+            if not interrupted:
+                err.print("interrupted: stopping at the next batch boundary; the snapshot keeps what was measured")
+            interrupted = True
+            runner.cancel()
+    runner.join()
+    error = runner.error
+    if error is not None and error.error_kind == "input":
+        raise _InputFailure(error.message)
+    snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
+    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors"}
+    for table in summary_tables(snapshot):
+        if table.name in wanted or table.name.startswith("similarity"):
+            render_table(out, table)
+    path = snap_mod.save(snapshot, out_dir)
+    out.print(f"status: {snapshot.status}")
+    out.print(f"snapshot: {path}", soft_wrap=True)
+    if interrupted or snapshot.status == "incomplete":
+        return EXIT_INTERRUPTED
+    return EXIT_OK if snapshot.status == "complete" else EXIT_FAILED
+
+
+class _InputFailure(Exception):
+    pass
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from embprof.engine.context import RunContext
+    from embprof.engine.events import EventBus
+    from embprof.engine.targets import SentenceTransformerTarget
+
+    target = SentenceTransformerTarget(_target_spec(args))
+    target.load(RunContext(EventBus()))
+    prompts = target.prompts
+    roles: dict[str, list[str]] = {}
+    for mode, role in (("query", "query default"), ("document", "document default"), ("plain", "encode default")):
+        name = target.default_prompt_for(mode)  # type: ignore[arg-type]
+        if name:
+            roles.setdefault(name, []).append(role)
+    if args.tsv:
+        sys.stdout.write("name\trole\tprompt\n")
+        for name, text in prompts.items():
+            sys.stdout.write(f"{name}\t{', '.join(roles.get(name, []))}\t{text}\n")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(title=f"Prompts of {target.spec.display_name}", title_justify="left")
+    table.add_column("name")
+    table.add_column("role")
+    table.add_column("prompt")
+    for name, text in prompts.items():
+        table.add_row(name, ", ".join(roles.get(name, [])), repr(text))
+    console = Console(highlight=False)
+    if prompts:
+        console.print(table)
+    else:
+        console.print(f"{target.spec.display_name} has no built-in prompts.")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from embprof.engine.errors import UserError
+    from embprof.engine.snapshot import load
+
+    folder = profiles_dir(args.profiles_dir)
+    console = Console(highlight=False)
+    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    if not files:
+        console.print(f"no snapshots in {folder}")
+        return EXIT_OK
+    table = Table(title=f"Snapshots in {folder}", title_justify="left")
+    for col in ("file", "workload", "model", "device", "status", "mean s", "peak RSS MiB"):
+        table.add_column(col, justify="right" if col in ("mean s", "peak RSS MiB") else "left")
+    for f in files:
+        try:
+            s = load(f)
+        except UserError as exc:
+            table.add_row(f.name, "[red]unreadable[/]", str(exc), "", "", "", "")
+            continue
+        stats = s.summary.encode.get("stats", {})
+        rss = s.summary.peaks.get("rss_mib")
+        table.add_row(
+            f.name,
+            str(s.workload.get("name")),
+            str(s.target.get("model_name")),
+            str(s.target.get("device_resolved") or s.target.get("device")),
+            s.status,
+            f"{stats['mean_s']:.4f}" if stats.get("count") else "",
+            f"{rss.sampled:.0f}" if rss and rss.sampled else "",
+        )
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from embprof.engine.report import summary_tables
+    from embprof.engine.snapshot import load
+
+    from .console import render_table
+
+    snap = load(args.file)
+    console = Console(highlight=False)
+    for table in summary_tables(snap):
+        render_table(console, table)
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from embprof.engine.files import atomic_write_bytes
+    from embprof.engine.report import export
+    from embprof.engine.snapshot import load
+
+    text = export(load(args.file), args.format, args.table)
+    if args.output:
+        atomic_write_bytes(Path(args.output), text.encode("utf-8"))
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    import json
+
+    from embprof.engine.snapshot import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=1) + "\n")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from importlib.metadata import version
+
+        print(f"embprof {version('embprof')}")
+        return EXIT_OK
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
+    handlers = {
+        "run": cmd_run,
+        "prompts": cmd_prompts,
+        "list": cmd_list,
+        "show": cmd_show,
+        "export": cmd_export,
+        "schema": cmd_schema,
+    }
+    from embprof.engine.errors import UserError
+
+    try:
+        return handlers[args.command](args)
+    except (UserError, _InputFailure) as exc:
+        sys.stderr.write(f"embprof: error: {exc}\n")
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("embprof: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def entry() -> None:
+    sys.exit(main())

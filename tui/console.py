@@ -1,0 +1,67 @@
+"""The headless console: progress lines while a run works, tables when it is done (Rich)."""
+
+from __future__ import annotations
+
+import threading
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from embprof.engine.events import EncodeTimed, ErrorEvent, Event, Note, PhaseEnded, PhaseStarted, RunStarted
+from embprof.engine.report import Table, fmt
+
+SLOW_PHASES = ("import", "load")
+
+
+class ConsoleProgress:
+    """An event subscriber that prints one line per finished phase and per timed encode call.
+
+    Lines go to stderr so that stdout holds only the summary and the ``snapshot:`` line.
+    """
+
+    def __init__(self, console: Console, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self._lock = threading.Lock()
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet and not isinstance(event, ErrorEvent):
+            return
+        with self._lock:
+            self._print(event)
+
+    def _print(self, e: Event) -> None:
+        c = self.console
+        if isinstance(e, RunStarted):
+            t = e.target
+            c.print(
+                f"[bold]embprof[/] {e.workload.get('name')} · {t.get('model_name')} · device {t.get('device')} · "
+                f"{t.get('dtype')} · sampling at {e.sample_hz:g} Hz",
+                highlight=False,
+            )
+        elif isinstance(e, PhaseStarted) and e.name in SLOW_PHASES:
+            c.print(f"  {e.name:<8} … {e.detail}", style="dim", highlight=False)
+        elif isinstance(e, PhaseEnded) and e.name in SLOW_PHASES:
+            c.print(f"  {e.name:<8} {e.duration_ns / 1e9:8.3f} s", highlight=False)
+        elif isinstance(e, EncodeTimed):
+            tag = "warm-up (not counted)" if e.warmup else e.label
+            c.print(
+                f"  {'encode':<8} {e.duration_ns / 1e9:8.3f} s  {tag:<22} {e.items:>5} texts {e.tokens:>7} tokens",
+                highlight=False,
+            )
+        elif isinstance(e, Note):
+            c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False)
+        elif isinstance(e, ErrorEvent) and e.error_kind != "input":
+            where = f" during {e.phase}" if e.phase else ""
+            c.print(f"  [red]{e.error_kind}{where}:[/] {e.message}", highlight=False)
+
+
+def render_table(console: Console, table: Table) -> None:
+    rt = RichTable(title=table.title, title_justify="left", show_edge=False, pad_edge=False)
+    for i, col in enumerate(table.columns):
+        numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in table.rows if i < len(r))
+        rt.add_column(col, justify="right" if numeric else "left", overflow="fold")
+    for row in table.rows:
+        rt.add_row(*[fmt(c) for c in row])
+    console.print(rt)
+    console.print()
