@@ -101,3 +101,10 @@ def test_device_cuda_without_gpu(cli_env: dict[str, str]) -> None:
     if shutil.which("nvidia-smi"):
         pytest.skip("this machine has a GPU")
     check_refused(["run", "encode", "--device", "cuda"], cli_env, "no CUDA device", after_progress=True)
+
+
+def test_unknown_hub_model_with_the_hub_unreachable(cli_env: dict[str, str], tmp_path: Path) -> None:
+    # Not offline by setting, but the Hub does not answer: one sentence at once, not minutes of retries.
+    env = dict(cli_env, HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf"))
+    env.pop("HF_HUB_OFFLINE")
+    check_refused(["run", "encode", "--model", "nobody-here/not-a-model"], env, "cannot be reached")
