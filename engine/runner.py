@@ -71,7 +71,7 @@ class Runner:
         self.sampler: Sampler | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="embprof-runner", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="embprof-runner", daemon=True)
         self._thread.start()
 
     def cancel(self) -> None:
@@ -107,7 +107,8 @@ class Runner:
             return cuda_index_for_nvml(device)
         return None
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Run on the calling thread (a UI's worker thread); ``start()`` runs it on a thread of its own."""
         bus = self.bus
         clock = bus.clock
         sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml)

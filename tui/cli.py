@@ -22,6 +22,8 @@ EXIT_INTERRUPTED = 130
 
 MAIN_EXAMPLES = """\
 examples:
+  embprof                                             open the dashboard; profiles the bundled model at once
+  embprof --model google/embeddinggemma-300m --device cuda --workload speed
   embprof run encode                                  profile the bundled all-MiniLM-L6-v2 on the sample corpus
   embprof run speed --model google/embeddinggemma-300m --device cuda
   embprof run encode --input notes.txt --as query --batch-size 16
@@ -101,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    app = parser.add_argument_group("the dashboard (embprof with no command)")
+    app.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
+    app.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    app.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
+    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity"], help="what runs at launch (default encode)")
+    app.add_argument("--no-autostart", action="store_true", help="open the dashboard without starting a run")
+    app.add_argument("--input", metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
+    app.add_argument("--text", metavar="FILE", help="speed: the_ugly_duckling.txt")
+    app.add_argument("--repeats", type=int, default=3, help="encode: timed passes (default 3)")
+    app.add_argument("--loops", type=int, default=7, help="speed: timed loops (default 7)")
+    app.add_argument("--sample-hz", type=_positive_hz, default=10.0, metavar="HZ", help="resource samples per second, 1–100")
+    app.add_argument("--profiles-dir", metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workload headless and save its snapshot", formatter_class=_Formatter,
@@ -375,6 +389,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    from embprof.engine.errors import UserError
+    from embprof.engine.targets import TargetSpec
+
+    from .app import EmbprofApp, RunRequest
+
+    spec = TargetSpec(model=args.model, device=args.device, dtype=args.dtype)
+    spec.validate()
+    if not sys.stdout.isatty():
+        raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
+    params = {"input": args.input, "text": args.text, "repeats": args.repeats, "loops": args.loops}
+    request = RunRequest(spec=spec, workload=args.workload, params=params, sample_hz=args.sample_hz)
+    EmbprofApp(request, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
+    return EXIT_OK
+
+
 def cmd_schema(_args: argparse.Namespace) -> int:
     import json
 
@@ -393,8 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"embprof {version('embprof')}")
         return EXIT_OK
     if args.command is None:
-        parser.print_help()
-        return EXIT_OK
+        return cmd_app(args)
     handlers = {
         "run": cmd_run,
         "prompts": cmd_prompts,

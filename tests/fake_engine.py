@@ -1,0 +1,153 @@
+"""A fake event source at the engine boundary, for UI tests: scripted, deterministic runs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from embprof.engine.events import (
+    BatchTimed,
+    EncodeTimed,
+    ErrorEvent,
+    Event,
+    Note,
+    PhaseEnded,
+    PhaseStarted,
+    ResourceSample,
+    Result,
+    RunFinished,
+    RunStarted,
+    Subscriber,
+)
+
+MS = 1_000_000
+S = 1_000_000_000
+
+CALL_MS = (510.0, 498.0, 530.0)  # the timed encode calls
+WARMUP_MS = 640.0
+
+
+def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: bool = False) -> ResourceSample:
+    extra: dict[str, Any] = {}
+    if gpu:
+        extra = dict(gpu_used_mib=4096.0 + rss, gpu_total_mib=24576.0, gpu_process_mib=rss * 2, gpu_util_percent=80.0,
+                     torch_allocated_mib=rss, torch_reserved_mib=rss * 1.5, torch_max_allocated_mib=rss, torch_max_reserved_mib=rss * 1.5)
+    return ResourceSample(
+        t_ns=t_ns, rss_mib=rss, sys_ram_used_mib=rss + 900.0, sys_ram_available_mib=20000.0, cpu_percent=cpu,
+        per_core_percent=(cpu / 2, cpu / 2), threads=threads, **extra,
+    )
+
+
+def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False) -> list[Event]:
+    """A complete encode run: import, load, one warm-up, three timed calls of two batches each."""
+    ev: list[Event] = [
+        RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
+                   target={"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"},
+                   workload={"name": "similarity" if similarity else "encode"}, sample_hz=10.0),
+    ]
+    if not gpu:
+        ev.append(Note(t_ns=1, text="host-only sampling: NVML unavailable (fake); GPU columns are N/A"))
+    t = 10 * MS
+    rss = 200.0
+    ev += [PhaseStarted(t_ns=t, phase_id=1, name="import", detail="torch + sentence_transformers")]
+    for _ in range(5):
+        t += 100 * MS
+        rss += 60
+        ev.append(sample(t, rss, gpu=gpu))
+    ev.append(PhaseEnded(t_ns=t, phase_id=1, name="import", duration_ns=t - 10 * MS))
+    if fail_load:
+        ev += [
+            PhaseStarted(t_ns=t, phase_id=2, name="load", detail="fake/missing"),
+            PhaseEnded(t_ns=t + MS, phase_id=2, name="load", duration_ns=MS, ok=False),
+            ErrorEvent(t_ns=t + 2 * MS, error_kind="input", message="could not load model 'fake/missing': no such model", phase="load"),
+            RunFinished(t_ns=t + 3 * MS, status="failed", duration_ns=t + 3 * MS),
+        ]
+        return ev
+    ev += [PhaseStarted(t_ns=t, phase_id=2, name="load", detail="fake/minilm")]
+    t += 200 * MS
+    rss += 90
+    ev += [sample(t, rss, gpu=gpu), PhaseEnded(t_ns=t, phase_id=2, name="load", duration_ns=200 * MS)]
+    ev += [Result(t_ns=t, name="target", data={"device_resolved": "cuda" if gpu else "cpu", "max_seq_length": 256})]
+    pid = 3
+    calls = [("warm-up", WARMUP_MS, True)] + [(f"repeat {i + 1}", ms, False) for i, ms in enumerate(CALL_MS)]
+    for ci, (label, ms, warm) in enumerate(calls):
+        name = "warm-up" if warm else "encode"
+        detail = "1/1" if warm else f"{ci}/3"
+        ev.append(PhaseStarted(t_ns=t, phase_id=pid, name=name, detail=detail))
+        for bi, frac in enumerate((0.7, 0.3)):
+            t += int(ms * frac * MS)
+            rss += 15 if ci == 2 and bi == 0 else 1
+            ev.append(sample(t, rss, cpu=190.0, threads=12, gpu=gpu))
+            ev.append(BatchTimed(t_ns=t, phase_id=pid, call_index=ci, batch_index=bi, items=17, tokens=400 if bi == 0 else 80,
+                                 padded_tokens=560 if bi == 0 else 110, duration_ns=int(ms * frac * MS) - MS, warmup=warm))
+        ev.append(EncodeTimed(t_ns=t, phase_id=pid, call_index=ci, label=label, items=34, tokens=480, words=300,
+                              duration_ns=int(ms * MS), warmup=warm))
+        ev.append(PhaseEnded(t_ns=t, phase_id=pid, name=name, duration_ns=int(ms * MS)))
+        pid += 1
+    if similarity:
+        ev.append(Result(t_ns=t, name="similarity", data={
+            "queries": ["Which metal is liquid at room temperature?"],
+            "documents": ["Aluminium is light.", "Mercury is liquid at room temperature.", "Offices are warm.", "Gallium is not liquid at room temperature."],
+            "scores": [[0.37, 0.77, 0.27, 0.68]], "rankings": [[1, 3, 0, 2]], "margins": [0.09], "expected": [1],
+            "top1_correct": [True], "query_prompt": "", "document_prompt": "", "similarity_fn": "cosine",
+        }))
+    ev += [
+        Result(t_ns=t + MS, name="kernel_counters", data={"ru_maxrss_mib": rss + 3.0}),
+        Result(t_ns=t + MS, name="sampler", data={"hz": 10.0, "samples": 14, "cpu_time_s": 0.01, "cpu_percent_of_one_core": 0.4,
+                                                  "host_only_reason": "" if gpu else "NVML unavailable (fake)"}),
+        RunFinished(t_ns=t + 2 * MS, status="complete", duration_ns=t + 2 * MS),
+    ]
+    return ev
+
+
+class FakeRunner:
+    """Publishes a scripted run. With ``hold`` it stops after the warm-up until cancelled or released."""
+
+    instances: list["FakeRunner"] = []
+
+    def __init__(self, events: list[Event], subscribers: list[Subscriber], hold: bool = False) -> None:
+        self.events = events
+        self.subscribers = subscribers
+        self.hold = hold
+        self.cancelled = threading.Event()
+        self.release = threading.Event()
+        self._done = threading.Event()
+        FakeRunner.instances.append(self)
+
+    def _emit(self, e: Event) -> None:
+        for s in self.subscribers:
+            s(e)
+
+    def run(self) -> None:
+        try:
+            for e in self.events:
+                if self.hold and isinstance(e, PhaseStarted) and e.name == "encode":
+                    while not (self.cancelled.is_set() or self.release.is_set()):
+                        self.cancelled.wait(0.01)
+                    if self.cancelled.is_set():
+                        self._emit(ErrorEvent(t_ns=e.t_ns, error_kind="cancelled", message="stopped by the user"))
+                        self._emit(RunFinished(t_ns=e.t_ns, status="incomplete", duration_ns=e.t_ns))
+                        return
+                self._emit(e)
+        finally:
+            self._done.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
+
+def factory(**kw: Any):  # type: ignore[no-untyped-def]
+    """A runner_factory for EmbprofApp that plays ``scripted_run(**kw)``; ``hold=True`` pauses it."""
+    hold = kw.pop("hold", False)
+
+    def make(request: Any, workload: Any, subscribers: list[Subscriber]) -> FakeRunner:
+        return FakeRunner(scripted_run(**kw), subscribers, hold=hold)
+
+    return make

@@ -1,0 +1,83 @@
+"""The dashboard with the real engine and the real bundled model, and in a real terminal (tmux)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import Static
+
+from conftest import embprof_exe
+from embprof.engine.snapshot import load
+from embprof.tui.app import EmbprofApp, RunRequest
+
+pytestmark = pytest.mark.slow
+
+
+async def test_real_engine_panels_show_the_snapshots_numbers(tmp_path: Path) -> None:
+    app = EmbprofApp(RunRequest(params={"repeats": 2}), profiles_dir=tmp_path / "profiles")
+    async with app.run_test(size=(120, 40)) as pilot:
+        for _ in range(1200):
+            if app.current is not None and app.current.snapshot_path:
+                break
+            await pilot.pause(0.1)
+        view = app.current
+        assert view is not None and view.state == "done", view and view.errors
+        await pilot.pause(0.5)
+        snap = load(view.snapshot_path or "")
+        stats = snap.summary.encode["stats"]
+        latency = str(app.query_one("#latency-stats", Static).render())
+        assert f"calls {stats['count']}" in latency
+        mean = stats["mean_s"]
+        assert (f"mean {mean * 1000:,.1f} ms" if mean < 1 else f"mean {mean:,.3f} s") in latency
+        await pilot.press("2")
+        await pilot.pause(0.5)
+        memory = str(app.query_one("#memory-peaks", Static).render())
+        peak = snap.summary.peaks["rss_mib"]
+        assert f"peak RSS {peak.sampled:,.1f} MiB" in memory
+        assert f"ru_maxrss {peak.counter:,.1f} MiB" in memory
+
+
+def _screen(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+
+def _wait_for(session: str, text: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        screen = _screen(session)
+        if text in screen:
+            return screen
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared; the screen was:\n{_screen(session)}")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make setup installs it where apt-get works)")
+def test_in_a_real_terminal(tmp_path: Path) -> None:
+    session = f"embprof-test-{os.getpid()}"
+    profiles = tmp_path / "profiles"
+    env = f"EMBPROF_PROFILES_DIR={profiles} HF_HUB_OFFLINE=1 TERM=xterm-256color"
+    cmd = f"env {env} {embprof_exe()} --workload similarity; echo EMBPROF-EXITED-$?; sleep 60"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "30", cmd], check=True)
+    try:
+        _wait_for(session, "Latency", 15)  # the first frame, long before the model is loaded
+        _wait_for(session, "done", 120)
+        subprocess.run(["tmux", "send-keys", "-t", session, "4"], check=True)
+        screen = _wait_for(session, "right document first", 10)
+        assert "Mercury" in screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "?"], check=True)
+        _wait_for(session, "keys", 10)
+        subprocess.run(["tmux", "send-keys", "-t", session, "x"], check=True)  # any key closes the help
+        time.sleep(0.5)
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        _wait_for(session, "EMBPROF-EXITED-0", 20)
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    saved = list(profiles.glob("*-similarity-*.json"))
+    assert len(saved) == 1
+    assert load(saved[0]).summary.results["similarity"]["top1_correct"] == [True]

@@ -1,0 +1,239 @@
+"""The dashboard against injected events: every panel, the controls, the failure paths."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.widgets import DataTable, ProgressBar, Static
+
+import fake_engine
+from embprof.tui.app import EmbprofApp, RunForm, RunRequest
+from embprof.tui.widgets import PhaseBands, StatusBar
+
+
+def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
+    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold") if k in kw}
+    return EmbprofApp(
+        RunRequest(),
+        profiles_dir=tmp_path / "profiles",
+        clock=lambda: 100.0,
+        runner_factory=fake_engine.factory(**fake),
+        **kw,
+    )
+
+
+async def until(pilot: Any, cond: Any, timeout: float = 10.0) -> None:
+    waited = 0.0
+    while not cond():
+        await pilot.pause(0.05)
+        waited += 0.05
+        if waited > timeout:
+            raise AssertionError("condition not reached")
+
+
+def text_of(app: EmbprofApp, selector: str) -> str:
+    return str(app.query_one(selector, Static).render())
+
+
+async def finished(app: EmbprofApp, pilot: Any, saved: bool = True) -> None:
+    await until(pilot, lambda: app.current is not None and app.current.finished_status is not None)
+    if saved:
+        await until(pilot, lambda: app.current is not None and app.current.snapshot_path is not None)
+    await pilot.pause(0.3)
+
+
+async def test_latency_panel_shows_the_recorded_statistics(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        stats = text_of(app, "#latency-stats")
+        mean_ms = statistics.fmean(fake_engine.CALL_MS)
+        assert f"mean {mean_ms:,.1f} ms" in stats
+        assert "calls 3" in stats and "CV" in stats
+        assert f"warm-up {fake_engine.WARMUP_MS:,.1f} ms" in stats and "not counted" in stats
+        items_per_s = 3 * 34 / (sum(fake_engine.CALL_MS) / 1000)
+        assert f"{items_per_s:,.1f} items/s" in stats
+        status = str(app.query_one(StatusBar).render())
+        assert "done" in status and "encode" in status and "fake/minilm" in status
+
+
+async def test_memory_panel_peaks_and_no_gpu(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        peaks = text_of(app, "#memory-peaks")
+        view = app.current
+        assert view is not None
+        top = max(s.rss_mib for s in view.samples)
+        assert f"peak RSS {top:,.1f} MiB" in peaks
+        assert "ru_maxrss" in peaks
+        assert "No GPU" in peaks and "NVML unavailable (fake)" in peaks
+        bands = str(app.query_one(PhaseBands).render())
+        assert "import" in bands and "warm-up" in bands and "encode" in bands
+
+
+async def test_memory_panel_with_a_gpu(tmp_path: Path) -> None:
+    app = make_app(tmp_path, gpu=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        peaks = text_of(app, "#memory-peaks")
+        assert "GPU this process peak" in peaks and "torch reserved peak" in peaks
+        assert "No GPU" not in peaks
+
+
+async def test_cpu_panel_has_a_bar_per_core(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("3")
+        await pilot.pause(0.5)
+        bars = list(app.query("#cores ProgressBar").results(ProgressBar))
+        assert len(bars) == 2
+        assert all(b.progress == pytest.approx(95.0) for b in bars)
+        summary = text_of(app, "#cpu-summary")
+        assert "threads 12" in summary and "190%" in summary
+
+
+async def test_similarity_panel_heat_map_and_ranking(tmp_path: Path) -> None:
+    app = make_app(tmp_path, similarity=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        table = app.query_one("#sim-table", DataTable)
+        assert table.row_count == 4
+        assert "0.7700" in str(table.get_cell_at((1, 1)))
+        rank = text_of(app, "#sim-rank")
+        assert "2 > 4 > 1 > 3" in rank and "0.0900" in rank and "right document first" in rank
+
+
+async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> None:
+    app = make_app(tmp_path, fail_load=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await finished(app, pilot)
+        first = app.current
+        assert first is not None and first.state == "failed"
+        assert any("could not load model" in n.message for n in app._notifications)
+        saved = Path(first.snapshot_path or "")
+        from embprof.engine.snapshot import load
+
+        assert load(saved).summary.errors[0]["error_kind"] == "input"  # recorded in the run's snapshot
+        app.runner_factory = fake_engine.factory()
+        await pilot.press("r")
+        await until(pilot, lambda: app.current is not first and app.current is not None and app.current.state == "done")
+
+
+async def test_stop_keeps_what_was_measured(tmp_path: Path) -> None:
+    app = make_app(tmp_path, hold=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.current is not None and app.current.warmup_s)
+        assert app.current is not None and app.current.running
+        await pilot.press("s")
+        await finished(app, pilot)
+        assert app.current.state == "stopped"
+        assert app.current.warmup_s == [fake_engine.WARMUP_MS / 1000]
+
+
+async def test_new_run_form_starts_the_chosen_run(tmp_path: Path) -> None:
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, RunForm)
+        app.screen.query_one("#f-hz").value = "500"  # type: ignore[attr-defined]
+        await pilot.click("#f-run")
+        await pilot.pause()
+        assert "between 1 and 100" in str(app.screen.query_one("#form-error", Static).render())
+        app.screen.query_one("#f-hz").value = "20"  # type: ignore[attr-defined]
+        app.screen.query_one("#f-batch").value = "8"  # type: ignore[attr-defined]
+        await pilot.pause(0.5)  # let the button's press animation end before the next click
+        await pilot.click("#f-run")
+        await finished(app, pilot)
+        assert app.request.sample_hz == 20 and app.request.params["batch_size"] == 8
+
+
+async def test_bad_workload_input_is_refused_with_one_sentence(tmp_path: Path) -> None:
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        app.start_run(RunRequest(params={"input": str(tmp_path / "missing.txt")}))
+        await until(pilot, lambda: any("does not exist" in n.message for n in app._notifications))
+        assert app.current is None
+
+
+async def test_replay_of_a_snapshot_shows_what_was_recorded(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        live = app.current
+        assert live is not None
+        live_stats = text_of(app, "#latency-stats")
+        app.open_snapshot(Path(live.snapshot_path or ""))
+        await pilot.pause(0.3)
+        assert app.current is not live and app.current.source == "snapshot"
+        assert text_of(app, "#latency-stats") == live_stats
+        assert app.current.peaks == live.peaks
+
+
+async def test_a_snapshot_that_does_not_parse(tmp_path: Path) -> None:
+    bad = tmp_path / "profiles" / "broken.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{ half a file")
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("o")
+        await pilot.pause()
+        table = app.query_one("#runs-table", DataTable)
+        assert table.row_count == 1
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.current is None
+        assert any("not valid JSON" in n.message for n in app._notifications)
+
+
+async def test_quit_stops_the_run_and_leaves_no_thread(tmp_path: Path) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    app = make_app(tmp_path, hold=True)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.current is not None and app.current.warmup_s)
+        await pilot.press("q")
+        await pilot.pause(0.5)
+    assert fake_engine.FakeRunner.instances[-1].cancelled.is_set()
+    # asyncio_N are the test loop's idle executor threads, not the app's.
+    leftover = [t for t in threading.enumerate() if t.ident not in before and t.is_alive() and not t.name.startswith("asyncio_")]
+    assert not leftover, leftover
+
+
+async def test_narrow_shows_one_panel_and_wide_shows_all(tmp_path: Path) -> None:
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        assert not app.screen.has_class("wide")
+        shown = [p.id for p in app.query("#panels > Panel") if p.display]
+        assert shown == ["latency"]
+        await pilot.press("5")
+        assert [p.id for p in app.query("#panels > Panel") if p.display] == ["runs"]
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(200, 50)) as pilot:
+        assert app.screen.has_class("wide")
+        assert len([p for p in app.query("#panels > Panel") if p.display]) == 5
+
+
+async def test_events_arrive_coalesced_and_in_order(tmp_path: Path) -> None:
+    """Hundreds of events reach the UI as a few EventsReady messages, and in the engine's order."""
+    from embprof.tui.app import EventsReady
+
+    seen: list[Any] = []
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30), message_hook=lambda m: seen.append(m) if isinstance(m, EventsReady) else None) as pilot:
+        await finished(app, pilot)
+    events = fake_engine.scripted_run()
+    assert 1 <= len(seen) < len(events)
+    assert app.current is not None
+    assert app.current.timed_s == [ms / 1000 for ms in fake_engine.CALL_MS]
