@@ -62,7 +62,7 @@ def words_per_s(path: Path) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text", required=True)
-    ap.add_argument("--pairs", type=int, default=3, help="TUI/headless pairs for the throughput ratio")
+    ap.add_argument("--pairs", type=int, default=4, help="TUI/headless pairs for the throughput ratio")
     ap.add_argument("--keys", type=int, default=30, help="key presses measured")
     args = ap.parse_args()
     if shutil.which("tmux") is None:

@@ -303,11 +303,14 @@ class EmbprofApp(App[None]):
         profiles_dir: Path = Path("profiles"),
         clock: Callable[[], float] = time.monotonic,
         runner_factory: RunnerFactory = engine_runner,
-        refresh_hz: float = 4.0,
+        refresh_hz: float = 2.0,
         save_snapshots: bool = True,
         cursor_blink: bool = True,
     ) -> None:
         super().__init__()
+        # Animated tab underlines cost a dozen extra frames per panel switch, each competing with
+        # the run for the CPU; a profiler's UI has no use for them.
+        self.animation_level = "none"
         self.save_snapshots = save_snapshots
         self.cursor_blink = cursor_blink  # off in snapshot tests: a blinking cursor is not reproducible
         self.request = request or RunRequest()
@@ -322,6 +325,8 @@ class EmbprofApp(App[None]):
         self._bridges: dict[str, Bridge] = {}
         self._started_at: dict[str, float] = {}
         self._drawn: dict[str, Any] = {}
+        self._status: StatusBar
+        self._panels: dict[str, Panel] = {}
         self._keys = itertools.count(1)
         self.active_panel = "latency"
 
@@ -338,10 +343,13 @@ class EmbprofApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # References held, not queried on every tick: a timer can fire while the DOM is torn down.
+        self._status = self.query_one(StatusBar)
+        self._panels = {pid: self.query_one(f"#{pid}", Panel) for pid, _ in PANELS}
         self._apply_layout()
         self.action_show_panel("latency")
         self.set_interval(1 / self.refresh_hz, self._redraw)
-        self.set_interval(0.5, lambda: self.query_one(StatusBar).tick())
+        self.set_interval(0.5, self._status.tick)
         self._fill_runs()
         self._redraw(force=True)
         if self.autostart:
@@ -358,12 +366,13 @@ class EmbprofApp(App[None]):
 
     def action_show_panel(self, panel_id: str) -> None:
         self.active_panel = panel_id
-        for pid, _ in PANELS:
-            self.query_one(f"#{pid}", Panel).set_class(pid == panel_id, "-active")
+        for pid, panel in self._panels.items():
+            panel.set_class(pid == panel_id, "-active")
         tabs = self.query_one(Tabs)
         if tabs.active != f"tab-{panel_id}":
             tabs.active = f"tab-{panel_id}"
-        self._redraw()  # only what changed since that panel was last drawn
+        # First the switch itself, from what the panel drew last; then whatever changed meanwhile.
+        self.call_after_refresh(self._redraw)
 
     @on(Tabs.TabActivated)
     def _tab(self, event: Tabs.TabActivated) -> None:
@@ -375,11 +384,13 @@ class EmbprofApp(App[None]):
     # -- drawing ---------------------------------------------------------------------------------
     def _visible_panels(self) -> Iterable[Panel]:
         wide = self.screen.has_class("wide")
-        for pid, _ in PANELS:
+        for pid, panel in self._panels.items():
             if wide or pid == self.active_panel:
-                yield self.query_one(f"#{pid}", Panel)
+                yield panel
 
     def _redraw(self, force: bool = False) -> None:
+        if not self._panels:  # a resize can arrive before the mount
+            return
         view = self.current
         for panel in self._visible_panels():
             stamp = panel.stamp(view)
@@ -389,7 +400,7 @@ class EmbprofApp(App[None]):
         status = (view.key, view.version) if view else None
         if force or self._drawn.get("status") != status:
             self._drawn["status"] = status
-            self.query_one(StatusBar).show(view, self._started_at.get(view.key) if view else None)
+            self._status.show(view, self._started_at.get(view.key) if view else None)
 
     def show_view(self, view: RunView) -> None:
         self.current = view
@@ -454,6 +465,7 @@ class EmbprofApp(App[None]):
                 self.notify(e.message, title=f"{e.error_kind} {('during ' + e.phase) if e.phase else ''}".strip(), severity=severity, timeout=8)  # type: ignore[attr-defined]
             elif getattr(e, "kind", "") == "run_finished":
                 self._fill_runs()
+                self._redraw()  # the final figures at once, not at the next tick
 
     @on(RunSaved)
     def _saved(self, message: RunSaved) -> None:

@@ -82,9 +82,11 @@ class Panel(Vertical):
 
     def stamp(self, view: RunView | None) -> tuple[Any, ...]:
         """What this panel's picture depends on: equal stamps, nothing to redraw."""
+        # Not the size: a resize re-renders the plots from their own cache key, and a panel that is
+        # hidden has no size, so its size would force a rebuild on every switch.
         if view is None:
-            return (None, self.size)
-        return (view.key, self.size, *(view.versions[k] for k in self.depends_on))
+            return (None,)
+        return (view.key, *(view.versions[k] for k in self.depends_on))
 
     def show(self, view: RunView | None) -> None:
         raise NotImplementedError
