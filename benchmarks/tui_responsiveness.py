@@ -100,8 +100,7 @@ def main() -> int:
     time.sleep(3)
     tmux("kill-session", "-t", s)
     # 3. throughput with the dashboard open against headless
-    ratios = []
-    for i in range(args.pairs):
+    def dashboard_run(i: int) -> float:
         tui_s = f"bench-tp-{os.getpid()}-{i}"
         before = set(work.glob("*-speed-*.json"))
         start(tui_s, f"{env} {EXE} --workload speed --text {args.text}; sleep 30")
@@ -114,12 +113,23 @@ def main() -> int:
         tmux("send-keys", "-t", tui_s, "q")
         time.sleep(1.0)
         tmux("kill-session", "-t", tui_s)
-        tui_wps = words_per_s(newest(work, "*-speed-*.json"))
+        return words_per_s(newest(work, "*-speed-*.json"))
+
+    def headless_run() -> float:
         subprocess.run(
             [EXE, "run", "speed", "-q", "--text", args.text, "--profiles-dir", str(work)],
             check=True, stdout=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-        head_wps = words_per_s(newest(work, "*-speed-*.json"))
+        return words_per_s(newest(work, "*-speed-*.json"))
+
+    ratios = []
+    for i in range(args.pairs):
+        # ABBA: the order alternates so that drift of the machine cancels.
+        if i % 2 == 0:
+            tui_wps, head_wps = dashboard_run(i), headless_run()
+        else:
+            head_wps = headless_run()
+            tui_wps = dashboard_run(i)
         ratios.append(tui_wps / head_wps)
         print(f"  pair {i + 1}: dashboard {tui_wps:8.1f} words/s   headless {head_wps:8.1f} words/s   ratio {ratios[-1]:.3f}")
 
