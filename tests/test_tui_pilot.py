@@ -237,3 +237,31 @@ async def test_events_arrive_coalesced_and_in_order(tmp_path: Path) -> None:
     assert 1 <= len(seen) < len(events)
     assert app.current is not None
     assert app.current.timed_s == [ms / 1000 for ms in fake_engine.CALL_MS]
+
+
+async def test_export_writes_beside_the_snapshot(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.click("#md")
+        await pilot.pause(0.3)
+        snap = Path(app.current.snapshot_path or "")  # type: ignore[union-attr]
+        report = snap.with_suffix(".md")
+        assert report.is_file() and report.read_text().startswith("# embprof profile: encode")
+        assert any(str(report) in n.message for n in app._notifications)
+
+
+async def test_command_palette_offers_the_controls(tmp_path: Path) -> None:
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for wanted in ("New run", "Run again", "Stop", "Open snapshot", "Export", "Show Memory"):
+            assert wanted in titles
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "keys" in str(app.screen.query_one("#help", Static).render())
+        await pilot.press("x")
+        await pilot.pause()
+        assert not app.screen.query("#help")
