@@ -173,12 +173,14 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Select([(d, d) for d in DTYPES], compact=True, value=c.spec.dtype, allow_blank=False, id="f-dtype")
                 yield Label("workload")
                 yield Select([(w, w) for w in ("encode", "speed", "similarity")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
+                yield Label("encode as")
+                yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=p.get("mode", "plain"), allow_blank=False, id="f-mode")
                 yield Label("batch size")
                 yield Input(compact=True, value=str(p.get("batch_size", 32)), type="integer", id="f-batch")
                 yield Label("repeats / loops")
                 yield Input(compact=True, value=str(p.get("repeats", p.get("loops", ""))), type="integer", placeholder="encode 3, speed 7", id="f-repeats")
-                yield Label("input / docs file")
-                yield Input(compact=True, value=p.get("input", "") or p.get("docs", ""), placeholder="encode: lines file · similarity: documents", id="f-file")
+                yield Label("file")
+                yield Input(compact=True, value=p.get("input", "") or p.get("docs", "") or p.get("text", "") or "", placeholder="encode: lines · similarity: documents · speed: the text", id="f-file")
                 yield Label("prompt name")
                 yield Input(compact=True, value=p.get("prompt_name", "") or "", placeholder="e.g. query, STS (see `embprof prompts`)", id="f-prompt")
                 yield Label("query")
@@ -226,9 +228,9 @@ class RunForm(ModalScreen[RunRequest | None]):
         spec.validate()
         params: dict[str, Any] = {"batch_size": batch, "prompt_name": v("f-prompt") or None}
         if workload == "encode":
-            params.update(repeats=repeats or 3, input=v("f-file") or None)
+            params.update(repeats=repeats or 3, input=v("f-file") or None, mode=sel("f-mode"))
         elif workload == "speed":
-            params.update(loops=repeats or 7)
+            params.update(loops=repeats or 7, text=v("f-file") or None)
         else:
             params.update(query=v("f-query") or None, docs=v("f-file") or None)
         return RunRequest(spec=spec, workload=workload, params=params, sample_hz=hz)
@@ -277,6 +279,28 @@ class HelpScreen(ModalScreen[None]):
 
     def on_key(self) -> None:
         self.dismiss(None)
+
+
+def _snapshot_row(path: Path) -> list[str]:
+    """A saved snapshot's headline, read without validating it: listing stays quick, and a file
+    that does not parse is only refused, with its reason, when it is opened."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        target, summary = data.get("target", {}), data.get("summary", {})
+        stats = summary.get("encode", {}).get("stats", {})
+        rss = (summary.get("peaks", {}).get("rss_mib") or {}).get("sampled")
+        return [
+            str(data.get("workload", {}).get("name", "")),
+            str(target.get("model_name", "")),
+            str(target.get("device_resolved") or target.get("device", "")),
+            str(data.get("status", "")),
+            f"{stats['mean_s']:.4f}" if stats.get("count") else "",
+            f"{rss:,.0f} MiB" if rss else "",
+        ]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return ["", "", "", "unreadable", "", ""]
 
 
 # -- the app -------------------------------------------------------------------------------------------
@@ -515,7 +539,7 @@ class EmbprofApp(App[None]):
         for f in files:
             if str(f) in saved_here:
                 continue
-            rows.append((f"file:{f}", ["saved", "", "", "", "", "", "", f.name]))
+            rows.append((f"file:{f}", ["saved", *_snapshot_row(f), f.name]))
         self.query_one(RunsPanel).fill(rows)
 
     @on(DataTable.RowSelected, "#runs-table")
