@@ -40,6 +40,8 @@ def settle(*keys: str):  # type: ignore[no-untyped-def]
         for key in keys:
             await pilot.press(key)
             await pilot.pause(0.2)
+            app._redraw(force=True)  # draw the new panel now rather than at the next tick
+            await pilot.pause(0.3)
         app.clear_notifications()
         await pilot.pause(0.3)
         await pilot.wait_for_scheduled_animations()

@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from rich.progress_bar import ProgressBar as RichProgressBar
+from rich.table import Table as RichTable
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.color import Color, Gradient
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widget import Widget
-from textual.widgets import DataTable, ProgressBar, Sparkline, Static
+from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
 from embprof.engine.report import fmt
@@ -335,16 +337,13 @@ class CpuPanel(Panel):
     DEFAULT_CSS = """
     CpuPanel #cpu-summary { height: auto; }
     CpuPanel #cores { height: auto; max-height: 50%; }
-    CpuPanel .core { height: 1; }
-    CpuPanel .core ProgressBar { width: 1fr; }
-    CpuPanel .core Static { width: 10; }
     CpuPanel Sparkline { height: 3; margin: 0 0 1 0; }
     CpuPanel .label { height: 1; color: $text-muted; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static(id="cpu-summary")
-        yield Vertical(id="cores")
+        yield Static(id="cores")
         yield Static("process CPU % over time", classes="label")
         yield Sparkline([], id="cpu-spark")
         yield Static("threads over time", classes="label")
@@ -352,22 +351,21 @@ class CpuPanel(Panel):
 
     def show(self, view: RunView | None) -> None:
         summary = self.query_one("#cpu-summary", Static)
+        cores = self.query_one("#cores", Static)
         if view is None or not view.samples:
             summary.update(Text("No resource sample yet.", style="dim"))
+            cores.update("")
             return
         last = view.samples[-1]
-        cores = self.query_one("#cores", Vertical)
-        bars = list(cores.query(ProgressBar))
-        if len(bars) != len(last.per_core_percent):
-            cores.remove_children()
-            rows = []
-            for i in range(len(last.per_core_percent)):
-                rows.append(Horizontal(Static(f"core {i}"), ProgressBar(total=100, show_eta=False, id=f"core-{i}"), classes="core"))
-            cores.mount_all(rows)
-            self.call_after_refresh(self.show, view)  # fill the new bars once they exist
-        else:
-            for bar, pct in zip(bars, last.per_core_percent):
-                bar.update(progress=pct)
+        # Rich's progress bar renderable, one row a core: drawn in the same frame as the numbers
+        # beside it (a widget per core would update its bar a frame later than its label).
+        grid = RichTable.grid(padding=(0, 1), expand=True)
+        grid.add_column(width=7)
+        grid.add_column(ratio=1)
+        grid.add_column(width=5, justify="right")
+        for i, pct in enumerate(last.per_core_percent):
+            grid.add_row(f"core {i}", RichProgressBar(total=100, completed=pct), f"{pct:.0f}%")
+        cores.update(grid)
         threads_max = max(s.threads for s in view.samples)
         summary.update(
             Text.assemble(
