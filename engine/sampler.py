@@ -248,7 +248,8 @@ class Sampler:
         vm = psutil.virtual_memory()
         if cpu:
             self._last_cores = tuple(psutil.cpu_percent(None, percpu=True))
-        gpu = self.gpu.read() if self.gpu is not None else {}
+        gpu: dict[str, Any] = self.gpu.read() if self.gpu is not None else {}
+        torch_cuda: dict[str, Any] = _torch_cuda_reading()
         sample = ResourceSample(
             t_ns=self.bus.clock.now(),
             rss_mib=rss / MIB,
@@ -258,7 +259,7 @@ class Sampler:
             per_core_percent=self._last_cores,
             threads=threads,
             **gpu,
-            **_torch_cuda_reading(),
+            **torch_cuda,
         )
         self.bus.publish(sample)
         self.samples_taken += 1

@@ -34,7 +34,7 @@ from .files import atomic_write_bytes
 from .stats import describe
 from .targets import library_version
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_MAX_SAMPLES = 36_000  # one hour at 10 Hz before the timeline is thinned
 
 # Fields of a ResourceSample whose maximum is a peak worth reporting, with the kernel or torch
@@ -211,11 +211,11 @@ def summarize(events: list[Event], recorder: Recorder | None = None) -> Summary:
         en = ended.get(pid)
         end_ns = en.t_ns if en else None
         if recorder is not None and pid in recorder.phase_peaks:
-            peaks = dict(recorder.phase_peaks[pid])
+            phase_peaks = dict(recorder.phase_peaks[pid])
             count = recorder.phase_sample_counts[pid]
         else:
             inside = [s for s in samples if st.t_ns <= s.t_ns <= (end_ns if end_ns is not None else duration_ns)]
-            peaks = {f: _max(getattr(s, f) for s in inside) for f in PEAK_FIELDS}
+            phase_peaks = {f: _max(getattr(s, f) for s in inside) for f in PEAK_FIELDS}
             count = len(inside)
         phases.append(
             PhaseSummary(
@@ -226,7 +226,7 @@ def summarize(events: list[Event], recorder: Recorder | None = None) -> Summary:
                 end_s=_s(end_ns) if end_ns is not None else None,
                 duration_s=_s(en.duration_ns) if en else None,
                 ok=en.ok if en else None,
-                peaks=peaks,
+                peaks=phase_peaks,
                 samples=count,
             )
         )

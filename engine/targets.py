@@ -119,16 +119,18 @@ def _resolve_hub_model(model_id: str) -> bool:
     except GatedRepoError:
         if cached:
             return True
-        raise UserError(f"model '{model_id}' is gated on the Hugging Face Hub: accept its licence and log in (HF_TOKEN)")
+        raise UserError(
+            f"model '{model_id}' is gated on the Hugging Face Hub: accept its licence and log in (HF_TOKEN)"
+        ) from None
     except RepositoryNotFoundError:
-        raise UserError(f"model '{model_id}' is not a local folder and the Hugging Face Hub has no such model")
+        raise UserError(f"model '{model_id}' is not a local folder and the Hugging Face Hub has no such model") from None
     except Exception:
         if cached:
             return True
         raise UserError(
             f"model '{model_id}' is not a local folder, not in the Hugging Face cache, and the Hub cannot be reached "
             "(offline? download it once, or pass a local folder)"
-        )
+        ) from None
     return False
 
 

@@ -26,7 +26,7 @@ from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Sta
 from textual.worker import Worker, WorkerState
 
 from embprof.engine.errors import UserError
-from embprof.engine.events import Event, Subscriber
+from embprof.engine.events import ErrorEvent, Event, Subscriber
 from embprof.engine.targets import DTYPES, TargetSpec
 
 from .state import RunView
@@ -221,7 +221,7 @@ class RunForm(ModalScreen[RunRequest | None]):
             repeats = int(v("f-repeats")) if v("f-repeats") else None
             hz = float(v("f-hz") or 10)
         except ValueError:
-            raise UserError("batch size, repeats and sample Hz must be numbers")
+            raise UserError("batch size, repeats and sample Hz must be numbers") from None
         if not 1 <= hz <= 100:
             raise UserError(f"sample rate must be between 1 and 100 Hz, not {hz:g}")
         spec = TargetSpec(model=v("f-model") or None, device=sel("f-device"), dtype=sel("f-dtype"))
@@ -484,9 +484,14 @@ class EmbprofApp(App[None]):
         events = bridge.drain()
         view.apply_all(events)
         for e in events:
-            if getattr(e, "kind", "") == "error":
-                severity = "warning" if e.error_kind == "cancelled" else "error"  # type: ignore[attr-defined]
-                self.notify(e.message, title=f"{e.error_kind} {('during ' + e.phase) if e.phase else ''}".strip(), severity=severity, timeout=8)  # type: ignore[attr-defined]
+            if isinstance(e, ErrorEvent):
+                where = f" during {e.phase}" if e.phase else ""
+                self.notify(
+                    e.message,
+                    title=f"{e.error_kind}{where}",
+                    severity="warning" if e.error_kind == "cancelled" else "error",
+                    timeout=8,
+                )
             elif getattr(e, "kind", "") == "run_finished":
                 self._fill_runs()
                 self._redraw()  # the final figures at once, not at the next tick

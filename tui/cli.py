@@ -68,7 +68,7 @@ def _positive_hz(value: str) -> float:
     try:
         hz = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of samples per second")
+        raise argparse.ArgumentTypeError(f"'{value}' is not a number of samples per second") from None
     if not 1.0 <= hz <= 100.0:
         raise argparse.ArgumentTypeError(f"sample rate must be between 1 and 100 Hz, not {value}")
     return hz

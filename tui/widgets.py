@@ -16,7 +16,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.color import Color, Gradient
 from textual.containers import Horizontal, Vertical
-from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
@@ -253,8 +252,8 @@ class PhaseBands(Widget):
             for x in range(a, min(width, max(a + 1, b + 1))):
                 cells[x] = colour
         line = Text()
-        for colour in cells:
-            line.append("▀" if colour else " ", style=colour or "")
+        for cell in cells:
+            line.append("▀" if cell else " ", style=cell or "")
         legend = Text()
         for name, colour in colour_of.items():
             legend.append("■ ", style=colour)
