@@ -106,6 +106,27 @@ class ResourceSample:
     kind: Literal["resource_sample"] = "resource_sample"
 
 
+# Fields of a ResourceSample whose maximum is a peak worth reporting.
+PEAK_FIELDS = (
+    "rss_mib",
+    "sys_ram_used_mib",
+    "gpu_used_mib",
+    "gpu_process_mib",
+    "torch_allocated_mib",
+    "torch_reserved_mib",
+    "cpu_percent",
+    "threads",
+)
+
+
+def raise_peaks(peaks: dict[str, tuple[float, int]], sample: ResourceSample) -> None:
+    """Keep, per field, the largest value seen so far and when it was seen (t_ns)."""
+    for name in PEAK_FIELDS:
+        value = getattr(sample, name)
+        if value is not None and (name not in peaks or value > peaks[name][0]):
+            peaks[name] = (float(value), sample.t_ns)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Note:
     t_ns: int

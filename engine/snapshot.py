@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserError
 from .events import (
+    PEAK_FIELDS,
     BatchTimed,
     EncodeTimed,
     ErrorEvent,
@@ -29,6 +30,7 @@ from .events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    raise_peaks,
 )
 from .files import atomic_write_bytes
 from .stats import describe
@@ -37,18 +39,6 @@ from .targets import library_version
 SCHEMA_VERSION: Literal[1] = 1
 DEFAULT_MAX_SAMPLES = 36_000  # one hour at 10 Hz before the timeline is thinned
 
-# Fields of a ResourceSample whose maximum is a peak worth reporting, with the kernel or torch
-# counter that can confirm it (peaks between two samples are only visible to those counters).
-PEAK_FIELDS = (
-    "rss_mib",
-    "sys_ram_used_mib",
-    "gpu_used_mib",
-    "gpu_process_mib",
-    "torch_allocated_mib",
-    "torch_reserved_mib",
-    "cpu_percent",
-    "threads",
-)
 
 
 class PhaseSummary(BaseModel):
@@ -137,13 +127,11 @@ class Recorder:
             self._events.append(event)
 
     def _on_sample(self, s: ResourceSample) -> None:
+        raise_peaks(self.peaks, s)
         for name in PEAK_FIELDS:
             value = getattr(s, name)
             if value is None:
                 continue
-            best = self.peaks.get(name)
-            if best is None or value > best[0]:
-                self.peaks[name] = (float(value), s.t_ns)
             for pid in self._open:
                 current = self.phase_peaks[pid][name]
                 if current is None or value > current:
@@ -294,10 +282,7 @@ def _peaks(
         found = dict(recorder.peaks)
     else:
         for s in samples:
-            for name in PEAK_FIELDS:
-                v = getattr(s, name)
-                if v is not None and (name not in found or v > found[name][0]):
-                    found[name] = (float(v), s.t_ns)
+            raise_peaks(found, s)
     out: dict[str, Peak] = {}
     for name in PEAK_FIELDS:
         if name in found:

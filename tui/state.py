@@ -24,13 +24,13 @@ from embprof.engine.events import (
     Result,
     RunFinished,
     RunStarted,
+    raise_peaks,
 )
 from embprof.engine.stats import describe
 
 MAX_BATCHES = 5_000
 MAX_SAMPLES = 3_600  # six minutes at 10 Hz on screen; the snapshot keeps the whole run
 PROGRESS = re.compile(r"(\d+)/(\d+)")
-PEAK_FIELDS = ("rss_mib", "sys_ram_used_mib", "gpu_used_mib", "gpu_process_mib", "torch_reserved_mib", "torch_allocated_mib")
 
 
 @dataclass
@@ -77,7 +77,7 @@ class RunView:
     tokens: int = 0
     words: int = 0
     samples: deque[ResourceSample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
-    peaks: dict[str, tuple[float, float]] = field(default_factory=dict)  # field -> (value, t_s)
+    peaks: dict[str, tuple[float, int]] = field(default_factory=dict)  # field -> (value, t_ns)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     errors: list[ErrorEvent] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -102,10 +102,7 @@ class RunView:
                     PhaseEnded: "phases"}.get(type(e), "results"))
         if isinstance(e, ResourceSample):
             self.samples.append(e)
-            for name in PEAK_FIELDS:
-                v = getattr(e, name)
-                if v is not None and (name not in self.peaks or v > self.peaks[name][0]):
-                    self.peaks[name] = (float(v), e.t_ns / 1e9)
+            raise_peaks(self.peaks, e)
         elif isinstance(e, BatchTimed):
             self.batches.append(BatchPoint(e.t_ns / 1e9, e.duration_ns / 1e9, e.items, e.tokens, e.warmup))
         elif isinstance(e, EncodeTimed):

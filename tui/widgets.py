@@ -301,14 +301,15 @@ class MemoryPanel(Panel):
                 if pts:
                     p.plot(*thin([a for a, _ in pts], [b for _, b in pts], limit), label=label, color=colour, marker="braille")
         if "rss_mib" in view.peaks:
-            value, at = view.peaks["rss_mib"]
-            p.scatter([at], [value], marker="●", color="red")
+            value, at_ns = view.peaks["rss_mib"]
+            p.scatter([at_ns / 1e9], [value], marker="●", color="red")
         plot.changed()
         bands.draw(view)
 
         text = Text()
         if "rss_mib" in view.peaks:
-            value, at = view.peaks["rss_mib"]
+            value, at_ns = view.peaks["rss_mib"]
+            at = at_ns / 1e9
             text.append("peak RSS ", style="dim")
             text.append(_mib(value), style="bold")
             text.append(f" at {at:.1f} s during {view.phase_at(at) or '—'}", style="dim")
