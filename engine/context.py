@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .errors import RunCancelled
-from .events import Event, EventBus, Note, PhaseEnded, PhaseStarted
+from .events import Event, EventBus, PhaseEnded, PhaseStarted
 
 if TYPE_CHECKING:
     from .sampler import Sampler
@@ -30,9 +30,6 @@ class RunContext:
 
     def emit(self, event: Event) -> None:
         self.bus.publish(event)
-
-    def note(self, text: str, level: str = "info") -> None:
-        self.emit(Note(t_ns=self.now(), text=text, level="warning" if level == "warning" else "info"))
 
     def check_cancel(self) -> None:
         if self.cancel_event.is_set():

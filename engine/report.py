@@ -10,6 +10,7 @@ import io
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .errors import UserError
 from .events import BatchTimed, EncodeTimed, PhaseEnded, PhaseStarted, ResourceSample
 from .snapshot import Snapshot, to_json
 
@@ -294,7 +295,5 @@ def export(snap: Snapshot, fmt_name: str, table: str = "summary") -> str:
                     flat.rows.append([t.name, row[0], col, cell])
         return to_csv(flat)
     if table not in tables:
-        from .errors import UserError
-
         raise UserError(f"unknown table '{table}': choose one of summary, {', '.join(tables)}")
     return to_csv(tables[table])

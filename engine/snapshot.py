@@ -154,6 +154,11 @@ class Recorder:
         return merged
 
     @property
+    def samples_seen(self) -> int:
+        """Every sample that arrived, kept on the timeline or thinned away."""
+        return self._seen_samples
+
+    @property
     def timeline_stride(self) -> int:
         return self._stride
 
@@ -256,7 +261,7 @@ def summarize(events: list[Event], recorder: Recorder | None = None) -> Summary:
         results=results,
         errors=errors,
         notes=notes,
-        samples=(recorder._seen_samples if recorder is not None else len(samples)),
+        samples=recorder.samples_seen if recorder is not None else len(samples),
         timeline_stride=recorder.timeline_stride if recorder is not None else 1,
     )
 
