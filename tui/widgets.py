@@ -165,6 +165,8 @@ class LatencyPanel(Panel):
     LatencyPanel #latency-plot { width: 3fr; }
     """
 
+    _hist_key: tuple[str, int] | None = None
+
     def compose(self) -> ComposeResult:
         yield Static(id="latency-stats")
         with Horizontal():
@@ -176,7 +178,13 @@ class LatencyPanel(Panel):
         plot = self.query_one("#latency-plot", Plot)
         hist = self.query_one("#latency-hist", Plot)
         plot.plt.clear_figure()
-        hist.plt.clear_figure()
+        # The histogram changes only when a whole call ends, not with every batch: rebuilding a
+        # plotext chart is the dashboard's most expensive draw.
+        hist_key = (view.key, len(view.timed_s)) if view is not None else None
+        rebuild_hist = hist_key != self._hist_key
+        self._hist_key = hist_key
+        if rebuild_hist:
+            hist.plt.clear_figure()
         if view is None or (not view.timed_s and not view.warmup_s and not view.batches):
             stats_w.update(Text("No encode timed yet.", style="dim"))
             plot.changed()
@@ -215,11 +223,12 @@ class LatencyPanel(Panel):
             xs, ys = thin([b.t_s for b in warm], [b.seconds * 1000 for b in warm], limit)
             p.scatter(xs, ys, marker="x", color="yellow", label="warm-up")
         plot.changed()
-        h = hist.plt
-        if view.timed_s:
-            h.title("encode call latency (ms)")
-            h.hist([x * 1000 for x in view.timed_s], bins=min(20, max(3, len(view.timed_s))), color="cyan")
-        hist.changed()
+        if rebuild_hist:
+            h = hist.plt
+            if view.timed_s:
+                h.title("encode call latency (ms)")
+                h.hist([x * 1000 for x in view.timed_s], bins=min(20, max(3, len(view.timed_s))), color="cyan")
+            hist.changed()
 
 
 class PhaseBands(Widget):
