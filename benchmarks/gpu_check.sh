@@ -2,7 +2,8 @@
 # GPU check, for a machine with an NVIDIA GPU: the speed protocol on --device cuda once (mteb 1.x's
 # GPUSpeedTask), then NVML's per-process GPU memory from embprof's timeline against torch's own
 # counter, torch.cuda.max_memory_reserved. The process figure must be at least torch's reservation
-# (it adds the CUDA context and kernels) and not wildly more.
+# (it adds the CUDA context and kernels) and not wildly more. Then one short MTEB task (STS16, local
+# data) on cuda: NVML's per-process memory must be in the timeline, phase by phase.
 #
 #   benchmarks/gpu_check.sh                 uses .venv/bin/python, else python3
 #   PYTHON=/path/to/python benchmarks/gpu_check.sh
@@ -18,6 +19,7 @@ if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 TEXT=${EMBPROF_SPEED_TEXT:-../shared/datasets/the_ugly_duckling/the_ugly_duckling.txt}
+DATA=${EMBPROF_DATASETS:-../shared/datasets}
 OUTDIR=${GPU_CHECK_DIR:-$(mktemp -d)}
 
 "$PY" - <<'PYEOF'
@@ -59,4 +61,31 @@ print(f"process minus torch reserved: {extra:.0f} MiB (CUDA context, kernels, cu
 if extra < 0:
     sys.exit("gpu_check: MISMATCH: NVML says this process holds less than torch reserved")
 print("gpu_check: ok")
+PYEOF
+
+"$PY" -m embprof.tui mteb -t STS16 --device cuda --data-dir "$DATA" --results-dir "$OUTDIR/results" \
+  --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/mteb.txt"
+SNAP=$(tail -n 1 "$OUTDIR/mteb.txt" | sed 's/^snapshot: //')
+
+"$PY" - "$SNAP" <<'PYEOF'
+import sys
+from embprof.engine.events import ResourceSample
+from embprof.engine.snapshot import load
+
+snap = load(sys.argv[1])
+s = snap.summary
+r = s.results["mteb:STS16"]
+print(f"STS16 on cuda: main score {r['main_score']:.6f}, {r['seconds']:.2f} s")
+with_proc = [e for e in snap.events if isinstance(e, ResourceSample) and e.gpu_process_mib is not None]
+print(f"samples with NVML per-process memory: {len(with_proc)} of {s.samples}")
+for p in s.phases:
+    if p.path.startswith("STS16"):
+        print(f"  {p.path:<32} {p.duration_s or 0:7.3f} s   GPU this process peak {p.peaks.get('gpu_process_mib')} MiB"
+              f"   device used peak {p.peaks.get('gpu_used_mib')} MiB   torch reserved peak {p.peaks.get('torch_reserved_mib')} MiB")
+if not with_proc:
+    print("per-process GPU memory is N/A here (MIG, or the driver does not report this PID); device-wide figures above")
+enc = [p for p in s.phases if p.path == "STS16 › Encoding samples 1"]
+if not enc or enc[0].peaks.get("gpu_used_mib") is None:
+    sys.exit("gpu_check: MTEB encoding phase has no GPU figures")
+print("gpu_check mteb: ok")
 PYEOF

@@ -50,7 +50,7 @@ class RunContext:
     def phase(self, name: str, detail: str = "") -> Iterator[int]:
         phase_id = next(self._phase_ids)
         start = self.now()
-        self.emit(PhaseStarted(t_ns=start, phase_id=phase_id, name=name, detail=detail))
+        self.emit(PhaseStarted(t_ns=start, phase_id=phase_id, name=name, detail=detail, parent_id=self.phase_id))
         self._phase_stack.append((phase_id, name))
         ok = False
         try:

@@ -12,3 +12,8 @@ class UserError(Exception):
 
 class RunCancelled(Exception):
     """Raised inside the workload, between batches, once a stop was asked for."""
+
+
+class PartialFailure(Exception):
+    """Part of the work failed and was recorded; what succeeded is kept. The run ends failed,
+    and ``str(error)`` is the one sentence that says which parts."""

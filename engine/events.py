@@ -37,6 +37,7 @@ class PhaseStarted:
     phase_id: int
     name: str
     detail: str = ""
+    parent_id: int = 0  # the phase this one runs inside; 0 at the top level
     kind: Literal["phase_started"] = "phase_started"
 
 

@@ -199,6 +199,11 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     sim = s.results.get("similarity")
     if sim:
         tables.extend(similarity_tables(sim))
+    peaks_by_phase = {p.phase_id: p.peaks for p in s.phases}
+    rows = mteb_rows(s.results, lambda pid, name: peaks_by_phase.get(pid, {}).get(name))
+    if rows:
+        tables.append(Table("mteb", "MTEB tasks (scores computed by mteb)", list(MTEB_COLUMNS), rows))
+        tables.append(mteb_phase_table(s))
     if s.errors:
         tables.append(
             Table("errors", "Errors", ["kind", "phase", "message"], [[e["error_kind"], e["phase"], e["message"]] for e in s.errors])
@@ -206,6 +211,56 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     if s.notes:
         tables.append(Table("notes", "Notes", ["note"], [[n] for n in s.notes]))
     return tables
+
+
+MTEB_COLUMNS = ("task", "status", "main score", "metric", "seconds", "peak RSS MiB", "peak GPU MiB")
+
+
+def mteb_rows(results: dict[str, dict[str, Any]], peak: Any) -> list[list[Cell]]:
+    """One row per MTEB task, in the order run; ``peak(phase_id, field)`` gives the task phase's
+    sampled peak (from the snapshot's phase summary, or live from the dashboard's samples)."""
+    order = (results.get("mteb") or {}).get("tasks") or []
+    rows: list[list[Cell]] = []
+    for name in order:
+        r = results.get(f"mteb:{name}")
+        if r is None:
+            rows.append([name, "not run", None, None, None, None, None])
+            continue
+        pid = r.get("phase_id")
+        gpu = peak(pid, "gpu_process_mib") if pid is not None else None
+        if gpu is None and pid is not None:
+            gpu = peak(pid, "torch_reserved_mib")
+        rows.append(
+            [
+                name,
+                str(r.get("status", "")),  # the reason of a failure is in the run's notes and errors
+                # mteb rounds scores to six places in its files; three would hide real differences.
+                f"{r['main_score']:.6f}" if isinstance(r.get("main_score"), float) else r.get("main_score"),
+                r.get("main_score_name"),
+                r.get("seconds"),
+                peak(pid, "rss_mib") if pid is not None else None,
+                gpu,
+            ]
+        )
+    return rows
+
+
+def mteb_phase_table(s: Any) -> Table:
+    """Each phase inside the MTEB tasks with what it took: the answer to "how much memory did
+    encoding JSICK take" (peak RSS in the phase, and its rise over the last sample before it)."""
+    table = Table(
+        "mteb-phases",
+        "MTEB phases",
+        ["phase", "detail", "seconds", "peak RSS MiB", "RSS rise MiB", "peak GPU process MiB", "peak CPU %"],
+    )
+    tasks = set((s.results.get("mteb") or {}).get("tasks") or [])
+    top = {p.phase_id for p in s.phases if p.name in tasks and p.parent_id == 0}
+    for p in s.phases:
+        if p.phase_id in top or p.path.split(" › ")[0] in tasks and p.parent_id != 0:
+            rss = p.peaks.get("rss_mib")
+            rise = rss - p.rss_before_mib if rss is not None and p.rss_before_mib is not None else None
+            table.rows.append([p.path or p.name, p.detail, p.duration_s, rss, rise, p.peaks.get("gpu_process_mib"), p.peaks.get("cpu_percent")])
+    return table
 
 
 def similarity_tables(sim: dict[str, Any]) -> list[Table]:

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .context import RunContext
-from .errors import RunCancelled, UserError
+from .errors import PartialFailure, RunCancelled, UserError
 from .events import MIB, Clock, ErrorEvent, EventBus, Result, RunFinished, RunStarted, RunStatus, Subscriber
 from .sampler import Sampler, cuda_index_for_nvml
 from .targets import Target
@@ -136,6 +136,9 @@ class Runner:
         except UserError as exc:
             status = "failed"
             self._error(ctx, "input", str(exc))
+        except PartialFailure as exc:
+            status = "failed"
+            self._error(ctx, "runtime", str(exc))
         except BaseException as exc:  # the run must end with a snapshot whatever happened
             status = "failed"
             kind = "oom" if _is_oom(exc) else "runtime"

@@ -46,12 +46,17 @@ class PhaseSummary(BaseModel):
     phase_id: int
     name: str
     detail: str
+    parent_id: int = 0
+    path: str = ""  # the enclosing phases' names and this one's, "STS16 › Encoding samples 1"
     start_s: float
     end_s: float | None
     duration_s: float | None
     ok: bool | None
     peaks: dict[str, float | None]
     samples: int
+    # The last sample before the phase began: with the phase's peak it says what the phase added.
+    rss_before_mib: float | None = None
+    gpu_process_before_mib: float | None = None
 
 
 class Peak(BaseModel):
@@ -111,6 +116,8 @@ class Recorder:
         self._open: dict[int, PhaseStarted] = {}
         self.phase_peaks: dict[int, dict[str, float | None]] = {}
         self.phase_sample_counts: dict[int, int] = {}
+        self.phase_before: dict[int, ResourceSample] = {}
+        self._last_sample: ResourceSample | None = None
         self.peaks: dict[str, tuple[float, int]] = {}  # field -> (value, t_ns)
 
     def __call__(self, event: Event) -> None:
@@ -122,11 +129,14 @@ class Recorder:
                 self._open[event.phase_id] = event
                 self.phase_peaks[event.phase_id] = {f: None for f in PEAK_FIELDS}
                 self.phase_sample_counts[event.phase_id] = 0
+                if self._last_sample is not None:
+                    self.phase_before[event.phase_id] = self._last_sample
             elif isinstance(event, PhaseEnded):
                 self._open.pop(event.phase_id, None)
             self._events.append(event)
 
     def _on_sample(self, s: ResourceSample) -> None:
+        self._last_sample = s
         raise_peaks(self.peaks, s)
         for name in PEAK_FIELDS:
             value = getattr(s, name)
@@ -203,18 +213,30 @@ def summarize(events: list[Event], recorder: Recorder | None = None) -> Summary:
     for pid, st in sorted(started.items()):
         en = ended.get(pid)
         end_ns = en.t_ns if en else None
+        before: ResourceSample | None
         if recorder is not None and pid in recorder.phase_peaks:
             phase_peaks = dict(recorder.phase_peaks[pid])
             count = recorder.phase_sample_counts[pid]
+            before = recorder.phase_before.get(pid)
         else:
             inside = [s for s in samples if st.t_ns <= s.t_ns <= (end_ns if end_ns is not None else duration_ns)]
             phase_peaks = {f: _max(getattr(s, f) for s in inside) for f in PEAK_FIELDS}
             count = len(inside)
+            before = next((s for s in reversed(samples) if s.t_ns < st.t_ns), None)
+        names = [st.name]
+        parent = started.get(st.parent_id)
+        while parent is not None:
+            names.insert(0, parent.name)
+            parent = started.get(parent.parent_id)
         phases.append(
             PhaseSummary(
                 phase_id=pid,
                 name=st.name,
                 detail=st.detail,
+                parent_id=st.parent_id,
+                path=" › ".join(names),
+                rss_before_mib=before.rss_mib if before is not None else None,
+                gpu_process_before_mib=before.gpu_process_mib if before is not None else None,
                 start_s=_s(st.t_ns),
                 end_s=_s(end_ns) if end_ns is not None else None,
                 duration_s=_s(en.duration_ns) if en else None,

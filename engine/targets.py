@@ -6,7 +6,8 @@ import importlib.metadata
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -51,6 +52,16 @@ class TargetSpec:
     @property
     def display_name(self) -> str:
         return self.model or f"{BUNDLED_MODEL_ID} (bundled)"
+
+
+@dataclass(slots=True)
+class CallTiming:
+    """What one timed encode call measured, filled in as the call ends."""
+
+    index: int
+    duration_ns: int = 0
+    tokens: int = 0
+    batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,14 +375,8 @@ class SentenceTransformerTarget:
         method = {"plain": self.model.encode, "query": self.model.encode_query, "document": self.model.encode_document}[
             mode
         ]
-        self._ctx = ctx
-        self._call_index = ctx.next_call_index()
-        self._batch_index = 0
-        self._call_tokens = 0
-        self._call_warmup = warmup
         texts = list(texts)
-        try:
-            start = time.perf_counter_ns()
+        with self.timed_call(ctx, label=label, items=len(texts), words=sum(len(t.split()) for t in texts), warmup=warmup) as call:
             out = method(
                 texts,
                 prompt_name=prompt_name,
@@ -380,24 +385,43 @@ class SentenceTransformerTarget:
                 show_progress_bar=False,
                 convert_to_numpy=True,
             )
+        return EncodeOutcome(embeddings=np.asarray(out), duration_ns=call.duration_ns, tokens=call.tokens)
+
+    @contextmanager
+    def timed_call(self, ctx: RunContext, *, label: str, items: int, words: int, warmup: bool = False) -> Iterator[CallTiming]:
+        """Time one encode call of the model, whoever makes it (embprof's workloads or mteb).
+
+        Inside the block the batch hooks emit a BatchTimed per forward pass; on a clean exit the
+        call's EncodeTimed follows, timed after the device has finished.
+        """
+        call = CallTiming(index=ctx.next_call_index())
+        self._ctx = ctx
+        self._call_index = call.index
+        self._batch_index = 0
+        self._call_tokens = 0
+        self._call_warmup = warmup
+        try:
+            start = time.perf_counter_ns()
+            yield call
             self._sync()
-            end = time.perf_counter_ns()
+            call.duration_ns = time.perf_counter_ns() - start
         finally:
             self._ctx = None
+        call.tokens = self._call_tokens
+        call.batches = self._batch_index
         ctx.emit(
             EncodeTimed(
                 t_ns=ctx.now(),
                 phase_id=ctx.phase_id,
-                call_index=self._call_index,
+                call_index=call.index,
                 label=label,
-                items=len(texts),
-                tokens=self._call_tokens,
-                words=sum(len(t.split()) for t in texts),
-                duration_ns=end - start,
+                items=items,
+                tokens=call.tokens,
+                words=words,
+                duration_ns=call.duration_ns,
                 warmup=warmup,
             )
         )
-        return EncodeOutcome(embeddings=np.asarray(out), duration_ns=end - start, tokens=self._call_tokens)
 
     @property
     def last_prompt(self) -> str | None:

@@ -38,12 +38,49 @@ def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: boo
     )
 
 
-def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False) -> list[Event]:
+def scripted_mteb(t: int, rss: float, gpu: bool) -> tuple[list[Event], int, float]:
+    """Two MTEB tasks after the load: STS16 done, Banking77Classification failed in its scoring."""
+    ev: list[Event] = [Result(t_ns=t, name="mteb", data={"tasks": ["STS16", "Banking77Classification"], "model_name": "fake/minilm",
+                                                       "revision": "no_revision_available", "results_dir": "results"})]
+    pid = 3
+    plan = {
+        "STS16": [("Encoding samples 1", "test · 1186 texts · no prompt", 900, 40.0), ("Encoding samples 2", "test · 1186 texts · no prompt", 880, 5.0),
+                  ("Scoring", "test", 20, 0.0)],
+        "Banking77Classification": [("Encoding training samples", "test · 5416 texts · no prompt", 2400, 120.0),
+                                    ("Encoding test samples", "test · 3080 texts · no prompt", 1400, 30.0), ("Scoring", "test", 300, 0.0)],
+    }
+    for task, phases in plan.items():
+        task_pid, task_t0 = pid, t
+        ev.append(PhaseStarted(t_ns=t, phase_id=task_pid, name=task, detail="STS · test · local data", parent_id=0))
+        pid += 1
+        failed = task == "Banking77Classification"
+        for name, detail, ms, grow in phases:
+            ev.append(PhaseStarted(t_ns=t, phase_id=pid, name=name, detail=detail, parent_id=task_pid))
+            for _ in range(2):
+                t += ms * MS // 2
+                rss += grow / 2
+                ev.append(sample(t, rss, cpu=180.0, threads=11, gpu=gpu))
+            ok = not (failed and name == "Scoring")
+            ev.append(PhaseEnded(t_ns=t, phase_id=pid, name=name, duration_ns=ms * MS, ok=ok))
+            pid += 1
+        ev.append(PhaseEnded(t_ns=t, phase_id=task_pid, name=task, duration_ns=t - task_t0, ok=not failed))
+        data: dict[str, Any] = {"task": task, "phase_id": task_pid, "seconds": (t - task_t0) / S, "encodes": []}
+        if failed:
+            data.update(status="failed", error="ValueError: the classifier could not be fitted")
+        else:
+            data.update(status="ok", type="STS", main_score_name="cosine_spearman", main_score=0.789859,
+                        results_file="results/fake__minilm/no_revision_available/STS16.json")
+        ev.append(Result(t_ns=t, name=f"mteb:{task}", data=data))
+    ev.append(ErrorEvent(t_ns=t, error_kind="runtime", message="TasksFailed: 1 of 2 tasks failed (Banking77Classification)"))
+    return ev, t, rss
+
+
+def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False, mteb: bool = False) -> list[Event]:
     """A complete encode run: import, load, one warm-up, three timed calls of two batches each."""
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
                    target={"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"},
-                   workload={"name": "similarity" if similarity else "encode"}, sample_hz=10.0),
+                   workload={"name": "mteb" if mteb else "similarity" if similarity else "encode"}, sample_hz=10.0),
     ]
     if not gpu:
         ev.append(Note(t_ns=1, text="host-only sampling: NVML unavailable (fake); GPU columns are N/A"))
@@ -68,6 +105,14 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
     rss += 90
     ev += [sample(t, rss, gpu=gpu), PhaseEnded(t_ns=t, phase_id=2, name="load", duration_ns=200 * MS)]
     ev += [Result(t_ns=t, name="target", data={"device_resolved": "cuda" if gpu else "cpu", "max_seq_length": 256})]
+    if mteb:
+        more, t, rss = scripted_mteb(t, rss, gpu)
+        ev += more
+        ev += [
+            Result(t_ns=t + MS, name="kernel_counters", data={"ru_maxrss_mib": rss + 3.0}),
+            RunFinished(t_ns=t + 2 * MS, status="failed", duration_ns=t + 2 * MS),
+        ]
+        return ev
     pid = 3
     calls = [("warm-up", WARMUP_MS, True)] + [(f"repeat {i + 1}", ms, False) for i, ms in enumerate(CALL_MS)]
     for ci, (label, ms, warm) in enumerate(calls):

@@ -7,26 +7,34 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
-from conftest import embprof_exe
+from conftest import DATASETS, embprof_exe
 from embprof.engine.snapshot import load
 from embprof.tui.app import EmbprofApp, RunRequest
+from embprof.tui.state import RunView
 
 pytestmark = pytest.mark.slow
+
+
+async def saved_run(app: EmbprofApp, pilot: Any) -> RunView:
+    """The run on display once it has finished and its snapshot is on disk (two minutes at most)."""
+    for _ in range(1200):
+        if app.current is not None and app.current.snapshot_path:
+            break
+        await pilot.pause(0.1)
+    view = app.current
+    assert view is not None and view.state == "done", view and view.errors
+    return view
 
 
 async def test_real_engine_panels_show_the_snapshots_numbers(tmp_path: Path) -> None:
     app = EmbprofApp(RunRequest(params={"repeats": 2}), profiles_dir=tmp_path / "profiles")
     async with app.run_test(size=(120, 40)) as pilot:
-        for _ in range(1200):
-            if app.current is not None and app.current.snapshot_path:
-                break
-            await pilot.pause(0.1)
-        view = app.current
-        assert view is not None and view.state == "done", view and view.errors
+        view = await saved_run(app, pilot)
         await pilot.pause(0.5)
         snap = load(view.snapshot_path or "")
         stats = snap.summary.encode["stats"]
@@ -40,6 +48,28 @@ async def test_real_engine_panels_show_the_snapshots_numbers(tmp_path: Path) -> 
         peak = snap.summary.peaks["rss_mib"]
         assert f"peak RSS {peak.sampled:,.1f} MiB" in memory
         assert f"ru_maxrss {peak.counter:,.1f} MiB" in memory
+
+
+@pytest.mark.skipif(not (DATASETS / "sts16" / "test.jsonl").is_file(), reason=f"the evaluation datasets are absent: {DATASETS}")
+async def test_real_mteb_run_in_the_dashboard(tmp_path: Path) -> None:
+    data = tmp_path / "data" / "sts16"
+    data.mkdir(parents=True)
+    rows = (DATASETS / "sts16" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:60]
+    (data / "test.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    request = RunRequest(workload="mteb", params={"tasks": ["STS16"], "data_dir": str(data.parent), "results_dir": str(tmp_path / "results")})
+    app = EmbprofApp(request, profiles_dir=tmp_path / "profiles")
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = await saved_run(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.5)
+        snap = load(view.snapshot_path or "")
+        result = snap.summary.results["mteb:STS16"]
+        row = [str(c) for c in app.query_one("#sim-table", DataTable).get_row_at(0)]
+        assert row[:3] == ["STS16", "ok", f"{result['main_score']:.6f}"]
+        assert Path(result["results_file"]).is_file()
+        # The live table's peak equals the snapshot's own per-phase peak for the task.
+        phase = next(p for p in snap.summary.phases if p.phase_id == result["phase_id"])
+        assert row[5] == f"{phase.peaks['rss_mib']:,.3f}"
 
 
 def _screen(session: str) -> str:

@@ -15,7 +15,7 @@ from embprof.tui.widgets import PhaseBands, StatusBar
 
 
 def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
-    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold") if k in kw}
+    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb") if k in kw}
     return EmbprofApp(
         RunRequest(),
         profiles_dir=tmp_path / "profiles",
@@ -113,6 +113,57 @@ async def test_similarity_panel_heat_map_and_ranking(tmp_path: Path) -> None:
         assert "0.7700" in str(table.get_cell_at((1, 1)))
         rank = text_of(app, "#sim-rank")
         assert "2 > 4 > 1 > 3" in rank and "0.0900" in rank and "right document first" in rank
+
+
+async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
+    app = make_app(tmp_path, mteb=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        table = app.query_one("#sim-table", DataTable)
+        assert table.row_count == 2
+        row0 = [str(c) for c in table.get_row_at(0)]
+        row1 = [str(c) for c in table.get_row_at(1)]
+        assert row0[:3] == ["STS16", "ok", "0.789859"]
+        # The task's peak RSS is the largest sample inside its phase, read from the samples shown.
+        view = app.current
+        assert view is not None
+        sts_phase = next(p for p in view.phases if p.name == "STS16")
+        inside = [s.rss_mib for s in view.samples if sts_phase.start_s <= s.t_ns / 1e9 <= (sts_phase.end_s or 0)]
+        assert row0[5] == f"{max(inside):,.3f}"
+        assert row1[:2] == ["Banking77Classification", "failed"]
+        assert "Banking77Classification failed: ValueError: the classifier could not be fitted" in text_of(app, "#sim-rank")
+        # The MTEB phases are bands on the memory chart, named as mteb names them.
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        bands = str(app.query_one(PhaseBands).render())
+        assert "Encoding training samples" in bands and "Scoring" in bands
+
+
+async def test_form_builds_an_mteb_request(tmp_path: Path) -> None:
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        form = app.screen
+        assert isinstance(form, RunForm)
+        from textual.widgets import Input, Select
+
+        form.query_one("#f-workload", Select).value = "mteb"
+        form.query_one("#f-tasks", Input).value = "STS16, JSTS"
+        form.query_one("#f-data", Input).value = "/data"
+        request = form._request()
+        assert request.workload == "mteb" and request.params["tasks"] == ["STS16", "JSTS"] and request.params["data_dir"] == "/data"
+        workload = request.build_workload()
+        assert workload.tasks == ["STS16", "JSTS"] and workload.data_dir == "/data"
+        form.query_one("#f-tasks", Input).value = ""
+        import pytest
+
+        from embprof.engine.errors import UserError
+
+        with pytest.raises(UserError, match="at least one MTEB task"):
+            form._request()
 
 
 async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> None:

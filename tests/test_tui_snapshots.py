@@ -55,6 +55,10 @@ def test_small_terminal_panels(snap_compare: Any, tmp_path: Path, keys: tuple[st
     assert snap_compare(app_with(tmp_path), terminal_size=(80, 24), run_before=settle(*keys))
 
 
+def test_small_terminal_mteb_scores(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(app_with(tmp_path, mteb=True), terminal_size=(80, 24), run_before=settle("4"))
+
+
 def test_small_terminal_similarity(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(app_with(tmp_path, similarity=True), terminal_size=(80, 24), run_before=settle("4"))
 

@@ -36,7 +36,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("latency", "Latency"),
     ("memory", "Memory"),
     ("cpu", "CPU"),
-    ("similarity", "Similarity"),
+    ("similarity", "Scores"),
     ("runs", "Runs"),
 )
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
@@ -53,6 +53,17 @@ class RunRequest:
     def build_workload(self) -> Any:
         """The engine workload for this request; bad parameters raise UserError in prepare()."""
         p = self.params
+        if self.workload == "mteb":
+            from embprof.engine.workloads.mteb_tasks import MtebWorkload
+
+            return MtebWorkload(
+                tasks=list(p.get("tasks") or []),
+                data_dir=p.get("data_dir") or None,
+                results_dir=str(p.get("results_dir") or "results"),
+                batch_size=int(p.get("batch_size", 32)),
+                loops=int(p.get("loops") or 7),
+                text_file=p.get("text") or None,
+            )
         if self.workload == "speed":
             from embprof.engine.workloads.speed import SpeedWorkload
 
@@ -172,7 +183,7 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Label("dtype")
                 yield Select([(d, d) for d in DTYPES], compact=True, value=c.spec.dtype, allow_blank=False, id="f-dtype")
                 yield Label("workload")
-                yield Select([(w, w) for w in ("encode", "speed", "similarity")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
+                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
                 yield Label("encode as")
                 yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=p.get("mode", "plain"), allow_blank=False, id="f-mode")
                 yield Label("batch size")
@@ -185,6 +196,10 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Input(compact=True, value=p.get("prompt_name", "") or "", placeholder="e.g. query, STS (see `embprof prompts`)", id="f-prompt")
                 yield Label("query")
                 yield Input(compact=True, value=p.get("query", "") or "", placeholder="similarity: a query (with a docs file)", id="f-query")
+                yield Label("MTEB tasks")
+                yield Input(compact=True, value=" ".join(p.get("tasks") or []), placeholder="mteb: e.g. STS16 JSTS Banking77Classification", id="f-tasks")
+                yield Label("MTEB data dir")
+                yield Input(compact=True, value=p.get("data_dir", "") or "", placeholder="mteb: local JSON Lines (empty: the Hub)", id="f-data")
                 yield Label("sample Hz")
                 yield Input(compact=True, value=f"{c.sample_hz:g}", type="number", id="f-hz")
             yield Static("", id="form-error")
@@ -231,6 +246,11 @@ class RunForm(ModalScreen[RunRequest | None]):
             params.update(repeats=repeats or 3, input=v("f-file") or None, mode=sel("f-mode"))
         elif workload == "speed":
             params.update(loops=repeats or 7, text=v("f-file") or None)
+        elif workload == "mteb":
+            tasks = v("f-tasks").replace(",", " ").split()
+            if not tasks:
+                raise UserError("name at least one MTEB task, e.g. STS16")
+            params.update(tasks=tasks, data_dir=v("f-data") or None, loops=repeats or 7)
         else:
             params.update(query=v("f-query") or None, docs=v("f-file") or None)
         return RunRequest(spec=spec, workload=workload, params=params, sample_hz=hz)
@@ -265,7 +285,7 @@ HELP = """\
   [b]ctrl+s[/b]  save the run on display as a snapshot (finished runs are saved automatically)
   [b]o[/b]  open a saved snapshot (the Runs panel)
   [b]e[/b]  export the run on display (Markdown, CSV, JSON) next to its snapshot
-  [b]1–5[/b]  Latency, Memory, CPU, Similarity, Runs (one at a time in a small terminal)
+  [b]1–5[/b]  Latency, Memory, CPU, Scores (similarity or MTEB), Runs (one at a time in a small terminal)
   [b]ctrl+p[/b]  command palette
   [b]?[/b]  this help      [b]q[/b]  quit (stops a running run first)
 

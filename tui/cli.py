@@ -28,10 +28,26 @@ examples:
   embprof run speed --model google/embeddinggemma-300m --device cuda
   embprof run encode --input notes.txt --as query --batch-size 16
   embprof run similarity --query "Which metal is liquid?" --docs docs.txt
+  embprof mteb -t STS16 -t Banking77Classification   MTEB tasks with the sampler on; results in ./results
+  embprof mteb -m google/embeddinggemma-300m -t JSTS --data-dir datasets/
   embprof prompts --model google/embeddinggemma-300m --tsv
   embprof list
   embprof show profiles/<run>.json
   embprof export profiles/<run>.json --format md -o report.md
+"""
+
+MTEB_EXAMPLES = """\
+examples:
+  embprof mteb -t STS16                               one task on the bundled model, data from the Hub
+  embprof mteb -m google/embeddinggemma-300m -t JSICK -t JSTS --device cuda
+  embprof mteb -t STS16 -t Banking77Classification --data-dir datasets/   offline, local JSON Lines
+  embprof mteb -t CPUSpeedTask                        mteb 1.x's speed task, written in its 1.x results form
+  embprof mteb --list-tasks | grep STS
+local data (--data-dir DIR): DIR/<folder>/<split>.jsonl, the folder named after the task
+(STS16 → sts16, SICK-R → sickr, Banking77Classification → banking77); STS rows
+{"sentence1", "sentence2", "score"}, classification rows {"text", "label"}.
+results: DIR/<org__model>/<revision>/<Task>.json and model_meta.json (default DIR: ./results),
+mteb's own layout: mteb.ResultCache(cache_path=".").load_results() reads ./results.
 """
 
 RUN_EXAMPLES = {
@@ -107,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
     app.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     app.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
-    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity"], help="what runs at launch (default encode)")
+    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity", "mteb"], help="what runs at launch (default encode)")
+    app.add_argument("-t", "--task", action="append", default=[], metavar="TASK", help="mteb: a task to run (repeatable)")
+    app.add_argument("--data-dir", metavar="DIR", help="mteb: local task data (see `embprof mteb --help`)")
     app.add_argument("--no-autostart", action="store_true", help="open the dashboard without starting a run")
     app.add_argument("--input", metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
     app.add_argument("--text", metavar="FILE", help="speed: the_ugly_duckling.txt")
@@ -152,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query-prompt-name", help="prompt for the queries only")
     g.add_argument("--doc-prompt-name", help="prompt for the documents only")
     _add_save_args(si)
+
+    mt = sub.add_parser("mteb", help="run MTEB tasks with the sampler on; results in mteb's layout", epilog=MTEB_EXAMPLES,
+                        formatter_class=_Formatter,
+                        description="Run MTEB tasks with mteb's own evaluators, with memory, CPU and GPU sampled through every phase.")
+    _add_target_args(mt)
+    g = mt.add_argument_group("mteb")
+    g.add_argument("-t", "--task", dest="tasks", action="append", default=[], metavar="TASK", help="an MTEB task name (repeatable)")
+    g.add_argument("--data-dir", metavar="DIR", help="local task data, for offline runs (layout below)")
+    g.add_argument("--results-dir", metavar="DIR", default="results", help="where results files go (default ./results)")
+    g.add_argument("--batch-size", type=int, default=32, help="encode batch size (default 32, as mteb)")
+    g.add_argument("--loops", type=int, default=7, help="CPUSpeedTask/GPUSpeedTask: timed loops (default 7)")
+    g.add_argument("--text", metavar="FILE", help="CPUSpeedTask/GPUSpeedTask: the_ugly_duckling.txt")
+    g.add_argument("--list-tasks", action="store_true", help="print every task name mteb knows and exit")
+    _add_save_args(mt)
 
     pr = sub.add_parser("prompts", help="list a model's built-in prompts", formatter_class=_Formatter,
                         epilog="examples:\n  embprof prompts\n  embprof prompts --model google/embeddinggemma-300m --tsv > prompts.tsv\n")
@@ -200,6 +232,17 @@ def _target_spec(args: argparse.Namespace) -> TargetSpec:
 
 
 def _workload(args: argparse.Namespace) -> Any:
+    if args.workload == "mteb":
+        from embprof.engine.workloads.mteb_tasks import MtebWorkload
+
+        return MtebWorkload(
+            tasks=list(args.tasks),
+            data_dir=args.data_dir,
+            results_dir=args.results_dir,
+            batch_size=args.batch_size,
+            loops=args.loops,
+            text_file=args.text,
+        )
     if args.workload == "speed":
         from embprof.engine.workloads.speed import SpeedWorkload
 
@@ -272,11 +315,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if error is not None and error.error_kind == "input":
         raise _InputFailure(error.message)
     snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
-    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors"}
+    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes"}
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
             render_table(out, table)
     path = snap_mod.save(snapshot, out_dir)
+    files = sorted({str(r["results_file"]) for k, r in snapshot.summary.results.items() if k.startswith("mteb:") and r.get("results_file")})
+    for f in files:
+        out.print(f"results: {f}", soft_wrap=True)
     out.print(f"status: {snapshot.status}")
     out.print(f"snapshot: {path}", soft_wrap=True)
     if interrupted or snapshot.status == "incomplete":
@@ -286,6 +332,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 class _InputFailure(Exception):
     pass
+
+
+def cmd_mteb(args: argparse.Namespace) -> int:
+    if args.list_tasks:
+        from embprof.engine.mteb_data import all_task_names
+
+        sys.stdout.write("\n".join(all_task_names()) + "\n")
+        return EXIT_OK
+    args.workload = "mteb"
+    return cmd_run(args)
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
@@ -399,7 +455,8 @@ def cmd_app(args: argparse.Namespace) -> int:
     spec.validate()
     if not sys.stdout.isatty():
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
-    params = {"input": args.input, "text": args.text, "repeats": args.repeats, "loops": args.loops}
+    params = {"input": args.input, "text": args.text, "repeats": args.repeats, "loops": args.loops,
+              "tasks": list(args.task), "data_dir": args.data_dir}
     request = RunRequest(spec=spec, workload=args.workload, params=params, sample_hz=args.sample_hz)
     EmbprofApp(request, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
     return EXIT_OK
@@ -426,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_app(args)
     handlers = {
         "run": cmd_run,
+        "mteb": cmd_mteb,
         "prompts": cmd_prompts,
         "list": cmd_list,
         "show": cmd_show,

@@ -184,6 +184,16 @@ class RunView:
                 return n.removeprefix("host-only sampling: ").split(";")[0]
         return ""
 
+    def phase_peak(self, phase_id: int, field: str) -> float | None:
+        """The largest sampled value of a field while a phase ran (so far, if it still runs)."""
+        span = next((p for p in self.phases if p.phase_id == phase_id), None)
+        if span is None:
+            return None
+        end = span.end_s if span.end_s is not None else float("inf")
+        values = [getattr(s, field) for s in self.samples if span.start_s <= s.t_ns / 1e9 <= end]
+        present = [float(v) for v in values if v is not None]
+        return max(present) if present else None
+
     def phase_at(self, t_s: float) -> str:
         for p in reversed(self.phases):
             if p.start_s <= t_s and (p.end_s is None or t_s <= p.end_s):

@@ -20,7 +20,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from embprof.engine.report import fmt
+from embprof.engine.report import MTEB_COLUMNS, fmt, mteb_rows
 
 from .state import RunView
 
@@ -392,8 +392,11 @@ class CpuPanel(Panel):
 
 
 class SimilarityPanel(Panel):
-    panel_title = "Similarity"
-    depends_on = ("results",)
+    """Scores: the similarity matrix of a similarity run, or the task table of an MTEB run."""
+
+    panel_title = "Scores"
+    # Phases too: an MTEB task's live peak is re-read as its phases start and end.
+    depends_on = ("results", "phases")
     DEFAULT_CSS = """
     SimilarityPanel #sim-head { height: auto; }
     SimilarityPanel DataTable { height: 1fr; }
@@ -411,8 +414,11 @@ class SimilarityPanel(Panel):
         rank = self.query_one("#sim-rank", Static)
         sim = view.results.get("similarity") if view else None
         table.clear(columns=True)
+        if view is not None and "mteb" in view.results:
+            self._show_mteb(view, head, table, rank)
+            return
         if not sim:
-            head.update(Text("No similarity run shown. Press n and choose the similarity workload.", style="dim"))
+            head.update(Text("No scores yet. Press n and choose the similarity or mteb workload.", style="dim"))
             rank.update("")
             return
         head.update(
@@ -453,6 +459,40 @@ class SimilarityPanel(Panel):
                 lines.append("  right document first" if verdict else "  WRONG document first", style="green" if verdict else "bold red")
             lines.append("\n")
         rank.update(lines)
+
+
+    def _show_mteb(self, view: RunView, head: Static, table: DataTable[Any], rank: Static) -> None:
+        info = view.results["mteb"]
+        head.update(
+            Text.assemble(
+                ("MTEB · ", "dim"), (str(info.get("model_name", "")), "bold"),
+                ("   results ", "dim"), (f"{info.get('results_dir', '')}/", ""),
+                ("   scores computed by mteb", "dim"),
+            )
+        )
+        rows = mteb_rows(view.results, view.phase_peak)
+        open_tasks = {p.name: p for p in view.phases if p.end_s is None}
+        for col in MTEB_COLUMNS:
+            table.add_column(col, key=col)
+        for row in rows:
+            name, status = str(row[0]), str(row[1])
+            if status == "not run" and name in open_tasks:
+                p = open_tasks[name]
+                status = "running"
+                row = [name, status, None, None, view.last_t_s - p.start_s, view.phase_peak(p.phase_id, "rss_mib"), None]
+            style = {"ok": "green", "failed": "bold red", "running": "yellow", "cancelled": "yellow"}.get(status, "dim")
+            table.add_row(*[Text(c if isinstance(c, str) else fmt(c), style=style if i == 1 else "") for i, c in enumerate(row)])
+        failures = Text()
+        for name in (view.results.get("mteb") or {}).get("tasks") or []:
+            r = view.results.get(f"mteb:{name}") or {}
+            if r.get("status") == "failed":
+                failures.append(f"{name} failed: ", style="bold red")
+                failures.append(f"{r.get('error', '')}\n")
+        innermost = next((p for p in reversed(view.phases) if p.end_s is None), None)
+        if innermost is not None and view.running:
+            failures.append("now: ", style="dim")
+            failures.append(innermost.label, style="bold")
+        rank.update(failures)
 
 
 class RunsPanel(Panel):

@@ -58,6 +58,9 @@ class SpeedWorkload:
         }
 
     def run(self, ctx: RunContext, target: Target) -> None:
+        ctx.emit(Result(t_ns=ctx.now(), name="speed", data=self.measure(ctx, target)))
+
+    def measure(self, ctx: RunContext, target: Target) -> dict[str, Any]:
         paragraphs = self.text.paragraphs
         with ctx.phase("warm-up", '["encode this"]'):
             target.encode(ctx, ["encode this"], batch_size=self.batch_size, label="warm-up", warmup=True)
@@ -70,19 +73,13 @@ class SpeedWorkload:
         device = str(target.describe().get("device_resolved", "cpu"))
         task = "CPUSpeedTask" if device == "cpu" else "GPUSpeedTask"
         time_mean = float(np.mean(timings))
-        ctx.emit(
-            Result(
-                t_ns=ctx.now(),
-                name="speed",
-                data={
-                    "task_name": task,
-                    # mteb 1.x's own fields and formulas: population std, words / mean time.
-                    "time_mean": time_mean,
-                    "time_std": float(np.std(timings)),
-                    "timings": timings,
-                    "avg_words_per_sec": self.text.words / time_mean,
-                    "words": self.text.words,
-                    "stats": describe(timings),
-                },
-            )
-        )
+        return {
+            "task_name": task,
+            # mteb 1.x's own fields and formulas: population std, words / mean time.
+            "time_mean": time_mean,
+            "time_std": float(np.std(timings)),
+            "timings": timings,
+            "avg_words_per_sec": self.text.words / time_mean,
+            "words": self.text.words,
+            "stats": describe(timings),
+        }

@@ -1,0 +1,315 @@
+"""Where mteb meets the run: live phases from mteb's own timer and encode calls, and results in
+mteb's own files.
+
+mteb 2.x times its phases with a ``TimingStack`` that it hands to ``AbsTask.evaluate(timer=…)``,
+and reports them only in the finished ``TaskResult``. Two taps make them live without changing
+what mteb computes:
+
+* the task's ``evaluate``/``load_data`` get a timer that forwards every call to mteb's own and
+  opens the same phase, by the same name, in the run's event stream as it starts;
+* the encoder mteb is given is mteb's own ``SentenceTransformerEncoderWrapper`` around the
+  target's loaded model, with ``encode`` timed: the phase gets the number of texts, the prompt
+  type and the prompt mteb chose, and the batch hooks time every forward pass inside it.
+
+When the task ends its ``evaluation_phases`` are matched against what was seen live.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import warnings
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .context import RunContext
+from .errors import UserError
+from .files import atomic_write_bytes
+from .targets import BUNDLED_MODEL_ID, SentenceTransformerTarget
+
+EXPERIMENT = re.compile(r"^(.*?)\s*\((\d+/\d+)\)$")  # "Running experiment (3/10)"
+
+
+@dataclass
+class LivePhase:
+    """One phase mteb opened, as seen live: its name, where it was and when on the run's clock."""
+
+    name: str
+    split: str
+    subset: str
+    phase_id: int | None = None  # the run's phase that showed it, if one did
+    start_ns: int = 0
+    end_ns: int | None = None
+
+
+@dataclass
+class EncodeRecord:
+    phase_id: int
+    phase: str
+    split: str
+    subset: str
+    texts: int
+    prompt_type: str | None
+    prompt_name: str | None
+    prompt: str | None
+    seconds: float = 0.0
+    tokens: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TaskSession:
+    """The live state of one task's evaluation."""
+
+    ctx: RunContext
+    task_name: str
+    live: list[LivePhase] = field(default_factory=list)
+    encodes: list[EncodeRecord] = field(default_factory=list)
+    inner_timer: Any = None  # mteb's TimingStack, whose clock the final phases are relative to
+    pending: LivePhase | None = None  # an "Encoding …" phase waiting for its encode call
+
+    def open_phase(self, name: str, split: str, subset: str) -> tuple[LivePhase, AbstractContextManager[int] | None]:
+        record = LivePhase(name=name, split=split, subset=subset, start_ns=self.ctx.now())
+        self.live.append(record)
+        if name.startswith("Encoding"):
+            # The encode call inside names the phase with what only it knows (texts, prompt).
+            self.pending = record
+            return record, None
+        shown, detail = name, ""
+        m = EXPERIMENT.match(name)
+        if m:
+            shown, detail = m.group(1), m.group(2)
+        where = "/".join(x for x in (split, subset if subset != "default" else "") if x)
+        detail = " · ".join(x for x in (detail, where) if x)
+        cm = self.ctx.phase(shown, detail)
+        record.phase_id = cm.__enter__()
+        return record, cm
+
+    def close_phase(self, record: LivePhase, cm: AbstractContextManager[int] | None, exc: tuple[Any, Any, Any]) -> None:
+        if self.pending is record:
+            self.pending = None
+        record.end_ns = self.ctx.now()
+        if cm is not None:
+            cm.__exit__(*exc)
+
+
+class _LiveTimingContext:
+    def __init__(self, session: TaskSession, inner: Any, name: str, split: str, subset: str) -> None:
+        self.session = session
+        self.inner = inner
+        self.args = (name, split, subset)
+        self.record: LivePhase | None = None
+        self.cm: AbstractContextManager[int] | None = None
+
+    def __enter__(self) -> _LiveTimingContext:
+        self.inner.__enter__()
+        self.record, self.cm = self.session.open_phase(*self.args)
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if self.record is not None:
+                self.session.close_phase(self.record, self.cm, (et, ev, tb))
+        finally:
+            self.inner.__exit__(et, ev, tb)
+
+
+class LiveTimer:
+    """Stands in for mteb's TimingStack: everything is forwarded to it; phases also go live."""
+
+    def __init__(self, inner: Any, session: TaskSession) -> None:
+        self._inner = inner
+        self._session = session
+        session.inner_timer = inner
+
+    def __call__(self, name: str, split: str = "", subset: str = "", log_message: str | None = None) -> _LiveTimingContext:
+        return _LiveTimingContext(self._session, self._inner(name, split=split, subset=subset, log_message=log_message), name, split, subset)
+
+    def add_phase(self, name: str, start: float, end: float, split: str, subset: str) -> None:
+        self._inner.add_phase(name, start, end, split=split, subset=subset)
+
+    @property
+    def phases(self) -> Any:
+        return self._inner.phases
+
+    @property
+    def _start_time(self) -> Any:
+        return self._inner._start_time
+
+    @_start_time.setter
+    def _start_time(self, value: Any) -> None:
+        self._inner._start_time = value
+
+    def plot(self) -> str:
+        return str(self._inner.plot())
+
+
+def tap_task(task: Any, session: TaskSession) -> None:
+    """Give this task object's evaluate and load_data a live timer (on the instance only)."""
+    from mteb.timing import TimingStack
+
+    evaluate, load_data = task.evaluate, task.load_data
+
+    def live_evaluate(*args: Any, timer: Any = None, **kwargs: Any) -> Any:
+        return evaluate(*args, timer=LiveTimer(timer if timer is not None else TimingStack(), session), **kwargs)
+
+    def live_load_data(*args: Any, timer: Any = None, **kwargs: Any) -> Any:
+        return load_data(*args, timer=LiveTimer(timer if timer is not None else TimingStack(), session), **kwargs)
+
+    task.evaluate = live_evaluate
+    task.load_data = live_load_data
+
+
+def reconcile(session: TaskSession, final_phases: list[dict[str, Any]] | None, mono_ref: float, ns_ref: int) -> list[dict[str, Any]]:
+    """mteb's own phase list for the task, each placed on the run's clock and paired with the
+    phase seen live (same name, split and subset, in order)."""
+    out: list[dict[str, Any]] = []
+    start_abs = getattr(session.inner_timer, "_start_time", None)
+    unmatched = list(session.live)
+    for p in final_phases or []:
+        match = next((r for r in unmatched if (r.name, r.split, r.subset) == (p["name"], p.get("split", ""), p.get("subset", ""))), None)
+        if match is not None:
+            unmatched.remove(match)
+        mteb_s = float(p["end"]) - float(p["start"])
+        row: dict[str, Any] = {
+            "name": p["name"],
+            "split": p.get("split", ""),
+            "subset": p.get("subset", ""),
+            "mteb_seconds": mteb_s,
+            "seen_live": match is not None,
+            "phase_id": match.phase_id if match is not None else None,
+        }
+        if match is not None and match.end_ns is not None:
+            row["start_s"] = match.start_ns / 1e9
+            row["live_seconds"] = (match.end_ns - match.start_ns) / 1e9
+            row["difference_ms"] = (row["live_seconds"] - mteb_s) * 1e3
+        elif start_abs is not None:
+            # Only mteb saw it (a fallback phase it adds itself): place it by mteb's monotonic clock.
+            row["start_s"] = (ns_ref + (start_abs + float(p["start"]) - mono_ref) * 1e9) / 1e9
+        out.append(row)
+    # mteb lists a phase when it ends (an experiment before the scoring that holds it); by start reads better.
+    out.sort(key=lambda r: r.get("start_s", float("inf")))
+    return out
+
+
+def _prompt_choice(model_prompts: dict[str, str] | None, task_metadata: Any, prompt_type: Any) -> tuple[str | None, str | None]:
+    if not model_prompts:
+        return None, None
+    from mteb.models.abs_encoder import get_prompt_name
+
+    name = get_prompt_name(model_prompts, task_metadata, prompt_type)
+    return name, (model_prompts.get(name) if name else None)
+
+
+def make_encoder(target: Any, session_of: Any) -> Any:
+    """mteb's own encoder wrapper around the target's loaded model, with encode timed."""
+    if not isinstance(target, SentenceTransformerTarget):
+        raise UserError(f"MTEB tasks cannot run on a {getattr(target, 'kind', 'this')} target")
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+
+    class ProfiledEncoder(SentenceTransformerEncoderWrapper):  # type: ignore[misc]
+        def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> Any:
+            session: TaskSession = session_of()
+            ctx = session.ctx
+            dataset = getattr(inputs, "dataset", None)
+            texts = len(dataset) if dataset is not None else 0
+            words = 0
+            if dataset is not None and "text" in getattr(dataset, "column_names", []):
+                words = sum(len(str(t).split()) for t in dataset["text"])
+            prompt_name, prompt = _prompt_choice(self.model_prompts, task_metadata, prompt_type)
+            ptype = getattr(prompt_type, "value", prompt_type)
+            pending, session.pending = session.pending, None
+            name = pending.name if pending is not None else "encode"
+            where = "/".join(x for x in (hf_split, hf_subset if hf_subset != "default" else "") if x)
+            detail = " · ".join(
+                x for x in (where, f"{texts} texts", f"prompt {prompt_name}" if prompt_name else "no prompt", ptype or "") if x
+            )
+            with ctx.phase(name, detail) as phase_id:
+                if pending is not None:
+                    pending.phase_id = phase_id
+                with target.timed_call(ctx, label=f"{session.task_name} {hf_split}", items=texts, words=words) as call:
+                    out = super().encode(
+                        inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset, prompt_type=prompt_type, **kwargs
+                    )
+            session.encodes.append(
+                EncodeRecord(
+                    phase_id=phase_id,
+                    phase=name,
+                    split=hf_split,
+                    subset=hf_subset,
+                    texts=texts,
+                    prompt_type=ptype,
+                    prompt_name=prompt_name,
+                    prompt=prompt,
+                    seconds=call.duration_ns / 1e9,
+                    tokens=call.tokens,
+                    batches=call.batches,
+                )
+            )
+            return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mteb's deprecation chatter about sentence-transformers' API
+        encoder = ProfiledEncoder(target.model)
+    name, revision = results_identity(target, encoder.mteb_model_meta)
+    encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
+    return encoder
+
+
+def results_identity(target: SentenceTransformerTarget, meta: Any) -> tuple[str, str]:
+    """The model name and revision the results are filed under, as mteb files them."""
+    name = meta.name if meta.name and meta.name != "no_model_name/available" else None
+    if target.spec.model is None:
+        name = BUNDLED_MODEL_ID
+    elif name is None:
+        name = target.spec.model if not Path(target.location).is_dir() else f"local/{Path(target.location).resolve().name}"
+    return name, meta.revision or "no_revision_available"
+
+
+def results_folder(results_dir: Path, meta: Any) -> Path:
+    return results_dir / meta.model_name_as_path() / (meta.revision or "no_revision_available")
+
+
+def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
+    """``<results>/<org__model>/<revision>/<Task>.json`` and ``model_meta.json``, in mteb's own
+    serialisation (TaskResult.to_disk, ModelMeta.to_dict), each written atomically."""
+    folder = results_folder(results_dir, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{result.task_name}.json"
+    tmp = folder / f".{result.task_name}.json.tmp"
+    result.to_disk(tmp)
+    atomic_write_bytes(path, tmp.read_bytes())
+    tmp.unlink(missing_ok=True)
+    atomic_write_bytes(folder / "model_meta.json", json.dumps(meta.to_dict(), default=str, indent=4).encode("utf-8"))
+    return path
+
+
+def write_speed_result(task_name: str, scores: dict[str, Any], evaluation_time: float, meta: Any, results_dir: Path) -> Path:
+    """A SpeedTask result in mteb 1.x's form, which mteb 2.x no longer writes."""
+    from importlib.metadata import version
+
+    folder = results_folder(results_dir, meta)
+    data = {
+        "dataset_revision": "1.0",
+        "task_name": task_name,
+        "mteb_version": version("mteb"),
+        "scores": {"test": [{**scores, "hf_subset": "default", "languages": ["eng-Latn"]}]},
+        "evaluation_time": evaluation_time,
+        "kg_co2_emissions": None,
+    }
+    path = folder / f"{task_name}.json"
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode("utf-8"))
+    atomic_write_bytes(folder / "model_meta.json", json.dumps(meta.to_dict(), default=str, indent=4).encode("utf-8"))
+    return path
+
+
+def monotonic_pair(ctx: RunContext) -> tuple[float, int]:
+    """The same instant on mteb's clock (time.monotonic) and the run's."""
+    return time.monotonic(), ctx.now()

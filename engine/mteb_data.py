@@ -1,0 +1,247 @@
+"""MTEB tasks by name, and local JSON Lines data loaded into mteb's own task objects.
+
+The task object stays mteb's: its metadata, splits, prompts and evaluator are untouched; only
+where its rows come from changes when a local folder has them. Layout, one file per split:
+``<data-dir>/<folder>/<split>.jsonl`` (``<folder>/<subset>/<split>.jsonl`` for a task with
+several subsets), STS rows ``{"sentence1", "sentence2", "score"}`` and classification rows
+``{"text", "label"}``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+SPEED_TASKS = ("CPUSpeedTask", "GPUSpeedTask")
+
+
+def import_mteb() -> Any:
+    """mteb, imported with its import-time chatter kept off the user's terminal."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import mteb
+
+    return mteb
+
+
+def all_task_names() -> list[str]:
+    import logging
+    import warnings
+
+    mteb = import_mteb()
+    log = logging.getLogger("mteb")
+    was = log.level
+    log.setLevel(logging.CRITICAL + 1)  # a line per beta task otherwise
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tasks = mteb.get_tasks(exclude_superseded=False, exclude_private=False, exclude_beta=False)
+    finally:
+        log.setLevel(was)
+    return sorted({t.metadata.name for t in tasks} | set(SPEED_TASKS))
+
+
+def closest_task_names(name: str, known: list[str], n: int = 3) -> list[str]:
+    """Case-insensitive first (``sts16`` → STS16), then by spelling."""
+    folded = {k.lower(): k for k in known}
+    exact = [folded[name.lower()]] if name.lower() in folded else []
+    close = difflib.get_close_matches(name.lower(), list(folded), n=n, cutoff=0.6)
+    out = exact + [folded[c] for c in close if folded[c] not in exact]
+    return out[:n]
+
+
+def get_task(name: str) -> Any:
+    """mteb's task object for a name, or one sentence naming the closest names mteb knows."""
+    import logging
+    import warnings
+
+    mteb = import_mteb()
+    log = logging.getLogger("mteb")
+    was = log.level
+    log.setLevel(logging.CRITICAL + 1)  # its own "did you mean" goes to the log; ours is the one sentence
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return mteb.get_task(name)
+    except KeyError:
+        suggestions = closest_task_names(name, all_task_names())
+        hint = f"; closest names: {', '.join(suggestions)}" if suggestions else ""
+        raise UserError(f"mteb knows no task '{name}'{hint} (`embprof mteb --list-tasks` lists them)") from None
+    finally:
+        log.setLevel(was)
+
+
+def needed_splits(task: Any) -> list[str]:
+    """The splits mteb will read: the evaluation splits, plus the training split a classifier fits on."""
+    splits = list(task.metadata.eval_splits)
+    train = getattr(task, "train_split", None)
+    if isinstance(train, str) and train not in splits and _is_classification(task):
+        splits.insert(0, train)
+    return splits
+
+
+def _is_classification(task: Any) -> bool:
+    from mteb.abstasks.classification import AbsTaskClassification
+
+    return isinstance(task, AbsTaskClassification)
+
+
+def folder_candidates(task_name: str, task_type: str) -> list[str]:
+    """Folder names a task's data may sit under: ``STS16`` → STS16, sts16; ``SICK-R`` → sickr;
+    ``Banking77Classification`` → banking77 (the task type dropped from the end)."""
+    plain = re.sub(r"[^0-9a-z]", "", task_name.lower())
+    out = [task_name, task_name.lower(), plain]
+    suffix = re.sub(r"[^0-9a-z]", "", task_type.lower())
+    if suffix and plain.endswith(suffix) and len(plain) > len(suffix):
+        out.append(plain[: -len(suffix)])
+    return list(dict.fromkeys(out))
+
+
+@dataclass
+class LocalData:
+    folder: Path
+    files: dict[str, dict[str, Path]]  # subset -> split -> file
+    rows: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "folder": str(self.folder),
+            "files": {sub: {sp: str(p) for sp, p in splits.items()} for sub, splits in self.files.items()},
+            "rows": self.rows,
+        }
+
+
+def find_local(task: Any, data_dir: Path) -> tuple[LocalData | None, list[Path]]:
+    """The task's local files under data_dir, or None and every file that was looked for."""
+    splits = needed_splits(task)
+    subsets = list(task.hf_subsets or ["default"])
+    multi = bool(task.metadata.is_multilingual) and subsets != ["default"]
+    looked: list[Path] = []
+    for name in folder_candidates(task.metadata.name, str(task.metadata.type)):
+        folder = data_dir / name
+        if multi:
+            found: dict[str, dict[str, Path]] = {}
+            for sub in subsets:
+                paths = {sp: folder / sub / f"{sp}.jsonl" for sp in splits}
+                if all(p.is_file() for p in paths.values()):
+                    found[sub] = paths
+                else:
+                    looked.extend(p for p in paths.values() if not p.is_file())
+            if found:
+                return LocalData(folder, found), []
+        else:
+            paths = {sp: folder / f"{sp}.jsonl" for sp in splits}
+            missing = [p for p in paths.values() if not p.is_file()]
+            if not missing:
+                return LocalData(folder, {"default": paths}), []
+            looked.extend(missing)
+    return None, looked
+
+
+def _required_columns(task: Any) -> list[str]:
+    if _is_classification(task):
+        col = task.input_column_name
+        cols = [col] if isinstance(col, str) else list(col)
+        return [*cols, task.label_column_name]
+    names = getattr(task, "column_names", None)
+    if isinstance(names, tuple) and all(isinstance(c, str) for c in names):
+        return [*names, "score"]
+    return []
+
+
+def _read_rows(path: Path, required: list[str]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    raise UserError(f"{path} line {number} is not JSON") from None
+                if not isinstance(row, dict):
+                    raise UserError(f"{path} line {number} is not a JSON object")
+                missing = [c for c in required if c not in row]
+                if missing:
+                    raise UserError(f"{path} line {number} lacks {', '.join(repr(m) for m in missing)}")
+                rows.append(row)
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not rows:
+        raise UserError(f"{path} has no rows")
+    return rows
+
+
+def load_local(task: Any, data: LocalData) -> None:
+    """Put the local rows into the task object, then run the task's own dataset_transform."""
+    from datasets import Dataset, DatasetDict
+
+    required = _required_columns(task)
+    per_subset: dict[str, Any] = {}
+    for sub, splits in data.files.items():
+        dd = {}
+        for split, path in splits.items():
+            rows = _read_rows(path, required)
+            data.rows.setdefault(sub, {})[split] = len(rows)
+            dd[split] = Dataset.from_list(rows)
+        per_subset[sub] = DatasetDict(dd)
+    if list(per_subset) == ["default"] and not task.metadata.is_multilingual:
+        task.dataset = per_subset["default"]
+    else:
+        task.dataset = per_subset
+        task.hf_subsets = [s for s in task.hf_subsets if s in per_subset]
+    try:
+        task.dataset_transform()
+    except Exception as exc:
+        raise UserError(
+            f"{task.metadata.name}'s own dataset_transform failed on the local data in {data.folder}: "
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    task.data_loaded = True
+
+
+def size_mismatches(task: Any, data: LocalData) -> list[str]:
+    """Splits whose local row count differs from the size mteb's metadata gives for its own data."""
+    if task.metadata.is_multilingual:
+        return []
+    try:
+        expected = task.metadata.n_samples or {}
+    except Exception:
+        return []
+    out = []
+    for split, n in data.rows.get("default", {}).items():
+        want = expected.get(split)
+        if want is not None and want != n:
+            out.append(
+                f"{task.metadata.name} {split}: the local data has {n} rows, mteb's dataset has {want}; "
+                "its scores are not comparable to published MTEB results"
+            )
+    return out
+
+
+def hub_reachable(timeout: float = 10.0) -> bool:
+    """Whether datasets can be fetched: not when HF_HUB_OFFLINE/HF_DATASETS_OFFLINE say so, or the Hub is unreachable."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            return False
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().dataset_info("mteb/sts16-sts", timeout=timeout)
+    except Exception as exc:
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        return isinstance(exc, RepositoryNotFoundError)  # reached the Hub, which answered
+    return True
