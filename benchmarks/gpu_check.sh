@@ -3,7 +3,9 @@
 # GPUSpeedTask), then NVML's per-process GPU memory from embprof's timeline against torch's own
 # counter, torch.cuda.max_memory_reserved. The process figure must be at least torch's reservation
 # (it adds the CUDA context and kernels) and not wildly more. Then one short MTEB task (STS16, local
-# data) on cuda: NVML's per-process memory must be in the timeline, phase by phase.
+# data) on cuda: NVML's per-process memory must be in the timeline, phase by phase. Last, the
+# memory-limit search on cuda: the batch doubles until CUDA runs out of memory; the largest batch
+# that fits and its memory are printed.
 #
 #   benchmarks/gpu_check.sh                 uses .venv/bin/python, else python3
 #   PYTHON=/path/to/python benchmarks/gpu_check.sh
@@ -88,4 +90,28 @@ enc = [p for p in s.phases if p.path == "STS16 › Encoding samples 1"]
 if not enc or enc[0].peaks.get("gpu_used_mib") is None:
     sys.exit("gpu_check: MTEB encoding phase has no GPU figures")
 print("gpu_check mteb: ok")
+PYEOF
+
+"$PY" - "$OUTDIR/long.txt" <<'PYEOF'
+import random, sys
+words = "the quick brown fox jumps over a lazy dog while seven wizards judge boxing in the old hall".split()
+rnd = random.Random(0)
+open(sys.argv[1], "w").write("\n".join(" ".join(rnd.choice(words) for _ in range(200)) for _ in range(64)) + "\n")
+PYEOF
+"$PY" -m embprof.tui run sweep --device cuda --axis batch=256 --until-oom --input "$OUTDIR/long.txt" \
+  --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/oom.txt"
+SNAP=$(tail -n 1 "$OUTDIR/oom.txt" | sed 's/^snapshot: //')
+
+"$PY" - "$SNAP" <<'PYEOF'
+import sys
+from embprof.engine.snapshot import load
+
+sweep = load(sys.argv[1]).summary.results["sweep"]
+limit = sweep["memory_limit"]
+for c in limit["curve"]:
+    print(f"  batch {c['batch']:>6}: {c['status']:<12} NVML process peak {c['peak_gpu_mib']} MiB, torch reserved peak {c['torch_peak_mib']} MiB")
+print(f"largest batch that fits: {limit['largest_that_fits']} ({limit['stopped']})")
+if limit["largest_that_fits"] is None:
+    sys.exit("gpu_check: nothing fit")
+print("gpu_check oom: ok")
 PYEOF

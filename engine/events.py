@@ -206,6 +206,10 @@ class EventBus:
         with self._lock:
             self._subscribers.append(subscriber)
 
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        with self._lock:
+            self._subscribers.remove(subscriber)
+
     def publish(self, event: Event) -> None:
         with self._lock:
             for subscriber in self._subscribers:

@@ -199,6 +199,12 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     sim = s.results.get("similarity")
     if sim:
         tables.extend(similarity_tables(sim))
+    sweep = s.results.get("sweep")
+    if sweep:
+        tables.extend(sweep_tables(sweep))
+    vs = s.results.get("vs")
+    if vs:
+        tables.append(vs_table(vs))
     peaks_by_phase = {p.phase_id: p.peaks for p in s.phases}
     rows = mteb_rows(s.results, lambda pid, name: peaks_by_phase.get(pid, {}).get(name))
     if rows:
@@ -211,6 +217,66 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     if s.notes:
         tables.append(Table("notes", "Notes", ["note"], [[n] for n in s.notes]))
     return tables
+
+
+SWEEP_COLUMNS = ("point", "status", "median s", "95% CI ±%", "ended by", "repeats", "items/s", "tokens/s", "padding %",
+                 "GFLOP/s", "peak RSS MiB", "peak GPU MiB")
+
+
+def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
+    points = Table("sweep", "Sweep points (each: warm-up, then repeated until the 95 % CI of the median is within target or the budget is spent)",
+                   list(SWEEP_COLUMNS))
+    for p in sweep["points"]:
+        points.rows.append([
+            p["label"], p["status"], p.get("median_s"), p.get("ci_half_width_percent"), p.get("stop"), p.get("repeats"),
+            p.get("items_per_s"), p.get("tokens_per_s"), p.get("padding_percent"), p.get("gflops"), p.get("peak_rss_mib"),
+            p.get("peak_gpu_mib"),
+        ])
+    out = [points]
+    fits = Table("fit", "Latency model (least squares, statsmodels OLS; 95 % CIs)", ["group", "latency =", "R²", "fixed s", "per line s", "per token s", "observations"])
+    notes = []
+    for f in sweep.get("fits", []):
+        def term(name: str, f: dict[str, Any] = f) -> str | None:
+            if name not in f["terms"]:
+                return None
+            lo, hi = f["ci95"][name]
+            return f"{f['coef'][name]:.6g} [{lo:.4g}, {hi:.4g}]"
+
+        group = " ".join(f"{k}={v}" for k, v in f["group"].items()) or "all points"
+        fits.rows.append([group, f["formula"], f["r2"], term("fixed"), term("per_line"), term("per_token"), f["observations"]])
+        if f["why_dropped"] and f["why_dropped"] not in notes:
+            notes.append(f["why_dropped"])
+    if fits.rows:
+        out.append(fits)
+    if notes:
+        out.append(Table("fit-notes", "About the fit", ["note"], [[n] for n in notes]))
+    limit = sweep.get("memory_limit")
+    if limit:
+        out.append(_kv("memory-limit", f"Memory limit search ({limit['axis']})", [
+            (f"largest {limit['axis']} that fits", limit.get("largest_that_fits")),
+            ("stopped because", limit.get("stopped")),
+            ("RAM ceiling MiB", limit.get("ceiling_mib")),
+        ]))
+    return out
+
+
+def vs_table(vs: dict[str, Any]) -> Table:
+    a, b = vs["a"], vs["b"]
+    ci = vs.get("ci95")
+    rows: list[tuple[str, Any]] = [
+        ("A", f"{a.get('model_name')} ({a.get('device_resolved')}, {a.get('dtype')})"),
+        ("B", f"{b.get('model_name')} ({b.get('device_resolved')}, {b.get('dtype')})"),
+        ("texts per call", vs.get("texts")),
+        ("pairs (ABBA order)", len(vs.get("ratios", []))),
+        ("A median s", vs["a_stats"].get("p50_s")),
+        ("B median s", vs["b_stats"].get("p50_s")),
+        ("B/A pair by pair", ", ".join(f"{r:.3f}" for r in vs.get("ratios", []))),
+        ("B/A median", vs.get("median_ratio")),
+        ("B/A 95% CI", f"{ci[0]:.3f} – {ci[1]:.3f}" if ci else "too few pairs"),
+        ("beyond noise", {True: "yes", False: "no", None: "too few pairs"}[vs.get("beyond_noise")]
+         + (f" ({vs['test']}, p={vs['p_value']:.3g})" if vs.get("p_value") is not None else "")),
+    ]
+    return _kv("vs", "A against B, alternately in one process", rows)
 
 
 MTEB_COLUMNS = ("task", "status", "main score", "metric", "seconds", "peak RSS MiB", "peak GPU MiB")
@@ -314,9 +380,16 @@ def all_tables(snap: Snapshot) -> dict[str, Table]:
     return {t.name: t for t in [*summary_tables(snap), *raw_tables(snap)]}
 
 
-def to_markdown(snap: Snapshot) -> str:
-    lines = [f"# embprof profile: {snap.workload.get('name')} on {snap.target.get('model_name')}", ""]
-    for table in summary_tables(snap):
+def to_markdown(snap: Snapshot, images: list[str] | None = None) -> str:
+    title = f"# embprof profile: {snap.workload.get('name')} on {snap.target.get('model_name')}"
+    return tables_markdown(title, summary_tables(snap), images)
+
+
+def tables_markdown(title: str, tables: list[Table], images: list[str] | None = None) -> str:
+    lines = [title, ""]
+    for image in images or []:
+        lines += [f"![{image}]({image})", ""]
+    for table in tables:
         lines += [f"## {table.title}", ""]
         lines.append("| " + " | ".join(table.columns) + " |")
         lines.append("|" + "|".join("---" for _ in table.columns) + "|")
@@ -335,11 +408,11 @@ def to_csv(table: Table) -> str:
     return buf.getvalue()
 
 
-def export(snap: Snapshot, fmt_name: str, table: str = "summary") -> str:
+def export(snap: Snapshot, fmt_name: str, table: str = "summary", images: list[str] | None = None) -> str:
     if fmt_name == "json":
         return to_json(snap)
     if fmt_name == "md":
-        return to_markdown(snap)
+        return to_markdown(snap, images)
     tables = all_tables(snap)
     if table == "summary":
         # One long table a spreadsheet can pivot: section, row label, column, value.

@@ -364,7 +364,12 @@ def default_filename(snapshot: Snapshot) -> str:
 
 
 def save(snapshot: Snapshot, directory: Path) -> Path:
+    """Write the snapshot under its default name; never over another run's file (a -2, -3 … suffix)."""
     path = directory / default_filename(snapshot)
+    n = 1
+    while path.exists():
+        n += 1
+        path = directory / f"{Path(default_filename(snapshot)).stem}-{n}.json"
     atomic_write_bytes(path, to_json(snapshot).encode("utf-8"))
     return path
 

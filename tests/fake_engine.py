@@ -75,12 +75,27 @@ def scripted_mteb(t: int, rss: float, gpu: bool) -> tuple[list[Event], int, floa
     return ev, t, rss
 
 
-def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False, mteb: bool = False) -> list[Event]:
+SWEEP = {
+    "axes": {"lines": [25, 50, 100]},
+    "points": [
+        {"params": {"lines": n}, "label": f"lines={n}", "status": "ok", "median_s": med, "ci_half_width_percent": ci, "stop": stop,
+         "repeats": reps, "items_per_s": n / med, "peak_rss_mib": rss, "stats": {"samples_s": [med] * reps}}
+        for n, med, ci, stop, reps, rss in ((25, 0.49, 1.2, "precision", 6, 610.0), (50, 0.70, 1.8, "precision", 9, 640.0),
+                                             (100, 1.12, 3.5, "budget", 14, 700.0))
+    ],
+    "fits": [{"group": {}, "formula": "280 ms + 8.4 ms a line", "r2": 0.998, "terms": ["fixed", "per_line"],
+              "coef": {"fixed": 0.28, "per_line": 0.0084}, "ci95": {}, "observations": 29, "dropped": [], "why_dropped": ""}],
+}
+
+
+def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False, mteb: bool = False,
+                 sweep: bool = False) -> list[Event]:
     """A complete encode run: import, load, one warm-up, three timed calls of two batches each."""
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
                    target={"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"},
-                   workload={"name": "mteb" if mteb else "similarity" if similarity else "encode"}, sample_hz=10.0),
+                   workload={"name": "mteb" if mteb else "sweep" if sweep else "similarity" if similarity else "encode"},
+                   sample_hz=10.0),
     ]
     if not gpu:
         ev.append(Note(t_ns=1, text="host-only sampling: NVML unavailable (fake); GPU columns are N/A"))
@@ -129,6 +144,8 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
                               duration_ns=int(ms * MS), warmup=warm))
         ev.append(PhaseEnded(t_ns=t, phase_id=pid, name=name, duration_ns=int(ms * MS)))
         pid += 1
+    if sweep:
+        ev.append(Result(t_ns=t, name="sweep", data=SWEEP))
     if similarity:
         ev.append(Result(t_ns=t, name="similarity", data={
             "queries": ["Which metal is liquid at room temperature?"],

@@ -72,6 +72,23 @@ async def test_real_mteb_run_in_the_dashboard(tmp_path: Path) -> None:
         assert row[5] == f"{phase.peaks['rss_mib']:,.3f}"
 
 
+async def test_real_sweep_in_the_dashboard(tmp_path: Path) -> None:
+    request = RunRequest(workload="sweep", params={"axes": ["lines=8,16"], "budget": 3.0})
+    app = EmbprofApp(request, profiles_dir=tmp_path / "profiles")
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = await saved_run(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.5)
+        sweep = load(view.snapshot_path or "").summary.results["sweep"]
+        table = app.query_one("#sim-table", DataTable)
+        assert table.row_count == 2
+        for i, point in enumerate(sweep["points"]):
+            row = [str(c) for c in table.get_row_at(i)]
+            assert row[0] == point["label"] and row[2] == f"{point['median_s']:,.4f}"
+        head = str(app.query_one("#sim-head", Static).render())
+        assert sweep["fits"][0]["formula"] in head
+
+
 def _screen(session: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
 

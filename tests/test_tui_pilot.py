@@ -15,7 +15,7 @@ from embprof.tui.widgets import PhaseBands, StatusBar
 
 
 def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
-    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb") if k in kw}
+    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep") if k in kw}
     return EmbprofApp(
         RunRequest(),
         profiles_dir=tmp_path / "profiles",
@@ -139,6 +139,54 @@ async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
         await pilot.pause(0.3)
         bands = str(app.query_one(PhaseBands).render())
         assert "Encoding training samples" in bands and "Scoring" in bands
+
+
+async def test_scores_panel_shows_a_sweep_and_its_fit(tmp_path: Path) -> None:
+    app = make_app(tmp_path, sweep=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        table = app.query_one("#sim-table", DataTable)
+        assert table.row_count == 3
+        assert [str(c) for c in table.get_row_at(2)][:5] == ["lines=100", "ok", "1.1200", "3.50", "budget"]
+        assert "280 ms + 8.4 ms a line" in text_of(app, "#sim-head") and "R² 0.998" in text_of(app, "#sim-head")
+
+
+async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
+    from embprof.tui.app import CompareScreen
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await finished(app, pilot)
+        await until(pilot, lambda: bool(app.current and app.current.snapshot_path))
+        first = app.current
+        await pilot.press("r")
+        await until(pilot, lambda: app.current is not first and bool(app.current and app.current.snapshot_path))
+        await pilot.press("c")
+        await pilot.pause(0.2)
+        assert not isinstance(app.screen, CompareScreen)  # nothing marked yet: a hint, not a screen
+        await pilot.press("5")
+        await pilot.pause(0.2)
+        app.query_one("#runs-table", DataTable).focus()
+        await pilot.press("m", "down", "m")
+        await pilot.pause(0.2)
+        assert len(app.marked) == 2, [n.message for n in app._notifications]
+        await pilot.press("c")
+        await pilot.pause(0.5)
+        screen = app.screen
+        assert isinstance(screen, CompareScreen)
+        titles = [t.title for t in screen.tables]
+        assert "Figures side by side (ratios to A)" in titles
+        fig = next(t for t in screen.tables if t.name == "compare")
+        p50 = next(r for r in fig.rows if r[0] == "encode call p50 s")
+        assert p50[2] == p50[1] and p50[3] == 1.0  # the same scripted run twice: ratio 1
+        await pilot.press("w")
+        await pilot.pause(0.5)
+        written = list((tmp_path / "profiles").glob("compare-*.md"))
+        assert len(written) == 1 and "Figures side by side" in written[0].read_text(encoding="utf-8")
+        assert list((tmp_path / "profiles").glob("compare-*-latency.svg"))
+        await pilot.press("escape")
 
 
 async def test_form_builds_an_mteb_request(tmp_path: Path) -> None:

@@ -53,6 +53,17 @@ class RunRequest:
     def build_workload(self) -> Any:
         """The engine workload for this request; bad parameters raise UserError in prepare()."""
         p = self.params
+        if self.workload == "sweep":
+            from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
+
+            return SweepWorkload(
+                axes=parse_axes(list(p.get("axes") or [])),
+                input=p.get("input") or None,
+                mode=p.get("mode", "plain"),
+                prompt_name=p.get("prompt_name") or None,
+                batch_size=int(p.get("batch_size", 32)),
+                budget_s=float(p.get("budget", 30.0)),
+            )
         if self.workload == "mteb":
             from embprof.engine.workloads.mteb_tasks import MtebWorkload
 
@@ -183,7 +194,7 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Label("dtype")
                 yield Select([(d, d) for d in DTYPES], compact=True, value=c.spec.dtype, allow_blank=False, id="f-dtype")
                 yield Label("workload")
-                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
+                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb", "sweep")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
                 yield Label("encode as")
                 yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=p.get("mode", "plain"), allow_blank=False, id="f-mode")
                 yield Label("batch size")
@@ -200,6 +211,8 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Input(compact=True, value=" ".join(p.get("tasks") or []), placeholder="mteb: e.g. STS16 JSTS Banking77Classification", id="f-tasks")
                 yield Label("MTEB data dir")
                 yield Input(compact=True, value=p.get("data_dir", "") or "", placeholder="mteb: local JSON Lines (empty: the Hub)", id="f-data")
+                yield Label("sweep axes")
+                yield Input(compact=True, value=" ".join(p.get("axes") or []), placeholder="sweep: e.g. lines=25,50,100 threads=1,2", id="f-axes")
                 yield Label("sample Hz")
                 yield Input(compact=True, value=f"{c.sample_hz:g}", type="number", id="f-hz")
             yield Static("", id="form-error")
@@ -246,6 +259,14 @@ class RunForm(ModalScreen[RunRequest | None]):
             params.update(repeats=repeats or 3, input=v("f-file") or None, mode=sel("f-mode"))
         elif workload == "speed":
             params.update(loops=repeats or 7, text=v("f-file") or None)
+        elif workload == "sweep":
+            axes = v("f-axes").split()
+            if not axes:
+                raise UserError("give at least one sweep axis, e.g. lines=25,50,100")
+            from embprof.engine.workloads.sweep import parse_axes
+
+            parse_axes(axes)  # one sentence here rather than a refused run
+            params.update(axes=axes, input=v("f-file") or None, mode=sel("f-mode"))
         elif workload == "mteb":
             tasks = v("f-tasks").replace(",", " ").split()
             if not tasks:
@@ -276,6 +297,49 @@ class ExportScreen(ModalScreen[str | None]):
         self.dismiss(None if event.button.id == "cancel" else event.button.id)
 
 
+class CompareScreen(ModalScreen[None]):
+    """The marked snapshots side by side, the same tables `embprof compare` prints."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("w", "write", "Write Markdown + chart")]
+
+    def __init__(self, tables: list[Any], snaps: list[Any], names: list[str], out_dir: Path) -> None:
+        super().__init__()
+        self.tables = tables
+        self.snaps = snaps
+        self.names = names
+        self.out_dir = out_dir
+
+    def compose(self) -> ComposeResult:
+        from textual.containers import VerticalScroll
+
+        from .console import rich_table
+
+        with VerticalScroll(id="compare"):
+            yield Label("Compare (A is the first marked) — w writes Markdown and a chart, Esc closes", id="compare-title")
+            for t in self.tables:
+                yield Static(rich_table(t), classes="compare-table")
+
+    def action_close(self) -> None:
+        self.dismiss(None)
+
+    def action_write(self) -> None:
+        from datetime import datetime
+
+        from embprof.engine.charts import compare_chart
+        from embprof.engine.files import atomic_write_bytes
+        from embprof.engine.report import tables_markdown
+
+        stem = "compare-" + datetime.now().strftime("%Y%m%dT%H%M%S")
+        try:
+            images = [p.name for p in compare_chart(self.snaps, self.names, self.out_dir, stem)]
+            path = self.out_dir / f"{stem}.md"
+            atomic_write_bytes(path, tables_markdown("# embprof comparison", self.tables, images).encode("utf-8"))
+        except OSError as exc:
+            self.app.notify(f"not written: {exc}", severity="error")
+            return
+        self.app.notify(f"written: {path}")
+
+
 HELP = """\
 [b]embprof[/b] — keys
 
@@ -285,6 +349,7 @@ HELP = """\
   [b]ctrl+s[/b]  save the run on display as a snapshot (finished runs are saved automatically)
   [b]o[/b]  open a saved snapshot (the Runs panel)
   [b]e[/b]  export the run on display (Markdown, CSV, JSON) next to its snapshot
+  [b]m[/b]  in Runs: mark a saved run; [b]c[/b] compare the marked runs side by side
   [b]1–5[/b]  Latency, Memory, CPU, Scores (similarity or MTEB), Runs (one at a time in a small terminal)
   [b]ctrl+p[/b]  command palette
   [b]?[/b]  this help      [b]q[/b]  quit (stops a running run first)
@@ -334,6 +399,8 @@ class EmbprofApp(App[None]):
         Binding("ctrl+s", "save", "Save"),
         Binding("o", "open", "Open"),
         Binding("e", "export", "Export"),
+        Binding("m", "mark", "Mark", show=False),
+        Binding("c", "compare", "Compare", show=False),
         Binding("question_mark", "help", "Help"),
         Binding("q", "quit", "Quit"),
         *[Binding(str(i + 1), f"show_panel('{pid}')", title, show=False) for i, (pid, title) in enumerate(PANELS)],
@@ -373,6 +440,7 @@ class EmbprofApp(App[None]):
         self._panels: dict[str, Panel] = {}
         self._keys = itertools.count(1)
         self.active_panel = "latency"
+        self.marked: list[str] = []  # snapshot files marked in the Runs panel, for compare
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -547,7 +615,7 @@ class EmbprofApp(App[None]):
                 (
                     f"live:{key}",
                     [
-                        "this session",
+                        ("✓ " if v.snapshot_path in self.marked else "") + "this session",
                         str(v.workload.get("name", "")),
                         str(v.target.get("model_name", "")),
                         str(v.target.get("device_resolved") or v.target.get("device", "")),
@@ -564,7 +632,7 @@ class EmbprofApp(App[None]):
         for f in files:
             if str(f) in saved_here:
                 continue
-            rows.append((f"file:{f}", ["saved", *_snapshot_row(f), f.name]))
+            rows.append((f"file:{f}", [("✓ " if str(f) in self.marked else "") + "saved", *_snapshot_row(f), f.name]))
         self.query_one(RunsPanel).fill(rows)
 
     @on(DataTable.RowSelected, "#runs-table")
@@ -593,6 +661,50 @@ class EmbprofApp(App[None]):
         self.show_view(view)
         self.action_show_panel("latency")
         self._fill_runs()
+
+    def _highlighted_snapshot(self) -> str | None:
+        table = self.query_one("#runs-table", DataTable)
+        if table.row_count == 0:
+            return None
+        key = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        if key.startswith("file:"):
+            return key.removeprefix("file:")
+        view = self.views.get(key.removeprefix("live:"))
+        return view.snapshot_path if view is not None else None
+
+    def action_mark(self) -> None:
+        """Mark (or unmark) the highlighted run in the Runs panel for a comparison."""
+        if self.active_panel != "runs":
+            self.action_show_panel("runs")
+            return
+        path = self._highlighted_snapshot()
+        if path is None:
+            self.notify("only a saved run can be compared; this one has no snapshot yet", severity="warning")
+            return
+        if path in self.marked:
+            self.marked.remove(path)
+        else:
+            self.marked.append(path)
+        table = self.query_one("#runs-table", DataTable)
+        row = table.cursor_row
+        self._fill_runs()
+        table.move_cursor(row=row)
+
+    def action_compare(self) -> None:
+        if len(self.marked) < 2:
+            self.notify("mark two or more saved runs in the Runs panel (5) with m, then press c", severity="warning")
+            return
+        from embprof.engine.compare import compare_tables
+        from embprof.engine.snapshot import load
+
+        try:
+            snaps = [load(p) for p in self.marked]
+            names = [Path(p).stem for p in self.marked]
+            tables = compare_tables(snaps, names)
+        except UserError as exc:
+            self.notify(str(exc), title="cannot compare", severity="error", timeout=10)
+            return
+        self.push_screen(CompareScreen(tables, snaps, names, self.profiles_dir))
 
     # -- actions -----------------------------------------------------------------------------------
     def action_new_run(self) -> None:

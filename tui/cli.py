@@ -32,6 +32,9 @@ examples:
   embprof mteb -m google/embeddinggemma-300m -t JSTS --data-dir datasets/
   embprof prompts --model google/embeddinggemma-300m --tsv
   embprof list
+  embprof run sweep --axis lines=25,50,100,200        latency by lines, fitted: "0.28 s + 8.4 ms a line"
+  embprof run encode --vs google/embeddinggemma-300m  two models alternately, the ratio pair by pair
+  embprof compare profiles/a.json profiles/b.json
   embprof show profiles/<run>.json
   embprof export profiles/<run>.json --format md -o report.md
 """
@@ -51,6 +54,15 @@ mteb's own layout: mteb.ResultCache(cache_path=".").load_results() reads ./resul
 """
 
 RUN_EXAMPLES = {
+    "sweep": """\
+examples:
+  embprof run sweep --axis lines=25,50,100,200          latency by lines, fitted as fixed + per line
+  embprof run sweep --axis threads=1,2 --axis batch=8,32
+  embprof run sweep --axis device=cpu,cuda --axis dtype=float32,bfloat16 -m google/embeddinggemma-300m
+  embprof run sweep --axis tokens=32,128,512             text length in tokens
+  embprof run sweep --axis batch=1 --until-oom --device cuda      the largest batch that fits
+  embprof run sweep --axis batch=8 --until-oom --ram-ceiling 4000 on the CPU, a RAM ceiling instead
+""",
     "speed": """\
 examples:
   embprof run speed                                   MTEB v1 CPUSpeedTask protocol on the bundled model
@@ -146,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text", metavar="FILE", help="the_ugly_duckling.txt (see below for the order it is looked for)")
     g.add_argument("--loops", type=int, default=7, help="timed loops (default 7, as mteb)")
     g.add_argument("--batch-size", type=int, default=32, help="encode batch size (default 32)")
+    g.add_argument("--vs", metavar="MODEL", help="a second model run alternately with the first (the loops become pairs)")
     _add_save_args(sp)
 
     en = wl.add_parser("encode", help="encode lines from a file, stdin or the sample corpus", epilog=RUN_EXAMPLES["encode"], formatter_class=_Formatter)
@@ -158,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", help="a raw prompt prefix, e.g. 'task: search result | query: '")
     g.add_argument("--batch-size", type=int, default=32, help="default 32")
     g.add_argument("--warmups", type=int, default=1, help="untimed warm-up passes (default 1; recorded, not counted)")
-    g.add_argument("--repeats", type=int, default=3, help="timed passes (default 3)")
+    g.add_argument("--repeats", type=int, default=3, help="timed passes (default 3; with --vs, the pairs)")
+    g.add_argument("--vs", metavar="MODEL", help="a second model (id or folder; 'bundled' for all-MiniLM-L6-v2) run alternately with the first")
     _add_save_args(en)
 
     si = wl.add_parser("similarity", help="rank documents for queries; score matrix and margin", epilog=RUN_EXAMPLES["similarity"], formatter_class=_Formatter)
@@ -170,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--query-prompt-name", help="prompt for the queries only")
     g.add_argument("--doc-prompt-name", help="prompt for the documents only")
     _add_save_args(si)
+
+    sw = wl.add_parser("sweep", help="measure across axes (lines, batch, tokens, threads, device, dtype, …) and fit latency",
+                       epilog=RUN_EXAMPLES["sweep"], formatter_class=_Formatter)
+    _add_target_args(sw)
+    g = sw.add_argument_group("sweep")
+    g.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2,…",
+                   help="an axis and its values (repeatable; several axes make a grid): lines, batch, tokens, threads, "
+                   "device, dtype, truncate_dim, max_seq_length")
+    g.add_argument("-i", "--input", metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
+    g.add_argument("--as", dest="mode", choices=["plain", "query", "document"], default="plain")
+    g.add_argument("--prompt-name", help="one of the model's prompts")
+    g.add_argument("--batch-size", type=int, default=32, help="when batch is not an axis (default 32)")
+    g.add_argument("--target-ci", type=float, default=2.0, metavar="PERCENT",
+                   help="repeat a point until its median's 95%% CI is within ±PERCENT (default 2)")
+    g.add_argument("--budget", type=float, default=30.0, metavar="S", help="at most this many seconds of repeats per point (default 30)")
+    g.add_argument("--until-oom", action="store_true", help="grow the batch (or tokens) axis until out of memory or the RAM ceiling")
+    g.add_argument("--ram-ceiling", type=float, metavar="MIB", help="with --until-oom: stop once peak RSS passes this many MiB")
+    _add_save_args(sw)
 
     mt = sub.add_parser("mteb", help="run MTEB tasks with the sampler on; results in mteb's layout", epilog=MTEB_EXAMPLES,
                         formatter_class=_Formatter,
@@ -194,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog="examples:\n  embprof list\n  embprof list --profiles-dir runs/\n")
     ls.add_argument("--profiles-dir", metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
 
+    cp = sub.add_parser("compare", help="snapshots side by side: ratios, noise tests, environment differences",
+                        formatter_class=_Formatter,
+                        epilog="examples:\n  embprof compare profiles/a.json profiles/b.json\n"
+                        "  embprof compare a.json b.json c.json --format md -o compare.md    (charts beside it)\n")
+    cp.add_argument("files", nargs="+", help="two or more snapshot JSON files; the first is the reference (A)")
+    cp.add_argument("--format", choices=["text", "md", "csv", "json"], default="text")
+    cp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); md also writes its charts beside it")
+    cp.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of the charts (default svg)")
+
     sh = sub.add_parser("show", help="print a snapshot", formatter_class=_Formatter,
                         epilog="examples:\n  embprof show profiles/20261128T101500Z-ab12cd-speed-all-MiniLM-L6-v2.json\n")
     sh.add_argument("file", help="a snapshot JSON file")
@@ -207,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("file", help="a snapshot JSON file")
     ex.add_argument("--format", choices=["json", "csv", "md"], default="md")
     ex.add_argument("--table", default="summary", help="with --format csv: which table (default summary)")
-    ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout")
+    ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
+    ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's charts (default svg)")
 
     sub.add_parser("schema", help="print the snapshot's JSON Schema")
     return parser
@@ -232,6 +274,31 @@ def _target_spec(args: argparse.Namespace) -> TargetSpec:
 
 
 def _workload(args: argparse.Namespace) -> Any:
+    inner = _plain_workload(args)
+    vs = getattr(args, "vs", None)
+    if vs is None:
+        return inner
+    from embprof.engine.workloads.versus import VersusWorkload
+
+    pairs = args.repeats if args.workload == "encode" else args.loops
+    return VersusWorkload(inner=inner, other_model=None if vs == "bundled" else vs, pairs=pairs)
+
+
+def _plain_workload(args: argparse.Namespace) -> Any:
+    if args.workload == "sweep":
+        from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
+
+        return SweepWorkload(
+            axes=parse_axes(list(args.axis)),
+            input=args.input,
+            mode=args.mode,
+            prompt_name=args.prompt_name,
+            batch_size=args.batch_size,
+            target_ci=args.target_ci / 100.0,
+            budget_s=args.budget,
+            until_oom=args.until_oom,
+            ram_ceiling_mib=args.ram_ceiling,
+        )
     if args.workload == "mteb":
         from embprof.engine.workloads.mteb_tasks import MtebWorkload
 
@@ -315,7 +382,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if error is not None and error.error_kind == "input":
         raise _InputFailure(error.message)
     snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
-    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes"}
+    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep", "fit",
+              "fit-notes", "memory-limit", "vs"}
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
             render_table(out, table)
@@ -437,7 +505,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     from embprof.engine.report import export
     from embprof.engine.snapshot import load
 
-    text = export(load(args.file), args.format, args.table)
+    snap = load(args.file)
+    images: list[str] = []
+    if args.format == "md" and args.output and args.charts != "none":
+        from embprof.engine.charts import sweep_charts
+
+        out = Path(args.output)
+        images = [p.name for p in sweep_charts(snap, out.parent, out.stem, args.charts)]
+    text = export(snap, args.format, args.table, images)
+    if args.output:
+        atomic_write_bytes(Path(args.output), text.encode("utf-8"))
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from embprof.engine.compare import compare_tables
+    from embprof.engine.errors import UserError
+    from embprof.engine.files import atomic_write_bytes
+    from embprof.engine.report import tables_markdown, to_csv
+    from embprof.engine.snapshot import load
+
+    from .console import render_table
+
+    if len(args.files) < 2:
+        raise UserError("compare needs at least two snapshot files")
+    snaps = [load(f) for f in args.files]
+    names = [Path(f).stem for f in args.files]
+    tables = compare_tables(snaps, names)
+    if args.format == "text":
+        console = Console(highlight=False)
+        for t in tables:
+            render_table(console, t)
+        return EXIT_OK
+    if args.format == "md":
+        images: list[str] = []
+        if args.output and args.charts != "none":
+            from embprof.engine.charts import compare_chart
+
+            out = Path(args.output)
+            images = [p.name for p in compare_chart(snaps, names, out.parent, out.stem, args.charts)]
+        text = tables_markdown("# embprof comparison", tables, images)
+    elif args.format == "csv":
+        text = "".join(f"# {t.title}\n{to_csv(t)}\n" for t in tables)
+    else:
+        text = json.dumps({t.name: {"title": t.title, "columns": t.columns, "rows": t.rows} for t in tables}, indent=1, default=str) + "\n"
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
     else:
@@ -484,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "mteb": cmd_mteb,
+        "compare": cmd_compare,
         "prompts": cmd_prompts,
         "list": cmd_list,
         "show": cmd_show,

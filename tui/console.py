@@ -57,11 +57,15 @@ class ConsoleProgress:
 
 
 def render_table(console: Console, table: Table) -> None:
+    console.print(rich_table(table))
+    console.print()
+
+
+def rich_table(table: Table) -> RichTable:
     rt = RichTable(title=table.title, title_justify="left", show_edge=False, pad_edge=False)
     for i, col in enumerate(table.columns):
         numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in table.rows if i < len(r))
         rt.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in table.rows:
         rt.add_row(*[fmt(c) for c in row])
-    console.print(rt)
-    console.print()
+    return rt

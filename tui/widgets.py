@@ -417,6 +417,9 @@ class SimilarityPanel(Panel):
         if view is not None and "mteb" in view.results:
             self._show_mteb(view, head, table, rank)
             return
+        if view is not None and "sweep" in view.results:
+            self._show_sweep(view, head, table, rank)
+            return
         if not sim:
             head.update(Text("No scores yet. Press n and choose the similarity or mteb workload.", style="dim"))
             rank.update("")
@@ -460,6 +463,33 @@ class SimilarityPanel(Panel):
             lines.append("\n")
         rank.update(lines)
 
+
+    def _show_sweep(self, view: RunView, head: Static, table: DataTable[Any], rank: Static) -> None:
+        sweep = view.results["sweep"]
+        fits = sweep.get("fits") or []
+        text = Text()
+        for f in fits:
+            group = " ".join(f"{k}={v}" for k, v in f["group"].items())
+            text.append("latency = ", style="dim")
+            text.append(f["formula"], style="bold")
+            text.append(f"   R² {f['r2']:.3f}   {group}\n", style="dim")
+        limit = sweep.get("memory_limit")
+        if limit:
+            text.append(f"largest {limit['axis']} that fits: ", style="dim")
+            text.append(str(limit.get("largest_that_fits")), style="bold")
+            text.append(f"   ({limit.get('stopped')})\n", style="dim")
+        head.update(text if text else Text("no fit: too few points", style="dim"))
+        cols = ("point", "status", "median s", "±% (95% CI)", "ended by", "repeats", "items/s", "peak RSS MiB")
+        for col in cols:
+            table.add_column(col, key=col)
+        for p in sweep["points"]:
+            status = str(p["status"])
+            style = "green" if status == "ok" else "bold red"
+            table.add_row(
+                p["label"], Text(status, style=style), fmt(p.get("median_s"), 4), fmt(p.get("ci_half_width_percent"), 2),
+                str(p.get("stop") or ""), str(p.get("repeats", "")), fmt(p.get("items_per_s"), 1), fmt(p.get("peak_rss_mib"), 1),
+            )
+        rank.update("")
 
     def _show_mteb(self, view: RunView, head: Static, table: DataTable[Any], rank: Static) -> None:
         info = view.results["mteb"]
