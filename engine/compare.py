@@ -60,9 +60,15 @@ def _figures(s: Snapshot) -> dict[str, float | None]:
 LATENCY_ROWS = ("encode call p50 s", "encode call mean s", "encode call p95 s", "items/s", "tokens/s", "speed avg_words_per_sec")
 
 
+# Workloads whose timed calls are alike, so their pooled latency is one figure; a sweep's, an
+# MTEB run's or a --vs run's calls are not (their own tables compare them).
+POOLABLE = ("encode", "speed", "similarity")
+
+
 def _workload_key(s: Snapshot) -> tuple[Any, ...]:
     w = s.workload
-    return (w.get("name"), w.get("input"), w.get("lines"), w.get("mode"), w.get("prompt_name"), w.get("prompt"), w.get("batch_size"))
+    return (w.get("name"), w.get("input"), w.get("lines"), w.get("mode"), w.get("prompt_name"), w.get("prompt"), w.get("batch_size"),
+            str(w.get("axes")), str(w.get("tasks")), w.get("vs_model"))
 
 
 def comparable(snaps: list[Snapshot]) -> tuple[bool, str]:
@@ -76,7 +82,8 @@ def comparable(snaps: list[Snapshot]) -> tuple[bool, str]:
     keys = [_workload_key(s) for s in snaps]
     if len(set(keys)) > 1:
         diffs = []
-        for label, idx in (("input", 1), ("lines", 2), ("mode", 3), ("prompt name", 4), ("prompt", 5), ("batch size", 6)):
+        for label, idx in (("input", 1), ("lines", 2), ("mode", 3), ("prompt name", 4), ("prompt", 5), ("batch size", 6),
+                           ("axes", 7), ("tasks", 8), ("--vs model", 9)):
             vals = {str(k[idx]) for k in keys}
             if len(vals) > 1:
                 diffs.append(f"{label} {' vs '.join(str(k[idx]) for k in keys)}")
@@ -96,6 +103,7 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     tables = [runs]
 
     ok, why = comparable(snaps)
+    pooled = ok and str(snaps[0].workload.get("name")) in POOLABLE
     figs = [_figures(s) for s in snaps]
     cols = ["figure", "A"]
     for letter in letters[1:]:
@@ -103,7 +111,7 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     cols.append("beyond noise")
     fig_table = Table("compare", "Figures side by side (ratios to A)", cols)
     for key in figs[0]:
-        if not ok and key in LATENCY_ROWS:
+        if not pooled and key in LATENCY_ROWS:
             continue
         if all(f.get(key) is None for f in figs):
             continue
@@ -111,7 +119,7 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
         for f in figs[1:]:
             v, a = f.get(key), figs[0].get(key)
             row += [v, (v / a) if isinstance(v, (int, float)) and isinstance(a, (int, float)) and a else None]
-        row.append(_noise(snaps) if ok and key == "encode call p50 s" else "")
+        row.append(_noise(snaps) if pooled and key == "encode call p50 s" else "")
         fig_table.rows.append(row)
     tables.append(fig_table)
     if not ok:

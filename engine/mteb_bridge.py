@@ -17,6 +17,7 @@ When the task ends its ``evaluation_phases`` are matched against what was seen l
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 import warnings
@@ -219,10 +220,9 @@ def make_encoder(target: Any, session_of: Any) -> Any:
             session: TaskSession = session_of()
             ctx = session.ctx
             dataset = getattr(inputs, "dataset", None)
+            # Words are not counted here: reading every text would add to mteb's own timing of this phase.
             texts = len(dataset) if dataset is not None else 0
             words = 0
-            if dataset is not None and "text" in getattr(dataset, "column_names", []):
-                words = sum(len(str(t).split()) for t in dataset["text"])
             prompt_name, prompt = _prompt_choice(self.model_prompts, task_metadata, prompt_type)
             ptype = getattr(prompt_type, "value", prompt_type)
             pending, session.pending = session.pending, None
@@ -283,10 +283,16 @@ def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
     folder = results_folder(results_dir, meta)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result.task_name}.json"
-    tmp = folder / f".{result.task_name}.json.tmp"
-    result.to_disk(tmp)
-    atomic_write_bytes(path, tmp.read_bytes())
-    tmp.unlink(missing_ok=True)
+    import tempfile
+
+    fd, name = tempfile.mkstemp(prefix=f".{result.task_name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        result.to_disk(tmp)  # mteb's own serialisation, then an atomic rename into place
+        atomic_write_bytes(path, tmp.read_bytes())
+    finally:
+        tmp.unlink(missing_ok=True)
     atomic_write_bytes(folder / "model_meta.json", json.dumps(meta.to_dict(), default=str, indent=4).encode("utf-8"))
     return path
 

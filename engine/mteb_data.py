@@ -120,8 +120,15 @@ class LocalData:
         }
 
 
+LOCAL_TYPES = ("STS", "Classification")
+
+
 def find_local(task: Any, data_dir: Path) -> tuple[LocalData | None, list[Path]]:
-    """The task's local files under data_dir, or None and every file that was looked for."""
+    """The task's local files under data_dir, or None and every file that was looked for.
+
+    A folder that is there but lacks a split is an error, not a reason to fetch from the Hub:
+    the user meant the local data.
+    """
     splits = needed_splits(task)
     subsets = list(task.hf_subsets or ["default"])
     multi = bool(task.metadata.is_multilingual) and subsets != ["default"]
@@ -137,14 +144,28 @@ def find_local(task: Any, data_dir: Path) -> tuple[LocalData | None, list[Path]]
                 else:
                     looked.extend(p for p in paths.values() if not p.is_file())
             if found:
-                return LocalData(folder, found), []
+                return _local(task, LocalData(folder, found)), []
         else:
             paths = {sp: folder / f"{sp}.jsonl" for sp in splits}
             missing = [p for p in paths.values() if not p.is_file()]
             if not missing:
-                return LocalData(folder, {"default": paths}), []
+                return _local(task, LocalData(folder, {"default": paths})), []
+            if folder.is_dir():
+                raise UserError(
+                    f"{task.metadata.name}: the local folder {folder} lacks {', '.join(p.name for p in missing)} "
+                    f"(it needs {', '.join(f'{sp}.jsonl' for sp in splits)})"
+                )
             looked.extend(missing)
     return None, looked
+
+
+def _local(task: Any, data: LocalData) -> LocalData:
+    if str(task.metadata.type) not in LOCAL_TYPES:
+        raise UserError(
+            f"{task.metadata.name} is a {task.metadata.type} task: local data is read for STS and classification tasks "
+            "only; run it with the Hub's data (no --data-dir folder for it)"
+        )
+    return data
 
 
 def _required_columns(task: Any) -> list[str]:
@@ -158,7 +179,7 @@ def _required_columns(task: Any) -> list[str]:
     return []
 
 
-def _read_rows(path: Path, required: list[str]) -> list[dict[str, Any]]:
+def _read_rows(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     try:
         with path.open(encoding="utf-8") as fh:
@@ -171,9 +192,6 @@ def _read_rows(path: Path, required: list[str]) -> list[dict[str, Any]]:
                     raise UserError(f"{path} line {number} is not JSON") from None
                 if not isinstance(row, dict):
                     raise UserError(f"{path} line {number} is not a JSON object")
-                missing = [c for c in required if c not in row]
-                if missing:
-                    raise UserError(f"{path} line {number} lacks {', '.join(repr(m) for m in missing)}")
                 rows.append(row)
     except UnicodeDecodeError:
         raise UserError(f"{path} is not UTF-8 text") from None
@@ -184,32 +202,53 @@ def _read_rows(path: Path, required: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_local(task: Any, data: LocalData) -> None:
-    """Put the local rows into the task object, then run the task's own dataset_transform."""
+def load_local(task: Any, data: LocalData) -> list[str]:
+    """Put the local rows into the task object, then run the task's own dataset_transform.
+
+    Rows may be in mteb's own form (``text``/``label``, ``sentence1``/``sentence2``/``score``) or in
+    the form of the Hub dataset the task reads. A transform that renames the Hub's columns fails on
+    rows already in mteb's form; those rows are then used as they are, and the returned note says so.
+    """
     from datasets import Dataset, DatasetDict
 
     required = _required_columns(task)
     per_subset: dict[str, Any] = {}
     for sub, splits in data.files.items():
-        dd = {}
-        for split, path in splits.items():
-            rows = _read_rows(path, required)
-            data.rows.setdefault(sub, {})[split] = len(rows)
-            dd[split] = Dataset.from_list(rows)
-        per_subset[sub] = DatasetDict(dd)
-    if list(per_subset) == ["default"] and not task.metadata.is_multilingual:
-        task.dataset = per_subset["default"]
-    else:
-        task.dataset = per_subset
+        per_subset[sub] = DatasetDict({split: Dataset.from_list(_read_rows(path)) for split, path in splits.items()})
+    multi = not (list(per_subset) == ["default"] and not task.metadata.is_multilingual)
+    if multi:
         task.hf_subsets = [s for s in task.hf_subsets if s in per_subset]
+
+    def install() -> None:
+        task.dataset = {k: DatasetDict(dict(v)) for k, v in per_subset.items()} if multi else DatasetDict(dict(per_subset["default"]))
+
+    install()
+    notes: list[str] = []
     try:
         task.dataset_transform()
     except Exception as exc:
-        raise UserError(
-            f"{task.metadata.name}'s own dataset_transform failed on the local data in {data.folder}: "
-            f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
+        in_mteb_form = all(set(required) <= set(ds.column_names) for dd in per_subset.values() for ds in dd.values())
+        if not (required and in_mteb_form):
+            raise UserError(
+                f"{task.metadata.name}'s own dataset_transform failed on the local data in {data.folder}: "
+                f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from None
+        install()
+        notes.append(
+            f"{task.metadata.name}: the local rows are already in mteb's form, so its dataset_transform "
+            f"(written for the Hub's columns) was not applied"
+        )
+    for sub, dd in (task.dataset.items() if multi else [("default", task.dataset)]):
+        for split, ds in dd.items():
+            missing = [c for c in required if c not in ds.column_names]
+            if missing:
+                raise UserError(
+                    f"{data.files[sub][split]} lacks the column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(repr(m) for m in missing)} that {task.metadata.name} reads"
+                )
+            data.rows.setdefault(sub, {})[split] = len(ds)
     task.data_loaded = True
+    return notes
 
 
 def size_mismatches(task: Any, data: LocalData) -> list[str]:
@@ -229,6 +268,19 @@ def size_mismatches(task: Any, data: LocalData) -> list[str]:
                 "its scores are not comparable to published MTEB results"
             )
     return out
+
+
+def in_hub_cache(task: Any) -> bool:
+    """Whether the task's Hub dataset is already in the local Hugging Face cache (usable offline)."""
+    path = str((task.metadata.dataset or {}).get("path", ""))
+    if "/" not in path:
+        return False
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        return (Path(HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}").is_dir()
+    except Exception:
+        return False
 
 
 def hub_reachable(timeout: float = 10.0) -> bool:

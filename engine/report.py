@@ -120,7 +120,8 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     stat_cols = ["count", "mean_s", "std_s", "cv_percent", "min_s", "p50_s", "p90_s", "p95_s", "p99_s", "max_s"]
     series = [(label, st) for label, st in (("encode call", s.encode.get("stats", {})), ("batch", s.batches.get("stats", {}))) if st.get("count")]
     if series:
-        timings = Table("timings", "Latency (warm-ups not counted)", ["statistic", *[f"{label} s" for label, _ in series]])
+        pooled = "" if w.get("name") in ("encode", "speed", "similarity") else "; every call of the run pooled: see the tables below"
+        timings = Table("timings", f"Latency (warm-ups not counted{pooled})", ["statistic", *[f"{label} s" for label, _ in series]])
         for col in stat_cols:
             label = col.removesuffix("_s").replace("cv_percent", "CV %")
             timings.rows.append([label, *[st.get(col) for _, st in series]])

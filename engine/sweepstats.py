@@ -147,8 +147,8 @@ def fit_latency(lines: Sequence[float], tokens: Sequence[float], seconds: Sequen
             cols.append(T)
             terms.append("per_token")
     distinct = len({(a, b) for a, b in zip(L, T)})
-    if distinct < len(terms) or len(y) <= len(terms):
-        return None
+    if terms == ["fixed"] or distinct < len(terms) or len(y) <= len(terms):
+        return None  # nothing varied that the model could explain
     X = np.column_stack(cols)
     model = sm.OLS(y, X).fit()
     ci = model.conf_int(alpha=1 - CONFIDENCE)
@@ -169,8 +169,9 @@ def differ(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     from scipy.stats import mannwhitneyu
 
     out: dict[str, Any] = {"test": "Mann-Whitney U, two-sided", "n": [len(a), len(b)]}
-    if len(a) < 2 or len(b) < 2:
-        out.update(p_value=None, beyond_noise=None, why="too few timings to test")
+    # Below 4 against 4 even a complete separation cannot reach p < 0.05: a "no" would mislead.
+    if len(a) < 4 or len(b) < 4:
+        out.update(p_value=None, beyond_noise=None, why="too few timings to test (4 or more a side)")
         return out
     res = mannwhitneyu(list(a), list(b), alternative="two-sided")
     p = float(res.pvalue)

@@ -439,9 +439,12 @@ class SentenceTransformerTarget:
         return np.asarray(self.model.similarity(a, b))
 
     def close(self) -> None:
+        """Remove the hooks; the instance's preprocess wrapper goes too, so nothing holds the target."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        if self.model is not None and "preprocess" in vars(self.model):
+            del self.model.preprocess
 
 
 def _first_line(exc: BaseException) -> str:

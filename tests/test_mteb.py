@@ -228,6 +228,18 @@ def test_offline_task_without_local_data_says_what_was_looked_for(cli_env: dict[
     assert not (tmp_path / "profiles").exists() or not any((tmp_path / "profiles").iterdir())
 
 
+def test_a_local_folder_missing_a_split_is_refused(cli_env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "banking77").mkdir()
+    (tmp_path / "banking77" / "test.jsonl").write_text('{"text": "hi", "label": "greeting"}\n', encoding="utf-8")
+    (tmp_path / "scifact").mkdir()
+    (tmp_path / "scifact" / "test.jsonl").write_text("{}\n", encoding="utf-8")
+    rc, out, err = run_cli(["mteb", "-t", "Banking77Classification", "--data-dir", str(tmp_path)], cli_env, tmp_path)
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert "lacks train.jsonl" in err, err
+    rc, out, err = run_cli(["mteb", "-t", "SciFact", "--data-dir", str(tmp_path)], cli_env, tmp_path)
+    assert rc == 2 and "is a Retrieval task: local data is read for STS and classification tasks only" in err, err
+
+
 def test_folder_names_for_tasks() -> None:
     from embprof.engine.mteb_data import closest_task_names, folder_candidates
 

@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=32, help="when batch is not an axis (default 32)")
     g.add_argument("--target-ci", type=float, default=2.0, metavar="PERCENT",
                    help="repeat a point until its median's 95%% CI is within ±PERCENT (default 2)")
-    g.add_argument("--budget", type=float, default=30.0, metavar="S", help="at most this many seconds of repeats per point (default 30)")
+    g.add_argument("--budget", type=float, default=30.0, metavar="S",
+                   help="stop repeating a point once the next repeat would pass S seconds (default 30; at least 3 repeats run)")
     g.add_argument("--until-oom", action="store_true", help="grow the batch (or tokens) axis until out of memory or the RAM ceiling")
     g.add_argument("--ram-ceiling", type=float, metavar="MIB", help="with --until-oom: stop once peak RSS passes this many MiB")
     _add_save_args(sw)
@@ -384,6 +385,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
     wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep", "fit",
               "fit-notes", "memory-limit", "vs"}
+    if str(snapshot.workload.get("name")) not in ("encode", "speed", "similarity"):
+        wanted -= {"timings", "throughput"}  # calls of different sizes or models, pooled: their own tables say more
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
             render_table(out, table)
@@ -539,11 +542,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = [Path(f).stem for f in args.files]
     tables = compare_tables(snaps, names)
     if args.format == "text":
-        console = Console(highlight=False)
+        import io
+
+        buf = io.StringIO() if args.output else None
+        console = Console(highlight=False, file=buf, width=140 if buf is not None else None)
         for t in tables:
             render_table(console, t)
-        return EXIT_OK
-    if args.format == "md":
+        if buf is None:
+            return EXIT_OK
+        text = buf.getvalue()
+    elif args.format == "md":
         images: list[str] = []
         if args.output and args.charts != "none":
             from embprof.engine.charts import compare_chart

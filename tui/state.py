@@ -86,6 +86,8 @@ class RunView:
     # Per kind of data, so a panel redraws only when what it draws changed: a sample every
     # 100 ms must not rebuild the latency charts.
     versions: dict[str, int] = field(default_factory=lambda: {"timing": 0, "samples": 0, "results": 0, "phases": 0})
+    phase_peaks: dict[int, dict[str, tuple[float, int]]] = field(default_factory=dict)  # phase id -> field -> (peak, t_ns)
+    _open_phases: set[int] = field(default_factory=set)
 
     # -- folding ----------------------------------------------------------------------------
     def apply_all(self, events: list[Event]) -> None:
@@ -103,6 +105,9 @@ class RunView:
         if isinstance(e, ResourceSample):
             self.samples.append(e)
             raise_peaks(self.peaks, e)
+            # Per open phase, on every sample: the sample buffer keeps only the latest hour.
+            for pid in self._open_phases:
+                raise_peaks(self.phase_peaks.setdefault(pid, {}), e)
         elif isinstance(e, BatchTimed):
             self.batches.append(BatchPoint(e.t_ns / 1e9, e.duration_ns / 1e9, e.items, e.tokens, e.warmup))
         elif isinstance(e, EncodeTimed):
@@ -115,8 +120,10 @@ class RunView:
                 self.words += e.words
         elif isinstance(e, PhaseStarted):
             self.phases.append(PhaseSpan(e.phase_id, e.name, e.detail, e.t_ns / 1e9))
+            self._open_phases.add(e.phase_id)
             self._state_for_phase(e)
         elif isinstance(e, PhaseEnded):
+            self._open_phases.discard(e.phase_id)
             for p in reversed(self.phases):
                 if p.phase_id == e.phase_id:
                     p.end_s, p.ok = e.t_ns / 1e9, e.ok
@@ -186,13 +193,8 @@ class RunView:
 
     def phase_peak(self, phase_id: int, field: str) -> float | None:
         """The largest sampled value of a field while a phase ran (so far, if it still runs)."""
-        span = next((p for p in self.phases if p.phase_id == phase_id), None)
-        if span is None:
-            return None
-        end = span.end_s if span.end_s is not None else float("inf")
-        values = [getattr(s, field) for s in self.samples if span.start_s <= s.t_ns / 1e9 <= end]
-        present = [float(v) for v in values if v is not None]
-        return max(present) if present else None
+        found = self.phase_peaks.get(phase_id, {}).get(field)
+        return found[0] if found else None
 
     def phase_at(self, t_s: float) -> str:
         for p in reversed(self.phases):

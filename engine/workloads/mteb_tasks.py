@@ -78,7 +78,7 @@ class MtebWorkload:
                 continue
             task = mteb_data.get_task(name)
             local, looked = mteb_data.find_local(task, data_dir) if data_dir is not None else (None, [])
-            if local is None:
+            if local is None and not mteb_data.in_hub_cache(task):
                 needs_hub.append((name, looked))
             plan.append(_Planned(name, task, local))
         if needs_hub:
@@ -124,42 +124,41 @@ class MtebWorkload:
                 data={"tasks": list(self.tasks), "model_name": meta.name, "revision": meta.revision, "results_dir": str(results_dir)},
             )
         )
-        with _mteb_output_as_notes(ctx):
-            for planned in self._plan:
-                ctx.check_cancel()
-                session = TaskSession(ctx, planned.name)
-                current.append(session)
-                started = time.perf_counter()
-                outcome: dict[str, Any] = {"task": planned.name, "status": "running"}
-                try:
-                    with ctx.phase(planned.name, self._detail(planned)) as phase_id:
-                        outcome["phase_id"] = phase_id
-                        if planned.task is None:
-                            outcome.update(self._speed_task(ctx, target, planned.name, meta, results_dir))
-                        else:
-                            outcome.update(self._mteb_task(ctx, mteb, encoder, session, planned, meta, results_dir))
-                    outcome["status"] = "ok"
-                    done.append(planned.name)
-                except RunCancelled:
-                    outcome["status"] = "cancelled"
-                    outcome["error"] = "stopped by the user before this task finished; no result file was written"
-                    raise
-                except UserError as exc:
-                    outcome["status"] = "failed"
-                    outcome["error"] = str(exc)
-                    failed.append(planned.name)
-                except Exception as exc:  # out of memory too: a smaller task may still fit
-                    first = (str(exc).strip().splitlines() or [""])[0]
-                    outcome["status"] = "failed"
-                    outcome["error"] = f"{exc.__class__.__name__}: {first}".rstrip(": ")
-                    failed.append(planned.name)
-                finally:
-                    outcome["seconds"] = time.perf_counter() - started
-                    outcome["encodes"] = [e.as_dict() for e in session.encodes]
-                    ctx.emit(Result(t_ns=ctx.now(), name=f"mteb:{planned.name}", data=outcome))
-                if outcome["status"] == "failed":
-                    ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name} failed: {outcome['error']}", level="warning"))
-                    ctx.failed_phase = ""  # the run goes on; a later failure names its own phase
+        for planned in self._plan:
+            ctx.check_cancel()
+            session = TaskSession(ctx, planned.name)
+            current.append(session)
+            started = time.perf_counter()
+            outcome: dict[str, Any] = {"task": planned.name, "status": "running"}
+            try:
+                with _mteb_output_as_notes(ctx), ctx.phase(planned.name, self._detail(planned)) as phase_id:
+                    outcome["phase_id"] = phase_id
+                    if planned.task is None:
+                        outcome.update(self._speed_task(ctx, target, planned.name, meta, results_dir))
+                    else:
+                        outcome.update(self._mteb_task(ctx, mteb, encoder, session, planned, meta, results_dir))
+                outcome["status"] = "ok"
+                done.append(planned.name)
+            except RunCancelled:
+                outcome["status"] = "cancelled"
+                outcome["error"] = "stopped by the user before this task finished; no result file was written"
+                raise
+            except UserError as exc:
+                outcome["status"] = "failed"
+                outcome["error"] = str(exc)
+                failed.append(planned.name)
+            except Exception as exc:  # out of memory too: a smaller task may still fit
+                first = (str(exc).strip().splitlines() or [""])[0]
+                outcome["status"] = "failed"
+                outcome["error"] = f"{exc.__class__.__name__}: {first}".rstrip(": ")
+                failed.append(planned.name)
+            finally:
+                outcome["seconds"] = time.perf_counter() - started
+                outcome["encodes"] = [e.as_dict() for e in session.encodes]
+                ctx.emit(Result(t_ns=ctx.now(), name=f"mteb:{planned.name}", data=outcome))
+            if outcome["status"] == "failed":
+                ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name} failed: {outcome['error']}", level="warning"))
+                ctx.failed_phase = ""  # the run goes on; a later failure names its own phase
         if failed:
             raise TasksFailed(
                 f"{len(failed)} of {len(self._plan)} tasks failed ({', '.join(failed)}); "
@@ -180,7 +179,8 @@ class MtebWorkload:
         out: dict[str, Any] = {"type": str(task.metadata.type), "main_score_name": task.metadata.main_score}
         if planned.local is not None:
             with ctx.phase("Data loading", f"local · {planned.local.folder}"):
-                mteb_data.load_local(task, planned.local)
+                for text in mteb_data.load_local(task, planned.local):
+                    ctx.emit(Note(t_ns=ctx.now(), text=text))
             out["data"] = {"source": "local", **planned.local.describe()}
             for text in mteb_data.size_mismatches(task, planned.local):
                 ctx.emit(Note(t_ns=ctx.now(), text=text, level="warning"))
@@ -198,6 +198,8 @@ class MtebWorkload:
             encode_kwargs={"batch_size": self.batch_size, "show_progress_bar": False},
             raise_error=True,
         )
+        if not result.task_results:  # mteb returns an error instead of raising for a private dataset it cannot reach
+            raise UserError(str(result.exceptions[0].exception) if result.exceptions else "mteb returned no result")
         tr = result.task_results[0]
         out["main_score"] = float(tr.get_score())
         out["scores"] = {split: [dict(s) for s in rows] for split, rows in tr.scores.items()}
@@ -207,7 +209,7 @@ class MtebWorkload:
         if unseen:
             ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name}: mteb reported phases not seen live: {', '.join(unseen)}"))
         out["results_file"] = str(write_task_result(tr, meta, results_dir))
-        if hasattr(task, "unload_data"):
+        if task.data_loaded:
             task.unload_data()  # a long task list should not hold every dataset at once
         return out
 
@@ -279,7 +281,7 @@ class _mteb_output_as_notes:
         self.logger.addHandler(self.handler)
         self.logger.propagate = False
         self._caught = self._warnings.__enter__() or []
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")  # once per place, as Python shows them
 
     def __exit__(self, *exc: Any) -> None:
         self._warnings.__exit__(*exc)

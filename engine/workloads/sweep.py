@@ -181,41 +181,21 @@ class SweepWorkload:
         rule = StopRule(target=self.target_ci, budget_s=self.budget_s, max_repeats=self.max_repeats)
         if self.until_oom:
             rule = StopRule(target=self.target_ci, budget_s=min(self.budget_s, 10.0), min_repeats=3, max_repeats=3)
-        loaded: dict[tuple[Any, ...], Target] = {_spec_key(target.spec): target}
+        first_key = _spec_key(replace(target.spec, device=str(target.describe().get("device_resolved") or target.spec.device)))
+        loaded: dict[tuple[Any, ...], Target] = {first_key: target}
         points: list[dict[str, Any]] = []
         grid = self._grid()
         grow_axis = next((a for a in OOM_AXES if a in self.axes), None) if self.until_oom else None
         stop_reason = ""
-        i = 0
-        while True:
-            if i < len(grid):
-                params = grid[i]
-            elif grow_axis is not None and not stop_reason:
-                last = points[-1]["params"][grow_axis]
-                if last * 2 > MAX_GROWTH:
-                    stop_reason = f"reached {grow_axis} {last} without running out"
-                    break
-                params = {grow_axis: last * 2}
-            else:
-                break
-            ctx.check_cancel()
-            current = self._target_for(ctx, loaded, target, params)
-            if grow_axis == "tokens" and current.max_seq_length and params["tokens"] > current.max_seq_length:
-                stop_reason = f"reached the model's max_seq_length ({current.max_seq_length}) without running out"
-                break
-            point = self._measure(ctx, current, params, i, len(grid), rule, base_threads)
-            points.append(point)
-            i += 1
-            # The table so far, for the dashboard; the last "sweep" result is the whole sweep.
-            ctx.emit(Result(t_ns=ctx.now(), name="sweep", data={"axes": self.axes, "points": list(points), "partial": True}))
-            if grow_axis is not None and point["status"] == "oom":
-                stop_reason = f"out of memory at {grow_axis} {params[grow_axis]}"
-                break
-            if grow_axis is not None and self.ram_ceiling_mib is not None and (point.get("peak_rss_mib") or 0) > self.ram_ceiling_mib:
-                point["status"] = "over-ceiling"
-                stop_reason = f"peak RSS {point['peak_rss_mib']:.0f} MiB crossed the {self.ram_ceiling_mib:.0f} MiB ceiling at {grow_axis} {params[grow_axis]}"
-                break
-        torch.set_num_threads(base_threads)
+        try:
+            stop_reason = self._points(ctx, target, loaded, grid, grow_axis, rule, base_threads, points)
+        finally:
+            torch.set_num_threads(base_threads)
+            for t in [t for t in loaded.values() if t is not target]:
+                _release(t)
+            loaded.clear()
+            gc.collect()
+            _empty_cuda_cache()
         data: dict[str, Any] = {"axes": self.axes, "points": points, "parameters": target.describe().get("parameters")}
         data["fits"] = _fits(points)
         if grow_axis is not None:
@@ -236,6 +216,42 @@ class SweepWorkload:
                 ctx.emit(Note(t_ns=ctx.now(), text=f"nothing fits: {grow_axis} {first}, the first point, already failed ({stop_reason})", level="warning"))
         ctx.emit(Result(t_ns=ctx.now(), name="sweep", data=data))
 
+    def _points(self, ctx: RunContext, target: Target, loaded: dict[tuple[Any, ...], Target], grid: list[dict[str, Any]],
+                grow_axis: str | None, rule: StopRule, base_threads: int, points: list[dict[str, Any]]) -> str:
+        """Measure the grid (and, in a memory search, grow past it); returns why a search stopped."""
+        stop_reason = ""
+        i = 0
+        while True:
+            if i < len(grid):
+                params = grid[i]
+            elif grow_axis is not None and not stop_reason:
+                last = points[-1]["params"][grow_axis]
+                if last * 2 > MAX_GROWTH:
+                    stop_reason = f"reached {grow_axis} {last} without running out"
+                    break
+                params = {grow_axis: last * 2}
+            else:
+                break
+            ctx.check_cancel()
+            current = None  # the last point's alternative model must be free to go before the next loads
+            current = self._target_for(ctx, loaded, target, params)
+            if grow_axis == "tokens" and current.max_seq_length and params["tokens"] > current.max_seq_length:
+                stop_reason = f"reached the model's max_seq_length ({current.max_seq_length}) without running out"
+                break
+            point = self._measure(ctx, current, params, i, len(grid), rule, base_threads)
+            points.append(point)
+            i += 1
+            # The table so far, for the dashboard; the last "sweep" result is the whole sweep.
+            ctx.emit(Result(t_ns=ctx.now(), name="sweep", data={"axes": self.axes, "points": list(points), "partial": True}))
+            if grow_axis is not None and point["status"] == "oom":
+                stop_reason = f"out of memory at {grow_axis} {params[grow_axis]}"
+                break
+            if grow_axis is not None and self.ram_ceiling_mib is not None and (point.get("peak_rss_mib") or 0) > self.ram_ceiling_mib:
+                point["status"] = "over-ceiling"
+                stop_reason = f"peak RSS {point['peak_rss_mib']:.0f} MiB crossed the {self.ram_ceiling_mib:.0f} MiB ceiling at {grow_axis} {params[grow_axis]}"
+                break
+        return stop_reason
+
     def _target_for(self, ctx: RunContext, loaded: dict[tuple[Any, ...], Target], first: Target, params: dict[str, Any]) -> Target:
         spec = first.spec
         changes = {k: params[k] for k in SPEC_AXES if k in params}
@@ -247,7 +263,7 @@ class SweepWorkload:
             return loaded[key]
         # One extra model at a time: the previous alternative is freed before the next loads.
         for k in [k for k in loaded if loaded[k] is not first]:
-            loaded.pop(k).close()
+            _release(loaded.pop(k))
         gc.collect()
         _empty_cuda_cache()
         t = SentenceTransformerTarget(spec)
@@ -268,9 +284,10 @@ class SweepWorkload:
         torch.set_num_threads(int(params.get("threads") or base_threads))
         watcher = PointWatcher()
         ctx.bus.subscribe(watcher)
-        cuda = str(target.describe().get("device_resolved", "")).startswith("cuda")
+        device = str(target.describe().get("device_resolved", ""))
+        cuda = device.startswith("cuda")
         if cuda:
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
         point: dict[str, Any] = {"params": params, "label": label, "lines": len(texts), "batch_size": batch}
         times: list[float] = []
         tokens: list[int] = []
@@ -323,7 +340,7 @@ class SweepWorkload:
         point["peak_cpu_percent"] = watcher.peaks.get("cpu_percent")
         point["peak_gpu_mib"] = watcher.peaks.get("gpu_process_mib", watcher.peaks.get("gpu_used_mib"))
         if cuda:
-            point["torch_peak_mib"] = torch.cuda.max_memory_reserved() / (1 << 20)
+            point["torch_peak_mib"] = torch.cuda.max_memory_reserved(torch.device(device)) / (1 << 20)
         return point
 
 
@@ -362,6 +379,13 @@ def _texts_of_tokens(target: Target, base: list[str], n_tokens: int, count: int)
         start = (k * step) % max(1, len(ids) - n_tokens)
         out.append(tok.decode(ids[start : start + n_tokens]))
     return out
+
+
+def _release(target: Target) -> None:
+    """Close an alternative model and drop it, so the next one does not load beside it."""
+    target.close()
+    if isinstance(target, SentenceTransformerTarget):
+        target.model = None
 
 
 def _spec_key(spec: Any) -> tuple[Any, ...]:
