@@ -32,6 +32,17 @@ def _save(fig: Any, path: Path, fmt: str) -> Path:
     return path
 
 
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path, fmt: str) -> Path:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    saved = _save(fig, path, fmt)
+    plt.close(fig)
+    return saved
+
+
 def _x_axis(points: list[dict[str, Any]]) -> str | None:
     for axis in NUMERIC_AXES:
         if len({p["params"].get(axis) for p in points if axis in p["params"]}) > 1:
@@ -66,25 +77,14 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
             c = fit["coef"]
             ax.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], "-", alpha=0.7,
                     label=f"fit: {fit['formula']} (R² {fit['r2']:.3f})")
-    ax.set_xlabel(axis)
-    ax.set_ylabel("encode call latency (ms)")
-    ax.set_title(f"{snap.target.get('model_name')} on {snap.target.get('device_resolved')}: latency by {axis}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out.append(_save(fig, out_dir / f"{stem}-latency.{fmt}", fmt))
-    plt.close(fig)
+    title = f"{snap.target.get('model_name')} on {snap.target.get('device_resolved')}: latency by {axis}"
+    out.append(_finish(plt, fig, ax, axis, "encode call latency (ms)", title, out_dir / f"{stem}-latency.{fmt}", fmt))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for group in others:
         pts = sorted((p for p in points if tuple((k, v) for k, v in p["params"].items() if k != axis) == group), key=lambda p: p["params"][axis])
         ax.plot([p["params"][axis] for p in pts], [p["items_per_s"] for p in pts], "o-", label=" ".join(f"{k}={v}" for k, v in group) or "items/s")
-    ax.set_xlabel(axis)
-    ax.set_ylabel("items per second")
-    ax.set_title("throughput")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out.append(_save(fig, out_dir / f"{stem}-throughput.{fmt}", fmt))
-    plt.close(fig)
+    out.append(_finish(plt, fig, ax, axis, "items per second", "throughput", out_dir / f"{stem}-throughput.{fmt}", fmt))
 
     limit = sweep.get("memory_limit")
     if limit:
@@ -97,13 +97,8 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
         if limit.get("ceiling_mib"):
             ax.axhline(limit["ceiling_mib"], color="red", linestyle="--", label="RAM ceiling")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(limit["axis"])
-        ax.set_ylabel("MiB")
-        ax.set_title(f"memory up to the limit: largest {limit['axis']} that fits = {limit['largest_that_fits']}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        out.append(_save(fig, out_dir / f"{stem}-memory.{fmt}", fmt))
-        plt.close(fig)
+        title = f"memory up to the limit: largest {limit['axis']} that fits = {limit['largest_that_fits']}"
+        out.append(_finish(plt, fig, ax, limit["axis"], "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt))
     return out
 
 
