@@ -19,17 +19,23 @@ setup: $(BIN)/.installed
 run: setup
 	$(BIN)/embprof
 
-# tmux drives the dashboard in a real terminal in the tests; Debian's package, where apt-get and root allow.
+# tmux drives the dashboard in a real terminal in the tests; cmake and g++ build the real llama.cpp
+# server the server tests use. Debian's packages, where apt-get and root allow.
 tools:
-	@command -v tmux >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tmux >/dev/null; } || \
-	  echo "tmux is not installed: the real-terminal test will be skipped"
+	@missing=""; for t in tmux cmake g++; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$(echo $$missing | sed 's/g++/g++ make/') >/dev/null; } || \
+	  echo "could not install:$$missing (the tests that need them will say so)"
 
-test: setup tools
+# llama-server (for the server tests) builds from the llama-cpp-python sdist while the venv installs:
+# the build is compiler-bound, the install mostly disk-bound. Cached outside the project per version.
+test: tools
+	@( $(PYTHON) tests/llama_server.py --build-only > .llama-build.log 2>&1 || echo "llama-server build failed: see .llama-build.log" ) & \
+	  $(MAKE) --no-print-directory setup; wait
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .llama-build.log

@@ -88,6 +88,27 @@ class EncodeTimed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RequestTimed:
+    """One HTTP request to an embedding server: from send to parsed response, or to its failure."""
+
+    t_ns: int
+    phase_id: int
+    call_index: int
+    request_index: int
+    items: int
+    duration_ns: int
+    status: int | None  # the HTTP status; None when no response came
+    bytes_sent: int
+    bytes_received: int
+    tokens: int | None = None  # when the server reports them
+    received_ns: int | None = None  # send to the last byte of the answer, before parsing it
+    error_kind: str = ""  # "", "timeout", "connection", "http 4xx/5xx", "bad body", "bad shape", "too large"
+    error: str = ""
+    warmup: bool = False
+    kind: Literal["request_timed"] = "request_timed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceSample:
     t_ns: int
     rss_mib: float
@@ -104,6 +125,11 @@ class ResourceSample:
     torch_reserved_mib: float | None = None
     torch_max_allocated_mib: float | None = None
     torch_max_reserved_mib: float | None = None
+    # The embedding server's own process, when it runs on this machine (--server-pid or its port).
+    server_rss_mib: float | None = None
+    server_cpu_percent: float | None = None
+    server_threads: int | None = None
+    server_gpu_mib: float | None = None
     kind: Literal["resource_sample"] = "resource_sample"
 
 
@@ -117,6 +143,9 @@ PEAK_FIELDS = (
     "torch_reserved_mib",
     "cpu_percent",
     "threads",
+    "server_rss_mib",
+    "server_gpu_mib",
+    "server_cpu_percent",
 )
 
 
@@ -170,6 +199,7 @@ Event = Union[
     PhaseEnded,
     BatchTimed,
     EncodeTimed,
+    RequestTimed,
     ResourceSample,
     Note,
     Result,

@@ -210,7 +210,12 @@ def _prompt_choice(model_prompts: dict[str, str] | None, task_metadata: Any, pro
 
 
 def make_encoder(target: Any, session_of: Any) -> Any:
-    """mteb's own encoder wrapper around the target's loaded model, with encode timed."""
+    """mteb's own encoder wrapper around the target's loaded model, with encode timed; for a
+    server, an mteb encoder whose every batch is a request."""
+    from .http_target import HttpTarget
+
+    if isinstance(target, HttpTarget):
+        return _http_encoder(target, session_of)
     if not isinstance(target, SentenceTransformerTarget):
         raise UserError(f"MTEB tasks cannot run on a {getattr(target, 'kind', 'this')} target")
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
@@ -261,6 +266,43 @@ def make_encoder(target: Any, session_of: Any) -> Any:
     name, revision = results_identity(target, encoder.mteb_model_meta)
     encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": name, "revision": revision})
     return encoder
+
+
+def _http_encoder(target: Any, session_of: Any) -> Any:
+    from mteb.models import ModelMeta
+    from mteb.models.abs_encoder import AbsEncoder
+    from mteb.models.model_meta import ScoringFunction
+
+    class ServerEncoder(AbsEncoder):  # type: ignore[misc]
+        def __init__(self) -> None:
+            prompts, _invalid = AbsEncoder.validate_task_to_prompt_name(dict(target.prompts), raise_for_invalid_keys=False)
+            self.model_prompts = prompts or None
+            name = str(target.describe().get("model_name") or target.url)
+            self.mteb_model_meta = ModelMeta.create_empty(overwrites={
+                "name": name if "/" in name else f"server/{name}", "revision": "no_revision_available",
+                "similarity_fn_name": ScoringFunction.COSINE})  # mteb compares it by identity
+
+        def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> Any:
+            session: TaskSession = session_of()
+            ctx = session.ctx
+            texts = [t for batch in inputs for t in batch["text"]]
+            prompt_name, prompt = _prompt_choice(self.model_prompts, task_metadata, prompt_type)
+            ptype = getattr(prompt_type, "value", prompt_type)
+            pending, session.pending = session.pending, None
+            name = pending.name if pending is not None else "encode"
+            where = "/".join(x for x in (hf_split, hf_subset if hf_subset != "default" else "") if x)
+            detail = " · ".join(x for x in (where, f"{len(texts)} texts", f"prompt {prompt_name}" if prompt_name else "no prompt", ptype or "") if x)
+            with ctx.phase(name, detail) as phase_id:
+                if pending is not None:
+                    pending.phase_id = phase_id
+                out = target.encode(ctx, texts, prompt=prompt or "", batch_size=int(kwargs.get("batch_size") or 32),
+                                    label=f"{session.task_name} {hf_split}")
+            session.encodes.append(EncodeRecord(phase_id=phase_id, phase=name, split=hf_split, subset=hf_subset, texts=len(texts),
+                                                prompt_type=ptype, prompt_name=prompt_name, prompt=prompt,
+                                                seconds=out.duration_ns / 1e9, tokens=out.tokens, batches=-(-len(texts) // 32)))
+            return out.embeddings
+
+    return ServerEncoder()
 
 
 def results_identity(target: SentenceTransformerTarget, meta: Any) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from typing import Any
 from .errors import UserError
 from .events import BatchTimed, EncodeTimed, PhaseEnded, PhaseStarted, ResourceSample
 from .snapshot import Snapshot, to_json
+from .stats import describe
 
 Cell = str | int | float | None
 
@@ -25,6 +26,9 @@ PEAK_LABELS = {
     "torch_reserved_mib": "torch reserved MiB",
     "cpu_percent": "process CPU %",
     "threads": "threads",
+    "server_rss_mib": "server process RSS MiB",
+    "server_gpu_mib": "server process GPU MiB",
+    "server_cpu_percent": "server process CPU %",
 }
 
 
@@ -206,6 +210,7 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     vs = s.results.get("vs")
     if vs:
         tables.append(vs_table(vs))
+    tables.extend(server_tables(snap))
     peaks_by_phase = {p.phase_id: p.peaks for p in s.phases}
     rows = mteb_rows(s.results, lambda pid, name: peaks_by_phase.get(pid, {}).get(name))
     if rows:
@@ -257,6 +262,65 @@ def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
             (f"largest {limit['axis']} that fits", limit.get("largest_that_fits")),
             ("stopped because", limit.get("stopped")),
             ("RAM ceiling MiB", limit.get("ceiling_mib")),
+        ]))
+    return out
+
+
+def server_tables(snap: Snapshot) -> list[Table]:
+    """An embedding server's side: every request, the load result, agreement with a local model."""
+    from .events import RequestTimed
+
+    s = snap.summary
+    out: list[Table] = []
+    reqs = [e for e in snap.events if isinstance(e, RequestTimed)]  # warm-ups too: they are requests all the same
+    if reqs:
+        ok = [r for r in reqs if not r.error_kind and not r.warmup]
+        kinds: dict[str, int] = {}
+        for r in reqs:
+            if r.error_kind:
+                kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
+        st = describe([r.duration_ns / 1e9 for r in ok])
+        rows: list[tuple[str, Any]] = [
+            ("requests", len(reqs)),
+            ("answered", sum(1 for r in reqs if not r.error_kind)),
+            ("failed", sum(1 for r in reqs if r.error_kind)),
+            ("failed by kind", ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"),
+            ("latency mean s (answered, not warm-up)", st.get("mean_s")),
+            ("latency p50 s", st.get("p50_s")),
+            ("latency p90 s", st.get("p90_s")),
+            ("latency p99 s", st.get("p99_s")),
+            ("bytes sent", sum(r.bytes_sent for r in reqs)),
+            ("bytes received", sum(r.bytes_received for r in reqs)),
+            ("tokens (server-reported)", sum(r.tokens for r in ok if r.tokens) if any(r.tokens for r in ok) else None),
+            ("server pid", snap.target.get("server_pid")),
+        ]
+        out.append(_kv("requests", "Requests to the server (send to parsed response)", rows))
+    load = s.results.get("load")
+    if load:
+        lat = load.get("latency") or {}
+        out.append(_kv("load", "Load", [
+            ("requests sent / done / ok", f"{load['requests_sent']} / {load['requests_done']} / {load['ok']}"),
+            ("wall s", load.get("wall_s")),
+            ("requests/s", load.get("requests_per_s")),
+            ("items/s", load.get("items_per_s")),
+            ("tokens/s", load.get("tokens_per_s")),
+            ("latency mean s", lat.get("mean_s")),
+            ("latency p50 s", lat.get("p50_s")),
+            ("latency p90 s", lat.get("p90_s")),
+            ("latency p95 s", lat.get("p95_s")),
+            ("latency p99 s", lat.get("p99_s")),
+            ("errors by kind", ", ".join(f"{k} {v}" for k, v in sorted((load.get("errors_by_kind") or {}).items())) or "none"),
+            ("client alone, requests/s", load.get("client_ceiling_per_s")),
+            ("load as % of the client's ceiling", load.get("client_share_percent")),
+        ]))
+    agreement = s.results.get("agreement")
+    if agreement:
+        out.append(_kv("agreement", f"Server against {agreement['compare_model']} locally (cosine per text)", [
+            ("texts", len(agreement["cosine"])),
+            ("min cosine", agreement["min"]),
+            ("mean cosine", agreement["mean"]),
+            ("least alike", agreement["worst_text"]),
+            ("prompt", repr(agreement.get("prompt", ""))),
         ]))
     return out
 

@@ -105,13 +105,16 @@ class Runner:
         device = self.target.spec.device
         if device == "auto" or device.startswith("cuda"):
             return cuda_index_for_nvml(device)
+        if device == "server" and getattr(self.target, "server_pid", None) is not None:
+            return cuda_index_for_nvml("cuda")  # a local server's GPU memory, if it has one
         return None
 
     def run(self) -> None:
         """Run on the calling thread (a UI's worker thread); ``start()`` runs it on a thread of its own."""
         bus = self.bus
         clock = bus.clock
-        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml)
+        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml,
+                          server_pid=getattr(self.target, "server_pid", None))
         self.sampler = sampler
         ctx = RunContext(bus, self.cancel_event, sampler)
         bus.publish(
@@ -145,6 +148,12 @@ class Runner:
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             self._error(ctx, kind, f"{exc.__class__.__name__}: {first}", traceback.format_exc(limit=8))
         finally:
+            finish = getattr(self.target, "finish", None)
+            if finish is not None:
+                try:
+                    finish(ctx)
+                except Exception:
+                    pass
             sampler.stop()
             try:
                 self.target.close()

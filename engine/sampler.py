@@ -56,6 +56,18 @@ class GpuProbe:
         total = nvml.nvmlDeviceGetMemoryInfo(self.handle).total / MIB
         return {"index": self.index, "name": name, "driver": driver, "memory_total_mib": total, "mig": self.mig}
 
+    def process_mib(self, pid: int) -> float | None:
+        """Another process's memory on this device (the embedding server's), when NVML lists it."""
+        if self.mig:
+            return None
+        try:
+            for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(self.handle):
+                if proc.pid == pid and proc.usedGpuMemory is not None:
+                    return float(proc.usedGpuMemory) / MIB
+        except Exception:
+            pass
+        return None
+
     def read(self) -> dict[str, float | None]:
         nvml = self._nvml
         out: dict[str, float | None] = {
@@ -145,6 +157,7 @@ class Sampler:
         gpu_index: int | None = 0,
         nvml: Any = "auto",
         pid: int | None = None,
+        server_pid: int | None = None,
     ) -> None:
         if not MIN_HZ <= hz <= MAX_HZ:
             raise ValueError(f"sample rate must be between {MIN_HZ:g} and {MAX_HZ:g} Hz, not {hz:g}")
@@ -152,6 +165,15 @@ class Sampler:
         self.hz = hz
         self.interval_s = 1.0 / hz
         self._proc = psutil.Process(pid)
+        self._server: psutil.Process | None = None
+        self.server_gone = False
+        if server_pid is not None:
+            try:
+                self._server = psutil.Process(server_pid)
+            except psutil.Error:  # gone since the target checked it: sampled as gone
+                self.server_gone = True
+        self.server_pid = server_pid
+        self._server_cpu = 0.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -171,6 +193,11 @@ class Sampler:
         # first real sample measures a real interval instead of reporting 0.
         self._proc.cpu_percent(None)
         psutil.cpu_percent(None, percpu=True)
+        if self._server is not None:
+            try:
+                self._server.cpu_percent(None)
+            except psutil.Error:
+                self.server_gone = True
         self._thread = threading.Thread(target=self._loop, name="embprof-sampler", daemon=True)
         self._thread.start()
 
@@ -250,6 +277,7 @@ class Sampler:
             self._last_cores = tuple(psutil.cpu_percent(None, percpu=True))
         gpu: dict[str, Any] = self.gpu.read() if self.gpu is not None else {}
         torch_cuda: dict[str, Any] = _torch_cuda_reading()
+        server: dict[str, Any] = self._server_reading(cpu)
         sample = ResourceSample(
             t_ns=self.bus.clock.now(),
             rss_mib=rss / MIB,
@@ -260,9 +288,28 @@ class Sampler:
             threads=threads,
             **gpu,
             **torch_cuda,
+            **server,
         )
         self.bus.publish(sample)
         self.samples_taken += 1
         # Publishing counts too: fanning the sample out to the consumers is part of its cost.
         self.cpu_time_ns += time.thread_time_ns() - started
         return sample
+
+    def _server_reading(self, cpu: bool) -> dict[str, Any]:
+        """The server process's RSS, CPU and threads; once it has exited, nothing (and a note)."""
+        if self._server is None or self.server_gone:
+            return {}
+        try:
+            with self._server.oneshot():
+                out: dict[str, Any] = {"server_rss_mib": self._server.memory_info().rss / MIB, "server_threads": self._server.num_threads()}
+                if cpu:
+                    self._server_cpu = self._server.cpu_percent(None)
+            out["server_cpu_percent"] = self._server_cpu
+        except psutil.Error:
+            self.server_gone = True
+            self.bus.publish(Note(t_ns=self.bus.clock.now(), text=f"the server process {self.server_pid} is gone", level="warning"))
+            return {}
+        if self.gpu is not None and self.server_pid is not None:
+            out["server_gpu_mib"] = self.gpu.process_mib(self.server_pid)
+        return out

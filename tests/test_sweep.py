@@ -24,7 +24,7 @@ def sweep_of(snap: Snapshot) -> dict[str, Any]:
 
 
 def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,200", "--budget", "12"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,200", "--budget", "6"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     sweep = sweep_of(snap)
@@ -39,7 +39,7 @@ def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) 
     assert fit["r2"] >= 0.95, fit
     assert "a line" in fit["formula"] and "Latency model" in out
 
-    rc, out2, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=150", "--budget", "12"], cli_env)
+    rc, out2, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=150", "--budget", "6"], cli_env)
     assert rc == 0, err
     _, snap2 = snapshot_from(out2)
     (point,) = sweep_of(snap2)["points"]
@@ -49,7 +49,7 @@ def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) 
 
 
 def test_threads_sweep_uses_the_threads_asked_for(cli_env: dict[str, str]) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "threads=1,2", "--axis", "lines=64", "--budget", "8"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "threads=1,2", "--axis", "lines=64", "--budget", "4"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     one, two = sweep_of(snap)["points"]
@@ -89,7 +89,7 @@ def test_grid_of_model_settings_reloads_and_applies_them(cli_env: dict[str, str]
 
 
 def test_text_length_search_stops_at_max_seq_length(cli_env: dict[str, str]) -> None:
-    args = ["run", "sweep", "--device", "cpu", "--axis", "tokens=64", "--until-oom", "--ram-ceiling", "100000", "--budget", "2"]
+    args = ["run", "sweep", "--device", "cpu", "--axis", "tokens=64", "--until-oom", "--ram-ceiling", "100000", "--budget", "1"]
     rc, out, err, _ = run_cli(args, cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
@@ -168,7 +168,7 @@ def test_vs_runs_two_models_alternately(cli_env: dict[str, str], tiny_gemma: Pat
 def test_compare_same_and_different_workloads(cli_env: dict[str, str], tmp_path: Path) -> None:
     paths = []
     for extra in (["--dtype", "float32"], ["--dtype", "bfloat16"]):
-        rc, out, err, _ = run_cli(["run", "encode", "--device", "cpu", "--repeats", "6", *extra], cli_env)
+        rc, out, err, _ = run_cli(["run", "encode", "--device", "cpu", "--repeats", "4", *extra], cli_env)
         assert rc == 0, err
         paths.append(snapshot_from(out)[0])
     rc, out, err, _ = run_cli(["run", "similarity", "--device", "cpu"], cli_env)
@@ -197,7 +197,7 @@ def test_compare_same_and_different_workloads(cli_env: dict[str, str], tmp_path:
 
 
 def test_sweep_export_writes_its_charts(cli_env: dict[str, str], tmp_path: Path) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=8,16,32", "--budget", "4"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=8,16,32", "--budget", "2"], cli_env)
     assert rc == 0, err
     path, _ = snapshot_from(out)
     for fmt in ("svg", "png"):

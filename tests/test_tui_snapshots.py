@@ -59,6 +59,10 @@ def test_small_terminal_mteb_scores(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(app_with(tmp_path, mteb=True), terminal_size=(80, 24), run_before=settle("4"))
 
 
+def test_small_terminal_sweep_scores(snap_compare: Any, tmp_path: Path) -> None:
+    assert snap_compare(app_with(tmp_path, sweep=True), terminal_size=(80, 30), run_before=settle("4"))
+
+
 def test_small_terminal_similarity(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(app_with(tmp_path, similarity=True), terminal_size=(80, 24), run_before=settle("4"))
 

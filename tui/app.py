@@ -47,12 +47,18 @@ WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
 class RunRequest:
     spec: TargetSpec = field(default_factory=TargetSpec)
     workload: str = "encode"
+    server: Any = None  # a ServerSpec: an embedding server instead of a local model
     params: dict[str, Any] = field(default_factory=dict)
     sample_hz: float = 10.0
 
     def build_workload(self) -> Any:
         """The engine workload for this request; bad parameters raise UserError in prepare()."""
         p = self.params
+        if self.workload == "load":
+            from embprof.engine.workloads.load import LoadWorkload
+
+            return LoadWorkload(requests=int(p.get("repeats") or 200), concurrency=int(p.get("concurrency") or 1),
+                                input=p.get("input") or None)
         if self.workload == "sweep":
             from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
 
@@ -111,7 +117,14 @@ def engine_runner(request: RunRequest, workload: Any, subscribers: list[Subscrib
     from embprof.engine.runner import Runner
     from embprof.engine.targets import SentenceTransformerTarget
 
-    return Runner(SentenceTransformerTarget(request.spec), workload, sample_hz=request.sample_hz, subscribers=subscribers)
+    if request.server is not None:
+        from embprof.engine.http_target import HttpTarget
+
+        target: Any = HttpTarget(request.server)
+        target.resolve()  # reachable, and its process found; a UserError here is refused like bad input
+    else:
+        target = SentenceTransformerTarget(request.spec)
+    return Runner(target, workload, sample_hz=request.sample_hz, subscribers=subscribers)
 
 
 # -- messages ------------------------------------------------------------------------------------------
@@ -189,12 +202,16 @@ class RunForm(ModalScreen[RunRequest | None]):
             with Grid(id="form-grid"):
                 yield Label("model")
                 yield Input(compact=True, value=c.spec.model or "", placeholder="HF id or folder (empty: bundled all-MiniLM-L6-v2)", id="f-model")
+                yield Label("server URL")
+                yield Input(compact=True, value=(c.server.url if c.server else ""), placeholder="instead of a model, e.g. http://127.0.0.1:8080", id="f-server")
+                yield Label("server API")
+                yield Select([(a, a) for a in ("llama", "openai")], compact=True, value=(c.server.api if c.server else "llama"), allow_blank=False, id="f-api")
                 yield Label("device")
                 yield Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], compact=True, value=c.spec.device, allow_blank=False, id="f-device")
                 yield Label("dtype")
                 yield Select([(d, d) for d in DTYPES], compact=True, value=c.spec.dtype, allow_blank=False, id="f-dtype")
                 yield Label("workload")
-                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb", "sweep")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
+                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb", "sweep", "load")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
                 yield Label("encode as")
                 yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=p.get("mode", "plain"), allow_blank=False, id="f-mode")
                 yield Label("batch size")
@@ -254,11 +271,23 @@ class RunForm(ModalScreen[RunRequest | None]):
             raise UserError(f"sample rate must be between 1 and 100 Hz, not {hz:g}")
         spec = TargetSpec(model=v("f-model") or None, device=sel("f-device"), dtype=sel("f-dtype"))
         spec.validate()
+        server = None
+        if v("f-server"):
+            from embprof.engine.http_target import ServerSpec
+
+            if v("f-model"):
+                raise UserError("give a model or a server URL, not both")
+            server = ServerSpec(url=v("f-server"), api=sel("f-api"))  # type: ignore[arg-type]
+            server.validate()
         params: dict[str, Any] = {"batch_size": batch, "prompt_name": v("f-prompt") or None}
         if workload == "encode":
             params.update(repeats=repeats or 3, input=v("f-file") or None, mode=sel("f-mode"))
         elif workload == "speed":
             params.update(loops=repeats or 7, text=v("f-file") or None)
+        elif workload == "load":
+            if not v("f-server"):
+                raise UserError("the load workload drives a server: give its URL")
+            params.update(repeats=repeats or 200, input=v("f-file") or None)
         elif workload == "sweep":
             axes = v("f-axes").split()
             if not axes:
@@ -274,7 +303,7 @@ class RunForm(ModalScreen[RunRequest | None]):
             params.update(tasks=tasks, data_dir=v("f-data") or None, loops=repeats or 7)
         else:
             params.update(query=v("f-query") or None, docs=v("f-file") or None)
-        return RunRequest(spec=spec, workload=workload, params=params, sample_hz=hz)
+        return RunRequest(spec=spec, workload=workload, params=params, sample_hz=hz, server=server)
 
 
 class ExportScreen(ModalScreen[str | None]):
@@ -541,8 +570,12 @@ class EmbprofApp(App[None]):
         view = RunView(key=key)
         bridge = Bridge(self, key)
         recorder = snap_mod.Recorder()
+        try:
+            runner = self.runner_factory(request, workload, [recorder, bridge])
+        except UserError as exc:  # a server that cannot be reached, say: refused like bad input
+            self.post_message(RunRefused(str(exc)))
+            return
         self.post_message(RunStarting(view, bridge))
-        runner = self.runner_factory(request, workload, [recorder, bridge])
         self.runner = runner
         runner.run()
         if not self.save_snapshots:

@@ -54,6 +54,13 @@ mteb's own layout: mteb.ResultCache(cache_path=".").load_results() reads ./resul
 """
 
 RUN_EXAMPLES = {
+    "load": """\
+examples:
+  embprof run load --server http://127.0.0.1:8080 --requests 500 --concurrency 8
+  embprof run load --server http://127.0.0.1:8080/ --api openai --duration 30 --rate 50
+  embprof run load --server https://api.example.com --api openai --api-key-env EMBED_API_KEY --server-model m
+the client's own ceiling (a trivial local endpoint, same client) is measured first and reported beside the result.
+""",
     "sweep": """\
 examples:
   embprof run sweep --axis lines=25,50,100,200          latency by lines, fitted as fixed + per line
@@ -109,6 +116,15 @@ def _add_target_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
     g.add_argument("--truncate-dim", type=int, metavar="N", help="Matryoshka: keep the first N dimensions")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run (off by default)")
+    g = p.add_argument_group("server target (instead of a local model)")
+    g.add_argument("--server", metavar="URL", help="an embedding server, e.g. http://127.0.0.1:8080 (llama-server --embeddings)")
+    g.add_argument("--api", choices=["llama", "openai"], default="llama", help="llama: POST /embedding; openai: POST /v1/embeddings")
+    g.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key (sent as a bearer token)")
+    g.add_argument("--server-model", metavar="NAME", help="openai: the 'model' field (default: the server's first model)")
+    g.add_argument("--prompts-from", metavar="MODEL", help="apply this model's prompts client-side (a Hub id or folder)")
+    g.add_argument("--server-pid", type=int, metavar="PID", help="sample this server process (default: found by the URL's port when local)")
+    g.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request (default 60)")
+    g.add_argument("--max-errors", type=int, default=0, metavar="N", help="failed requests tolerated (retried) before the run stops (default 0)")
 
 
 def _add_save_args(p: argparse.ArgumentParser) -> None:
@@ -135,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
     app.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     app.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
-    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity", "mteb"], help="what runs at launch (default encode)")
+    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity", "mteb", "sweep", "load"],
+                     help="what runs at launch (default encode)")
     app.add_argument("-t", "--task", action="append", default=[], metavar="TASK", help="mteb: a task to run (repeatable)")
+    app.add_argument("--server", metavar="URL", help="profile an embedding server instead of a local model")
+    app.add_argument("--api", choices=["llama", "openai"], default="llama", help="the server's API (default llama)")
     app.add_argument("--data-dir", metavar="DIR", help="mteb: local task data (see `embprof mteb --help`)")
     app.add_argument("--no-autostart", action="store_true", help="open the dashboard without starting a run")
     app.add_argument("--input", metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
@@ -173,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmups", type=int, default=1, help="untimed warm-up passes (default 1; recorded, not counted)")
     g.add_argument("--repeats", type=int, default=3, help="timed passes (default 3; with --vs, the pairs)")
     g.add_argument("--vs", metavar="MODEL", help="a second model (id or folder; 'bundled' for all-MiniLM-L6-v2) run alternately with the first")
+    g.add_argument("--compare-model", metavar="MODEL",
+                   help="with --server: embed the same texts with this local model ('bundled' for all-MiniLM-L6-v2) and report the cosine per text")
     _add_save_args(en)
 
     si = wl.add_parser("similarity", help="rank documents for queries; score matrix and margin", epilog=RUN_EXAMPLES["similarity"], formatter_class=_Formatter)
@@ -203,6 +224,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--until-oom", action="store_true", help="grow the batch (or tokens) axis until out of memory or the RAM ceiling")
     g.add_argument("--ram-ceiling", type=float, metavar="MIB", help="with --until-oom: stop once peak RSS passes this many MiB")
     _add_save_args(sw)
+
+    ld = wl.add_parser("load", help="load an embedding server: requests at a concurrency or a Poisson rate", epilog=RUN_EXAMPLES["load"],
+                       formatter_class=_Formatter)
+    _add_target_args(ld)
+    g = ld.add_argument_group("load")
+    g.add_argument("--requests", type=int, metavar="N", help="send N requests (default 200)")
+    g.add_argument("--duration", type=float, metavar="S", help="send for S seconds instead")
+    g.add_argument("--concurrency", type=int, metavar="C", help="C requests in flight, each sent when one returns (default 1)")
+    g.add_argument("--rate", type=float, metavar="R", help="R requests per second on average, Poisson arrivals")
+    g.add_argument("--batch", type=int, default=1, metavar="K", help="texts per request (default 1)")
+    g.add_argument("-i", "--input", metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
+    g.add_argument("--prompt-name", help="a prompt from --prompts-from, applied to every text")
+    _add_save_args(ld)
 
     mt = sub.add_parser("mteb", help="run MTEB tasks with the sampler on; results in mteb's layout", epilog=MTEB_EXAMPLES,
                         formatter_class=_Formatter,
@@ -274,6 +308,28 @@ def _target_spec(args: argparse.Namespace) -> TargetSpec:
     return spec
 
 
+def _target(args: argparse.Namespace) -> Any:
+    """A local model, or with --server an embedding server."""
+    server = getattr(args, "server", None)
+    if server is None:
+        from embprof.engine.targets import SentenceTransformerTarget
+
+        if getattr(args, "workload", "") == "load":
+            raise _InputFailure("the load workload drives a server: give --server URL")
+        if getattr(args, "compare_model", None):
+            raise _InputFailure("--compare-model compares a server with a local model: give --server URL")
+        return SentenceTransformerTarget(_target_spec(args))
+    from embprof.engine.http_target import HttpTarget, ServerSpec
+
+    if args.model is not None:
+        raise _InputFailure("give --model (a local model) or --server (a server), not both")
+    if getattr(args, "vs", None):
+        raise _InputFailure("--vs compares two local models; for a server against a local model use --compare-model")
+    return HttpTarget(ServerSpec(url=server, api=args.api, api_key_env=args.api_key_env, server_model=args.server_model,
+                                 prompts_from=args.prompts_from, timeout_s=args.timeout, max_errors=args.max_errors,
+                                 server_pid=args.server_pid))
+
+
 def _workload(args: argparse.Namespace) -> Any:
     inner = _plain_workload(args)
     vs = getattr(args, "vs", None)
@@ -286,6 +342,11 @@ def _workload(args: argparse.Namespace) -> Any:
 
 
 def _plain_workload(args: argparse.Namespace) -> Any:
+    if args.workload == "load":
+        from embprof.engine.workloads.load import LoadWorkload
+
+        return LoadWorkload(requests=args.requests, duration_s=args.duration, concurrency=args.concurrency, rate=args.rate,
+                            batch=args.batch, input=args.input, prompt_name=args.prompt_name)
     if args.workload == "sweep":
         from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
 
@@ -326,6 +387,7 @@ def _plain_workload(args: argparse.Namespace) -> Any:
             batch_size=args.batch_size,
             warmups=args.warmups,
             repeats=args.repeats,
+            compare_model=getattr(args, "compare_model", None),
         )
     from embprof.engine.workloads.similarity import SimilarityWorkload
 
@@ -346,16 +408,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from embprof.engine.files import ensure_writable_dir
     from embprof.engine.report import summary_tables
     from embprof.engine.runner import Runner
-    from embprof.engine.targets import SentenceTransformerTarget
     from embprof.engine.workloads import check_prompt_names
 
     from .console import ConsoleProgress, render_table
 
     out_dir = ensure_writable_dir(profiles_dir(args.profiles_dir), "profiles folder")
-    spec = _target_spec(args)
     workload = _workload(args)
     workload.prepare()  # bad input fails here, before anything is loaded or saved
-    target = SentenceTransformerTarget(spec)
+    target = _target(args)
     target.resolve()
     check_prompt_names(workload, target)
 
@@ -384,8 +444,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise _InputFailure(error.message)
     snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
     wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep", "fit",
-              "fit-notes", "memory-limit", "vs"}
-    if str(snapshot.workload.get("name")) not in ("encode", "speed", "similarity"):
+              "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server"}
+    if str(snapshot.workload.get("name")) not in ("encode", "speed", "similarity", "load"):
         wanted -= {"timings", "throughput"}  # calls of different sizes or models, pooled: their own tables say more
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
@@ -582,7 +642,13 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
     params = {"input": args.input, "text": args.text, "repeats": args.repeats, "loops": args.loops,
               "tasks": list(args.task), "data_dir": args.data_dir}
-    request = RunRequest(spec=spec, workload=args.workload, params=params, sample_hz=args.sample_hz)
+    server = None
+    if args.server:
+        from embprof.engine.http_target import ServerSpec
+
+        server = ServerSpec(url=args.server, api=args.api)
+        server.validate()
+    request = RunRequest(spec=spec, workload=args.workload, params=params, sample_hz=args.sample_hz, server=server)
     EmbprofApp(request, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
     return EXIT_OK
 

@@ -299,6 +299,9 @@ class MemoryPanel(Panel):
         p.title("MiB over run time (s)")
         p.plot(*thin(xs, [s.rss_mib for s in view.samples], limit), label="process RSS", color="cyan", marker="braille")
         p.plot(*thin(xs, [s.sys_ram_used_mib for s in view.samples], limit), label="system RAM used", color="gray", marker="braille")
+        server_pts = [(x, s.server_rss_mib) for x, s in zip(xs, view.samples) if s.server_rss_mib is not None]
+        if server_pts:  # an embedding server's own process, beside the client
+            p.plot(*thin([a for a, _ in server_pts], [b for _, b in server_pts], limit), label="server RSS", color="green", marker="braille")
         if view.has_gpu:
             for field, label, colour in (
                 ("gpu_used_mib", "GPU device used", "magenta"),
@@ -322,6 +325,9 @@ class MemoryPanel(Panel):
             text.append("peak RSS ", style="dim")
             text.append(_mib(value), style="bold")
             text.append(f" at {at:.1f} s during {view.phase_at(at) or '—'}", style="dim")
+        if "server_rss_mib" in view.peaks:
+            text.append("   server peak RSS ", style="dim")
+            text.append(_mib(view.peaks["server_rss_mib"][0]), style="bold")
         counters = view.results.get("kernel_counters") or {}
         if "ru_maxrss_mib" in counters:
             text.append("   ru_maxrss ", style="dim")
@@ -401,12 +407,15 @@ class SimilarityPanel(Panel):
     SimilarityPanel #sim-head { height: auto; }
     SimilarityPanel DataTable { height: 1fr; }
     SimilarityPanel #sim-rank { height: auto; }
+    SimilarityPanel #sweep-plot { height: 1fr; display: none; }
+    SimilarityPanel.-sweep #sweep-plot { display: block; }
     """
 
     def compose(self) -> ComposeResult:
         yield Static(id="sim-head")
         yield DataTable(id="sim-table", zebra_stripes=False, cursor_type="row")
         yield Static(id="sim-rank")
+        yield Plot(id="sweep-plot")  # a sweep's latency by its axis, with the fit; hidden otherwise
 
     def show(self, view: RunView | None) -> None:
         head = self.query_one("#sim-head", Static)
@@ -414,6 +423,7 @@ class SimilarityPanel(Panel):
         rank = self.query_one("#sim-rank", Static)
         sim = view.results.get("similarity") if view else None
         table.clear(columns=True)
+        self.set_class(view is not None and "sweep" in view.results and "mteb" not in view.results, "-sweep")
         if view is not None and "mteb" in view.results:
             self._show_mteb(view, head, table, rank)
             return
@@ -490,6 +500,29 @@ class SimilarityPanel(Panel):
                 str(p.get("stop") or ""), str(p.get("repeats", "")), fmt(p.get("items_per_s"), 1), fmt(p.get("peak_rss_mib"), 1),
             )
         rank.update("")
+        self._draw_sweep(sweep, fits)
+
+    def _draw_sweep(self, sweep: dict[str, Any], fits: list[dict[str, Any]]) -> None:
+        plot = self.query_one("#sweep-plot", Plot)
+        plt = plot.plt
+        plt.clear_figure()
+        points = [p for p in sweep["points"] if p.get("median_s") is not None]
+        axis = next((a for a in ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
+                     if len({p["params"].get(a) for p in points if a in p["params"]}) > 1), None)
+        if axis is None:
+            plot.changed()
+            return
+        pts = sorted(points, key=lambda p: p["params"][axis])
+        xs = [float(p["params"][axis]) for p in pts]
+        plt.title(f"median latency (ms) by {axis}")
+        fit = fits[0] if len(fits) == 1 and axis == "lines" and "per_token" not in fit_terms(fits) else None
+        if fit is not None:
+            c = fit["coef"]
+            grid = [min(xs) + (max(xs) - min(xs)) * k / 40 for k in range(41)]
+            plt.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], color="orange", label=fit["formula"])
+        # The measured medians last, so that the fitted line never hides them.
+        plt.scatter(xs, [p["median_s"] * 1e3 for p in pts], marker="●", color="cyan", label="measured")
+        plot.changed()
 
     def _show_mteb(self, view: RunView, head: Static, table: DataTable[Any], rank: Static) -> None:
         info = view.results["mteb"]
@@ -523,6 +556,10 @@ class SimilarityPanel(Panel):
             failures.append("now: ", style="dim")
             failures.append(innermost.label, style="bold")
         rank.update(failures)
+
+
+def fit_terms(fits: list[dict[str, Any]]) -> set[str]:
+    return {t for f in fits for t in f.get("terms", [])}
 
 
 class RunsPanel(Panel):

@@ -31,6 +31,7 @@ class EncodeWorkload:
     batch_size: int = 32
     warmups: int = 1
     repeats: int = 3
+    compare_model: str | None = None  # a local model: embed the same texts and report the cosine per text
     name: Literal["encode"] = "encode"
     _lines: list[str] = field(default_factory=list, repr=False)
 
@@ -65,6 +66,7 @@ class EncodeWorkload:
             "batch_size": self.batch_size,
             "warmups": self.warmups,
             "repeats": self.repeats,
+            "compare_model": self.compare_model,
         }
 
     def run(self, ctx: RunContext, target: Target) -> None:
@@ -90,7 +92,32 @@ class EncodeWorkload:
         used_prompt = target.last_prompt
         lengths = np.asarray(target.token_lengths(lines, used_prompt))
         limit = target.max_seq_length
-        over = int((lengths > limit).sum()) if limit else 0
+        over = int((lengths > limit).sum()) if limit and lengths.size else 0
+        if self.compare_model is not None:
+            self._agreement(ctx, target, lines, outcome.embeddings, used_prompt)
+        if lengths.size:  # a server without a tokenizer endpoint has no length statistics to give
+            self._emit_tokens(ctx, lengths, limit, over, used_prompt)
+        mean_t = float(np.mean(times))
+        words = sum(len(line.split()) for line in lines)
+        ctx.emit(
+            Result(
+                t_ns=ctx.now(),
+                name="encode",
+                data={
+                    "lines": len(lines),
+                    "embedding_dim": dim,
+                    "mode": self.mode,
+                    "prompt_name": self.prompt_name,
+                    "prompt_used": used_prompt or "",
+                    "stats": describe(times),
+                    "items_per_s": len(lines) / mean_t,
+                    "tokens_per_s": float(np.mean(tokens)) / mean_t,
+                    "words_per_s": words / mean_t,
+                },
+            )
+        )
+
+    def _emit_tokens(self, ctx: RunContext, lengths: np.ndarray, limit: int | None, over: int, used_prompt: str | None) -> None:
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
@@ -110,22 +137,37 @@ class EncodeWorkload:
                 },
             )
         )
-        mean_t = float(np.mean(times))
-        words = sum(len(line.split()) for line in lines)
+
+    def _agreement(self, ctx: RunContext, target: Target, lines: list[str], served: np.ndarray, prompt: str | None) -> None:
+        """The same texts, with the same prompt, embedded locally: the cosine between the two per text
+        (an f16 GGUF agrees with torch to about 1e-3; quantised files less)."""
+        from ..targets import SentenceTransformerTarget, TargetSpec
+
+        local = SentenceTransformerTarget(TargetSpec(model=None if self.compare_model == "bundled" else self.compare_model, device="cpu"))
+        local.load(ctx)
+        try:
+            with ctx.phase("compare", f"{len(lines)} texts locally"):
+                # Marked as not counted: the local model's time is not the server's latency.
+                mine = local.encode(ctx, lines, prompt=prompt or None, label="compare (local)", warmup=True).embeddings
+        finally:
+            local.close()
+        a = served / np.linalg.norm(served, axis=1, keepdims=True)
+        b = mine / np.linalg.norm(mine, axis=1, keepdims=True)
+        if a.shape != b.shape:
+            raise UserError(f"the server's embeddings have {a.shape[1]} dimensions, the compare model's {b.shape[1]}: not the same model")
+        cos = np.sum(a * b, axis=1)
+        worst = int(np.argmin(cos))
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                name="encode",
+                name="agreement",
                 data={
-                    "lines": len(lines),
-                    "embedding_dim": dim,
-                    "mode": self.mode,
-                    "prompt_name": self.prompt_name,
-                    "prompt_used": used_prompt or "",
-                    "stats": describe(times),
-                    "items_per_s": len(lines) / mean_t,
-                    "tokens_per_s": float(np.mean(tokens)) / mean_t,
-                    "words_per_s": words / mean_t,
+                    "compare_model": local.spec.display_name,
+                    "cosine": [float(c) for c in cos],
+                    "min": float(cos.min()),
+                    "mean": float(cos.mean()),
+                    "worst_text": lines[worst],
+                    "prompt": prompt or "",
                 },
             )
         )
