@@ -50,7 +50,9 @@ class TrivialHandler(BaseHTTPRequestHandler):
             self._send(200, b'{"status": "ok"}')
 
     def do_POST(self) -> None:  # noqa: N802
-        body = self._body()
+        self._answer(self._body())
+
+    def _answer(self, body: Any) -> None:
         data: Any
         if self.path == "/v1/embeddings":
             items = body.get("input") if isinstance(body, dict) else None

@@ -27,8 +27,10 @@ CALL_MS = (510.0, 498.0, 530.0)  # the timed encode calls
 WARMUP_MS = 640.0
 
 
-def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: bool = False) -> ResourceSample:
+def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: bool = False, server: bool = False) -> ResourceSample:
     extra: dict[str, Any] = {}
+    if server:
+        extra.update(server_rss_mib=300.0 + rss / 10, server_cpu_percent=180.0, server_threads=4)
     if gpu:
         extra = dict(gpu_used_mib=4096.0 + rss, gpu_total_mib=24576.0, gpu_process_mib=rss * 2, gpu_util_percent=80.0,
                      torch_allocated_mib=rss, torch_reserved_mib=rss * 1.5, torch_max_allocated_mib=rss, torch_max_reserved_mib=rss * 1.5)
@@ -89,7 +91,7 @@ SWEEP = {
 
 
 def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False, mteb: bool = False,
-                 sweep: bool = False) -> list[Event]:
+                 sweep: bool = False, server: bool = False) -> list[Event]:
     """A complete encode run: import, load, one warm-up, three timed calls of two batches each."""
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
@@ -137,7 +139,7 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
         for bi, frac in enumerate((0.7, 0.3)):
             t += int(ms * frac * MS)
             rss += 15 if ci == 2 and bi == 0 else 1
-            ev.append(sample(t, rss, cpu=190.0, threads=12, gpu=gpu))
+            ev.append(sample(t, rss, cpu=190.0, threads=12, gpu=gpu, server=server))
             ev.append(BatchTimed(t_ns=t, phase_id=pid, call_index=ci, batch_index=bi, items=17, tokens=400 if bi == 0 else 80,
                                  padded_tokens=560 if bi == 0 else 110, duration_ns=int(ms * frac * MS) - MS, warmup=warm))
         ev.append(EncodeTimed(t_ns=t, phase_id=pid, call_index=ci, label=label, items=34, tokens=480, words=300,

@@ -25,6 +25,7 @@ class State:
         self.slow_s = 2.0
         self.count = 0
         self.auth: list[str] = []
+        self.bodies: list[Any] = []
         self.lock = threading.Lock()
         self.server: TrivialEmbeddingServer | None = None
 
@@ -40,9 +41,11 @@ class FaultHandler(TrivialHandler):
             n = st.count
             st.auth.append(self.headers.get("Authorization", ""))
         failing = st.mode != "ok" and n > st.ok_first and (n - st.ok_first) % st.every == 0
+        body = self._body()
+        with st.lock:
+            st.bodies.append(body)
         if not failing:
-            return super().do_POST()
-        self._body()
+            return self._answer(body)
         mode = st.mode
         if mode == "500":
             self._send(500, json.dumps({"error": {"code": 500, "message": "boom", "type": "server_error"}}).encode())

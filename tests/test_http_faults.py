@@ -127,6 +127,18 @@ def test_secrets_are_sent_and_never_written(cli_env: dict[str, str], server: Any
     assert snap.target["url"] == url and snap.target["api_key_env"] == "EMBPROF_TEST_KEY"
 
 
+def test_prompts_are_applied_client_side(cli_env: dict[str, str], server: Any, tiny_gemma: Path) -> None:
+    url = server("ok")
+    rc, out, err, _ = run_cli(["run", "encode", "--server", url, "--prompts-from", str(tiny_gemma), "--as", "query", "--repeats", "1"], cli_env)
+    assert rc == 0, err
+    sent = [t for b in fault_server.STATE.bodies if isinstance(b.get("content"), list) for t in b["content"]]
+    assert sent and all(t.startswith("task: search result | query: ") for t in sent)
+    _, snap = snapshot_from(out)
+    assert snap.summary.results["encode"]["prompt_used"] == "task: search result | query: "
+    rc, out, err, _ = run_cli(["run", "encode", "--server", url, "--prompts-from", str(tiny_gemma), "--prompt-name", "Nope"], cli_env)
+    assert rc == 2 and "unknown prompt name 'Nope'" in err
+
+
 def test_missing_key_variable_and_bad_url(cli_env: dict[str, str]) -> None:
     rc, out, err, _ = run_cli(["run", "encode", "--server", "http://127.0.0.1:9", "--api-key-env", "EMBPROF_NOT_SET_ANYWHERE"], cli_env)
     assert rc == 2 and "EMBPROF_NOT_SET_ANYWHERE, but that environment variable is not set" in err

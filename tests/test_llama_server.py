@@ -79,6 +79,13 @@ def test_agreement_with_the_local_model(cli_env: dict[str, str], llama: LlamaSer
     assert len(agreement["cosine"]) == snap.summary.results["encode"]["lines"]
 
 
+def test_similarity_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
+    rc, out, err, _ = run_cli(["run", "similarity", "--server", llama.url, "--api", "openai"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    assert snap.summary.results["similarity"]["top1_correct"] == [True]  # as MiniLM ranks it locally
+
+
 def test_load_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
     rc, out, err, _ = run_cli(["run", "load", "--server", llama.url, "--requests", "60", "--concurrency", "2"], cli_env)
     assert rc == 0, err

@@ -182,3 +182,33 @@ def test_recorder_timeline_is_bounded_and_keeps_the_peak() -> None:
     assert rec.timeline_stride >= 16
     assert rec.peaks["rss_mib"] == (9999.0, 12_345)
     assert [e.t_ns for e in kept] == sorted(e.t_ns for e in kept)
+
+
+def test_server_process_is_sampled_beside_this_one() -> None:
+    """The embedding server's process: its RSS from the kernel (psutil), its GPU memory from NVML's
+    process list (fake here: NVML lists pid 1 with 1 GiB), and a note when it is gone."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        sampler, seen = _collect(nvml=FakeNvml(), gpu_index=0, server_pid=child.pid)
+        sampler.start()
+        s = sampler.sample_once()
+        kernel = psutil.Process(child.pid).memory_info().rss / MIB
+        assert s.server_rss_mib is not None and abs(s.server_rss_mib - kernel) < 2  # MiB
+        assert s.server_rss_mib > 64 and s.server_threads and s.server_threads >= 1
+        assert s.server_gpu_mib is None  # NVML does not list the child …
+        assert sampler.gpu is not None and sampler.gpu.process_mib(1) == 1024  # … but finds a listed PID's memory
+        child.kill()
+        child.wait()
+        gone = sampler.sample_once()
+        sampler.stop()
+        assert gone.server_rss_mib is None
+        assert any("is gone" in e.text for e in seen if isinstance(e, Note))
+    finally:
+        if child.poll() is None:
+            child.kill()

@@ -24,7 +24,7 @@ def sweep_of(snap: Snapshot) -> dict[str, Any]:
 
 
 def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,200", "--budget", "6"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,200", "--budget", "6", "--target-ci", "4"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     sweep = sweep_of(snap)
@@ -39,7 +39,7 @@ def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) 
     assert fit["r2"] >= 0.95, fit
     assert "a line" in fit["formula"] and "Latency model" in out
 
-    rc, out2, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=150", "--budget", "6"], cli_env)
+    rc, out2, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=150", "--budget", "6", "--target-ci", "4"], cli_env)
     assert rc == 0, err
     _, snap2 = snapshot_from(out2)
     (point,) = sweep_of(snap2)["points"]
@@ -49,7 +49,7 @@ def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) 
 
 
 def test_threads_sweep_uses_the_threads_asked_for(cli_env: dict[str, str]) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "threads=1,2", "--axis", "lines=64", "--budget", "4"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "threads=1,2", "--axis", "lines=64", "--budget", "4", "--target-ci", "10"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     one, two = sweep_of(snap)["points"]
@@ -69,7 +69,7 @@ def test_grid_of_model_settings_reloads_and_applies_them(cli_env: dict[str, str]
 
     cores = os.cpu_count() or 1
     args = ["run", "sweep", "--device", "cpu", "--axis", "dtype=float32,bfloat16", "--axis", "truncate_dim=64,384",
-            "--axis", "max_seq_length=24,128", "--axis", "tokens=40", "--axis", f"threads={cores + 1}", "--budget", "1.5"]
+            "--axis", "max_seq_length=24,128", "--axis", "tokens=40", "--axis", f"threads={cores + 1}", "--budget", "1.5", "--target-ci", "10"]
     rc, out, err, _ = run_cli(args, cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)

@@ -15,7 +15,7 @@ from embprof.tui.widgets import PhaseBands, StatusBar
 
 
 def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
-    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep") if k in kw}
+    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep", "server") if k in kw}
     return EmbprofApp(
         RunRequest(),
         profiles_dir=tmp_path / "profiles",
@@ -189,6 +189,18 @@ async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
         await pilot.press("escape")
 
 
+async def test_memory_panel_shows_the_server_process(tmp_path: Path) -> None:
+    app = make_app(tmp_path, server=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("2")
+        await pilot.pause(0.3)
+        view = app.current
+        assert view is not None
+        peak = max(s.server_rss_mib for s in view.samples if s.server_rss_mib is not None)
+        assert f"server peak RSS {peak:,.1f} MiB" in text_of(app, "#memory-peaks")
+
+
 async def test_form_builds_an_mteb_request(tmp_path: Path) -> None:
     app = make_app(tmp_path, autostart=False)
     async with app.run_test(size=(120, 50)) as pilot:
@@ -212,6 +224,14 @@ async def test_form_builds_an_mteb_request(tmp_path: Path) -> None:
 
         with pytest.raises(UserError, match="at least one MTEB task"):
             form._request()
+        form.query_one("#f-workload", Select).value = "load"
+        with pytest.raises(UserError, match="drives a server"):
+            form._request()
+        form.query_one("#f-server", Input).value = "http://user:pw@127.0.0.1:8080"
+        form.query_one("#f-api", Select).value = "openai"
+        request = form._request()
+        assert request.server is not None and request.server.api == "openai" and request.workload == "load"
+        assert request.server.display_name == "http://127.0.0.1:8080 (openai)"  # what the screen may show
 
 
 async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> None:

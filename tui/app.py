@@ -203,7 +203,8 @@ class RunForm(ModalScreen[RunRequest | None]):
                 yield Label("model")
                 yield Input(compact=True, value=c.spec.model or "", placeholder="HF id or folder (empty: bundled all-MiniLM-L6-v2)", id="f-model")
                 yield Label("server URL")
-                yield Input(compact=True, value=(c.server.url if c.server else ""), placeholder="instead of a model, e.g. http://127.0.0.1:8080", id="f-server")
+                # Shown without credentials: never on screen (type them again to change the server).
+                yield Input(compact=True, value=(c.server.display_name.rsplit(" (", 1)[0] if c.server else ""), placeholder="instead of a model, e.g. http://127.0.0.1:8080", id="f-server")
                 yield Label("server API")
                 yield Select([(a, a) for a in ("llama", "openai")], compact=True, value=(c.server.api if c.server else "llama"), allow_blank=False, id="f-api")
                 yield Label("device")
