@@ -69,12 +69,12 @@ def test_grid_of_model_settings_reloads_and_applies_them(cli_env: dict[str, str]
 
     cores = os.cpu_count() or 1
     args = ["run", "sweep", "--device", "cpu", "--axis", "dtype=float32,bfloat16", "--axis", "truncate_dim=64,384",
-            "--axis", "max_seq_length=24,128", "--axis", "tokens=40", "--axis", f"threads={cores + 1}", "--budget", "1.5", "--target-ci", "10"]
+            "--axis", "max_seq_length=24", "--axis", "tokens=40", "--axis", f"threads={cores + 1}", "--budget", "1.5", "--target-ci", "10"]
     rc, out, err, _ = run_cli(args, cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     points = sweep_of(snap)["points"]
-    assert len(points) == 8 and all(p["status"] == "ok" for p in points)
+    assert len(points) == 4 and all(p["status"] == "ok" for p in points)
     # The first load plus one for each (dtype, truncate_dim) pair the grid visits.
     assert len([e for e in snap.events if isinstance(e, PhaseStarted) and e.name == "load"]) == 5
     # Tokens per text: about 40 (cut with the tokenizer) plus [CLS]/[SEP], or the max_seq_length cap.
