@@ -50,7 +50,6 @@ class MtebWorkload:
     name: str = "mteb"
     _plan: list[_Planned] = field(default_factory=list, repr=False)
     _speed: SpeedWorkload | None = field(default=None, repr=False)
-    _online: bool | None = field(default=None, repr=False)
 
     # -- before anything loads -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -82,8 +81,7 @@ class MtebWorkload:
                 needs_hub.append((name, looked))
             plan.append(_Planned(name, task, local))
         if needs_hub:
-            self._online = mteb_data.hub_reachable()
-            if not self._online:
+            if not mteb_data.hub_reachable():
                 name, looked = needs_hub[0]
                 where = (
                     f"looked for {', '.join(str(p) for p in looked[:4])}{' …' if len(looked) > 4 else ''}"
