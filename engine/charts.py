@@ -76,7 +76,7 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
             grid = [min(xs) + (max(xs) - min(xs)) * k / 50 for k in range(51)]
             c = fit["coef"]
             ax.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], "-", alpha=0.7,
-                    label=f"fit: {fit['formula']} (R² {fit['r2']:.3f})")
+                    label=f"fit: {fit['formula']}" + (f" (R² {fit['r2']:.3f})" if fit["r2"] is not None else ""))
     title = f"{snap.target.get('model_name')} on {snap.target.get('device_resolved')}: latency by {axis}"
     out.append(_finish(plt, fig, ax, axis, "encode call latency (ms)", title, out_dir / f"{stem}-latency.{fmt}", fmt))
 

@@ -239,19 +239,26 @@ def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
             p.get("peak_gpu_mib"),
         ])
     out = [points]
-    fits = Table("fit", "Latency model (least squares, statsmodels OLS; 95 % CIs)", ["group", "latency =", "R²", "fixed s", "per line s", "per token s", "observations"])
+    fits = Table("fit", "Latency model (least squares over the points' medians, statsmodels OLS; 95 % CIs)",
+                 ["group", "latency =", "R²", "fixed s", "per line s", "per token s", "points", "timings"])
     notes = []
     for f in sweep.get("fits", []):
         def term(name: str, f: dict[str, Any] = f) -> str | None:
             if name not in f["terms"]:
                 return None
+            if name not in f["ci95"]:
+                return f"{f['coef'][name]:.6g}"
             lo, hi = f["ci95"][name]
             return f"{f['coef'][name]:.6g} [{lo:.4g}, {hi:.4g}]"
 
         group = " ".join(f"{k}={v}" for k, v in f["group"].items()) or "all points"
-        fits.rows.append([group, f["formula"], f["r2"], term("fixed"), term("per_line"), term("per_token"), f["observations"]])
+        fits.rows.append([group, f["formula"], f["r2"], term("fixed"), term("per_line"), term("per_token"), f["observations"], f.get("timings")])
         if f["why_dropped"] and f["why_dropped"] not in notes:
             notes.append(f["why_dropped"])
+        if f["r2"] is None:
+            exact = "as many points as terms: the line passes through them, so there is no R² or interval; one more point gives both"
+            if exact not in notes:
+                notes.append(exact)
     if fits.rows:
         out.append(fits)
     if notes:

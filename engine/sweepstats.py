@@ -74,8 +74,8 @@ class StopRule:
 class Fit:
     terms: list[str]  # "fixed", "per_line", "per_token"
     coef: dict[str, float]
-    ci: dict[str, tuple[float, float]]
-    r2: float
+    ci: dict[str, tuple[float, float]]  # empty when the fit is exact (as many points as terms)
+    r2: float | None  # None for an exact fit: nothing is left over to explain
     observations: int
     dropped: list[str]
     why_dropped: str
@@ -122,7 +122,8 @@ def fit_latency(lines: Sequence[float], tokens: Sequence[float], seconds: Sequen
 
     A term enters only if its variable varies; when lines and tokens move together (the same
     texts, more of them) the per-token term cannot be told from the per-line one and is left out,
-    saying so. None with fewer distinct points than terms to fit.
+    saying so. With exactly as many distinct points as terms the line passes through them: the
+    coefficients are given without R² or intervals. None with fewer.
     """
     import statsmodels.api as sm
 
@@ -147,16 +148,18 @@ def fit_latency(lines: Sequence[float], tokens: Sequence[float], seconds: Sequen
             cols.append(T)
             terms.append("per_token")
     distinct = len({(a, b) for a, b in zip(L, T)})
-    if terms == ["fixed"] or distinct < len(terms) or len(y) <= len(terms):
+    if terms == ["fixed"] or distinct < len(terms) or len(y) < len(terms):
         return None  # nothing varied that the model could explain
     X = np.column_stack(cols)
     model = sm.OLS(y, X).fit()
-    ci = model.conf_int(alpha=1 - CONFIDENCE)
+    exact = len(y) == len(terms)
+    # No residual degrees of freedom in an exact fit: asking for intervals would divide by zero.
+    ci = [] if exact else model.conf_int(alpha=1 - CONFIDENCE)
     return Fit(
         terms=terms,
         coef={t: float(c) for t, c in zip(terms, model.params)},
         ci={t: (float(lo), float(hi)) for t, (lo, hi) in zip(terms, ci)},
-        r2=float(model.rsquared),
+        r2=None if exact else float(model.rsquared),
         observations=int(len(y)),
         dropped=dropped,
         why_dropped=why,

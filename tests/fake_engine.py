@@ -86,7 +86,7 @@ SWEEP = {
                                              (100, 1.12, 3.5, "budget", 14, 700.0))
     ],
     "fits": [{"group": {}, "formula": "280 ms + 8.4 ms a line", "r2": 0.998, "terms": ["fixed", "per_line"],
-              "coef": {"fixed": 0.28, "per_line": 0.0084}, "ci95": {}, "observations": 29, "dropped": [], "why_dropped": ""}],
+              "coef": {"fixed": 0.28, "per_line": 0.0084}, "ci95": {}, "observations": 4, "timings": 29, "dropped": [], "why_dropped": ""}],
 }
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from embprof.engine.errors import UserError
 from embprof.engine.sweepstats import StopRule, differ, fit_latency, human_seconds, median_ci, relative_half_width
-from embprof.engine.workloads.sweep import parse_axes
+from embprof.engine.workloads.sweep import _fits, parse_axes
 
 
 def coverage(n: int, k: int) -> float:
@@ -72,6 +72,35 @@ def test_fit_with_lines_and_tokens_against_lstsq() -> None:
     assert fit is not None and fit.terms == ["fixed", "per_line", "per_token"]
     coef, *_ = np.linalg.lstsq(np.column_stack([np.ones(6), lines, tokens]), secs, rcond=None)
     assert [fit.coef[t] for t in fit.terms] == pytest.approx(list(coef), rel=1e-6, abs=1e-12)
+
+
+def test_sweep_fit_takes_each_points_median_so_one_slow_call_does_not_move_it() -> None:
+    rng = np.random.default_rng(7)
+    points = []
+    for n in (25, 50, 100, 200):
+        samples = list(0.3 + 0.005 * n + rng.normal(0, 0.004, 7))
+        if n == 25:
+            samples[3] = 3.0  # a call that waited on something else on a busy machine
+        points.append({"status": "ok", "params": {"lines": n}, "lines": n, "tokens": 22.0 * n, "median_s": float(np.median(samples)),
+                       "stats": {"samples_s": samples}})
+    (fit,) = _fits(points)
+    medians = [p["median_s"] for p in points]
+    slope, intercept = np.polyfit([25, 50, 100, 200], medians, 1)
+    assert fit["coef"]["per_line"] == pytest.approx(slope, rel=1e-9)
+    assert fit["coef"]["fixed"] == pytest.approx(intercept, rel=1e-9)
+    assert fit["observations"] == 4 and fit["timings"] == 28
+    assert fit["r2"] > 0.99
+    # The same timings fitted one by one: the slow call alone drags R² far down.
+    every = fit_latency([p["lines"] for p in points for _ in range(7)], [0.0] * 28, [s for p in points for s in p["stats"]["samples_s"]])
+    assert every is not None and every.r2 is not None and every.r2 < 0.5
+
+
+def test_fit_through_as_many_points_as_terms_is_exact() -> None:
+    fit = fit_latency([25.0, 100.0], [0.0, 0.0], [0.4, 0.85])
+    assert fit is not None and fit.r2 is None and fit.ci == {}
+    assert fit.coef["per_line"] == pytest.approx(0.45 / 75)
+    assert fit.predict(25, 0) == pytest.approx(0.4)
+    assert fit_latency([25.0], [0.0], [0.4]) is None
 
 
 def test_differ_says_when_samples_are_apart() -> None:

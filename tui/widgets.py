@@ -482,7 +482,8 @@ class SimilarityPanel(Panel):
             group = " ".join(f"{k}={v}" for k, v in f["group"].items())
             text.append("latency = ", style="dim")
             text.append(f["formula"], style="bold")
-            text.append(f"   R² {f['r2']:.3f}   {group}\n", style="dim")
+            r2 = f"R² {f['r2']:.3f}" if f["r2"] is not None else "exact through its points"
+            text.append(f"   {r2}   {group}\n", style="dim")
         limit = sweep.get("memory_limit")
         if limit:
             text.append(f"largest {limit['axis']} that fits: ", style="dim")
