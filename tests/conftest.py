@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -12,6 +13,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # The real evaluation data lives beside the project, never inside it.
 DATASETS = Path(os.environ.get("EMBPROF_DATASETS", REPO.parent / "shared" / "datasets"))
 SPEED_TEXT = DATASETS / "the_ugly_duckling" / "the_ugly_duckling.txt"
+
+
+def default_sigint() -> None:
+    """For a child that is sent Ctrl-C: a shell runs background jobs with SIGINT ignored, the child
+    inherits that, and Python then leaves it ignored (as nohup'd programs should), so the signal
+    would never arrive. A terminal's foreground job has the default, which this restores."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def embprof_exe() -> str:

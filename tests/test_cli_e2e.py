@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import embprof_exe
+from conftest import default_sigint, embprof_exe
 from embprof.engine.events import BatchTimed, EncodeTimed
 from embprof.engine.snapshot import Snapshot, load
 
@@ -162,6 +162,7 @@ def test_ctrl_c_keeps_what_was_measured(cli_env: dict[str, str], speed_text: Pat
     proc = subprocess.Popen(
         [embprof_exe(), "run", "speed", "--text", str(speed_text), "--loops", "60"],
         env=cli_env,
+        preexec_fn=default_sigint,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import DATASETS, embprof_exe
+from conftest import DATASETS, default_sigint, embprof_exe
 from embprof.engine.snapshot import Snapshot, load
 
 pytestmark = pytest.mark.slow
@@ -167,7 +167,8 @@ def test_interrupted_run_keeps_finished_tasks(cli_env: dict[str, str], tmp_path:
     args = ["mteb", "--device", "cpu", "--data-dir", str(data), "-t", "STS16", "-t", "Banking77Classification"]
     done = tmp_path / "results" / "sentence-transformers__all-MiniLM-L6-v2" / "no_revision_available" / "STS16.json"
     with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen([embprof_exe(), *args], env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err_file)
+        proc = subprocess.Popen([embprof_exe(), *args], env=cli_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=err_file,
+                                preexec_fn=default_sigint)
         deadline = time.monotonic() + 300
         while not done.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
