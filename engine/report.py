@@ -255,6 +255,8 @@ def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
         fits.rows.append([group, f["formula"], f["r2"], term("fixed"), term("per_line"), term("per_token"), f["observations"], f.get("timings")])
         if f["why_dropped"] and f["why_dropped"] not in notes:
             notes.append(f["why_dropped"])
+        if f.get("padding_note") and f["padding_note"] not in notes:
+            notes.append(f["padding_note"])
         if f["r2"] is None:
             exact = "as many points as terms: the line passes through them, so there is no R² or interval; one more point gives both"
             if exact not in notes:

@@ -82,7 +82,7 @@ def test_sweep_fit_takes_each_points_median_so_one_slow_call_does_not_move_it() 
         if n == 25:
             samples[3] = 3.0  # a call that waited on something else on a busy machine
         points.append({"status": "ok", "params": {"lines": n}, "lines": n, "tokens": 22.0 * n, "median_s": float(np.median(samples)),
-                       "stats": {"samples_s": samples}})
+                       "stats": {"samples_s": samples}, "padding_percent": 30.0 + n / 25})
     (fit,) = _fits(points)
     medians = [p["median_s"] for p in points]
     slope, intercept = np.polyfit([25, 50, 100, 200], medians, 1)
@@ -90,6 +90,11 @@ def test_sweep_fit_takes_each_points_median_so_one_slow_call_does_not_move_it() 
     assert fit["coef"]["fixed"] == pytest.approx(intercept, rel=1e-9)
     assert fit["observations"] == 4 and fit["timings"] == 28
     assert fit["r2"] > 0.99
+    assert "padding_note" not in fit  # 31 % to 38 %: within the spread that passes without a note
+    points[0]["padding_percent"] = 75.0  # 25 mixed lengths in one batch, padded to the longest
+    note = _fits(points)[0]["padding_note"]
+    assert "from 32 % to 75 %" in note and "fixed cost is padding" in note
+    assert _fits(points)[0]["padding_percent_range"] == [32.0, 75.0]
     # The same timings fitted one by one: the slow call alone drags R² far down.
     every = fit_latency([p["lines"] for p in points for _ in range(7)], [0.0] * 28, [s for p in points for s in p["stats"]["samples_s"]])
     assert every is not None and every.r2 is not None and every.r2 < 0.5

@@ -87,6 +87,7 @@ async def test_real_sweep_in_the_dashboard(tmp_path: Path) -> None:
             assert row[0] == point["label"] and row[2] == f"{point['median_s']:,.4f}"
         head = str(app.query_one("#sim-head", Static).render())
         assert sweep["fits"][0]["formula"] in head
+        assert "exact through its points" in head  # two points, two terms
 
 
 def _screen(session: str) -> str:

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.widgets import DataTable, Static
 
 import fake_engine
@@ -151,6 +152,17 @@ async def test_scores_panel_shows_a_sweep_and_its_fit(tmp_path: Path) -> None:
         assert table.row_count == 3
         assert [str(c) for c in table.get_row_at(2)][:5] == ["lines=100", "ok", "1.1200", "3.50", "budget"]
         assert "280 ms + 8.4 ms a line" in text_of(app, "#sim-head") and "R² 0.998" in text_of(app, "#sim-head")
+
+
+async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fit = {**fake_engine.SWEEP["fits"][0], "padding_percent_range": [31.0, 74.0]}
+    monkeypatch.setitem(fake_engine.SWEEP, "fits", [fit])
+    app = make_app(tmp_path, sweep=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert "part of the fixed cost is padding: 31–74 % of tokens" in text_of(app, "#sim-head")
 
 
 async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:

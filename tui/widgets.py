@@ -484,6 +484,9 @@ class SimilarityPanel(Panel):
             text.append(f["formula"], style="bold")
             r2 = f"R² {f['r2']:.3f}" if f["r2"] is not None else "exact through its points"
             text.append(f"   {r2}   {group}\n", style="dim")
+            if f.get("padding_percent_range"):
+                lo, hi = f["padding_percent_range"]
+                text.append(f"  part of the fixed cost is padding: {lo:.0f}–{hi:.0f} % of tokens across the points\n", style="dim italic")
         limit = sweep.get("memory_limit")
         if limit:
             text.append(f"largest {limit['axis']} that fits: ", style="dim")

@@ -344,6 +344,9 @@ class SweepWorkload:
         return point
 
 
+PADDING_SPREAD = 15.0  # percentage points of padding between a group's points that get a note
+
+
 def _fits(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One latency fit per combination of the axes other than lines and tokens.
 
@@ -364,7 +367,18 @@ def _fits(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
         secs = [float(p["median_s"]) for p in pts]
         fit = fit_latency(lines, toks, secs)
         if fit is not None:
-            out.append({"group": dict(key), **fit.as_dict(), "timings": sum(len(p["stats"]["samples_s"]) for p in pts)})
+            entry = {"group": dict(key), **fit.as_dict(), "timings": sum(len(p["stats"]["samples_s"]) for p in pts)}
+            padding = [float(p["padding_percent"]) for p in pts if p.get("padding_percent") is not None]
+            # A batch is padded to its longest text, and a short list of mixed lengths is padded far
+            # more than a long one (whose batches group similar lengths): the line then reads that
+            # extra padding as a fixed cost. Say so rather than let it pass as per-call overhead.
+            if padding and max(padding) - min(padding) > PADDING_SPREAD:
+                entry["padding_percent_range"] = [min(padding), max(padding)]
+                entry["padding_note"] = (
+                    f"padding differs from {min(padding):.0f} % to {max(padding):.0f} % of the tokens across these points: "
+                    "a batch is padded to its longest text, so part of the fixed cost is padding; texts of one length "
+                    "(--axis tokens=N) keep the two apart")
+            out.append(entry)
     return out
 
 
