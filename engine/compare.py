@@ -128,6 +128,13 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     sweeps = [s.summary.results.get("sweep") for s in snaps]
     if ok and all(sweeps):
         tables.append(_sweep_table(snaps, letters))
+    if pooled or (ok and all(sweeps)):
+        # The rank test knows only the spread inside each run. A second process on the same machine
+        # can land in another steady state (memory layout, the host's load), so say what it cannot see.
+        tables.append(Table("compare-caveat", "Reading \"beyond noise\"", ["note"], [[
+            "the test sees only the spread of each run's own calls; separate runs of the same work on one machine "
+            "can differ by more than that, so repeat a run before trusting a small difference, or run both models "
+            "in one process with --vs (A B B A …)"]]))
 
     env = Table("compare-environment", "How they were measured: what differs", ["setting", *letters])
     for key, label in ENV_KEYS:

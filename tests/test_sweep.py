@@ -12,6 +12,7 @@ import pytest
 
 from embprof.engine.events import EncodeTimed, PhaseStarted
 from embprof.engine.snapshot import Snapshot
+from embprof.engine.sweepstats import fit_latency
 from test_cli_e2e import run_cli, snapshot_from
 
 pytestmark = pytest.mark.slow
@@ -24,12 +25,13 @@ def sweep_of(snap: Snapshot) -> dict[str, Any]:
 
 
 def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) -> None:
-    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,200", "--budget", "6", "--target-ci", "4"], cli_env)
+    rc, out, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=25,50,100,150,200", "--budget", "12", "--target-ci", "3"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     sweep = sweep_of(snap)
-    assert [p["params"]["lines"] for p in sweep["points"]] == [25, 50, 100, 200]
-    for p in sweep["points"]:
+    points = sweep["points"]
+    assert [p["params"]["lines"] for p in points] == [25, 50, 100, 150, 200]
+    for p in points:
         assert p["status"] == "ok" and p["stop"] in ("precision", "budget", "max-repeats")
         assert p["repeats"] == len(p["stats"]["samples_s"]) >= 3
         # The point's timings are its encode calls as the event stream recorded them.
@@ -37,15 +39,18 @@ def test_lines_sweep_fit_predicts_an_unseen_line_count(cli_env: dict[str, str]) 
         assert calls == p["stats"]["samples_s"]
     (fit,) = sweep["fits"]
     assert fit["r2"] >= 0.95, fit
+    assert fit["observations"] == 5 and fit["timings"] == sum(p["repeats"] for p in points)
     assert "a line" in fit["formula"] and "Latency model" in out
 
-    rc, out2, err, _ = run_cli(["run", "sweep", "--device", "cpu", "--axis", "lines=150", "--budget", "6", "--target-ci", "4"], cli_env)
-    assert rc == 0, err
-    _, snap2 = snapshot_from(out2)
-    (point,) = sweep_of(snap2)["points"]
-    c = fit["coef"]
-    predicted = c["fixed"] + c.get("per_line", 0.0) * 150 + c.get("per_token", 0.0) * point["tokens"]
-    assert abs(predicted - point["median_s"]) / point["median_s"] <= 0.15, (predicted, point["median_s"])
+    # The unseen count: the same fit without the 150-line point predicts that point's median. Held
+    # out of one run rather than measured by a second process: separate processes on this machine
+    # differ by up to a quarter on the same work (see README), more than a prediction's error.
+    seen = [p for p in points if p["params"]["lines"] != 150]
+    (held_out,) = [p for p in points if p["params"]["lines"] == 150]
+    without = fit_latency([p["lines"] for p in seen], [p["tokens"] for p in seen], [p["median_s"] for p in seen])
+    assert without is not None and without.r2 is not None and without.r2 >= 0.95
+    predicted = without.predict(150, held_out["tokens"])
+    assert abs(predicted - held_out["median_s"]) / held_out["median_s"] <= 0.15, (predicted, held_out["median_s"])
 
 
 def test_threads_sweep_uses_the_threads_asked_for(cli_env: dict[str, str]) -> None:
@@ -179,6 +184,7 @@ def test_compare_same_and_different_workloads(cli_env: dict[str, str], tmp_path:
     assert rc == 0, err
     assert "encode call p50 s" in out and "B/A" in out and "p=" in out
     assert "dtype" in out and "bfloat16" in out  # the setting that differs is flagged
+    assert "separate runs of the same work" in out and "--vs" in out  # what the rank test cannot see
 
     md = tmp_path / "cmp.md"
     rc, _, err, _ = run_cli(["compare", str(paths[0]), str(paths[1]), "--format", "md", "-o", str(md)], cli_env)
@@ -191,6 +197,7 @@ def test_compare_same_and_different_workloads(cli_env: dict[str, str], tmp_path:
     assert rc == 0, err
     assert "different workloads (encode, similarity)" in out
     assert "encode call p50 s" not in out and "peak RSS MiB" in out
+    assert "separate runs of the same work" not in out  # no latency compared, nothing to caution
 
     rc, out, err, _ = run_cli(["compare", str(paths[0])], cli_env)
     assert rc == 2 and "at least two" in err
