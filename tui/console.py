@@ -63,8 +63,14 @@ def render_table(console: Console, table: Table) -> None:
 
 def rich_table(table: Table) -> RichTable:
     rt = RichTable(title=table.title, title_justify="left", show_edge=False, pad_edge=False)
+    keyed = table.columns == ["field", "value"]
     for i, col in enumerate(table.columns):
         numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in table.rows if i < len(r))
+        if keyed and i == 0:
+            # A field's name stays on one line (a long value wraps instead), so it can be read, and found.
+            width = max((len(fmt(r[0])) for r in table.rows), default=len(col))
+            rt.add_column(col, no_wrap=True, min_width=min(width, 40))
+            continue
         rt.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in table.rows:
         rt.add_row(*[fmt(c) for c in row])
