@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes
+from .report import largest_fit_text
 from .snapshot import Snapshot
 
 NUMERIC_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
@@ -97,7 +98,7 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
         if limit.get("ceiling_mib"):
             ax.axhline(limit["ceiling_mib"], color="red", linestyle="--", label="RAM ceiling")
         ax.set_xscale("log", base=2)
-        title = f"memory up to the limit: largest {limit['axis']} that fits = {limit['largest_that_fits']}"
+        title = f"memory up to the limit: largest {limit['axis']} that fits = {largest_fit_text(limit)}"
         out.append(_finish(plt, fig, ax, limit["axis"], "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt))
     return out
 

@@ -268,11 +268,21 @@ def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
     limit = sweep.get("memory_limit")
     if limit:
         out.append(_kv("memory-limit", f"Memory limit search ({limit['axis']})", [
-            (f"largest {limit['axis']} that fits", limit.get("largest_that_fits")),
+            (f"largest {limit['axis']} that fits", largest_fit_text(limit)),
             ("stopped because", limit.get("stopped")),
             ("RAM ceiling MiB", limit.get("ceiling_mib")),
         ]))
     return out
+
+
+def largest_fit_text(limit: dict[str, Any]) -> str:
+    """The memory search's answer in words; 'none' is an answer too, and must be said rather than left out."""
+    largest = limit.get("largest_that_fits")
+    if largest is not None:
+        return str(largest)
+    curve = limit.get("curve") or []
+    first = curve[0].get(limit["axis"]) if curve else None
+    return f"none: {limit['axis']} {first}, the first point, already failed" if first is not None else "none: no point was measured"
 
 
 def server_tables(snap: Snapshot) -> list[Table]:

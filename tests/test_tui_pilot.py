@@ -165,6 +165,18 @@ async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Pat
         assert "part of the fixed cost is padding: 31–74 % of tokens" in text_of(app, "#sim-head")
 
 
+async def test_scores_panel_says_when_nothing_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    limit = {"axis": "batch", "largest_that_fits": None, "stopped": "peak RSS 950 MiB crossed the 900 MiB ceiling at batch 8",
+             "ceiling_mib": 900.0, "curve": [{"batch": 8, "peak_rss_mib": 950.0, "status": "over-ceiling"}]}
+    monkeypatch.setitem(fake_engine.SWEEP, "memory_limit", limit)
+    app = make_app(tmp_path, sweep=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        await pilot.press("4")
+        await pilot.pause(0.3)
+        assert "largest batch that fits: none: batch 8, the first point, already failed" in text_of(app, "#sim-head")
+
+
 async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
     from embprof.tui.app import CompareScreen
 

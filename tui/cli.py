@@ -410,7 +410,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from embprof.engine.runner import Runner
     from embprof.engine.workloads import check_prompt_names
 
-    from .console import ConsoleProgress, render_table
+    from .console import ConsoleProgress, output_console, render_table
 
     out_dir = ensure_writable_dir(profiles_dir(args.profiles_dir), "profiles folder")
     workload = _workload(args)
@@ -420,7 +420,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_prompt_names(workload, target)
 
     err = Console(stderr=True, highlight=False)
-    out = Console(highlight=False)
+    out = output_console()
     recorder = snap_mod.Recorder()
     runner = Runner(
         target,
@@ -476,7 +476,7 @@ def cmd_mteb(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from .console import output_console
 
     from embprof.engine.context import RunContext
     from embprof.engine.events import EventBus
@@ -503,7 +503,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     table.add_column("prompt")
     for name, text in prompts.items():
         table.add_row(name, ", ".join(roles.get(name, [])), repr(text))
-    console = Console(highlight=False)
+    console = output_console()
     if prompts:
         console.print(table)
     else:
@@ -512,14 +512,15 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
+
+    from .console import output_console
 
     from embprof.engine.errors import UserError
     from embprof.engine.snapshot import load
 
     folder = profiles_dir(args.profiles_dir)
-    console = Console(highlight=False)
+    console = output_console()
     files = sorted(folder.glob("*.json")) if folder.is_dir() else []
     if not files:
         console.print(f"no snapshots in {folder}")
@@ -549,15 +550,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
     from embprof.engine.report import summary_tables
     from embprof.engine.snapshot import load
 
-    from .console import render_table
+    from .console import output_console, render_table
 
     snap = load(args.file)
-    console = Console(highlight=False)
+    console = output_console()
     for table in summary_tables(snap):
         render_table(console, table)
     return EXIT_OK

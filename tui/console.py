@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 from rich.console import Console
@@ -11,6 +12,18 @@ from embprof.engine.events import EncodeTimed, ErrorEvent, Event, Note, PhaseEnd
 from embprof.engine.report import Table, fmt
 
 SLOW_PHASES = ("import", "load")
+
+# Width for tables written to a pipe or a file (a CI log, `| tee`): there is no terminal to fit there, and Rich's
+# default 80 columns folds a sweep's twelve columns into three-letter fragments.
+PIPED_WIDTH = 160
+
+
+def output_console(stderr: bool = False) -> Console:
+    """A console for results: the terminal's width on a terminal; PIPED_WIDTH on a pipe unless COLUMNS says otherwise."""
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+        console.width = PIPED_WIDTH
+    return console
 
 
 class ConsoleProgress:

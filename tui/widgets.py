@@ -20,7 +20,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Sparkline, Static
 from textual_plotext import PlotextPlot
 
-from embprof.engine.report import MTEB_COLUMNS, fmt, mteb_rows
+from embprof.engine.report import MTEB_COLUMNS, fmt, largest_fit_text, mteb_rows
 
 from .state import RunView
 
@@ -490,7 +490,7 @@ class SimilarityPanel(Panel):
         limit = sweep.get("memory_limit")
         if limit:
             text.append(f"largest {limit['axis']} that fits: ", style="dim")
-            text.append(str(limit.get("largest_that_fits")), style="bold")
+            text.append(largest_fit_text(limit), style="bold")
             text.append(f"   ({limit.get('stopped')})\n", style="dim")
         head.update(text if text else Text("no fit: too few points", style="dim"))
         cols = ("point", "status", "median s", "±% (95% CI)", "ended by", "repeats", "items/s", "peak RSS MiB")
