@@ -476,11 +476,11 @@ def cmd_mteb(args: argparse.Namespace) -> int:
 
 
 def cmd_prompts(args: argparse.Namespace) -> int:
-    from .console import output_console
-
     from embprof.engine.context import RunContext
     from embprof.engine.events import EventBus
     from embprof.engine.targets import SentenceTransformerTarget
+
+    from .console import output_console
 
     target = SentenceTransformerTarget(_target_spec(args))
     target.load(RunContext(EventBus()))
@@ -514,10 +514,10 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from .console import output_console
-
     from embprof.engine.errors import UserError
     from embprof.engine.snapshot import load
+
+    from .console import output_console
 
     folder = profiles_dir(args.profiles_dir)
     console = output_console()
