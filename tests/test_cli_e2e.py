@@ -148,6 +148,9 @@ def test_show_list_and_export(cli_env: dict[str, str], tmp_path: Path) -> None:
     assert rc == 0 and "Phases" in shown and "Peaks" in shown and snap.run_id in shown
     rc, listed, err, _ = run_cli(["list"], cli_env)
     assert rc == 0 and path.name[:20] in listed
+    # Where there is room, the file name is whole, so it can be copied into show, compare or export.
+    rc, listed, err, _ = run_cli(["list"], {**cli_env, "COLUMNS": "160"})
+    assert rc == 0 and path.name in listed, listed
     md = tmp_path / "r.md"
     rc, _, err, _ = run_cli(["export", str(path), "--format", "md", "-o", str(md)], cli_env)
     assert rc == 0 and md.read_text().startswith("# embprof profile: encode")

@@ -526,8 +526,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         console.print(f"no snapshots in {folder}")
         return EXIT_OK
     table = Table(title=f"Snapshots in {folder}", title_justify="left")
-    for col in ("file", "workload", "model", "device", "status", "mean s", "peak RSS MiB"):
-        table.add_column(col, justify="right" if col in ("mean s", "peak RSS MiB") else "left")
+    # The file name is what `show`, `compare` and `export` take, so it stays whole where the other columns still
+    # have room to fold into; on a terminal narrower than that it is cut, as it has to be.
+    longest = max(len(f.name) for f in files)
+    room = console.width - longest >= 64
+    table.add_column("file", no_wrap=room, min_width=longest if room else None)
+    for col in ("workload", "model", "device", "status", "mean s", "peak RSS MiB"):
+        table.add_column(col, justify="right" if col in ("mean s", "peak RSS MiB") else "left", overflow="fold")
     for f in files:
         try:
             s = load(f)
