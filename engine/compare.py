@@ -125,10 +125,10 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     if not ok:
         tables.append(Table("compare-notes", "Why some figures are not compared", ["note"], [[why]]))
 
-    sweeps = [s.summary.results.get("sweep") for s in snaps]
-    if ok and all(sweeps):
+    sweeps_compared = ok and all(s.summary.results.get("sweep") for s in snaps)
+    if sweeps_compared:
         tables.append(_sweep_table(snaps, letters))
-    if pooled or (ok and all(sweeps)):
+    if pooled or sweeps_compared:
         # The rank test knows only the spread inside each run. A second process on the same machine
         # can land in another steady state (memory layout, the host's load), so say what it cannot see.
         tables.append(Table("compare-caveat", "Reading \"beyond noise\"", ["note"], [[

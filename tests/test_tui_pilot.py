@@ -154,27 +154,27 @@ async def test_scores_panel_shows_a_sweep_and_its_fit(tmp_path: Path) -> None:
         assert "280 ms + 8.4 ms a line" in text_of(app, "#sim-head") and "R² 0.998" in text_of(app, "#sim-head")
 
 
-async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fit = {**fake_engine.SWEEP["fits"][0], "padding_percent_range": [31.0, 74.0]}
-    monkeypatch.setitem(fake_engine.SWEEP, "fits", [fit])
+async def scores_head_of_a_sweep(tmp_path: Path) -> str:
+    """The Scores panel's head line after the scripted sweep run."""
     app = make_app(tmp_path, sweep=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await finished(app, pilot)
         await pilot.press("4")
         await pilot.pause(0.3)
-        assert "part of the fixed cost is padding: 31–74 % of tokens" in text_of(app, "#sim-head")
+        return text_of(app, "#sim-head")
+
+
+async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fit = {**fake_engine.SWEEP["fits"][0], "padding_percent_range": [31.0, 74.0]}
+    monkeypatch.setitem(fake_engine.SWEEP, "fits", [fit])
+    assert "part of the fixed cost is padding: 31–74 % of tokens" in await scores_head_of_a_sweep(tmp_path)
 
 
 async def test_scores_panel_says_when_nothing_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     limit = {"axis": "batch", "largest_that_fits": None, "stopped": "peak RSS 950 MiB crossed the 900 MiB ceiling at batch 8",
              "ceiling_mib": 900.0, "curve": [{"batch": 8, "peak_rss_mib": 950.0, "status": "over-ceiling"}]}
     monkeypatch.setitem(fake_engine.SWEEP, "memory_limit", limit)
-    app = make_app(tmp_path, sweep=True)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await finished(app, pilot)
-        await pilot.press("4")
-        await pilot.pause(0.3)
-        assert "largest batch that fits: none: batch 8, the first point, already failed" in text_of(app, "#sim-head")
+    assert "largest batch that fits: none: batch 8, the first point, already failed" in await scores_head_of_a_sweep(tmp_path)
 
 
 async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:

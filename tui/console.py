@@ -18,9 +18,9 @@ SLOW_PHASES = ("import", "load")
 PIPED_WIDTH = 160
 
 
-def output_console(stderr: bool = False) -> Console:
+def output_console() -> Console:
     """A console for results: the terminal's width on a terminal; PIPED_WIDTH on a pipe unless COLUMNS says otherwise."""
-    console = Console(stderr=stderr, highlight=False)
+    console = Console(highlight=False)
     if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
         console.width = PIPED_WIDTH
     return console
