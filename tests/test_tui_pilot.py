@@ -396,6 +396,16 @@ async def test_export_writes_beside_the_snapshot(tmp_path: Path) -> None:
         assert any(str(report) in n.message for n in app._notifications)
 
 
+async def test_a_redraw_queued_at_exit_is_dropped(tmp_path: Path) -> None:
+    """A timer tick or a panel switch's after-refresh can run once the last screen is gone."""
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+    assert not app.screen_stack
+    app._redraw()
+    app._apply_layout()
+
+
 async def test_command_palette_offers_the_controls(tmp_path: Path) -> None:
     app = make_app(tmp_path, autostart=False)
     async with app.run_test(size=(100, 30)) as pilot:

@@ -502,6 +502,8 @@ class EmbprofApp(App[None]):
         self._apply_layout()
 
     def _apply_layout(self) -> None:
+        if not self.screen_stack:  # the last screen is already gone: the app is closing
+            return
         wide = self.size.width >= WIDE_MIN[0] and self.size.height >= WIDE_MIN[1]
         self.screen.set_class(wide, "wide")
         self._redraw(force=True)
@@ -531,7 +533,9 @@ class EmbprofApp(App[None]):
                 yield panel
 
     def _redraw(self, force: bool = False) -> None:
-        if not self._panels:  # a resize can arrive before the mount
+        # A resize can arrive before the mount; a queued redraw (a timer tick, a panel switch's
+        # after-refresh) can arrive after the last screen is gone at exit.
+        if not self._panels or not self.screen_stack:
             return
         view = self.current
         for panel in self._visible_panels():
