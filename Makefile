@@ -8,11 +8,16 @@ TORCH := torch==2.13.0
 .PHONY: setup tools run test test-fast clean
 
 $(BIN)/.installed: pyproject.toml Makefile
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $@
+	@echo "setting up $(VENV): Python virtual environment"
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --upgrade pip
+	@echo "installing $(TORCH) (the CPU build)"
+	@$(BIN)/python -m pip install --quiet $(TORCH)
+	@echo "installing embprof and its dependencies (editable, with the test tools)"
+	@# setuptools' note that an editable install links to this folder is expected here, not a problem: not shown.
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+	@echo "ready: $(VENV)"
 
 setup: $(BIN)/.installed
 

@@ -59,10 +59,11 @@ def curl_ms(url: str, body: str) -> float:
 
 
 def overhead(url: str, lines: list[str], rounds: int = 30) -> None:
-    from embprof.engine.http_target import HttpTarget, ServerSpec
+    from embprof.engine.http_target import HttpTarget
+    from embprof.engine.plan import ServerTarget
 
     body = json.dumps({"content": lines, "embd_normalize": 2})
-    kept = HttpTarget(ServerSpec(url=url))
+    kept = HttpTarget(ServerTarget(url=url))
     kept.request(None, lines)  # open the kept-alive connection
     c: list[float] = []
     k: list[float] = []
@@ -78,7 +79,7 @@ def overhead(url: str, lines: list[str], rounds: int = 30) -> None:
         parse.append((o.duration_ns - (o.received_ns or 0)) / 1e6)
 
     def by_fresh() -> None:
-        fresh = HttpTarget(ServerSpec(url=url))
+        fresh = HttpTarget(ServerTarget(url=url))
         _ = fresh.client  # the client object exists before the clock starts, as in a run
         f.append((fresh.try_request(lines).received_ns or 0) / 1e6)
         fresh.close()
@@ -121,7 +122,8 @@ def main() -> int:
     if args.no_llama:
         return 0
 
-    from embprof.engine.http_target import HttpTarget, ServerSpec
+    from embprof.engine.http_target import HttpTarget
+    from embprof.engine.plan import ServerTarget
     from embprof.engine.sweepstats import fit_latency
     from llama_server import LlamaServer, minilm_gguf
 
@@ -129,7 +131,7 @@ def main() -> int:
         print(f"3. llama-server (all-MiniLM-L6-v2 f16 GGUF, 2 threads, -ub 512) at {server.url}")
         print("  the same request, curl against embprof:")
         overhead(server.url, [corpus[i % len(corpus)] for i in range(43)], rounds=21)
-        target = HttpTarget(ServerSpec(url=server.url))
+        target = HttpTarget(ServerTarget(url=server.url))
         target.request(None, corpus[:4])
         ls, ts, ys = [], [], []
         for n in (25, 50, 100):

@@ -39,14 +39,16 @@ def main() -> int:
     from embprof.engine.context import RunContext
     from embprof.engine.events import Clock, EventBus
     from embprof.engine.sampler import Sampler
+    from embprof.engine.plan import LocalTarget, MtebPlan
+    from embprof.engine.results import MtebTask
     from embprof.engine.snapshot import Recorder
-    from embprof.engine.targets import SentenceTransformerTarget, TargetSpec, bundled_model_dir
+    from embprof.engine.targets import SentenceTransformerTarget, bundled_model_dir
     from embprof.engine.workloads.mteb_tasks import MtebWorkload
 
     mteb = mteb_data.import_mteb()
     data_dir = Path(args.data_dir)
     plain = SentenceTransformer(bundled_model_dir(), device="cpu")
-    target = SentenceTransformerTarget(TargetSpec(device="cpu"))
+    target = SentenceTransformerTarget(LocalTarget(device="cpu"))
     target.load(RunContext(EventBus()))
 
     def run_a() -> tuple[float, float]:
@@ -60,13 +62,14 @@ def main() -> int:
 
     def run_b() -> tuple[float, float, float]:
         with tempfile.TemporaryDirectory() as results:
-            workload = MtebWorkload(tasks=[args.task], data_dir=str(data_dir), results_dir=results)
+            workload = MtebWorkload(MtebPlan(tasks=(args.task,), data_dir=str(data_dir), results_dir=results))
             workload.prepare()
             bus = EventBus(Clock())
             recorder = Recorder()
             bus.subscribe(recorder)
             sampler = Sampler(bus, 10.0, gpu_index=None, nvml=None)
-            ctx = RunContext(bus, sampler=sampler)
+            bus.subscribe(sampler)  # as the runner does: the sampler takes an extra sample at each phase end
+            ctx = RunContext(bus)
             t0 = time.perf_counter()
             sampler.start()
             try:
@@ -74,7 +77,9 @@ def main() -> int:
             finally:
                 sampler.stop()
             wall = time.perf_counter() - t0
-            score = next(e.data["main_score"] for e in recorder.events() if getattr(e, "name", "") == f"mteb:{args.task}")
+            task_result = recorder.state.results.get(f"mteb:{args.task}")
+            assert isinstance(task_result, MtebTask) and task_result.main_score is not None, f"no score for {args.task}"
+            score = task_result.main_score
             return wall, float(score), 100.0 * sampler.cpu_time_ns / 1e9 / wall
 
     print(

@@ -39,10 +39,11 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
 
     from embprof.engine.events import Result
-    from embprof.engine.runner import Runner
+    from embprof.engine.execute import prepare
+    from embprof.engine.plan import LocalTarget, Recording, RunPlan, SpeedPlan
+    from embprof.engine.results import SamplerFacts, SpeedResult
     from embprof.engine.speedtext import resolve_speed_text
-    from embprof.engine.targets import SentenceTransformerTarget, TargetSpec, bundled_model_dir
-    from embprof.engine.workloads.speed import SpeedWorkload
+    from embprof.engine.targets import bundled_model_dir
 
     text = resolve_speed_text(args.text)
     bare_model = SentenceTransformer(bundled_model_dir(), device="cpu")
@@ -56,19 +57,24 @@ def main() -> int:
     )
 
     def run_b() -> list[float]:
-        results: dict[str, dict] = {}
+        results: dict[str, object] = {}
 
         def keep(e: object) -> None:
             if isinstance(e, Result):
-                results[e.name] = e.data
+                results[e.name] = e.result
 
-        wl = SpeedWorkload(text_file=args.text, loops=args.loops)
-        wl.prepare()
-        runner = Runner(SentenceTransformerTarget(TargetSpec(device="cpu")), wl, sample_hz=10.0, subscribers=[keep])
+        plan = RunPlan(
+            target=LocalTarget(device="cpu"),
+            workload=SpeedPlan(text=args.text, loops=args.loops),
+            recording=Recording(sample_hz=10.0),
+        )
+        runner = prepare(plan).runner([keep])
         if runner.run_sync() != "complete":
             raise SystemExit("embprof run failed")
-        sampler_pct.append(results["sampler"]["cpu_percent_of_one_core"])
-        return list(results["speed"]["timings"])
+        sampler, speed = results["sampler"], results["speed"]
+        assert isinstance(sampler, SamplerFacts) and isinstance(speed, SpeedResult)
+        sampler_pct.append(sampler.cpu_percent_of_one_core)
+        return list(speed.timings)
 
     for r in range(args.rounds):
         if r % 2 == 0:

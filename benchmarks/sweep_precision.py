@@ -28,10 +28,11 @@ def main() -> int:
     from embprof.engine.context import RunContext
     from embprof.engine.events import EventBus
     from embprof.engine.sweepstats import StopRule, relative_half_width
-    from embprof.engine.targets import SentenceTransformerTarget, TargetSpec
+    from embprof.engine.plan import LocalTarget
+    from embprof.engine.targets import SentenceTransformerTarget
     from embprof.engine.workloads.encode import sample_corpus
 
-    target = SentenceTransformerTarget(TargetSpec(device="cpu"))
+    target = SentenceTransformerTarget(LocalTarget(device="cpu"))
     ctx = RunContext(EventBus())
     target.load(ctx)
     corpus = sample_corpus()

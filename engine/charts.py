@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes
-from .report import largest_fit_text
+from .report import headline, largest_fit_text
+from .results import SweepPoint, SweepResult
 from .snapshot import Snapshot
 
 NUMERIC_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
@@ -44,74 +45,95 @@ def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, p
     return saved
 
 
-def _x_axis(points: list[dict[str, Any]]) -> str | None:
+def _x_axis(points: list[SweepPoint]) -> str | None:
     for axis in NUMERIC_AXES:
-        if len({p["params"].get(axis) for p in points if axis in p["params"]}) > 1:
+        if len({p.params.get(axis) for p in points if axis in p.params}) > 1:
             return axis
     return None
 
 
+def _others(p: SweepPoint, axis: str) -> tuple[tuple[str, int | str], ...]:
+    return tuple((k, v) for k, v in p.params.items() if k != axis)
+
+
+def _x(p: SweepPoint, axis: str) -> float:
+    value = p.params[axis]
+    return float(value) if isinstance(value, (int, float)) else float(str(value))
+
+
+def _group_order(group: tuple[tuple[str, int | str], ...]) -> tuple[tuple[str, int, int, str], ...]:
+    """Numbers in numeric order, names after them: a sweep's axis values may be either."""
+    return tuple((k, 0, v, "") if isinstance(v, int) else (k, 1, 0, str(v)) for k, v in group)
+
+
 def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> list[Path]:
     sweep = snap.summary.results.get("sweep")
-    if not sweep:
+    if not isinstance(sweep, SweepResult):
         return []
-    points = [p for p in sweep["points"] if p.get("median_s") is not None]
+    points = [p for p in sweep.points if p.median_s is not None]
     axis = _x_axis(points)
     if axis is None or not points:
         return []
     plt = _plt()
     out: list[Path] = []
-    others = sorted({tuple((k, v) for k, v in p["params"].items() if k != axis) for p in points})
+    others = sorted({_others(p, axis) for p in points}, key=_group_order)
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for group in others:
-        pts = sorted((p for p in points if tuple((k, v) for k, v in p["params"].items() if k != axis) == group), key=lambda p: p["params"][axis])
-        xs = [p["params"][axis] for p in pts]
-        ys = [p["median_s"] * 1e3 for p in pts]
-        lo = [(p["median_s"] - (p["ci95_s"] or [p["median_s"]] * 2)[0]) * 1e3 for p in pts]
-        hi = [((p["ci95_s"] or [p["median_s"]] * 2)[1] - p["median_s"]) * 1e3 for p in pts]
+        pts = sorted((p for p in points if _others(p, axis) == group), key=lambda p: _x(p, axis))
+        xs = [_x(p, axis) for p in pts]
+        meds = [p.median_s or 0.0 for p in pts]  # every point here has a median (filtered above)
+        cis = [p.ci95_s or (m, m) for p, m in zip(pts, meds)]
+        ys = [m * 1e3 for m in meds]
+        lo = [(m - ci[0]) * 1e3 for m, ci in zip(meds, cis)]
+        hi = [(ci[1] - m) * 1e3 for m, ci in zip(meds, cis)]
         name = " ".join(f"{k}={v}" for k, v in group) or "measured"
         ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", capsize=3, label=f"{name} (median, 95 % CI)")
-        fit = next((f for f in sweep.get("fits", []) if tuple(sorted(f["group"].items())) == tuple(sorted(group))), None)
-        if fit is not None and axis == "lines" and fit["terms"] in (["fixed", "per_line"], ["fixed"]):
+        fit = next((f for f in sweep.fits if tuple(sorted(f.group.items())) == tuple(sorted(group))), None)
+        if fit is not None and axis == "lines" and list(fit.terms) in (["fixed", "per_line"], ["fixed"]):
             grid = [min(xs) + (max(xs) - min(xs)) * k / 50 for k in range(51)]
-            c = fit["coef"]
+            c = fit.coef
             ax.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], "-", alpha=0.7,
-                    label=f"fit: {fit['formula']}" + (f" (R² {fit['r2']:.3f})" if fit["r2"] is not None else ""))
-    title = f"{snap.target.get('model_name')} on {snap.target.get('device_resolved')}: latency by {axis}"
+                    label=f"fit: {fit.formula}" + (f" (R² {fit.r2:.3f})" if fit.r2 is not None else ""))
+    title = f"{snap.target.model_name} on {snap.target.device_resolved or snap.target.device or snap.target.url}: latency by {axis}"
     out.append(_finish(plt, fig, ax, axis, "encode call latency (ms)", title, out_dir / f"{stem}-latency.{fmt}", fmt))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for group in others:
-        pts = sorted((p for p in points if tuple((k, v) for k, v in p["params"].items() if k != axis) == group), key=lambda p: p["params"][axis])
-        ax.plot([p["params"][axis] for p in pts], [p["items_per_s"] for p in pts], "o-", label=" ".join(f"{k}={v}" for k, v in group) or "items/s")
+        pts = sorted((p for p in points if _others(p, axis) == group and p.items_per_s is not None), key=lambda p: _x(p, axis))
+        ax.plot([_x(p, axis) for p in pts], [p.items_per_s for p in pts], "o-", label=" ".join(f"{k}={v}" for k, v in group) or "items/s")
     out.append(_finish(plt, fig, ax, axis, "items per second", "throughput", out_dir / f"{stem}-throughput.{fmt}", fmt))
 
-    limit = sweep.get("memory_limit")
-    if limit:
-        curve = limit["curve"]
+    limit = sweep.memory_limit
+    if limit is not None and limit.curve:
+        curve = limit.curve
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        xs = [c[limit["axis"]] for c in curve]
-        ax.plot(xs, [c.get("peak_rss_mib") for c in curve], "o-", label="peak RSS (sampled)")
-        if any(c.get("peak_gpu_mib") is not None for c in curve):
-            ax.plot(xs, [c.get("peak_gpu_mib") for c in curve], "s-", label="peak GPU (NVML)")
-        if limit.get("ceiling_mib"):
-            ax.axhline(limit["ceiling_mib"], color="red", linestyle="--", label="RAM ceiling")
+        rss = [c for c in curve if c.peak_rss_mib is not None]  # an unmeasured peak is left out, never drawn as 0
+        ax.plot([c.value for c in rss], [c.peak_rss_mib for c in rss], "o-", label="peak RSS (sampled)")
+        gpu = [c for c in curve if c.peak_gpu_mib is not None]
+        if gpu:
+            ax.plot([c.value for c in gpu], [c.peak_gpu_mib for c in gpu], "s-", label="peak GPU (NVML)")
+        if limit.ceiling_mib:
+            ax.axhline(limit.ceiling_mib, color="red", linestyle="--", label="RAM ceiling")
         ax.set_xscale("log", base=2)
-        title = f"memory up to the limit: largest {limit['axis']} that fits = {largest_fit_text(limit)}"
-        out.append(_finish(plt, fig, ax, limit["axis"], "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt))
+        title = f"memory up to the limit: largest {limit.axis} that fits = {largest_fit_text(limit)}"
+        out.append(_finish(plt, fig, ax, limit.axis, "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt))
     return out
 
 
 def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: str, fmt: str = "svg") -> list[Path]:
-    """Each run's encode-call latency: median with its 95 % interval, and every timed call."""
+    """Each run's encode-call latency: median with its 95 % interval, and every timed call.
+
+    Only a run with one kind of timed call (its headline) is drawn, and only while its values were
+    kept (below the exact limit): calls of different kinds are never pooled into one column."""
     from .sweepstats import median_ci
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = False
     for i, s in enumerate(snaps):
-        samples = (s.summary.encode.get("stats") or {}).get("samples_s") or []
+        head = headline(s.summary)
+        samples = head.stats.samples_s if head is not None else None
         if not samples:
             continue
         drawn = True

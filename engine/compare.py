@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import UserError
-from .report import Cell, Table
+from .report import HISTOGRAM_QUANTILES, NA, Cell, Table, headline, no_tokens
+from .results import MtebTask, SpeedResult, SweepResult
 from .snapshot import Snapshot
 from .sweepstats import differ
 
@@ -22,6 +23,7 @@ ENV_KEYS = (
     ("python", "python"),
     ("torch_threads", "torch threads"),
 )
+TARGET_KEYS = ("device_resolved", "dtype", "truncate_dim", "max_seq_length")
 
 
 def _letter(i: int) -> str:
@@ -32,37 +34,41 @@ def _phase_s(s: Snapshot, name: str) -> float | None:
     return next((p.duration_s for p in s.summary.phases if p.name == name and p.parent_id == 0), None)
 
 
-def _figures(s: Snapshot) -> dict[str, float | None]:
+def _figures(s: Snapshot) -> dict[str, Cell]:
+    """The figures compared; latency and throughput only from the run's one kind of timed call."""
     sm = s.summary
-    stats = sm.encode.get("stats") or {}
     peaks = sm.peaks
     gpu = peaks.get("gpu_process_mib") or peaks.get("gpu_used_mib")
-    out: dict[str, float | None] = {
+    head = headline(sm)
+    out: dict[str, Cell] = {
         "import s": _phase_s(s, "import"),
         "load s": _phase_s(s, "load"),
-        "encode call p50 s": stats.get("p50_s"),
-        "encode call mean s": stats.get("mean_s"),
-        "encode call p95 s": stats.get("p95_s"),
-        "items/s": sm.throughput.get("items_per_s"),
-        "tokens/s": sm.throughput.get("tokens_per_s"),
+        "encode call p50 s": head.stats.p50_s if head else None,
+        "encode call mean s": head.stats.mean_s if head else None,
+        "encode call p95 s": head.stats.p95_s if head else None,
+        "items/s": head.items_per_s if head else None,
+        "tokens/s": (head.tokens_per_s if head.tokens_per_s is not None else no_tokens(s)) if head else None,
         "peak RSS MiB": peaks["rss_mib"].sampled if "rss_mib" in peaks else None,
         "peak GPU MiB": gpu.sampled if gpu else None,
     }
     speed = sm.results.get("speed")
-    if speed:
-        out["speed avg_words_per_sec"] = speed.get("avg_words_per_sec")
+    if isinstance(speed, SpeedResult):
+        out["speed avg_words_per_sec"] = speed.avg_words_per_sec
     for key, r in sm.results.items():
-        if key.startswith("mteb:") and isinstance(r.get("main_score"), float):
-            out[f"{key.removeprefix('mteb:')} {r.get('main_score_name')}"] = r["main_score"]
+        if isinstance(r, MtebTask) and r.main_score is not None:
+            out[f"{key.removeprefix('mteb:')} {r.main_score_name}"] = r.main_score
     return out
 
 
-LATENCY_ROWS = ("encode call p50 s", "encode call mean s", "encode call p95 s", "items/s", "tokens/s", "speed avg_words_per_sec")
+# Figures of the timed calls: compared only when every run has exactly one kind of timed call (its
+# latency is then the run's); calls of different kinds are never pooled into one figure.
+HEADLINE_ROWS = ("encode call p50 s", "encode call mean s", "encode call p95 s", "items/s", "tokens/s")
+# Figures that need the same work on both sides (comparable()).
+LATENCY_ROWS = (*HEADLINE_ROWS, "speed avg_words_per_sec")
 
 
-# Workloads whose timed calls are alike, so their pooled latency is one figure; a sweep's, an
-# MTEB run's or a --vs run's calls are not (their own tables compare them).
-POOLABLE = ("encode", "speed", "similarity")
+def _number(v: Cell) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _workload_key(s: Snapshot) -> tuple[Any, ...]:
@@ -91,6 +97,25 @@ def comparable(snaps: list[Snapshot]) -> tuple[bool, str]:
     return True, ""
 
 
+def not_pooled(snaps: list[Snapshot]) -> str:
+    """The sentence that says why latency rows are not compared when a run has several kinds of timed
+    call (or none); "" when every run has exactly one."""
+    parts = []
+    for i, s in enumerate(snaps):
+        timed = [g for g in s.summary.calls if g.calls]
+        if len(timed) == 1:
+            continue
+        if not timed:
+            parts.append(f"{_letter(i)} has no timed calls")
+        else:
+            names = ", ".join(g.group or "encode call" for g in timed[:4]) + (", …" if len(timed) > 4 else "")
+            parts.append(f"{_letter(i)} has {len(timed)} kinds of timed call ({names})")
+    if not parts:
+        return ""
+    return (f"{'; '.join(parts)}: latency over calls of different kinds is not pooled into one figure, so the latency "
+            "and throughput rows are not compared; each run's own latency table shows them per kind of call")
+
+
 def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> list[Table]:
     if len(snaps) < 2:
         raise UserError("compare needs at least two snapshots")
@@ -98,12 +123,13 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     letters = [_letter(i) for i in range(len(snaps))]
     runs = Table("compare-runs", "Runs compared", ["", "snapshot", "workload", "model", "device", "dtype", "status"])
     for letter, name, s in zip(letters, names, snaps):
-        runs.rows.append([letter, name, s.workload.get("name"), s.target.get("model_name"),
-                          s.target.get("device_resolved") or s.target.get("device"), s.target.get("dtype"), s.status])
+        runs.rows.append([letter, name, s.workload.get("name"), s.target.model_name,
+                          s.target.device_resolved or s.target.device, s.target.dtype, s.status])
     tables = [runs]
 
     ok, why = comparable(snaps)
-    pooled = ok and str(snaps[0].workload.get("name")) in POOLABLE
+    pooled_why = not_pooled(snaps) if ok else ""
+    latency = ok and not pooled_why
     figs = [_figures(s) for s in snaps]
     cols = ["figure", "A"]
     for letter in letters[1:]:
@@ -111,30 +137,34 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     cols.append("beyond noise")
     fig_table = Table("compare", "Figures side by side (ratios to A)", cols)
     for key in figs[0]:
-        if not pooled and key in LATENCY_ROWS:
+        if key in HEADLINE_ROWS and not latency:
             continue
-        if all(f.get(key) is None for f in figs):
+        if key in LATENCY_ROWS and not ok:
             continue
+        if all(_number(f.get(key)) is None for f in figs):
+            continue
+        a = _number(figs[0].get(key))
         row: list[Cell] = [key, figs[0].get(key)]
         for f in figs[1:]:
-            v, a = f.get(key), figs[0].get(key)
-            row += [v, (v / a) if isinstance(v, (int, float)) and isinstance(a, (int, float)) and a else None]
-        row.append(_noise(snaps) if pooled and key == "encode call p50 s" else "")
+            v = _number(f.get(key))
+            row += [f.get(key), (v / a) if v is not None and a else None]
+        row.append(_noise(snaps) if latency and key == "encode call p50 s" else "")
         fig_table.rows.append(row)
     tables.append(fig_table)
-    if not ok:
-        tables.append(Table("compare-notes", "Why some figures are not compared", ["note"], [[why]]))
+    notes = [n for n in (why, pooled_why) if n]
+    if notes:
+        tables.append(Table("compare-notes", "Why some figures are not compared", ["note"], [[n] for n in notes]))
 
-    sweeps_compared = ok and all(s.summary.results.get("sweep") for s in snaps)
+    sweeps_compared = ok and all(isinstance(s.summary.results.get("sweep"), SweepResult) for s in snaps)
     if sweeps_compared:
         tables.append(_sweep_table(snaps, letters))
-    if pooled or sweeps_compared:
+    if latency or sweeps_compared:
         # The rank test knows only the spread inside each run. A second process on the same machine
         # can land in another steady state (memory layout, the host's load), so say what it cannot see.
         tables.append(Table("compare-caveat", "Reading \"beyond noise\"", ["note"], [[
-            "the test sees only the spread of each run's own calls; separate runs of the same work on one machine "
+            ("the test sees only the spread of each run's own calls; separate runs of the same work on one machine "
             "can differ by more than that, so repeat a run before trusting a small difference, or run both models "
-            "in one process with --vs (A B B A …)"]]))
+            "in one process with --vs (A B B A …)")]]))
 
     env = Table("compare-environment", "How they were measured: what differs", ["setting", *letters])
     for key, label in ENV_KEYS:
@@ -144,32 +174,45 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     gpus = [", ".join(g.get("name", "") for g in s.environment.get("gpus", [])) or "none" for s in snaps]
     if len(set(gpus)) > 1:
         env.rows.append(["GPU", *gpus])
-    for key in ("device_resolved", "dtype", "truncate_dim", "max_seq_length"):
-        vals = [s.target.get(key) for s in snaps]
-        if len({str(v) for v in vals}) > 1:
-            env.rows.append([key.replace("_resolved", ""), *vals])
+    for key in TARGET_KEYS:
+        tvals = [getattr(s.target, key) for s in snaps]
+        if len({str(v) for v in tvals}) > 1:
+            env.rows.append([key.replace("_resolved", ""), *tvals])
+    backends = [s.target.backend for s in snaps]
+    if len(set(backends)) > 1:
+        env.rows.append(["backend", *backends])
     libs = sorted({lib for s in snaps for lib in (s.environment.get("libraries") or {})})
     for lib in libs:
         vals = [(s.environment.get("libraries") or {}).get(lib) for s in snaps]
         if len({str(v) for v in vals}) > 1:
             env.rows.append([lib, *vals])
+    migrated = [f"schema {s.migrated_from}" if s.migrated_from is not None else "" for s in snaps]
+    if any(migrated):
+        env.rows.append(["migrated from", *migrated])
     if not env.rows:
         env.rows.append(["(nothing: same machine, libraries and settings)", *["" for _ in snaps]])
     tables.append(env)
     return tables
 
 
+def _test(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> str:
+    """Mann–Whitney U of two runs' timings, in words; untested where a side kept no exact values."""
+    if a is None or b is None:
+        return f"not tested: {HISTOGRAM_QUANTILES}"
+    d = differ(a, b)
+    if d["p_value"] is None:
+        return str(d["why"])
+    return f"{'yes' if d['beyond_noise'] else 'no'} (p={d['p_value']:.3g})"
+
+
 def _noise(snaps: list[Snapshot]) -> str:
-    """Each run's timed calls against A's: Mann–Whitney U."""
-    base = (snaps[0].summary.encode.get("stats") or {}).get("samples_s") or []
+    """Each run's timed calls against A's (their one kind of call each): Mann–Whitney U."""
+    heads = [headline(s.summary) for s in snaps]
+    base = heads[0].stats.samples_s if heads[0] else ()
     parts = []
-    for i, s in enumerate(snaps[1:], 1):
-        other = (s.summary.encode.get("stats") or {}).get("samples_s") or []
-        d = differ(base, other)
-        if d["p_value"] is None:
-            parts.append(f"{_letter(i)}: {d['why']}")
-        else:
-            parts.append(f"{_letter(i)}: {'yes' if d['beyond_noise'] else 'no'} (p={d['p_value']:.3g})")
+    for i, head in enumerate(heads[1:], 1):
+        other = head.stats.samples_s if head else ()
+        parts.append(f"{_letter(i)}: {_test(base, other)}")
     return "; ".join(parts)
 
 
@@ -179,16 +222,18 @@ def _sweep_table(snaps: list[Snapshot], letters: list[str]) -> Table:
     for letter in letters[1:]:
         cols += [f"{letter} median s", f"{letter}/A", f"{letter} beyond noise"]
     table = Table("compare-sweep", "Sweep points side by side", cols)
-    by_label = [{p["label"]: p for p in (s.summary.results["sweep"]["points"])} for s in snaps]
+    by_label = []
+    for s in snaps:
+        sweep = s.summary.results["sweep"]
+        assert isinstance(sweep, SweepResult)
+        by_label.append({p.label: p for p in sweep.points})
     for label, pa in by_label[0].items():
-        row: list[Cell] = [label, pa.get("median_s")]
+        row: list[Cell] = [label, pa.median_s]
         for other in by_label[1:]:
             pb = other.get(label)
-            if pb is None or pa.get("median_s") is None or pb.get("median_s") is None:
-                row += [None, None, "not in both"]
+            if pb is None or pa.median_s is None or pb.median_s is None:
+                row += [None, None, NA("not in both") if pb is None else "not measured in both"]
                 continue
-            d = differ(pa["stats"]["samples_s"], pb["stats"]["samples_s"])
-            row += [pb["median_s"], pb["median_s"] / pa["median_s"],
-                    "too few timings" if d["p_value"] is None else f"{'yes' if d['beyond_noise'] else 'no'} (p={d['p_value']:.3g})"]
+            row += [pb.median_s, pb.median_s / pa.median_s if pa.median_s else None, _test(pa.stats.samples_s, pb.stats.samples_s)]
         table.rows.append(row)
     return table

@@ -6,20 +6,15 @@ import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 from .errors import RunCancelled
 from .events import Event, EventBus, PhaseEnded, PhaseStarted
 
-if TYPE_CHECKING:
-    from .sampler import Sampler
-
 
 class RunContext:
-    def __init__(self, bus: EventBus, cancel: threading.Event | None = None, sampler: Sampler | None = None) -> None:
+    def __init__(self, bus: EventBus, cancel: threading.Event | None = None) -> None:
         self.bus = bus
         self.cancel_event = cancel or threading.Event()
-        self.sampler = sampler
         self._phase_ids = itertools.count(1)
         self._call_ids = itertools.count(0)
         self._phase_stack: list[tuple[int, str]] = []
@@ -62,5 +57,3 @@ class RunContext:
                 self.failed_phase = name
             end = self.now()
             self.emit(PhaseEnded(t_ns=end, phase_id=phase_id, name=name, duration_ns=end - start, ok=ok))
-            if self.sampler is not None:
-                self.sampler.poke()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import sys
@@ -11,7 +12,6 @@ import psutil
 
 from .events import MIB
 from .sampler import load_nvml
-from .targets import library_version
 
 LIBRARIES = (
     "embprof",
@@ -27,6 +27,14 @@ LIBRARIES = (
 )
 
 
+def library_version(name: str) -> str | None:
+    """An installed distribution's version, or None when it is not installed."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
@@ -38,7 +46,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _gpus() -> list[dict[str, Any]]:
+def gpus() -> list[dict[str, Any]]:
     nvml = load_nvml()
     if nvml is None:
         return []
@@ -84,7 +92,7 @@ def capture() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "python_implementation": platform.python_implementation(),
         "libraries": {name: library_version(name) for name in LIBRARIES},
-        "gpus": _gpus(),
+        "gpus": gpus(),
     }
     torch = sys.modules.get("torch")
     if torch is not None:  # only once the run itself imported it

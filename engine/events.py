@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from .results import AnyResult, result_key
+
 MIB = 1 << 20
 
 ErrorKind = Literal["input", "runtime", "oom", "cancelled"]
@@ -28,6 +30,7 @@ class RunStarted:
     target: dict[str, Any]
     workload: dict[str, Any]
     sample_hz: float
+    plan: dict[str, Any] | None = None  # the run plan, as JSON: what `embprof rerun` runs again
     kind: Literal["run_started"] = "run_started"
 
 
@@ -64,26 +67,32 @@ class BatchTimed:
     call_index: int
     batch_index: int
     items: int
-    tokens: int
-    padded_tokens: int
+    tokens: int | None  # None: the target reports no token counts (llama.cpp's native API)
+    padded_tokens: int | None
     duration_ns: int
     warmup: bool
+    group: str = ""  # the kind of call it belongs to (see EncodeTimed)
     kind: Literal["batch_timed"] = "batch_timed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EncodeTimed:
-    """One whole encode call, timed from the caller's side; warm-ups are recorded, never counted."""
+    """One whole encode call, timed from the caller's side; warm-ups are recorded, never counted.
+
+    ``group`` names the kind of call: calls of one group do alike work (the repeats of one encode,
+    one sweep point, one side of an MTEB task), and latency statistics never pool two groups.
+    """
 
     t_ns: int
     phase_id: int
     call_index: int
     label: str
     items: int
-    tokens: int
-    words: int
+    tokens: int | None  # None: not measured (the target reports no token counts)
+    words: int | None  # None: not counted (mteb's texts are not read twice)
     duration_ns: int
     warmup: bool
+    group: str = ""
     kind: Literal["encode_timed"] = "encode_timed"
 
 
@@ -105,6 +114,7 @@ class RequestTimed:
     error_kind: str = ""  # "", "timeout", "connection", "http 4xx/5xx", "bad body", "bad shape", "too large"
     error: str = ""
     warmup: bool = False
+    group: str = ""  # the kind of call it belongs to (see EncodeTimed)
     kind: Literal["request_timed"] = "request_timed"
 
 
@@ -167,12 +177,15 @@ class Note:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Result:
-    """A named result of the workload (speed scores, similarity matrix, token statistics …)."""
+    """One typed result of the workload or the runner (see ``results.py``)."""
 
     t_ns: int
-    name: str
-    data: dict[str, Any]
+    result: AnyResult
     kind: Literal["result"] = "result"
+
+    @property
+    def name(self) -> str:
+        return result_key(self.result)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

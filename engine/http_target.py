@@ -17,8 +17,8 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
@@ -26,9 +26,12 @@ import orjson
 from .context import RunContext
 from .errors import PartialFailure, UserError
 from .events import BatchTimed, EncodeTimed, RequestTimed, Result
-from .targets import EncodeMode, EncodeOutcome
+from .plan import ServerTarget, strip_credentials
+from .results import RequestErrors, ServerMetrics, TargetFacts
+from .targets import Capabilities, EncodeMode, EncodeOutcome, declared_prompts_of, default_prompt_name, resolve_prompt_text
 
-API = Literal["llama", "openai"]
+__all__ = ["HttpTarget", "ServerFault", "strip_credentials"]
+
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "0.0.0.0")
 TOO_LARGE = re.compile(r"too large to process|increase the physical batch size", re.I)
 TOO_LARGE_HINT = (
@@ -39,52 +42,6 @@ TOO_LARGE_HINT = (
 
 class ServerFault(PartialFailure):
     """More failed requests than --max-errors allows; everything measured until then is kept."""
-
-
-def strip_credentials(url: str) -> str:
-    """The URL as it may be written anywhere: without user:password@."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSpec:
-    url: str
-    api: API = "llama"
-    api_key_env: str | None = None
-    server_model: str | None = None  # the OpenAI "model" field; default: the server's first model
-    prompts_from: str | None = None  # a model id or folder whose prompts are applied client-side
-    timeout_s: float = 60.0
-    max_errors: int = 0
-    server_pid: int | None = None
-    # What the rest of the engine reads of a spec:
-    device: str = "server"
-    dtype: str = "server"
-    truncate_dim: int | None = None
-    model: str | None = None
-
-    def validate(self) -> None:
-        parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--server takes an http:// or https:// URL, not '{strip_credentials(self.url)}'")
-        if self.api not in ("llama", "openai"):
-            raise UserError(f"--api takes llama or openai, not '{self.api}'")
-        if self.timeout_s <= 0:
-            raise UserError(f"--timeout must be a positive number of seconds, not {self.timeout_s}")
-        if self.max_errors < 0:
-            raise UserError(f"--max-errors cannot be negative ({self.max_errors})")
-        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
-            raise UserError(f"--api-key-env names {self.api_key_env}, but that environment variable is not set")
-
-    @property
-    def display_name(self) -> str:
-        return f"{strip_credentials(self.url)} ({self.api})"
 
 
 def find_listening_pid(port: int) -> int | None:
@@ -109,10 +66,13 @@ def _classify(exc: Exception) -> str:
 
 class HttpTarget:
     kind = "http"
+    device: str | None = None  # where it computes is the server's business
 
-    def __init__(self, spec: ServerSpec) -> None:
-        spec.validate()
+    def __init__(self, spec: ServerTarget) -> None:
         self.spec = spec
+        # llama.cpp's native /embedding reports no token counts; OpenAI's API reports prompt_tokens.
+        self.capabilities = Capabilities(reports_tokens=spec.api == "openai", has_tokenizer=False, local_device=False,
+                                         server_process=True)
         self.base = spec.url.rstrip("/")
         self.url = strip_credentials(self.base)
         self.server_pid = spec.server_pid
@@ -129,6 +89,8 @@ class HttpTarget:
     # -- before the run ------------------------------------------------------------------------------
     def resolve(self) -> None:
         """Before the run: the URL answers (one sentence if not), and the local server's process is known."""
+        if self.spec.api_key_env is not None and not os.environ.get(self.spec.api_key_env):
+            raise UserError(f"--api-key-env names {self.spec.api_key_env}, but that environment variable is not set")
         self._reach()
         if self.server_pid is not None:
             import psutil
@@ -149,9 +111,7 @@ class HttpTarget:
         if self._prompts is None:
             self._prompts = {}
             if self.spec.prompts_from:
-                from .targets import SentenceTransformerTarget, TargetSpec
-
-                declared = SentenceTransformerTarget(TargetSpec(model=self.spec.prompts_from)).declared_prompts()
+                declared = declared_prompts_of(self.spec.prompts_from)
                 if declared is None:
                     raise UserError(f"--prompts-from '{self.spec.prompts_from}': its prompts cannot be read without downloading it")
                 self._prompts = declared
@@ -242,57 +202,42 @@ class HttpTarget:
         return out
 
     # -- facts ---------------------------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def describe(self) -> TargetFacts:
+        facts: dict[str, Any] = {
             "backend": "http",
             "api": self.spec.api,
             "url": self.url,
             "model_name": self._model_name or self._server_model_file() or self.url,
-            "device": "server",
-            "device_resolved": "server",
-            "dtype": "server",
             "server_pid": self.server_pid,
             "prompts_from": self.spec.prompts_from,
-            "prompt_names": sorted(self.prompts),
+            "prompt_names": tuple(sorted(self.prompts)),
             "timeout_s": self.spec.timeout_s,
             "max_errors": self.spec.max_errors,
             "api_key_env": self.spec.api_key_env,  # the variable's name only, never its value
         }
         if self._props:
-            out["server_n_ctx"] = self.max_seq_length
-            out["server_build"] = self._props.get("build_info")
-            out["server_model_file"] = self._server_model_file()
-        if self.errors:
-            out["request_errors"] = dict(self.errors_by_kind)
-        return out
+            facts["server_n_ctx"] = self.max_seq_length
+            build = self._props.get("build_info")
+            facts["server_build"] = str(build) if build is not None else None
+            facts["server_model_file"] = self._server_model_file()
+        return TargetFacts(**facts)
 
     def _server_model_file(self) -> str | None:
         path = self._props.get("model_path")
         return os.path.basename(str(path)) if path else None
 
     def default_prompt_for(self, mode: EncodeMode) -> str | None:
-        prompts = self.prompts
-        if mode == "query":
-            return "query" if "query" in prompts else None
-        if mode == "document":
-            return next((n for n in ("document", "passage", "corpus") if n in prompts), None)
-        return None
+        return default_prompt_name(self.prompts, mode)
 
     @property
     def last_prompt(self) -> str | None:
         return self._last_prompt
 
     # -- work ----------------------------------------------------------------------------------------------
-    def _prompt_text(self, mode: EncodeMode, prompt_name: str | None, prompt: str | None) -> str | None:
-        if prompt is not None:
-            return prompt
-        name = prompt_name or self.default_prompt_for(mode)
-        if name is None:
-            return None
-        if name not in self.prompts:
-            known = ", ".join(sorted(self.prompts)) or "none (give --prompts-from MODEL)"
-            raise UserError(f"unknown prompt name '{name}': the prompts known for this server are {known}")
-        return self.prompts[name]
+    def prompt_text(self, mode: EncodeMode, prompt_name: str | None, prompt: str | None) -> str | None:
+        """Prompts are applied client-side, as sentence-transformers applies them for a local model."""
+        return resolve_prompt_text(self.prompts, prompt_name or self.default_prompt_for(mode), prompt,
+                                   "the prompts known for this server (--prompts-from MODEL)")
 
     def encode(
         self,
@@ -304,41 +249,48 @@ class HttpTarget:
         prompt: str | None = None,
         batch_size: int = 32,
         label: str = "encode",
+        group: str = "",
         warmup: bool = False,
     ) -> EncodeOutcome:
-        prefix = self._prompt_text(mode, prompt_name, prompt)
+        prefix = self.prompt_text(mode, prompt_name, prompt)
         self._last_prompt = prefix
         inputs = [(prefix or "") + t for t in texts]
         call_index = ctx.next_call_index()
         vectors: list[list[float]] = []
-        tokens_total = 0
+        # Unknown until the server says: a server that reports no counts leaves the total unknown, not 0.
+        tokens_total: int | None = 0
+        batches = 0
         start = time.perf_counter_ns()
         for b, lo in enumerate(range(0, len(inputs), batch_size)):
             ctx.check_cancel()
             chunk = inputs[lo : lo + batch_size]
-            vecs, tokens, took_ns = self.request(ctx, chunk, call_index=call_index, warmup=warmup)
+            vecs, tokens, took_ns = self.request(ctx, chunk, call_index=call_index, warmup=warmup, group=group)
             vectors.extend(vecs)
-            tokens_total += tokens or 0
+            tokens_total = None if tokens is None or tokens_total is None else tokens_total + tokens
+            batches += 1
+            # A server pads (or not) as it likes: padding is not measurable from here.
             ctx.emit(
                 BatchTimed(t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=call_index, batch_index=b, items=len(chunk),
-                           tokens=tokens or 0, padded_tokens=tokens or 0, duration_ns=took_ns, warmup=warmup)
+                           tokens=tokens, padded_tokens=None, duration_ns=took_ns, warmup=warmup, group=group)
             )
         duration = time.perf_counter_ns() - start
         ctx.emit(
             EncodeTimed(t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=call_index, label=label, items=len(texts),
-                        tokens=tokens_total, words=sum(len(t.split()) for t in texts), duration_ns=duration, warmup=warmup)
+                        tokens=tokens_total, words=sum(len(t.split()) for t in texts), duration_ns=duration, warmup=warmup,
+                        group=group)
         )
-        return EncodeOutcome(embeddings=np.asarray(vectors, dtype=np.float32), duration_ns=duration, tokens=tokens_total)
+        return EncodeOutcome(embeddings=np.asarray(vectors, dtype=np.float32), duration_ns=duration, tokens=tokens_total,
+                             batches=batches)
 
     def request(
-        self, ctx: RunContext | None, chunk: list[str], *, call_index: int = 0, warmup: bool = False
+        self, ctx: RunContext | None, chunk: list[str], *, call_index: int = 0, warmup: bool = False, group: str = ""
     ) -> tuple[list[list[float]], int | None, int]:
         """One request, retried while --max-errors allows; each try is a RequestTimed event.
         Returns the vectors, the tokens the server reported, and the answered try's duration."""
         while True:
             outcome = self.try_request(chunk)
             if ctx is not None:
-                ctx.emit(outcome.event(ctx, call_index, self._request_index, warmup))
+                ctx.emit(outcome.event(ctx, call_index, self._request_index, warmup, group))
             self._request_index += 1
             if not outcome.error_kind:
                 return outcome.vectors or [], outcome.tokens, outcome.duration_ns
@@ -435,8 +387,8 @@ class HttpTarget:
         end = self._metrics()
         if self._metrics_start is not None and end is not None:
             delta = {k: end[k] - self._metrics_start.get(k, 0.0) for k in end if k.startswith("llamacpp:")}
-            ctx.emit(Result(t_ns=ctx.now(), name="server_metrics", data={"start": self._metrics_start, "end": end, "delta": delta}))
-        ctx.emit(Result(t_ns=ctx.now(), name="requests", data={"errors": self.errors, "errors_by_kind": dict(self.errors_by_kind)}))
+            ctx.emit(Result(t_ns=ctx.now(), result=ServerMetrics(start=self._metrics_start, end=end, delta=delta)))
+        ctx.emit(Result(t_ns=ctx.now(), result=RequestErrors(errors=self.errors, errors_by_kind=dict(self.errors_by_kind))))
 
     def close(self) -> None:
         if self._client is not None:
@@ -461,11 +413,12 @@ class RequestOutcome:
     error: str = ""
     received_ns: int | None = None
 
-    def event(self, ctx: RunContext, call_index: int, request_index: int, warmup: bool) -> RequestTimed:
+    def event(self, ctx: RunContext, call_index: int, request_index: int, warmup: bool, group: str = "") -> RequestTimed:
         return RequestTimed(
             t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=call_index, request_index=request_index, items=self.items,
             duration_ns=self.duration_ns, status=self.status, bytes_sent=self.sent, bytes_received=self.received,
             tokens=self.tokens, received_ns=self.received_ns, error_kind=self.error_kind, error=self.error, warmup=warmup,
+            group=group,
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from .context import RunContext
 from .errors import UserError
 from .files import atomic_write_bytes
+from .results import MtebEncode, MtebPhase
 from .targets import BUNDLED_MODEL_ID, SentenceTransformerTarget
 
 EXPERIMENT = re.compile(r"^(.*?)\s*\((\d+/\d+)\)$")  # "Running experiment (3/10)"
@@ -48,31 +49,13 @@ class LivePhase:
 
 
 @dataclass
-class EncodeRecord:
-    phase_id: int
-    phase: str
-    split: str
-    subset: str
-    texts: int
-    prompt_type: str | None
-    prompt_name: str | None
-    prompt: str | None
-    seconds: float = 0.0
-    tokens: int = 0
-    batches: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class TaskSession:
     """The live state of one task's evaluation."""
 
     ctx: RunContext
     task_name: str
     live: list[LivePhase] = field(default_factory=list)
-    encodes: list[EncodeRecord] = field(default_factory=list)
+    encodes: list[MtebEncode] = field(default_factory=list)
     inner_timer: Any = None  # mteb's TimingStack, whose clock the final phases are relative to
     pending: LivePhase | None = None  # an "Encoding …" phase waiting for its encode call
 
@@ -168,7 +151,7 @@ def tap_task(task: Any, session: TaskSession) -> None:
     task.load_data = live_load_data
 
 
-def reconcile(session: TaskSession, final_phases: list[dict[str, Any]] | None, mono_ref: float, ns_ref: int) -> list[dict[str, Any]]:
+def reconcile(session: TaskSession, final_phases: list[dict[str, Any]] | None, mono_ref: float, ns_ref: int) -> tuple[MtebPhase, ...]:
     """mteb's own phase list for the task, each placed on the run's clock and paired with the
     phase seen live (same name, split and subset, in order)."""
     out: list[dict[str, Any]] = []
@@ -197,7 +180,7 @@ def reconcile(session: TaskSession, final_phases: list[dict[str, Any]] | None, m
         out.append(row)
     # mteb lists a phase when it ends (an experiment before the scoring that holds it); by start reads better.
     out.sort(key=lambda r: r.get("start_s", float("inf")))
-    return out
+    return tuple(MtebPhase(**r) for r in out)
 
 
 def _prompt_choice(model_prompts: dict[str, str] | None, task_metadata: Any, prompt_type: Any) -> tuple[str | None, str | None]:
@@ -225,9 +208,8 @@ def make_encoder(target: Any, session_of: Any) -> Any:
             session: TaskSession = session_of()
             ctx = session.ctx
             dataset = getattr(inputs, "dataset", None)
-            # Words are not counted here: reading every text would add to mteb's own timing of this phase.
+            # Words are not counted here (None, not 0): reading every text would add to mteb's own timing of this phase.
             texts = len(dataset) if dataset is not None else 0
-            words = 0
             prompt_name, prompt = _prompt_choice(self.model_prompts, task_metadata, prompt_type)
             ptype = getattr(prompt_type, "value", prompt_type)
             pending, session.pending = session.pending, None
@@ -239,12 +221,14 @@ def make_encoder(target: Any, session_of: Any) -> Any:
             with ctx.phase(name, detail) as phase_id:
                 if pending is not None:
                     pending.phase_id = phase_id
-                with target.timed_call(ctx, label=f"{session.task_name} {hf_split}", items=texts, words=words) as call:
+                # Each encoding phase of each task is its own kind of call (texts of another length and side).
+                group = f"{session.task_name} › {name}"
+                with target.timed_call(ctx, label=f"{session.task_name} {hf_split}", items=texts, words=None, group=group) as call:
                     out = super().encode(
                         inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset, prompt_type=prompt_type, **kwargs
                     )
             session.encodes.append(
-                EncodeRecord(
+                MtebEncode(
                     phase_id=phase_id,
                     phase=name,
                     split=hf_split,
@@ -277,7 +261,7 @@ def _http_encoder(target: Any, session_of: Any) -> Any:
         def __init__(self) -> None:
             prompts, _invalid = AbsEncoder.validate_task_to_prompt_name(dict(target.prompts), raise_for_invalid_keys=False)
             self.model_prompts = prompts or None
-            name = str(target.describe().get("model_name") or target.url)
+            name = str(target.describe().model_name or target.url)
             self.mteb_model_meta = ModelMeta.create_empty(overwrites={
                 "name": name if "/" in name else f"server/{name}", "revision": "no_revision_available",
                 "similarity_fn_name": ScoringFunction.COSINE})  # mteb compares it by identity
@@ -296,10 +280,10 @@ def _http_encoder(target: Any, session_of: Any) -> Any:
                 if pending is not None:
                     pending.phase_id = phase_id
                 out = target.encode(ctx, texts, prompt=prompt or "", batch_size=int(kwargs.get("batch_size") or 32),
-                                    label=f"{session.task_name} {hf_split}")
-            session.encodes.append(EncodeRecord(phase_id=phase_id, phase=name, split=hf_split, subset=hf_subset, texts=len(texts),
-                                                prompt_type=ptype, prompt_name=prompt_name, prompt=prompt,
-                                                seconds=out.duration_ns / 1e9, tokens=out.tokens, batches=-(-len(texts) // 32)))
+                                    label=f"{session.task_name} {hf_split}", group=f"{session.task_name} › {name}")
+            session.encodes.append(MtebEncode(phase_id=phase_id, phase=name, split=hf_split, subset=hf_subset, texts=len(texts),
+                                              prompt_type=ptype, prompt_name=prompt_name, prompt=prompt,
+                                              seconds=out.duration_ns / 1e9, tokens=out.tokens, batches=out.batches))
             return out.embeddings
 
     return ServerEncoder()

@@ -1,21 +1,62 @@
 """A snapshot as tables: the one description that `show`, Markdown and CSV export all render.
 
-Every cell comes from the snapshot; nothing here measures or estimates anything.
+Every cell comes from the snapshot; nothing here measures or estimates anything. A figure that was
+not measured is never shown as 0: it is ``None`` (``n/a``) where the reason is obvious, or an
+:class:`NA` with the reason (``n/a (the server reports no token counts)``) where it is not. CSV
+writes both as an empty cell, JSON as ``null``. Latency is never pooled over calls of different
+kinds: a run with one kind of timed call has one "Latency" table, any other run a "Latency by kind
+of call" table with one row per kind.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import UserError
-from .events import BatchTimed, EncodeTimed, PhaseEnded, PhaseStarted, ResourceSample
+from .events import (
+    BatchTimed,
+    EncodeTimed,
+    PhaseEnded,
+    PhaseStarted,
+    RequestTimed,
+    ResourceSample,
+)
+from .fold import CallGroup, RequestGroup, Summary
+from .results import (
+    Agreement,
+    ClientCeiling,
+    EncodeResult,
+    LatencyStats,
+    LoadResult,
+    MemoryLimit,
+    MtebRun,
+    MtebTask,
+    SamplerFacts,
+    SimilarityResult,
+    SpeedResult,
+    SweepResult,
+    TokenLengths,
+    VersusResult,
+)
 from .snapshot import Snapshot, to_json
-from .stats import describe
 
-Cell = str | int | float | None
+
+@dataclass(frozen=True)
+class NA:
+    """A figure that was not measured, with the reason: ``n/a (reason)`` on screen, empty in CSV, null in JSON."""
+
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return f"n/a ({self.reason})" if self.reason else "n/a"
+
+
+Cell = str | int | float | NA | None
 
 PEAK_LABELS = {
     "rss_mib": "process RSS MiB",
@@ -31,6 +72,10 @@ PEAK_LABELS = {
     "server_cpu_percent": "server process CPU %",
 }
 
+GFLOPS_LABEL = "GFLOP/s (estimate)"  # 2 × parameters × tokens / time: a floor of the forward pass, not a measurement
+WORDS_IN_MTEB = "texts not read twice in MTEB runs"
+HISTOGRAM_QUANTILES = "quantiles from a histogram"
+
 
 @dataclass
 class Table:
@@ -42,7 +87,9 @@ class Table:
 
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
-        return "N/A"
+        return "n/a"
+    if isinstance(value, NA):
+        return str(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -54,8 +101,87 @@ def fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def plain(value: Cell) -> str | int | float | None:
+    """A cell as data: an unmeasured figure (None or NA) is None, whatever its reason."""
+    return None if isinstance(value, NA) else value
+
+
+def tables_json(tables: list[Table]) -> str:
+    """Tables as JSON: name -> title, columns, rows; an unmeasured figure is null (its reason is for people)."""
+    return json.dumps(
+        {t.name: {"title": t.title, "columns": t.columns, "rows": [[plain(c) for c in row] for row in t.rows]} for t in tables},
+        indent=1,
+        default=str,
+    ) + "\n"
+
+
 def _kv(name: str, title: str, pairs: list[tuple[str, Any]]) -> Table:
+    """A field/value table. A None value drops its row (a setting that does not apply); a figure that
+    was expected but not measured must be passed as an NA so that its row stays."""
     return Table(name, title, ["field", "value"], [[k, v] for k, v in pairs if v is not None])
+
+
+def _or(value: Any, missing: NA) -> Any:
+    return missing if value is None else value
+
+
+# -- why a figure is missing -----------------------------------------------------------------------------
+
+
+# The reasons are worded here once; the dashboard shows the same ones (``tokens_missing(...).reason``).
+def tokens_missing(server: bool) -> NA:
+    """Why tokens, tokens/s and padding are n/a: a server (llama.cpp's native API) reports no token counts."""
+    return NA("the server reports no token counts" if server else "the target reports no token counts")
+
+
+def words_missing(workload_name: str | None) -> NA:
+    """Why words/s is n/a: mteb's texts are not read a second time to count their words."""
+    return NA(WORDS_IN_MTEB if workload_name == "mteb" else "words not counted")
+
+
+def _server(snap: Snapshot) -> bool:
+    return snap.target.backend == "http"
+
+
+def no_tokens(snap: Snapshot) -> NA:
+    return tokens_missing(_server(snap))
+
+
+def no_words(snap: Snapshot) -> NA:
+    return words_missing(snap.workload.get("name"))
+
+
+def _group_label(g: CallGroup | RequestGroup) -> str:
+    return g.group or "encode call"
+
+
+def _tokens_per_s(snap: Snapshot, g: CallGroup) -> Cell:
+    if g.tokens_per_s is not None:
+        return g.tokens_per_s
+    return no_tokens(snap) if g.calls else None
+
+
+def _words_per_s(snap: Snapshot, g: CallGroup) -> Cell:
+    if g.words_per_s is not None:
+        return g.words_per_s
+    return no_words(snap) if g.calls else None
+
+
+def _padding(snap: Snapshot, g: CallGroup) -> Cell:
+    if g.padding_percent is not None:
+        return g.padding_percent
+    if not g.batches:
+        return NA("no batches timed")
+    if g.batch_tokens is None or g.padded_tokens is None:
+        return no_tokens(snap)
+    return None
+
+
+def _spread(st: LatencyStats, value: float | None) -> Cell:
+    return NA("one call has no spread") if value is None and st.count == 1 else value
+
+
+# -- the summary ------------------------------------------------------------------------------------------
 
 
 def summary_tables(snap: Snapshot) -> list[Table]:
@@ -63,28 +189,34 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     t = snap.target
     w = snap.workload
     env = snap.environment
+    sampler = s.results.get("sampler")
+    run_rows: list[tuple[str, Any]] = [
+        ("run id", snap.run_id),
+        ("status", snap.status),
+        ("started (UTC)", snap.created_utc),
+        ("duration s", s.duration_s),
+        ("workload", w.get("name")),
+        ("model", t.model_name),
+        ("backend", t.backend),
+        ("device", t.device_resolved or t.device),
+        ("dtype", t.dtype),
+        ("truncate_dim", t.truncate_dim),
+        ("max_seq_length", t.max_seq_length),
+        ("embedding dim", t.embedding_dim),
+        ("parameters", t.parameters),
+        ("server", t.url),
+        ("server API", t.api),
+        ("sample rate Hz", sampler.hz if isinstance(sampler, SamplerFacts) else None),
+    ]
+    if snap.migrated_from is not None:
+        run_rows.append(("migrated from", f"schema {snap.migrated_from}"))
+    if snap.plan is None:
+        run_rows.append(("plan", NA(snap.plan_note or "not recorded")))
+    elif snap.plan_note:
+        run_rows.append(("plan", snap.plan_note))
+    run_rows += [(f"workload {k}", v) for k, v in w.items() if k != "name" and not isinstance(v, (list, dict, tuple))]
     tables: list[Table] = [
-        _kv(
-            "run",
-            "Run",
-            [
-                ("run id", snap.run_id),
-                ("status", snap.status),
-                ("started (UTC)", snap.created_utc),
-                ("duration s", s.duration_s),
-                ("workload", w.get("name")),
-                ("model", t.get("model_name")),
-                ("backend", t.get("backend")),
-                ("device", t.get("device_resolved") or t.get("device")),
-                ("dtype", t.get("dtype")),
-                ("truncate_dim", t.get("truncate_dim")),
-                ("max_seq_length", t.get("max_seq_length")),
-                ("embedding dim", t.get("embedding_dim")),
-                ("parameters", t.get("parameters")),
-                ("sample rate Hz", (s.results.get("sampler") or {}).get("hz")),
-            ]
-            + [(f"workload {k}", v) for k, v in w.items() if k != "name" and not isinstance(v, (list, dict))],
-        ),
+        _kv("run", "Run", run_rows),
         _kv(
             "environment",
             "Environment",
@@ -108,44 +240,11 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     )
     for p in s.phases:
         phases.rows.append(
-            [
-                p.name,
-                p.detail,
-                p.start_s,
-                p.duration_s,
-                p.peaks.get("rss_mib"),
-                p.peaks.get("gpu_process_mib"),
-                p.peaks.get("cpu_percent"),
-                p.samples,
-            ]
+            [p.name, p.detail, p.start_s, p.duration_s, p.peaks.get("rss_mib"), p.peaks.get("gpu_process_mib"),
+             p.peaks.get("cpu_percent"), p.samples]
         )
     tables.append(phases)
-
-    stat_cols = ["count", "mean_s", "std_s", "cv_percent", "min_s", "p50_s", "p90_s", "p95_s", "p99_s", "max_s"]
-    series = [(label, st) for label, st in (("encode call", s.encode.get("stats", {})), ("batch", s.batches.get("stats", {}))) if st.get("count")]
-    if series:
-        pooled = "" if w.get("name") in ("encode", "speed", "similarity") else "; every call of the run pooled: see the tables below"
-        timings = Table("timings", f"Latency (warm-ups not counted{pooled})", ["statistic", *[f"{label} s" for label, _ in series]])
-        for col in stat_cols:
-            label = col.removesuffix("_s").replace("cv_percent", "CV %")
-            timings.rows.append([label, *[st.get(col) for _, st in series]])
-        tables.append(timings)
-    if s.encode.get("warmup_s"):
-        tables.append(
-            Table("warmups", "Warm-ups (recorded, not counted)", ["#", "seconds"], [[i + 1, v] for i, v in enumerate(s.encode["warmup_s"])])
-        )
-    if s.throughput:
-        tp = _kv(
-            "throughput",
-            "Throughput",
-            [
-                ("items/s", s.throughput.get("items_per_s")),
-                ("tokens/s", s.throughput.get("tokens_per_s")),
-                ("words/s", s.throughput.get("words_per_s")),
-                ("padding %", s.batches.get("padding_percent")),
-            ],
-        )
-        tables.append(tp)
+    tables.extend(latency_tables(snap))
 
     peaks = Table("peaks", "Peaks (sampled, and the kernel's or torch's own counter)", ["metric", "sampled", "at s", "during", "counter", "source"])
     for name, pk in s.peaks.items():
@@ -153,62 +252,44 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     tables.append(peaks)
 
     speed = s.results.get("speed")
-    if speed:
-        tables.append(
-            _kv(
-                "speed",
-                f"Speed ({speed.get('task_name')}, MTEB v1 protocol)",
-                [
-                    ("time_mean s", speed.get("time_mean")),
-                    ("time_std s", speed.get("time_std")),
-                    ("avg_words_per_sec", speed.get("avg_words_per_sec")),
-                    ("timings s", ", ".join(f"{x:.4f}" for x in speed.get("timings", []))),
-                    ("words", speed.get("words")),
-                ],
-            )
-        )
+    if isinstance(speed, SpeedResult):
+        tables.append(speed_table(speed))
+    else:  # an MTEB run's SpeedTasks carry theirs
+        tasks = [r for r in s.results.values() if isinstance(r, MtebTask) and r.speed is not None]
+        for i, r in enumerate(tasks):
+            assert r.speed is not None
+            tables.append(speed_table(r.speed, "speed" if i == 0 else f"speed-{r.task}"))
     tok = s.results.get("tokens")
-    if tok:
-        tables.append(
-            _kv(
-                "tokens",
-                "Input length in tokens (before truncation)",
-                [
-                    ("texts", tok.get("count")),
-                    ("min", tok.get("min")),
-                    ("mean", tok.get("mean")),
-                    ("p50", tok.get("p50")),
-                    ("p90", tok.get("p90")),
-                    ("max", tok.get("max")),
-                    ("max_seq_length", tok.get("max_seq_length")),
-                    ("truncated texts", tok.get("truncated")),
-                    ("truncated %", tok.get("truncated_percent")),
-                ],
-            )
-        )
+    if isinstance(tok, TokenLengths):
+        tables.append(_kv("tokens", "Input length in tokens (before truncation)", [
+            ("texts", tok.count),
+            ("min", tok.min),
+            ("mean", tok.mean),
+            ("p50", tok.p50),
+            ("p90", tok.p90),
+            ("max", tok.max),
+            ("max_seq_length", _or(tok.max_seq_length, NA("the target does not say"))),
+            ("truncated texts", tok.truncated),
+            ("truncated %", tok.truncated_percent),
+            ("counted with prompt", repr(tok.counted_with_prompt) if tok.counted_with_prompt else None),
+        ]))
     enc = s.results.get("encode")
-    if enc:
-        tables.append(
-            _kv(
-                "encode",
-                "Encode",
-                [
-                    ("lines", enc.get("lines")),
-                    ("mode", enc.get("mode")),
-                    ("prompt name", enc.get("prompt_name")),
-                    ("prompt used", repr(enc.get("prompt_used", ""))),
-                    ("embedding dim", enc.get("embedding_dim")),
-                ],
-            )
-        )
+    if isinstance(enc, EncodeResult):
+        tables.append(_kv("encode", "Encode", [
+            ("lines", enc.lines),
+            ("mode", enc.mode),
+            ("prompt name", enc.prompt_name),
+            ("prompt used", repr(enc.prompt_used)),
+            ("embedding dim", _or(enc.embedding_dim, NA("no embedding came back"))),
+        ]))
     sim = s.results.get("similarity")
-    if sim:
+    if isinstance(sim, SimilarityResult):
         tables.extend(similarity_tables(sim))
     sweep = s.results.get("sweep")
-    if sweep:
-        tables.extend(sweep_tables(sweep))
+    if isinstance(sweep, SweepResult):
+        tables.extend(sweep_tables(sweep, no_tokens(snap)))
     vs = s.results.get("vs")
-    if vs:
+    if isinstance(vs, VersusResult):
         tables.append(vs_table(vs))
     tables.extend(server_tables(snap))
     peaks_by_phase = {p.phase_id: p.peaks for p in s.phases}
@@ -216,6 +297,9 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     if rows:
         tables.append(Table("mteb", "MTEB tasks (scores computed by mteb)", list(MTEB_COLUMNS), rows))
         tables.append(mteb_phase_table(s))
+        encodes = mteb_encode_table(snap)
+        if encodes.rows:
+            tables.append(encodes)
     if s.errors:
         tables.append(
             Table("errors", "Errors", ["kind", "phase", "message"], [[e["error_kind"], e["phase"], e["message"]] for e in s.errors])
@@ -225,140 +309,247 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     return tables
 
 
+STAT_ROWS = (("count", "count"), ("mean", "mean_s"), ("std", "std_s"), ("CV %", "cv_percent"), ("min", "min_s"), ("p50", "p50_s"),
+             ("p90", "p90_s"), ("p95", "p95_s"), ("p99", "p99_s"), ("max", "max_s"))
+LATENCY_BY_CALL_COLUMNS = ("kind of call", "calls", "mean s", "p50 s", "p95 s", "p99 s", "CV %", "items/s", "tokens/s")
+THROUGHPUT_BY_CALL_COLUMNS = ("kind of call", "calls", "items/s", "tokens/s", "words/s", "padding %")
+
+
+def headline(s: Summary) -> CallGroup | None:
+    """The run's one kind of timed call, when it has exactly one (a group of warm-ups alone does not count)."""
+    timed = [g for g in s.calls if g.calls]
+    return timed[0] if len(timed) == 1 else None
+
+
+def latency_tables(snap: Snapshot) -> list[Table]:
+    """Latency, warm-ups and throughput: one table each for a run with one kind of timed call; with
+    several kinds, one row per kind and never one p50/p95/CV pooled over them."""
+    s = snap.summary
+    groups = [g for g in s.calls if g.calls]
+    out: list[Table] = []
+    head = headline(s)
+    if head is not None:
+        series = [("encode call s", head.stats)] + ([("batch s", head.batch_stats)] if head.batch_stats.count else [])
+        quantiles = "; quantiles from an HDR histogram, 3 significant digits" if head.stats.quantiles == "histogram" else ""
+        title = f"Latency: {head.group} (warm-ups not counted{quantiles})" if head.group else f"Latency (warm-ups not counted{quantiles})"
+        latency = Table("latency", title, ["statistic", *[label for label, _ in series]])
+        for label, attr in STAT_ROWS:
+            cells: list[Cell] = []
+            for _, st in series:
+                value = getattr(st, attr)
+                cells.append(_spread(st, value) if attr in ("std_s", "cv_percent") else value)
+            latency.rows.append([label, *cells])
+        out.append(latency)
+    elif groups:
+        latency = Table("latency", "Latency by kind of call (warm-ups not counted; calls of different kinds are never pooled)",
+                        list(LATENCY_BY_CALL_COLUMNS))
+        for g in groups:
+            st = g.stats
+            latency.rows.append([_group_label(g), g.calls, st.mean_s, st.p50_s, st.p95_s, st.p99_s, _spread(st, st.cv_percent),
+                                 g.items_per_s, _tokens_per_s(snap, g)])
+        out.append(latency)
+
+    warm = [g for g in s.calls if g.warmup_s]
+    if head is not None and head.warmup_s and warm == [head]:
+        out.append(Table("warmups", "Warm-ups (recorded, not counted)", ["#", "seconds"], [[i + 1, v] for i, v in enumerate(head.warmup_s)]))
+    elif warm:
+        out.append(Table("warmups", "Warm-ups (recorded, not counted)", ["kind of call", "#", "seconds"],
+                         [[_group_label(g), i + 1, v] for g in warm for i, v in enumerate(g.warmup_s)]))
+
+    if head is not None:
+        out.append(_kv("throughput", "Throughput", [
+            ("items/s", _or(head.items_per_s, NA("no timed call took time"))),
+            ("tokens/s", _tokens_per_s(snap, head)),
+            ("words/s", _words_per_s(snap, head)),
+            ("padding %", _padding(snap, head)),
+        ]))
+    elif groups:
+        tp = Table("throughput", "Throughput by kind of call", list(THROUGHPUT_BY_CALL_COLUMNS))
+        for g in groups:
+            tp.rows.append([_group_label(g), g.calls, g.items_per_s, _tokens_per_s(snap, g), _words_per_s(snap, g), _padding(snap, g)])
+        out.append(tp)
+    return out
+
+
+def speed_table(speed: SpeedResult, name: str = "speed") -> Table:
+    title = f"Speed ({speed.task_name}, MTEB v1 protocol)" if speed.task_name else "Speed (MTEB v1 protocol)"
+    return _kv(name, title, [
+        ("task", _or(speed.task_name, NA(speed.task_name_why or "neither CPUSpeedTask nor GPUSpeedTask"))),
+        ("time_mean s", speed.time_mean),
+        ("time_std s", speed.time_std),
+        ("avg_words_per_sec", speed.avg_words_per_sec),
+        ("timings s", ", ".join(f"{x:.4f}" for x in speed.timings)),
+        ("words", speed.words),
+    ])
+
+
 SWEEP_COLUMNS = ("point", "status", "median s", "95% CI ±%", "ended by", "repeats", "items/s", "tokens/s", "padding %",
-                 "GFLOP/s", "peak RSS MiB", "peak GPU MiB")
+                 GFLOPS_LABEL, "peak RSS MiB", "peak GPU MiB")
 
 
-def sweep_tables(sweep: dict[str, Any]) -> list[Table]:
+def sweep_tables(sweep: SweepResult, no_tokens_why: NA | None = None) -> list[Table]:
+    """The points, the latency fits and the memory search. ``no_tokens_why`` is the reason shown for
+    a point whose tokens/s was not measured (default: the target reports no token counts)."""
+    why_tokens = no_tokens_why or tokens_missing(server=False)
     points = Table("sweep", "Sweep points (each: warm-up, then repeated until the 95 % CI of the median is within target or the budget is spent)",
                    list(SWEEP_COLUMNS))
-    for p in sweep["points"]:
+    for p in sweep.points:
+        ok = p.status == "ok"
         points.rows.append([
-            p["label"], p["status"], p.get("median_s"), p.get("ci_half_width_percent"), p.get("stop"), p.get("repeats"),
-            p.get("items_per_s"), p.get("tokens_per_s"), p.get("padding_percent"), p.get("gflops"), p.get("peak_rss_mib"),
-            p.get("peak_gpu_mib"),
+            p.label, p.status, p.median_s, p.ci_half_width_percent, p.stop, p.repeats,
+            p.items_per_s, why_tokens if ok and p.tokens_per_s is None and p.items_per_s is not None else p.tokens_per_s,
+            p.padding_percent, p.gflops_estimate, p.peak_rss_mib, p.peak_gpu_mib,
         ])
     out = [points]
     fits = Table("fit", "Latency model (least squares over the points' medians, statsmodels OLS; 95 % CIs)",
                  ["group", "latency =", "R²", "fixed s", "per line s", "per token s", "points", "timings"])
-    notes = []
-    for f in sweep.get("fits", []):
-        def term(name: str, f: dict[str, Any] = f) -> str | None:
-            if name not in f["terms"]:
+    notes: list[str] = []
+    for f in sweep.fits:
+        def term(name: str, f: Any = f) -> str | None:
+            if name not in f.terms:
                 return None
-            if name not in f["ci95"]:
-                return f"{f['coef'][name]:.6g}"
-            lo, hi = f["ci95"][name]
-            return f"{f['coef'][name]:.6g} [{lo:.4g}, {hi:.4g}]"
+            if name not in f.ci95:
+                return f"{f.coef[name]:.6g}"
+            lo, hi = f.ci95[name]
+            return f"{f.coef[name]:.6g} [{lo:.4g}, {hi:.4g}]"
 
-        group = " ".join(f"{k}={v}" for k, v in f["group"].items()) or "all points"
-        fits.rows.append([group, f["formula"], f["r2"], term("fixed"), term("per_line"), term("per_token"), f["observations"], f.get("timings")])
-        if f["why_dropped"] and f["why_dropped"] not in notes:
-            notes.append(f["why_dropped"])
-        if f.get("padding_note") and f["padding_note"] not in notes:
-            notes.append(f["padding_note"])
-        if f["r2"] is None:
+        group = " ".join(f"{k}={v}" for k, v in f.group.items()) or "all points"
+        fits.rows.append([group, f.formula, f.r2, term("fixed"), term("per_line"), term("per_token"), f.observations, f.timings])
+        if f.why_dropped and f.why_dropped not in notes:
+            notes.append(f.why_dropped)
+        if f.padding_note and f.padding_note not in notes:
+            notes.append(f.padding_note)
+        if f.r2 is None:
             exact = "as many points as terms: the line passes through them, so there is no R² or interval; one more point gives both"
             if exact not in notes:
                 notes.append(exact)
     if fits.rows:
         out.append(fits)
+    if any(p.gflops_estimate is not None for p in sweep.points):
+        notes.append(f"{GFLOPS_LABEL} is 2 × parameters × tokens / time: an estimate of the forward pass's floor, not a measurement")
     if notes:
         out.append(Table("fit-notes", "About the fit", ["note"], [[n] for n in notes]))
-    limit = sweep.get("memory_limit")
-    if limit:
-        out.append(_kv("memory-limit", f"Memory limit search ({limit['axis']})", [
-            (f"largest {limit['axis']} that fits", largest_fit_text(limit)),
-            ("stopped because", limit.get("stopped")),
-            ("RAM ceiling MiB", limit.get("ceiling_mib")),
+    limit = sweep.memory_limit
+    if limit is not None:
+        out.append(_kv("memory-limit", f"Memory limit search ({limit.axis})", [
+            (f"largest {limit.axis} that fits", largest_fit_text(limit)),
+            ("stopped because", limit.stopped),
+            ("RAM ceiling MiB", limit.ceiling_mib),
         ]))
     return out
 
 
-def largest_fit_text(limit: dict[str, Any]) -> str:
+def largest_fit_text(limit: MemoryLimit) -> str:
     """The memory search's answer in words; 'none' is an answer too, and must be said rather than left out."""
-    largest = limit.get("largest_that_fits")
-    if largest is not None:
-        return str(largest)
-    curve = limit.get("curve") or []
-    first = curve[0].get(limit["axis"]) if curve else None
-    return f"none: {limit['axis']} {first}, the first point, already failed" if first is not None else "none: no point was measured"
+    if limit.largest_that_fits is not None:
+        return str(limit.largest_that_fits)
+    first = limit.curve[0].value if limit.curve else None
+    return f"none: {limit.axis} {first}, the first point, already failed" if first is not None else "none: no point was measured"
+
+
+def _kinds(by_kind: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())) or "none"
+
+
+def _load_batch(snap: Snapshot) -> int | None:
+    """Texts per request the load sent (the plan's, else the recorded settings')."""
+    workload = getattr(snap.plan, "workload", None)
+    batch = getattr(workload, "batch", None) if getattr(workload, "name", None) == "load" else None
+    if batch is None:
+        batch = snap.workload.get("batch")
+    return batch if isinstance(batch, int) else None
+
+
+REQUEST_COLUMNS = ("kind of call", "requests", "answered", "failed", "failed by kind", "mean s", "p50 s", "p90 s", "p99 s",
+                   "bytes sent", "bytes received", "tokens (server-reported)")
 
 
 def server_tables(snap: Snapshot) -> list[Table]:
     """An embedding server's side: every request, the load result, agreement with a local model."""
-    from .events import RequestTimed
-
     s = snap.summary
     out: list[Table] = []
-    reqs = [e for e in snap.events if isinstance(e, RequestTimed)]  # warm-ups too: they are requests all the same
-    if reqs:
-        ok = [r for r in reqs if not r.error_kind and not r.warmup]
-        kinds: dict[str, int] = {}
-        for r in reqs:
-            if r.error_kind:
-                kinds[r.error_kind] = kinds.get(r.error_kind, 0) + 1
-        st = describe([r.duration_ns / 1e9 for r in ok])
-        rows: list[tuple[str, Any]] = [
-            ("requests", len(reqs)),
-            ("answered", sum(1 for r in reqs if not r.error_kind)),
-            ("failed", sum(1 for r in reqs if r.error_kind)),
-            ("failed by kind", ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())) or "none"),
-            ("latency mean s (answered, not warm-up)", st.get("mean_s")),
-            ("latency p50 s", st.get("p50_s")),
-            ("latency p90 s", st.get("p90_s")),
-            ("latency p99 s", st.get("p99_s")),
-            ("bytes sent", sum(r.bytes_sent for r in reqs)),
-            ("bytes received", sum(r.bytes_received for r in reqs)),
-            ("tokens (server-reported)", sum(r.tokens for r in ok if r.tokens) if any(r.tokens for r in ok) else None),
-            ("server pid", snap.target.get("server_pid")),
-        ]
-        out.append(_kv("requests", "Requests to the server (send to parsed response)", rows))
+    groups = list(s.requests)
+    no_tok = NA("the server reports no token counts")
+    none_answered = NA("no request answered (warm-ups are not counted)")
+    if len(groups) == 1:
+        r = groups[0]
+        st = r.stats
+        title = "Requests to the server (send to parsed response)" + (f": {r.group}" if r.group else "")
+        out.append(_kv("requests", title, [
+            ("requests", r.requests),
+            ("answered", r.answered),
+            ("failed", r.failed),
+            ("failed by kind", _kinds(r.failed_by_kind)),
+            ("latency mean s (answered, not warm-up)", _or(st.mean_s, none_answered)),
+            ("latency p50 s", _or(st.p50_s, none_answered)),
+            ("latency p90 s", _or(st.p90_s, none_answered)),
+            ("latency p99 s", _or(st.p99_s, none_answered)),
+            ("bytes sent", r.bytes_sent),
+            ("bytes received", r.bytes_received),
+            ("tokens (server-reported)", _or(r.tokens, no_tok if r.answered else none_answered)),
+            ("server pid", snap.target.server_pid),
+        ]))
+    elif groups:
+        table = Table("requests", "Requests to the server by kind of call (send to parsed response; latency: answered, not warm-up)",
+                      list(REQUEST_COLUMNS))
+        for r in groups:
+            st = r.stats
+            table.rows.append([_group_label(r), r.requests, r.answered, r.failed, _kinds(r.failed_by_kind), st.mean_s, st.p50_s, st.p90_s,
+                               st.p99_s, r.bytes_sent, r.bytes_received, _or(r.tokens, no_tok if r.answered else none_answered)])
+        out.append(table)
     load = s.results.get("load")
-    if load:
-        lat = load.get("latency") or {}
+    if isinstance(load, LoadResult):
+        lat = load.latency
+        ceiling_cell: Cell = load.client_ceiling_per_s
+        share_cell: Cell = load.client_share_percent
+        ceiling = s.results.get("client_ceiling")
+        sent = _load_batch(snap)
+        if isinstance(ceiling, ClientCeiling) and sent is not None and ceiling.texts_per_request != sent:
+            texts = "text" if ceiling.texts_per_request == 1 else "texts"
+            why = NA(f"the client alone was measured with {ceiling.texts_per_request} {texts} a request; the load sent {sent}")
+            ceiling_cell = share_cell = why
         out.append(_kv("load", "Load", [
-            ("requests sent / done / ok", f"{load['requests_sent']} / {load['requests_done']} / {load['ok']}"),
-            ("wall s", load.get("wall_s")),
-            ("requests/s", load.get("requests_per_s")),
-            ("items/s", load.get("items_per_s")),
-            ("tokens/s", load.get("tokens_per_s")),
-            ("latency mean s", lat.get("mean_s")),
-            ("latency p50 s", lat.get("p50_s")),
-            ("latency p90 s", lat.get("p90_s")),
-            ("latency p95 s", lat.get("p95_s")),
-            ("latency p99 s", lat.get("p99_s")),
-            ("errors by kind", ", ".join(f"{k} {v}" for k, v in sorted((load.get("errors_by_kind") or {}).items())) or "none"),
-            ("client alone, requests/s", load.get("client_ceiling_per_s")),
-            ("load as % of the client's ceiling", load.get("client_share_percent")),
+            ("requests sent / done / ok", f"{load.requests_sent} / {load.requests_done} / {load.ok}"),
+            ("wall s", load.wall_s),
+            ("requests/s", _or(load.requests_per_s, NA("no time elapsed"))),
+            ("items/s", _or(load.items_per_s, none_answered)),
+            ("tokens/s", _or(load.tokens_per_s, no_tok if load.ok else none_answered)),
+            ("latency mean s", _or(lat.mean_s, none_answered)),
+            ("latency p50 s", _or(lat.p50_s, none_answered)),
+            ("latency p90 s", _or(lat.p90_s, none_answered)),
+            ("latency p95 s", _or(lat.p95_s, none_answered)),
+            ("latency p99 s", _or(lat.p99_s, none_answered)),
+            ("errors by kind", _kinds(load.errors_by_kind)),
+            ("client alone, requests/s", _or(ceiling_cell, NA("not measured"))),
+            ("load as % of the client's ceiling", _or(share_cell, NA("not measured"))),
         ]))
     agreement = s.results.get("agreement")
-    if agreement:
-        out.append(_kv("agreement", f"Server against {agreement['compare_model']} locally (cosine per text)", [
-            ("texts", len(agreement["cosine"])),
-            ("min cosine", agreement["min"]),
-            ("mean cosine", agreement["mean"]),
-            ("least alike", agreement["worst_text"]),
-            ("prompt", repr(agreement.get("prompt", ""))),
+    if isinstance(agreement, Agreement):
+        out.append(_kv("agreement", f"Server against {agreement.compare_model} locally (cosine per text)", [
+            ("texts", len(agreement.cosine)),
+            ("min cosine", agreement.min),
+            ("mean cosine", agreement.mean),
+            ("least alike", agreement.worst_text),
+            ("prompt", repr(agreement.prompt)),
         ]))
     return out
 
 
-def vs_table(vs: dict[str, Any]) -> Table:
-    a, b = vs["a"], vs["b"]
-    ci = vs.get("ci95")
+def vs_table(vs: VersusResult) -> Table:
+    a, b = vs.a, vs.b
+    ci = vs.ci95
     rows: list[tuple[str, Any]] = [
-        ("A", f"{a.get('model_name')} ({a.get('device_resolved')}, {a.get('dtype')})"),
-        ("B", f"{b.get('model_name')} ({b.get('device_resolved')}, {b.get('dtype')})"),
-        ("texts per call", vs.get("texts")),
-        ("pairs (ABBA order)", len(vs.get("ratios", []))),
-        ("A median s", vs["a_stats"].get("p50_s")),
-        ("B median s", vs["b_stats"].get("p50_s")),
-        ("B/A pair by pair", ", ".join(f"{r:.3f}" for r in vs.get("ratios", []))),
-        ("B/A median", vs.get("median_ratio")),
+        ("A", f"{a.model_name} ({a.device_resolved}, {a.dtype})"),
+        ("B", f"{b.model_name} ({b.device_resolved}, {b.dtype})"),
+        ("texts per call", vs.texts),
+        ("pairs (ABBA order)", len(vs.ratios)),
+        ("A median s", _or(vs.a_stats.p50_s, NA("no timed call"))),
+        ("B median s", _or(vs.b_stats.p50_s, NA("no timed call"))),
+        ("B/A pair by pair", ", ".join(f"{r:.3f}" for r in vs.ratios)),
+        ("B/A median", _or(vs.median_ratio, NA("no pair"))),
         ("B/A 95% CI", f"{ci[0]:.3f} – {ci[1]:.3f}" if ci else "too few pairs"),
-        ("beyond noise", {True: "yes", False: "no", None: "too few pairs"}[vs.get("beyond_noise")]
-         + (f" ({vs['test']}, p={vs['p_value']:.3g})" if vs.get("p_value") is not None else "")),
+        ("beyond noise", {True: "yes", False: "no", None: "too few pairs"}[vs.beyond_noise]
+         + (f" ({vs.test}, p={vs.p_value:.3g})" if vs.p_value is not None else "")),
     ]
     return _kv("vs", "A against B, alternately in one process", rows)
 
@@ -366,36 +557,35 @@ def vs_table(vs: dict[str, Any]) -> Table:
 MTEB_COLUMNS = ("task", "status", "main score", "metric", "seconds", "peak RSS MiB", "peak GPU MiB")
 
 
-def mteb_rows(results: dict[str, dict[str, Any]], peak: Any) -> list[list[Cell]]:
+def mteb_rows(results: Mapping[str, Any], peak: Callable[[int, str], float | None]) -> list[list[Cell]]:
     """One row per MTEB task, in the order run; ``peak(phase_id, field)`` gives the task phase's
     sampled peak (from the snapshot's phase summary, or live from the dashboard's samples)."""
-    order = (results.get("mteb") or {}).get("tasks") or []
+    run = results.get("mteb")
+    order = run.tasks if isinstance(run, MtebRun) else ()
     rows: list[list[Cell]] = []
     for name in order:
         r = results.get(f"mteb:{name}")
-        if r is None:
+        if not isinstance(r, MtebTask):
             rows.append([name, "not run", None, None, None, None, None])
             continue
-        pid = r.get("phase_id")
+        pid = r.phase_id
         gpu = peak(pid, "gpu_process_mib") if pid is not None else None
         if gpu is None and pid is not None:
             gpu = peak(pid, "torch_reserved_mib")
-        rows.append(
-            [
-                name,
-                str(r.get("status", "")),  # the reason of a failure is in the run's notes and errors
-                # mteb rounds scores to six places in its files; three would hide real differences.
-                f"{r['main_score']:.6f}" if isinstance(r.get("main_score"), float) else r.get("main_score"),
-                r.get("main_score_name"),
-                r.get("seconds"),
-                peak(pid, "rss_mib") if pid is not None else None,
-                gpu,
-            ]
-        )
+        rows.append([
+            name,
+            r.status,  # the reason of a failure is in the run's notes and errors
+            # mteb rounds scores to six places in its files; three would hide real differences.
+            f"{r.main_score:.6f}" if r.main_score is not None else None,
+            r.main_score_name,
+            r.seconds,
+            peak(pid, "rss_mib") if pid is not None else None,
+            gpu,
+        ])
     return rows
 
 
-def mteb_phase_table(s: Any) -> Table:
+def mteb_phase_table(s: Summary) -> Table:
     """Each phase inside the MTEB tasks with what it took: the answer to "how much memory did
     encoding JSICK take" (peak RSS in the phase, and its rise over the last sample before it)."""
     table = Table(
@@ -403,7 +593,8 @@ def mteb_phase_table(s: Any) -> Table:
         "MTEB phases",
         ["phase", "detail", "seconds", "peak RSS MiB", "RSS rise MiB", "peak GPU process MiB", "peak CPU %"],
     )
-    tasks = set((s.results.get("mteb") or {}).get("tasks") or [])
+    run = s.results.get("mteb")
+    tasks = set(run.tasks) if isinstance(run, MtebRun) else set()
     top = {p.phase_id for p in s.phases if p.name in tasks and p.parent_id == 0}
     for p in s.phases:
         if p.phase_id in top or p.path.split(" › ")[0] in tasks and p.parent_id != 0:
@@ -413,43 +604,75 @@ def mteb_phase_table(s: Any) -> Table:
     return table
 
 
-def similarity_tables(sim: dict[str, Any]) -> list[Table]:
+MTEB_ENCODE_COLUMNS = ("task", "phase", "split", "texts", "seconds", "texts/s", "tokens", "batches", "prompt name")
+
+
+def mteb_encode_table(snap: Snapshot) -> Table:
+    """Every encode call mteb made, one row each: latency per phase, never one figure pooled over them."""
+    table = Table("mteb-encodes", "MTEB encode calls (one row each; calls of different phases are not pooled)", list(MTEB_ENCODE_COLUMNS))
+    results = snap.summary.results
+    run = results.get("mteb")
+    for name in run.tasks if isinstance(run, MtebRun) else ():
+        r = results.get(f"mteb:{name}")
+        if not isinstance(r, MtebTask):
+            continue
+        for e in r.encodes:
+            batches: Cell = e.batches if e.batches is not None else NA(
+                "the server's own batching is not visible" if _server(snap) else "not counted")
+            table.rows.append([
+                name, e.phase, e.split or e.subset, e.texts, e.seconds, e.texts / e.seconds if e.seconds > 0 else None,
+                _or(e.tokens, no_tokens(snap)), batches, e.prompt_name,
+            ])
+    return table
+
+
+def similarity_tables(sim: SimilarityResult) -> list[Table]:
     out: list[Table] = []
-    docs: list[str] = sim["documents"]
-    for qi, query in enumerate(sim["queries"]):
-        ranking = sim["rankings"][qi]
-        expected = sim["expected"][qi] if qi < len(sim.get("expected", [])) else None
+    docs = sim.documents
+    for qi, query in enumerate(sim.queries):
+        ranking = sim.rankings[qi]
+        expected = sim.expected[qi] if qi < len(sim.expected) else None
         table = Table(
-            f"similarity-q{qi + 1}" if len(sim["queries"]) > 1 else "similarity",
-            f"Query: {query}  (prompt {sim.get('query_prompt', '')!r}; documents {sim.get('document_prompt', '')!r})",
+            f"similarity-q{qi + 1}" if len(sim.queries) > 1 else "similarity",
+            f"Query: {query}  (prompt {sim.query_prompt!r}; documents {sim.document_prompt!r})",
             ["rank", "doc", "score", "expected", "document"],
         )
         for rank, di in enumerate(ranking):
-            table.rows.append(
-                [rank + 1, di + 1, sim["scores"][qi][di], "✓" if expected == di else "", docs[di]]
-            )
-        margin = sim["margins"][qi]
-        verdict = sim["top1_correct"][qi] if qi < len(sim.get("top1_correct", [])) else None
+            table.rows.append([rank + 1, di + 1, sim.scores[qi][di], "✓" if expected == di else "", docs[di]])
+        margin: Cell = sim.margins[qi] if qi < len(sim.margins) else None
+        if margin is None and len(docs) < 2:
+            margin = NA("one document: no runner-up")
+        verdict = sim.top1_correct[qi] if qi < len(sim.top1_correct) else None
         table.rows.append(["margin", None, margin, {True: "right first", False: "WRONG first", None: ""}[verdict], "best − runner-up"])
         out.append(table)
     return out
 
 
 def raw_tables(snap: Snapshot) -> list[Table]:
-    """Every measured event as a flat table, for spreadsheets."""
-    encodes = Table("encodes", "Encode calls", ["t_s", "phase_id", "call", "label", "items", "tokens", "words", "seconds", "warmup"])
-    batches = Table("batches", "Batches", ["t_s", "phase_id", "call", "batch", "items", "tokens", "padded_tokens", "seconds", "warmup"])
+    """Every measured event as a flat table, for spreadsheets (an unmeasured figure is an empty cell)."""
+    encodes = Table("encodes", "Encode calls",
+                    ["t_s", "phase_id", "call", "group", "label", "items", "tokens", "words", "seconds", "warmup"])
+    batches = Table("batches", "Batches",
+                    ["t_s", "phase_id", "call", "group", "batch", "items", "tokens", "padded_tokens", "seconds", "warmup"])
+    requests = Table("request-events", "Requests",
+                     ["t_s", "phase_id", "call", "group", "request", "items", "status", "seconds", "bytes_sent", "bytes_received",
+                      "tokens", "error_kind", "warmup"])
     sample_cols = [f for f in ResourceSample.__dataclass_fields__ if f not in ("kind", "t_ns", "per_core_percent")]
     timeline = Table("timeline", "Resource timeline", ["t_s", *sample_cols, "per_core_percent"])
     phases = Table("phase-events", "Phase events", ["t_s", "event", "phase_id", "name", "detail", "duration_s", "ok"])
     for e in snap.events:
         t = e.t_ns / 1e9
         if isinstance(e, EncodeTimed):
-            encodes.rows.append([t, e.phase_id, e.call_index, e.label, e.items, e.tokens, e.words, e.duration_ns / 1e9, e.warmup])
+            encodes.rows.append([t, e.phase_id, e.call_index, e.group, e.label, e.items, e.tokens, e.words, e.duration_ns / 1e9,
+                                 e.warmup])
         elif isinstance(e, BatchTimed):
             batches.rows.append(
-                [t, e.phase_id, e.call_index, e.batch_index, e.items, e.tokens, e.padded_tokens, e.duration_ns / 1e9, e.warmup]
+                [t, e.phase_id, e.call_index, e.group, e.batch_index, e.items, e.tokens, e.padded_tokens, e.duration_ns / 1e9,
+                 e.warmup]
             )
+        elif isinstance(e, RequestTimed):
+            requests.rows.append([t, e.phase_id, e.call_index, e.group, e.request_index, e.items, e.status, e.duration_ns / 1e9,
+                                  e.bytes_sent, e.bytes_received, e.tokens, e.error_kind, e.warmup])
         elif isinstance(e, ResourceSample):
             d = asdict(e)
             timeline.rows.append([t, *[d[c] for c in sample_cols], " ".join(f"{v:.1f}" for v in e.per_core_percent)])
@@ -457,7 +680,7 @@ def raw_tables(snap: Snapshot) -> list[Table]:
             phases.rows.append([t, "start", e.phase_id, e.name, e.detail, None, None])
         elif isinstance(e, PhaseEnded):
             phases.rows.append([t, "end", e.phase_id, e.name, "", e.duration_ns / 1e9, e.ok])
-    return [encodes, batches, timeline, phases]
+    return [encodes, batches, requests, timeline, phases]
 
 
 def all_tables(snap: Snapshot) -> dict[str, Table]:
@@ -465,7 +688,7 @@ def all_tables(snap: Snapshot) -> dict[str, Table]:
 
 
 def to_markdown(snap: Snapshot, images: list[str] | None = None) -> str:
-    title = f"# embprof profile: {snap.workload.get('name')} on {snap.target.get('model_name')}"
+    title = f"# embprof profile: {snap.workload.get('name')} on {snap.target.model_name}"
     return tables_markdown(title, summary_tables(snap), images)
 
 
@@ -488,7 +711,7 @@ def to_csv(table: Table) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(table.columns)
     for row in table.rows:
-        writer.writerow(["" if c is None else c for c in row])
+        writer.writerow(["" if c is None or isinstance(c, NA) else c for c in row])
     return buf.getvalue()
 
 

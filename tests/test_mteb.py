@@ -78,11 +78,11 @@ def test_scores_equal_mteb_evaluate_and_results_load_with_mteb(cli_env: dict[str
     snap = snapshot_of(out)
     assert snap.status == "complete"
     results = snap.summary.results
-    ours = {t: results[f"mteb:{t}"]["main_score"] for t in tasks}
+    ours = {t: results[f"mteb:{t}"].main_score for t in tasks}
 
     direct = direct_mteb_scores(tasks)
     for t in tasks:
-        assert abs(ours[t] - direct[t]) <= 1e-6, (t, ours[t], direct[t])
+        assert ours[t] is not None and abs(ours[t] - direct[t]) <= 1e-6, (t, ours[t], direct[t])
 
     # The results files are mteb's: its own cache reads them back, with the same scores.
     import mteb
@@ -100,10 +100,10 @@ def test_scores_equal_mteb_evaluate_and_results_load_with_mteb(cli_env: dict[str
 
     # mteb's own phase list for each task was seen live, phase by phase, with the same durations.
     for t in tasks:
-        phases = results[f"mteb:{t}"]["mteb_phases"]
-        assert phases and all(p["seen_live"] for p in phases), phases
-        assert all(abs(p["difference_ms"]) < 50 for p in phases), phases
-    banking = [p["name"] for p in results["mteb:Banking77Classification"]["mteb_phases"]]
+        phases = results[f"mteb:{t}"].mteb_phases
+        assert phases and all(p.seen_live for p in phases), phases
+        assert all(p.difference_ms is not None and abs(p.difference_ms) < 50 for p in phases), phases
+    banking = [p.name for p in results["mteb:Banking77Classification"].mteb_phases]
     assert banking[:3] == ["Encoding training samples", "Encoding test samples", "Scoring"]  # in order of start
     assert sum(n.startswith("Running experiment") for n in banking) == 10
     # Per-phase peaks answer "how much memory did encoding take" directly.
@@ -121,9 +121,10 @@ def test_task_prompts_reach_the_encoder(cli_env: dict[str, str], tmp_path: Path,
     rc, out, err = run_cli(["mteb", "-m", str(tiny_gemma), "--device", "cpu", "-t", "STS16", "--data-dir", str(data)], cli_env, tmp_path)
     assert rc == 0, err + out
     snap = snapshot_of(out)
-    encodes = snap.summary.results["mteb:STS16"]["encodes"]
-    assert [e["prompt_name"] for e in encodes] == ["STS", "STS"]
-    prompt = encodes[0]["prompt"]
+    encodes = snap.summary.results["mteb:STS16"].encodes
+    assert [e.prompt_name for e in encodes] == ["STS", "STS"]
+    prompt = encodes[0].prompt
+    assert prompt is not None
     assert prompt == "task: sentence similarity | query: "
     # Independent proof that the prompt reached the forward pass: the tokens the model saw
     # (attention masks, counted by the hooks) equal the tokenizer's count of prompt + text.
@@ -133,7 +134,7 @@ def test_task_prompts_reach_the_encoder(cli_env: dict[str, str], tmp_path: Path,
     rows = [json.loads(line) for line in (data / "sts16" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     for side, enc in zip(("sentence1", "sentence2"), encodes):
         expected = sum(len(tok(prompt + r[side])["input_ids"]) for r in rows)
-        assert enc["tokens"] == expected, (side, enc["tokens"], expected)
+        assert enc.tokens == expected, (side, enc.tokens, expected)
     # The results are filed under the local folder's name.
     assert (tmp_path / "results" / f"local__{tiny_gemma.name}" / "no_revision_available" / "STS16.json").is_file()
 
@@ -151,8 +152,9 @@ def test_a_failing_task_keeps_the_others(cli_env: dict[str, str], tmp_path: Path
     snap = snapshot_of(out)
     assert snap.status == "failed"
     results = snap.summary.results
-    assert results["mteb:STSBenchmark"]["status"] == "failed" and "TypeError" in results["mteb:STSBenchmark"]["error"]
-    assert results["mteb:STS16"]["status"] == "ok"
+    failed = results["mteb:STSBenchmark"]
+    assert failed.status == "failed" and failed.error is not None and "TypeError" in failed.error
+    assert results["mteb:STS16"].status == "ok"
     folder = tmp_path / "results" / "sentence-transformers__all-MiniLM-L6-v2" / "no_revision_available"
     assert (folder / "STS16.json").is_file() and not (folder / "STSBenchmark.json").exists()
     assert "1 of 2 tasks failed (STSBenchmark)" in snap.summary.errors[-1]["message"]
@@ -180,8 +182,8 @@ def test_interrupted_run_keeps_finished_tasks(cli_env: dict[str, str], tmp_path:
     assert proc.returncode == 130, err + out
     snap = snapshot_of(out)
     assert snap.status == "incomplete"
-    assert snap.summary.results["mteb:STS16"]["status"] == "ok"
-    assert snap.summary.results["mteb:Banking77Classification"]["status"] == "cancelled"
+    assert snap.summary.results["mteb:STS16"].status == "ok"
+    assert snap.summary.results["mteb:Banking77Classification"].status == "cancelled"
     assert done.is_file() and not (done.parent / "Banking77Classification.json").exists()
 
 
@@ -198,8 +200,8 @@ def test_speed_task_parity_writes_mteb_1x_form(cli_env: dict[str, str], tmp_path
     assert scores["hf_subset"] == "default" and scores["physical_cores"] >= 1
     # The timings are the run's own encode calls.
     snap = snapshot_of(out)
-    speed = snap.summary.results["mteb:CPUSpeedTask"]["speed"]
-    assert speed["timings"] == scores["timings"]
+    speed = snap.summary.results["mteb:CPUSpeedTask"].speed
+    assert speed is not None and list(speed.timings) == scores["timings"]
 
 
 def test_gpu_speed_task_on_cpu_fails_alone(cli_env: dict[str, str], tmp_path: Path, speed_text: Path) -> None:
@@ -207,8 +209,9 @@ def test_gpu_speed_task_on_cpu_fails_alone(cli_env: dict[str, str], tmp_path: Pa
     rc, out, err = run_cli(args, cli_env, tmp_path)
     assert rc == 1, err + out
     snap = snapshot_of(out)
-    assert "needs a CUDA device" in snap.summary.results["mteb:GPUSpeedTask"]["error"]
-    assert snap.summary.results["mteb:CPUSpeedTask"]["status"] == "ok"
+    gpu = snap.summary.results["mteb:GPUSpeedTask"]
+    assert gpu.error is not None and "needs a CUDA device" in gpu.error
+    assert snap.summary.results["mteb:CPUSpeedTask"].status == "ok"
 
 
 def test_unknown_task_names_the_closest(cli_env: dict[str, str], tmp_path: Path) -> None:

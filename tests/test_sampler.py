@@ -191,7 +191,7 @@ def test_recorder_timeline_is_bounded_and_keeps_the_peak() -> None:
     kept = [e for e in rec.events() if isinstance(e, ResourceSample)]
     assert len(kept) <= 1000
     assert rec.timeline_stride >= 16
-    assert rec.peaks["rss_mib"] == (9999.0, 12_345)
+    assert rec.state.peaks["rss_mib"] == (9999.0, 12_345)
     assert [e.t_ns for e in kept] == sorted(e.t_ns for e in kept)
 
 

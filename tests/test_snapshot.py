@@ -23,6 +23,8 @@ from embprof.engine.events import (
     RunStarted,
 )
 from embprof.engine.files import atomic_write_bytes
+from embprof.engine.plan import RunPlan
+from embprof.engine.results import KernelCounters, TargetFacts
 from embprof.engine.snapshot import Recorder, build, load, save, to_json
 
 
@@ -33,43 +35,50 @@ def sample(t: int, rss: float) -> ResourceSample:
 
 
 def recorded_run(status: str = "complete") -> tuple[list[Event], Recorder]:
+    """A short run, recorded; the events are also returned as they were published."""
     rec = Recorder()
     events: list[Event] = [
-        RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00", target={"model_name": "m", "device": "cpu"},
-                   workload={"name": "encode"}, sample_hz=10.0),
+        RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00",
+                   target=TargetFacts(backend="sentence-transformers", model_name="m", device="cpu").model_dump(mode="json"),
+                   workload={"name": "encode"}, sample_hz=10.0, plan=RunPlan().model_dump(mode="json")),
         sample(1, 100.0),
         PhaseStarted(t_ns=2, phase_id=1, name="load"),
         sample(3, 300.0),
         PhaseEnded(t_ns=4, phase_id=1, name="load", duration_ns=2),
         PhaseStarted(t_ns=5, phase_id=2, name="encode", detail="repeat 1/1"),
-        BatchTimed(t_ns=6, phase_id=2, call_index=0, batch_index=0, items=2, tokens=10, padded_tokens=16, duration_ns=1_000_000, warmup=False),
-        EncodeTimed(t_ns=7, phase_id=2, call_index=0, label="repeat 1", items=2, tokens=10, words=6, duration_ns=2_000_000, warmup=False),
+        BatchTimed(t_ns=6, phase_id=2, call_index=0, batch_index=0, items=2, tokens=10, padded_tokens=16, duration_ns=1_000_000, warmup=False,
+                   group="encode"),
+        EncodeTimed(t_ns=7, phase_id=2, call_index=0, label="repeat 1", items=2, tokens=10, words=6, duration_ns=2_000_000, warmup=False,
+                    group="encode"),
         sample(8, 200.0),
         PhaseEnded(t_ns=9, phase_id=2, name="encode", duration_ns=4),
-        Result(t_ns=10, name="kernel_counters", data={"ru_maxrss_mib": 310.0}),
+        Result(t_ns=10, result=KernelCounters(ru_maxrss_mib=310.0)),
         RunFinished(t_ns=11, status=status, duration_ns=11),  # type: ignore[arg-type]
     ]
     for e in events:
         rec(e)
-    return rec.events(), rec
+    return events, rec
 
 
 def test_summary_from_events() -> None:
     events, rec = recorded_run()
-    snap = build(events, {"hostname": "h"}, rec)
+    snap = build(rec, {"hostname": "h"})
     s = snap.summary
     assert [p.name for p in s.phases] == ["load", "encode"]
     assert s.phases[0].peaks["rss_mib"] == 300.0 and s.phases[1].peaks["rss_mib"] == 200.0
     assert s.peaks["rss_mib"].sampled == 300.0 and s.peaks["rss_mib"].phase == "load"
     assert s.peaks["rss_mib"].counter == 310.0 and s.peaks["rss_mib"].counter_source == "ru_maxrss"
-    assert s.encode["stats"]["mean_s"] == pytest.approx(0.002)
-    assert s.throughput["items_per_s"] == pytest.approx(1000.0)
-    assert s.batches["padding_percent"] == pytest.approx(100 * 6 / 16)
+    head = s.headline
+    assert head is not None and head.group == "encode"
+    assert head.stats.mean_s == pytest.approx(0.002)
+    assert head.items_per_s == pytest.approx(1000.0)
+    assert head.padding_percent == pytest.approx(100 * 6 / 16)
+    assert snap.plan == RunPlan()  # the plan it ran is kept, for `embprof rerun`
 
 
 def test_round_trip_and_atomic_save(tmp_path: Path) -> None:
     events, rec = recorded_run()
-    snap = build(events, {"hostname": "h"}, rec)
+    snap = build(rec, {"hostname": "h"})
     path = save(snap, tmp_path)
     again = load(path)
     assert again == snap
@@ -102,7 +111,7 @@ def test_failed_write_leaves_the_old_file(tmp_path: Path, monkeypatch: pytest.Mo
 )
 def test_load_validates_the_schema(tmp_path: Path, mutate: object, message: str) -> None:
     events, rec = recorded_run()
-    data = json.loads(to_json(build(events, {}, rec)))
+    data = json.loads(to_json(build(rec, {})))
     mutate(data)  # type: ignore[operator]
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(data))
@@ -112,7 +121,7 @@ def test_load_validates_the_schema(tmp_path: Path, mutate: object, message: str)
 
 def test_exports_agree_with_the_events(tmp_path: Path) -> None:
     events, rec = recorded_run()
-    snap = build(events, {"libraries": {"torch": "2.13.0"}}, rec)
+    snap = build(rec, {"libraries": {"torch": "2.13.0"}})
     md = report.export(snap, "md")
     assert "## Phases" in md and "| load |" in md
     batches = report.export(snap, "csv", "batches").strip().splitlines()
@@ -128,7 +137,8 @@ def test_exports_agree_with_the_events(tmp_path: Path) -> None:
 def test_incomplete_and_failed_runs_are_saved_with_their_errors(tmp_path: Path) -> None:
     events, rec = recorded_run(status="failed")
     rec(ErrorEvent(t_ns=12, error_kind="oom", message="OutOfMemoryError: CUDA out of memory", phase="encode"))
-    snap = build(rec.events(), {}, rec)
+    snap = build(rec, {})
     assert snap.status == "failed"
     assert snap.summary.errors[0]["error_kind"] == "oom"
-    assert snap.summary.encode["calls"] == 1  # what was measured before the failure is kept
+    head = snap.summary.headline
+    assert head is not None and head.calls == 1  # what was measured before the failure is kept

@@ -7,18 +7,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import pytest
-from textual.widgets import DataTable, Static
-
 import fake_engine
-from embprof.tui.app import EmbprofApp, RunForm, RunRequest
-from embprof.tui.widgets import PhaseBands, StatusBar
+import pytest
+from embprof.engine.plan import RunPlan, plan_from_options
+from embprof.tui.app import EmbprofApp
+from embprof.tui.panels import PhaseBands, StatusBar
+from embprof.tui.screens import RunForm
+from textual.widgets import DataTable, Static
 
 
 def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
-    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep", "server") if k in kw}
+    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep", "server", "llama") if k in kw}
     return EmbprofApp(
-        RunRequest(),
+        kw.pop("plan", None) or RunPlan(),
         profiles_dir=tmp_path / "profiles",
         clock=lambda: 100.0,
         runner_factory=fake_engine.factory(**fake),
@@ -35,12 +36,27 @@ async def until(pilot: Any, cond: Any, timeout: float = 10.0) -> None:
             raise AssertionError("condition not reached")
 
 
-def text_of(app: EmbprofApp, selector: str) -> str:
-    return str(app.query_one(selector, Static).render())
+def plain(renderable: Any, width: int = 200) -> str:
+    """What a renderable (text, a table grid) shows, as plain text: what a reader or a capture sees."""
+    from rich.console import Console
+
+    console = Console(width=width, color_system=None, legacy_windows=False)
+    with console.capture() as capture:
+        console.print(renderable)
+    return capture.get()
+
+
+def text_of(app: EmbprofApp, selector: str, width: int = 200) -> str:
+    return plain(app.screen.query_one(selector, Static).content, width)
+
+
+def latency_groups(app: EmbprofApp) -> list[Any]:
+    assert app.current is not None
+    return app.current.run.call_groups()
 
 
 async def finished(app: EmbprofApp, pilot: Any, saved: bool = True) -> None:
-    await until(pilot, lambda: app.current is not None and app.current.finished_status is not None)
+    await until(pilot, lambda: app.current is not None and app.current.finished)
     if saved:
         await until(pilot, lambda: app.current is not None and app.current.snapshot_path is not None)
     await pilot.pause(0.3)
@@ -71,6 +87,7 @@ async def test_memory_panel_peaks_and_no_gpu(tmp_path: Path) -> None:
         view = app.current
         assert view is not None
         top = max(s.rss_mib for s in view.samples)
+        assert view.run.peaks["rss_mib"][0] == top
         assert f"peak RSS {top:,.1f} MiB" in peaks
         assert "ru_maxrss" in peaks
         assert "No GPU" in peaks and "NVML unavailable (fake)" in peaks
@@ -109,11 +126,15 @@ async def test_similarity_panel_heat_map_and_ranking(tmp_path: Path) -> None:
         await finished(app, pilot)
         await pilot.press("4")
         await pilot.pause(0.3)
-        table = app.query_one("#sim-table", DataTable)
+        table = app.query_one("#scores-table", DataTable)
         assert table.row_count == 4
         assert "0.7700" in str(table.get_cell_at((1, 1)))
-        rank = text_of(app, "#sim-rank")
+        rank = text_of(app, "#scores-foot")
         assert "2 > 4 > 1 > 3" in rank and "0.0900" in rank and "right document first" in rank
+        # Narrow or captured, a label never runs into the value before it.
+        narrow = text_of(app, "#scores-foot", width=40) + text_of(app, "#scores-head", width=30)
+        for glued in ("0.0900right", "''document", "3margin"):
+            assert glued not in narrow.replace("\n", ""), narrow
 
 
 async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
@@ -122,7 +143,7 @@ async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
         await finished(app, pilot)
         await pilot.press("4")
         await pilot.pause(0.3)
-        table = app.query_one("#sim-table", DataTable)
+        table = app.query_one("#scores-table", DataTable)
         assert table.row_count == 2
         row0 = [str(c) for c in table.get_row_at(0)]
         row1 = [str(c) for c in table.get_row_at(1)]
@@ -130,11 +151,11 @@ async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
         # The task's peak RSS is the largest sample inside its phase, read from the samples shown.
         view = app.current
         assert view is not None
-        sts_phase = next(p for p in view.phases if p.name == "STS16")
+        sts_phase = next(p for p in view.run.phases if p.name == "STS16")
         inside = [s.rss_mib for s in view.samples if sts_phase.start_s <= s.t_ns / 1e9 <= (sts_phase.end_s or 0)]
         assert row0[5] == f"{max(inside):,.3f}"
         assert row1[:2] == ["Banking77Classification", "failed"]
-        assert "Banking77Classification failed: ValueError: the classifier could not be fitted" in text_of(app, "#sim-rank")
+        assert "Banking77Classification failed: ValueError: the classifier could not be fitted" in text_of(app, "#scores-foot")
         # The MTEB phases are bands on the memory chart, named as mteb names them.
         await pilot.press("2")
         await pilot.pause(0.3)
@@ -148,33 +169,38 @@ async def test_scores_panel_shows_a_sweep_and_its_fit(tmp_path: Path) -> None:
         await finished(app, pilot)
         await pilot.press("4")
         await pilot.pause(0.3)
-        table = app.query_one("#sim-table", DataTable)
+        table = app.query_one("#scores-table", DataTable)
         assert table.row_count == 3
         assert [str(c) for c in table.get_row_at(2)][:5] == ["lines=100", "ok", "1.1200", "3.50", "budget"]
-        assert "280 ms + 8.4 ms a line" in text_of(app, "#sim-head") and "R² 0.998" in text_of(app, "#sim-head")
+        assert "280 ms + 8.4 ms a line" in text_of(app, "#scores-head") and "R² 0.998" in text_of(app, "#scores-head")
+        # The GFLOP/s figure is an estimate, and says so.
+        assert "GFLOP/s (estimate)" in [str(c.label) for c in table.columns.values()]
 
 
-async def scores_head_of_a_sweep(tmp_path: Path) -> str:
+async def scores_head_of_a_sweep(tmp_path: Path, sweep: Any = True) -> str:
     """The Scores panel's head line after the scripted sweep run."""
-    app = make_app(tmp_path, sweep=True)
+    app = make_app(tmp_path, sweep=sweep)
     async with app.run_test(size=(120, 40)) as pilot:
         await finished(app, pilot)
         await pilot.press("4")
         await pilot.pause(0.3)
-        return text_of(app, "#sim-head")
+        return text_of(app, "#scores-head")
 
 
-async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    fit = {**fake_engine.SWEEP["fits"][0], "padding_percent_range": [31.0, 74.0]}
-    monkeypatch.setitem(fake_engine.SWEEP, "fits", [fit])
-    assert "part of the fixed cost is padding: 31–74 % of tokens" in await scores_head_of_a_sweep(tmp_path)
+async def test_scores_panel_says_when_padding_is_in_the_fixed_cost(tmp_path: Path) -> None:
+    fit = fake_engine.SWEEP.fits[0].model_copy(update={"padding_percent_range": (31.0, 74.0)})
+    sweep = fake_engine.SWEEP.model_copy(update={"fits": (fit,)})
+    assert "part of the fixed cost is padding: 31–74 % of tokens" in await scores_head_of_a_sweep(tmp_path, sweep)
 
 
-async def test_scores_panel_says_when_nothing_fits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    limit = {"axis": "batch", "largest_that_fits": None, "stopped": "peak RSS 950 MiB crossed the 900 MiB ceiling at batch 8",
-             "ceiling_mib": 900.0, "curve": [{"batch": 8, "peak_rss_mib": 950.0, "status": "over-ceiling"}]}
-    monkeypatch.setitem(fake_engine.SWEEP, "memory_limit", limit)
-    assert "largest batch that fits: none: batch 8, the first point, already failed" in await scores_head_of_a_sweep(tmp_path)
+async def test_scores_panel_says_when_nothing_fits(tmp_path: Path) -> None:
+    from embprof.engine.results import MemoryPoint
+
+    limit = fake_engine.NO_FIT.model_copy(update={"curve": (MemoryPoint(value=8, peak_rss_mib=950.0, peak_gpu_mib=None,
+                                                                         torch_peak_mib=None, status="over-ceiling"),)})
+    sweep = fake_engine.SWEEP.model_copy(update={"memory_limit": limit})
+    head = await scores_head_of_a_sweep(tmp_path, sweep)
+    assert "largest batch that fits: none" in head
 
 
 async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
@@ -191,13 +217,14 @@ async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
         await pilot.pause(0.2)
         assert not isinstance(app.screen, CompareScreen)  # nothing marked yet: a hint, not a screen
         await pilot.press("5")
-        await pilot.pause(0.2)
+        await until(pilot, lambda: app.query_one("#runs-table", DataTable).row_count == 2)
         app.query_one("#runs-table", DataTable).focus()
         await pilot.press("m", "down", "m")
         await pilot.pause(0.2)
         assert len(app.marked) == 2, [n.message for n in app._notifications]
         await pilot.press("c")
         await pilot.pause(0.5)
+        await until(pilot, lambda: isinstance(app.screen, CompareScreen))
         screen = app.screen
         assert isinstance(screen, CompareScreen)
         titles = [t.title for t in screen.tables]
@@ -206,7 +233,7 @@ async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
         p50 = next(r for r in fig.rows if r[0] == "encode call p50 s")
         assert p50[2] == p50[1] and p50[3] == 1.0  # the same scripted run twice: ratio 1
         await pilot.press("w")
-        await pilot.pause(0.5)
+        await until(pilot, lambda: bool(list((tmp_path / "profiles").glob("compare-*.md"))))
         written = list((tmp_path / "profiles").glob("compare-*.md"))
         assert len(written) == 1 and "Figures side by side" in written[0].read_text(encoding="utf-8")
         assert list((tmp_path / "profiles").glob("compare-*-latency.svg"))
@@ -225,37 +252,53 @@ async def test_memory_panel_shows_the_server_process(tmp_path: Path) -> None:
         assert f"server peak RSS {peak:,.1f} MiB" in text_of(app, "#memory-peaks")
 
 
-async def test_form_builds_an_mteb_request(tmp_path: Path) -> None:
+async def test_form_builds_its_plan_with_plan_from_options(tmp_path: Path) -> None:
+    from embprof.engine.errors import UserError
+    from embprof.engine.plan import MtebPlan, ServerTarget
+    from textual.widgets import Input, Select
+
     app = make_app(tmp_path, autostart=False)
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("n")
         await pilot.pause(0.2)
         form = app.screen
         assert isinstance(form, RunForm)
-        from textual.widgets import Input, Select
-
         form.query_one("#f-workload", Select).value = "mteb"
         form.query_one("#f-tasks", Input).value = "STS16, JSTS"
         form.query_one("#f-data", Input).value = "/data"
-        request = form._request()
-        assert request.workload == "mteb" and request.params["tasks"] == ["STS16", "JSTS"] and request.params["data_dir"] == "/data"
-        workload = request.build_workload()
-        assert workload.tasks == ["STS16", "JSTS"] and workload.data_dir == "/data"
+        plan = form.plan()
+        assert isinstance(plan.workload, MtebPlan)
+        assert plan.workload.tasks == ("STS16", "JSTS") and plan.workload.data_dir == "/data"
+        # The form's options, given to the engine's own builder, make the very same plan.
+        assert plan == plan_from_options(form.options())
         form.query_one("#f-tasks", Input).value = ""
-        import pytest
-
-        from embprof.engine.errors import UserError
-
-        with pytest.raises(UserError, match="at least one MTEB task"):
-            form._request()
+        with pytest.raises(UserError) as no_task:
+            form.plan()
+        # The sentence is the engine's, shown in the form as it is.
+        await pilot.click("#f-run")
+        await pilot.pause(0.2)
+        assert str(no_task.value) in text_of(app, "#form-error")
         form.query_one("#f-workload", Select).value = "load"
         with pytest.raises(UserError, match="drives a server"):
-            form._request()
+            form.plan()
         form.query_one("#f-server", Input).value = "http://user:pw@127.0.0.1:8080"
         form.query_one("#f-api", Select).value = "openai"
-        request = form._request()
-        assert request.server is not None and request.server.api == "openai" and request.workload == "load"
-        assert request.server.display_name == "http://127.0.0.1:8080 (openai)"  # what the screen may show
+        plan = form.plan()
+        assert isinstance(plan.target, ServerTarget) and plan.target.api == "openai" and plan.workload.name == "load"
+        assert plan.target.display_name == "http://127.0.0.1:8080 (openai)"  # what the screen may show
+
+
+def test_the_tui_builds_no_run_itself() -> None:
+    """Run assembly lives in the engine: the dashboard names no workload or target class, and holds
+    no list of workloads or devices of its own (the command line, tui/cli.py, is checked apart)."""
+    tui = Path(__file__).resolve().parents[1] / "tui"
+    for path in tui.rglob("*.py"):
+        if path.name in ("cli.py", "console.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        for banned in ("EncodeWorkload", "SweepWorkload", "MtebWorkload", "SentenceTransformerTarget", "HttpTarget(", "parse_axes",
+                       "TargetSpec", '"encode", "speed", "similarity"', '"auto", "cpu", "cuda"'):
+            assert banned not in text, f"{path.name}: {banned}"
 
 
 async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> None:
@@ -277,12 +320,12 @@ async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> 
 async def test_stop_keeps_what_was_measured(tmp_path: Path) -> None:
     app = make_app(tmp_path, hold=True)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.current is not None and app.current.warmup_s)
+        await until(pilot, lambda: app.current is not None and bool(latency_groups(app)))
         assert app.current is not None and app.current.running
         await pilot.press("s")
         await finished(app, pilot)
         assert app.current.state == "stopped"
-        assert app.current.warmup_s == [fake_engine.WARMUP_MS / 1000]
+        assert latency_groups(app)[0].warmup_s == (fake_engine.WARMUP_MS / 1000,)
 
 
 async def test_new_run_form_starts_the_chosen_run(tmp_path: Path) -> None:
@@ -300,13 +343,20 @@ async def test_new_run_form_starts_the_chosen_run(tmp_path: Path) -> None:
         await pilot.pause(0.5)  # let the button's press animation end before the next click
         await pilot.click("#f-run")
         await finished(app, pilot)
-        assert app.request.sample_hz == 20 and app.request.params["batch_size"] == 8
+        assert app.plan.recording.sample_hz == 20 and app.plan.workload.batch_size == 8  # type: ignore[union-attr]
+        assert fake_engine.FakeRunner.instances[-1].plan == app.plan
 
 
 async def test_bad_workload_input_is_refused_with_one_sentence(tmp_path: Path) -> None:
+    from embprof.engine.errors import UserError
+
+    def refuse(plan: RunPlan, subscribers: Any) -> Any:
+        raise UserError(f"input file '{plan.workload.input}' does not exist")  # type: ignore[union-attr]
+
     app = make_app(tmp_path, autostart=False)
+    app.runner_factory = refuse
     async with app.run_test(size=(100, 30)) as pilot:
-        app.start_run(RunRequest(params={"input": str(tmp_path / "missing.txt")}))
+        app.start_run(plan_from_options({"input": str(tmp_path / "missing.txt")}))
         await until(pilot, lambda: any("does not exist" in n.message for n in app._notifications))
         assert app.current is None
 
@@ -319,10 +369,11 @@ async def test_replay_of_a_snapshot_shows_what_was_recorded(tmp_path: Path) -> N
         assert live is not None
         live_stats = text_of(app, "#latency-stats")
         app.open_snapshot(Path(live.snapshot_path or ""))
+        await until(pilot, lambda: app.current is not live)
         await pilot.pause(0.3)
-        assert app.current is not live and app.current.source == "snapshot"
+        assert app.current is not None and app.current.source == "snapshot"
         assert text_of(app, "#latency-stats") == live_stats
-        assert app.current.peaks == live.peaks
+        assert app.current.run.peaks == live.run.peaks
 
 
 async def test_a_snapshot_that_does_not_parse(tmp_path: Path) -> None:
@@ -332,20 +383,18 @@ async def test_a_snapshot_that_does_not_parse(tmp_path: Path) -> None:
     app = make_app(tmp_path, autostart=False)
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("o")
-        await pilot.pause()
         table = app.query_one("#runs-table", DataTable)
-        assert table.row_count == 1
+        await until(pilot, lambda: table.row_count == 1)
         await pilot.press("enter")
-        await pilot.pause()
+        await until(pilot, lambda: any("not valid JSON" in n.message for n in app._notifications))
         assert app.current is None
-        assert any("not valid JSON" in n.message for n in app._notifications)
 
 
 async def test_quit_stops_the_run_and_leaves_no_thread(tmp_path: Path) -> None:
     before = {t.ident for t in threading.enumerate()}
     app = make_app(tmp_path, hold=True)
     async with app.run_test(size=(100, 30)) as pilot:
-        await until(pilot, lambda: app.current is not None and app.current.warmup_s)
+        await until(pilot, lambda: app.current is not None and bool(latency_groups(app)))
         await pilot.press("q")
         await pilot.pause(0.5)
     assert fake_engine.FakeRunner.instances[-1].cancelled.is_set()
@@ -379,7 +428,7 @@ async def test_events_arrive_coalesced_and_in_order(tmp_path: Path) -> None:
     events = fake_engine.scripted_run()
     assert 1 <= len(seen) < len(events)
     assert app.current is not None
-    assert app.current.timed_s == [ms / 1000 for ms in fake_engine.CALL_MS]
+    assert [c.seconds for c in app.current.calls if not c.warmup] == [ms / 1000 for ms in fake_engine.CALL_MS]
 
 
 async def test_export_writes_beside_the_snapshot(tmp_path: Path) -> None:
@@ -389,9 +438,9 @@ async def test_export_writes_beside_the_snapshot(tmp_path: Path) -> None:
         await pilot.press("e")
         await pilot.pause()
         await pilot.click("#md")
-        await pilot.pause(0.3)
         snap = Path(app.current.snapshot_path or "")  # type: ignore[union-attr]
         report = snap.with_suffix(".md")
+        await until(pilot, lambda: any(str(report) in n.message for n in app._notifications))
         assert report.is_file() and report.read_text().startswith("# embprof profile: encode")
         assert any(str(report) in n.message for n in app._notifications)
 
@@ -418,3 +467,89 @@ async def test_command_palette_offers_the_controls(tmp_path: Path) -> None:
         await pilot.press("x")
         await pilot.pause()
         assert not app.screen.query("#help")
+
+
+async def test_unmeasured_tokens_are_na_never_0(tmp_path: Path) -> None:
+    """llama.cpp's native API reports no token counts: tokens/s is n/a with its reason, not 0."""
+    app = make_app(tmp_path, llama=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        stats = text_of(app, "#latency-stats")
+        assert "tokens/s n/a (the server reports no token counts)" in stats, stats
+        assert "0 tokens/s" not in stats and "padding" not in stats
+        assert "items/s" in stats and "words/s" in stats
+
+
+async def test_mteb_run_latency_is_per_group_and_words_are_na(tmp_path: Path) -> None:
+    """An MTEB run's encode calls are of different kinds: a table per group, no pooled p50/CV;
+    its words are not counted, so words/s is n/a (never 0)."""
+    app = make_app(tmp_path, mteb=True)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await finished(app, pilot)
+        stats = text_of(app, "#latency-stats")
+        assert app.current is not None and app.current.run.headline() is None
+        for group in ("STS16 › Encoding samples 1", "Banking77Classification › Encoding test samples"):
+            assert group in stats, stats
+        assert "p50" in stats and "p95" in stats and "CV" not in stats
+        assert "words/s n/a (not counted in MTEB runs)" in stats
+        assert " 0 words/s" not in stats
+
+
+async def test_few_calls_are_shown_one_by_one(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        calls = text_of(app, "#latency-calls")
+        for i, ms in enumerate(fake_engine.CALL_MS, 1):
+            assert f"#{i}" in calls and f"{ms:,.1f} ms" in calls
+        assert app.query_one("#latency").has_class("-few")
+
+
+async def test_run_again_reruns_the_plan_on_display(tmp_path: Path) -> None:
+    """r runs the plan of the run on display: a snapshot's recorded plan, not the last one started."""
+    speed = plan_from_options({"workload": "speed", "loops": 5, "batch_size": 8})
+    app = make_app(tmp_path, plan=speed)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        first = app.current
+        assert first is not None and first.plan == speed
+        app.start_run(RunPlan())
+        await until(pilot, lambda: app.current is not first and app.current is not None and app.current.snapshot_path is not None)
+        assert fake_engine.FakeRunner.instances[-1].plan == RunPlan()
+        app.open_snapshot(Path(first.snapshot_path or ""))
+        await until(pilot, lambda: app.current is not None and app.current.source == "snapshot")
+        assert app.current.plan == speed  # the plan recorded in the snapshot
+        runs = len(fake_engine.FakeRunner.instances)
+        await pilot.press("r")
+        await until(pilot, lambda: len(fake_engine.FakeRunner.instances) > runs)
+        assert fake_engine.FakeRunner.instances[-1].plan == speed
+        await finished(app, pilot)
+
+
+async def test_run_again_on_a_snapshot_without_a_plan_says_so(tmp_path: Path) -> None:
+    from embprof.tui.view import RunView
+
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        view = RunView(key="old", source="snapshot", plan=None, plan_note="migrated from schema 1")
+        view.apply_all(fake_engine.scripted_run())
+        app.views[view.key] = view
+        app.show_view(view)
+        runs = len(fake_engine.FakeRunner.instances)
+        await pilot.press("r")
+        await pilot.pause(0.2)
+        assert len(fake_engine.FakeRunner.instances) == runs
+        assert any("no plan" in n.message and "migrated from schema 1" in n.message for n in app._notifications)
+
+
+async def test_large_layout_gives_runs_the_wide_cell_without_scores(tmp_path: Path) -> None:
+    app = make_app(tmp_path)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await finished(app, pilot)
+        runs, scores = app.query_one("#runs"), app.query_one("#scores")
+        assert runs.size.width > scores.size.width
+    app = make_app(tmp_path, similarity=True)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await finished(app, pilot)
+        runs, scores = app.query_one("#runs"), app.query_one("#scores")
+        assert scores.size.width > runs.size.width

@@ -10,17 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import fake_engine
-from embprof.tui.app import EmbprofApp, RunRequest
+import pytest
+from embprof.engine.plan import RunPlan
+from embprof.tui.app import EmbprofApp
 
 pytestmark = pytest.mark.slow
 
 
 def app_with(tmp_path: Path, **fake: Any) -> EmbprofApp:
     return EmbprofApp(
-        RunRequest(),
+        RunPlan(),
         profiles_dir=tmp_path / "profiles",
         clock=lambda: 100.0,
         runner_factory=fake_engine.factory(**fake),
@@ -33,7 +33,7 @@ def settle(*keys: str):  # type: ignore[no-untyped-def]
     async def run_before(pilot: Any) -> None:
         app = pilot.app
         for _ in range(400):
-            if app.current is not None and app.current.finished_status is not None:
+            if app.current is not None and app.current.finished:
                 break
             await pilot.pause(0.02)
         await pilot.pause(0.3)
@@ -73,3 +73,13 @@ def test_small_terminal_new_run_form(snap_compare: Any, tmp_path: Path) -> None:
 
 def test_large_terminal_everything_at_once(snap_compare: Any, tmp_path: Path) -> None:
     assert snap_compare(app_with(tmp_path, gpu=True, similarity=True), terminal_size=(200, 50), run_before=settle())
+
+
+def test_large_terminal_mteb(snap_compare: Any, tmp_path: Path) -> None:
+    """Several kinds of calls (a table per group, no pooled p50) and the Scores table wide."""
+    assert snap_compare(app_with(tmp_path, mteb=True), terminal_size=(200, 50), run_before=settle())
+
+
+def test_large_terminal_without_scores(snap_compare: Any, tmp_path: Path) -> None:
+    """Nothing to score: the Runs list takes the wide cell."""
+    assert snap_compare(app_with(tmp_path), terminal_size=(200, 50), run_before=settle())

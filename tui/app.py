@@ -1,105 +1,66 @@
 """The Textual dashboard: `embprof` with no subcommand.
 
-Attributes go down, messages come up: the engine's events arrive from the run's thread through
-a Bridge that coalesces them into one EventsReady message at a time, the app folds them into the
-RunView on display, and a timer redraws the panels that changed at most a few times a second.
+Attributes go down, messages come up: a run is a ``RunPlan``; the engine runs it on a worker thread,
+and its events arrive through a Bridge that coalesces them into one EventsReady message at a time.
+The app folds them into the RunView on display (the engine's own fold plus bounded chart buffers),
+and a timer redraws only the visible panels whose data changed, charts at most once a second while
+the run goes on. File work (listing, opening, exporting, comparing snapshots) runs on worker threads
+that end in a message: the UI thread never waits on the disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-from textual import on
-from textual.app import App, ComposeResult, SystemCommand
-from textual.binding import Binding
-from textual.containers import Grid, Horizontal, Vertical
-from textual.message import Message
-from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, DataTable, Footer, Input, Label, Select, Static, Tab, Tabs
-from textual.worker import Worker, WorkerState
+from typing import Any, ClassVar, Protocol
 
 from embprof.engine.errors import UserError
-from embprof.engine.events import ErrorEvent, Event, Subscriber
-from embprof.engine.targets import DTYPES, TargetSpec
+from embprof.engine.events import ErrorEvent, RunFinished, Subscriber
+from embprof.engine.plan import RunPlan
+from textual import on
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding, BindingType
+from textual.containers import Grid
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Tab, Tabs
+from textual.worker import Worker, WorkerState
 
-from .state import RunView
-from .widgets import CpuPanel, LatencyPanel, MemoryPanel, Panel, RunsPanel, SimilarityPanel, StatusBar
+from .messages import (
+    Bridge,
+    CompareReady,
+    EventsReady,
+    FileWritten,
+    RunRefused,
+    RunSaved,
+    RunStarting,
+    SnapshotOpened,
+    SnapshotsListed,
+)
+from .panels import (
+    CpuPanel,
+    LatencyPanel,
+    MemoryPanel,
+    Panel,
+    RunsPanel,
+    ScoresPanel,
+    StatusBar,
+)
+from .panels.runs import list_snapshots, live_row
+from .panels.scores import has_scores
+from .screens import CompareScreen, ExportScreen, HelpScreen, RunForm
+from .view import RunView
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("latency", "Latency"),
     ("memory", "Memory"),
     ("cpu", "CPU"),
-    ("similarity", "Scores"),
+    ("scores", "Scores"),
     ("runs", "Runs"),
 )
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
-
-
-# -- what the app asks the engine for --------------------------------------------------------------
-@dataclass
-class RunRequest:
-    spec: TargetSpec = field(default_factory=TargetSpec)
-    workload: str = "encode"
-    server: Any = None  # a ServerSpec: an embedding server instead of a local model
-    params: dict[str, Any] = field(default_factory=dict)
-    sample_hz: float = 10.0
-
-    def build_workload(self) -> Any:
-        """The engine workload for this request; bad parameters raise UserError in prepare()."""
-        p = self.params
-        if self.workload == "load":
-            from embprof.engine.workloads.load import LoadWorkload
-
-            return LoadWorkload(requests=int(p.get("repeats") or 200), concurrency=int(p.get("concurrency") or 1),
-                                input=p.get("input") or None)
-        if self.workload == "sweep":
-            from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
-
-            return SweepWorkload(
-                axes=parse_axes(list(p.get("axes") or [])),
-                input=p.get("input") or None,
-                mode=p.get("mode", "plain"),
-                prompt_name=p.get("prompt_name") or None,
-                batch_size=int(p.get("batch_size", 32)),
-                budget_s=float(p.get("budget", 30.0)),
-            )
-        if self.workload == "mteb":
-            from embprof.engine.workloads.mteb_tasks import MtebWorkload
-
-            return MtebWorkload(
-                tasks=list(p.get("tasks") or []),
-                data_dir=p.get("data_dir") or None,
-                results_dir=str(p.get("results_dir") or "results"),
-                batch_size=int(p.get("batch_size", 32)),
-                loops=int(p.get("loops") or 7),
-                text_file=p.get("text") or None,
-            )
-        if self.workload == "speed":
-            from embprof.engine.workloads.speed import SpeedWorkload
-
-            return SpeedWorkload(text_file=p.get("text") or None, loops=int(p.get("loops", 7)), batch_size=int(p.get("batch_size", 32)))
-        if self.workload == "similarity":
-            from embprof.engine.workloads.similarity import SimilarityWorkload
-
-            queries = [q for q in [p.get("query") or ""] if q]
-            return SimilarityWorkload(queries=queries, docs_file=p.get("docs") or None, prompt_name=p.get("prompt_name") or None)
-        from embprof.engine.workloads.encode import EncodeWorkload
-
-        return EncodeWorkload(
-            input=p.get("input") or None,
-            mode=p.get("mode", "plain"),
-            prompt_name=p.get("prompt_name") or None,
-            batch_size=int(p.get("batch_size", 32)),
-            warmups=int(p.get("warmups", 1)),
-            repeats=int(p.get("repeats", 3)),
-        )
 
 
 class RunnerLike(Protocol):
@@ -110,321 +71,24 @@ class RunnerLike(Protocol):
     def finished(self) -> bool: ...
 
 
-RunnerFactory = Callable[[RunRequest, Any, list[Subscriber]], RunnerLike]
+RunnerFactory = Callable[[RunPlan, list[Subscriber]], RunnerLike]
 
 
-def engine_runner(request: RunRequest, workload: Any, subscribers: list[Subscriber]) -> RunnerLike:
-    from embprof.engine.runner import Runner
-    from embprof.engine.targets import SentenceTransformerTarget
+def engine_runner(plan: RunPlan, subscribers: list[Subscriber]) -> RunnerLike:
+    """The engine's one entry point: it alone turns a plan into a target and a workload. Called on
+    the run's worker thread: preparing reads files and may reach a server. Bad input raises UserError."""
+    from embprof.engine import execute
 
-    if request.server is not None:
-        from embprof.engine.http_target import HttpTarget
-
-        target: Any = HttpTarget(request.server)
-        target.resolve()  # reachable, and its process found; a UserError here is refused like bad input
-    else:
-        target = SentenceTransformerTarget(request.spec)
-    return Runner(target, workload, sample_hz=request.sample_hz, subscribers=subscribers)
+    runner: RunnerLike = execute.prepare(plan).runner(subscribers)
+    return runner
 
 
-# -- messages ------------------------------------------------------------------------------------------
-class EventsReady(Message):
-    """Events are waiting in a run's bridge. Posted once until drained: the UI is never behind."""
-
-    def __init__(self, key: str) -> None:
-        super().__init__()
-        self.key = key
-
-
-class RunSaved(Message):
-    def __init__(self, key: str, path: str | None, error: str | None) -> None:
-        super().__init__()
-        self.key = key
-        self.path = path
-        self.error = error
-
-
-class RunStarting(Message):
-    """A run's view and bridge; posted before its first event, so the queue keeps them in order."""
-
-    def __init__(self, view: RunView, bridge: Bridge) -> None:
-        super().__init__()
-        self.view = view
-        self.bridge = bridge
-
-
-class RunRefused(Message):
-    def __init__(self, message: str) -> None:
-        super().__init__()
-        self.message = message
-
-
-class Bridge:
-    """An engine subscriber on the run's threads; hands events to the UI thread in batches."""
-
-    def __init__(self, app: App[Any], key: str) -> None:
-        self._app = app
-        self._key = key
-        self._lock = threading.Lock()
-        self._buffer: list[Event] = []
-        self._pending = False
-
-    def __call__(self, event: Event) -> None:
-        with self._lock:
-            self._buffer.append(event)
-            if self._pending:
-                return
-            self._pending = True
-        self._app.post_message(EventsReady(self._key))
-
-    def drain(self) -> list[Event]:
-        with self._lock:
-            out, self._buffer = self._buffer, []
-            self._pending = False
-        return out
-
-
-# -- screens --------------------------------------------------------------------------------------------
-class RunForm(ModalScreen[RunRequest | None]):
-    """Choose the target and the workload."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def __init__(self, current: RunRequest) -> None:
-        super().__init__()
-        self.current = current
-
-    def compose(self) -> ComposeResult:
-        c = self.current
-        p = c.params
-        with Vertical(id="form"):
-            yield Label("New run", id="form-title")
-            with Grid(id="form-grid"):
-                yield Label("model")
-                yield Input(compact=True, value=c.spec.model or "", placeholder="HF id or folder (empty: bundled all-MiniLM-L6-v2)", id="f-model")
-                yield Label("server URL")
-                # Shown without credentials: never on screen (type them again to change the server).
-                yield Input(compact=True, value=(c.server.display_name.rsplit(" (", 1)[0] if c.server else ""), placeholder="instead of a model, e.g. http://127.0.0.1:8080", id="f-server")
-                yield Label("server API")
-                yield Select([(a, a) for a in ("llama", "openai")], compact=True, value=(c.server.api if c.server else "llama"), allow_blank=False, id="f-api")
-                yield Label("device")
-                yield Select([(d, d) for d in ("auto", "cpu", "cuda", "mps")], compact=True, value=c.spec.device, allow_blank=False, id="f-device")
-                yield Label("dtype")
-                yield Select([(d, d) for d in DTYPES], compact=True, value=c.spec.dtype, allow_blank=False, id="f-dtype")
-                yield Label("workload")
-                yield Select([(w, w) for w in ("encode", "speed", "similarity", "mteb", "sweep", "load")], compact=True, value=c.workload, allow_blank=False, id="f-workload")
-                yield Label("encode as")
-                yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=p.get("mode", "plain"), allow_blank=False, id="f-mode")
-                yield Label("batch size")
-                yield Input(compact=True, value=str(p.get("batch_size", 32)), type="integer", id="f-batch")
-                yield Label("repeats / loops")
-                yield Input(compact=True, value=str(p.get("repeats", p.get("loops", ""))), type="integer", placeholder="encode 3, speed 7", id="f-repeats")
-                yield Label("file")
-                yield Input(compact=True, value=p.get("input", "") or p.get("docs", "") or p.get("text", "") or "", placeholder="encode: lines · similarity: documents · speed: the text", id="f-file")
-                yield Label("prompt name")
-                yield Input(compact=True, value=p.get("prompt_name", "") or "", placeholder="e.g. query, STS (see `embprof prompts`)", id="f-prompt")
-                yield Label("query")
-                yield Input(compact=True, value=p.get("query", "") or "", placeholder="similarity: a query (with a docs file)", id="f-query")
-                yield Label("MTEB tasks")
-                yield Input(compact=True, value=" ".join(p.get("tasks") or []), placeholder="mteb: e.g. STS16 JSTS Banking77Classification", id="f-tasks")
-                yield Label("MTEB data dir")
-                yield Input(compact=True, value=p.get("data_dir", "") or "", placeholder="mteb: local JSON Lines (empty: the Hub)", id="f-data")
-                yield Label("sweep axes")
-                yield Input(compact=True, value=" ".join(p.get("axes") or []), placeholder="sweep: e.g. lines=25,50,100 threads=1,2", id="f-axes")
-                yield Label("sample Hz")
-                yield Input(compact=True, value=f"{c.sample_hz:g}", type="number", id="f-hz")
-            yield Static("", id="form-error")
-            with Horizontal(id="form-buttons"):
-                yield Button("Run", variant="primary", id="f-run", compact=True)
-                yield Button("Cancel", id="f-cancel", compact=True)
-
-    def on_mount(self) -> None:
-        if not getattr(self.app, "cursor_blink", True):
-            for field_ in self.query(Input):
-                field_.cursor_blink = False
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#f-cancel")
-    def _cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Input.Submitted)
-    @on(Button.Pressed, "#f-run")
-    def _submit(self) -> None:
-        try:
-            self.dismiss(self._request())
-        except UserError as exc:
-            self.query_one("#form-error", Static).update(str(exc))
-
-    def _request(self) -> RunRequest:
-        v = lambda i: self.query_one(f"#{i}", Input).value.strip()  # noqa: E731
-        sel = lambda i: str(self.query_one(f"#{i}", Select).value)  # noqa: E731
-        workload = sel("f-workload")
-        try:
-            batch = int(v("f-batch") or 32)
-            repeats = int(v("f-repeats")) if v("f-repeats") else None
-            hz = float(v("f-hz") or 10)
-        except ValueError:
-            raise UserError("batch size, repeats and sample Hz must be numbers") from None
-        if not 1 <= hz <= 100:
-            raise UserError(f"sample rate must be between 1 and 100 Hz, not {hz:g}")
-        spec = TargetSpec(model=v("f-model") or None, device=sel("f-device"), dtype=sel("f-dtype"))
-        spec.validate()
-        server = None
-        if v("f-server"):
-            from embprof.engine.http_target import ServerSpec
-
-            if v("f-model"):
-                raise UserError("give a model or a server URL, not both")
-            server = ServerSpec(url=v("f-server"), api=sel("f-api"))  # type: ignore[arg-type]
-            server.validate()
-        params: dict[str, Any] = {"batch_size": batch, "prompt_name": v("f-prompt") or None}
-        if workload == "encode":
-            params.update(repeats=repeats or 3, input=v("f-file") or None, mode=sel("f-mode"))
-        elif workload == "speed":
-            params.update(loops=repeats or 7, text=v("f-file") or None)
-        elif workload == "load":
-            if not v("f-server"):
-                raise UserError("the load workload drives a server: give its URL")
-            params.update(repeats=repeats or 200, input=v("f-file") or None)
-        elif workload == "sweep":
-            axes = v("f-axes").split()
-            if not axes:
-                raise UserError("give at least one sweep axis, e.g. lines=25,50,100")
-            from embprof.engine.workloads.sweep import parse_axes
-
-            parse_axes(axes)  # one sentence here rather than a refused run
-            params.update(axes=axes, input=v("f-file") or None, mode=sel("f-mode"))
-        elif workload == "mteb":
-            tasks = v("f-tasks").replace(",", " ").split()
-            if not tasks:
-                raise UserError("name at least one MTEB task, e.g. STS16")
-            params.update(tasks=tasks, data_dir=v("f-data") or None, loops=repeats or 7)
-        else:
-            params.update(query=v("f-query") or None, docs=v("f-file") or None)
-        return RunRequest(spec=spec, workload=workload, params=params, sample_hz=hz, server=server)
-
-
-class ExportScreen(ModalScreen[str | None]):
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="export"):
-            yield Label("Export the run on display as")
-            with Horizontal():
-                yield Button("Markdown", id="md", variant="primary")
-                yield Button("CSV", id="csv")
-                yield Button("JSON", id="json")
-                yield Button("Cancel", id="cancel")
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed)
-    def _pick(self, event: Button.Pressed) -> None:
-        self.dismiss(None if event.button.id == "cancel" else event.button.id)
-
-
-class CompareScreen(ModalScreen[None]):
-    """The marked snapshots side by side, the same tables `embprof compare` prints."""
-
-    BINDINGS = [Binding("escape", "close", "Close"), Binding("w", "write", "Write Markdown + chart")]
-
-    def __init__(self, tables: list[Any], snaps: list[Any], names: list[str], out_dir: Path) -> None:
-        super().__init__()
-        self.tables = tables
-        self.snaps = snaps
-        self.names = names
-        self.out_dir = out_dir
-
-    def compose(self) -> ComposeResult:
-        from textual.containers import VerticalScroll
-
-        from .console import rich_table
-
-        with VerticalScroll(id="compare"):
-            yield Label("Compare (A is the first marked) — w writes Markdown and a chart, Esc closes", id="compare-title")
-            for t in self.tables:
-                yield Static(rich_table(t), classes="compare-table")
-
-    def action_close(self) -> None:
-        self.dismiss(None)
-
-    def action_write(self) -> None:
-        from datetime import datetime
-
-        from embprof.engine.charts import compare_chart
-        from embprof.engine.files import atomic_write_bytes
-        from embprof.engine.report import tables_markdown
-
-        stem = "compare-" + datetime.now().strftime("%Y%m%dT%H%M%S")
-        try:
-            images = [p.name for p in compare_chart(self.snaps, self.names, self.out_dir, stem)]
-            path = self.out_dir / f"{stem}.md"
-            atomic_write_bytes(path, tables_markdown("# embprof comparison", self.tables, images).encode("utf-8"))
-        except OSError as exc:
-            self.app.notify(f"not written: {exc}", severity="error")
-            return
-        self.app.notify(f"written: {path}")
-
-
-HELP = """\
-[b]embprof[/b] — keys
-
-  [b]n[/b]  new run: choose model, device, dtype, workload and its parameters
-  [b]r[/b]  run again with the last settings
-  [b]s[/b]  stop the run at the next batch boundary (what was measured is kept)
-  [b]ctrl+s[/b]  save the run on display as a snapshot (finished runs are saved automatically)
-  [b]o[/b]  open a saved snapshot (the Runs panel)
-  [b]e[/b]  export the run on display (Markdown, CSV, JSON) next to its snapshot
-  [b]m[/b]  in Runs: mark a saved run; [b]c[/b] compare the marked runs side by side
-  [b]1–5[/b]  Latency, Memory, CPU, Scores (similarity or MTEB), Runs (one at a time in a small terminal)
-  [b]ctrl+p[/b]  command palette
-  [b]?[/b]  this help      [b]q[/b]  quit (stops a running run first)
-
-Press any key to close.
-"""
-
-
-class HelpScreen(ModalScreen[None]):
-    def compose(self) -> ComposeResult:
-        yield Static(HELP, id="help")
-
-    def on_key(self) -> None:
-        self.dismiss(None)
-
-
-def _snapshot_row(path: Path) -> list[str]:
-    """A saved snapshot's headline, read without validating it: listing stays quick, and a file
-    that does not parse is only refused, with its reason, when it is opened."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        target, summary = data.get("target", {}), data.get("summary", {})
-        stats = summary.get("encode", {}).get("stats", {})
-        rss = (summary.get("peaks", {}).get("rss_mib") or {}).get("sampled")
-        return [
-            str(data.get("workload", {}).get("name", "")),
-            str(target.get("model_name", "")),
-            str(target.get("device_resolved") or target.get("device", "")),
-            str(data.get("status", "")),
-            f"{stats['mean_s']:.4f}" if stats.get("count") else "",
-            f"{rss:,.0f} MiB" if rss else "",
-        ]
-    except (OSError, ValueError, AttributeError, TypeError, KeyError):
-        return ["", "", "", "unreadable", "", ""]
-
-
-# -- the app -------------------------------------------------------------------------------------------
 class EmbprofApp(App[None]):
     CSS_PATH = "app.tcss"
     TITLE = "embprof"
-    BINDINGS = [
+    BINDINGS: ClassVar[list[BindingType]] = [
         Binding("n", "new_run", "New run"),
-        Binding("r", "rerun", "Run"),
+        Binding("r", "rerun", "Run again"),
         Binding("s", "stop", "Stop"),
         Binding("ctrl+s", "save", "Save"),
         Binding("o", "open", "Open"),
@@ -438,7 +102,7 @@ class EmbprofApp(App[None]):
 
     def __init__(
         self,
-        request: RunRequest | None = None,
+        plan: RunPlan | None = None,
         *,
         autostart: bool = True,
         profiles_dir: Path = Path("profiles"),
@@ -454,7 +118,7 @@ class EmbprofApp(App[None]):
         self.animation_level = "none"
         self.save_snapshots = save_snapshots
         self.cursor_blink = cursor_blink  # off in snapshot tests: a blinking cursor is not reproducible
-        self.request = request or RunRequest()
+        self.plan = plan or RunPlan()  # the form's starting point, and "run again" before any run
         self.autostart = autostart
         self.profiles_dir = profiles_dir
         self.clock = clock
@@ -466,11 +130,13 @@ class EmbprofApp(App[None]):
         self._bridges: dict[str, Bridge] = {}
         self._started_at: dict[str, float] = {}
         self._drawn: dict[str, Any] = {}
+        self._drawn_at: dict[str, float] = {}  # time.monotonic of each panel's last draw (not self.clock: tests freeze that)
         self._status: StatusBar
         self._panels: dict[str, Panel] = {}
         self._keys = itertools.count(1)
         self.active_panel = "latency"
         self.marked: list[str] = []  # snapshot files marked in the Runs panel, for compare
+        self._file_rows: list[tuple[str, list[str]]] = []  # the profiles folder, as last listed by a worker
 
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -480,7 +146,7 @@ class EmbprofApp(App[None]):
             yield LatencyPanel(id="latency")
             yield MemoryPanel(id="memory")
             yield CpuPanel(id="cpu")
-            yield SimilarityPanel(id="similarity")
+            yield ScoresPanel(id="scores")
             yield RunsPanel(id="runs")
         yield Footer()
 
@@ -491,12 +157,12 @@ class EmbprofApp(App[None]):
         self._apply_layout()
         self.action_show_panel("latency")
         self.set_interval(1 / self.refresh_hz, self._redraw)
-        self.set_interval(0.5, self._status.tick)
-        self._fill_runs()
+        self.set_interval(1.0, self._status.tick)
+        self.list_snapshots()
         self._redraw(force=True)
         if self.autostart:
             # After the first frame: the import of torch is then a phase on screen, not a frozen terminal.
-            self.call_after_refresh(self.start_run, self.request)
+            self.call_after_refresh(self.start_run, self.plan)
 
     def on_resize(self) -> None:
         self._apply_layout()
@@ -506,6 +172,9 @@ class EmbprofApp(App[None]):
             return
         wide = self.size.width >= WIDE_MIN[0] and self.size.height >= WIDE_MIN[1]
         self.screen.set_class(wide, "wide")
+        # The wide cell of the bottom row goes where the data is: the Scores tables when the run on
+        # display has scores, the Runs list (and its model names) otherwise.
+        self.screen.set_class(not has_scores(self.current), "-no-scores")
         self._redraw(force=True)
 
     def action_show_panel(self, panel_id: str) -> None:
@@ -538,46 +207,52 @@ class EmbprofApp(App[None]):
         if not self._panels or not self.screen_stack:
             return
         view = self.current
+        now = time.monotonic()
+        running = view is not None and view.running
         for panel in self._visible_panels():
+            pid = panel.id or ""
             stamp = panel.stamp(view)
-            if force or self._drawn.get(panel.id or "") != stamp:
-                self._drawn[panel.id or ""] = stamp
-                panel.show(view)
-        status = (view.key, view.version) if view else None
+            if not force and self._drawn.get(pid) == stamp:
+                continue
+            # A chart rebuilt for every batch costs the run its throughput: while the run goes on, a
+            # visible panel redraws at most every live_interval_s. A panel just switched to has no
+            # recent draw, so it is drawn at once.
+            if not force and running and self._drawn.get(pid, (None,))[0] == stamp[0] \
+                    and now - self._drawn_at.get(pid, 0.0) < panel.live_interval_s:
+                continue
+            self._drawn[pid] = stamp
+            self._drawn_at[pid] = now
+            panel.show(view)
+        status = (view.key, view.state_text, view.snapshot_path) if view else None
         if force or self._drawn.get("status") != status:
             self._drawn["status"] = status
             self._status.show(view, self._started_at.get(view.key) if view else None)
 
     def show_view(self, view: RunView) -> None:
         self.current = view
+        self.screen.set_class(not has_scores(view), "-no-scores")
         self._redraw(force=True)
 
     # -- runs --------------------------------------------------------------------------------------
-    def start_run(self, request: RunRequest) -> None:
+    def start_run(self, plan: RunPlan) -> None:
         if self.runner is not None and not self.runner.finished:
             self.notify("A run is in progress: stop it first (s).", severity="warning")
             return
-        self.request = request
+        self.plan = plan
         key = f"run-{next(self._keys)}"
-        self.run_worker(lambda: self._work(key, request), thread=True, exclusive=True, exit_on_error=False, group="run", name=key)
+        self.run_worker(lambda: self._work(key, plan), thread=True, exclusive=True, exit_on_error=False, group="run", name=key)
 
-    def _work(self, key: str, request: RunRequest) -> None:
+    def _work(self, key: str, plan: RunPlan) -> None:
         """The run's own thread: prepare, run, save. Everything it learns arrives as messages."""
         from embprof.engine import environment
         from embprof.engine import snapshot as snap_mod
 
-        workload = request.build_workload()
-        try:
-            workload.prepare()
-        except UserError as exc:
-            self.post_message(RunRefused(str(exc)))
-            return
-        view = RunView(key=key)
+        view = RunView(key=key, plan=plan)
         bridge = Bridge(self, key)
         recorder = snap_mod.Recorder()
         try:
-            runner = self.runner_factory(request, workload, [recorder, bridge])
-        except UserError as exc:  # a server that cannot be reached, say: refused like bad input
+            runner = self.runner_factory(plan, [recorder, bridge])
+        except UserError as exc:  # a missing file, an unknown model, a server that cannot be reached
             self.post_message(RunRefused(str(exc)))
             return
         self.post_message(RunStarting(view, bridge))
@@ -586,10 +261,10 @@ class EmbprofApp(App[None]):
         if not self.save_snapshots:
             return
         try:
-            snap = snap_mod.build(recorder.events(), environment.capture(), recorder)
+            snap = snap_mod.build(recorder, environment.capture())
             path = snap_mod.save(snap, self.profiles_dir)
             self.post_message(RunSaved(key, str(path), None))
-        except Exception as exc:  # the run's data stays on screen even if the disk refuses it
+        except Exception as exc:  # noqa: BLE001 - the run's data stays on screen even if the disk refuses it
             self.post_message(RunSaved(key, None, f"snapshot not saved: {exc}"))
 
     @on(RunStarting)
@@ -607,6 +282,7 @@ class EmbprofApp(App[None]):
         bridge = self._bridges.get(message.key)
         if view is None or bridge is None:
             return
+        scored = has_scores(view)
         events = bridge.drain()
         view.apply_all(events)
         for e in events:
@@ -618,59 +294,56 @@ class EmbprofApp(App[None]):
                     severity="warning" if e.error_kind == "cancelled" else "error",
                     timeout=8,
                 )
-            elif getattr(e, "kind", "") == "run_finished":
+            elif isinstance(e, RunFinished):
                 self._fill_runs()
-                self._redraw()  # the final figures at once, not at the next tick
+                self._redraw(force=view is self.current)  # the final figures at once, not at the next tick
+        if view is self.current and has_scores(view) != scored:
+            self.screen.set_class(not has_scores(view), "-no-scores")
 
     @on(RunSaved)
     def _saved(self, message: RunSaved) -> None:
         view = self.views.get(message.key)
         if message.path and view is not None:
-            view.snapshot_path = message.path
-            view.version += 1
+            view.saved(message.path)
             self.notify(f"snapshot: {message.path}", title=f"run {view.state}", timeout=6)
         elif message.error:
             self.notify(message.error, severity="error", timeout=10)
-        self._fill_runs()
+        self.list_snapshots()
 
     @on(RunRefused)
     def _refused(self, message: RunRefused) -> None:
         self.notify(message.message, title="cannot run", severity="error", timeout=10)
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
-        if event.state == WorkerState.ERROR and event.worker.group == "run":
-            self.notify(f"the run stopped on an internal error: {event.worker.error}", severity="error", timeout=10)
+        if event.state == WorkerState.ERROR:
+            what = "the run" if event.worker.group == "run" else "a file task"
+            self.notify(f"{what} stopped on an internal error: {event.worker.error}", severity="error", timeout=10)
 
     # -- the runs list -----------------------------------------------------------------------------
-    def _fill_runs(self) -> None:
-        from embprof.engine.report import fmt
+    def list_snapshots(self) -> None:
+        """Read the profiles folder on a worker; SnapshotsListed fills the Runs panel."""
+        folder = self.profiles_dir
+        self.run_worker(lambda: self.post_message(SnapshotsListed(list_snapshots(folder))), thread=True,
+                        exclusive=True, exit_on_error=False, group="list", name="list snapshots")
 
+    @on(SnapshotsListed)
+    def _listed(self, message: SnapshotsListed) -> None:
+        self._file_rows = message.rows
+        self._fill_runs()
+
+    def _fill_runs(self) -> None:
+        """This session's runs, then the folder's other snapshots: from memory, no disk read."""
         rows: list[tuple[str, list[str]]] = []
         for key, v in reversed(list(self.views.items())):
-            st = v.stats()
-            rss = v.peaks.get("rss_mib")
-            rows.append(
-                (
-                    f"live:{key}",
-                    [
-                        ("✓ " if v.snapshot_path in self.marked else "") + "this session",
-                        str(v.workload.get("name", "")),
-                        str(v.target.get("model_name", "")),
-                        str(v.target.get("device_resolved") or v.target.get("device", "")),
-                        v.state_text,
-                        fmt(st.get("mean_s"), 4) if st.get("count") else "",
-                        f"{rss[0]:,.0f} MiB" if rss else "",
-                        Path(v.snapshot_path).name if v.snapshot_path else "",
-                    ],
-                )
-            )
-        saved_here = {v.snapshot_path for v in self.views.values() if v.snapshot_path}
-        folder = self.profiles_dir
-        files = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
-        for f in files:
-            if str(f) in saved_here:
+            if v.source == "live":
+                rows.append((f"live:{key}", live_row(v, v.snapshot_path in self.marked)))
+        saved_here = {v.snapshot_path for v in self.views.values() if v.snapshot_path and v.source == "live"}
+        for path, cells in self._file_rows:
+            if path in saved_here:
                 continue
-            rows.append((f"file:{f}", [("✓ " if str(f) in self.marked else "") + "saved", *_snapshot_row(f), f.name]))
+            shown = list(cells)
+            shown[-2] = ("✓ " if path in self.marked else "") + shown[-2]
+            rows.append((f"file:{path}", shown))
         self.query_one(RunsPanel).fill(rows)
 
     @on(DataTable.RowSelected, "#runs-table")
@@ -685,20 +358,31 @@ class EmbprofApp(App[None]):
             self.open_snapshot(Path(key.removeprefix("file:")))
 
     def open_snapshot(self, path: Path) -> None:
-        from embprof.engine.snapshot import load
+        """Load and replay a snapshot on a worker; SnapshotOpened shows it."""
+        key = f"file-{next(self._keys)}"
 
-        try:
-            snap = load(path)
-        except UserError as exc:
-            self.notify(str(exc), title="cannot open", severity="error", timeout=10)
+        def read() -> None:
+            from embprof.engine.snapshot import load
+
+            try:
+                snap = load(path)
+            except UserError as exc:
+                self.post_message(SnapshotOpened(str(path), None, str(exc)))
+                return
+            view = RunView(key=key, source="snapshot", plan=snap.plan, plan_note=snap.plan_note, snapshot_path=str(path))
+            view.apply_all(snap.events)
+            self.post_message(SnapshotOpened(str(path), view, None))
+
+        self.run_worker(read, thread=True, exit_on_error=False, group="files", name=f"open {path.name}")
+
+    @on(SnapshotOpened)
+    def _opened(self, message: SnapshotOpened) -> None:
+        if message.view is None:
+            self.notify(message.error or "cannot open", title="cannot open", severity="error", timeout=10)
             return
-        view = RunView(key=f"file-{next(self._keys)}", source="snapshot")
-        view.apply_all(snap.events)
-        view.snapshot_path = str(path)
-        self.views[view.key] = view
-        self.show_view(view)
+        self.views[message.view.key] = message.view
+        self.show_view(message.view)
         self.action_show_panel("latency")
-        self._fill_runs()
 
     def _highlighted_snapshot(self) -> str | None:
         table = self.query_one("#runs-table", DataTable)
@@ -732,28 +416,47 @@ class EmbprofApp(App[None]):
         if len(self.marked) < 2:
             self.notify("mark two or more saved runs in the Runs panel (5) with m, then press c", severity="warning")
             return
-        from embprof.engine.compare import compare_tables
-        from embprof.engine.snapshot import load
+        marked = list(self.marked)
 
-        try:
-            snaps = [load(p) for p in self.marked]
-            names = [Path(p).stem for p in self.marked]
-            tables = compare_tables(snaps, names)
-        except UserError as exc:
-            self.notify(str(exc), title="cannot compare", severity="error", timeout=10)
+        def compare() -> None:
+            from embprof.engine.compare import compare_tables
+            from embprof.engine.snapshot import load
+
+            try:
+                snaps = [load(p) for p in marked]
+                names = [Path(p).stem for p in marked]
+                self.post_message(CompareReady(compare_tables(snaps, names), snaps, names, None))
+            except UserError as exc:
+                self.post_message(CompareReady([], [], [], str(exc)))
+
+        self.run_worker(compare, thread=True, exclusive=True, exit_on_error=False, group="compare", name="compare")
+
+    @on(CompareReady)
+    def _compared(self, message: CompareReady) -> None:
+        if message.error:
+            self.notify(message.error, title="cannot compare", severity="error", timeout=10)
             return
-        self.push_screen(CompareScreen(tables, snaps, names, self.profiles_dir))
+        self.push_screen(CompareScreen(message.tables, message.snaps, message.names, self.profiles_dir))
 
     # -- actions -----------------------------------------------------------------------------------
     def action_new_run(self) -> None:
-        def chosen(request: RunRequest | None) -> None:
-            if request is not None:
-                self.start_run(request)
+        def chosen(plan: RunPlan | None) -> None:
+            if plan is not None:
+                self.start_run(plan)
 
-        self.push_screen(RunForm(self.request), chosen)
+        shown = self.current.plan if self.current is not None and self.current.plan is not None else self.plan
+        self.push_screen(RunForm(shown), chosen)
 
     def action_rerun(self) -> None:
-        self.start_run(self.request)
+        """Run exactly the plan of the run on display (live or from a snapshot) once more."""
+        view = self.current
+        if view is None:
+            self.start_run(self.plan)
+        elif view.plan is None:
+            why = f" ({view.plan_note})" if view.plan_note else ""
+            self.notify(f"this snapshot records no plan to run again{why}; press n for a new run", severity="warning", timeout=8)
+        else:
+            self.start_run(view.plan)
 
     def action_stop(self) -> None:
         if self.runner is not None and not self.runner.finished:
@@ -774,7 +477,7 @@ class EmbprofApp(App[None]):
             self.notify("the snapshot could not be written; check the profiles folder", severity="warning")
 
     def action_open(self) -> None:
-        self._fill_runs()
+        self.list_snapshots()
         self.action_show_panel("runs")
         self.query_one("#runs-table", DataTable).focus()
 
@@ -786,21 +489,32 @@ class EmbprofApp(App[None]):
         path = Path(v.snapshot_path)
 
         def chosen(fmt_name: str | None) -> None:
-            if fmt_name is None:
-                return
-            from embprof.engine.files import atomic_write_bytes
-            from embprof.engine.report import export
-            from embprof.engine.snapshot import load
-
-            try:
-                suffix = {"md": ".md", "csv": ".csv", "json": ".export.json"}[fmt_name]
-                out = path.with_suffix(suffix)
-                atomic_write_bytes(out, export(load(path), fmt_name).encode("utf-8"))
-                self.notify(f"exported: {out}")
-            except (UserError, OSError) as exc:
-                self.notify(f"export failed: {exc}", severity="error")
+            if fmt_name is not None:
+                self.run_worker(lambda: self._export(path, fmt_name), thread=True, exit_on_error=False, group="files",
+                                name=f"export {fmt_name}")
 
         self.push_screen(ExportScreen(), chosen)
+
+    def _export(self, path: Path, fmt_name: str) -> None:
+        """On a worker: read the snapshot, format it, write the file beside it."""
+        from embprof.engine.files import atomic_write_bytes
+        from embprof.engine.report import export
+        from embprof.engine.snapshot import load
+
+        try:
+            out = path.with_suffix({"md": ".md", "csv": ".csv", "json": ".export.json"}[fmt_name])
+            atomic_write_bytes(out, export(load(path), fmt_name).encode("utf-8"))
+        except (UserError, OSError) as exc:
+            self.post_message(FileWritten(None, f"export failed: {exc}"))
+            return
+        self.post_message(FileWritten(str(out), None))
+
+    @on(FileWritten)
+    def _written(self, message: FileWritten) -> None:
+        if message.path:
+            self.notify(f"exported: {message.path}")
+        else:
+            self.notify(message.error or "not written", severity="error")
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
@@ -818,7 +532,7 @@ class EmbprofApp(App[None]):
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         yield SystemCommand("New run", "Choose model, device, dtype and workload", self.action_new_run)
-        yield SystemCommand("Run again", "Run with the last settings", self.action_rerun)
+        yield SystemCommand("Run again", "Run the plan of the run on display once more", self.action_rerun)
         yield SystemCommand("Stop", "Stop the run at the next batch boundary", self.action_stop)
         yield SystemCommand("Open snapshot", "Open a saved snapshot from the profiles folder", self.action_open)
         yield SystemCommand("Export", "Export the run on display", self.action_export)

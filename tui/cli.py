@@ -10,10 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from embprof.engine.targets import TargetSpec
+    from embprof.engine.plan import RunPlan
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -137,6 +137,7 @@ def _add_save_args(p: argparse.ArgumentParser) -> None:
         help="where the snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)",
     )
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary")
+    g.add_argument("--print-plan", action="store_true", help="print the run plan as JSON and exit, without running it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,7 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a workload headless and save its snapshot", formatter_class=_Formatter,
                          description="Run one workload against one target, sampled live, and save a snapshot.",
                          epilog=MAIN_EXAMPLES)
-    wl = run.add_subparsers(dest="workload", metavar="WORKLOAD", required=True)
+    run.add_argument("--plan", metavar="FILE", help="run the plan in FILE (as --print-plan writes it) instead of a workload named here")
+    run.add_argument("--profiles-dir", metavar="DIR", default=None, help="with --plan: where the snapshot is saved")
+    run.add_argument("-q", "--quiet", action="store_true", help="with --plan: no progress lines")
+    run.add_argument("--print-plan", action="store_true", help="with --plan: print the plan (validated) and exit")
+    wl = run.add_subparsers(dest="workload", metavar="WORKLOAD")
 
     sp = wl.add_parser("speed", help="MTEB v1 SpeedTask: 7 timed encodes of The Ugly Duckling", epilog=RUN_EXAMPLES["speed"], formatter_class=_Formatter)
     _add_target_args(sp)
@@ -216,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-i", "--input", metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
     g.add_argument("--as", dest="mode", choices=["plain", "query", "document"], default="plain")
     g.add_argument("--prompt-name", help="one of the model's prompts")
-    g.add_argument("--batch-size", type=int, default=32, help="when batch is not an axis (default 32)")
+    g.add_argument("--batch-size", type=int, default=None, help="when batch is not an axis (default 32)")
     g.add_argument("--target-ci", type=float, default=2.0, metavar="PERCENT",
                    help="repeat a point until its median's 95%% CI is within ±PERCENT (default 2)")
     g.add_argument("--budget", type=float, default=30.0, metavar="S",
@@ -286,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
     ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's charts (default svg)")
 
+    rr = sub.add_parser("rerun", help="run a snapshot's plan again: the same target, workload and recording", formatter_class=_Formatter,
+                        epilog="examples:\n  embprof rerun profiles/<run>.json\n  embprof rerun profiles/<run>.json --print-plan > plan.json\n")
+    rr.add_argument("file", help="a snapshot JSON file")
+    rr.add_argument("--profiles-dir", metavar="DIR", default=None, help="where the new snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)")
+    rr.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary")
+    rr.add_argument("--print-plan", action="store_true", help="print the snapshot's plan as JSON and exit")
+
     sub.add_parser("schema", help="print the snapshot's JSON Schema")
     return parser
 
@@ -294,140 +306,63 @@ def profiles_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("EMBPROF_PROFILES_DIR") or "profiles")
 
 
-def _target_spec(args: argparse.Namespace) -> TargetSpec:
-    from embprof.engine.targets import TargetSpec
+def _plan_of(args: argparse.Namespace) -> RunPlan:
+    """The run plan of a command line: from --plan FILE, or from the options (the one assembly, in the engine)."""
+    from embprof.engine.errors import UserError
+    from embprof.engine.plan import load_plan, plan_from_options
 
-    spec = TargetSpec(
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        truncate_dim=args.truncate_dim,
-        trust_remote_code=args.trust_remote_code,
-    )
-    spec.validate()
-    return spec
-
-
-def _target(args: argparse.Namespace) -> Any:
-    """A local model, or with --server an embedding server."""
-    server = getattr(args, "server", None)
-    if server is None:
-        from embprof.engine.targets import SentenceTransformerTarget
-
-        if getattr(args, "workload", "") == "load":
-            raise _InputFailure("the load workload drives a server: give --server URL")
-        if getattr(args, "compare_model", None):
-            raise _InputFailure("--compare-model compares a server with a local model: give --server URL")
-        return SentenceTransformerTarget(_target_spec(args))
-    from embprof.engine.http_target import HttpTarget, ServerSpec
-
-    if args.model is not None:
-        raise _InputFailure("give --model (a local model) or --server (a server), not both")
-    if getattr(args, "vs", None):
-        raise _InputFailure("--vs compares two local models; for a server against a local model use --compare-model")
-    return HttpTarget(ServerSpec(url=server, api=args.api, api_key_env=args.api_key_env, server_model=args.server_model,
-                                 prompts_from=args.prompts_from, timeout_s=args.timeout, max_errors=args.max_errors,
-                                 server_pid=args.server_pid))
-
-
-def _workload(args: argparse.Namespace) -> Any:
-    inner = _plain_workload(args)
-    vs = getattr(args, "vs", None)
-    if vs is None:
-        return inner
-    from embprof.engine.workloads.versus import VersusWorkload
-
-    pairs = args.repeats if args.workload == "encode" else args.loops
-    return VersusWorkload(inner=inner, other_model=None if vs == "bundled" else vs, pairs=pairs)
-
-
-def _plain_workload(args: argparse.Namespace) -> Any:
-    if args.workload == "load":
-        from embprof.engine.workloads.load import LoadWorkload
-
-        return LoadWorkload(requests=args.requests, duration_s=args.duration, concurrency=args.concurrency, rate=args.rate,
-                            batch=args.batch, input=args.input, prompt_name=args.prompt_name)
-    if args.workload == "sweep":
-        from embprof.engine.workloads.sweep import SweepWorkload, parse_axes
-
-        return SweepWorkload(
-            axes=parse_axes(list(args.axis)),
-            input=args.input,
-            mode=args.mode,
-            prompt_name=args.prompt_name,
-            batch_size=args.batch_size,
-            target_ci=args.target_ci / 100.0,
-            budget_s=args.budget,
-            until_oom=args.until_oom,
-            ram_ceiling_mib=args.ram_ceiling,
-        )
-    if args.workload == "mteb":
-        from embprof.engine.workloads.mteb_tasks import MtebWorkload
-
-        return MtebWorkload(
-            tasks=list(args.tasks),
-            data_dir=args.data_dir,
-            results_dir=args.results_dir,
-            batch_size=args.batch_size,
-            loops=args.loops,
-            text_file=args.text,
-        )
-    if args.workload == "speed":
-        from embprof.engine.workloads.speed import SpeedWorkload
-
-        return SpeedWorkload(text_file=args.text, loops=args.loops, batch_size=args.batch_size)
-    if args.workload == "encode":
-        from embprof.engine.workloads.encode import EncodeWorkload
-
-        return EncodeWorkload(
-            input=args.input,
-            mode=args.mode,
-            prompt_name=args.prompt_name,
-            prompt=args.prompt,
-            batch_size=args.batch_size,
-            warmups=args.warmups,
-            repeats=args.repeats,
-            compare_model=getattr(args, "compare_model", None),
-        )
-    from embprof.engine.workloads.similarity import SimilarityWorkload
-
-    return SimilarityWorkload(
-        queries=list(args.query),
-        docs_file=args.docs,
-        prompt_name=args.prompt_name,
-        query_prompt_name=args.query_prompt_name,
-        doc_prompt_name=args.doc_prompt_name,
-    )
+    plan_file = getattr(args, "plan", None)
+    if plan_file:
+        if getattr(args, "workload", None):
+            raise UserError("give a workload or --plan FILE, not both")
+        return load_plan(plan_file)
+    if not getattr(args, "workload", None):
+        raise UserError("name a workload (encode, speed, similarity, sweep, load) or give --plan FILE; see embprof run --help")
+    return plan_from_options(vars(args))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    plan = _plan_of(args)
+    if getattr(args, "print_plan", False):
+        sys.stdout.write(plan.to_json())
+        return EXIT_OK
+    return execute_plan(plan, args)
 
-    from embprof.engine import environment
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from embprof.engine.errors import UserError
+    from embprof.engine.snapshot import load
+
+    snap = load(args.file)
+    if snap.plan is None:
+        raise UserError(f"snapshot '{args.file}' holds no run plan to run again: {snap.plan_note or 'it was not recorded'}")
+    if args.print_plan:
+        sys.stdout.write(snap.plan.to_json())
+        return EXIT_OK
+    return execute_plan(snap.plan, args)
+
+
+# The tables a finished run prints (the rest are in `embprof show`).
+RUN_TABLES = {"latency", "latency-by-kind", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep",
+              "fit", "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server"}
+
+
+def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
+    """Run a plan headless: progress on stderr, tables on stdout, the snapshot saved."""
+    from embprof.engine import environment, execute
     from embprof.engine import snapshot as snap_mod
     from embprof.engine.files import ensure_writable_dir
     from embprof.engine.report import summary_tables
-    from embprof.engine.runner import Runner
-    from embprof.engine.workloads import check_prompt_names
+    from rich.console import Console
 
     from .console import ConsoleProgress, output_console, render_table
 
     out_dir = ensure_writable_dir(profiles_dir(args.profiles_dir), "profiles folder")
-    workload = _workload(args)
-    workload.prepare()  # bad input fails here, before anything is loaded or saved
-    target = _target(args)
-    target.resolve()
-    check_prompt_names(workload, target)
-
+    prepared = execute.prepare(plan)  # bad input fails here, before anything is loaded or saved
     err = Console(stderr=True, highlight=False)
     out = output_console()
     recorder = snap_mod.Recorder()
-    runner = Runner(
-        target,
-        workload,
-        sample_hz=args.sample_hz,
-        subscribers=[recorder, ConsoleProgress(err, quiet=args.quiet)],
-    )
+    runner = prepared.runner([recorder, ConsoleProgress(err, quiet=args.quiet)])
     runner.start()
     interrupted = False
     while not runner.finished:
@@ -442,20 +377,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     error = runner.error
     if error is not None and error.error_kind == "input":
         raise _InputFailure(error.message)
-    snapshot = snap_mod.build(recorder.events(), environment.capture(), recorder)
-    wanted = {"timings", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep", "fit",
-              "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server"}
-    if str(snapshot.workload.get("name")) not in ("encode", "speed", "similarity", "load"):
-        wanted -= {"timings", "throughput"}  # calls of different sizes or models, pooled: their own tables say more
+    snapshot = snap_mod.build(recorder, environment.capture())
+    wanted = set(RUN_TABLES)
+    if plan.workload.name == "sweep":
+        wanted -= {"latency", "throughput"}  # the sweep table has each point's figures already
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
             render_table(out, table)
     path = snap_mod.save(snapshot, out_dir)
-    files = sorted({str(r["results_file"]) for k, r in snapshot.summary.results.items() if k.startswith("mteb:") and r.get("results_file")})
+    files = sorted({r.results_file for r in snapshot.summary.results.values() if getattr(r, "kind", "") == "mteb_task" and r.results_file})
     for f in files:
-        out.print(f"results: {f}", soft_wrap=True)
+        out.print(f"results: {f}", soft_wrap=True, markup=False)
     out.print(f"status: {snapshot.status}")
-    out.print(f"snapshot: {path}", soft_wrap=True)
+    out.print(f"snapshot: {path}", soft_wrap=True, markup=False)
     if interrupted or snapshot.status == "incomplete":
         return EXIT_INTERRUPTED
     return EXIT_OK if snapshot.status == "complete" else EXIT_FAILED
@@ -478,11 +412,13 @@ def cmd_mteb(args: argparse.Namespace) -> int:
 def cmd_prompts(args: argparse.Namespace) -> int:
     from embprof.engine.context import RunContext
     from embprof.engine.events import EventBus
-    from embprof.engine.targets import SentenceTransformerTarget
+    from embprof.engine.execute import make_target
+    from embprof.engine.plan import plan_from_options
 
     from .console import output_console
 
-    target = SentenceTransformerTarget(_target_spec(args))
+    target = make_target(plan_from_options({**vars(args), "workload": "encode", "server": None}).target)
+    target.resolve()
     target.load(RunContext(EventBus()))
     prompts = target.prompts
     roles: dict[str, list[str]] = {}
@@ -497,7 +433,8 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         return EXIT_OK
     from rich.table import Table
 
-    table = Table(title=f"Prompts of {target.spec.display_name}", title_justify="left")
+    name = target.describe().model_name
+    table = Table(title=f"Prompts of {name}", title_justify="left")
     table.add_column("name")
     table.add_column("role")
     table.add_column("prompt")
@@ -507,15 +444,15 @@ def cmd_prompts(args: argparse.Namespace) -> int:
     if prompts:
         console.print(table)
     else:
-        console.print(f"{target.spec.display_name} has no built-in prompts.")
+        console.print(f"{name} has no built-in prompts.", markup=False)
     return EXIT_OK
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from embprof.engine.errors import UserError
     from embprof.engine.snapshot import load
+    from rich.markup import escape
+    from rich.table import Table
 
     from .console import output_console
 
@@ -537,18 +474,19 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             s = load(f)
         except UserError as exc:
-            table.add_row(f.name, "[red]unreadable[/]", str(exc), "", "", "", "")
+            table.add_row(escape(f.name), "[red]unreadable[/]", escape(str(exc)), "", "", "", "")
             continue
-        stats = s.summary.encode.get("stats", {})
+        head = s.summary.headline
         rss = s.summary.peaks.get("rss_mib")
+        mean = head.stats.mean_s if head is not None else None
         table.add_row(
-            f.name,
-            str(s.workload.get("name")),
-            str(s.target.get("model_name")),
-            str(s.target.get("device_resolved") or s.target.get("device")),
+            escape(f.name),
+            escape(str(s.workload.get("name"))),
+            escape(s.target.model_name),
+            escape(str(s.target.device_resolved or s.target.device or "server")),
             s.status,
-            f"{stats['mean_s']:.4f}" if stats.get("count") else "",
-            f"{rss.sampled:.0f}" if rss and rss.sampled else "",
+            f"{mean:.4f}" if mean is not None else "n/a",
+            f"{rss.sampled:.0f}" if rss and rss.sampled is not None else "n/a",
         )
     console.print(table)
     return EXIT_OK
@@ -588,15 +526,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
-    from rich.console import Console
 
     from embprof.engine.compare import compare_tables
     from embprof.engine.errors import UserError
     from embprof.engine.files import atomic_write_bytes
-    from embprof.engine.report import tables_markdown, to_csv
+    from embprof.engine.report import tables_json, tables_markdown, to_csv
     from embprof.engine.snapshot import load
+    from rich.console import Console
 
     from .console import render_table
 
@@ -626,7 +562,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         text = "".join(f"# {t.title}\n{to_csv(t)}\n" for t in tables)
     else:
-        text = json.dumps({t.name: {"title": t.title, "columns": t.columns, "rows": t.rows} for t in tables}, indent=1, default=str) + "\n"
+        text = tables_json(tables)
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
     else:
@@ -636,24 +572,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_app(args: argparse.Namespace) -> int:
     from embprof.engine.errors import UserError
-    from embprof.engine.targets import TargetSpec
+    from embprof.engine.plan import plan_from_options
 
-    from .app import EmbprofApp, RunRequest
-
-    spec = TargetSpec(model=args.model, device=args.device, dtype=args.dtype)
-    spec.validate()
-    if not sys.stdout.isatty():
+    # The plan first: a bad --device or --server is one sentence before any terminal is touched.
+    plan = plan_from_options({**vars(args), "tasks": list(args.task)})
+    if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
-    params = {"input": args.input, "text": args.text, "repeats": args.repeats, "loops": args.loops,
-              "tasks": list(args.task), "data_dir": args.data_dir}
-    server = None
-    if args.server:
-        from embprof.engine.http_target import ServerSpec
+    from .app import EmbprofApp
 
-        server = ServerSpec(url=args.server, api=args.api)
-        server.validate()
-    request = RunRequest(spec=spec, workload=args.workload, params=params, sample_hz=args.sample_hz, server=server)
-    EmbprofApp(request, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
+    EmbprofApp(plan, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
     return EXIT_OK
 
 
@@ -674,10 +601,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"embprof {version('embprof')}")
         return EXIT_OK
-    if args.command is None:
-        return cmd_app(args)
     handlers = {
+        None: cmd_app,
         "run": cmd_run,
+        "rerun": cmd_rerun,
         "mteb": cmd_mteb,
         "compare": cmd_compare,
         "prompts": cmd_prompts,

@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import threading
 
-from rich.console import Console
-from rich.table import Table as RichTable
-
-from embprof.engine.events import EncodeTimed, ErrorEvent, Event, Note, PhaseEnded, PhaseStarted, RunStarted
+from embprof.engine.events import (
+    EncodeTimed,
+    ErrorEvent,
+    Event,
+    Note,
+    PhaseEnded,
+    PhaseStarted,
+    RunStarted,
+)
 from embprof.engine.report import Table, fmt
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table as RichTable
 
 SLOW_PHASES = ("import", "load")
 
@@ -47,26 +55,28 @@ class ConsoleProgress:
         c = self.console
         if isinstance(e, RunStarted):
             t = e.target
+            where = f"device {t.get('device')} · {t.get('dtype')}" if t.get("device") else f"server ({t.get('api')})"
             c.print(
-                f"[bold]embprof[/] {e.workload.get('name')} · {t.get('model_name')} · device {t.get('device')} · "
-                f"{t.get('dtype')} · sampling at {e.sample_hz:g} Hz",
+                f"[bold]embprof[/] {escape(str(e.workload.get('name')))} · {escape(str(t.get('model_name')))} · {escape(where)} · "
+                f"sampling at {e.sample_hz:g} Hz",
                 highlight=False,
             )
         elif isinstance(e, PhaseStarted) and e.name in SLOW_PHASES:
-            c.print(f"  {e.name:<8} … {e.detail}", style="dim", highlight=False)
+            c.print(f"  {e.name:<8} … {e.detail}", style="dim", highlight=False, markup=False)
         elif isinstance(e, PhaseEnded) and e.name in SLOW_PHASES:
             c.print(f"  {e.name:<8} {e.duration_ns / 1e9:8.3f} s", highlight=False)
         elif isinstance(e, EncodeTimed):
             tag = "warm-up (not counted)" if e.warmup else e.label
+            tokens = f"{e.tokens:>7} tokens" if e.tokens is not None else "    n/a tokens (not reported)"
             c.print(
-                f"  {'encode':<8} {e.duration_ns / 1e9:8.3f} s  {tag:<22} {e.items:>5} texts {e.tokens:>7} tokens",
-                highlight=False,
+                f"  {'encode':<8} {e.duration_ns / 1e9:8.3f} s  {tag:<22} {e.items:>5} texts {tokens}",
+                highlight=False, markup=False,
             )
         elif isinstance(e, Note):
-            c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False)
+            c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False, markup=False)
         elif isinstance(e, ErrorEvent) and e.error_kind != "input":
             where = f" during {e.phase}" if e.phase else ""
-            c.print(f"  [red]{e.error_kind}{where}:[/] {e.message}", highlight=False)
+            c.print(f"  [red]{escape(e.error_kind + where)}:[/] {escape(e.message)}", highlight=False)
 
 
 def render_table(console: Console, table: Table) -> None:
@@ -75,7 +85,8 @@ def render_table(console: Console, table: Table) -> None:
 
 
 def rich_table(table: Table) -> RichTable:
-    rt = RichTable(title=table.title, title_justify="left", show_edge=False, pad_edge=False)
+    # Cells hold text from outside (model names, file names, server answers): data, never markup.
+    rt = RichTable(title=escape(table.title), title_justify="left", show_edge=False, pad_edge=False)
     keyed = table.columns == ["field", "value"]
     for i, col in enumerate(table.columns):
         numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in table.rows if i < len(r))
@@ -86,5 +97,5 @@ def rich_table(table: Table) -> RichTable:
             continue
         rt.add_column(col, justify="right" if numeric else "left", overflow="fold")
     for row in table.rows:
-        rt.add_row(*[fmt(c) for c in row])
+        rt.add_row(*[escape(fmt(c)) for c in row])
     return rt

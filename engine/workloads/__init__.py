@@ -1,4 +1,5 @@
-"""Workloads: what the runner asks a target to do. Each validates its inputs in ``prepare()``,
+"""Workloads: what the runner asks a target to do. Each is built from its part of a run plan
+(``execute.make_workload``), checks what needs the machine in ``prepare()`` (files, task data),
 before any model is loaded, and does its work in ``run()`` on the runner thread."""
 
 from __future__ import annotations
@@ -6,12 +7,12 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..context import RunContext
-from ..errors import UserError
-from ..targets import Target
+from ..targets import Target, check_prompt_name
 
 
 class Workload(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def prepare(self) -> None: ...
     def settings(self) -> dict[str, Any]: ...
@@ -25,9 +26,4 @@ def check_prompt_names(workload: Workload, target: Target) -> None:
     if declared is None:
         return  # not knowable before loading; the target refuses it then
     for name in workload.prompt_names():
-        if name not in declared:
-            known = ", ".join(sorted(declared)) or "none"
-            raise UserError(f"unknown prompt name '{name}': this model's prompts are {known}")
-
-
-WORKLOADS = ("speed", "encode", "similarity")
+        check_prompt_name(name, declared)

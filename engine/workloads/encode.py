@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -12,8 +11,10 @@ from ..context import RunContext
 from ..errors import UserError
 from ..events import Result
 from ..files import read_lines
+from ..plan import EncodePlan
+from ..results import Agreement, EncodeResult, TokenLengths
 from ..stats import describe
-from ..targets import EncodeMode, Target
+from ..targets import Target
 
 
 def sample_corpus() -> list[str]:
@@ -22,29 +23,19 @@ def sample_corpus() -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-@dataclass
 class EncodeWorkload:
-    input: str | None = None  # a file, "-" for standard input, None for the sample corpus
-    mode: EncodeMode = "plain"
-    prompt_name: str | None = None
-    prompt: str | None = None
-    batch_size: int = 32
-    warmups: int = 1
-    repeats: int = 3
-    compare_model: str | None = None  # a local model: embed the same texts and report the cosine per text
-    name: Literal["encode"] = "encode"
-    _lines: list[str] = field(default_factory=list, repr=False)
+    name = "encode"
+
+    def __init__(self, plan: EncodePlan) -> None:
+        self.plan = plan
+        self._lines: list[str] = []
 
     def prepare(self) -> None:
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
-        if self.repeats < 1:
-            raise UserError(f"--repeats must be at least 1, not {self.repeats}")
-        if self.warmups < 0:
-            raise UserError(f"--warmups cannot be negative ({self.warmups})")
-        if self.prompt is not None and self.prompt_name is not None:
-            raise UserError("give either --prompt-name or --prompt, not both")
-        self._lines = sample_corpus() if self.input is None else read_lines(self.input)
+        p = self.plan
+        if p.texts is not None:
+            self._lines = [t for t in p.texts if t.strip()]
+        else:
+            self._lines = sample_corpus() if p.input is None else read_lines(p.input)
 
     @property
     def lines(self) -> list[str]:
@@ -52,103 +43,112 @@ class EncodeWorkload:
             self.prepare()
         return self._lines
 
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
+
     def prompt_names(self) -> list[str]:
-        return [self.prompt_name] if self.prompt_name else []
+        return [self.plan.prompt_name] if self.plan.prompt_name else []
 
     def settings(self) -> dict[str, Any]:
+        p = self.plan
+        source = p.input if p.input is not None else "standard input" if p.texts is not None else "built-in sample corpus"
         return {
             "name": self.name,
-            "input": self.input if self.input is not None else "built-in sample corpus",
+            "input": source,
             "lines": len(self.lines),
-            "mode": self.mode,
-            "prompt_name": self.prompt_name,
-            "prompt": self.prompt,
-            "batch_size": self.batch_size,
-            "warmups": self.warmups,
-            "repeats": self.repeats,
-            "compare_model": self.compare_model,
+            "mode": p.mode,
+            "prompt_name": p.prompt_name,
+            "prompt": p.prompt,
+            "batch_size": p.batch_size,
+            "warmups": p.warmups,
+            "repeats": p.repeats,
+            "compare_model": p.compare_model,
         }
 
     def run(self, ctx: RunContext, target: Target) -> None:
+        p = self.plan
         lines = self.lines
-        kw: dict[str, Any] = {
-            "mode": self.mode,
-            "prompt_name": self.prompt_name,
-            "prompt": self.prompt,
-            "batch_size": self.batch_size,
-        }
-        for i in range(self.warmups):
-            with ctx.phase("warm-up", f"{i + 1}/{self.warmups}"):
+        kw: dict[str, Any] = {"mode": p.mode, "prompt_name": p.prompt_name, "prompt": p.prompt, "batch_size": p.batch_size,
+                              "group": "encode"}
+        for i in range(p.warmups):
+            with ctx.phase("warm-up", f"{i + 1}/{p.warmups}"):
                 target.encode(ctx, lines, label=f"warm-up {i + 1}", warmup=True, **kw)
         times: list[float] = []
-        tokens: list[int] = []
-        for i in range(self.repeats):
+        tokens: list[int | None] = []
+        dim: int | None = None
+        for i in range(p.repeats):
             ctx.check_cancel()
-            with ctx.phase("encode", f"repeat {i + 1}/{self.repeats}"):
+            with ctx.phase("encode", f"repeat {i + 1}/{p.repeats}"):
                 outcome = target.encode(ctx, lines, label=f"repeat {i + 1}", **kw)
             times.append(outcome.duration_ns / 1e9)
             tokens.append(outcome.tokens)
-            dim = int(outcome.embeddings.shape[-1]) if outcome.embeddings.ndim else 0
+            dim = int(outcome.embeddings.shape[-1]) if outcome.embeddings.ndim == 2 else None
         used_prompt = target.last_prompt
         lengths = np.asarray(target.token_lengths(lines, used_prompt))
         limit = target.max_seq_length
         over = int((lengths > limit).sum()) if limit and lengths.size else 0
-        if self.compare_model is not None:
-            self._agreement(ctx, target, lines, outcome.embeddings, used_prompt)
+        if p.compare_model is not None:
+            self._agreement(ctx, lines, outcome.embeddings, used_prompt)
         if lengths.size:  # a server without a tokenizer endpoint has no length statistics to give
             self._emit_tokens(ctx, lengths, limit, over, used_prompt)
         mean_t = float(np.mean(times))
         words = sum(len(line.split()) for line in lines)
+        counted = [t for t in tokens if t is not None]
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                name="encode",
-                data={
-                    "lines": len(lines),
-                    "embedding_dim": dim,
-                    "mode": self.mode,
-                    "prompt_name": self.prompt_name,
-                    "prompt_used": used_prompt or "",
-                    "stats": describe(times),
-                    "items_per_s": len(lines) / mean_t,
-                    "tokens_per_s": float(np.mean(tokens)) / mean_t,
-                    "words_per_s": words / mean_t,
-                },
+                result=EncodeResult(
+                    lines=len(lines),
+                    embedding_dim=dim,
+                    mode=p.mode,
+                    prompt_name=p.prompt_name,
+                    prompt_used=used_prompt or "",
+                    stats=describe(times),
+                    items_per_s=len(lines) / mean_t if mean_t > 0 else None,
+                    # Only when every call's tokens were counted: a partial count is not the total.
+                    tokens_per_s=float(np.mean(counted)) / mean_t if counted and len(counted) == len(tokens) and mean_t > 0 else None,
+                    words_per_s=words / mean_t if mean_t > 0 else None,
+                ),
             )
         )
 
     def _emit_tokens(self, ctx: RunContext, lengths: np.ndarray, limit: int | None, over: int, used_prompt: str | None) -> None:
+        counts, edges = np.histogram(lengths, bins=min(10, max(1, int(np.unique(lengths).size))))
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                name="tokens",
-                data={
-                    "count": int(lengths.size),
-                    "min": int(lengths.min()),
-                    "mean": float(lengths.mean()),
-                    "p50": float(np.percentile(lengths, 50)),
-                    "p90": float(np.percentile(lengths, 90)),
-                    "max": int(lengths.max()),
-                    "histogram": _histogram(lengths),
-                    "max_seq_length": limit,
-                    "truncated": over,
-                    "truncated_percent": 100.0 * over / lengths.size,
-                    "counted_with_prompt": used_prompt or "",
-                },
+                result=TokenLengths(
+                    count=int(lengths.size),
+                    min=int(lengths.min()),
+                    mean=float(lengths.mean()),
+                    p50=float(np.percentile(lengths, 50)),
+                    p90=float(np.percentile(lengths, 90)),
+                    max=int(lengths.max()),
+                    histogram_counts=tuple(int(c) for c in counts),
+                    histogram_edges=tuple(float(e) for e in edges),
+                    max_seq_length=limit,
+                    truncated=over,
+                    truncated_percent=100.0 * over / lengths.size,
+                    counted_with_prompt=used_prompt or "",
+                ),
             )
         )
 
-    def _agreement(self, ctx: RunContext, target: Target, lines: list[str], served: np.ndarray, prompt: str | None) -> None:
+    def _agreement(self, ctx: RunContext, lines: list[str], served: np.ndarray, prompt: str | None) -> None:
         """The same texts, with the same prompt, embedded locally: the cosine between the two per text
         (an f16 GGUF agrees with torch to about 1e-3; quantised files less)."""
-        from ..targets import SentenceTransformerTarget, TargetSpec
+        from ..execute import make_target
+        from ..plan import LocalTarget
 
-        local = SentenceTransformerTarget(TargetSpec(model=None if self.compare_model == "bundled" else self.compare_model, device="cpu"))
+        model = self.plan.compare_model
+        local = make_target(LocalTarget(model=None if model == "bundled" else model, device="cpu"))
         local.load(ctx)
         try:
             with ctx.phase("compare", f"{len(lines)} texts locally"):
                 # Marked as not counted: the local model's time is not the server's latency.
-                mine = local.encode(ctx, lines, prompt=prompt or None, label="compare (local)", warmup=True).embeddings
+                mine = local.encode(ctx, lines, prompt=prompt or None, label="compare (local)", group="compare (local)",
+                                    warmup=True).embeddings
         finally:
             local.close()
         a = served / np.linalg.norm(served, axis=1, keepdims=True)
@@ -160,19 +160,7 @@ class EncodeWorkload:
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                name="agreement",
-                data={
-                    "compare_model": local.spec.display_name,
-                    "cosine": [float(c) for c in cos],
-                    "min": float(cos.min()),
-                    "mean": float(cos.mean()),
-                    "worst_text": lines[worst],
-                    "prompt": prompt or "",
-                },
+                result=Agreement(compare_model=local.describe().model_name, cosine=tuple(float(c) for c in cos), min=float(cos.min()),
+                                 mean=float(cos.mean()), worst_text=lines[worst], prompt=prompt or ""),
             )
         )
-
-
-def _histogram(lengths: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
-    counts, edges = np.histogram(lengths, bins=min(bins, max(1, int(np.unique(lengths).size))))
-    return {"counts": [int(c) for c in counts], "edges": [float(e) for e in edges]}

@@ -10,73 +10,54 @@ client-bound result cannot pass for a server's.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..context import RunContext
 from ..errors import UserError
 from ..events import Note, Result
 from ..files import read_lines
-from ..stats import describe
+from ..plan import MAX_LOAD_WORKERS as MAX_WORKERS
+from ..plan import LoadPlan
+from ..results import ClientCeiling, LoadResult
+from ..stats import LatencySeries
 from ..targets import Target
 from .encode import sample_corpus
 
-MAX_WORKERS = 512
 
 
-@dataclass
 class LoadWorkload:
-    requests: int | None = None
-    duration_s: float | None = None
-    concurrency: int | None = None
-    rate: float | None = None  # requests per second, Poisson arrivals
-    batch: int = 1  # texts per request
-    input: str | None = None
-    prompt_name: str | None = None
-    seed: int = 0
-    probe_s: float = 1.5  # how long the client-ceiling probe runs
-    name: str = "load"
-    _texts: list[str] = field(default_factory=list, repr=False)
+    name = "load"
+    probe_s = 1.5  # how long the client-ceiling probe runs
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self.requests, self.duration_s = plan.requests, plan.duration_s
+        self.concurrency, self.rate, self.batch = plan.concurrency, plan.rate, plan.batch
+        self._texts: list[str] = []
 
     def prepare(self) -> None:
-        if self.requests is None and self.duration_s is None:
-            self.requests = 200
-        if self.requests is not None and self.duration_s is not None:
-            raise UserError("give --requests or --duration, not both")
-        if self.requests is not None and self.requests < 1:
-            raise UserError(f"--requests must be at least 1, not {self.requests}")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise UserError(f"--duration must be a positive number of seconds, not {self.duration_s}")
-        if self.concurrency is not None and self.rate is not None:
-            raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
-        if self.concurrency is None and self.rate is None:
-            self.concurrency = 1
-        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_WORKERS:
-            raise UserError(f"--concurrency must be between 1 and {MAX_WORKERS}, not {self.concurrency}")
-        if self.rate is not None and self.rate <= 0:
-            raise UserError(f"--rate must be a positive number of requests per second, not {self.rate}")
-        if self.batch < 1:
-            raise UserError(f"--batch must be at least 1 text per request, not {self.batch}")
-        self._texts = sample_corpus() if self.input is None else read_lines(self.input)
+        self._texts = sample_corpus() if self.plan.input is None else read_lines(self.plan.input)
 
     def prompt_names(self) -> list[str]:
-        return [self.prompt_name] if self.prompt_name else []
+        return [self.plan.prompt_name] if self.plan.prompt_name else []
 
     def settings(self) -> dict[str, Any]:
+        p = self.plan
         return {
             "name": self.name,
-            "requests": self.requests,
-            "duration_s": self.duration_s,
-            "concurrency": self.concurrency,
-            "rate_per_s": self.rate,
-            "arrivals": "poisson" if self.rate is not None else "closed loop",
-            "texts_per_request": self.batch,
-            "input": self.input if self.input is not None else "built-in sample corpus",
-            "prompt_name": self.prompt_name,
+            "requests": p.requests,
+            "duration_s": p.duration_s,
+            "concurrency": p.concurrency,
+            "rate_per_s": p.rate,
+            "arrivals": "poisson" if p.rate is not None else "closed loop",
+            "texts_per_request": p.batch,
+            "input": p.input if p.input is not None else "built-in sample corpus",
+            "prompt_name": p.prompt_name,
         }
 
     def run(self, ctx: RunContext, target: Target) -> None:
@@ -86,21 +67,26 @@ class LoadWorkload:
             raise UserError("the load workload drives a server: give --server URL")
         if not self._texts:
             self.prepare()
-        prefix = target._prompt_text("plain", self.prompt_name, None) or ""
+        prefix = target.prompt_text("plain", self.plan.prompt_name, None) or ""
         texts = [prefix + t for t in self._texts]
         workers = self.concurrency or min(MAX_WORKERS, max(8, int((self.rate or 1) * 2)))
-        ceiling = client_ceiling(workers, self.probe_s)
-        ctx.emit(Result(t_ns=ctx.now(), name="client_ceiling", data=ceiling))
+        # The probe sends requests of the load's own shape (K texts each): a ceiling measured with
+        # one text a request would say nothing about a load that sends K.
+        ceiling = client_ceiling(workers, self.probe_s, self.batch)
+        ctx.emit(Result(t_ns=ctx.now(), result=ceiling))
 
         with ctx.phase("warm-up", "1 request"):
-            target.request(ctx, texts[: self.batch], warmup=True)
+            target.request(ctx, texts[: self.batch], warmup=True, group="load")
 
         lock = threading.Lock()
-        done: list[dict[str, Any]] = []
+        # Aggregates, not a list per request: an hour of load must not grow the client's memory.
+        latency = LatencySeries()
+        tally = {"done": 0, "ok": 0, "items": 0, "tokens": 0, "tokens_known": True}
+        kinds: dict[str, int] = {}
         stop = threading.Event()
         fault: list[BaseException] = []
         sent = [0]
-        rnd = random.Random(self.seed)
+        rnd = random.Random(self.plan.seed)
 
         def next_chunk(i: int) -> list[str]:
             start = (i * self.batch) % len(texts)
@@ -110,17 +96,25 @@ class LoadWorkload:
             if stop.is_set():
                 return
             outcome = target.try_request(next_chunk(i))
-            ctx.emit(outcome.event(ctx, 0, i, False))
+            ctx.emit(outcome.event(ctx, 0, i, False, "load"))
             with lock:
-                done.append({"t": time.perf_counter(), "s": outcome.duration_ns / 1e9, "kind": outcome.error_kind,
-                             "items": outcome.items, "tokens": outcome.tokens})
-                if outcome.error_kind:
-                    target.errors += 1
-                    target.errors_by_kind[outcome.error_kind] = target.errors_by_kind.get(outcome.error_kind, 0) + 1
-                    if target.errors > target.spec.max_errors and not fault:
-                        fault.append(ServerFault(f"{target.errors} requests failed ({outcome.error_kind}: {outcome.error}), "
-                                                 f"more than --max-errors {target.spec.max_errors}; the load stopped"))
-                        stop.set()
+                tally["done"] += 1
+                if not outcome.error_kind:
+                    tally["ok"] += 1
+                    tally["items"] += outcome.items
+                    latency.add(outcome.duration_ns / 1e9)
+                    if outcome.tokens is None:
+                        tally["tokens_known"] = False
+                    else:
+                        tally["tokens"] += outcome.tokens
+                    return
+                kinds[outcome.error_kind] = kinds.get(outcome.error_kind, 0) + 1
+                target.errors += 1
+                target.errors_by_kind[outcome.error_kind] = target.errors_by_kind.get(outcome.error_kind, 0) + 1
+                if target.errors > target.spec.max_errors and not fault:
+                    fault.append(ServerFault(f"{target.errors} requests failed ({outcome.error_kind}: {outcome.error}), "
+                                             f"more than --max-errors {target.spec.max_errors}; the load stopped"))
+                    stop.set()
 
         def more(i: int, t0: float) -> bool:
             if stop.is_set() or ctx.cancel_event.is_set():
@@ -165,36 +159,32 @@ class LoadWorkload:
                         i += 1
             wall = time.perf_counter() - t0
         ctx.check_cancel()
-        ok = [d for d in done if not d["kind"]]
-        kinds: dict[str, int] = {}
-        for d in done:
-            if d["kind"]:
-                kinds[d["kind"]] = kinds.get(d["kind"], 0) + 1
-        stats = describe([d["s"] for d in ok])
-        achieved = len(done) / wall if wall > 0 else 0.0
-        data = {
-            "requests_sent": sent[0],
-            "requests_done": len(done),
-            "ok": len(ok),
-            "errors": sum(kinds.values()),
-            "errors_by_kind": kinds,
-            "wall_s": wall,
-            "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
-            "items_per_s": sum(d["items"] for d in ok) / wall if wall > 0 else 0.0,
-            "tokens_per_s": (sum(d["tokens"] or 0 for d in ok) / wall) if wall > 0 and any(d["tokens"] for d in ok) else None,
-            "latency": stats,
-            "client_ceiling_per_s": ceiling["requests_per_s"],
-            "client_share_percent": 100.0 * achieved / ceiling["requests_per_s"] if ceiling["requests_per_s"] else None,
-        }
-        ctx.emit(Result(t_ns=ctx.now(), name="load", data=data))
-        if data["client_share_percent"] is not None and data["client_share_percent"] > 50:
+        achieved = tally["done"] / wall if wall > 0 else None
+        ceiling_rate = ceiling.requests_per_s
+        share = 100.0 * achieved / ceiling_rate if achieved is not None and ceiling_rate else None
+        result = LoadResult(
+            requests_sent=sent[0],
+            requests_done=int(tally["done"]),
+            ok=int(tally["ok"]),
+            errors=sum(kinds.values()),
+            errors_by_kind=kinds,
+            wall_s=wall,
+            requests_per_s=tally["ok"] / wall if wall > 0 else None,
+            items_per_s=tally["items"] / wall if wall > 0 else None,
+            tokens_per_s=tally["tokens"] / wall if wall > 0 and tally["tokens_known"] and tally["ok"] else None,
+            latency=latency.stats(),
+            client_ceiling_per_s=ceiling_rate,
+            client_share_percent=share,
+        )
+        ctx.emit(Result(t_ns=ctx.now(), result=result))
+        if share is not None and share > 50:
             ctx.emit(Note(t_ns=ctx.now(), level="warning",
-                          text=f"the load reached {data['client_share_percent']:.0f} % of what this client alone can send: it may be client-bound"))
+                          text=f"the load reached {share:.0f} % of what this client alone can send: it may be client-bound"))
         if fault:
             raise fault[0]
 
 
-def client_ceiling(workers: int, seconds: float) -> dict[str, Any]:
+def client_ceiling(workers: int, seconds: float, texts_per_request: int = 1) -> ClientCeiling:
     """What this client alone can send: the same httpx client and threads against a trivial
     local endpoint that answers a fixed embedding at once."""
     import httpx
@@ -205,7 +195,7 @@ def client_ceiling(workers: int, seconds: float) -> dict[str, Any]:
         count = [0]
         lock = threading.Lock()
         t_end = time.perf_counter() + seconds
-        body = b'{"content": ["x"], "embd_normalize": 2}'
+        body = json.dumps({"content": ["x"] * texts_per_request, "embd_normalize": 2}).encode()
 
         def worker() -> None:
             while time.perf_counter() < t_end:
@@ -220,4 +210,5 @@ def client_ceiling(workers: int, seconds: float) -> dict[str, Any]:
         for th in threads:
             th.join()
         wall = time.perf_counter() - t0
-    return {"requests_per_s": count[0] / wall if wall > 0 else 0.0, "workers": len(threads), "seconds": wall}
+    return ClientCeiling(requests_per_s=count[0] / wall if wall > 0 and count[0] else None, workers=len(threads), seconds=wall,
+                         texts_per_request=texts_per_request)

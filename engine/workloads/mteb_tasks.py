@@ -12,7 +12,7 @@ import logging
 import platform
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,8 @@ from ..context import RunContext
 from ..errors import PartialFailure, RunCancelled, UserError
 from ..events import Note, Result
 from ..files import ensure_writable_dir
+from ..plan import MtebPlan, SpeedPlan
+from ..results import MtebRun, MtebTask
 from ..targets import Target
 from .. import mteb_data
 from ..mteb_bridge import TaskSession, make_encoder, monotonic_pair, reconcile, tap_task, write_speed_result, write_task_result
@@ -39,39 +41,28 @@ class _Planned:
     local: mteb_data.LocalData | None = None
 
 
-@dataclass
 class MtebWorkload:
-    tasks: list[str]
-    data_dir: str | None = None
-    results_dir: str = "results"
-    batch_size: int = 32
-    loops: int = 7  # SpeedTasks
-    text_file: str | None = None  # SpeedTasks
-    name: str = "mteb"
-    _plan: list[_Planned] = field(default_factory=list, repr=False)
-    _speed: SpeedWorkload | None = field(default=None, repr=False)
+    name = "mteb"
+
+    def __init__(self, plan: MtebPlan) -> None:
+        self.plan = plan
+        self.tasks = list(plan.tasks)
+        self._plan: list[_Planned] = []
+        self._speed: SpeedWorkload | None = None
 
     # -- before anything loads -------------------------------------------------------------------
     def prepare(self) -> None:
-        if not self.tasks:
-            raise UserError("no task given: name one or more with -t TASK (e.g. -t STS16 -t Banking77Classification)")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
-        seen: set[str] = set()
-        for name in self.tasks:
-            if name in seen:
-                raise UserError(f"task '{name}' is named twice")
-            seen.add(name)
-        data_dir = Path(self.data_dir).expanduser() if self.data_dir else None
+        p = self.plan
+        data_dir = Path(p.data_dir).expanduser() if p.data_dir else None
         if data_dir is not None and not data_dir.is_dir():
-            raise UserError(f"--data-dir '{self.data_dir}' is not a folder")
-        ensure_writable_dir(Path(self.results_dir), "results folder")
+            raise UserError(f"--data-dir '{p.data_dir}' is not a folder")
+        ensure_writable_dir(Path(p.results_dir), "results folder")
         plan: list[_Planned] = []
         needs_hub: list[tuple[str, list[Path]]] = []
         for name in self.tasks:
             if name in mteb_data.SPEED_TASKS:
                 if self._speed is None:
-                    self._speed = SpeedWorkload(text_file=self.text_file, loops=self.loops, batch_size=self.batch_size)
+                    self._speed = SpeedWorkload(SpeedPlan(text=p.text, loops=p.loops, batch_size=p.batch_size))
                     self._speed.prepare()
                 plan.append(_Planned(name))
                 continue
@@ -95,13 +86,14 @@ class MtebWorkload:
         return []
 
     def settings(self) -> dict[str, Any]:
+        p = self.plan
         return {
             "name": self.name,
             "tasks": list(self.tasks),
-            "data_dir": self.data_dir,
-            "results_dir": self.results_dir,
-            "batch_size": self.batch_size,
-            "loops": self.loops if self._speed is not None else None,
+            "data_dir": p.data_dir,
+            "results_dir": p.results_dir,
+            "batch_size": p.batch_size,
+            "loops": p.loops if self._speed is not None else None,
         }
 
     # -- the run ----------------------------------------------------------------------------------
@@ -112,16 +104,11 @@ class MtebWorkload:
         current: list[TaskSession] = []
         encoder = make_encoder(target, lambda: current[-1])
         meta = encoder.mteb_model_meta
-        results_dir = Path(self.results_dir)
+        results_dir = Path(self.plan.results_dir)
         failed: list[str] = []
         done: list[str] = []
-        ctx.emit(
-            Result(
-                t_ns=ctx.now(),
-                name="mteb",
-                data={"tasks": list(self.tasks), "model_name": meta.name, "revision": meta.revision, "results_dir": str(results_dir)},
-            )
-        )
+        ctx.emit(Result(t_ns=ctx.now(), result=MtebRun(tasks=tuple(self.tasks), model_name=str(meta.name), revision=meta.revision,
+                                                       results_dir=str(results_dir))))
         for planned in self._plan:
             ctx.check_cancel()
             session = TaskSession(ctx, planned.name)
@@ -152,8 +139,8 @@ class MtebWorkload:
                 failed.append(planned.name)
             finally:
                 outcome["seconds"] = time.perf_counter() - started
-                outcome["encodes"] = [e.as_dict() for e in session.encodes]
-                ctx.emit(Result(t_ns=ctx.now(), name=f"mteb:{planned.name}", data=outcome))
+                outcome["encodes"] = tuple(session.encodes)
+                ctx.emit(Result(t_ns=ctx.now(), result=MtebTask(**outcome)))
             if outcome["status"] == "failed":
                 ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name} failed: {outcome['error']}", level="warning"))
                 ctx.failed_phase = ""  # the run goes on; a later failure names its own phase
@@ -193,17 +180,17 @@ class MtebWorkload:
             overwrite_strategy="always",
             show_progress_bar=False,
             co2_tracker=False,
-            encode_kwargs={"batch_size": self.batch_size, "show_progress_bar": False},
+            encode_kwargs={"batch_size": self.plan.batch_size, "show_progress_bar": False},
             raise_error=True,
         )
         if not result.task_results:  # mteb returns an error instead of raising for a private dataset it cannot reach
             raise UserError(str(result.exceptions[0].exception) if result.exceptions else "mteb returned no result")
         tr = result.task_results[0]
         out["main_score"] = float(tr.get_score())
-        out["scores"] = {split: [dict(s) for s in rows] for split, rows in tr.scores.items()}
+        out["scores"] = {split: tuple(dict(s) for s in rows) for split, rows in tr.scores.items()}
         out["evaluation_time"] = tr.evaluation_time
         out["mteb_phases"] = reconcile(session, tr.evaluation_phases, mono_ref, ns_ref)
-        unseen = [p["name"] for p in out["mteb_phases"] if not p["seen_live"]]
+        unseen = [p.name for p in out["mteb_phases"] if not p.seen_live]
         if unseen:
             ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name}: mteb reported phases not seen live: {', '.join(unseen)}"))
         out["results_file"] = str(write_task_result(tr, meta, results_dir))
@@ -213,20 +200,21 @@ class MtebWorkload:
 
     def _speed_task(self, ctx: RunContext, target: Target, name: str, meta: Any, results_dir: Path) -> dict[str, Any]:
         assert self._speed is not None
-        device = str(target.describe().get("device_resolved", "cpu"))
-        if device == "server":
+        device = target.device or ""
+        if not target.capabilities.local_device:
             pass  # where a server computes is the server's business: the task is timed as named
         elif name == "GPUSpeedTask" and not device.startswith("cuda"):
             raise UserError(f"GPUSpeedTask needs a CUDA device; this run's model is on {device} (use --device cuda)")
-        if name == "CPUSpeedTask" and device != "cpu":
+        elif name == "CPUSpeedTask" and device != "cpu":
             raise UserError(f"CPUSpeedTask times the model on the CPU; this run's model is on {device} (use --device cpu)")
         started = time.perf_counter()
         data = self._speed.measure(ctx, target)
-        scores = {k: data[k] for k in ("time_mean", "time_std", "timings", "avg_words_per_sec")}
-        scores.update(_system_info(device))
+        scores: dict[str, Any] = {"time_mean": data.time_mean, "time_std": data.time_std, "timings": list(data.timings),
+                                  "avg_words_per_sec": data.avg_words_per_sec}
+        scores.update(_system_info(device if target.capabilities.local_device else "server"))
         scores["main_score"] = scores["avg_words_per_sec"]
         path = write_speed_result(name, scores, time.perf_counter() - started, meta, results_dir)
-        return {"type": "Speed", "main_score_name": "avg_words_per_sec", "main_score": scores["main_score"], "scores": {"test": [scores]},
+        return {"type": "Speed", "main_score_name": "avg_words_per_sec", "main_score": scores["main_score"], "scores": {"test": (scores,)},
                 "speed": data, "results_file": str(path)}
 
 
@@ -243,9 +231,9 @@ def _system_info(device: str) -> dict[str, Any]:
         "total_cores": psutil.cpu_count(logical=True),
     }
     if device != "cpu":
-        from ..environment import _gpus
+        from ..environment import gpus as list_gpus
 
-        gpus = _gpus()
+        gpus = list_gpus()
         info["num_gpus"] = len(gpus)
         info["gpu_info"] = [{"gpu_name": g["name"], "gpu_total_memory": f"{g['memory_total_mib'] / 1024.0} GB"} for g in gpus]
     return info

@@ -3,33 +3,32 @@ then ``loops`` timed encodes of the 43 paragraphs of "The Ugly Duckling"."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..context import RunContext
-from ..errors import UserError
 from ..events import Result
+from ..plan import SpeedPlan
+from ..results import SpeedResult
 from ..speedtext import SpeedText, resolve_speed_text
 from ..stats import describe
 from ..targets import Target
 
 
-@dataclass
 class SpeedWorkload:
-    text_file: str | None = None
-    loops: int = 7
-    batch_size: int = 32
-    name: str = "speed"
-    _text: SpeedText | None = field(default=None, repr=False)
+    name = "speed"
+
+    def __init__(self, plan: SpeedPlan) -> None:
+        self.plan = plan
+        self._text: SpeedText | None = None
+
+    @property
+    def batch_size(self) -> int:
+        return self.plan.batch_size
 
     def prepare(self) -> None:
-        if self.loops < 1:
-            raise UserError(f"--loops must be at least 1, not {self.loops}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, not {self.batch_size}")
-        self._text = resolve_speed_text(self.text_file)
+        self._text = resolve_speed_text(self.plan.text)
 
     @property
     def text(self) -> SpeedText:
@@ -46,8 +45,8 @@ class SpeedWorkload:
         return {
             "name": self.name,
             "protocol": "MTEB v1 SpeedTask",
-            "loops": self.loops,
-            "batch_size": self.batch_size,
+            "loops": self.plan.loops,
+            "batch_size": self.plan.batch_size,
             "warmups": 1,
             "text_path": t.path,
             "text_source": t.source,
@@ -58,28 +57,41 @@ class SpeedWorkload:
         }
 
     def run(self, ctx: RunContext, target: Target) -> None:
-        ctx.emit(Result(t_ns=ctx.now(), name="speed", data=self.measure(ctx, target)))
+        ctx.emit(Result(t_ns=ctx.now(), result=self.measure(ctx, target)))
 
-    def measure(self, ctx: RunContext, target: Target) -> dict[str, Any]:
+    def measure(self, ctx: RunContext, target: Target) -> SpeedResult:
         paragraphs = self.text.paragraphs
+        loops, batch = self.plan.loops, self.plan.batch_size
         with ctx.phase("warm-up", '["encode this"]'):
-            target.encode(ctx, ["encode this"], batch_size=self.batch_size, label="warm-up", warmup=True)
+            target.encode(ctx, ["encode this"], batch_size=batch, label="warm-up", group="warm-up", warmup=True)
         timings: list[float] = []
-        for i in range(self.loops):
+        for i in range(loops):
             ctx.check_cancel()
-            with ctx.phase("encode", f"loop {i + 1}/{self.loops}"):
-                outcome = target.encode(ctx, paragraphs, batch_size=self.batch_size, label=f"loop {i + 1}")
+            with ctx.phase("encode", f"loop {i + 1}/{loops}"):
+                outcome = target.encode(ctx, paragraphs, batch_size=batch, label=f"loop {i + 1}", group="loop")
             timings.append(outcome.duration_ns / 1e9)
-        device = str(target.describe().get("device_resolved", "cpu"))
-        task = "CPUSpeedTask" if device == "cpu" else "GPUSpeedTask"
+        task, why = speed_task_name(target)
         time_mean = float(np.mean(timings))
-        return {
-            "task_name": task,
+        return SpeedResult(
+            task_name=task,
+            task_name_why=why,
             # mteb 1.x's own fields and formulas: population std, words / mean time.
-            "time_mean": time_mean,
-            "time_std": float(np.std(timings)),
-            "timings": timings,
-            "avg_words_per_sec": self.text.words / time_mean,
-            "words": self.text.words,
-            "stats": describe(timings),
-        }
+            time_mean=time_mean,
+            time_std=float(np.std(timings)),
+            timings=tuple(timings),
+            avg_words_per_sec=self.text.words / time_mean,
+            words=self.text.words,
+            stats=describe(timings),
+        )
+
+
+def speed_task_name(target: Target) -> tuple[str | None, str]:
+    """mteb 1.x's CPUSpeedTask or GPUSpeedTask, as the device says; neither for a server or mps."""
+    if not target.capabilities.local_device:
+        return None, "a server: where it computes is its own business, so it is neither CPUSpeedTask nor GPUSpeedTask"
+    device = target.device or ""
+    if device == "cpu":
+        return "CPUSpeedTask", ""
+    if device.startswith("cuda"):
+        return "GPUSpeedTask", ""
+    return None, f"device {device}: mteb's SpeedTasks name only cpu and cuda"

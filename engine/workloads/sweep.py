@@ -15,7 +15,6 @@ import itertools
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,56 +24,14 @@ from ..errors import UserError
 from ..events import BatchTimed, Event, Note, ResourceSample, Result
 from ..files import read_lines
 from ..stats import describe
+from ..plan import AXES, OOM_AXES, SweepPlan
+from ..results import LatencyFit, MemoryLimit, MemoryPoint, SweepPoint, SweepResult
 from ..sweepstats import StopRule, fit_latency, median_ci, relative_half_width
-from ..targets import DEVICES, DTYPES, EncodeMode, SentenceTransformerTarget, Target
+from ..targets import SentenceTransformerTarget, Target
 from .encode import sample_corpus
 
-INT_AXES = ("lines", "batch", "tokens", "threads", "truncate_dim", "max_seq_length")
 SPEC_AXES = ("device", "dtype", "truncate_dim")  # a new value means loading the model again
-AXES = ("device", "dtype", "truncate_dim", "max_seq_length", "threads", "batch", "tokens", "lines")  # outermost first
-OOM_AXES = ("batch", "tokens")
 MAX_GROWTH = 1 << 16
-
-
-def parse_axes(specs: list[str]) -> dict[str, list[Any]]:
-    """``["lines=25,50,100", "threads=1,2"]`` → {"lines": [25, 50, 100], "threads": [1, 2]}; one sentence on bad input."""
-    axes: dict[str, list[Any]] = {}
-    for spec in specs:
-        name, sep, raw = spec.partition("=")
-        name = name.strip().replace("-", "_")
-        if not sep:
-            raise UserError(f"axis '{spec}' needs values: NAME=V1,V2,… (e.g. lines=25,50,100)")
-        if name not in AXES:
-            raise UserError(f"unknown axis '{name}': use one of {', '.join(sorted(AXES))}")
-        if name in axes:
-            raise UserError(f"axis '{name}' is given twice")
-        values = [v.strip() for v in raw.split(",") if v.strip()]
-        if not values:
-            raise UserError(f"axis '{name}' has no values")
-        parsed: list[Any] = []
-        for v in values:
-            if name in INT_AXES:
-                try:
-                    n = int(v)
-                except ValueError:
-                    raise UserError(f"axis '{name}' takes whole numbers, not '{v}'") from None
-                if n < 1:
-                    raise UserError(f"axis '{name}' takes numbers of at least 1, not {n}")
-                parsed.append(n)
-            elif name == "device":
-                if v.split(":", 1)[0] not in DEVICES or v == "auto":
-                    raise UserError(f"axis 'device' takes cpu, cuda, cuda:N or mps, not '{v}'")
-                parsed.append(v)
-            else:
-                if v not in DTYPES:
-                    raise UserError(f"axis 'dtype' takes {', '.join(DTYPES)}, not '{v}'")
-                parsed.append(v)
-        if len(set(parsed)) != len(parsed):
-            raise UserError(f"axis '{name}' repeats a value")
-        axes[name] = parsed
-    if not axes:
-        raise UserError("a sweep needs at least one axis: --axis NAME=V1,V2,… (e.g. --axis lines=25,50,100,200)")
-    return axes
 
 
 class PointWatcher:
@@ -83,8 +40,8 @@ class PointWatcher:
 
     def __init__(self) -> None:
         self.peaks: dict[str, float] = {}
-        self.tokens = 0
-        self.padded = 0
+        self.tokens: int | None = 0  # None once a batch's count is unknown (a server)
+        self.padded: int | None = 0
 
     def __call__(self, e: Event) -> None:
         if isinstance(e, ResourceSample):
@@ -93,8 +50,8 @@ class PointWatcher:
                 if v is not None and v > self.peaks.get(name, -1.0):
                     self.peaks[name] = float(v)
         elif isinstance(e, BatchTimed) and not e.warmup:
-            self.tokens += e.tokens
-            self.padded += e.padded_tokens
+            self.tokens = None if self.tokens is None or e.tokens is None else self.tokens + e.tokens
+            self.padded = None if self.padded is None or e.padded_tokens is None else self.padded + e.padded_tokens
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -103,57 +60,35 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-@dataclass
 class SweepWorkload:
-    axes: dict[str, list[Any]]
-    input: str | None = None
-    mode: EncodeMode = "plain"
-    prompt_name: str | None = None
-    batch_size: int = 32
-    warmups: int = 1
-    target_ci: float = 0.02
-    budget_s: float = 30.0
-    max_repeats: int = 60
-    until_oom: bool = False
-    ram_ceiling_mib: float | None = None
-    name: str = "sweep"
-    _texts: list[str] = field(default_factory=list, repr=False)
+    name = "sweep"
+
+    def __init__(self, plan: SweepPlan) -> None:
+        self.plan = plan
+        self.axes: dict[str, tuple[Any, ...]] = dict(plan.axes)
+        self.batch_size = plan.effective_batch_size
+        self._texts: list[str] = []
 
     def prepare(self) -> None:
-        if not self.axes:
-            raise UserError("a sweep needs at least one axis: --axis NAME=V1,V2,… (e.g. --axis lines=25,50,100,200)")
-        if "batch" in self.axes and self.batch_size != 32:
-            raise UserError("batch is both an axis and --batch-size: give one of them")
-        if not 0 < self.target_ci < 1:
-            raise UserError(f"--target-ci is a share of the median between 0 and 1 (0.02 is ±2 %), not {self.target_ci}")
-        if self.budget_s <= 0:
-            raise UserError(f"--budget must be a positive number of seconds per point, not {self.budget_s}")
-        if self.until_oom:
-            grow = [a for a in OOM_AXES if a in self.axes]
-            if len(grow) != 1:
-                raise UserError("--until-oom grows exactly one axis, batch or tokens: give --axis batch=… or --axis tokens=…")
-            if len(self.axes) > 1:
-                raise UserError(f"--until-oom grows {grow[0]} alone; drop the other axes ({', '.join(a for a in self.axes if a != grow[0])})")
-        if self.ram_ceiling_mib is not None and not self.until_oom:
-            raise UserError("--ram-ceiling goes with --until-oom")
-        self._texts = sample_corpus() if self.input is None else read_lines(self.input)
+        self._texts = sample_corpus() if self.plan.input is None else read_lines(self.plan.input)
 
     def prompt_names(self) -> list[str]:
-        return [self.prompt_name] if self.prompt_name else []
+        return [self.plan.prompt_name] if self.plan.prompt_name else []
 
     def settings(self) -> dict[str, Any]:
+        p = self.plan
         return {
             "name": self.name,
-            "axes": self.axes,
-            "input": self.input if self.input is not None else "built-in sample corpus",
-            "mode": self.mode,
-            "prompt_name": self.prompt_name,
+            "axes": {k: list(v) for k, v in self.axes.items()},
+            "input": p.input if p.input is not None else "built-in sample corpus",
+            "mode": p.mode,
+            "prompt_name": p.prompt_name,
             "batch_size": self.batch_size,
-            "warmups": self.warmups,
-            "target_ci_percent": 100 * self.target_ci,
-            "budget_s_per_point": self.budget_s,
-            "until_oom": self.until_oom,
-            "ram_ceiling_mib": self.ram_ceiling_mib,
+            "warmups": p.warmups,
+            "target_ci_percent": p.target_ci_percent,
+            "budget_s_per_point": p.budget_s,
+            "until_oom": p.until_oom,
+            "ram_ceiling_mib": p.ram_ceiling_mib,
         }
 
     # -- the grid ---------------------------------------------------------------------------------
@@ -165,67 +100,67 @@ class SweepWorkload:
         base = self._texts
         if "tokens" in point:
             base = _texts_of_tokens(target, base, int(point["tokens"]), count=max(len(base), point.get("batch", self.batch_size)))
-        n = int(point.get("lines") or (point.get("batch") if self.until_oom else 0) or len(base))
+        n = int(point.get("lines") or (point.get("batch") if self.plan.until_oom else 0) or len(base))
         return [base[i % len(base)] for i in range(n)]
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self, ctx: RunContext, target: Target) -> None:
         if not self._texts:
             self.prepare()
-        import torch
-
-        base_threads = torch.get_num_threads()
+        p = self.plan
+        local = target.capabilities.local_device
+        torch = _torch() if local else None
+        base_threads = torch.get_num_threads() if torch is not None else 0
         cores = os.cpu_count() or 1
-        if any(t > cores for t in self.axes.get("threads", [])):
+        if any(int(t) > cores for t in self.axes.get("threads", ())):
             ctx.emit(Note(t_ns=ctx.now(), text=f"threads above this machine's {cores} cores are measured as asked, but they only contend", level="warning"))
-        rule = StopRule(target=self.target_ci, budget_s=self.budget_s, max_repeats=self.max_repeats)
-        if self.until_oom:
-            rule = StopRule(target=self.target_ci, budget_s=min(self.budget_s, 10.0), min_repeats=3, max_repeats=3)
-        first_key = _spec_key(replace(target.spec, device=str(target.describe().get("device_resolved") or target.spec.device)))
-        loaded: dict[tuple[Any, ...], Target] = {first_key: target}
-        points: list[dict[str, Any]] = []
+        target_ci = p.target_ci_percent / 100.0
+        rule = StopRule(target=target_ci, budget_s=p.budget_s, max_repeats=p.max_repeats)
+        if p.until_oom:
+            rule = StopRule(target=target_ci, budget_s=min(p.budget_s, 10.0), min_repeats=3, max_repeats=3)
+        loaded: dict[tuple[Any, ...], Target] = {_spec_key(target.device, _setting(target, "dtype"), _setting(target, "truncate_dim")): target}
+        points: list[SweepPoint] = []
         grid = self._grid()
-        grow_axis = next((a for a in OOM_AXES if a in self.axes), None) if self.until_oom else None
+        grow_axis = next((a for a in OOM_AXES if a in self.axes), None) if p.until_oom else None
         stop_reason = ""
         try:
             stop_reason = self._points(ctx, target, loaded, grid, grow_axis, rule, base_threads, points)
         finally:
-            torch.set_num_threads(base_threads)
+            if torch is not None:
+                torch.set_num_threads(base_threads)
             for t in [t for t in loaded.values() if t is not target]:
                 _release(t)
             loaded.clear()
             gc.collect()
             _empty_cuda_cache()
-        data: dict[str, Any] = {"axes": self.axes, "points": points, "parameters": target.describe().get("parameters")}
-        data["fits"] = _fits(points)
+        memory_limit = None
         if grow_axis is not None:
-            fitting = [p for p in points if p["status"] == "ok"]
-            data["memory_limit"] = {
-                "axis": grow_axis,
-                "largest_that_fits": fitting[-1]["params"][grow_axis] if fitting else None,
-                "stopped": stop_reason,
-                "ceiling_mib": self.ram_ceiling_mib,
-                "curve": [
-                    {grow_axis: p["params"][grow_axis], "peak_rss_mib": p.get("peak_rss_mib"), "peak_gpu_mib": p.get("peak_gpu_mib"),
-                     "torch_peak_mib": p.get("torch_peak_mib"), "status": p["status"]}
-                    for p in points
-                ],
-            }
+            fitting = [pt for pt in points if pt.status == "ok"]
+            memory_limit = MemoryLimit(
+                axis=grow_axis,
+                largest_that_fits=int(fitting[-1].params[grow_axis]) if fitting else None,
+                stopped=stop_reason,
+                ceiling_mib=p.ram_ceiling_mib,
+                curve=tuple(MemoryPoint(value=int(pt.params[grow_axis]), peak_rss_mib=pt.peak_rss_mib, peak_gpu_mib=pt.peak_gpu_mib,
+                                        torch_peak_mib=pt.torch_peak_mib, status=pt.status) for pt in points),
+            )
             if not fitting:
-                first = points[0]["params"][grow_axis] if points else None
+                first = points[0].params[grow_axis] if points else None
                 ctx.emit(Note(t_ns=ctx.now(), text=f"nothing fits: {grow_axis} {first}, the first point, already failed ({stop_reason})", level="warning"))
-        ctx.emit(Result(t_ns=ctx.now(), name="sweep", data=data))
+        ctx.emit(Result(t_ns=ctx.now(), result=SweepResult(axes=self.axes, points=tuple(points), parameters=target.describe().parameters,
+                                                           fits=tuple(_fits(points)), memory_limit=memory_limit)))
 
     def _points(self, ctx: RunContext, target: Target, loaded: dict[tuple[Any, ...], Target], grid: list[dict[str, Any]],
-                grow_axis: str | None, rule: StopRule, base_threads: int, points: list[dict[str, Any]]) -> str:
+                grow_axis: str | None, rule: StopRule, base_threads: int, points: list[SweepPoint]) -> str:
         """Measure the grid (and, in a memory search, grow past it); returns why a search stopped."""
+        ceiling = self.plan.ram_ceiling_mib
         stop_reason = ""
         i = 0
         while True:
             if i < len(grid):
                 params = grid[i]
             elif grow_axis is not None and not stop_reason:
-                last = points[-1]["params"][grow_axis]
+                last = int(points[-1].params[grow_axis])
                 if last * 2 > MAX_GROWTH:
                     stop_reason = f"reached {grow_axis} {last} without running out"
                     break
@@ -238,27 +173,29 @@ class SweepWorkload:
             if grow_axis == "tokens" and current.max_seq_length and params["tokens"] > current.max_seq_length:
                 stop_reason = f"reached the model's max_seq_length ({current.max_seq_length}) without running out"
                 break
-            point = self._measure(ctx, current, params, i, len(grid), rule, base_threads)
-            points.append(point)
+            measured = self._measure(ctx, current, params, i, len(grid), rule, base_threads)
             i += 1
-            # The table so far, for the dashboard; the last "sweep" result is the whole sweep.
-            ctx.emit(Result(t_ns=ctx.now(), name="sweep", data={"axes": self.axes, "points": list(points), "partial": True}))
-            if grow_axis is not None and point["status"] == "oom":
+            if grow_axis is not None and measured["status"] == "oom":
                 stop_reason = f"out of memory at {grow_axis} {params[grow_axis]}"
-                break
-            if grow_axis is not None and self.ram_ceiling_mib is not None and (point.get("peak_rss_mib") or 0) > self.ram_ceiling_mib:
-                point["status"] = "over-ceiling"
-                stop_reason = f"peak RSS {point['peak_rss_mib']:.0f} MiB crossed the {self.ram_ceiling_mib:.0f} MiB ceiling at {grow_axis} {params[grow_axis]}"
+            elif grow_axis is not None and ceiling is not None and (measured.get("peak_rss_mib") or 0) > ceiling:
+                measured["status"] = "over-ceiling"
+                stop_reason = f"peak RSS {measured['peak_rss_mib']:.0f} MiB crossed the {ceiling:.0f} MiB ceiling at {grow_axis} {params[grow_axis]}"
+            # The point is final before anyone sees it: a frozen value, never changed after it was emitted.
+            points.append(SweepPoint(**measured))
+            # The table so far, for the dashboard; the last sweep result is the whole sweep.
+            ctx.emit(Result(t_ns=ctx.now(), result=SweepResult(axes=self.axes, points=tuple(points), partial=True)))
+            if stop_reason:
                 break
         return stop_reason
 
     def _target_for(self, ctx: RunContext, loaded: dict[tuple[Any, ...], Target], first: Target, params: dict[str, Any]) -> Target:
-        spec = first.spec
         changes = {k: params[k] for k in SPEC_AXES if k in params}
         if not changes:
             return first
-        spec = replace(spec, **changes)
-        key = _spec_key(spec)
+        if not isinstance(first, SentenceTransformerTarget):
+            raise UserError(f"this target cannot vary {', '.join(changes)}")
+        key = _spec_key(changes.get("device", first.spec.device), changes.get("dtype", first.spec.dtype),
+                        changes.get("truncate_dim", first.spec.truncate_dim))
         if key in loaded:
             return loaded[key]
         # One extra model at a time: the previous alternative is freed before the next loads.
@@ -266,14 +203,13 @@ class SweepWorkload:
             _release(loaded.pop(k))
         gc.collect()
         _empty_cuda_cache()
-        t = SentenceTransformerTarget(spec)
+        t = first.variant(**changes)
         t.load(ctx)
         loaded[key] = t
         return t
 
-    def _measure(self, ctx: RunContext, target: Target, params: dict[str, Any], i: int, total: int, rule: StopRule, base_threads: int) -> dict[str, Any]:
-        import torch
-
+    def _measure(self, ctx: RunContext, target: Target, params: dict[str, Any], i: int, total: int, rule: StopRule,
+                 base_threads: int) -> dict[str, Any]:
         label = " ".join(f"{k}={v}" for k, v in params.items())
         texts = self._texts_for(target, params)
         batch = int(params.get("batch") or self.batch_size)
@@ -281,22 +217,24 @@ class SweepWorkload:
         old_max = getattr(model, "max_seq_length", None)
         if "max_seq_length" in params and model is not None:
             model.max_seq_length = int(params["max_seq_length"])
-        torch.set_num_threads(int(params.get("threads") or base_threads))
+        torch = _torch() if target.capabilities.local_device else None
+        if torch is not None:
+            torch.set_num_threads(int(params.get("threads") or base_threads))
         watcher = PointWatcher()
         ctx.bus.subscribe(watcher)
-        device = str(target.describe().get("device_resolved", ""))
-        cuda = device.startswith("cuda")
-        if cuda:
+        device = target.device or ""
+        cuda = torch is not None and device.startswith("cuda")
+        if cuda and torch is not None:
             torch.cuda.reset_peak_memory_stats(torch.device(device))
         point: dict[str, Any] = {"params": params, "label": label, "lines": len(texts), "batch_size": batch}
         times: list[float] = []
-        tokens: list[int] = []
+        tokens: list[int | None] = []
         detail = f"{i + 1}/{total} · {label}" if i < total else f"{i + 1} · {label} (growing)"
         try:
             with ctx.phase("point", detail) as pid:
                 point["phase_id"] = pid
-                kw: dict[str, Any] = {"mode": self.mode, "prompt_name": self.prompt_name, "batch_size": batch}
-                for _ in range(self.warmups):
+                kw: dict[str, Any] = {"mode": self.plan.mode, "prompt_name": self.plan.prompt_name, "batch_size": batch, "group": label}
+                for _ in range(self.plan.warmups):
                     target.encode(ctx, texts, label=f"{label} warm-up", warmup=True, **kw)
                 started = time.perf_counter()
                 stop = None
@@ -326,59 +264,76 @@ class SweepWorkload:
             med = float(np.median(times))
             ci = median_ci(times)
             point["median_s"] = med
-            point["ci95_s"] = list(ci) if ci else None
+            point["ci95_s"] = tuple(ci) if ci else None
             point["ci_half_width_percent"] = 100 * r if (r := relative_half_width(times)) is not None else None
-            point["tokens"] = float(np.mean(tokens))
             point["items_per_s"] = len(texts) / med
-            point["tokens_per_s"] = point["tokens"] / med
-            params_count = target.describe().get("parameters")
-            # A transformer's forward pass costs about 2 FLOPs per parameter per token (attention's
-            # own cost, which grows with length, is left out): a floor on what was achieved.
-            point["gflops"] = 2.0 * params_count * point["tokens"] / med / 1e9 if params_count else None
-        point["padding_percent"] = 100.0 * (watcher.padded - watcher.tokens) / watcher.padded if watcher.padded else 0.0
+            if all(t is not None for t in tokens):
+                point["tokens"] = float(np.mean([t for t in tokens if t is not None]))
+                point["tokens_per_s"] = point["tokens"] / med
+                params_count = target.describe().parameters
+                # A transformer's forward pass costs about 2 FLOPs per parameter per token (attention's
+                # own cost, which grows with length, is left out): an estimate of a floor, labelled so.
+                point["gflops_estimate"] = 2.0 * params_count * point["tokens"] / med / 1e9 if params_count else None
+        if watcher.padded and watcher.tokens is not None:
+            point["padding_percent"] = 100.0 * (watcher.padded - watcher.tokens) / watcher.padded
         point["peak_rss_mib"] = watcher.peaks.get("rss_mib")
         point["peak_cpu_percent"] = watcher.peaks.get("cpu_percent")
         point["peak_gpu_mib"] = watcher.peaks.get("gpu_process_mib", watcher.peaks.get("gpu_used_mib"))
-        if cuda:
+        if cuda and torch is not None:
             point["torch_peak_mib"] = torch.cuda.max_memory_reserved(torch.device(device)) / (1 << 20)
         return point
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
+
+
+def _setting(target: Target, name: str) -> Any:
+    spec = getattr(target, "spec", None)
+    return getattr(spec, name, None)
 
 
 PADDING_SPREAD = 15.0  # percentage points of padding between a group's points that get a note
 
 
-def _fits(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _fits(points: list[SweepPoint]) -> list[LatencyFit]:
     """One latency fit per combination of the axes other than lines and tokens.
 
     Each point enters once, as its median. The model describes the typical call: fitted to every
     timing, one slow call on a busy machine would pull the line and R² would measure the machine's
     noise (already in each point's interval) rather than how well a line describes the curve.
     """
-    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    groups: dict[tuple[Any, ...], list[SweepPoint]] = {}
     for p in points:
-        if p["status"] != "ok":
+        if p.status != "ok" or p.median_s is None or p.tokens is None:
             continue
-        key = tuple(sorted((k, v) for k, v in p["params"].items() if k not in ("lines", "tokens")))
+        key = tuple(sorted((k, v) for k, v in p.params.items() if k not in ("lines", "tokens")))
         groups.setdefault(key, []).append(p)
     out = []
     for key, pts in groups.items():
-        lines = [float(p["lines"]) for p in pts]
-        toks = [float(p["tokens"]) for p in pts]
-        secs = [float(p["median_s"]) for p in pts]
+        lines = [float(p.lines) for p in pts]
+        toks = [float(p.tokens or 0.0) for p in pts]
+        secs = [float(p.median_s or 0.0) for p in pts]
         fit = fit_latency(lines, toks, secs)
-        if fit is not None:
-            entry = {"group": dict(key), **fit.as_dict(), "timings": sum(len(p["stats"]["samples_s"]) for p in pts)}
-            padding = [float(p["padding_percent"]) for p in pts if p.get("padding_percent") is not None]
-            # A batch is padded to its longest text, and a short list of mixed lengths is padded far
-            # more than a long one (whose batches group similar lengths): the line then reads that
-            # extra padding as a fixed cost. Say so rather than let it pass as per-call overhead.
-            if padding and max(padding) - min(padding) > PADDING_SPREAD:
-                entry["padding_percent_range"] = [min(padding), max(padding)]
-                entry["padding_note"] = (
-                    f"padding differs from {min(padding):.0f} % to {max(padding):.0f} % of the tokens across these points: "
-                    "a batch is padded to its longest text, so part of the fixed cost is padding; texts of one length "
-                    "(--axis tokens=N) keep the two apart")
-            out.append(entry)
+        if fit is None:
+            continue
+        d = fit.as_dict()
+        extra: dict[str, Any] = {}
+        padding = [float(p.padding_percent) for p in pts if p.padding_percent is not None]
+        # A batch is padded to its longest text, and a short list of mixed lengths is padded far
+        # more than a long one (whose batches group similar lengths): the line then reads that
+        # extra padding as a fixed cost. Say so rather than let it pass as per-call overhead.
+        if padding and max(padding) - min(padding) > PADDING_SPREAD:
+            extra["padding_percent_range"] = (min(padding), max(padding))
+            extra["padding_note"] = (
+                f"padding differs from {min(padding):.0f} % to {max(padding):.0f} % of the tokens across these points: "
+                "a batch is padded to its longest text, so part of the fixed cost is padding; texts of one length "
+                "(--axis tokens=N) keep the two apart")
+        out.append(LatencyFit(group=dict(key), terms=tuple(d["terms"]), coef=d["coef"], ci95={k: tuple(v) for k, v in d["ci95"].items()},
+                              r2=d["r2"], observations=d["observations"], timings=sum(p.stats.count for p in pts),
+                              dropped=tuple(d["dropped"]), why_dropped=d["why_dropped"], formula=d["formula"], **extra))
     return out
 
 
@@ -407,8 +362,8 @@ def _release(target: Target) -> None:
         target.model = None
 
 
-def _spec_key(spec: Any) -> tuple[Any, ...]:
-    return (spec.device, spec.dtype, spec.truncate_dim)
+def _spec_key(device: Any, dtype: Any, truncate_dim: Any) -> tuple[Any, ...]:
+    return (device, dtype, truncate_dim)
 
 
 def _empty_cuda_cache() -> None:

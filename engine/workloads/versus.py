@@ -3,34 +3,35 @@ drift cancels. Pairs run in ABBA order (A B, B A, A B, …): a slow drift adds a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Any
 
 from ..context import RunContext
 from ..errors import UserError
 from ..events import Result
+from ..results import VersusResult
 from ..stats import describe
 from ..sweepstats import paired_ratio
-from ..targets import SentenceTransformerTarget, Target, TargetSpec
+from ..targets import SentenceTransformerTarget, Target, check_prompt_name
 from .encode import EncodeWorkload
 from .speed import SpeedWorkload
 
 
-@dataclass
 class VersusWorkload:
-    inner: EncodeWorkload | SpeedWorkload
-    other_model: str | None  # None: the bundled all-MiniLM-L6-v2
-    pairs: int = 7
+    def __init__(self, inner: EncodeWorkload | SpeedWorkload, other_model: str | None, pairs: int) -> None:
+        self.inner = inner
+        self.other_model = other_model  # None: the bundled all-MiniLM-L6-v2
+        self.pairs = pairs
 
     @property
     def name(self) -> str:
         return f"{self.inner.name}-vs"
 
     def prepare(self) -> None:
+        from ..execute import make_target
+        from ..plan import LocalTarget
+
         self.inner.prepare()
-        if self.pairs < 2:
-            raise UserError(f"--vs needs at least 2 pairs, not {self.pairs}")
-        SentenceTransformerTarget(TargetSpec(model=self.other_model)).resolve()
+        make_target(LocalTarget(model=self.other_model)).resolve()  # a bad name fails now, not after the first load
 
     def prompt_names(self) -> list[str]:
         return self.inner.prompt_names()
@@ -45,7 +46,10 @@ class VersusWorkload:
         return self.inner.lines
 
     def run(self, ctx: RunContext, target: Target) -> None:
-        other = SentenceTransformerTarget(replace(target.spec, model=self.other_model))
+        if not isinstance(target, SentenceTransformerTarget):
+            raise UserError("--vs compares two local models")
+        other = target.variant(model=self.other_model)
+        other.resolve()
         other.load(ctx)
         try:
             self._alternate(ctx, target, other)
@@ -56,32 +60,37 @@ class VersusWorkload:
         texts = self._texts()
         kw: dict[str, Any] = {"batch_size": self.inner.batch_size}
         if isinstance(self.inner, EncodeWorkload):
-            kw.update(mode=self.inner.mode, prompt_name=self.inner.prompt_name, prompt=self.inner.prompt)
-            if self.inner.prompt_name and self.inner.prompt_name not in b.prompts:
-                raise UserError(f"--vs model has no prompt named '{self.inner.prompt_name}' (its prompts: {', '.join(sorted(b.prompts)) or 'none'})")
+            p = self.inner.plan
+            kw.update(mode=p.mode, prompt_name=p.prompt_name, prompt=p.prompt)
+            if p.prompt_name:
+                check_prompt_name(p.prompt_name, b.prompts, "the --vs model's")
         for tag, t in (("A", a), ("B", b)):
             with ctx.phase("warm-up", f"{tag}"):
-                t.encode(ctx, texts, label=f"{tag} warm-up", warmup=True, **kw)
+                t.encode(ctx, texts, label=f"{tag} warm-up", group=tag, warmup=True, **kw)
         times: dict[str, list[float]] = {"A": [], "B": []}
         for i in range(self.pairs):
             order = (("A", a), ("B", b)) if i % 2 == 0 else (("B", b), ("A", a))
             for tag, t in order:
                 ctx.check_cancel()
                 with ctx.phase("encode", f"{tag} {i + 1}/{self.pairs}"):
-                    out = t.encode(ctx, texts, label=f"{tag} pair {i + 1}", **kw)
+                    out = t.encode(ctx, texts, label=f"{tag} pair {i + 1}", group=tag, **kw)
                 times[tag].append(out.duration_ns / 1e9)
-        ratio = paired_ratio(times["A"], times["B"])
+        r = paired_ratio(times["A"], times["B"])
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                name="vs",
-                data={
-                    "a": a.describe(),
-                    "b": b.describe(),
-                    "texts": len(texts),
-                    "a_stats": describe(times["A"]),
-                    "b_stats": describe(times["B"]),
-                    **ratio,
-                },
+                result=VersusResult(
+                    a=a.describe(),
+                    b=b.describe(),
+                    texts=len(texts),
+                    a_stats=describe(times["A"]),
+                    b_stats=describe(times["B"]),
+                    ratios=tuple(r["ratios"]),
+                    median_ratio=r["median_ratio"] if r["ratios"] else None,
+                    ci95=tuple(r["ci95"]) if r["ci95"] else None,
+                    p_value=r["p_value"],
+                    beyond_noise=r["beyond_noise"],
+                    test=r["test"],
+                ),
             )
         )

@@ -1,0 +1,483 @@
+"""A run as data: the target, the workload and the recording options, frozen and validated.
+
+The command line, the dashboard's form, a plan file (``embprof run --plan FILE``) and a snapshot
+(``embprof rerun``) all produce a ``RunPlan``; only ``execute.prepare`` turns one into a target and
+a workload. Every check that relates one option to another lives here, once, and fails with the
+one sentence the command line prints before it exits 2. What needs the machine (a file that must
+exist, a model that must be found, a server that must answer) is checked by ``execute.prepare``.
+
+Credentials in a server URL are used for the run but never serialised: a plan printed, saved in a
+snapshot or sent to another machine carries the URL without them (the API key is always read from
+the environment variable the plan names).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
+
+from .errors import UserError
+
+PLAN_VERSION: Literal[1] = 1
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "float16", "bfloat16")
+WORKLOADS = ("encode", "speed", "similarity", "sweep", "load", "mteb")
+EncodeMode = Literal["plain", "query", "document"]
+BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+INT_AXES = ("lines", "batch", "tokens", "threads", "truncate_dim", "max_seq_length")
+AXES = ("device", "dtype", "truncate_dim", "max_seq_length", "threads", "batch", "tokens", "lines")  # outermost first
+OOM_AXES = ("batch", "tokens")
+MAX_LOAD_WORKERS = 512
+
+
+def strip_credentials(url: str) -> str:
+    """The URL as it may be written anywhere: without user:password@."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _Plan(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- targets ------------------------------------------------------------------------------------------
+class LocalTarget(_Plan):
+    """A sentence-transformers model in this process."""
+
+    kind: Literal["local"] = "local"
+    model: str | None = None  # Hub id or folder; None: the bundled all-MiniLM-L6-v2
+    device: str = "auto"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    truncate_dim: int | None = None
+    backend: Literal["torch"] = "torch"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> LocalTarget:
+        base = self.device.split(":", 1)[0]
+        if base not in DEVICES or (":" in self.device and (base != "cuda" or not self.device.split(":", 1)[1].isdigit())):
+            raise UserError(f"unknown device '{self.device}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+        if self.truncate_dim is not None and self.truncate_dim <= 0:
+            raise UserError(f"--truncate-dim must be a positive number of dimensions, not {self.truncate_dim}")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.model or f"{BUNDLED_MODEL_ID} (bundled)"
+
+
+class ServerTarget(_Plan):
+    """An embedding server: llama.cpp's native API or an OpenAI-compatible one."""
+
+    kind: Literal["server"] = "server"
+    url: str
+    api: Literal["llama", "openai"] = "llama"
+    server_model: str | None = None  # the OpenAI "model" field; default: the server's first model
+    prompts_from: str | None = None  # a model id or folder whose prompts are applied client-side
+    api_key_env: str | None = None  # the variable's name; its value is never in a plan
+    timeout_s: float = 60.0
+    max_errors: int = 0
+    server_pid: int | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerTarget:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UserError(f"--server takes an http:// or https:// URL, not '{strip_credentials(self.url)}'")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise UserError(f"--timeout must be a positive number of seconds, not {self.timeout_s}")
+        if self.max_errors < 0:
+            raise UserError(f"--max-errors cannot be negative ({self.max_errors})")
+        return self
+
+    @field_serializer("url")
+    def _no_credentials(self, url: str) -> str:
+        return strip_credentials(url)
+
+    @property
+    def display_name(self) -> str:
+        return f"{strip_credentials(self.url)} ({self.api})"
+
+
+TargetPlan = Annotated[Union[LocalTarget, ServerTarget], Field(discriminator="kind")]
+
+
+# -- workloads ----------------------------------------------------------------------------------------
+def _at_least(value: int | None, least: int, option: str) -> None:
+    if value is not None and value < least:
+        raise UserError(f"{option} must be at least {least}, not {value}")
+
+
+def _positive(value: float | None, option: str, unit: str) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UserError(f"{option} must be a positive number of {unit}, not {value}")
+
+
+class EncodePlan(_Plan):
+    name: Literal["encode"] = "encode"
+    input: str | None = None  # a file; None: the built-in sample corpus (or `texts`)
+    texts: tuple[str, ...] | None = None  # the lines themselves (read from standard input when the plan was made)
+    mode: EncodeMode = "plain"
+    prompt_name: str | None = None
+    prompt: str | None = None
+    batch_size: int = 32
+    warmups: int = 1
+    repeats: int = 3
+    compare_model: str | None = None  # with a server: embed the same texts locally, report the cosine per text
+    vs: str | None = None  # a second local model run alternately ("bundled" for all-MiniLM-L6-v2)
+
+    @model_validator(mode="after")
+    def _check(self) -> EncodePlan:
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.repeats, 1, "--repeats")
+        if self.warmups < 0:
+            raise UserError(f"--warmups cannot be negative ({self.warmups})")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise UserError("give either --prompt-name or --prompt, not both")
+        if self.input is not None and self.texts is not None:
+            raise UserError("give the lines as a file or inline, not both")
+        if self.texts is not None and not any(t.strip() for t in self.texts):
+            raise UserError("standard input has no lines to encode")
+        if self.vs is not None and self.repeats < 2:
+            raise UserError(f"--vs needs at least 2 pairs, not {self.repeats}")
+        return self
+
+
+class SpeedPlan(_Plan):
+    name: Literal["speed"] = "speed"
+    text: str | None = None  # the_ugly_duckling.txt; None: $EMBPROF_SPEED_TEXT, the cache, a checked download
+    loops: int = 7
+    batch_size: int = 32
+    vs: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeedPlan:
+        _at_least(self.loops, 1, "--loops")
+        _at_least(self.batch_size, 1, "--batch-size")
+        if self.vs is not None and self.loops < 2:
+            raise UserError(f"--vs needs at least 2 pairs, not {self.loops}")
+        return self
+
+
+class SimilarityPlan(_Plan):
+    name: Literal["similarity"] = "similarity"
+    queries: tuple[str, ...] = ()
+    docs: str | None = None  # documents, one per line; with no queries either: the built-in example
+    prompt_name: str | None = None  # both sides; overrides the model's query/document prompts
+    query_prompt_name: str | None = None
+    doc_prompt_name: str | None = None
+    batch_size: int = 32
+
+    @model_validator(mode="after")
+    def _check(self) -> SimilarityPlan:
+        if bool(self.queries) != bool(self.docs):
+            raise UserError("give both --query and --docs, or neither for the built-in example")
+        if any(not q.strip() for q in self.queries):
+            raise UserError("a --query is empty")
+        _at_least(self.batch_size, 1, "--batch-size")
+        return self
+
+
+AxisValue = Union[int, str]
+
+
+class SweepPlan(_Plan):
+    name: Literal["sweep"] = "sweep"
+    axes: dict[str, tuple[AxisValue, ...]]
+    input: str | None = None
+    mode: EncodeMode = "plain"
+    prompt_name: str | None = None
+    batch_size: int | None = None  # None: 32, unless batch is an axis
+    warmups: int = 1
+    target_ci_percent: float = 2.0
+    budget_s: float = 30.0
+    max_repeats: int = 60
+    until_oom: bool = False
+    ram_ceiling_mib: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SweepPlan:
+        check_axes(self.axes)
+        if "batch" in self.axes and self.batch_size is not None:
+            raise UserError("batch is both an axis and --batch-size: give one of them")
+        _at_least(self.batch_size, 1, "--batch-size")
+        if not (math.isfinite(self.target_ci_percent) and 0 < self.target_ci_percent < 100):
+            raise UserError(f"--target-ci is a percentage of the median between 0 and 100 (2 is ±2 %), not {self.target_ci_percent}")
+        _positive(self.budget_s, "--budget", "seconds per point")
+        if self.until_oom:
+            grow = [a for a in OOM_AXES if a in self.axes]
+            if len(grow) != 1:
+                raise UserError("--until-oom grows exactly one axis, batch or tokens: give --axis batch=… or --axis tokens=…")
+            if len(self.axes) > 1:
+                raise UserError(f"--until-oom grows {grow[0]} alone; drop the other axes ({', '.join(a for a in self.axes if a != grow[0])})")
+        if self.ram_ceiling_mib is not None:
+            if not self.until_oom:
+                raise UserError("--ram-ceiling goes with --until-oom")
+            _positive(self.ram_ceiling_mib, "--ram-ceiling", "MiB")
+        return self
+
+    @property
+    def effective_batch_size(self) -> int:
+        return self.batch_size or 32
+
+
+class LoadPlan(_Plan):
+    name: Literal["load"] = "load"
+    requests: int | None = None  # None with no duration either: 200
+    duration_s: float | None = None
+    concurrency: int | None = None  # None with no rate either: 1
+    rate: float | None = None  # requests per second, Poisson arrivals
+    batch: int = 1  # texts per request
+    input: str | None = None
+    prompt_name: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        # The defaults are filled into the plan itself, so a rerun is the same run.
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("requests") is None and data.get("duration_s") is None:
+                data["requests"] = 200
+            if data.get("concurrency") is None and data.get("rate") is None:
+                data["concurrency"] = 1
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> LoadPlan:
+        if self.requests is not None and self.duration_s is not None:
+            raise UserError("give --requests or --duration, not both")
+        _at_least(self.requests, 1, "--requests")
+        _positive(self.duration_s, "--duration", "seconds")
+        if self.concurrency is not None and self.rate is not None:
+            raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
+        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_LOAD_WORKERS:
+            raise UserError(f"--concurrency must be between 1 and {MAX_LOAD_WORKERS}, not {self.concurrency}")
+        _positive(self.rate, "--rate", "requests per second")
+        if self.batch < 1:
+            raise UserError(f"--batch must be at least 1 text per request, not {self.batch}")
+        return self
+
+
+class MtebPlan(_Plan):
+    name: Literal["mteb"] = "mteb"
+    tasks: tuple[str, ...]
+    data_dir: str | None = None
+    results_dir: str = "results"
+    batch_size: int = 32
+    loops: int = 7  # the SpeedTasks
+    text: str | None = None  # the SpeedTasks' text
+
+    @model_validator(mode="after")
+    def _check(self) -> MtebPlan:
+        if not self.tasks:
+            raise UserError("no task given: name one or more with -t TASK (e.g. -t STS16 -t Banking77Classification)")
+        seen: set[str] = set()
+        for name in self.tasks:
+            if name in seen:
+                raise UserError(f"task '{name}' is named twice")
+            seen.add(name)
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.loops, 1, "--loops")
+        return self
+
+
+WorkloadPlan = Annotated[
+    Union[EncodePlan, SpeedPlan, SimilarityPlan, SweepPlan, LoadPlan, MtebPlan], Field(discriminator="name")
+]
+
+
+class Recording(_Plan):
+    sample_hz: float = 10.0
+
+    @model_validator(mode="after")
+    def _check(self) -> Recording:
+        if not (math.isfinite(self.sample_hz) and 1.0 <= self.sample_hz <= 100.0):
+            raise UserError(f"sample rate must be between 1 and 100 Hz, not {self.sample_hz:g}")
+        return self
+
+
+# What a server target cannot vary: it computes where and how it was started.
+SERVER_FIXED_AXES = ("device", "dtype", "threads", "truncate_dim", "max_seq_length", "tokens")
+
+
+class RunPlan(_Plan):
+    plan_version: Literal[1] = PLAN_VERSION
+    target: TargetPlan = Field(default_factory=LocalTarget)
+    workload: WorkloadPlan = Field(default_factory=EncodePlan)
+    recording: Recording = Field(default_factory=Recording)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunPlan:
+        w, server = self.workload, isinstance(self.target, ServerTarget)
+        if isinstance(w, LoadPlan) and not server:
+            raise UserError("the load workload drives a server: give --server URL")
+        if isinstance(w, EncodePlan) and w.compare_model is not None and not server:
+            raise UserError("--compare-model compares a server with a local model: give --server URL")
+        if isinstance(w, (EncodePlan, SpeedPlan)) and w.vs is not None and server:
+            raise UserError("--vs compares two local models; for a server against a local model use --compare-model")
+        if isinstance(w, SweepPlan) and server:
+            fixed = [a for a in w.axes if a in SERVER_FIXED_AXES]
+            if fixed:
+                raise UserError(
+                    f"a server cannot vary {', '.join(fixed)}: it computes as it was started; sweep lines or batch, "
+                    "or restart the server for each setting"
+                )
+            if w.until_oom:
+                raise UserError("--until-oom searches this process's memory: it cannot run against a server")
+        return self
+
+    # -- files -------------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1) + "\n"
+
+
+def parse_axes(specs: list[str]) -> dict[str, tuple[AxisValue, ...]]:
+    """``["lines=25,50,100", "threads=1,2"]`` → {"lines": (25, 50, 100), "threads": (1, 2)}; one sentence on bad input."""
+    axes: dict[str, tuple[AxisValue, ...]] = {}
+    for spec in specs:
+        name, sep, raw = spec.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep:
+            raise UserError(f"axis '{spec}' needs values: NAME=V1,V2,… (e.g. lines=25,50,100)")
+        if name not in AXES:
+            raise UserError(f"unknown axis '{name}': use one of {', '.join(sorted(AXES))}")
+        if name in axes:
+            raise UserError(f"axis '{name}' is given twice")
+        values: list[AxisValue] = []
+        for v in (v.strip() for v in raw.split(",")):
+            if not v:
+                continue
+            if name in INT_AXES:
+                try:
+                    values.append(int(v))
+                except ValueError:
+                    raise UserError(f"axis '{name}' takes whole numbers, not '{v}'") from None
+            else:
+                values.append(v)
+        axes[name] = tuple(values)
+    check_axes(axes)
+    return axes
+
+
+def check_axes(axes: dict[str, tuple[AxisValue, ...]]) -> None:
+    if not axes:
+        raise UserError("a sweep needs at least one axis: --axis NAME=V1,V2,… (e.g. --axis lines=25,50,100,200)")
+    for name, values in axes.items():
+        if name not in AXES:
+            raise UserError(f"unknown axis '{name}': use one of {', '.join(sorted(AXES))}")
+        if not values:
+            raise UserError(f"axis '{name}' has no values")
+        for v in values:
+            if name in INT_AXES:
+                if not isinstance(v, int) or isinstance(v, bool):
+                    raise UserError(f"axis '{name}' takes whole numbers, not '{v}'")
+                if v < 1:
+                    raise UserError(f"axis '{name}' takes numbers of at least 1, not {v}")
+            elif name == "device":
+                if not isinstance(v, str) or v.split(":", 1)[0] not in DEVICES or v == "auto":
+                    raise UserError(f"axis 'device' takes cpu, cuda, cuda:N or mps, not '{v}'")
+            elif v not in DTYPES:
+                raise UserError(f"axis 'dtype' takes {', '.join(DTYPES)}, not '{v}'")
+        if len(set(values)) != len(values):
+            raise UserError(f"axis '{name}' repeats a value")
+
+
+# -- building plans ----------------------------------------------------------------------------------------
+def plan_from_options(o: dict[str, Any]) -> RunPlan:
+    """A plan from the options the command line and the dashboard's form share, by their names
+    (``model``, ``server``, ``workload``, ``batch_size`` …; absent or None: the default). The one
+    place where options become a run."""
+    get = o.get
+    workload = get("workload") or "encode"
+    if workload not in WORKLOADS:
+        raise UserError(f"unknown workload '{workload}': use one of {', '.join(WORKLOADS)}")
+    target: dict[str, Any]
+    if get("server"):
+        if get("model"):
+            raise UserError("give --model (a local model) or --server (a server), not both")
+        target = {"kind": "server", "url": get("server"), "api": get("api") or "llama", "server_model": get("server_model"),
+                  "prompts_from": get("prompts_from"), "api_key_env": get("api_key_env"), "server_pid": get("server_pid")}
+        if get("timeout") is not None:
+            target["timeout_s"] = get("timeout")
+        if get("max_errors") is not None:
+            target["max_errors"] = get("max_errors")
+    else:
+        target = {"kind": "local", "model": get("model") or None, "device": get("device") or "auto",
+                  "dtype": get("dtype") or "float32", "truncate_dim": get("truncate_dim"),
+                  "trust_remote_code": bool(get("trust_remote_code"))}
+    w: dict[str, Any] = {"name": workload}
+
+    def take(*names: str, **renamed: str) -> None:
+        for n in names:
+            if get(n) is not None:
+                w[n] = get(n)
+        for field_name, option in renamed.items():
+            if get(option) is not None:
+                w[field_name] = get(option)
+
+    if workload == "encode":
+        if get("input") == "-":
+            from .files import read_lines
+
+            w["texts"] = tuple(read_lines("-"))
+        else:
+            take("input")
+        take("mode", "prompt_name", "prompt", "batch_size", "warmups", "repeats", "compare_model", "vs")
+    elif workload == "speed":
+        take("text", "loops", "batch_size", "vs")
+    elif workload == "similarity":
+        take("docs", "prompt_name", "query_prompt_name", "doc_prompt_name", "batch_size")
+        w["queries"] = tuple(get("query") or ())
+    elif workload == "sweep":
+        w["axes"] = parse_axes(list(get("axis") or ()))
+        take("input", "mode", "prompt_name", "batch_size", "warmups", "until_oom", target_ci_percent="target_ci",
+             budget_s="budget", ram_ceiling_mib="ram_ceiling")
+    elif workload == "load":
+        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", duration_s="duration")
+    else:
+        w["tasks"] = tuple(get("tasks") or ())
+        take("data_dir", "results_dir", "batch_size", "loops", "text")
+    recording = {"sample_hz": get("sample_hz")} if get("sample_hz") is not None else {}
+    return validate_plan({"target": target, "workload": w, "recording": recording})
+
+
+def validate_plan(data: Any, where: str = "") -> RunPlan:
+    """A plan from its JSON form; bad input is one sentence (UserError)."""
+    try:
+        return RunPlan.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith("function-"))
+        prefix = f"{where}: " if where else ""
+        raise UserError(f"{prefix}plan field '{loc}': {first.get('msg', 'invalid')}") from None
+
+
+def load_plan(path: str) -> RunPlan:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"plan file '{path}' does not exist" if not p.exists() else f"plan '{path}' is not a file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"plan file '{path}' is not valid JSON ({exc.__class__.__name__})") from None
+    except OSError as exc:
+        raise UserError(f"plan file '{path}' cannot be read ({(exc.strerror or '').lower()})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"plan file '{path}' does not hold a plan (a JSON object)")
+    if data.get("plan_version", PLAN_VERSION) != PLAN_VERSION:
+        raise UserError(f"plan file '{path}' has plan version {data.get('plan_version')!r}; this embprof reads version {PLAN_VERSION}")
+    return validate_plan(data, f"plan file '{path}'")

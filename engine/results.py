@@ -1,0 +1,376 @@
+"""Typed results: what each workload (and the runner) concludes, as frozen models.
+
+Every ``Result`` event carries exactly one of these, told apart by ``kind``; the snapshot schema is
+generated from this union, so a reader never guesses a dict's keys. A figure that was not measured
+is ``None`` (``null`` in JSON, ``n/a`` on screen), never 0. Sizes are MiB (2**20 bytes), times
+seconds, and both say so in the field name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LatencyStats(_Frozen):
+    """count, mean, std (sample, ddof=1), CV %, min, max, p50/p90/p95/p99 and the raw values, in seconds.
+
+    ``std_s`` and ``cv_percent`` are None for a single value (one call has no spread). Past
+    ``EXACT_LIMIT`` calls the quantiles come from an HDR histogram (3 significant digits) and the
+    raw values are no longer kept: ``quantiles`` says which.
+    """
+
+    count: int = 0
+    mean_s: float | None = None
+    std_s: float | None = None
+    cv_percent: float | None = None
+    min_s: float | None = None
+    max_s: float | None = None
+    p50_s: float | None = None
+    p90_s: float | None = None
+    p95_s: float | None = None
+    p99_s: float | None = None
+    samples_s: tuple[float, ...] | None = ()
+    quantiles: Literal["exact", "histogram"] = "exact"
+
+
+class TargetFacts(_Frozen):
+    """What the target says of itself once loaded (local model) or reached (server)."""
+
+    kind: Literal["target"] = "target"
+    backend: str  # "sentence-transformers" or "http"
+    model_name: str
+    model: str | None = None  # as asked for; None: the bundled all-MiniLM-L6-v2
+    location: str | None = None
+    device: str | None = None  # as asked for; None for a server (where it computes is its own business)
+    device_resolved: str | None = None
+    dtype: str | None = None
+    truncate_dim: int | None = None
+    trust_remote_code: bool | None = None
+    max_seq_length: int | None = None
+    embedding_dim: int | None = None
+    parameters: int | None = None
+    similarity_fn: str | None = None
+    prompt_names: tuple[str, ...] = ()
+    tokenizer_has_chat_template: bool | None = None
+    # A server's side:
+    api: str | None = None
+    url: str | None = None  # never with credentials
+    server_pid: int | None = None
+    prompts_from: str | None = None
+    timeout_s: float | None = None
+    max_errors: int | None = None
+    api_key_env: str | None = None  # the variable's name only, never its value
+    server_n_ctx: int | None = None
+    server_build: str | None = None
+    server_model_file: str | None = None
+
+
+class SamplerFacts(_Frozen):
+    kind: Literal["sampler"] = "sampler"
+    hz: float
+    samples: int
+    cpu_time_s: float
+    cpu_percent_of_one_core: float
+    host_only_reason: str = ""
+
+
+class KernelCounters(_Frozen):
+    """High-water marks the kernel and torch keep themselves: they see peaks between samples."""
+
+    kind: Literal["kernel_counters"] = "kernel_counters"
+    ru_maxrss_mib: float | None = None
+    torch_max_memory_allocated_mib: float | None = None
+    torch_max_memory_reserved_mib: float | None = None
+
+
+class EncodeResult(_Frozen):
+    kind: Literal["encode"] = "encode"
+    lines: int
+    embedding_dim: int | None
+    mode: str
+    prompt_name: str | None = None
+    prompt_used: str = ""
+    stats: LatencyStats
+    items_per_s: float | None
+    tokens_per_s: float | None  # None: the target reports no token counts (llama.cpp's native API)
+    words_per_s: float | None
+
+
+class TokenLengths(_Frozen):
+    """Input lengths in tokens before truncation, as the target's own tokenizer counts them."""
+
+    kind: Literal["tokens"] = "tokens"
+    count: int
+    min: int
+    mean: float
+    p50: float
+    p90: float
+    max: int
+    histogram_counts: tuple[int, ...]
+    histogram_edges: tuple[float, ...]
+    max_seq_length: int | None
+    truncated: int
+    truncated_percent: float
+    counted_with_prompt: str = ""
+
+
+class Agreement(_Frozen):
+    kind: Literal["agreement"] = "agreement"
+    compare_model: str
+    cosine: tuple[float, ...]
+    min: float
+    mean: float
+    worst_text: str
+    prompt: str = ""
+
+
+class SpeedResult(_Frozen):
+    """The MTEB v1 SpeedTask protocol's figures, with mteb 1.x's own formulas."""
+
+    kind: Literal["speed"] = "speed"
+    # CPUSpeedTask or GPUSpeedTask; None where the run is neither (a server, Apple's mps), and why.
+    task_name: str | None
+    task_name_why: str = ""
+    time_mean: float
+    time_std: float
+    timings: tuple[float, ...]
+    avg_words_per_sec: float
+    words: int
+    stats: LatencyStats
+
+
+class SimilarityResult(_Frozen):
+    kind: Literal["similarity"] = "similarity"
+    queries: tuple[str, ...]
+    documents: tuple[str, ...]
+    scores: tuple[tuple[float, ...], ...]
+    rankings: tuple[tuple[int, ...], ...]
+    margins: tuple[float | None, ...]
+    expected: tuple[int | None, ...]
+    top1_correct: tuple[bool | None, ...]
+    query_prompt_name: str | None = None
+    document_prompt_name: str | None = None
+    query_prompt: str = ""
+    document_prompt: str = ""
+    similarity_fn: str = ""
+
+
+class SweepPoint(_Frozen):
+    params: dict[str, int | str]
+    label: str
+    lines: int
+    batch_size: int
+    phase_id: int | None = None
+    status: Literal["ok", "oom", "over-ceiling"]
+    stop: str | None = None  # what ended the repeats: precision, budget, max-repeats
+    error: str | None = None
+    repeats: int
+    stats: LatencyStats
+    median_s: float | None = None
+    ci95_s: tuple[float, float] | None = None
+    ci_half_width_percent: float | None = None
+    tokens: float | None = None
+    items_per_s: float | None = None
+    tokens_per_s: float | None = None
+    # 2 × parameters × tokens / time: an estimate of the forward pass's floor, not a measurement.
+    gflops_estimate: float | None = None
+    padding_percent: float | None = None
+    peak_rss_mib: float | None = None
+    peak_cpu_percent: float | None = None
+    peak_gpu_mib: float | None = None
+    torch_peak_mib: float | None = None
+
+
+class LatencyFit(_Frozen):
+    group: dict[str, int | str]
+    terms: tuple[str, ...]
+    coef: dict[str, float]
+    ci95: dict[str, tuple[float, float]]
+    r2: float | None
+    observations: int
+    timings: int
+    dropped: tuple[str, ...] = ()
+    why_dropped: str = ""
+    formula: str
+    padding_percent_range: tuple[float, float] | None = None
+    padding_note: str = ""
+
+
+class MemoryPoint(_Frozen):
+    value: int
+    peak_rss_mib: float | None
+    peak_gpu_mib: float | None
+    torch_peak_mib: float | None
+    status: str
+
+
+class MemoryLimit(_Frozen):
+    axis: str
+    largest_that_fits: int | None
+    stopped: str
+    ceiling_mib: float | None
+    curve: tuple[MemoryPoint, ...]
+
+
+class SweepResult(_Frozen):
+    kind: Literal["sweep"] = "sweep"
+    axes: dict[str, tuple[int | str, ...]]
+    points: tuple[SweepPoint, ...]
+    partial: bool = False  # the table so far, while the sweep still runs
+    parameters: int | None = None
+    fits: tuple[LatencyFit, ...] = ()
+    memory_limit: MemoryLimit | None = None
+
+
+class VersusResult(_Frozen):
+    kind: Literal["vs"] = "vs"
+    a: TargetFacts
+    b: TargetFacts
+    texts: int
+    a_stats: LatencyStats
+    b_stats: LatencyStats
+    ratios: tuple[float, ...]
+    median_ratio: float | None
+    ci95: tuple[float, float] | None
+    p_value: float | None
+    beyond_noise: bool | None
+    test: str
+
+
+class ClientCeiling(_Frozen):
+    """What this client alone can send: the same client against a trivial local endpoint."""
+
+    kind: Literal["client_ceiling"] = "client_ceiling"
+    requests_per_s: float | None
+    workers: int
+    seconds: float
+    texts_per_request: int
+
+
+class LoadResult(_Frozen):
+    kind: Literal["load"] = "load"
+    requests_sent: int
+    requests_done: int
+    ok: int
+    errors: int
+    errors_by_kind: dict[str, int]
+    wall_s: float
+    requests_per_s: float | None
+    items_per_s: float | None
+    tokens_per_s: float | None  # None: the server reports no token counts
+    latency: LatencyStats
+    client_ceiling_per_s: float | None
+    client_share_percent: float | None
+
+
+class ServerMetrics(_Frozen):
+    """llama.cpp's own /metrics before and after the run (it was started with --metrics)."""
+
+    kind: Literal["server_metrics"] = "server_metrics"
+    start: dict[str, float]
+    end: dict[str, float]
+    delta: dict[str, float]
+
+
+class RequestErrors(_Frozen):
+    kind: Literal["requests"] = "requests"
+    errors: int
+    errors_by_kind: dict[str, int]
+
+
+class MtebRun(_Frozen):
+    kind: Literal["mteb"] = "mteb"
+    tasks: tuple[str, ...]
+    model_name: str
+    revision: str | None
+    results_dir: str
+
+
+class MtebEncode(_Frozen):
+    """One encode call mteb made inside a task."""
+
+    phase_id: int
+    phase: str
+    split: str
+    subset: str
+    texts: int
+    prompt_type: str | None
+    prompt_name: str | None
+    prompt: str | None
+    seconds: float
+    tokens: int | None  # None: the target reports no token counts
+    batches: int | None  # forward batches (a local model) or requests (a server)
+
+
+class MtebPhase(_Frozen):
+    """A phase mteb reported in its TaskResult, placed on the run's clock and paired with the live one."""
+
+    name: str
+    split: str = ""
+    subset: str = ""
+    mteb_seconds: float
+    seen_live: bool
+    phase_id: int | None = None
+    start_s: float | None = None
+    live_seconds: float | None = None
+    difference_ms: float | None = None
+
+
+class MtebTask(_Frozen):
+    """One MTEB task's outcome; the scores are mteb's own."""
+
+    kind: Literal["mteb_task"] = "mteb_task"
+    task: str
+    status: Literal["ok", "failed", "cancelled", "running"]
+    phase_id: int | None = None
+    type: str | None = None
+    main_score_name: str | None = None
+    main_score: float | None = None
+    # mteb's own score rows per split, as mteb writes them (its metric names are its own).
+    scores: dict[str, tuple[dict[str, Any], ...]] = Field(default_factory=dict)
+    evaluation_time: float | None = None
+    mteb_phases: tuple[MtebPhase, ...] = ()
+    results_file: str | None = None
+    data: dict[str, Any] = Field(default_factory=dict)  # where the data came from: local folder or the Hub's dataset
+    encodes: tuple[MtebEncode, ...] = ()
+    seconds: float | None = None
+    error: str | None = None
+    speed: SpeedResult | None = None
+
+    @property
+    def key(self) -> str:
+        return f"mteb:{self.task}"
+
+
+AnyResult = Annotated[
+    Union[
+        TargetFacts,
+        SamplerFacts,
+        KernelCounters,
+        EncodeResult,
+        TokenLengths,
+        Agreement,
+        SpeedResult,
+        SimilarityResult,
+        SweepResult,
+        VersusResult,
+        ClientCeiling,
+        LoadResult,
+        ServerMetrics,
+        RequestErrors,
+        MtebRun,
+        MtebTask,
+    ],
+    Field(discriminator="kind"),
+]
+
+
+def result_key(result: Any) -> str:
+    """Where a result is filed in a run's results: its kind, or ``mteb:<task>`` for a task."""
+    return result.key if isinstance(result, MtebTask) else str(result.kind)

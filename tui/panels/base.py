@@ -1,0 +1,132 @@
+"""What every panel shares: the titled frame, the cached plot, and how a figure is written."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from embprof.engine.report import fmt
+from rich.table import Table as RichTable
+from rich.text import Text
+from textual.containers import Vertical
+from textual.widgets import Static
+from textual_plotext import PlotextPlot
+
+from ..view import RunView
+
+
+class Plot(PlotextPlot):
+    """A PlotextPlot that builds its chart once per change of data or size, not on every paint.
+
+    textual-plotext rebuilds the whole chart in render(); a panel switch or a notification
+    passing over it would redo that work for an unchanged picture.
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._cache: tuple[Any, Any] | None = None
+        self._generation = 0
+
+    def changed(self) -> None:
+        self._generation += 1
+        self.refresh()
+
+    def render(self) -> Any:
+        key = (self._generation, self.size, self.app.theme)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, super().render())
+        return self._cache[1]
+
+
+class Panel(Vertical):
+    """A titled region of the dashboard that draws one RunView."""
+
+    DEFAULT_CSS = """
+    Panel {
+        border: round $primary-background-lighten-2;
+        border-title-color: $accent;
+        border-title-style: bold;
+        padding: 0 1;
+        height: 1fr;
+    }
+    Panel .empty { color: $text-muted; }
+    """
+
+    panel_title = ""
+    depends_on: tuple[str, ...] = ("timing", "samples", "results", "phases")
+    # Seconds between redraws of a visible panel while its run goes on: a chart rebuilt for every
+    # batch would cost the run more than it shows. A finished run, a switch or a resize draws at once.
+    live_interval_s = 0.0
+
+    def on_mount(self) -> None:
+        self.border_title = self.panel_title
+
+    def stamp(self, view: RunView | None) -> tuple[Any, ...]:
+        """What this panel's picture depends on: equal stamps, nothing to redraw."""
+        # Not the size: a resize re-renders the plots from their own cache key, and a panel that is
+        # hidden has no size, so its size would force a rebuild on every switch.
+        if view is None:
+            return (None,)
+        return (view.key, view.snapshot_path, *(view.versions[k] for k in self.depends_on))
+
+    def show(self, view: RunView | None) -> None:
+        raise NotImplementedError
+
+
+def put(widget: Static, content: Any, shape: Hashable) -> None:
+    """Update a Static, asking for a layout pass only when its shape (the number and kind of rows it
+    holds, as the caller describes it) changed: a layout pass recomposes the whole screen, and a line
+    of figures that only changes its digits needs none. A resize lays everything out anyway."""
+    layout = getattr(widget, "_embprof_shape", None) != shape
+    widget._embprof_shape = shape  # type: ignore[attr-defined]
+    widget.update(content, layout=layout)
+
+
+def figure(value: Any, digits: int = 3) -> str:
+    """A figure, or ``n/a`` when it was not measured (never 0)."""
+    return "n/a" if value is None else fmt(value, digits)
+
+
+def mib(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.1f} MiB"
+
+
+def secs(v: float | None) -> str:
+    if v is None:
+        return "n/a"
+    return f"{v * 1000:,.1f} ms" if v < 1 else f"{v:,.3f} s"
+
+
+def pairs(*items: tuple[str, Text | str], columns: int | None = None) -> RichTable:
+    """Label and value pairs as cells of a grid: wrapped or captured, a label never runs into the
+    value before it (``query prompt ''document prompt`` was seen with plain text)."""
+    grid = RichTable.grid(padding=(0, 1))
+    n = columns or len(items)
+    for _ in range(n):
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column(overflow="fold")
+    row: list[Text | str] = []
+    for label, value in items:
+        row += [label, value]
+        if len(row) == 2 * n:
+            grid.add_row(*row)
+            row = []
+    if row:
+        grid.add_row(*row)
+    return grid
+
+
+def thin(xs: list[float], ys: list[float], limit: int) -> tuple[list[float], list[float]]:
+    """At most ``limit`` points, keeping each bucket's maximum so a peak is never thinned away."""
+    n = len(xs)
+    if n <= limit or limit <= 0:
+        return xs, ys
+    step = -(-n // limit)
+    out_x: list[float] = []
+    out_y: list[float] = []
+    for i in range(0, n, step):
+        chunk = ys[i : i + step]
+        j = max(range(len(chunk)), key=chunk.__getitem__)
+        out_x.append(xs[i + j])
+        out_y.append(chunk[j])
+    return out_x, out_y

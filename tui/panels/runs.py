@@ -1,0 +1,94 @@
+"""Runs: this session's runs and the snapshots in the profiles folder; Enter opens one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from embprof.engine.report import fmt
+from textual.app import ComposeResult
+from textual.widgets import DataTable, Static
+
+from ..view import RunView
+from .base import Panel
+
+# The model first: it is what a reader looks for, and what a narrow cell must not cut.
+COLUMNS = ("model", "workload", "device", "status", "mean", "peak RSS", "where", "file")
+
+
+def live_row(view: RunView, marked: bool) -> list[str]:
+    head = view.run.headline()
+    rss = view.run.peaks.get("rss_mib")
+    return [
+        view.model_name,
+        view.workload_name,
+        str(view.run.target.get("device_resolved") or view.run.target.get("device") or ""),
+        view.state_text,
+        fmt(head.stats.mean_s, 4) if head is not None and head.stats.mean_s is not None else "",
+        f"{rss[0]:,.0f} MiB" if rss else "",
+        ("✓ " if marked else "") + "this session",
+        Path(view.snapshot_path).name if view.snapshot_path else "",
+    ]
+
+
+def snapshot_row(path: Path) -> list[str]:
+    """A saved snapshot's headline, read without validating it (on a worker thread): listing stays
+    quick, and a file that does not parse is only refused, with its reason, when it is opened."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        target, summary = data.get("target", {}), data.get("summary", {})
+        calls = summary.get("calls")
+        if calls is not None:  # schema 2: one kind of call is the run's headline, several have none
+            stats = calls[0].get("stats", {}) if len(calls) == 1 else {}
+        else:  # schema 1
+            stats = summary.get("encode", {}).get("stats", {})
+        rss = (summary.get("peaks", {}).get("rss_mib") or {}).get("sampled")
+        mean = stats.get("mean_s")
+        return [
+            str(target.get("model_name", "")),
+            str(data.get("workload", {}).get("name", "")),
+            str(target.get("device_resolved") or target.get("device") or ""),
+            str(data.get("status", "")),
+            f"{mean:.4f}" if isinstance(mean, (int, float)) else "",
+            f"{rss:,.0f} MiB" if rss else "",
+            "saved",
+            path.name,
+        ]
+    except (OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
+        return ["", "", "", "unreadable", "", "", "saved", path.name]
+
+
+def list_snapshots(folder: Path) -> list[tuple[str, list[str]]]:
+    """Every snapshot in the folder, newest first: (path, cells). Reads every file: a worker's job."""
+    files = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
+    return [(str(f), snapshot_row(f)) for f in files]
+
+
+class RunsPanel(Panel):
+    panel_title = "Runs"
+    depends_on = ()
+    DEFAULT_CSS = """
+    RunsPanel DataTable { height: 1fr; }
+    RunsPanel #runs-help { height: 1; color: $text-muted; }
+    """
+
+    def compose(self) -> ComposeResult:
+        yield Static("Enter opens a run or a saved snapshot; m marks it for c (compare).", id="runs-help")
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.fill([])
+
+    def fill(self, rows: list[tuple[str, list[str]]]) -> None:
+        table = self.query_one(DataTable)
+        # Columns too: a DataTable column only ever widens, and a width left over from a
+        # transient state ("running 3/3") would outlive it.
+        table.clear(columns=True)
+        for col in COLUMNS:
+            table.add_column(col, key=col)
+        for key, cells in rows:
+            table.add_row(*cells, key=key)
+
+    def show(self, view: RunView | None) -> None:  # the list does not depend on the run on display
+        return
