@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .environment import library_version
 from .errors import UserError
-from .events import Event, Result, RunFinished, RunStarted, RunStatus
+from .events import Event, Note, Result, RunFinished, RunStarted, RunStatus
 from .files import atomic_write_bytes
 from .fold import RunState, Summary
 from .plan import RunPlan
@@ -27,7 +27,8 @@ SCHEMA_VERSION: Literal[2] = 2
 DEFAULT_MAX_SAMPLES = 36_000  # one hour at 10 Hz before the timeline is thinned
 # Timed calls, batches and requests kept as events before they are thinned the same way: an hour of
 # `run load` sends millions of requests, and the summary's figures come from the fold, not from these.
-DEFAULT_MAX_TIMED = 100_000
+DEFAULT_MAX_TIMED = 25_000
+MAX_NOTES = 1_000  # mteb can be chatty over a long task list: the first thousand notes are kept, as the fold keeps them
 THINNED_KINDS = ("resource_sample", "batch_timed", "encode_timed", "request_timed")
 
 
@@ -85,6 +86,7 @@ class Recorder:
         self._events: list[Event | None] = []
         self._thinned = {k: _Thinned(max_samples if k == "resource_sample" else max_timed) for k in THINNED_KINDS}
         self._partial: dict[str, int] = {}  # result key -> index of its superseded-on-arrival partial result
+        self._notes = 0
 
     def __call__(self, event: Event) -> None:
         with self._lock:
@@ -93,6 +95,10 @@ class Recorder:
             if bucket is not None:
                 bucket.add(event)
                 return
+            if isinstance(event, Note):
+                self._notes += 1
+                if self._notes > MAX_NOTES:
+                    return
             if isinstance(event, Result):
                 old = self._partial.pop(event.name, None)
                 if old is not None:
@@ -130,9 +136,9 @@ class Recorder:
             return kept
 
     def summary(self) -> Summary:
-        with self._lock:
-            state = self.state
-        return state.summary(timeline_stride=self.timeline_stride, events_kept=self.events_kept())
+        kept = self.events_kept()
+        with self._lock:  # the runner thread folds under this lock: never read a half-applied event
+            return self.state.summary(timeline_stride=self.timeline_stride, events_kept=kept)
 
 
 def build(recorder: Recorder, environment: dict[str, Any]) -> Snapshot:

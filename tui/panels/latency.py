@@ -35,7 +35,7 @@ def rate(value: float | None, unit: str, why: str, digits: int = 0) -> Text:
 class LatencyPanel(Panel):
     panel_title = "Latency"
     depends_on = ("timing",)
-    live_interval_s = 1.0
+    live_interval_s = 2.0
     DEFAULT_CSS = """
     LatencyPanel #latency-stats { height: auto; }
     LatencyPanel Horizontal { height: 1fr; }

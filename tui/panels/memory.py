@@ -60,7 +60,7 @@ class PhaseBands(Widget):
 class MemoryPanel(Panel):
     panel_title = "Memory"
     depends_on = ("samples", "phases", "results")
-    live_interval_s = 1.0
+    live_interval_s = 2.0
     DEFAULT_CSS = """
     MemoryPanel #memory-peaks { height: auto; }
     MemoryPanel #memory-plot { height: 1fr; }
