@@ -523,7 +523,8 @@ async def test_run_again_reruns_the_plan_on_display(tmp_path: Path) -> None:
         await pilot.press("r")
         await until(pilot, lambda: len(fake_engine.FakeRunner.instances) > runs)
         assert fake_engine.FakeRunner.instances[-1].plan == speed
-        await finished(app, pilot)
+        # The rerun's own view, saved, before the app closes (the snapshot's view is finished too).
+        await until(pilot, lambda: app.current is not None and app.current.source == "live" and app.current.snapshot_path is not None)
 
 
 async def test_run_again_on_a_snapshot_without_a_plan_says_so(tmp_path: Path) -> None:

@@ -61,6 +61,7 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("runs", "Runs"),
 )
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
+DRAIN_S = 0.05  # while events keep coming, the UI takes them at most this often
 
 
 class RunnerLike(Protocol):
@@ -278,12 +279,19 @@ class EmbprofApp(App[None]):
 
     @on(EventsReady)
     def _events(self, message: EventsReady) -> None:
-        view = self.views.get(message.key)
-        bridge = self._bridges.get(message.key)
+        self._drain(message.key)
+
+    def _drain(self, key: str) -> None:
+        view = self.views.get(key)
+        bridge = self._bridges.get(key)
         if view is None or bridge is None:
             return
+        events = bridge.drain(hold=True)
+        if not events:
+            return
+        # Held: what arrives meanwhile is taken in one batch at the next poll, not one message each.
+        self.set_timer(DRAIN_S, lambda: self._drain(key))
         scored = has_scores(view)
-        events = bridge.drain()
         view.apply_all(events)
         for e in events:
             if isinstance(e, ErrorEvent):

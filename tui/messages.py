@@ -104,8 +104,12 @@ class Bridge:
             self._pending = True
         self._app.post_message(EventsReady(self._key))
 
-    def drain(self) -> list[Event]:
+    def drain(self, hold: bool = False) -> list[Event]:
+        """The waiting events. With ``hold`` the bridge stays pending while there were some: the UI
+        polls it again shortly instead of being woken by every event (a load run sends thousands a
+        second); the first poll that finds none ends the hold, and the next event posts again."""
         with self._lock:
             out, self._buffer = self._buffer, []
-            self._pending = False
+            if not out or not hold:
+                self._pending = False
         return out
