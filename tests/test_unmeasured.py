@@ -73,3 +73,29 @@ def test_a_llama_api_encode_shows_tokens_as_not_measured(cli_env: dict[str, str]
     assert not zero_rows(out, ("tokens/s", "padding %", "tokens", "tokens (server-reported)"))
     assert "n/a (the server reports no token counts)" in out
     assert "n/a tokens" in err  # the progress line of each call says so too
+
+
+def test_print_plan_then_plan_file_then_rerun_against_llama_server(cli_env: dict[str, str], llama: object, tmp_path: Path) -> None:  # noqa: F811
+    import subprocess
+
+    from conftest import embprof_exe
+    from embprof.engine.plan import RunPlan, ServerTarget
+
+    url = llama.url  # type: ignore[attr-defined]
+    printed = subprocess.run([embprof_exe(), "run", "encode", "--server", url, "--api", "openai", "--repeats", "2", "--print-plan"],
+                             env=cli_env, capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    plan = RunPlan.model_validate_json(printed.stdout)
+    assert isinstance(plan.target, ServerTarget) and plan.target.api == "openai"
+    f = tmp_path / "plan.json"
+    f.write_text(printed.stdout)
+    rc, out, err, _ = run_cli(["run", "--plan", str(f)], cli_env)
+    assert rc == 0, err
+    first_path, first = snapshot_from(out)
+    assert first.plan == plan and first.target.backend == "http"
+    head = first.summary.headline
+    assert head is not None and head.calls == 2 and head.tokens_per_s is not None  # OpenAI's API reports prompt_tokens
+    rc, out, err, _ = run_cli(["rerun", str(first_path)], cli_env)
+    assert rc == 0, err
+    _, second = snapshot_from(out)
+    assert second.plan == first.plan and second.summary.headline is not None and second.summary.headline.calls == 2
