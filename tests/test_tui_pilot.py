@@ -554,3 +554,25 @@ async def test_large_layout_gives_runs_the_wide_cell_without_scores(tmp_path: Pa
         await finished(app, pilot)
         runs, scores = app.query_one("#runs"), app.query_one("#scores")
         assert scores.size.width > runs.size.width
+
+
+@pytest.mark.parametrize("fixture, wanted", [
+    ("v1-llama-load.json", ("requests/s", "tokens/s n/a (the server reports no token counts)")),
+    ("v1-llama-encode.json", ("tokens/s n/a (the server reports no token counts)",)),
+])
+async def test_an_old_snapshot_opens_with_unmeasured_figures_as_na(tmp_path: Path, fixture: str, wanted: tuple[str, ...]) -> None:
+    """A version-1 snapshot (migrated on read) opens off the UI thread; what it did not measure is n/a."""
+    import shutil
+
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "v1" / fixture, folder / fixture)
+    app = make_app(tmp_path, autostart=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.open_snapshot(folder / fixture)
+        await until(pilot, lambda: app.current is not None)
+        await pilot.pause(0.2)
+        stats = text_of(app, "#latency-stats")
+        for text in wanted:
+            assert text in stats, stats
+        assert " 0 tokens/s" not in stats

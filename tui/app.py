@@ -61,7 +61,10 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("runs", "Runs"),
 )
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
-DRAIN_S = 0.05  # while events keep coming, the UI takes them at most this often
+# While events keep coming, the UI takes them at most this often: every wake-up of the UI thread
+# takes the GIL from the run's own Python thread (10 samples a second would otherwise be 10 wake-ups).
+# The panels redraw every second or two anyway; a finished or saved run is taken at once.
+DRAIN_S = 0.25
 
 
 class RunnerLike(Protocol):
@@ -109,7 +112,7 @@ class EmbprofApp(App[None]):
         profiles_dir: Path = Path("profiles"),
         clock: Callable[[], float] = time.monotonic,
         runner_factory: RunnerFactory = engine_runner,
-        refresh_hz: float = 2.0,
+        refresh_hz: float = 1.0,
         save_snapshots: bool = True,
         cursor_blink: bool = True,
     ) -> None:
@@ -157,8 +160,8 @@ class EmbprofApp(App[None]):
         self._panels = {pid: self.query_one(f"#{pid}", Panel) for pid, _ in PANELS}
         self._apply_layout()
         self.action_show_panel("latency")
-        self.set_interval(1 / self.refresh_hz, self._redraw)
-        self.set_interval(1.0, self._status.tick)
+        # One timer for the panels and the status bar's clock: one wake-up a tick, not two.
+        self.set_interval(1 / self.refresh_hz, self._tick)
         self.list_snapshots()
         self._redraw(force=True)
         if self.autostart:
@@ -201,6 +204,11 @@ class EmbprofApp(App[None]):
         for pid, panel in self._panels.items():
             if wide or pid == self.active_panel:
                 yield panel
+
+    def _tick(self) -> None:
+        self._redraw()
+        if self.screen_stack:
+            self._status.tick()
 
     def _redraw(self, force: bool = False) -> None:
         # A resize can arrive before the mount; a queued redraw (a timer tick, a panel switch's
@@ -310,6 +318,9 @@ class EmbprofApp(App[None]):
 
     @on(RunSaved)
     def _saved(self, message: RunSaved) -> None:
+        # The run's last events may still wait in its held bridge: take them first, so a saved run
+        # is never shown as one still running.
+        self._drain(message.key)
         view = self.views.get(message.key)
         if message.path and view is not None:
             view.saved(message.path)

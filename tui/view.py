@@ -20,6 +20,7 @@ from embprof.engine.events import (
     Event,
     PhaseEnded,
     PhaseStarted,
+    RequestTimed,
     ResourceSample,
 )
 from embprof.engine.fold import RunState
@@ -71,6 +72,8 @@ class RunView:
             self.versions["timing"] += 1
         elif isinstance(e, EncodeTimed):
             self.calls.append(TimedPoint(e.t_ns / 1e9, e.duration_ns / 1e9, e.warmup, e.group))
+            self.versions["timing"] += 1
+        elif isinstance(e, RequestTimed):
             self.versions["timing"] += 1
         elif isinstance(e, (PhaseStarted, PhaseEnded)):
             self.versions["phases"] += 1

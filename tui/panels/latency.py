@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from embprof.engine.fold import CallGroup
+from embprof.engine.fold import CallGroup, RequestGroup
+from embprof.engine.results import LoadResult
 from rich.table import Table as RichTable
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,7 +11,7 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from ..view import RunView
-from .base import Panel, Plot, pairs, put, secs, thin
+from .base import Panel, Plot, figure, pairs, put, secs, thin
 
 FEW_CALLS = 10  # below this many calls a histogram says less than the calls themselves
 BAR_CELLS = 12  # the longest call's bar: short enough to leave its value room in a narrow panel
@@ -60,7 +61,14 @@ class LatencyPanel(Panel):
     def show(self, view: RunView | None) -> None:
         stats_w = self.query_one("#latency-stats", Static)
         plot = self.query_one("#latency-plot", Plot)
-        groups = [g for g in view.run.call_groups()] if view is not None else []
+        groups = list(view.run.call_groups()) if view is not None else []
+        requests = view.run.request_groups() if view is not None and not groups else []
+        if view is not None and requests:
+            # A load run times requests to a server, not encode calls: its own table, per kind.
+            self.set_class(True, "-groups")
+            put(stats_w, self._request_table(view, requests), ("requests", tuple(r.group for r in requests)))
+            self._draw_batches(view, plot)
+            return
         if view is None or (not groups and not view.batches):
             stats_w.update(Text("No encode timed yet.", style="dim"))
             plot.plt.clear_figure()
@@ -130,6 +138,27 @@ class LatencyPanel(Panel):
             notes.append(f"tokens/s n/a ({tokens_na_reason(view)})")
         if notes:
             table.caption = "   ".join(notes)
+            table.caption_justify = "left"
+            table.caption_style = "dim"
+        return table
+
+    def _request_table(self, view: RunView, groups: list[RequestGroup]) -> RichTable:
+        table = RichTable(box=None, pad_edge=False, show_edge=False, header_style="dim", expand=True,
+                          title="requests to the server, per kind (warm-ups apart)", title_justify="left", title_style="dim italic")
+        table.add_column("group", ratio=1)
+        for col in ("requests", "failed", "p50", "p95", "mean"):
+            table.add_column(col, justify="right", no_wrap=True)
+        for r in groups:
+            st = r.stats
+            table.add_row(r.group or "(requests)", f"{r.requests:,}", f"{r.failed:,}", secs(st.p50_s), secs(st.p95_s), secs(st.mean_s))
+        load = view.run.results.get("load")
+        if isinstance(load, LoadResult):
+            table.caption = str(Text("   ").join([
+                Text(f"{figure(load.requests_per_s, 1)} requests/s"),
+                Text(f"{figure(load.items_per_s, 1)} items/s"),
+                Text(f"{figure(load.tokens_per_s, 0)} tokens/s" if load.tokens_per_s is not None
+                     else f"tokens/s n/a ({tokens_na_reason(view)})"),
+            ]))
             table.caption_justify = "left"
             table.caption_style = "dim"
         return table

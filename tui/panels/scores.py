@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from embprof.engine import report
 from embprof.engine.results import (
     LatencyFit,
-    MemoryLimit,
     MtebRun,
     MtebTask,
     SimilarityResult,
     SweepResult,
 )
-from pydantic import BaseModel
 from rich.table import Table as RichTable
 from rich.text import Text
 from textual.app import ComposeResult
@@ -31,25 +28,6 @@ SWEEP_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate
 
 def has_scores(view: RunView | None) -> bool:
     return view is not None and any(k in view.run.results for k in SCORED)
-
-
-def _dumped(results: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.model_dump() if isinstance(v, BaseModel) else v for k, v in results.items()}
-
-
-def _mteb_rows(results: dict[str, Any], peak: Callable[[int, str], float | None]) -> list[list[Any]]:
-    # engine/report.py is moving to typed results; until it has, it reads their dict form.
-    try:
-        return report.mteb_rows(results, peak)
-    except AttributeError:
-        return report.mteb_rows(_dumped(results), peak)
-
-
-def _largest_fit(limit: MemoryLimit) -> str:
-    try:
-        return report.largest_fit_text(limit)
-    except (AttributeError, TypeError):
-        return report.largest_fit_text(limit.model_dump())  # type: ignore[arg-type]
 
 
 class ScoresPanel(Panel):
@@ -141,7 +119,7 @@ class ScoresPanel(Panel):
         limit = sweep.memory_limit
         if limit is not None:
             text.append(f"largest {limit.axis} that fits: ", style="dim")
-            text.append(_largest_fit(limit), style="bold")
+            text.append(report.largest_fit_text(limit), style="bold")
             text.append(f"   ({limit.stopped})\n", style="dim")
         text.rstrip()
         head.update(text if text else Text("no fit: too few points", style="dim"))
@@ -190,7 +168,7 @@ class ScoresPanel(Panel):
             ("scores", "computed by mteb"),
         ))
         run = view.run
-        rows = _mteb_rows(run.results, run.phase_peak)
+        rows = report.mteb_rows(run.results, run.phase_peak)
         open_tasks = {p.name: p for p in run.open_phases}
         for col in report.MTEB_COLUMNS:
             table.add_column(col, key=col)
