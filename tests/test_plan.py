@@ -123,7 +123,7 @@ def test_a_sweep_a_server_cannot_run_is_refused_before_anything_starts(cli_env: 
 @pytest.mark.slow
 def test_the_dashboard_refuses_bad_options_and_no_terminal_with_one_sentence(cli_env: dict[str, str]) -> None:
     for args, expect in ((["--device", "foo"], "unknown device 'foo'"), ([], "the dashboard needs a terminal"),
-                         (["--server", "ftp://x"], "http:// or https:// URL")):
+                         (["--server", "ftp://x"], "http:// or https:// URL"), (["--workload", "sprint"], "unknown workload 'sprint'")):
         proc = subprocess.run([embprof_exe(), *args], env=cli_env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         assert proc.returncode == 2, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()

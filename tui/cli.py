@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
     app.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     app.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
-    app.add_argument("--workload", default="encode", choices=["encode", "speed", "similarity", "mteb", "sweep", "load"],
-                     help="what runs at launch (default encode)")
+    # The workload names are the engine's (plan.WORKLOADS): an unknown one is refused by the plan, in one sentence.
+    app.add_argument("--workload", default="encode", metavar="WORKLOAD",
+                     help="what runs at launch: a workload of `embprof run` or mteb (default encode)")
     app.add_argument("-t", "--task", action="append", default=[], metavar="TASK", help="mteb: a task to run (repeatable)")
     app.add_argument("--server", metavar="URL", help="profile an embedding server instead of a local model")
     app.add_argument("--api", choices=["llama", "openai"], default="llama", help="the server's API (default llama)")
