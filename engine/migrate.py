@@ -140,7 +140,9 @@ def _plan(target: dict[str, Any], workload: dict[str, Any], sample_hz: float) ->
 
     name = str(workload.get("name"))
     if target.get("backend") == "http":
-        t: dict[str, Any] = {"kind": "server", **{k: target.get(k) for k in ("url", "api", "prompts_from", "api_key_env", "server_pid")}}
+        # Not server_pid: version 1 did not say whether it was given or found by the port, and a found
+        # process id would tie the plan to a process that is long gone.
+        t: dict[str, Any] = {"kind": "server", **{k: target.get(k) for k in ("url", "api", "prompts_from", "api_key_env")}}
         t.update({k: target[k] for k in ("timeout_s", "max_errors") if target.get(k) is not None})
     else:
         t = {"kind": "local", **{k: target.get(k) for k in ("model", "device", "dtype", "truncate_dim")},

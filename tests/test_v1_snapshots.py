@@ -64,6 +64,8 @@ def test_llama_native_zeros_become_not_measured() -> None:
     assert head is not None and head.tokens is None and head.tokens_per_s is None
     assert snap.summary.results["encode"].tokens_per_s is None
     assert snap.target.device is None and snap.target.backend == "http"  # no more device "server"
+    # The process found by the port was that run's; its plan must not tie a rerun to it.
+    assert snap.plan is not None and snap.plan.target.kind == "server" and snap.plan.target.server_pid is None
     md = report.export(snap, "md")
     assert "n/a (the server reports no token counts)" in md
 
