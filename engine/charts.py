@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write_bytes
-from .report import headline, largest_fit_text
+from .report import largest_fit_text
 from .results import SweepPoint, SweepResult
 from .snapshot import Snapshot
 
@@ -132,7 +132,7 @@ def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn = False
     for i, s in enumerate(snaps):
-        head = headline(s.summary)
+        head = s.summary.headline
         samples = head.stats.samples_s if head is not None else None
         if not samples:
             continue

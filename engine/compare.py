@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import UserError
-from .report import HISTOGRAM_QUANTILES, NA, Cell, Table, headline, no_tokens
+from .report import HISTOGRAM_QUANTILES, NA, Cell, Table, no_tokens
 from .results import MtebTask, SpeedResult, SweepResult
 from .snapshot import Snapshot
 from .sweepstats import differ
@@ -39,7 +39,7 @@ def _figures(s: Snapshot) -> dict[str, Cell]:
     sm = s.summary
     peaks = sm.peaks
     gpu = peaks.get("gpu_process_mib") or peaks.get("gpu_used_mib")
-    head = headline(sm)
+    head = sm.headline
     out: dict[str, Cell] = {
         "import s": _phase_s(s, "import"),
         "load s": _phase_s(s, "load"),
@@ -207,7 +207,7 @@ def _test(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> str:
 
 def _noise(snaps: list[Snapshot]) -> str:
     """Each run's timed calls against A's (their one kind of call each): Mann–Whitney U."""
-    heads = [headline(s.summary) for s in snaps]
+    heads = [s.summary.headline for s in snaps]
     base = heads[0].stats.samples_s if heads[0] else ()
     parts = []
     for i, head in enumerate(heads[1:], 1):

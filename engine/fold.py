@@ -35,7 +35,7 @@ from .events import (
     RunStatus,
 )
 from .results import AnyResult, KernelCounters, LatencyStats, SamplerFacts, TargetFacts
-from .stats import LatencySeries
+from .stats import LatencySeries, known_sum
 
 MAX_WARMUPS_KEPT = 100  # per group: a warm-up list is for reading, not for statistics
 MAX_NOTES = 1_000
@@ -126,7 +126,7 @@ class Summary(_Model):
         return timed[0] if len(timed) == 1 else None
 
 
-@dataclass
+@dataclass(eq=False)  # one phase is one object: compared by identity, not by its peaks
 class PhaseState:
     phase_id: int
     name: str
@@ -180,11 +180,6 @@ class _Requests:
         self.tokens: int | None = 0
 
 
-def _add(total: int | None, value: int | None) -> int | None:
-    """A sum that becomes unknown once one part is unknown: a partial count must not pass for a total."""
-    return None if total is None or value is None else total + value
-
-
 def _rate(amount: int | None, seconds: float) -> float | None:
     return amount / seconds if amount is not None and seconds > 0 else None
 
@@ -227,8 +222,8 @@ class RunState:
             c = self._group(e.group)
             if not e.warmup:
                 c.batches.add(e.duration_ns / 1e9)
-                c.batch_tokens = _add(c.batch_tokens, e.tokens)
-                c.padded = _add(c.padded, e.padded_tokens)
+                c.batch_tokens = known_sum(c.batch_tokens, e.tokens)
+                c.padded = known_sum(c.padded, e.padded_tokens)
         elif isinstance(e, EncodeTimed):
             c = self._group(e.group)
             seconds = e.duration_ns / 1e9
@@ -239,8 +234,8 @@ class RunState:
                 c.latency.add(seconds)
                 c.seconds += seconds
                 c.items += e.items
-                c.tokens = _add(c.tokens, e.tokens)
-                c.words = _add(c.words, e.words)
+                c.tokens = known_sum(c.tokens, e.tokens)
+                c.words = known_sum(c.words, e.words)
         elif isinstance(e, RequestTimed):
             self._request(e)
         elif isinstance(e, PhaseStarted):
@@ -309,7 +304,7 @@ class RunState:
             r.kinds[e.error_kind] = r.kinds.get(e.error_kind, 0) + 1
             return
         r.answered += 1
-        r.tokens = _add(r.tokens, e.tokens)
+        r.tokens = known_sum(r.tokens, e.tokens)
         if not e.warmup:
             r.latency.add(e.duration_ns / 1e9)
 
@@ -358,9 +353,9 @@ class RunState:
         )
 
     def headline(self) -> CallGroup | None:
-        """The run's one kind of timed call, when it has exactly one."""
-        groups = [g for g in self.call_groups() if g.calls]
-        return groups[0] if len(groups) == 1 else None
+        """The run's one kind of timed call, when it has exactly one (its statistics are built for it alone)."""
+        timed = [(name, c) for name, c in self._calls.items() if c.latency.count]
+        return self._call_group(*timed[0]) if len(timed) == 1 else None
 
     def request_groups(self) -> list[RequestGroup]:
         return [

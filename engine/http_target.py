@@ -28,6 +28,7 @@ from .errors import PartialFailure, UserError
 from .events import BatchTimed, EncodeTimed, RequestTimed, Result
 from .plan import ServerTarget, strip_credentials
 from .results import RequestErrors, ServerMetrics, TargetFacts
+from .stats import known_sum
 from .targets import Capabilities, EncodeMode, EncodeOutcome, declared_prompts_of, default_prompt_name, resolve_prompt_text
 
 __all__ = ["HttpTarget", "ServerFault", "strip_credentials"]
@@ -266,7 +267,7 @@ class HttpTarget:
             chunk = inputs[lo : lo + batch_size]
             vecs, tokens, took_ns = self.request(ctx, chunk, call_index=call_index, warmup=warmup, group=group)
             vectors.extend(vecs)
-            tokens_total = None if tokens is None or tokens_total is None else tokens_total + tokens
+            tokens_total = known_sum(tokens_total, tokens)
             batches += 1
             # A server pads (or not) as it likes: padding is not measurable from here.
             ctx.emit(

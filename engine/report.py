@@ -315,19 +315,13 @@ LATENCY_BY_CALL_COLUMNS = ("kind of call", "calls", "mean s", "p50 s", "p95 s", 
 THROUGHPUT_BY_CALL_COLUMNS = ("kind of call", "calls", "items/s", "tokens/s", "words/s", "padding %")
 
 
-def headline(s: Summary) -> CallGroup | None:
-    """The run's one kind of timed call, when it has exactly one (a group of warm-ups alone does not count)."""
-    timed = [g for g in s.calls if g.calls]
-    return timed[0] if len(timed) == 1 else None
-
-
 def latency_tables(snap: Snapshot) -> list[Table]:
     """Latency, warm-ups and throughput: one table each for a run with one kind of timed call; with
     several kinds, one row per kind and never one p50/p95/CV pooled over them."""
     s = snap.summary
     groups = [g for g in s.calls if g.calls]
     out: list[Table] = []
-    head = headline(s)
+    head = s.headline
     if head is not None:
         series = [("encode call s", head.stats)] + ([("batch s", head.batch_stats)] if head.batch_stats.count else [])
         quantiles = "; quantiles from an HDR histogram, 3 significant digits" if head.stats.quantiles == "histogram" else ""
@@ -469,7 +463,7 @@ def server_tables(snap: Snapshot) -> list[Table]:
     s = snap.summary
     out: list[Table] = []
     groups = list(s.requests)
-    no_tok = NA("the server reports no token counts")
+    no_tok = tokens_missing(server=True)
     none_answered = NA("no request answered (warm-ups are not counted)")
     if len(groups) == 1:
         r = groups[0]

@@ -219,7 +219,7 @@ class Sampler:
         """Subscribed to the run's events: a phase's end gets a sample of its own, so a peak at a
         phase boundary is not lost between ticks."""
         if isinstance(event, PhaseEnded):
-            self._wake.set()
+            self.poke()
 
     # -- internals ---------------------------------------------------------------------------
     def _open_gpu(self) -> None:

@@ -22,6 +22,11 @@ _HDR_UNIT = 1e-9  # the histogram counts nanoseconds
 _HDR_MAX_NS = 24 * 3600 * 10**9
 
 
+def known_sum(total: int | None, value: int | None) -> int | None:
+    """A sum that becomes unknown once one part is unknown: a partial count must not pass for a total."""
+    return None if total is None or value is None else total + value
+
+
 def describe(values_s: Sequence[float]) -> LatencyStats:
     """count, mean, std (sample, ddof=1), CV %, min, max, p50/p90/p95/p99 and the raw values, in seconds."""
     arr = np.asarray(values_s, dtype=float)
@@ -49,7 +54,7 @@ def describe(values_s: Sequence[float]) -> LatencyStats:
 class LatencySeries:
     """Timings of one kind of call, in bounded memory (see the module's docstring)."""
 
-    __slots__ = ("_values", "_hist", "count", "_mean", "_m2", "_min", "_max")
+    __slots__ = ("_values", "_hist", "count", "_mean", "_m2", "_min", "_max", "_cached")
 
     def __init__(self) -> None:
         self._values: list[float] | None = []
@@ -59,27 +64,34 @@ class LatencySeries:
         self._m2 = 0.0
         self._min = math.inf
         self._max = -math.inf
+        self._cached: LatencyStats | None = None
 
     def add(self, seconds: float) -> None:
-        # Welford's update: exact running mean and variance, whatever the count.
         self.count += 1
-        delta = seconds - self._mean
-        self._mean += delta / self.count
-        self._m2 += delta * (seconds - self._mean)
-        self._min = min(self._min, seconds)
-        self._max = max(self._max, seconds)
         if self._values is not None:
+            # While exact, numpy describes the values themselves: no running sums on this hot path.
             self._values.append(seconds)
             if len(self._values) > EXACT_LIMIT:
                 self._to_histogram()
         else:
+            self._running(seconds, self.count)
             self._record(seconds)
+        self._cached = None
+
+    def _running(self, seconds: float, n: int) -> None:
+        # Welford's update (the n-th value): exact running mean and variance, whatever the count.
+        delta = seconds - self._mean
+        self._mean += delta / n
+        self._m2 += delta * (seconds - self._mean)
+        self._min = min(self._min, seconds)
+        self._max = max(self._max, seconds)
 
     def _to_histogram(self) -> None:
         from hdrh.histogram import HdrHistogram
 
         self._hist = HdrHistogram(1, _HDR_MAX_NS, 3)
-        for v in self._values or ():
+        for n, v in enumerate(self._values or (), 1):
+            self._running(v, n)
             self._record(v)
         self._values = None
 
@@ -92,8 +104,12 @@ class LatencySeries:
         return self._values
 
     def stats(self) -> LatencyStats:
-        if self._values is not None:
-            return describe(self._values)
+        # A redraw asks again and again between two calls: describe the values once per change.
+        if self._cached is None:
+            self._cached = describe(self._values) if self._values is not None else self._from_histogram()
+        return self._cached
+
+    def _from_histogram(self) -> LatencyStats:
         std = math.sqrt(self._m2 / (self.count - 1)) if self.count > 1 else None
         q = {p: self._hist.get_value_at_percentile(p) * _HDR_UNIT for p in PERCENTILES}
         return LatencyStats(

@@ -142,7 +142,8 @@ class EncodeWorkload:
         from ..plan import LocalTarget
 
         model = self.plan.compare_model
-        local = make_target(LocalTarget(model=None if model == "bundled" else model, device="cpu"))
+        spec = LocalTarget(model=None if model == "bundled" else model, device="cpu")
+        local = make_target(spec)
         local.load(ctx)
         try:
             with ctx.phase("compare", f"{len(lines)} texts locally"):
@@ -160,7 +161,7 @@ class EncodeWorkload:
         ctx.emit(
             Result(
                 t_ns=ctx.now(),
-                result=Agreement(compare_model=local.describe().model_name, cosine=tuple(float(c) for c in cos), min=float(cos.min()),
+                result=Agreement(compare_model=spec.display_name, cosine=tuple(float(c) for c in cos), min=float(cos.min()),
                                  mean=float(cos.mean()), worst_text=lines[worst], prompt=prompt or ""),
             )
         )

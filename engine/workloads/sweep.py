@@ -23,7 +23,7 @@ from ..context import RunContext
 from ..errors import UserError
 from ..events import BatchTimed, Event, Note, ResourceSample, Result
 from ..files import read_lines
-from ..stats import describe
+from ..stats import describe, known_sum
 from ..plan import AXES, OOM_AXES, SweepPlan
 from ..results import LatencyFit, MemoryLimit, MemoryPoint, SweepPoint, SweepResult
 from ..sweepstats import StopRule, fit_latency, median_ci, relative_half_width
@@ -50,8 +50,8 @@ class PointWatcher:
                 if v is not None and v > self.peaks.get(name, -1.0):
                     self.peaks[name] = float(v)
         elif isinstance(e, BatchTimed) and not e.warmup:
-            self.tokens = None if self.tokens is None or e.tokens is None else self.tokens + e.tokens
-            self.padded = None if self.padded is None or e.padded_tokens is None else self.padded + e.padded_tokens
+            self.tokens = known_sum(self.tokens, e.tokens)
+            self.padded = known_sum(self.padded, e.padded_tokens)
 
 
 def _is_oom(exc: BaseException) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from embprof.engine.report import fmt
 from rich.table import Table as RichTable
 from rich.text import Text
 from textual.containers import Vertical
@@ -80,11 +79,6 @@ def put(widget: Static, content: Any, shape: Hashable) -> None:
     layout = getattr(widget, "_embprof_shape", None) != shape
     widget._embprof_shape = shape  # type: ignore[attr-defined]
     widget.update(content, layout=layout)
-
-
-def figure(value: Any, digits: int = 3) -> str:
-    """A figure, or ``n/a`` when it was not measured (never 0)."""
-    return "n/a" if value is None else fmt(value, digits)
 
 
 def mib(v: float | None) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from embprof.engine import report
 from embprof.engine.fold import CallGroup, RequestGroup
+from embprof.engine.report import fmt
 from embprof.engine.results import LoadResult
 from rich.table import Table as RichTable
 from rich.text import Text
@@ -11,16 +13,14 @@ from textual.containers import Horizontal
 from textual.widgets import Static
 
 from ..view import RunView
-from .base import Panel, Plot, figure, pairs, put, secs, thin
+from .base import Panel, Plot, pairs, put, secs, thin
 
 FEW_CALLS = 10  # below this many calls a histogram says less than the calls themselves
 BAR_CELLS = 12  # the longest call's bar: short enough to leave its value room in a narrow panel
 
 
 def tokens_na_reason(view: RunView) -> str:
-    if view.run.target.get("backend") == "http" or view.run.target.get("api"):
-        return "the server reports no token counts"
-    return "not measured"
+    return report.tokens_missing(server=view.run.target.get("backend") == "http").reason
 
 
 def words_na_reason(view: RunView) -> str:
@@ -154,9 +154,9 @@ class LatencyPanel(Panel):
         load = view.run.results.get("load")
         if isinstance(load, LoadResult):
             table.caption = str(Text("   ").join([
-                Text(f"{figure(load.requests_per_s, 1)} requests/s"),
-                Text(f"{figure(load.items_per_s, 1)} items/s"),
-                Text(f"{figure(load.tokens_per_s, 0)} tokens/s" if load.tokens_per_s is not None
+                Text(f"{fmt(load.requests_per_s, 1)} requests/s"),
+                Text(f"{fmt(load.items_per_s, 1)} items/s"),
+                Text(f"{fmt(load.tokens_per_s, 0)} tokens/s" if load.tokens_per_s is not None
                      else f"tokens/s n/a ({tokens_na_reason(view)})"),
             ]))
             table.caption_justify = "left"

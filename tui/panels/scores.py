@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from embprof.engine import report
+from embprof.engine.report import fmt
 from embprof.engine.results import (
     LatencyFit,
     MtebRun,
@@ -19,7 +20,7 @@ from textual.color import Color, Gradient
 from textual.widgets import DataTable, Static
 
 from ..view import RunView
-from .base import Panel, Plot, figure, pairs
+from .base import Panel, Plot, pairs
 
 HEAT = Gradient.from_colors(Color.parse("#1f3b73"), Color.parse("#5f6f7a"), Color.parse("#f2a541"), Color.parse("#e8523c"))
 SCORED = ("similarity", "sweep", "mteb")
@@ -101,7 +102,7 @@ class ScoresPanel(Panel):
             if verdict is not None:
                 shown = Text("right document first" if verdict else "WRONG document first", style="green" if verdict else "bold red")
             grid.add_row(f"q{qi + 1}", q, "ranking", " > ".join(str(i + 1) for i in sim.rankings[qi]), "margin",
-                         figure(sim.margins[qi], 4), shown)
+                         fmt(sim.margins[qi], 4), shown)
         foot.update(grid)
 
     # -- sweep ---------------------------------------------------------------------------------------
@@ -126,15 +127,15 @@ class ScoresPanel(Panel):
         estimate = any(p.gflops_estimate is not None for p in sweep.points)
         cols = ["point", "status", "median s", "±% (95% CI)", "ended by", "repeats", "items/s", "peak RSS MiB"]
         if estimate:
-            cols.append("GFLOP/s (estimate)")  # parameters × tokens over time: a floor, not a measurement
+            cols.append(report.GFLOPS_LABEL)
         for col in cols:
             table.add_column(col, key=col)
         for p in sweep.points:
             style = "green" if p.status == "ok" else "bold red"
-            row: list[Any] = [p.label, Text(p.status, style=style), figure(p.median_s, 4), figure(p.ci_half_width_percent, 2),
-                              p.stop or "", str(p.repeats), figure(p.items_per_s, 1), figure(p.peak_rss_mib, 1)]
+            row: list[Any] = [p.label, Text(p.status, style=style), fmt(p.median_s, 4), fmt(p.ci_half_width_percent, 2),
+                              p.stop or "", str(p.repeats), fmt(p.items_per_s, 1), fmt(p.peak_rss_mib, 1)]
             if estimate:
-                row.append(figure(p.gflops_estimate, 1))
+                row.append(fmt(p.gflops_estimate, 1))
             table.add_row(*row)
         foot.update(Text("partial: the sweep is still running", style="dim italic") if sweep.partial else "")
         self._draw_sweep(sweep)
@@ -179,7 +180,7 @@ class ScoresPanel(Panel):
                 status = "running"
                 row = [name, status, None, None, run.last_t_s - p.start_s, p.peak("rss_mib"), None]
             style = {"ok": "green", "failed": "bold red", "running": "yellow", "cancelled": "yellow"}.get(status, "dim")
-            cells = [Text(c if isinstance(c, str) else ("" if c is None and status != "ok" else figure(c)), style=style if i == 1 else "")
+            cells = [Text(c if isinstance(c, str) else ("" if c is None and status != "ok" else fmt(c)), style=style if i == 1 else "")
                      for i, c in enumerate(row)]
             table.add_row(*cells)
         failures = Text()
