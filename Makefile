@@ -13,9 +13,11 @@ $(BIN)/.installed: pyproject.toml Makefile
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing $(TORCH) (the CPU build)"
 	@$(BIN)/python -m pip install --quiet $(TORCH)
-	@echo "installing embprof and its dependencies (editable, with the test tools)"
+	@echo "installing embprof and its dependencies (editable, with the test tools and the ONNX/OpenVINO backends)"
 	@# setuptools' note that an editable install links to this folder is expected here, not a problem: not shown.
-	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -e '.[test]'
+	@# The torch pin is a constraint here too, so that nothing the extras need can replace it.
+	@echo "$(TORCH)" > $(VENV)/torch-pin.txt
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -c $(VENV)/torch-pin.txt -e '.[test,backends]'
 	@touch $@
 	@echo "ready: $(VENV)"
 
@@ -25,9 +27,9 @@ run: setup
 	$(BIN)/embprof
 
 # tmux drives the dashboard in a real terminal in the tests; cmake and g++ build the real llama.cpp
-# server the server tests use. Debian's packages, where apt-get and root allow.
+# server the server tests use; Chromium opens the matrix's HTML report. Debian's packages, where apt-get and root allow.
 tools:
-	@missing=""; for t in tmux cmake g++; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; for t in tmux cmake g++ chromium; do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
 	  [ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$(echo $$missing | sed 's/g++/g++ make/') >/dev/null; } || \
 	  echo "could not install:$$missing (the tests that need them will say so)"

@@ -12,6 +12,7 @@ from typing import Any
 
 from .events import Subscriber
 from .plan import (
+    CellPlan,
     EncodePlan,
     LoadPlan,
     LocalTarget,
@@ -33,6 +34,10 @@ def make_target(plan: LocalTarget | ServerTarget) -> Target:
         from .http_target import HttpTarget
 
         return HttpTarget(plan)
+    if plan.backend != "torch":
+        from .onnx_target import OnnxTarget
+
+        return OnnxTarget(plan)
     from .targets import SentenceTransformerTarget
 
     return SentenceTransformerTarget(plan)
@@ -65,6 +70,10 @@ def make_workload(plan: Any) -> Workload:
         from .workloads.mteb_tasks import MtebWorkload
 
         return MtebWorkload(plan)
+    elif isinstance(plan, CellPlan):
+        from .workloads.cell import CellWorkload
+
+        return CellWorkload(plan)
     else:
         raise TypeError(f"no workload for {type(plan).__name__}")
     if plan.vs is not None:

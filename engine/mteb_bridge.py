@@ -25,10 +25,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Callable
 
 from .context import RunContext
-from .errors import UserError
 from .files import atomic_write_bytes
 from .results import MtebEncode, MtebPhase
 from .targets import BUNDLED_MODEL_ID, SentenceTransformerTarget
@@ -192,15 +191,17 @@ def _prompt_choice(model_prompts: dict[str, str] | None, task_metadata: Any, pro
     return name, (model_prompts.get(name) if name else None)
 
 
-def make_encoder(target: Any, session_of: Any) -> Any:
-    """mteb's own encoder wrapper around the target's loaded model, with encode timed; for a
-    server, an mteb encoder whose every batch is a request."""
-    from .http_target import HttpTarget
+Transform = Callable[[Any], Any]
 
-    if isinstance(target, HttpTarget):
-        return _http_encoder(target, session_of)
+
+def make_encoder(target: Any, session_of: Any, transform: Transform | None = None) -> Any:
+    """mteb's own encoder wrapper around the target's loaded model, with encode timed; for a
+    server or an exported graph, an mteb encoder that calls the target's own encode.
+
+    ``transform`` (a matrix cell's output precision) maps the embeddings before mteb scores them,
+    so the scorer sees exactly the vectors the cell stores."""
     if not isinstance(target, SentenceTransformerTarget):
-        raise UserError(f"MTEB tasks cannot run on a {getattr(target, 'kind', 'this')} target")
+        return _generic_encoder(target, session_of, transform)
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
     class ProfiledEncoder(SentenceTransformerEncoderWrapper):  # type: ignore[misc]
@@ -227,6 +228,8 @@ def make_encoder(target: Any, session_of: Any) -> Any:
                     out = super().encode(
                         inputs, task_metadata=task_metadata, hf_split=hf_split, hf_subset=hf_subset, prompt_type=prompt_type, **kwargs
                     )
+            if transform is not None:
+                out = transform(out)
             session.encodes.append(
                 MtebEncode(
                     phase_id=phase_id,
@@ -252,7 +255,7 @@ def make_encoder(target: Any, session_of: Any) -> Any:
     return encoder
 
 
-def _http_encoder(target: Any, session_of: Any) -> Any:
+def _generic_encoder(target: Any, session_of: Any, transform: Transform | None) -> Any:
     from mteb.models import ModelMeta
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ScoringFunction
@@ -261,9 +264,10 @@ def _http_encoder(target: Any, session_of: Any) -> Any:
         def __init__(self) -> None:
             prompts, _invalid = AbsEncoder.validate_task_to_prompt_name(dict(target.prompts), raise_for_invalid_keys=False)
             self.model_prompts = prompts or None
-            name = str(target.describe().model_name or target.url)
+            facts = target.describe()
+            name = str(facts.model_name or facts.url)
             self.mteb_model_meta = ModelMeta.create_empty(overwrites={
-                "name": name if "/" in name else f"server/{name}", "revision": "no_revision_available",
+                "name": name if "/" in name else f"{facts.backend}/{name}", "revision": "no_revision_available",
                 "similarity_fn_name": ScoringFunction.COSINE})  # mteb compares it by identity
 
         def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> Any:
@@ -284,7 +288,7 @@ def _http_encoder(target: Any, session_of: Any) -> Any:
             session.encodes.append(MtebEncode(phase_id=phase_id, phase=name, split=hf_split, subset=hf_subset, texts=len(texts),
                                               prompt_type=ptype, prompt_name=prompt_name, prompt=prompt,
                                               seconds=out.duration_ns / 1e9, tokens=out.tokens, batches=out.batches))
-            return out.embeddings
+            return out.embeddings if transform is None else transform(out.embeddings)
 
     return ServerEncoder()
 

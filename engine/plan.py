@@ -61,7 +61,9 @@ class LocalTarget(_Plan):
     device: str = "auto"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     truncate_dim: int | None = None
-    backend: Literal["torch"] = "torch"
+    backend: Literal["torch", "onnx", "openvino"] = "torch"
+    quantize: Literal["none", "int8"] = "none"  # the weights; output precision is the matrix cell's own setting
+    quantize_mode: Literal["per-channel", "per-tensor"] = "per-channel"  # onnx int8's weight scales
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
@@ -71,11 +73,35 @@ class LocalTarget(_Plan):
             raise UserError(f"unknown device '{self.device}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
         if self.truncate_dim is not None and self.truncate_dim <= 0:
             raise UserError(f"--truncate-dim must be a positive number of dimensions, not {self.truncate_dim}")
+        why = backend_refusal(self.backend, self.device, self.dtype, self.quantize)
+        if why:
+            raise UserError(why)
         return self
 
     @property
     def display_name(self) -> str:
         return self.model or f"{BUNDLED_MODEL_ID} (bundled)"
+
+
+def backend_refusal(backend: str, device: str, dtype: str, quantize: str) -> str | None:
+    """Why a combination of backend, device, weights' dtype and quantization cannot run; None if it can.
+
+    What no machine can run is refused here; what depends on the machine (a CUDA device, an
+    installed extra) is checked when the target loads."""
+    if backend == "torch":
+        if quantize != "none":
+            return "int8 weights run through ONNX Runtime or OpenVINO: give --backend onnx or openvino"
+        return None
+    if dtype != "float32":
+        return f"{backend} runs the exported float32 graph: {dtype} weights are a torch setting (use --quantize int8 for smaller weights)"
+    base = device.split(":", 1)[0]
+    if backend == "openvino" and base not in ("auto", "cpu"):
+        return f"OpenVINO runs here on the CPU only, not on {device}"
+    if backend == "onnx" and quantize == "int8" and base not in ("auto", "cpu"):
+        return f"ONNX Runtime's dynamic int8 kernels run on the CPU only, not on {device}"
+    if backend == "onnx" and base == "mps":
+        return "ONNX Runtime has no Apple MPS device"
+    return None
 
 
 class ServerTarget(_Plan):
@@ -295,8 +321,45 @@ class MtebPlan(_Plan):
         return self
 
 
+PRECISIONS = ("float32", "int8", "binary")
+
+
+class CellPlan(_Plan):
+    """One cell of a matrix: the cost of a stated encode and the quality of the same target's
+    embeddings (mteb main scores, agreement with the reference cell), in one process."""
+
+    name: Literal["cell"] = "cell"
+    cost: Literal["speed", "encode"] = "speed"  # speed: the speed protocol's text; encode: the lines of `input`
+    text: str | None = None  # the speed text (as the speed workload finds it when None)
+    input: str | None = None  # cost "encode": a file of lines
+    loops: int = 10  # timed encodes of the cost text
+    batch_size: int = 32
+    tasks: tuple[str, ...] = ("STS16", "JSTS")
+    data_dir: str | None = None
+    results_dir: str = "results"
+    precision: Literal["float32", "int8", "binary"] = "float32"  # the vectors the scorer sees
+    reference: str | None = None  # the reference cell's embeddings (.npz) to measure agreement against
+    write_reference: str | None = None  # this cell is the reference: its float embeddings go here
+    top_k: int = 3
+    energy_min_window_s: float = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> CellPlan:
+        _at_least(self.loops, 2, "--loops")
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.top_k, 1, "--top-k")
+        _positive(self.energy_min_window_s, "--energy-window", "seconds")
+        if self.cost == "encode" and not self.input:
+            raise UserError("--cost-workload encode needs a file of lines: encode:FILE")
+        if self.reference is not None and self.write_reference is not None:
+            raise UserError("a cell either is the reference or is compared with one, not both")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise UserError("a task is named twice")
+        return self
+
+
 WorkloadPlan = Annotated[
-    Union[EncodePlan, SpeedPlan, SimilarityPlan, SweepPlan, LoadPlan, MtebPlan], Field(discriminator="name")
+    Union[EncodePlan, SpeedPlan, SimilarityPlan, SweepPlan, LoadPlan, MtebPlan, CellPlan], Field(discriminator="name")
 ]
 
 

@@ -58,6 +58,11 @@ class TargetFacts(_Frozen):
     similarity_fn: str | None = None
     prompt_names: tuple[str, ...] = ()
     tokenizer_has_chat_template: bool | None = None
+    quantize: str | None = None  # the weights: "none" or "int8" (a local model)
+    quantize_mode: str | None = None  # int8: "per-channel" or "per-tensor" weight scales
+    disk_bytes: int | None = None  # the files the model was loaded from (an exported graph: that file)
+    weights_bytes: int | None = None  # parameters and buffers as held in memory (torch: tensor sizes; onnx: initializers)
+    graph_file: str | None = None  # onnx / openvino: the exported (and quantized) graph that ran
     # A server's side:
     api: str | None = None
     url: str | None = None  # never with credentials
@@ -348,8 +353,42 @@ class MtebTask(_Frozen):
         return f"mteb:{self.task}"
 
 
+class CellResult(_Frozen):
+    """What a matrix cell measured beyond the run's own figures: its stated encode's latency, the
+    energy of that encode where a counter exists, and how its vectors agree with the reference cell's."""
+
+    kind: Literal["cell"] = "cell"
+    status: Literal["ok", "unstable"] = "ok"  # unstable: NaN or infinite values; not scored
+    cost_workload: str  # what was timed, in words
+    items: int  # texts per timed call
+    stats: LatencyStats  # the timed calls (warm-up apart)
+    items_per_s: float | None = None  # items / median call
+    embedding_dim: int | None = None
+    nonfinite: int = 0  # NaN or infinite values in the cost text's embeddings
+    precision: str = "float32"  # the vectors the scorer saw
+    calibration: str | None = None  # int8: how the per-dimension ranges were chosen
+    energy_source: str | None = None
+    energy_j_per_1000: float | None = None  # above the idle baseline
+    energy_gross_j: float | None = None
+    energy_idle_w: float | None = None
+    energy_window_s: float | None = None
+    energy_items: int | None = None
+    energy_why: str | None = None  # why there is no energy figure
+    reference_written: str | None = None  # this cell is the reference: its embeddings file
+    agreement_mean: float | None = None  # cosine per text with the reference cell (the cost text)
+    agreement_min: float | None = None
+    agreement_dims: int | None = None  # the dimensions both vectors have (the shorter one's)
+    agreement_why: str | None = None
+    agrees_1e4: bool | None = None  # every text's cosine within 1e-4 of 1 (asked of float32 graphs)
+    top_k: int | None = None
+    topk_overlap: float | None = None  # mean share of the reference's top-k documents in this cell's top-k
+    top1_correct: int | None = None
+    queries: int | None = None
+
+
 AnyResult = Annotated[
     Union[
+        CellResult,
         TargetFacts,
         SamplerFacts,
         KernelCounters,

@@ -371,6 +371,10 @@ class SentenceTransformerTarget:
             facts["parameters"] = int(sum(p.numel() for p in self.model.parameters()))
             facts["similarity_fn"] = str(self.model.similarity_fn_name)
             facts["prompt_names"] = tuple(sorted(self.prompts))
+            facts["quantize"] = "none"
+            tensors = [*self.model.parameters(), *self.model.buffers()]
+            facts["weights_bytes"] = int(sum(t.numel() * t.element_size() for t in tensors))
+            facts["disk_bytes"] = model_disk_bytes(self.location)
             tok = getattr(self.model, "tokenizer", None)
             facts["tokenizer_has_chat_template"] = bool(getattr(tok, "chat_template", None))
         return TargetFacts(**facts)
@@ -496,6 +500,36 @@ class SentenceTransformerTarget:
         self._hooks.clear()
         if self.model is not None and "preprocess" in vars(self.model):
             del self.model.preprocess
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".gguf")
+
+
+def model_folder(location: str) -> Path | None:
+    """The folder a model's files are in: the location itself, or its snapshot in the Hugging Face cache."""
+    path = Path(location)
+    if path.is_dir():
+        return path
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(location, "config.json")
+    except Exception:
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def model_disk_bytes(location: str) -> int | None:
+    """Bytes of the weight files in a model's folder (sub-folders too, links followed); None if not found."""
+    folder = model_folder(location)
+    if folder is None:
+        return None
+    files = [f for f in folder.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+    # A folder may hold the same weights in several formats (pytorch_model.bin beside model.safetensors):
+    # sentence-transformers loads safetensors when it is there, so only those count then.
+    safetensors = [f for f in files if f.suffix == ".safetensors" and "onnx" not in f.parts and "openvino" not in f.parts]
+    chosen = safetensors or [f for f in files if f.suffix in (".bin", ".pt", ".pth")]
+    return sum(f.stat().st_size for f in chosen) if chosen else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "  embprof export run.json --format csv --table timeline\n"
                         "tables: summary (long form), run, phases, timings, throughput, peaks, speed, tokens,\n"
                         "        similarity, encodes, batches, timeline, phase-events\n")
-    ex.add_argument("file", help="a snapshot JSON file")
-    ex.add_argument("--format", choices=["json", "csv", "md"], default="md")
+    ex.add_argument("file", help="a snapshot JSON file, or a matrix's folder (embprof matrix -o DIR)")
+    ex.add_argument("--format", choices=["json", "csv", "md", "html"], default="md",
+                    help="html: a matrix's report, one self-contained file with its charts (default md)")
     ex.add_argument("--table", default="summary", help="with --format csv: which table (default summary)")
     ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
     ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's charts (default svg)")
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     rr.add_argument("--print-plan", action="store_true", help="print the snapshot's plan as JSON and exit")
 
     sub.add_parser("schema", help="print the snapshot's JSON Schema")
+    from .matrix_cli import add_parser as add_matrix_parser
+
+    add_matrix_parser(sub, _Formatter)
     return parser
 
 
@@ -507,9 +511,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from embprof.engine.errors import UserError
     from embprof.engine.files import atomic_write_bytes
     from embprof.engine.report import export
     from embprof.engine.snapshot import load
+
+    if Path(args.file).is_dir():
+        from .matrix_cli import export_matrix
+
+        return export_matrix(args)
+    if args.format == "html":
+        raise UserError("--format html writes a matrix's report: give the matrix's folder (embprof matrix -o DIR)")
 
     snap = load(args.file)
     images: list[str] = []
@@ -585,6 +597,12 @@ def cmd_app(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from .matrix_cli import cmd_matrix as run
+
+    return run(args)
+
+
 def cmd_schema(_args: argparse.Namespace) -> int:
     import json
 
@@ -613,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         "show": cmd_show,
         "export": cmd_export,
         "schema": cmd_schema,
+        "matrix": cmd_matrix,
     }
     from embprof.engine.errors import UserError
 

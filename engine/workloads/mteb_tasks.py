@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import psutil
 
@@ -49,6 +49,7 @@ class MtebWorkload:
         self.tasks = list(plan.tasks)
         self._plan: list[_Planned] = []
         self._speed: SpeedWorkload | None = None
+        self.transform: Callable[[Any], Any] | None = None  # a matrix cell's output precision, applied before scoring
 
     # -- before anything loads -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -102,7 +103,7 @@ class MtebWorkload:
             self.prepare()
         mteb = mteb_data.import_mteb()
         current: list[TaskSession] = []
-        encoder = make_encoder(target, lambda: current[-1])
+        encoder = make_encoder(target, lambda: current[-1], self.transform)
         meta = encoder.mteb_model_meta
         results_dir = Path(self.plan.results_dir)
         failed: list[str] = []

@@ -1,0 +1,78 @@
+"""What the matrix's isolation costs: per cell, its own process start, imports and model load, against
+the work it measures; and the wall time of the README's 7-cell example.
+
+Runs the 7-cell example on the bundled MiniLM (torch float32 and bfloat16, ONNX Runtime float32 and
+int8, OpenVINO, 128 dimensions, binary vectors; STS16 and JSTS from --data-dir) in a fresh folder,
+timing each cell from outside (the parent's perf_counter around the cell's process) and reading the
+cell's own phases from its snapshot. For each cell:
+
+    process start = outside wall time − the run's own duration (interpreter, embprof's imports, the
+                    snapshot written)
+    import, load  = the run's import and load phases (torch or the runtime; the model)
+    work          = cost encodes + agreement + MTEB tasks (what the cell is for)
+    overhead      = (process start + import + load) / work
+
+    .venv/bin/python benchmarks/matrix_overhead.py --data-dir PATH/datasets --text PATH/the_ugly_duckling.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+CELLS = ({}, {"dtype": "bfloat16"}, {"backend": "onnx"}, {"backend": "onnx", "quantize": "int8"}, {"backend": "openvino"},
+         {"truncate_dim": 128}, {"precision": "binary"})
+WORK_PHASES = ("warm-up", "cost", "agreement", "energy")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--text", required=True, help="the_ugly_duckling.txt")
+    ap.add_argument("--loops", type=int, default=10)
+    args = ap.parse_args()
+
+    from embprof.engine.matrix import MatrixEvent, rows, run_matrix, validate_spec
+    from embprof.engine.snapshot import load
+
+    spec = validate_spec({"cells": list(CELLS), "tasks": ["STS16", "JSTS"], "data_dir": args.data_dir, "text": args.text,
+                          "loops": args.loops})
+    starts: dict[str, float] = {}
+    walls: dict[str, float] = {}
+
+    def listener(e: MatrixEvent) -> None:
+        if e.kind == "start":
+            starts[e.cell_id] = time.perf_counter()
+        elif e.kind == "end":
+            walls[e.cell_id] = time.perf_counter() - starts[e.cell_id]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "m"
+        began = time.perf_counter()
+        run_matrix(spec, folder, listener)
+        total = time.perf_counter() - began
+        _manifest, table_rows = rows(folder)
+        print(f"{'cell':<52} {'wall s':>7} {'start s':>7} {'import s':>8} {'load s':>7} {'work s':>7} {'overhead':>8}")
+        sums = [0.0, 0.0]
+        for r in table_rows:
+            assert r.snapshot is not None, r
+            snap = load(folder / r.snapshot)
+            top = [p for p in snap.summary.phases if p.parent_id == 0]
+            named = {p.name: sum(q.duration_s or 0 for q in top if q.name == p.name) for p in top}
+            work = sum(v for k, v in named.items() if k in WORK_PHASES or k in spec.tasks)
+            start = walls[r.cell_id] - snap.summary.duration_s
+            fixed = start + named.get("import", 0.0) + named.get("load", 0.0)
+            sums[0] += fixed
+            sums[1] += work
+            print(f"{r.label[:52]:<52} {walls[r.cell_id]:7.1f} {start:7.1f} {named.get('import', 0.0):8.1f} "
+                  f"{named.get('load', 0.0):7.2f} {work:7.1f} {fixed / work:8.1%}")
+        print(f"all cells: process start + import + load = {sums[0]:.1f} s against {sums[1]:.1f} s of measured work "
+              f"({sums[0] / sums[1]:.1%})")
+        print(f"the 7-cell example (exports, reference and all cells): {total:.1f} s wall")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,716 @@
+"""A matrix of runs: models × backends × weights × output precision × dimensions × devices, and
+servers, each cell measured for cost and quality in its own process, with the frontier over them.
+
+The matrix is data (``MatrixSpec``, from the command line or a TOML/YAML file). ``expand`` turns it
+into cells, each a ``RunPlan`` with a ``CellPlan`` workload, and says for every combination it drops
+why; ``run_matrix`` runs the cells that have no snapshot yet, each in a fresh process (allocator
+state and imports do not leak from one cell into the next), interleaved across models so that a
+machine's drift does not favour one, and saves each cell's snapshot in the matrix's folder. The
+table and the frontier are then computed from those snapshots alone (``rows``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import UserError
+from .files import atomic_write_bytes, ensure_writable_dir
+from .matrix_rows import MatrixRow
+from .plan import (
+    BUNDLED_MODEL_ID,
+    CellPlan,
+    LocalTarget,
+    PRECISIONS,
+    Recording,
+    RunPlan,
+    ServerTarget,
+    strip_credentials,
+)
+
+MATRIX_VERSION: Literal[1] = 1
+BACKENDS = ("torch", "onnx", "openvino")
+QUANTIZE = ("none", "int8")
+
+
+class ServerCell(BaseModel):
+    """An embedding server in the matrix: a GGUF on llama-server, or any OpenAI-compatible server."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    api: Literal["llama", "openai"] = "llama"
+    name: str | None = None  # how the table names it ("minilm q8_0"); default: the URL
+    of: str | None = None  # the model it serves ("bundled", a Hub id or folder): its agreement is against that model's reference
+    server_model: str | None = None
+    api_key_env: str | None = None
+    prompts_from: str | None = None
+
+
+class MatrixSpec(BaseModel):
+    """What a matrix measures. Lists are the axes; every combination of the local axes is a cell."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    matrix_version: Literal[1] = MATRIX_VERSION
+    models: tuple[str, ...] = ("bundled",)  # Hub ids or folders; "bundled": the bundled all-MiniLM-L6-v2
+    devices: tuple[str, ...] = ("cpu",)
+    dtypes: tuple[Literal["float32", "float16", "bfloat16"], ...] = ("float32",)
+    backends: tuple[Literal["torch", "onnx", "openvino"], ...] = ("torch",)
+    quantize: tuple[Literal["none", "int8"], ...] = ("none",)
+    quantize_mode: Literal["per-channel", "per-tensor"] = "per-channel"
+    truncate_dims: tuple[int | None, ...] = (None,)  # None: the model's full dimension ("full")
+    precisions: tuple[Literal["float32", "int8", "binary"], ...] = ("float32",)
+    servers: tuple[ServerCell, ...] = ()
+    # Chosen cells instead of every combination: each names the settings it changes; the rest are
+    # the first value of each axis ({"backend": "onnx", "quantize": "int8"}).
+    cells: tuple[dict[str, Any], ...] = ()
+    cost: Literal["speed", "encode"] = "speed"
+    cost_input: str | None = None  # cost "encode": the file of lines
+    text: str | None = None  # cost "speed": the_ugly_duckling.txt (default: $EMBPROF_SPEED_TEXT, the cache, a checked download)
+    loops: int = 10
+    batch_size: int = 32
+    tasks: tuple[str, ...] = ("STS16", "JSTS")
+    data_dir: str | None = None
+    top_k: int = 3
+    energy_min_window_s: float = 1.0
+    sample_hz: float = 10.0
+    trust_remote_code: bool = False
+
+    @field_validator("truncate_dims", mode="before")
+    @classmethod
+    def _full(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(None if v in (None, "full", "none", 0) else v for v in value)
+        return value
+
+    @field_validator("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", "tasks", mode="after")
+    @classmethod
+    def _no_repeats(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("a value is given twice")
+        return value
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=1) + "\n"
+
+
+def validate_spec(data: Any, where: str = "") -> MatrixSpec:
+    try:
+        spec = MatrixSpec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        prefix = f"{where}: " if where else ""
+        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise UserError(f"{prefix}matrix field '{loc}': {msg}") from None
+    allowed = {"model", "device", "dtype", "backend", "quantize", "quantize_mode", "truncate_dim", "precision"}
+    for chosen in spec.cells:
+        unknown = sorted(set(chosen) - allowed)
+        if unknown:
+            raise UserError(f"a cell names '{unknown[0]}': a cell sets {', '.join(sorted(allowed))}")
+        if chosen.get("precision", "float32") not in PRECISIONS:
+            raise UserError(f"a cell's precision is float32, int8 or binary, not '{chosen['precision']}'")
+        dim = chosen.get("truncate_dim")
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
+            raise UserError(f"a cell's truncate_dim is a positive number of dimensions, not '{dim}'")
+    if not spec.models and not spec.servers:
+        raise UserError("the matrix has no model and no server: give --model or --server")
+    for d in spec.truncate_dims:
+        if d is not None and d < 1:
+            raise UserError(f"--truncate-dim takes full or a positive number of dimensions, not {d}")
+    # One cell's plan checks the rest (loops, batch, top-k, tasks …), once, before anything runs.
+    CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size, tasks=spec.tasks,
+             data_dir=spec.data_dir, top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
+    Recording(sample_hz=spec.sample_hz)
+    return spec
+
+
+def load_spec(path: str) -> MatrixSpec:
+    """A matrix from a TOML or YAML file (the same fields as ``--print-spec`` writes, axes as lists)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"matrix file '{path}' does not exist" if not p.exists() else f"matrix file '{path}' is not a file")
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"matrix file '{path}' cannot be read ({exc.__class__.__name__})") from None
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".toml":
+            import tomllib
+
+            data: Any = tomllib.loads(raw)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(raw)
+        elif suffix == ".json":
+            data = json.loads(raw)
+        else:
+            raise UserError(f"matrix file '{path}' must end in .toml, .yaml, .yml or .json")
+    except UserError:
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        raise UserError(f"matrix file '{path}' is not valid {suffix.lstrip('.').upper()}: {first}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"matrix file '{path}' does not hold a matrix (a table of fields)")
+    # Files name the axes in the singular or the plural, as the command line's options do.
+    singular = {"cell": "cells", "model": "models", "device": "devices", "dtype": "dtypes", "backend": "backends", "precision": "precisions",
+                "truncate_dim": "truncate_dims", "server": "servers", "task": "tasks"}
+    data = {singular.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
+    for key in ("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", "tasks"):
+        if isinstance(data.get(key), (str, int)):
+            data[key] = [data[key]]
+    if isinstance(data.get("servers"), (str, dict)):
+        data["servers"] = [data["servers"]]
+    if isinstance(data.get("servers"), list):
+        data["servers"] = [{"url": s} if isinstance(s, str) else s for s in data["servers"]]
+    return validate_spec(data, f"matrix file '{path}'")
+
+
+# -- cells ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cell:
+    cell_id: str
+    label: str
+    model_key: str  # cells of one model share a reference and warm files
+    plan: RunPlan
+    reference: bool = False
+    added: str | None = None  # why the matrix added this cell (a reference no combination gave)
+
+    @property
+    def target(self) -> LocalTarget | ServerTarget:
+        return self.plan.target
+
+    @property
+    def cell(self) -> CellPlan:
+        assert isinstance(self.plan.workload, CellPlan)
+        return self.plan.workload
+
+
+@dataclass(frozen=True)
+class Dropped:
+    label: str
+    reason: str
+
+
+@dataclass
+class Expansion:
+    cells: list[Cell] = field(default_factory=list)  # in run order
+    dropped: list[Dropped] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _model_arg(model: str) -> str | None:
+    return None if model == "bundled" else model
+
+
+def model_key(model: str | None) -> str:
+    name = model or BUNDLED_MODEL_ID
+    short = Path(name.rstrip("/")).name or name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:6]
+    return f"{_slug(short)}-{digest}"
+
+
+def _slug(text: str) -> str:
+    out = "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
+    return out.strip("-")[:40] or "model"
+
+
+def short_model(model: str | None) -> str:
+    name = model or BUNDLED_MODEL_ID
+    return Path(name.rstrip("/")).name or name
+
+
+def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: str | None = None) -> str:
+    if isinstance(target, ServerTarget):
+        parts = [server_name or strip_credentials(target.url), target.api]
+    else:
+        weights = target.dtype if target.quantize == "none" else (
+            f"int8 {target.quantize_mode}" if target.backend == "onnx" else "int8 weights")
+        parts = [short_model(target.model), target.backend, weights, target.device]
+        if target.truncate_dim is not None:
+            parts.append(f"dim {target.truncate_dim}")
+    if precision != "float32":
+        parts.append(f"{precision} vectors")
+    return " · ".join(parts)
+
+
+def _cell_id(target: LocalTarget | ServerTarget, precision: str, spec: MatrixSpec) -> str:
+    # What makes a cell a different measurement; the folder's paths do not.
+    ident = {"target": target.model_dump(mode="json"), "precision": precision, "cost": spec.cost, "cost_input": spec.cost_input, "text": spec.text,
+             "loops": spec.loops, "batch": spec.batch_size, "tasks": list(spec.tasks), "data_dir": spec.data_dir, "top_k": spec.top_k}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:12]
+
+
+def _machine_refusal(target: LocalTarget, have_cuda: bool) -> str | None:
+    """What this machine cannot run, known before any cell starts (no torch import: NVML and the extras' presence)."""
+    import importlib.util
+    import platform
+
+    if target.backend in ("onnx", "openvino"):
+        module = "onnxruntime" if target.backend == "onnx" else "openvino"
+        if importlib.util.find_spec(module) is None or importlib.util.find_spec("onnx") is None:
+            return f"the {target.backend} backend needs the optional packages: pip install 'embprof[backends]'"
+    base = target.device.split(":", 1)[0]
+    if base == "cuda" and not have_cuda:
+        return f"{target.device}: no NVIDIA GPU on this machine"
+    if base == "mps" and platform.system() != "Darwin":
+        return "mps: Apple's GPU exists only on macOS"
+    return None
+
+
+def _have_cuda() -> bool:
+    from .environment import gpus
+
+    try:
+        return bool(gpus())
+    except Exception:
+        return False
+
+
+def expand(spec: MatrixSpec, folder: Path) -> Expansion:
+    """The cells of a matrix in run order, and every combination dropped with its reason."""
+    out = Expansion()
+    have_cuda = _have_cuda() if any(d.startswith("cuda") for d in spec.devices) else False
+    by_model: dict[str, list[Cell]] = {}
+    references: dict[str, Cell] = {}
+    seen: set[str] = set()
+
+    combos: list[tuple[str | None, str, str, str, str, int | None, str, str]] = []
+
+    def cell_plan(precision: str, key: str, reference: bool) -> CellPlan:
+        ref_path = str(folder / "references" / f"{key}.npz")
+        return CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size, tasks=spec.tasks,
+                        data_dir=spec.data_dir, results_dir=str(folder / "results"), precision=precision,  # type: ignore[arg-type]
+                        reference=None if reference else ref_path, write_reference=ref_path if reference else None,
+                        top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
+
+    def add(target: LocalTarget | ServerTarget, precision: str, key: str, *, reference: bool = False,
+            server_name: str | None = None, added: str | None = None) -> Cell | None:
+        cid = _cell_id(target, precision, spec)
+        if cid in seen:
+            return None
+        seen.add(cid)
+        cp = cell_plan(precision, key, reference)
+        cp = cp.model_copy(update={"results_dir": str(folder / "results" / cid)})
+        if isinstance(target, ServerTarget) and key not in references and not reference:
+            cp = cp.model_copy(update={"reference": None})
+        plan = RunPlan(target=target, workload=cp, recording=Recording(sample_hz=spec.sample_hz))
+        cell = Cell(cid, label_of(target, precision, server_name), key, plan, reference=reference, added=added)
+        if reference:
+            references[key] = cell
+        else:
+            by_model.setdefault(key, []).append(cell)
+        return cell
+
+    def reference_target(model: str | None) -> LocalTarget:
+        device = next((d for d in spec.devices if d.split(":")[0] == "cpu"), None) or next(
+            (d for d in spec.devices if d.startswith("cuda") and have_cuda), "cpu")
+        return LocalTarget(model=model, device=device, dtype="float32", backend="torch", trust_remote_code=spec.trust_remote_code)
+
+    def ensure_reference(model: str | None, why: str) -> None:
+        key = model_key(model)
+        if key in references:
+            return
+        target = reference_target(model)
+        asked = any(c[0] == model and c[1] == target.device and c[2:7] == ("float32", "torch", "none", None, "float32") for c in combos)
+        add(target, "float32", key, reference=True, added=None if asked else why)
+
+    if spec.cells:
+        for chosen in spec.cells:
+            m = chosen.get("model", spec.models[0] if spec.models else "bundled")
+            combos.append((_model_arg(str(m)), str(chosen.get("device", spec.devices[0])), str(chosen.get("dtype", spec.dtypes[0])),
+                           str(chosen.get("backend", spec.backends[0])), str(chosen.get("quantize", spec.quantize[0])),
+                           chosen.get("truncate_dim", spec.truncate_dims[0]), str(chosen.get("precision", spec.precisions[0])),
+                           str(chosen.get("quantize_mode", spec.quantize_mode))))
+    else:
+        for model_name, device, dtype_, backend_, quant_, dim_, precision_ in itertools.product(
+                spec.models, spec.devices, spec.dtypes, spec.backends, spec.quantize, spec.truncate_dims, spec.precisions):
+            combos.append((_model_arg(model_name), device, dtype_, backend_, quant_, dim_, precision_, spec.quantize_mode))
+    for model, device, dtype, backend, quant, dim, precision, mode in combos:
+        key = model_key(model)
+        ensure_reference(model, "added: the float32 torch reference that the other cells' agreement is measured against")
+        probe = {"model": model, "device": device, "dtype": dtype, "backend": backend, "quantize": quant, "truncate_dim": dim}
+        try:
+            target = LocalTarget(quantize_mode=mode, trust_remote_code=spec.trust_remote_code, **probe)  # type: ignore[arg-type]
+        except UserError as exc:
+            out.dropped.append(Dropped(_probe_label(probe, precision), str(exc)))
+            continue
+        why = _machine_refusal(target, have_cuda)
+        if why:
+            out.dropped.append(Dropped(label_of(target, precision), why))
+            continue
+        add(target, precision, key)
+    for server in spec.servers:
+        try:
+            server_target = ServerTarget(url=server.url, api=server.api, server_model=server.server_model, api_key_env=server.api_key_env,
+                                  prompts_from=server.prompts_from)
+        except UserError as exc:
+            out.dropped.append(Dropped(server.name or strip_credentials(server.url), str(exc)))
+            continue
+        if server.of is not None:
+            model = _model_arg(server.of)
+            ensure_reference(model, f"added: the reference for {server.name or strip_credentials(server.url)}, which serves {short_model(model)}")
+            key = model_key(model)
+        else:
+            key = "server-" + hashlib.sha1(strip_credentials(server.url).encode()).hexdigest()[:6]
+        for server_precision in spec.precisions:
+            add(server_target, server_precision, key, server_name=server.name)
+    # References first: every other cell of their model needs their vectors. Then one cell of each
+    # model in turn, so drift over the run is spread across models instead of landing on the last.
+    out.cells.extend(references.values())
+    groups = list(by_model.values())
+    for round_ in itertools.zip_longest(*groups):
+        out.cells.extend(c for c in round_ if c is not None)
+    for c in out.cells:
+        if c.added:
+            out.notes.append(f"{c.label}: {c.added}")
+    return out
+
+
+def _probe_label(probe: dict[str, Any], precision: str) -> str:
+    parts = [short_model(probe["model"]), probe["backend"], probe["dtype"]]
+    if probe["quantize"] != "none":
+        parts.append(f"{probe['quantize']} weights")
+    parts.append(probe["device"])
+    if probe["truncate_dim"] is not None:
+        parts.append(f"dim {probe['truncate_dim']}")
+    if precision != "float32":
+        parts.append(f"{precision} vectors")
+    return " · ".join(parts)
+
+
+# -- the matrix's folder -----------------------------------------------------------------------------------
+def snapshot_path(folder: Path, cell: Cell | str) -> Path:
+    cid = cell if isinstance(cell, str) else cell.cell_id
+    return folder / "cells" / f"{cid}.json"
+
+
+def crash_path(folder: Path, cid: str) -> Path:
+    return folder / "cells" / f"{cid}.crash.json"
+
+
+def write_manifest(folder: Path, spec: MatrixSpec, exp: Expansion, exports: dict[str, Any]) -> None:
+    data = {
+        "matrix_version": MATRIX_VERSION,
+        "spec": json.loads(spec.model_dump_json()),
+        "cells": [{"cell_id": c.cell_id, "label": c.label, "model_key": c.model_key, "reference": c.reference, "added": c.added,
+                   "plan": json.loads(c.plan.model_dump_json())} for c in exp.cells],
+        "dropped": [{"label": d.label, "reason": d.reason} for d in exp.dropped],
+        "notes": exp.notes,
+        "exports": exports,
+    }
+    atomic_write_bytes(folder / "matrix.json", (json.dumps(data, indent=1) + "\n").encode("utf-8"))
+
+
+@dataclass
+class Manifest:
+    spec: MatrixSpec
+    cells: list[Cell]
+    dropped: list[Dropped]
+    notes: list[str]
+    exports: dict[str, Any]
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / "matrix.json"
+    if not path.is_file():
+        raise UserError(f"'{folder}' is not a matrix folder (no matrix.json in it)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        spec = MatrixSpec.model_validate(data["spec"])
+        cells = [Cell(c["cell_id"], c["label"], c["model_key"], RunPlan.model_validate(c["plan"]), c.get("reference", False), c.get("added"))
+                 for c in data["cells"]]
+    except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        raise UserError(f"'{path}' is not a matrix manifest this embprof reads ({exc.__class__.__name__})") from None
+    return Manifest(spec, cells, [Dropped(**d) for d in data.get("dropped", [])], list(data.get("notes", [])), dict(data.get("exports", {})))
+
+
+def cell_done(folder: Path, cell: Cell, retry_failed: bool = False) -> bool:
+    """A cell with a finished snapshot (or a recorded crash) is not run again; an interrupted one is."""
+    snap = snapshot_path(folder, cell)
+    if snap.is_file():
+        try:
+            status = json.loads(snap.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError):
+            return False
+        if status == "complete":
+            return True
+        return status == "failed" and not retry_failed
+    return crash_path(folder, cell.cell_id).is_file() and not retry_failed
+
+
+# -- running ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MatrixEvent:
+    """What the matrix runner reports as it goes: a cell starts, shows a phase, ends; an export."""
+
+    kind: Literal["start", "phase", "end", "skip", "export", "note"]
+    cell_id: str = ""
+    label: str = ""
+    index: int = 0
+    total: int = 0
+    text: str = ""
+    row: MatrixRow | None = None
+
+
+MatrixListener = Callable[[MatrixEvent], None]
+
+
+class MatrixInterrupted(Exception):
+    """Ctrl-C: the cell that was running saved what it had; the finished cells are kept."""
+
+
+def graph_key(target: LocalTarget) -> str | None:
+    """The exported graph a cell loads: one per model, backend's file format and int8 setting."""
+    if target.backend == "torch":
+        return None
+    mode = target.quantize_mode if target.quantize == "int8" and target.backend == "onnx" else ""
+    return "|".join(x for x in (model_key(target.model), target.backend, target.quantize, mode) if x)
+
+
+def _python() -> list[str]:
+    return [sys.executable, "-m", "embprof.engine.cellproc"]
+
+
+def prewarm(cells: list[Cell]) -> dict[str, float]:
+    """Read each local model's files once before the cells run, so every cell of a model loads from
+    the same warm page cache (the first cell would otherwise pay the disk alone). Seconds per model."""
+    from .targets import SentenceTransformerTarget, model_folder
+
+    out: dict[str, float] = {}
+    for cell in cells:
+        t = cell.target
+        if not isinstance(t, LocalTarget) or cell.model_key in out:
+            continue
+        started = time.perf_counter()
+        try:
+            st = SentenceTransformerTarget(t)
+            st.resolve()
+            folder = model_folder(st.location)
+        except UserError:
+            folder = None
+        if folder is not None:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        while fh.read(1 << 23):
+                            pass
+        out[cell.model_key] = time.perf_counter() - started
+    return out
+
+
+def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
+               cancel: Callable[[], bool] = lambda: False) -> Manifest:
+    """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C."""
+    ensure_writable_dir(folder, "matrix folder")
+    (folder / "cells").mkdir(exist_ok=True)
+    exp = expand(spec, folder)
+    previous = read_manifest(folder).exports if (folder / "matrix.json").is_file() else {}
+    exports: dict[str, Any] = dict(previous)
+    write_manifest(folder, spec, exp, exports)
+    for d in exp.dropped:
+        listener(MatrixEvent("note", label=d.label, text=f"dropped: {d.reason}"))
+    for n in exp.notes:
+        listener(MatrixEvent("note", text=n))
+    todo = [c for c in exp.cells if not cell_done(folder, c, retry_failed)]
+    if todo:
+        check_inputs(todo[0])
+    total = len(exp.cells)
+    for i, c in enumerate(exp.cells):
+        if c not in todo:
+            listener(MatrixEvent("skip", c.cell_id, c.label, i + 1, total, "finished in an earlier run", row_of(folder, c, exports)))
+    if not todo:
+        return read_manifest(folder)
+    try:
+        prewarm(todo)
+        for c in todo:  # the graphs first, each once, in its own process: export time is not load time
+            if cancel():
+                raise MatrixInterrupted()
+            key = graph_key(c.target) if isinstance(c.target, LocalTarget) else None
+            if key is None or key in exports:
+                continue
+            listener(MatrixEvent("export", c.cell_id, c.label, text=f"exporting {key}"))
+            exports[key] = _export(c)
+            write_manifest(folder, spec, exp, exports)
+        for c in todo:
+            if cancel():
+                raise MatrixInterrupted()
+            i = exp.cells.index(c)
+            listener(MatrixEvent("start", c.cell_id, c.label, i + 1, total))
+            _run_cell(folder, c, _phase_reporter(listener, c, i + 1, total))
+            listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=row_of(folder, c, exports)))
+    except KeyboardInterrupt:
+        raise MatrixInterrupted() from None
+    return read_manifest(folder)
+
+
+def _phase_reporter(listener: MatrixListener, cell: Cell, index: int, total: int) -> Callable[[str], None]:
+    def report(text: str) -> None:
+        listener(MatrixEvent("phase", cell.cell_id, cell.label, index, total, text))
+
+    return report
+
+
+def check_inputs(cell: Cell) -> None:
+    """What every cell reads (the cost text, the tasks' data) is checked once, here, before any cell
+    starts: bad input is one sentence, not a column of failed cells."""
+    from .execute import make_workload
+
+    make_workload(cell.cell.model_copy(update={"reference": None, "write_reference": None})).prepare()
+
+
+def _export(cell: Cell) -> dict[str, Any]:
+    proc = subprocess.run([*_python(), "--export", cell.target.model_dump_json()], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or "").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None]) -> None:
+    plan_file = folder / "cells" / f"{cell.cell_id}.plan.json"
+    atomic_write_bytes(plan_file, cell.plan.to_json().encode("utf-8"))
+    out = snapshot_path(folder, cell)
+    crash_path(folder, cell.cell_id).unlink(missing_ok=True)
+    started = time.perf_counter()
+    # Its own session: a Ctrl-C reaches the matrix first, which then asks the cell to stop cleanly.
+    proc = subprocess.Popen([*_python(), str(plan_file), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    on_phase(str(json.loads(line).get("phase", "")))
+                except ValueError:
+                    pass
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    stderr = proc.stderr.read() if proc.stderr is not None else ""
+    if not out.is_file():
+        rc = proc.returncode
+        if rc < 0:
+            name = signal.Signals(-rc).name
+            why = f"the cell's process was killed by {name}" + (" (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else "")
+        else:
+            lines = stderr.strip().splitlines()
+            why = lines[-1].removeprefix("embprof: error: ") if lines else f"the cell's process exited with status {rc}"
+        data = {"cell_id": cell.cell_id, "returncode": rc, "reason": why, "seconds": time.perf_counter() - started,
+                "oom": rc == -signal.SIGKILL}
+        atomic_write_bytes(crash_path(folder, cell.cell_id), json.dumps(data).encode("utf-8"))
+
+
+# -- rows ---------------------------------------------------------------------------------------------------
+def rows(folder: Path) -> tuple[Manifest, list[MatrixRow]]:
+    m = read_manifest(folder)
+    return m, [row_of(folder, c, m.exports, i) for i, c in enumerate(m.cells)]
+
+
+def row_of(folder: Path, cell: Cell, exports: dict[str, Any], order: int = 0) -> MatrixRow:
+    """A cell's row, from its snapshot alone (or its crash record, or nothing yet: pending)."""
+    from .results import CellResult, KernelCounters, MtebTask, TargetFacts
+    from .snapshot import load
+
+    t, cp = cell.target, cell.cell
+    base: dict[str, Any] = {"cell_id": cell.cell_id, "label": cell.label, "order": order, "reference": cell.reference,
+                            "precision": cp.precision, "top_k": cp.top_k}
+    if isinstance(t, LocalTarget):
+        base.update(model=t.model or BUNDLED_MODEL_ID, target_kind="local", backend=t.backend, device=t.device, dtype=t.dtype,
+                    quantize=t.quantize, quantize_mode=t.quantize_mode if t.quantize == "int8" and t.backend == "onnx" else None,
+                    truncate_dim=t.truncate_dim)
+        key = graph_key(t)
+        if key is not None and key in exports and "seconds" in exports[key]:
+            base.update(export_s=exports[key]["seconds"], export_cached=bool(exports[key].get("cached")))
+    else:
+        base.update(model=strip_credentials(t.url), target_kind="server", backend=t.api, device=None, dtype=None)
+    snap_file = snapshot_path(folder, cell)
+    crash = crash_path(folder, cell.cell_id)
+    if not snap_file.is_file():
+        if crash.is_file():
+            data = json.loads(crash.read_text(encoding="utf-8"))
+            return MatrixRow(**base, status="oom" if data.get("oom") else "failed", reason=str(data.get("reason")))
+        return MatrixRow(**base, status="pending")
+    try:
+        snap = load(snap_file)
+    except UserError as exc:
+        return MatrixRow(**base, status="failed", reason=str(exc))
+    base["snapshot"] = str(snap_file.relative_to(folder))
+    s = snap.summary
+    facts: TargetFacts = snap.target
+    if isinstance(t, LocalTarget):
+        base["device"] = facts.device_resolved or t.device
+    base.update(disk_bytes=facts.disk_bytes, weights_bytes=facts.weights_bytes)
+    phases = {p.name: p for p in s.phases}
+    if "import" in phases:
+        base["import_s"] = phases["import"].duration_s
+    if "load" in phases:
+        load_phase = phases["load"]
+        base["load_s"] = load_phase.duration_s
+        peak, before = load_phase.peaks.get("rss_mib"), load_phase.rss_before_mib
+        if peak is not None and before is not None:
+            base["load_rss_delta_bytes"] = int((peak - before) * 2**20)
+    peaks = s.peaks
+    mem_field = "rss_mib" if isinstance(t, LocalTarget) else "server_rss_mib"
+    pk = peaks.get(mem_field)
+    if pk is not None:
+        value = pk.counter if pk.counter is not None else pk.sampled
+        base["peak_rss_bytes"] = int(value * 2**20) if value is not None else None
+    gpu = peaks.get("gpu_process_mib")
+    if gpu is not None and gpu.sampled is not None:
+        base["peak_gpu_bytes"] = int(gpu.sampled * 2**20)
+    kc = s.results.get("kernel_counters")
+    if isinstance(kc, KernelCounters):
+        if kc.torch_max_memory_reserved_mib is not None:
+            base["torch_reserved_bytes"] = int(kc.torch_max_memory_reserved_mib * 2**20)
+        if kc.torch_max_memory_allocated_mib is not None:
+            base["torch_allocated_bytes"] = int(kc.torch_max_memory_allocated_mib * 2**20)
+    res = s.results.get("cell")
+    unstable = False
+    if isinstance(res, CellResult):
+        unstable = res.status == "unstable"
+        base.update(cost_workload=res.cost_workload, items=res.items, calls=res.stats.count, p50_s=res.stats.p50_s,
+                    p95_s=res.stats.p95_s, items_per_s=res.items_per_s, energy_j_per_1000=res.energy_j_per_1000,
+                    energy_source=res.energy_source, energy_why=res.energy_why, nonfinite=res.nonfinite,
+                    agreement_mean=res.agreement_mean, agreement_min=res.agreement_min, agreement_why=res.agreement_why,
+                    agrees_1e4=res.agrees_1e4, topk_overlap=res.topk_overlap, top1_correct=res.top1_correct, queries=res.queries,
+                    calibration=res.calibration)
+    scores: dict[str, float | None] = {}
+    for name in cp.tasks:
+        r = s.results.get(f"mteb:{name}")
+        scores[name] = r.main_score if isinstance(r, MtebTask) and r.status == "ok" else None
+    if not unstable:
+        base["scores"] = scores
+        if scores and all(v is not None for v in scores.values()):
+            base["quality"] = sum(v for v in scores.values() if v is not None) / len(scores)
+    if unstable:
+        return MatrixRow(**base, status="unstable", reason=f"{base.get('nonfinite')} NaN or infinite values: not scored")
+    if snap.status == "complete":
+        return MatrixRow(**base, status="ok")
+    if snap.status == "incomplete":
+        return MatrixRow(**base, status="incomplete", reason="stopped before it finished; runs again next time")
+    err = s.errors[0] if s.errors else {}
+    kind = err.get("error_kind")
+    return MatrixRow(**base, status="oom" if kind == "oom" else "failed", reason=str(err.get("message") or "failed"))

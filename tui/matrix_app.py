@@ -1,0 +1,517 @@
+"""The Matrix view: `embprof matrix --dashboard` fills in a table of cells and a frontier chart live.
+
+The matrix runs on a worker thread (``run_matrix``, or an injected runner with its signature); its
+listener only posts messages, so no widget is touched off the UI thread. Every row shown is the
+``MatrixRow`` the runner reports (built from the cell's snapshot), formatted by the same
+``matrix_tables`` as the console table: an unmeasured figure reads "n/a", never 0. Labels, phases,
+notes and reasons come from outside the program and are shown as ``Text`` (data, never markup).
+
+q (or ctrl+c) stops after the cell that is running: the runner checks the flag between cells and
+raises ``MatrixInterrupted``; the finished cells stay saved in the matrix's folder.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+from embprof.engine.errors import UserError
+from embprof.engine.frontier import frontiers
+from embprof.engine.matrix import (
+    Manifest,
+    MatrixEvent,
+    MatrixInterrupted,
+    MatrixListener,
+    MatrixSpec,
+    expand,
+    run_matrix,
+)
+from embprof.engine.matrix_report import AXIS_VIEW, matrix_tables
+from embprof.engine.matrix_rows import COST_AXES, Frontier, MatrixRow
+from embprof.engine.report import NA, fmt
+from rich.text import Text
+from textual import on
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import DataTable, Footer, Log, Static, Tab, Tabs
+from textual.worker import Worker, WorkerState
+
+from .panels.base import Plot
+
+
+class MatrixRunner(Protocol):
+    """``run_matrix``'s signature: what the app calls on its worker thread."""
+
+    def __call__(self, spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = ...,
+                 cancel: Callable[[], bool] = ...) -> Manifest: ...
+
+
+# The table's columns: the console's (tui.matrix_cli.CONSOLE_COLUMNS) less the per-task scores, which
+# vary with the matrix. The frontier comes right after quality: all the columns do not fit 160
+# terminal columns, and what a decision needs first should not be the part scrolled off the right.
+COLUMNS: tuple[str, ...] = ("cell", "status", "quality", "frontier", "agreement mean", "top-k overlap", "p50 ms", "items/s",
+                            "peak RSS MiB", "load s", "energy J/1k")
+FIGURES = tuple(c for c in COLUMNS[2:] if c != "frontier")
+# Digits per figure: a throughput of 1,000.000 items/s claims a precision the measurement does not have.
+DIGITS = {"quality": 3, "top-k overlap": 3, "p50 ms": 2, "items/s": 1, "peak RSS MiB": 1, "load s": 2, "energy J/1k": 1}
+LABEL_MAX = 56  # the cell column's widest label; the whole one is in the status and detail lines
+PHASE_MAX = 24  # the status column's phase text, likewise
+STATUS_STYLE = {"ok": "green", "running": "yellow", "pending": "dim", "incomplete": "yellow", "unstable": "bold red",
+                "oom": "bold red", "failed": "bold red"}
+AXIS_KEYS = ("l", "m", "e")  # latency, memory, energy: the AXIS_VIEW short names' first letters
+
+
+def _axis_short(field: str) -> str:
+    return AXIS_VIEW.get(field, (field,))[0]
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- messages: the worker thread's only way to the UI ----------------------------------------------
+class CellsListed(Message):
+    """The matrix's cells in run order (cell id, label, reference), before the runner starts."""
+
+    def __init__(self, cells: list[tuple[str, str, bool]]) -> None:
+        super().__init__()
+        self.cells = cells
+
+
+class MatrixEventArrived(Message):
+    def __init__(self, event: MatrixEvent) -> None:
+        super().__init__()
+        self.event = event
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the worker ended: the matrix ran to its end, was stopped between cells, or could not run."""
+
+    kind: Literal["done", "stopped", "error"]
+    message: str | None = None
+
+
+# -- the chart -----------------------------------------------------------------------------------------
+class MatrixChart(Vertical):
+    """Quality against one cost axis, the frontier cells marked; or, for an axis no cell has a figure
+    on, the frontier's reason instead of an empty plot."""
+
+    DEFAULT_CSS = """
+    MatrixChart { border: round $primary-background-lighten-2; border-title-color: $accent; border-title-style: bold; }
+    MatrixChart #matrix-axes { height: 2; }
+    MatrixChart #matrix-plot { height: 1fr; }
+    MatrixChart #matrix-why { height: 1fr; padding: 1 2; color: $text-muted; display: none; }
+    MatrixChart.-why #matrix-plot { display: none; }
+    MatrixChart.-why #matrix-why { display: block; }
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        # What is drawn, kept as data: the plot's picture is characters, a test (or a reader of this
+        # widget) wants the figures. (cell id, cost in the shown unit, quality) per considered cell.
+        self.axis = COST_AXES[0][0]
+        self.points: list[tuple[str, float, float]] = []
+        self.frontier: list[str] = []
+        self.why: str | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Tabs(*[Tab(f"{AXIS_KEYS[i]} {label}", id=f"axis-{field}") for i, (field, label, _) in enumerate(COST_AXES)],
+                   id="matrix-axes")
+        yield Plot(id="matrix-plot")
+        yield Static(id="matrix-why")
+
+    def on_mount(self) -> None:
+        self.border_title = "Frontier"
+
+    def show(self, axis: str, rows: dict[str, MatrixRow], fronts: tuple[Frontier, ...]) -> None:
+        self.axis = axis
+        tabs = self.query_one(Tabs)
+        if tabs.active != f"axis-{axis}":
+            tabs.active = f"axis-{axis}"
+        f = next((x for x in fronts if x.axis == axis), None)
+        _, _, factor, axis_label = AXIS_VIEW.get(axis, (axis, axis, 1.0, axis))
+        self.points = []
+        for cid in f.considered if f is not None else ():
+            r = rows.get(cid)
+            cost = None if r is None else getattr(r, axis)
+            if r is None or cost is None or r.quality is None:
+                continue
+            self.points.append((cid, float(cost) * factor, float(r.quality)))
+        self.frontier = list(f.cells) if f is not None else []
+        self.why = None
+        if not self.points:
+            label = next((lab for fld, lab, _ in COST_AXES if fld == axis), axis)
+            self.why = (f.why if f is not None else None) or f"no cell has both a quality score and {label}"
+        self.set_class(self.why is not None, "-why")
+        if self.why is not None:
+            self.query_one("#matrix-why", Static).update(Text(self.why))
+            return
+        plot = self.query_one("#matrix-plot", Plot)
+        plt = plot.plt
+        plt.clear_figure()
+        plt.title(f"quality against {axis_label} · {len(self.points)} cells, {len(self.frontier)} on the frontier")
+        plt.xlabel(axis_label)
+        plt.ylabel("quality")
+        on_front = set(self.frontier)
+        others = [(x, y) for cid, x, y in self.points if cid not in on_front]
+        front = sorted(((x, y) for cid, x, y in self.points if cid in on_front))
+        if len(front) > 1:
+            # The best quality reachable for at most this cost: flat until the next frontier cell
+            # (as the HTML report's chart draws it), so a reader sees what a cheaper cell gives up.
+            sx: list[float] = []
+            sy: list[float] = []
+            for (x0, y0), (x1, _) in zip(front, front[1:]):
+                sx += [x0, x1]
+                sy += [y0, y0]
+            sx.append(front[-1][0])
+            sy.append(front[-1][1])
+            plt.plot(sx, sy, color="red")
+        if others:
+            plt.scatter([x for x, _ in others], [y for _, y in others], marker="●", color="cyan", label="cell")
+        if front:
+            plt.scatter([x for x, _ in front], [y for _, y in front], marker="◆", color="red", label="frontier")
+        plot.changed()
+
+
+# -- the app -------------------------------------------------------------------------------------------
+class MatrixApp(App[int]):
+    TITLE = "embprof matrix"
+    CSS = """
+    #matrix-status { height: 1; padding: 0 1; background: $boost; }
+    #matrix-table { height: 1fr; }
+    #matrix-detail { height: auto; max-height: 4; padding: 0 1; color: $text-muted; }
+    #matrix-bottom { height: 20; }
+    #matrix-chart { width: 3fr; }
+    #matrix-log { width: 2fr; border: round $primary-background-lighten-2; border-title-color: $accent; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "stop", "Stop / quit"),
+        # In the dashboard's raw terminal ctrl+c is a key, not SIGINT: it must stop the matrix the
+        # same careful way, not leave a cell's process orphaned.
+        Binding("ctrl+c", "stop", "Stop", show=False, priority=True),
+        *[Binding(key, f"axis('{field}')", label, show=False) for key, (field, label, _) in zip(AXIS_KEYS, COST_AXES)],
+        Binding("a", "next_axis", "Cost axis"),
+    ]
+
+    def __init__(self, spec: MatrixSpec, folder: Path, *, retry_failed: bool = False, runner: MatrixRunner = run_matrix) -> None:
+        super().__init__()
+        self.animation_level = "none"  # no tab-underline animation competing with the cells for the CPU
+        self.spec = spec
+        self.folder = folder
+        self.retry_failed = retry_failed
+        self.runner = runner
+        # A threading.Event, not a bare attribute: it is read on the worker thread, set on the UI thread.
+        self._stop = threading.Event()
+        self.order: list[str] = []  # cell ids in run order, as the table shows them
+        self.labels: dict[str, str] = {}
+        self.reference: dict[str, bool] = {}
+        self.done: dict[str, MatrixRow] = {}  # cells that ended (or had ended in an earlier run)
+        self.running: str | None = None
+        self.phase = ""
+        self.exporting: str | None = None
+        self.total = 0
+        self.fronts: tuple[Frontier, ...] = frontiers([])
+        self.axis = COST_AXES[0][0]
+        self.outcome: Outcome | None = None
+        self._columns_ready = False
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+    # -- layout --------------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="matrix-status")
+        # The cell's label stays in view while the figures scroll sideways.
+        yield DataTable(id="matrix-table", cursor_type="row", zebra_stripes=True, fixed_columns=1)
+        yield Static(id="matrix-detail")
+        with Horizontal(id="matrix-bottom"):
+            yield MatrixChart(id="matrix-chart")
+            yield Log(id="matrix-log", highlight=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#matrix-table", DataTable)
+        for col in COLUMNS:
+            table.add_column(col, key=col)
+        self.query_one("#matrix-log", Log).border_title = "Notes"
+        self._show_status()
+        self._show_chart()
+        self.run_worker(self._work, thread=True, exit_on_error=False, group="matrix", name="matrix")
+
+    # -- the worker thread ---------------------------------------------------------------------------
+    def _work(self) -> Outcome:
+        """Expand, then run the matrix; everything it learns goes to the UI as a message."""
+        try:
+            exp = expand(self.spec, self.folder)
+            self.post_message(CellsListed([(c.cell_id, c.label, c.reference) for c in exp.cells]))
+            self.runner(self.spec, self.folder, self._listener, retry_failed=self.retry_failed, cancel=self._stop.is_set)
+        except MatrixInterrupted:
+            return Outcome("stopped")
+        except UserError as exc:  # bad input found before any cell ran: one sentence, as headless says it
+            return Outcome("error", str(exc))
+        return Outcome("done")
+
+    def _listener(self, event: MatrixEvent) -> None:
+        self.post_message(MatrixEventArrived(event))
+
+    # -- the UI thread -------------------------------------------------------------------------------
+    @on(CellsListed)
+    def _cells(self, message: CellsListed) -> None:
+        for cid, label, ref in message.cells:
+            self._ensure_row(cid, label, ref)
+        self.total = max(self.total, len(message.cells))
+        self._show_status()
+
+    @on(MatrixEventArrived)
+    def _event(self, message: MatrixEventArrived) -> None:
+        e = message.event
+        if e.total:
+            self.total = e.total
+        log = self.query_one("#matrix-log", Log)
+        if e.kind == "note":
+            log.write_line(f"{e.label}: {e.text}" if e.label else e.text)
+        elif e.kind == "export":
+            self.exporting = e.text or e.label
+            log.write_line(f"export: {e.text}" + (f" (for {e.label})" if e.label else ""))
+        elif e.kind == "start":
+            self.exporting = None
+            self._ensure_row(e.cell_id, e.label)
+            self.running, self.phase = e.cell_id, ""
+            self._set_status_cell(e.cell_id, Text("running", style=STATUS_STYLE["running"]))
+        elif e.kind == "phase":
+            self._ensure_row(e.cell_id, e.label)
+            self.running, self.phase = e.cell_id, e.text
+            self._set_status_cell(e.cell_id, Text(f"running · {_cut(e.text, PHASE_MAX)}", style=STATUS_STYLE["running"]))
+        elif e.kind in ("end", "skip"):
+            if e.kind == "skip":
+                log.write_line(f"{e.label}: {e.text}" if e.text else f"{e.label}: skipped")
+            if e.cell_id == self.running:
+                self.running, self.phase = None, ""
+            if e.row is not None:
+                self._finish(e.row)
+            elif e.kind == "end":  # a runner with no row for its cell: say so, invent no figures
+                self._set_status_cell(e.cell_id, Text("ended (no row)", style="bold red"))
+        self._show_status()
+
+    def _ensure_row(self, cid: str, label: str, reference: bool | None = None) -> None:
+        """A row per cell; a cell the runner reports that the expansion did not list gets one too."""
+        table = self.query_one("#matrix-table", DataTable)
+        if reference is not None:
+            self.reference[cid] = reference
+        if cid not in self.labels:
+            self.order.append(cid)
+            self.labels[cid] = label
+            table.add_row(self._label_text(cid), Text("pending", style=STATUS_STYLE["pending"]),
+                          *[Text("") for _ in COLUMNS[2:]], key=cid)
+        elif label and label != self.labels[cid]:
+            # The runner's label is the one its row and snapshot carry: show that one.
+            self.labels[cid] = label
+            table.update_cell(cid, "cell", self._label_text(cid), update_width=True)
+
+    def _label_text(self, cid: str) -> Text:
+        text = Text(_cut(self.labels[cid], LABEL_MAX))
+        if self.reference.get(cid):
+            text.append(" (reference)", style="dim")
+        return text
+
+    def _set_status_cell(self, cid: str, value: Text) -> None:
+        self.query_one("#matrix-table", DataTable).update_cell(cid, "status", value, update_width=True)
+
+    def _finish(self, row: MatrixRow) -> None:
+        self.reference[row.cell_id] = row.reference
+        self._ensure_row(row.cell_id, row.label)
+        self.done[row.cell_id] = row
+        table = self.query_one("#matrix-table", DataTable)
+        figures = row_figures(row)
+        table.update_cell(row.cell_id, "status", Text(row.status, style=STATUS_STYLE.get(row.status, "")), update_width=True)
+        for col in FIGURES:
+            table.update_cell(row.cell_id, col, cell_text(figures[col], DIGITS.get(col, 3)), update_width=True)
+        # A new cell can push others off the frontier: every finished row's mark is recomputed.
+        self.fronts = frontiers(list(self.done.values()))
+        marks = frontier_marks(self.fronts)
+        for cid in self.done:
+            table.update_cell(cid, "frontier", Text(", ".join(marks.get(cid, [])), style="bold red"), update_width=True)
+        self._show_chart()
+        self._show_detail()
+
+    def _show_chart(self) -> None:
+        self.query_one(MatrixChart).show(self.axis, self.done, self.fronts)
+
+    def status_text(self) -> Text:
+        """The status line: cells finished of all, and what is happening now."""
+        text = Text()
+        text.append(f"{len(self.done)}/{self.total} cells", style="bold")
+        if self.outcome is not None:
+            ok = sum(1 for r in self.done.values() if r.status == "ok")
+            if self.outcome.kind == "error":
+                text.append(" · cannot run: ", style="bold red")
+                text.append(self.outcome.message or "internal error")
+            elif self.outcome.kind == "stopped":
+                text.append(" · stopped: the finished cells are kept in ", style="yellow")
+                text.append(str(self.folder))
+            else:
+                text.append(f" · finished: {ok} ok, {len(self.done) - ok} not ok", style="green" if ok == len(self.done) else "yellow")
+            text.append(" · q to quit", style="dim")
+            return text
+        if self.running is not None:
+            text.append(" · running: ")
+            text.append(self.labels.get(self.running, self.running), style="bold")
+            if self.phase:
+                text.append(" · ")
+                text.append(self.phase)
+        elif self.exporting:
+            text.append(" · export: ")
+            text.append(self.exporting)
+        else:
+            text.append(" · preparing" if not self.done else " · between cells", style="dim")
+        if self._stop.is_set():
+            text.append(" · stopping after this cell (its process is not interrupted)", style="bold yellow")
+        return text
+
+    def _show_status(self) -> None:
+        self.query_one("#matrix-status", Static).update(self.status_text())
+
+    @on(DataTable.RowHighlighted, "#matrix-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        """The highlighted cell's whole label, its status's reason, and why each n/a is n/a."""
+        table = self.query_one("#matrix-table", DataTable)
+        detail = self.query_one("#matrix-detail", Static)
+        if table.row_count == 0:
+            detail.update("")
+            return
+        cid = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        text = Text(self.labels.get(cid, cid), style="bold")
+        row = self.done.get(cid)
+        if row is not None:
+            if row.reason:
+                text.append(f" · {row.status}: ")
+                text.append(row.reason)
+            reasons: dict[str, list[str]] = {}
+            for col, value in row_figures(row).items():
+                if isinstance(value, NA) and value.reason and value.reason != row.status:
+                    reasons.setdefault(value.reason, []).append(col)
+            for reason, cols in reasons.items():
+                text.append(f"\n{', '.join(cols)} n/a: ", style="dim")
+                text.append(reason)
+        detail.update(text)
+
+    # -- when the worker ends --------------------------------------------------------------------------
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "matrix" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR, WorkerState.CANCELLED):
+            return
+        if event.state == WorkerState.SUCCESS and isinstance(event.worker.result, Outcome):
+            self.outcome = event.worker.result
+        else:
+            self.outcome = Outcome("error", f"the matrix stopped on an internal error: {event.worker.error}")
+        self.running, self.phase, self.exporting = None, "", None
+        if self.outcome.kind == "error":
+            self.query_one("#matrix-log", Log).write_line(f"cannot run: {self.outcome.message}")
+        self._show_status()
+        if self._stop.is_set():
+            self.exit(self.exit_code())
+
+    def exit_code(self) -> int:
+        """0: every cell ok; 130: stopped before the end; 1 otherwise (a failed cell, or no run)."""
+        if self.outcome is None or self.outcome.kind == "stopped":
+            return 130
+        if self.outcome.kind == "error":
+            return 1
+        cells = self.order or list(self.done)
+        return 0 if cells and all(cid in self.done and self.done[cid].status == "ok" for cid in cells) else 1
+
+    # -- actions ---------------------------------------------------------------------------------------
+    def action_stop(self) -> None:
+        if self.outcome is not None:
+            self.exit(self.exit_code())
+            return
+        if self._stop.is_set():
+            self.notify("already stopping: waiting for the running cell to finish", severity="warning")
+            return
+        self._stop.set()
+        self._show_status()
+
+    async def action_quit(self) -> None:
+        # ctrl+q as well: never leave the worker and a cell's process behind.
+        self.action_stop()
+
+    def action_axis(self, field: str) -> None:
+        self.axis = field
+        self._show_chart()
+
+    def action_next_axis(self) -> None:
+        fields = [f for f, _, _ in COST_AXES]
+        self.action_axis(fields[(fields.index(self.axis) + 1) % len(fields)])
+
+    @on(Tabs.TabActivated, "#matrix-axes")
+    def _axis_tab(self, event: Tabs.TabActivated) -> None:
+        field = (event.tab.id or "").removeprefix("axis-")
+        if field and field != self.axis:
+            self.action_axis(field)
+
+
+# -- formatting ------------------------------------------------------------------------------------------
+def row_figures(row: MatrixRow) -> dict[str, Any]:
+    """The row's figures by column, as the console and export tables have them (NA with a reason
+    for an unmeasured one): one formatting for every view of a matrix."""
+    table = matrix_tables([row], ())[0]
+    values = table.rows[0]
+    out: dict[str, Any] = {}
+    for col in FIGURES:
+        # The last column of that name: task columns come before the fixed ones and may share a name.
+        i = len(table.columns) - 1 - table.columns[::-1].index(col)
+        out[col] = values[i]
+    return out
+
+
+def cell_text(value: Any, digits: int = 3) -> Text:
+    """A figure as the table shows it: None or NA is "n/a" (its reason is in the detail line)."""
+    if value is None or isinstance(value, NA):
+        return Text("n/a", style="dim")
+    return Text(fmt(value, digits), justify="right" if isinstance(value, (int, float)) else "left")
+
+
+def frontier_marks(fronts: tuple[Frontier, ...]) -> dict[str, list[str]]:
+    """Cell id -> the cost axes (short names: latency, memory, energy) whose frontier it is on."""
+    marks: dict[str, list[str]] = {}
+    for f in fronts:
+        for cid in f.cells:
+            marks.setdefault(cid, []).append(_axis_short(f.axis))
+    return marks
+
+
+def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False) -> int:
+    """Run the matrix in the dashboard; 0 if every cell is ok, 130 if stopped, 1 otherwise."""
+    app = MatrixApp(spec, folder, retry_failed=retry_failed)
+    result = app.run()
+    print_final_table(folder)
+    if result is None:  # the app ended another way (an internal error Textual has reported)
+        return 1 if app.outcome is None or app.outcome.kind != "stopped" else 130
+    return int(result)
+
+
+def print_final_table(folder: Path) -> None:
+    """The dashboard's screen goes with it: leave the same table on the terminal as a headless run does."""
+    from embprof.engine.matrix import rows
+
+    from .console import output_console
+    from .matrix_cli import print_tables
+
+    if not (folder / "matrix.json").is_file():  # the matrix never started (bad input): nothing to show
+        return
+    try:
+        manifest, table_rows = rows(folder)
+    except UserError:
+        return
+    out = output_console()
+    print_tables(out, manifest, table_rows)
+    out.print(f"matrix: {folder}", markup=False, soft_wrap=True)

@@ -1,0 +1,294 @@
+"""`embprof matrix`: many configurations, cost and quality side by side, and the frontier."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+MATRIX_EXAMPLES = """\
+examples:
+  embprof matrix --backend torch,onnx,openvino --quantize none,int8 --precision float32,int8,binary \\
+                 -t STS16 -t JSTS --data-dir datasets/          the bundled MiniLM, offline
+  embprof matrix -m google/embeddinggemma-300m -m Qwen/Qwen3-Embedding-0.6B --device cpu,cuda \\
+                 --dtype float32,bfloat16 --truncate-dim full,256,128
+  embprof matrix --server http://127.0.0.1:8080 --server-of bundled --server-name "MiniLM q8_0 (llama.cpp)"
+  embprof matrix --spec matrix.toml                       the same axes from a TOML or YAML file
+  embprof matrix --spec matrix.toml --list-cells          the cells and the dropped combinations, without running
+  embprof export results/matrix --format html -o matrix.html
+A matrix's folder keeps each cell's snapshot: running the same matrix again runs only the cells that
+have none (an interrupted cell runs again; --retry-failed runs failed ones again too).
+"""
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    mx = sub.add_parser("matrix", help="many configurations: cost and quality per cell, and the quality-versus-cost frontier",
+                        formatter_class=formatter, epilog=MATRIX_EXAMPLES,
+                        description="Measure a grid of models, backends, weights, output precisions, dimensions and devices "
+                        "(and servers): each cell in its own process, cost and quality on the same embeddings.")
+    mx.add_argument("--spec", metavar="FILE", help="the matrix from a TOML or YAML file (options given here override it)")
+    g = mx.add_argument_group("axes (comma-separated lists)")
+    g.add_argument("-m", "--model", action="append", default=None, metavar="MODEL",
+                   help="a Hub id or folder, repeatable (default: the bundled all-MiniLM-L6-v2; 'bundled' names it)")
+    g.add_argument("--device", type=_csv, metavar="LIST", help="cpu, cuda, cuda:N, mps (default cpu)")
+    g.add_argument("--dtype", type=_csv, metavar="LIST", help="torch weights: float32, float16, bfloat16 (default float32)")
+    g.add_argument("--backend", type=_csv, metavar="LIST", help="torch, onnx, openvino (default torch)")
+    g.add_argument("--quantize", type=_csv, metavar="LIST", help="weights: none, int8 (onnx / openvino; default none)")
+    g.add_argument("--quantize-mode", choices=["per-channel", "per-tensor"], help="onnx int8 weight scales (default per-channel)")
+    g.add_argument("--truncate-dim", type=_csv, metavar="LIST", help="full or N: Matryoshka dimensions kept (default full)")
+    g.add_argument("--precision", type=_csv, metavar="LIST", help="output vectors: float32, int8, binary (default float32)")
+    g.add_argument("--cell", action="append", default=None, metavar="K=V,…",
+                   help="a chosen cell instead of every combination, repeatable: e.g. backend=onnx,quantize=int8 "
+                   "(keys: model, device, dtype, backend, quantize, quantize_mode, truncate_dim, precision; the rest: each axis's first value)")
+    g = mx.add_argument_group("servers (each is a cell too)")
+    g.add_argument("--server", action="append", default=None, metavar="URL", help="an embedding server, repeatable")
+    g.add_argument("--api", choices=["llama", "openai"], help="the servers' API (default llama)")
+    g.add_argument("--server-of", action="append", default=None, metavar="MODEL",
+                   help="the model a server serves, in --server order (one for all): its agreement is against that model")
+    g.add_argument("--server-name", action="append", default=None, metavar="NAME", help="how the table names a server, in --server order")
+    g = mx.add_argument_group("what each cell measures")
+    g.add_argument("--cost-workload", metavar="WHAT", help="speed (the speed protocol's text, default) or encode:FILE (lines of FILE)")
+    g.add_argument("--text", metavar="FILE", help="speed: the_ugly_duckling.txt (default: $EMBPROF_SPEED_TEXT or the cache)")
+    g.add_argument("--loops", type=int, metavar="N", help="timed encodes of the cost text (default 10)")
+    g.add_argument("--batch-size", type=int, metavar="N", help="default 32")
+    g.add_argument("-t", "--task", action="append", default=None, metavar="TASK", help="an mteb task, repeatable (default STS16 and JSTS)")
+    g.add_argument("--data-dir", metavar="DIR", help="local task data (as for embprof mteb)")
+    g.add_argument("--top-k", type=int, metavar="K", help="ranking overlap on the similarity example (default 3)")
+    g.add_argument("--energy-window", type=float, metavar="S", help="minimum energy window in seconds (default 1)")
+    g = mx.add_argument_group("the run")
+    g.add_argument("-o", "--out", metavar="DIR", default="results/matrix", help="the matrix's folder (default results/matrix)")
+    g.add_argument("--retry-failed", action="store_true", help="run failed cells again too")
+    g.add_argument("--list-cells", action="store_true", help="print the cells and the dropped combinations, and exit")
+    g.add_argument("--print-spec", action="store_true", help="print the matrix as JSON and exit")
+    g.add_argument("--dashboard", action="store_true", help="watch the matrix fill in, in the dashboard's Matrix view")
+    g.add_argument("--sample-hz", type=float, metavar="HZ", help="resource samples per second in each cell (default 10)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
+
+
+def spec_of(args: argparse.Namespace) -> Any:
+    from embprof.engine.errors import UserError
+    from embprof.engine.matrix import MatrixSpec, load_spec, validate_spec
+
+    base = load_spec(args.spec) if args.spec else MatrixSpec()
+    data: dict[str, Any] = base.model_dump(mode="json")
+    explicit_models = args.model is not None
+    if explicit_models:
+        data["models"] = args.model
+    elif args.server and not args.spec:
+        data["models"] = []  # servers alone: no local model unless one is named
+    for option, key in (("device", "devices"), ("dtype", "dtypes"), ("backend", "backends"), ("quantize", "quantize"),
+                        ("truncate_dim", "truncate_dims"), ("precision", "precisions")):
+        value = getattr(args, option)
+        if value is not None:
+            if not value:
+                raise UserError(f"--{option.replace('_', '-')} has no values")
+            if option == "truncate_dim":
+                try:
+                    value = [None if v == "full" else int(v) for v in value]
+                except ValueError:
+                    raise UserError(f"--truncate-dim takes full or whole numbers, not '{','.join(value)}'") from None
+            data[key] = value
+    if args.cell is not None:
+        cells = []
+        for text in args.cell:
+            chosen: dict[str, Any] = {}
+            for part in _csv(text):
+                k, sep, v = part.partition("=")
+                k = k.strip().replace("-", "_")
+                if not sep or not v.strip():
+                    raise UserError(f"--cell takes KEY=VALUE pairs separated by commas, not '{text}'")
+                chosen[k] = (None if v == "full" else int(v)) if k == "truncate_dim" and (v == "full" or v.isdigit()) else v.strip()
+            cells.append(chosen)
+        data["cells"] = cells
+    if args.quantize_mode:
+        data["quantize_mode"] = args.quantize_mode
+    if args.server:
+        names, ofs = args.server_name or [], args.server_of or []
+        if len(names) not in (0, len(args.server)):
+            raise UserError(f"--server-name is given {len(names)} times for {len(args.server)} servers")
+        if len(ofs) not in (0, 1, len(args.server)):
+            raise UserError(f"--server-of is given {len(ofs)} times for {len(args.server)} servers: give one, or one per server")
+        servers = []
+        for i, url in enumerate(args.server):
+            s: dict[str, Any] = {"url": url, "api": args.api or "llama"}
+            if names:
+                s["name"] = names[i]
+            if ofs:
+                s["of"] = ofs[i] if len(ofs) > 1 else ofs[0]
+            servers.append(s)
+        data["servers"] = servers
+    elif args.server_of or args.server_name:
+        raise UserError("--server-of and --server-name go with --server")
+    if args.cost_workload:
+        kind, _, path = args.cost_workload.partition(":")
+        if kind == "speed" and not path:
+            data["cost"], data["cost_input"] = "speed", None
+        elif kind == "encode" and path:
+            data["cost"], data["cost_input"] = "encode", path
+        else:
+            raise UserError(f"--cost-workload takes speed or encode:FILE, not '{args.cost_workload}'")
+    for option, key in (("text", "text"), ("loops", "loops"), ("batch_size", "batch_size"), ("data_dir", "data_dir"), ("top_k", "top_k"),
+                        ("energy_window", "energy_min_window_s"), ("sample_hz", "sample_hz")):
+        if getattr(args, option) is not None:
+            data[key] = getattr(args, option)
+    if args.task is not None:
+        data["tasks"] = args.task
+    return validate_spec(data)
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    from embprof.engine.matrix import MatrixInterrupted, expand, rows, run_matrix
+    from rich.console import Console
+
+    from .console import output_console
+
+    spec = spec_of(args)
+    folder = Path(args.out)
+    if args.print_spec:
+        sys.stdout.write(spec.to_json())
+        return 0
+    out = output_console()
+    if args.list_cells:
+        exp = expand(spec, folder)
+        for i, c in enumerate(exp.cells, 1):
+            out.print(f"{i:>3}. {c.label}" + (" (reference)" if c.reference else "") + f"  [{c.cell_id}]", markup=False,
+                      soft_wrap=True)
+        for d in exp.dropped:
+            out.print(f"  dropped: {d.label}: {d.reason}", markup=False, soft_wrap=True)
+        for n in exp.notes:
+            out.print(f"  note: {n}", markup=False, soft_wrap=True)
+        return 0
+    if args.dashboard:
+        from embprof.engine.errors import UserError
+
+        if not sys.stdout.isatty() or not sys.stdin.isatty():
+            raise UserError("the dashboard needs a terminal; without --dashboard the matrix runs headless")
+        from .matrix_app import run_matrix_app
+
+        return run_matrix_app(spec, folder, retry_failed=args.retry_failed)
+    err = Console(stderr=True, highlight=False)
+    listener = progress_printer(err, args.quiet)
+    interrupted = False
+    try:
+        run_matrix(spec, folder, listener, retry_failed=args.retry_failed)
+    except MatrixInterrupted:
+        interrupted = True
+        err.print("interrupted: the finished cells are kept; run the same matrix again to go on", markup=False)
+    manifest, table_rows = rows(folder)
+    print_tables(out, manifest, table_rows)
+    out.print(f"matrix: {folder}", markup=False, soft_wrap=True)
+    if interrupted:
+        return 130
+    return 0 if all(r.status == "ok" for r in table_rows) else 1
+
+
+def progress_printer(err: Any, quiet: bool) -> Any:
+    from embprof.engine.matrix import MatrixEvent
+    from embprof.engine.report import fmt
+
+    def listener(e: MatrixEvent) -> None:
+        if quiet and e.kind not in ("note",):
+            return
+        if e.kind == "note":
+            err.print(f"{e.label + ': ' if e.label else ''}{e.text}", markup=False, soft_wrap=True)
+        elif e.kind == "export":
+            err.print(f"export: {e.text}", markup=False, soft_wrap=True)
+        elif e.kind == "start":
+            err.print(f"[{e.index}/{e.total}] {e.label}", markup=False, soft_wrap=True)
+        elif e.kind == "skip":
+            err.print(f"[{e.index}/{e.total}] {e.label}: {e.text}", markup=False, soft_wrap=True)
+        elif e.kind == "end" and e.row is not None:
+            r = e.row
+            figures = f"quality {fmt(r.quality, 4)} · p50 {fmt(r.p50_s, 4)} s · status {r.status}"
+            err.print(f"[{e.index}/{e.total}] {e.label}: {figures}" + (f" ({r.reason})" if r.reason else ""), markup=False,
+                      soft_wrap=True)
+
+    return listener
+
+
+# The terminal's table: what a decision needs at a glance; `embprof export DIR --format md|html` has every column.
+CONSOLE_COLUMNS = ("cell", "status", "quality", "agreement mean", "top-k overlap", "p50 ms", "items/s", "peak RSS MiB", "load s",
+                   "energy J/1k", "frontier")
+
+
+def print_tables(out: Any, manifest: Any, table_rows: list[Any]) -> None:
+    from embprof.engine.frontier import frontiers
+    from embprof.engine.matrix_report import matrix_tables
+    from embprof.engine.report import NA, Table
+
+    from .console import render_table
+
+    tables = matrix_tables(table_rows, frontiers(table_rows), [])
+    main = tables[0]
+    tasks = [c for c in main.columns[3:] if c not in ("agreement mean",)][: len(manifest.spec.tasks)]
+    keep = [i for i, c in enumerate(main.columns) if c in CONSOLE_COLUMNS or c in tasks]
+    reasons: dict[str, int] = {}
+    compact = Table(main.name, main.title, [main.columns[i] for i in keep])
+    for row in main.rows:
+        cells: list[Any] = []
+        for i in keep:
+            v = row[i]
+            if isinstance(v, NA) and v.reason and main.columns[i] != "cell":
+                # A reason shared by a column is said once under the table, by number, not in every cell.
+                n = reasons.setdefault(v.reason, len(reasons) + 1)
+                v = f"n/a ({n})"
+            cells.append(v)
+        compact.rows.append(cells)
+    render_table(out, compact)
+    for reason, n in reasons.items():
+        out.print(f"  ({n}) {reason}", markup=False, soft_wrap=True)
+    by_reason: dict[str, list[str]] = {}
+    for d in manifest.dropped:
+        by_reason.setdefault(d.reason, []).append(d.label)
+    for reason, labels in by_reason.items():
+        out.print(f"dropped {len(labels)}: {reason}: {'; '.join(labels)}", markup=False, soft_wrap=True)
+    for table in tables[1:]:
+        if table.name.startswith("frontier") and table.rows and isinstance(table.rows[0][0], NA):
+            out.print(f"{table.title}", markup=False, soft_wrap=True)
+            continue
+        if table.name.startswith("frontier"):
+            render_table(out, table)
+
+
+def export_matrix(args: argparse.Namespace) -> int:
+    """A matrix's folder as md (charts beside the file), html (one self-contained file), csv or json."""
+    import json
+
+    from embprof.engine.files import atomic_write_bytes
+    from embprof.engine.frontier import frontiers
+    from embprof.engine.matrix import rows
+    from embprof.engine.matrix_report import matrix_charts, matrix_html, matrix_markdown, matrix_tables
+    from embprof.engine.report import tables_json, to_csv
+
+    folder = Path(args.file)
+    manifest, table_rows = rows(folder)
+    fr = frontiers(table_rows)
+    title = f"embprof matrix: {folder.name}"
+    if args.format == "md":
+        images: list[str] = []
+        if args.output and args.charts != "none":
+            out = Path(args.output)
+            images = [p.name for p in matrix_charts(table_rows, fr, out.parent, out.stem, args.charts)]
+        text = matrix_markdown(title, table_rows, fr, manifest.dropped, images)
+    elif args.format == "html":
+        meta = {"cells": len(table_rows), "finished": sum(r.status != "pending" for r in table_rows),
+                "cost workload": next((r.cost_workload for r in table_rows if r.cost_workload), None),
+                "tasks": ", ".join(manifest.spec.tasks), "matrix": str(folder)}
+        text = matrix_html(title, table_rows, fr, manifest.dropped, meta)
+    elif args.format == "csv":
+        text = to_csv(matrix_tables(table_rows, fr, manifest.dropped)[0])
+    else:
+        text = json.dumps({"rows": [r.model_dump(mode="json") for r in table_rows],
+                           "frontiers": [f.model_dump(mode="json") for f in fr],
+                           "dropped": [{"label": d.label, "reason": d.reason} for d in manifest.dropped],
+                           "tables": json.loads(tables_json(matrix_tables(table_rows, fr, manifest.dropped)))}, indent=1) + "\n"
+    if args.output:
+        atomic_write_bytes(Path(args.output), text.encode("utf-8"))
+    else:
+        sys.stdout.write(text)
+    return 0
