@@ -424,6 +424,7 @@ class Manifest:
     dropped: list[Dropped]
     notes: list[str]
     exports: dict[str, Any]
+    rows: list[MatrixRow] = field(default_factory=list)  # as a run left them (run_matrix); empty when read from the file
 
 
 def read_manifest(folder: Path) -> Manifest:
@@ -440,18 +441,9 @@ def read_manifest(folder: Path) -> Manifest:
     return Manifest(spec, cells, [Dropped(**d) for d in data.get("dropped", [])], list(data.get("notes", [])), dict(data.get("exports", {})))
 
 
-def cell_done(folder: Path, cell: Cell, retry_failed: bool = False) -> bool:
+def finished(row: MatrixRow, retry_failed: bool = False) -> bool:
     """A cell with a finished snapshot (or a recorded crash) is not run again; an interrupted one is."""
-    snap = snapshot_path(folder, cell)
-    if snap.is_file():
-        try:
-            status = json.loads(snap.read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError):
-            return False
-        if status == "complete":
-            return True
-        return status == "failed" and not retry_failed
-    return crash_path(folder, cell.cell_id).is_file() and not retry_failed
+    return row.status in ("ok", "unstable") or (row.status in ("failed", "oom") and not retry_failed)
 
 
 # -- running ------------------------------------------------------------------------------------------------
@@ -527,15 +519,19 @@ def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
         listener(MatrixEvent("note", label=d.label, text=f"dropped: {d.reason}"))
     for n in exp.notes:
         listener(MatrixEvent("note", text=n))
-    todo = [c for c in exp.cells if not cell_done(folder, c, retry_failed)]
+    # Each cell's snapshot is read once here: it says both whether the cell runs and, if not, its row.
+    table = {c.cell_id: row_of(folder, c, exports, i) for i, c in enumerate(exp.cells)}
+    todo = [c for c in exp.cells if not finished(table[c.cell_id], retry_failed)]
     if todo:
         check_inputs(todo[0])
     total = len(exp.cells)
     for i, c in enumerate(exp.cells):
         if c not in todo:
-            listener(MatrixEvent("skip", c.cell_id, c.label, i + 1, total, "finished in an earlier run", row_of(folder, c, exports)))
+            listener(MatrixEvent("skip", c.cell_id, c.label, i + 1, total, "finished in an earlier run", table[c.cell_id]))
+    manifest = Manifest(spec, exp.cells, exp.dropped, exp.notes, exports)
     if not todo:
-        return read_manifest(folder)
+        manifest.rows = list(table.values())
+        return manifest
     try:
         prewarm(todo)
         for c in todo:  # the graphs first, each once, in its own process: export time is not load time
@@ -553,10 +549,12 @@ def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
             i = exp.cells.index(c)
             listener(MatrixEvent("start", c.cell_id, c.label, i + 1, total))
             _run_cell(folder, c, _phase_reporter(listener, c, i + 1, total))
-            listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=row_of(folder, c, exports)))
+            table[c.cell_id] = row_of(folder, c, exports, i)
+            listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=table[c.cell_id]))
     except KeyboardInterrupt:
         raise MatrixInterrupted() from None
-    return read_manifest(folder)
+    manifest.rows = list(table.values())
+    return manifest
 
 
 def _phase_reporter(listener: MatrixListener, cell: Cell, index: int, total: int) -> Callable[[str], None]:
@@ -656,7 +654,7 @@ def row_of(folder: Path, cell: Cell, exports: dict[str, Any], order: int = 0) ->
     try:
         snap = load(snap_file)
     except UserError as exc:
-        return MatrixRow(**base, status="failed", reason=str(exc))
+        return MatrixRow(**base, status="incomplete", reason=f"{exc}; runs again next time")
     base["snapshot"] = str(snap_file.relative_to(folder))
     s = snap.summary
     facts: TargetFacts = snap.target

@@ -33,7 +33,7 @@ import numpy as np
 
 from .context import RunContext
 from .errors import UserError
-from .events import BatchTimed, EncodeTimed
+from .events import BatchTimed
 from .plan import EncodeMode, LocalTarget
 from .results import TargetFacts
 from .targets import (
@@ -688,12 +688,7 @@ class OnnxTarget:
         call.duration_ns = time.perf_counter_ns() - start
         call.tokens = self._call_tokens
         call.batches = self._batch_index
-        ctx.emit(
-            EncodeTimed(
-                t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=call.index, label=label, items=items,
-                tokens=call.tokens, words=words, duration_ns=call.duration_ns, warmup=warmup, group=group,
-            )
-        )
+        ctx.emit(call.event(ctx, label=label, items=items, words=words, warmup=warmup, group=group))
 
     @property
     def last_prompt(self) -> str | None:

@@ -48,6 +48,11 @@ class CallTiming:
     tokens: int | None = 0
     batches: int = 0
 
+    def event(self, ctx: RunContext, *, label: str, items: int, words: int | None, warmup: bool, group: str) -> EncodeTimed:
+        """The call's EncodeTimed, once its figures are in: every local target emits calls the same way."""
+        return EncodeTimed(t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=self.index, label=label, items=items,
+                           tokens=self.tokens, words=words, duration_ns=self.duration_ns, warmup=warmup, group=group)
+
 
 @dataclass(frozen=True, slots=True)
 class EncodeOutcome:
@@ -463,20 +468,7 @@ class SentenceTransformerTarget:
             self._ctx = None
         call.tokens = self._call_tokens
         call.batches = self._batch_index
-        ctx.emit(
-            EncodeTimed(
-                t_ns=ctx.now(),
-                phase_id=ctx.phase_id,
-                call_index=call.index,
-                label=label,
-                items=items,
-                tokens=call.tokens,
-                words=words,
-                duration_ns=call.duration_ns,
-                warmup=warmup,
-                group=group,
-            )
-        )
+        ctx.emit(call.event(ctx, label=label, items=items, words=words, warmup=warmup, group=group))
 
     @property
     def last_prompt(self) -> str | None:

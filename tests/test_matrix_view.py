@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pilot_helpers import plain, until
 from embprof.engine.errors import UserError
 from embprof.engine.frontier import frontiers
 from embprof.engine.matrix import Manifest, MatrixEvent, MatrixInterrupted, MatrixListener, MatrixSpec, expand
@@ -25,24 +26,6 @@ from textual.widgets import DataTable, Log, Static
 HOSTILE = "[bold]x[/bold] <script>"
 SPEC = MatrixSpec(precisions=("float32", "int8", "binary"))
 NO_ENERGY = "no energy counter"
-
-
-async def until(pilot: Any, cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    waited = 0.0
-    while not cond():
-        await pilot.pause(0.02)
-        waited += 0.02
-        if waited > timeout:
-            raise AssertionError("condition not reached")
-
-
-def plain(renderable: Any, width: int = 200) -> str:
-    from rich.console import Console
-
-    console = Console(width=width, color_system=None, legacy_windows=False)
-    with console.capture() as capture:
-        console.print(renderable)
-    return capture.get().rstrip("\n")
 
 
 def rows_for(folder: Path) -> list[MatrixRow]:
@@ -103,7 +86,7 @@ def table_text(app: MatrixApp, cid: str, column: str) -> str:
 
 
 def status_line(app: MatrixApp) -> str:
-    return plain(app.query_one("#matrix-status", Static).content)
+    return plain(app.query_one("#matrix-status", Static).content).rstrip("\n")
 
 
 async def test_the_table_and_chart_fill_in_cell_by_cell(tmp_path: Path) -> None:

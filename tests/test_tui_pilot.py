@@ -9,6 +9,7 @@ from typing import Any
 
 import fake_engine
 import pytest
+from pilot_helpers import plain, until
 from embprof.engine.plan import RunPlan, plan_from_options
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import PhaseBands, StatusBar
@@ -25,25 +26,6 @@ def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
         runner_factory=fake_engine.factory(**fake),
         **kw,
     )
-
-
-async def until(pilot: Any, cond: Any, timeout: float = 10.0) -> None:
-    waited = 0.0
-    while not cond():
-        await pilot.pause(0.05)
-        waited += 0.05
-        if waited > timeout:
-            raise AssertionError("condition not reached")
-
-
-def plain(renderable: Any, width: int = 200) -> str:
-    """What a renderable (text, a table grid) shows, as plain text: what a reader or a capture sees."""
-    from rich.console import Console
-
-    console = Console(width=width, color_system=None, legacy_windows=False)
-    with console.capture() as capture:
-        console.print(renderable)
-    return capture.get()
 
 
 def text_of(app: EmbprofApp, selector: str, width: int = 200) -> str:

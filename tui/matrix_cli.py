@@ -173,13 +173,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return run_matrix_app(spec, folder, retry_failed=args.retry_failed)
     err = Console(stderr=True, highlight=False)
     listener = progress_printer(err, args.quiet)
-    interrupted = False
     try:
-        run_matrix(spec, folder, listener, retry_failed=args.retry_failed)
+        manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed)
+        interrupted, table_rows = False, manifest.rows
     except MatrixInterrupted:
         interrupted = True
         err.print("interrupted: the finished cells are kept; run the same matrix again to go on", markup=False)
-    manifest, table_rows = rows(folder)
+        manifest, table_rows = rows(folder)
     print_tables(out, manifest, table_rows)
     out.print(f"matrix: {folder}", markup=False, soft_wrap=True)
     if interrupted:
@@ -192,7 +192,7 @@ def progress_printer(err: Any, quiet: bool) -> Any:
     from embprof.engine.report import fmt
 
     def listener(e: MatrixEvent) -> None:
-        if quiet and e.kind not in ("note",):
+        if quiet and e.kind != "note":
             return
         if e.kind == "note":
             err.print(f"{e.label + ': ' if e.label else ''}{e.text}", markup=False, soft_wrap=True)
@@ -225,7 +225,7 @@ def print_tables(out: Any, manifest: Any, table_rows: list[Any]) -> None:
 
     tables = matrix_tables(table_rows, frontiers(table_rows), [])
     main = tables[0]
-    tasks = [c for c in main.columns[3:] if c not in ("agreement mean",)][: len(manifest.spec.tasks)]
+    tasks = list(manifest.spec.tasks)
     keep = [i for i, c in enumerate(main.columns) if c in CONSOLE_COLUMNS or c in tasks]
     reasons: dict[str, int] = {}
     compact = Table(main.name, main.title, [main.columns[i] for i in keep])
