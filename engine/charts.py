@@ -24,13 +24,17 @@ def _plt() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path, fmt: str) -> Path:
+def figure_bytes(fig: Any, fmt: str) -> bytes:
+    """A figure as SVG or PNG bytes; no date in an SVG, so the same figures give the same bytes."""
     import io
 
     buf = io.BytesIO()
-    # A fixed date keeps an SVG's bytes the same for the same figures.
     fig.savefig(buf, format=fmt, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _save(fig: Any, path: Path, fmt: str) -> Path:
+    atomic_write_bytes(path, figure_bytes(fig, fmt))
     return path
 
 

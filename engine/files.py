@@ -66,3 +66,11 @@ def read_lines(source: str) -> list[str]:
     if not lines:
         raise UserError(f"{name} has no lines to encode")
     return lines
+
+
+def cache_dir() -> Path:
+    """embprof's cache outside any project: $EMBPROF_CACHE_DIR, else $XDG_CACHE_HOME/embprof or ~/.cache/embprof."""
+    explicit = os.environ.get("EMBPROF_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "embprof"

@@ -82,6 +82,8 @@ def frontiers(rows: Sequence[MatrixRow]) -> tuple[Frontier, ...]:
                 axis=field,
                 cells=tuple(candidates[i][2].cell_id for i in on),
                 considered=tuple(r.cell_id for _, _, r in candidates),
+                # Every candidate non-finite: no frontier, and the one sentence every view shows.
+                why=None if on else _no_frontier_why(rows, field, label),
             )
         )
     return tuple(out)

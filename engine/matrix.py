@@ -17,6 +17,7 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -235,18 +236,27 @@ def short_model(model: str | None) -> str:
     return Path(name.rstrip("/")).name or name
 
 
-def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: str | None = None) -> str:
-    if isinstance(target, ServerTarget):
-        parts = [server_name or strip_credentials(target.url), target.api]
-    else:
-        weights = target.dtype if target.quantize == "none" else (
-            f"int8 {target.quantize_mode}" if target.backend == "onnx" else "int8 weights")
-        parts = [short_model(target.model), target.backend, weights, target.device]
-        if target.truncate_dim is not None:
-            parts.append(f"dim {target.truncate_dim}")
+def int8_mode(target: LocalTarget) -> str | None:
+    """The int8 weight scales that apply: ONNX Runtime's choice; OpenVINO's NNCF has only per-channel."""
+    return target.quantize_mode if target.quantize == "int8" and target.backend == "onnx" else None
+
+
+def _label(model: str | None, backend: str, weights: list[str], device: str, dim: int | None, precision: str) -> str:
+    parts = [short_model(model), backend, *weights, device]
+    if dim is not None:
+        parts.append(f"dim {dim}")
     if precision != "float32":
         parts.append(f"{precision} vectors")
     return " · ".join(parts)
+
+
+def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: str | None = None) -> str:
+    if isinstance(target, ServerTarget):
+        parts = [server_name or strip_credentials(target.url), target.api] + ([f"{precision} vectors"] if precision != "float32" else [])
+        return " · ".join(parts)
+    mode = int8_mode(target)
+    weights = target.dtype if target.quantize == "none" else (f"int8 {mode}" if mode else "int8 weights")
+    return _label(target.model, target.backend, [weights], target.device, target.truncate_dim, precision)
 
 
 def _cell_id(target: LocalTarget | ServerTarget, precision: str, spec: MatrixSpec) -> str:
@@ -292,30 +302,25 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
 
     combos: list[tuple[str | None, str, str, str, str, int | None, str, str]] = []
 
-    def cell_plan(precision: str, key: str, reference: bool) -> CellPlan:
-        ref_path = str(folder / "references" / f"{key}.npz")
-        return CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size, tasks=spec.tasks,
-                        data_dir=spec.data_dir, results_dir=str(folder / "results"), precision=precision,  # type: ignore[arg-type]
-                        reference=None if reference else ref_path, write_reference=ref_path if reference else None,
-                        top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
-
     def add(target: LocalTarget | ServerTarget, precision: str, key: str, *, reference: bool = False,
-            server_name: str | None = None, added: str | None = None) -> Cell | None:
+            server_name: str | None = None, added: str | None = None) -> None:
         cid = _cell_id(target, precision, spec)
         if cid in seen:
-            return None
+            return
         seen.add(cid)
-        cp = cell_plan(precision, key, reference)
-        cp = cp.model_copy(update={"results_dir": str(folder / "results" / cid)})
-        if isinstance(target, ServerTarget) and key not in references and not reference:
-            cp = cp.model_copy(update={"reference": None})
+        # A model's cells compare with its reference's vectors; a server serving no named model has none.
+        ref_path = str(folder / "references" / f"{key}.npz") if reference or key in references else None
+        cp = CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size,
+                      tasks=spec.tasks, data_dir=spec.data_dir, results_dir=str(folder / "results" / cid),
+                      precision=precision,  # type: ignore[arg-type]
+                      reference=None if reference else ref_path, write_reference=ref_path if reference else None,
+                      top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
         plan = RunPlan(target=target, workload=cp, recording=Recording(sample_hz=spec.sample_hz))
         cell = Cell(cid, label_of(target, precision, server_name), key, plan, reference=reference, added=added)
         if reference:
             references[key] = cell
         else:
             by_model.setdefault(key, []).append(cell)
-        return cell
 
     def reference_target(model: str | None) -> LocalTarget:
         device = next((d for d in spec.devices if d.split(":")[0] == "cpu"), None) or next(
@@ -383,15 +388,9 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
 
 
 def _probe_label(probe: dict[str, Any], precision: str) -> str:
-    parts = [short_model(probe["model"]), probe["backend"], probe["dtype"]]
-    if probe["quantize"] != "none":
-        parts.append(f"{probe['quantize']} weights")
-    parts.append(probe["device"])
-    if probe["truncate_dim"] is not None:
-        parts.append(f"dim {probe['truncate_dim']}")
-    if precision != "float32":
-        parts.append(f"{precision} vectors")
-    return " · ".join(parts)
+    """A combination that is no target (it was refused): its dtype and its int8 weights both said."""
+    weights = [probe["dtype"]] + ([f"{probe['quantize']} weights"] if probe["quantize"] != "none" else [])
+    return _label(probe["model"], probe["backend"], weights, probe["device"], probe["truncate_dim"], precision)
 
 
 # -- the matrix's folder -----------------------------------------------------------------------------------
@@ -471,25 +470,24 @@ def graph_key(target: LocalTarget) -> str | None:
     """The exported graph a cell loads: one per model, backend's file format and int8 setting."""
     if target.backend == "torch":
         return None
-    mode = target.quantize_mode if target.quantize == "int8" and target.backend == "onnx" else ""
-    return "|".join(x for x in (model_key(target.model), target.backend, target.quantize, mode) if x)
+    return "|".join(x for x in (model_key(target.model), target.backend, target.quantize, int8_mode(target)) if x)
 
 
 def _python() -> list[str]:
     return [sys.executable, "-m", "embprof.engine.cellproc"]
 
 
-def prewarm(cells: list[Cell]) -> dict[str, float]:
+def prewarm(cells: list[Cell]) -> None:
     """Read each local model's files once before the cells run, so every cell of a model loads from
-    the same warm page cache (the first cell would otherwise pay the disk alone). Seconds per model."""
+    the same warm page cache (the first cell would otherwise pay the disk alone)."""
     from .targets import SentenceTransformerTarget, model_folder
 
-    out: dict[str, float] = {}
+    done: set[str] = set()
     for cell in cells:
         t = cell.target
-        if not isinstance(t, LocalTarget) or cell.model_key in out:
+        if not isinstance(t, LocalTarget) or cell.model_key in done:
             continue
-        started = time.perf_counter()
+        done.add(cell.model_key)
         try:
             st = SentenceTransformerTarget(t)
             st.resolve()
@@ -502,8 +500,6 @@ def prewarm(cells: list[Cell]) -> dict[str, float]:
                     with open(f, "rb") as fh:
                         while fh.read(1 << 23):
                             pass
-        out[cell.model_key] = time.perf_counter() - started
-    return out
 
 
 def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
@@ -542,6 +538,8 @@ def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
                 continue
             listener(MatrixEvent("export", c.cell_id, c.label, text=f"exporting {key}"))
             exports[key] = _export(c)
+            if "error" in exports[key]:
+                listener(MatrixEvent("note", c.cell_id, c.label, text=f"export failed: {exports[key]['error']}"))
             write_manifest(folder, spec, exp, exports)
         for c in todo:
             if cancel():
@@ -588,26 +586,29 @@ def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None]) -> None
     crash_path(folder, cell.cell_id).unlink(missing_ok=True)
     started = time.perf_counter()
     # Its own session: a Ctrl-C reaches the matrix first, which then asks the cell to stop cleanly.
-    proc = subprocess.Popen([*_python(), str(plan_file), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    on_phase(str(json.loads(line).get("phase", "")))
-                except ValueError:
-                    pass
-        proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
+    # Standard error goes to a file: a pipe read only at the end would stall a cell that writes much to it.
+    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as err_file:
+        proc = subprocess.Popen([*_python(), str(plan_file), str(out)], stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                start_new_session=True)
         try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise
-    stderr = proc.stderr.read() if proc.stderr is not None else ""
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                line = line.strip()
+                if line.startswith("{"):
+                    try:
+                        on_phase(str(json.loads(line).get("phase", "")))
+                    except ValueError:
+                        pass
+            proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
+        err_file.seek(0)
+        stderr = err_file.read()
     if not out.is_file():
         rc = proc.returncode
         if rc < 0:
@@ -637,7 +638,7 @@ def row_of(folder: Path, cell: Cell, exports: dict[str, Any], order: int = 0) ->
                             "precision": cp.precision, "top_k": cp.top_k}
     if isinstance(t, LocalTarget):
         base.update(model=t.model or BUNDLED_MODEL_ID, target_kind="local", backend=t.backend, device=t.device, dtype=t.dtype,
-                    quantize=t.quantize, quantize_mode=t.quantize_mode if t.quantize == "int8" and t.backend == "onnx" else None,
+                    quantize=t.quantize, quantize_mode=int8_mode(t),
                     truncate_dim=t.truncate_dim)
         key = graph_key(t)
         if key is not None and key in exports and "seconds" in exports[key]:

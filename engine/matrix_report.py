@@ -10,18 +10,18 @@ that came from outside the program (labels, model and task names, reasons, metad
 from __future__ import annotations
 
 import html
-import io
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from .files import atomic_write_bytes
+from .charts import figure_bytes
+from .events import MIB
 from .matrix_rows import COST_AXES, Frontier, MatrixRow
 from .report import NA, Cell, Table, tables_markdown
 from .report import fmt as fmt_cell
 
-MIB = 1024 * 1024
 
 # How each cost axis is named and drawn: (short name for the "frontier" column and file names,
 # the column header, the factor from the row's unit to the shown one, the chart's axis label).
@@ -124,7 +124,8 @@ def _tasks(rows: Sequence[MatrixRow]) -> list[str]:
     return list(seen)
 
 
-def _on_axes(frontiers: Sequence[Frontier]) -> dict[str, list[str]]:
+def frontier_axes(frontiers: Sequence[Frontier]) -> dict[str, list[str]]:
+    """Cell id -> the cost axes (latency, memory, energy) whose frontier the cell is on."""
     on: dict[str, list[str]] = {}
     for f in frontiers:
         for cell in f.cells:
@@ -140,7 +141,7 @@ def matrix_tables(
     """The matrix table (best quality first), the dropped cells (label, reason) when there are any,
     and one frontier table per cost axis."""
     tasks = _tasks(rows)
-    on = _on_axes(frontiers)
+    on = frontier_axes(frontiers)
     columns = [
         "cell", "status", "quality", *tasks,
         "agreement mean", "agreement min", "top-k overlap",
@@ -178,19 +179,15 @@ def matrix_tables(
     for f in frontiers:
         short, header, factor, _ = _view(f.axis)
         label = _axis_label(f.axis)
-        if f.why is not None or not f.cells:
-            why = f.why or f"no cell has both a quality score and {label}"
-            tables.append(Table(f"frontier-{short}", f"Frontier: quality against {label} (none: {why})",
-                                ["cell", "quality", header], [[NA(why), None, None]]))
+        if f.why is not None:
+            tables.append(Table(f"frontier-{short}", f"Frontier: quality against {label} (none: {f.why})",
+                                ["cell", "quality", header], [[NA(f.why), None, None]]))
             continue
         t = Table(f"frontier-{short}",
                   f"Frontier: quality against {label} ({len(f.cells)} of {len(f.considered)} cells, cheapest first)",
                   ["cell", "quality", header])
         for cell in f.cells:
-            found = by_id.get(cell)
-            if found is None:  # a frontier from other rows than these: say which cell, show nothing made up
-                t.rows.append([cell, None, None])
-                continue
+            found = by_id[cell]
             t.rows.append([found.label, found.quality, _scaled(getattr(found, f.axis), factor)])
         tables.append(t)
     return tables
@@ -211,7 +208,7 @@ def short_labels(rows: Sequence[MatrixRow]) -> dict[str, str]:
     return out
 
 
-def _points(rows: Sequence[MatrixRow], f: Frontier) -> list[tuple[MatrixRow, float, float]]:
+def chart_points(rows: Sequence[MatrixRow], f: Frontier) -> list[tuple[MatrixRow, float, float]]:
     """(row, cost in the shown unit, quality) for every cell the frontier considered."""
     factor = _view(f.axis)[2]
     by_id = {r.cell_id: r for r in rows}
@@ -236,7 +233,7 @@ def _chart_bytes(rows: Sequence[MatrixRow], frontiers: Sequence[Frontier], fmt: 
     labels = short_labels(rows)
     out: list[tuple[str, bytes]] = []
     for f in frontiers:
-        pts = _points(rows, f)
+        pts = chart_points(rows, f)
         if not pts:
             continue
         axis_label = _view(f.axis)[3]
@@ -278,10 +275,8 @@ def _chart_bytes(rows: Sequence[MatrixRow], frontiers: Sequence[Frontier], fmt: 
             ax.set_title(f"quality against {_axis_label(f.axis)}", parse_math=False)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8, loc="best")
-            buf = io.BytesIO()
-            # No date: the same figures give the same bytes.
-            fig.savefig(buf, format=fmt, bbox_inches="tight", metadata={"Date": None} if fmt == "svg" else None)
-        out.append((f.axis, buf.getvalue()))
+            data = figure_bytes(fig, fmt)
+        out.append((f.axis, data))
     return out
 
 
@@ -411,8 +406,7 @@ def matrix_html(
             svg = inline_svg(charts[f.axis].decode("utf-8"), f"chart-{f.axis}", caption)
             parts.append(f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>")
         else:
-            why = f.why or f"no cell has both a quality score and {label}"
-            parts.append(f'<p class="why">No {html.escape(label)} chart: {html.escape(why)}.</p>')
+            parts.append(f'<p class="why">No {html.escape(label)} chart: {html.escape(f.why or "")}.</p>')
     parts.append("</section>")
     for table in matrix_tables(rows, frontiers, dropped):
         parts.append(_html_table(table, len(table.columns) - 1 if table.name == "matrix" else None))

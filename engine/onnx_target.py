@@ -36,6 +36,8 @@ from .errors import UserError
 from .events import BatchTimed
 from .plan import EncodeMode, LocalTarget
 from .results import TargetFacts
+from .environment import library_version
+from .files import cache_dir
 from .targets import (
     WEIGHT_SUFFIXES,
     CallTiming,
@@ -43,17 +45,19 @@ from .targets import (
     EncodeOutcome,
     SentenceTransformerTarget,
     Target,
+    _first_line,
     check_prompt_name,
     default_prompt_name,
     model_folder,
     resolve_prompt_text,
+    token_lengths_of,
 )
 
 __all__ = ["OnnxTarget", "GraphInfo", "ensure_graph", "cache_root"]
 
 ONNX_OPSET = 17
 # Bumped whenever what this module writes changes, so older cached artifacts are not reused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 META_FILE = "embprof_graph.json"
 EXTRA_HINT = "pip install 'embprof[backends]'"
@@ -70,11 +74,7 @@ class GraphInfo:
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get("EMBPROF_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "embprof"
+    return cache_dir()
 
 
 def _required_modules(spec: LocalTarget) -> tuple[str, ...]:
@@ -95,9 +95,9 @@ def check_extras(spec: LocalTarget) -> None:
 
 
 # -- the model folder -----------------------------------------------------------------------------
-def _local_folder(spec: LocalTarget) -> Path:
+def _local_folder(st: SentenceTransformerTarget) -> Path:
     """The model's files on this disk: the folder, or the Hub snapshot (downloaded if it must be)."""
-    st = SentenceTransformerTarget(spec)
+    spec = st.spec
     st.resolve()
     folder = model_folder(st.location)
     if folder is not None and (folder / "modules.json").is_file():
@@ -135,15 +135,7 @@ def _st_config(folder: Path) -> dict[str, Any]:
 
 # -- the cache -------------------------------------------------------------------------------------
 def _versions(*names: str) -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = []
-    for name in names:
-        try:
-            out.append(f"{name}={version(name)}")
-        except PackageNotFoundError:
-            out.append(f"{name}=absent")
-    return out
+    return [f"{name}={library_version(name) or 'absent'}" for name in names]
 
 
 def _export_key(folder: Path) -> str:
@@ -277,7 +269,8 @@ def _quantize_ort(source: Path, mode: str, out: Path) -> None:
     finally:
         root.removeFilter(quiet)
     meta = _read_meta(source.parent)
-    meta["weights_bytes"], meta["parameters"] = _onnx_weights(out / "model.onnx")
+    # The model's parameters are the float graph's; the int8 graph's extra scales and zero points are not parameters.
+    meta["weights_bytes"] = _onnx_weights(out / "model.onnx")[0]
     (out / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
@@ -301,7 +294,7 @@ def _quantize_openvino(source: Path, out: Path) -> None:
         nncf.set_log_level(level)
     ov.save_model(compressed, str(out / "model.xml"), compress_to_fp16=False)
     meta = _read_meta(source.parent)
-    meta["weights_bytes"], meta["parameters"] = _openvino_weights(compressed)
+    meta["weights_bytes"] = _openvino_weights(compressed)[0]
     (out / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
@@ -334,10 +327,6 @@ def _graph_locations(spec: LocalTarget, folder: Path) -> list[tuple[Path, str, A
     return steps
 
 
-def _is_cached(spec: LocalTarget, folder: Path) -> bool:
-    return all(_artifact_ready(d, name) for d, name, _ in _graph_locations(spec, folder))
-
-
 def ensure_graph(spec: LocalTarget) -> GraphInfo:
     """The graph this configuration runs, exported (and quantized) unless the cache has it.
 
@@ -346,10 +335,13 @@ def ensure_graph(spec: LocalTarget) -> GraphInfo:
     if spec.backend not in ("onnx", "openvino"):
         raise ValueError(f"ensure_graph is for the onnx and openvino backends, not {spec.backend}")
     check_extras(spec)
-    folder = _local_folder(spec)
+    folder = _local_folder(SentenceTransformerTarget(spec))
+    return _ensure(spec, _graph_locations(spec, folder))
+
+
+def _ensure(spec: LocalTarget, steps: list[tuple[Path, str, Any]]) -> GraphInfo:
     seconds = 0.0
     built = False
-    steps = _graph_locations(spec, folder)
     for directory, name, builder in steps:
         if _artifact_ready(directory, name):
             continue
@@ -383,16 +375,15 @@ class OnnxTarget:
         self.location = ""
         self.graph: GraphInfo | None = None
         self._st = SentenceTransformerTarget(spec)
-        self._folder: Path | None = None
         self._meta: dict[str, Any] = {}
         self._config: dict[str, Any] = {}
         self._tokenizer: Any = None
         self._modules: list[Any] = []
         self._run: Any = None  # one forward: dict of int64 arrays -> token embeddings
-        self._session: Any = None
         self._torch: Any = None
         self._similarity_fn: Any = None
         self._prompt_lengths: dict[str, int] = {}
+        self._prompts: dict[str, str] | None = None
         self._last_prompt: str | None = None
         self._batch_index = 0
         self._call_tokens = 0
@@ -409,16 +400,17 @@ class OnnxTarget:
 
     def load(self, ctx: RunContext) -> None:
         self.resolve()
-        folder = _local_folder(self.spec)
-        self._folder = folder
-        if _is_cached(self.spec, folder):
-            self.graph = ensure_graph(self.spec)
+        folder = _local_folder(self._st)
+        # The cache keys walk the model's files: worked out once, for the check and the build.
+        steps = _graph_locations(self.spec, folder)
+        if all(_artifact_ready(d, name) for d, name, _ in steps):
+            self.graph = _ensure(self.spec, steps)
         else:
             detail = f"{self.spec.display_name} → {self.spec.backend}" + (
                 f" int8 ({self.quantize_mode})" if self.spec.quantize == "int8" else ""
             )
             with ctx.phase("export", detail):
-                self.graph = ensure_graph(self.spec)
+                self.graph = _ensure(self.spec, steps)
         ctx.check_cancel()
         graph_path = Path(self.graph.path)
         self._meta = _read_meta(graph_path.parent)
@@ -479,7 +471,6 @@ class OnnxTarget:
             providers = ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), providers=providers)
         names = [i.name for i in session.get_inputs()]
-        self._session = session
 
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             return np.asarray(session.run(None, {n: feed[n] for n in names})[0])
@@ -492,12 +483,12 @@ class OnnxTarget:
         compiled = core.compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         request = compiled.create_infer_request()
         names = [p.get_any_name() for p in compiled.inputs]
-        self._session = compiled
+        out_port = compiled.outputs[0]  # one wrapper, not one per batch
 
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
             result = request.infer({n: feed[n] for n in names}, share_inputs=True)
             # The request reuses its output buffer on the next call.
-            return np.array(result[compiled.outputs[0]], copy=True)
+            return np.array(result[out_port], copy=True)
 
         self._run = run
 
@@ -566,7 +557,10 @@ class OnnxTarget:
 
     @property
     def prompts(self) -> dict[str, str]:
-        return dict(self.declared_prompts() or {})
+        # Read once: encode asks for the prompts on every call, and the declaration is a file.
+        if self._prompts is None:
+            self._prompts = dict(self.declared_prompts() or {})
+        return dict(self._prompts)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -695,10 +689,7 @@ class OnnxTarget:
         return self._last_prompt
 
     def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]:
-        """Token counts before truncation, with the prompt, as the model's tokenizer counts them."""
-        prefix = prompt or ""
-        enc = self._tokenizer([prefix + t for t in texts], add_special_tokens=True, truncation=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        return token_lengths_of(self._tokenizer, texts, prompt)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -707,9 +698,3 @@ class OnnxTarget:
     def close(self) -> None:
         """Drop the session; the runtime frees its arena when the last reference goes."""
         self._run = None
-        self._session = None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, cache_dir
 
 MTEB_V1_COMMIT = "6e72dc0e30577c2fde2bb5c6cb55c79bf8e1eaec"
 SPEED_TEXT_URL = (
@@ -44,11 +44,6 @@ class SpeedText:
     @property
     def canonical(self) -> bool:
         return self.sha256 == SPEED_TEXT_SHA256
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "embprof"
 
 
 def _read(path: Path, source: str) -> SpeedText:

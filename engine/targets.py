@@ -476,11 +476,7 @@ class SentenceTransformerTarget:
         return self._last_prompt
 
     def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]:
-        """Token counts before truncation, with the prompt, as the model's tokenizer counts them."""
-        tok = self.model.tokenizer
-        prefix = prompt or ""
-        enc = tok([prefix + t for t in texts], add_special_tokens=True, truncation=False)
-        return [len(ids) for ids in enc["input_ids"]]
+        return token_lengths_of(self.model.tokenizer, texts, prompt)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.similarity(a, b))
@@ -492,6 +488,12 @@ class SentenceTransformerTarget:
         self._hooks.clear()
         if self.model is not None and "preprocess" in vars(self.model):
             del self.model.preprocess
+
+
+def token_lengths_of(tokenizer: Any, texts: Sequence[str], prompt: str | None) -> list[int]:
+    """Token counts before truncation, with the prompt, as the model's tokenizer counts them."""
+    enc = tokenizer([(prompt or "") + t for t in texts], add_special_tokens=True, truncation=False)
+    return [len(ids) for ids in enc["input_ids"]]
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".gguf")

@@ -7,7 +7,6 @@ the table (pending, running, figures) without timing assumptions: no fixed pause
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,9 +207,7 @@ class SlowRunner:
             listener(MatrixEvent("start", row.cell_id, row.label, i, total))
             listener(MatrixEvent("phase", row.cell_id, row.label, i, total, "encode"))
             self.started.set()
-            deadline = time.monotonic() + 10
-            while not self.release.is_set() and time.monotonic() < deadline:
-                time.sleep(0.02)  # the cell's process at work: q arrives meanwhile
+            self.release.wait(10)  # the cell's process at work: q arrives meanwhile
             listener(MatrixEvent("end", row.cell_id, row.label, i, total, row=row))
             self.finished += 1
         return Manifest(spec, [], [], [], {})
@@ -230,9 +227,7 @@ async def test_q_stops_after_the_running_cell_and_exits_130(tmp_path: Path, key:
         assert app.return_value is None  # the cell that runs is not abandoned: the app waits for it
         runner.release.set()
         # The cell ends, the runner raises MatrixInterrupted before the next one, and the app exits.
-        deadline = time.monotonic() + 10
-        while app.return_value is None and time.monotonic() < deadline:
-            await pilot.pause(0.05)
+        await until(pilot, lambda: app.return_value is not None)
     assert runner.saw_cancel and runner.finished == 1
     assert app.outcome is not None and app.outcome.kind == "stopped"
     assert app.done[rows[0].cell_id].status == "ok"  # the finished cell is shown (and kept by run_matrix)

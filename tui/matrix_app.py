@@ -29,7 +29,7 @@ from embprof.engine.matrix import (
     expand,
     run_matrix,
 )
-from embprof.engine.matrix_report import AXIS_VIEW, matrix_tables
+from embprof.engine.matrix_report import AXIS_VIEW, chart_points, frontier_axes, matrix_tables
 from embprof.engine.matrix_rows import COST_AXES, Frontier, MatrixRow
 from embprof.engine.report import NA, fmt
 from rich.text import Text
@@ -41,6 +41,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Log, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
+from .matrix_cli import CONSOLE_COLUMNS
 from .panels.base import Plot
 
 
@@ -54,8 +55,7 @@ class MatrixRunner(Protocol):
 # The table's columns: the console's (tui.matrix_cli.CONSOLE_COLUMNS) less the per-task scores, which
 # vary with the matrix. The frontier comes right after quality: all the columns do not fit 160
 # terminal columns, and what a decision needs first should not be the part scrolled off the right.
-COLUMNS: tuple[str, ...] = ("cell", "status", "quality", "frontier", "agreement mean", "top-k overlap", "p50 ms", "items/s",
-                            "peak RSS MiB", "load s", "energy J/1k")
+COLUMNS: tuple[str, ...] = (*CONSOLE_COLUMNS[:3], "frontier", *(c for c in CONSOLE_COLUMNS[3:] if c != "frontier"))
 FIGURES = tuple(c for c in COLUMNS[2:] if c != "frontier")
 # Digits per figure: a throughput of 1,000.000 items/s claims a precision the measurement does not have.
 DIGITS = {"quality": 3, "top-k overlap": 3, "p50 ms": 2, "items/s": 1, "peak RSS MiB": 1, "load s": 2, "energy J/1k": 1}
@@ -64,10 +64,6 @@ PHASE_MAX = 24  # the status column's phase text, likewise
 STATUS_STYLE = {"ok": "green", "running": "yellow", "pending": "dim", "incomplete": "yellow", "unstable": "bold red",
                 "oom": "bold red", "failed": "bold red"}
 AXIS_KEYS = ("l", "m", "e")  # latency, memory, energy: the AXIS_VIEW short names' first letters
-
-
-def _axis_short(field: str) -> str:
-    return AXIS_VIEW.get(field, (field,))[0]
 
 
 def _cut(text: str, limit: int) -> str:
@@ -134,20 +130,11 @@ class MatrixChart(Vertical):
         tabs = self.query_one(Tabs)
         if tabs.active != f"axis-{axis}":
             tabs.active = f"axis-{axis}"
-        f = next((x for x in fronts if x.axis == axis), None)
-        _, _, factor, axis_label = AXIS_VIEW.get(axis, (axis, axis, 1.0, axis))
-        self.points = []
-        for cid in f.considered if f is not None else ():
-            r = rows.get(cid)
-            cost = None if r is None else getattr(r, axis)
-            if r is None or cost is None or r.quality is None:
-                continue
-            self.points.append((cid, float(cost) * factor, float(r.quality)))
-        self.frontier = list(f.cells) if f is not None else []
-        self.why = None
-        if not self.points:
-            label = next((lab for fld, lab, _ in COST_AXES if fld == axis), axis)
-            self.why = (f.why if f is not None else None) or f"no cell has both a quality score and {label}"
+        f = next(x for x in fronts if x.axis == axis)
+        axis_label = AXIS_VIEW[axis][3]
+        self.points = [(r.cell_id, cost, quality) for r, cost, quality in chart_points(list(rows.values()), f)]
+        self.frontier = list(f.cells)
+        self.why = f.why if not self.points else None
         self.set_class(self.why is not None, "-why")
         if self.why is not None:
             self.query_one("#matrix-why", Static).update(Text(self.why))
@@ -335,7 +322,7 @@ class MatrixApp(App[int]):
             table.update_cell(row.cell_id, col, cell_text(figures[col], DIGITS.get(col, 3)), update_width=True)
         # A new cell can push others off the frontier: every finished row's mark is recomputed.
         self.fronts = frontiers(list(self.done.values()))
-        marks = frontier_marks(self.fronts)
+        marks = frontier_axes(self.fronts)
         for cid in self.done:
             table.update_cell(cid, "frontier", Text(", ".join(marks.get(cid, [])), style="bold red"), update_width=True)
         self._show_chart()
@@ -426,8 +413,7 @@ class MatrixApp(App[int]):
             return 130
         if self.outcome.kind == "error":
             return 1
-        cells = self.order or list(self.done)
-        return 0 if cells and all(cid in self.done and self.done[cid].status == "ok" for cid in cells) else 1
+        return 0 if self.order and all(cid in self.done and self.done[cid].status == "ok" for cid in self.order) else 1
 
     # -- actions ---------------------------------------------------------------------------------------
     def action_stop(self) -> None:
@@ -478,15 +464,6 @@ def cell_text(value: Any, digits: int = 3) -> Text:
     if value is None or isinstance(value, NA):
         return Text("n/a", style="dim")
     return Text(fmt(value, digits), justify="right" if isinstance(value, (int, float)) else "left")
-
-
-def frontier_marks(fronts: tuple[Frontier, ...]) -> dict[str, list[str]]:
-    """Cell id -> the cost axes (short names: latency, memory, energy) whose frontier it is on."""
-    marks: dict[str, list[str]] = {}
-    for f in fronts:
-        for cid in f.cells:
-            marks.setdefault(cid, []).append(_axis_short(f.axis))
-    return marks
 
 
 def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False) -> int:

@@ -15,7 +15,6 @@ In order, in the cell's own process:
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from ..stats import describe
 from ..targets import Target
 from .mteb_tasks import MtebWorkload
 from .similarity import builtin_example
+from .speed import timed_loops
 
 
 class Precision:
@@ -171,19 +171,9 @@ class CellWorkload:
         if not self._texts:
             self.prepare()
         p = self.plan
-        texts, batch = self._texts, p.batch_size
-        with ctx.phase("warm-up", '["encode this"]'):
-            target.encode(ctx, ["encode this"], batch_size=batch, label="warm-up", group="warm-up", warmup=True)
-        timings: list[float] = []
-        vectors: np.ndarray | None = None
-        for i in range(p.loops):
-            ctx.check_cancel()
-            with ctx.phase("cost", f"loop {i + 1}/{p.loops}"):
-                out = target.encode(ctx, texts, batch_size=batch, label=f"loop {i + 1}", group="cost")
-            timings.append(out.duration_ns / 1e9)
-            vectors = out.embeddings
-        assert vectors is not None
-        vectors = np.asarray(vectors, dtype=np.float32)
+        texts = self._texts
+        timings, last = timed_loops(ctx, target, texts, p.loops, p.batch_size, phase="cost", group="cost")
+        vectors = np.asarray(last, dtype=np.float32)
         stats = describe(timings)
         fields: dict[str, Any] = {
             "cost_workload": self.cost_workload,
@@ -230,6 +220,9 @@ class CellWorkload:
             reading, why = meter.measure(work, self.plan.energy_min_window_s)
         if reading is None:
             return {"energy_why": why or "the energy counter did not advance"}
+        if reading.net_j <= 0:
+            # Not above idle within the counter's resolution: no figure, rather than a "cheapest" cell.
+            return {"energy_why": reading.note or "the work drew no more than the idle baseline"}
         return {"energy_source": reading.source, "energy_j_per_1000": reading.j_per_1000, "energy_gross_j": reading.gross_j,
                 "energy_idle_w": reading.idle_w, "energy_window_s": reading.window_s, "energy_items": reading.items}
 
@@ -278,7 +271,3 @@ def _npz_bytes(**arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
-
-
-def reference_path(folder: str | os.PathLike[str], model_key: str) -> str:
-    return str(Path(folder) / "references" / f"{model_key}.npz")

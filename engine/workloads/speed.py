@@ -3,6 +3,7 @@ then ``loops`` timed encodes of the 43 paragraphs of "The Ugly Duckling"."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -60,16 +61,7 @@ class SpeedWorkload:
         ctx.emit(Result(t_ns=ctx.now(), result=self.measure(ctx, target)))
 
     def measure(self, ctx: RunContext, target: Target) -> SpeedResult:
-        paragraphs = self.text.paragraphs
-        loops, batch = self.plan.loops, self.plan.batch_size
-        with ctx.phase("warm-up", '["encode this"]'):
-            target.encode(ctx, ["encode this"], batch_size=batch, label="warm-up", group="warm-up", warmup=True)
-        timings: list[float] = []
-        for i in range(loops):
-            ctx.check_cancel()
-            with ctx.phase("encode", f"loop {i + 1}/{loops}"):
-                outcome = target.encode(ctx, paragraphs, batch_size=batch, label=f"loop {i + 1}", group="loop")
-            timings.append(outcome.duration_ns / 1e9)
+        timings, _last = timed_loops(ctx, target, self.text.paragraphs, self.plan.loops, self.plan.batch_size)
         task, why = speed_task_name(target)
         time_mean = float(np.mean(timings))
         return SpeedResult(
@@ -83,6 +75,24 @@ class SpeedWorkload:
             words=self.text.words,
             stats=describe(timings),
         )
+
+
+def timed_loops(ctx: RunContext, target: Target, texts: Sequence[str], loops: int, batch: int, *, phase: str = "encode",
+                group: str = "loop") -> tuple[list[float], np.ndarray]:
+    """The protocol's timing: one warm-up encode of ["encode this"], then ``loops`` timed encodes of
+    ``texts``, each its own phase. Seconds per call, and the last call's embeddings."""
+    with ctx.phase("warm-up", '["encode this"]'):
+        target.encode(ctx, ["encode this"], batch_size=batch, label="warm-up", group="warm-up", warmup=True)
+    timings: list[float] = []
+    last: np.ndarray | None = None
+    for i in range(loops):
+        ctx.check_cancel()
+        with ctx.phase(phase, f"loop {i + 1}/{loops}"):
+            outcome = target.encode(ctx, texts, batch_size=batch, label=f"loop {i + 1}", group=group)
+        timings.append(outcome.duration_ns / 1e9)
+        last = outcome.embeddings
+    assert last is not None  # loops >= 1, checked by the plans
+    return timings, np.asarray(last)
 
 
 def speed_task_name(target: Target) -> tuple[str | None, str]:
