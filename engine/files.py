@@ -2,61 +2,208 @@
 
 from __future__ import annotations
 
+import json
 import os
+import stat
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from .errors import UserError
+from .errors import OutputError, UserError
+from .text import one_line
+
+# What embprof reads whole into memory. A snapshot is a few MB (its recorder is bounded), a plan or a
+# matrix file a few KB; an input of texts can be large. Past these sizes the file is refused in one
+# sentence rather than read until memory runs out (/dev/zero, a wrong file, a runaway log).
+MAX_JSON_BYTES = 256 * 1024 * 1024
+MAX_INPUT_BYTES = 1024 * 1024 * 1024
+# Nesting deeper than any file embprof writes (its snapshots are under 12 levels deep): a deeper file is
+# not one of them, and refusing it early keeps every reader clear of Python's recursion limit.
+MAX_JSON_DEPTH = 64
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask can only be read by setting it, which
+    races with other threads creating files); /proc gives it on Linux, else the set-and-restore."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or exc.__class__.__name__).lower()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path``, fsync it, then rename over: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write to a temporary file beside ``path``, fsync it, then rename over: readers never see half a file.
+
+    A write that cannot complete (a full disk, a file-size limit, a read-only folder) removes its
+    temporary file and leaves whatever was at ``path`` untouched; it raises ``OutputError`` naming the
+    path and the reason. The file gets the permissions any new file would (0666 less the umask):
+    mkstemp's own 0600 would hide snapshots from the rest of a team sharing the folder.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write '{one_line(path)}' ({_reason(exc)})", path) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise OutputError(f"cannot write '{one_line(path)}' ({_reason(exc)})", path) from exc
         raise
+
+
+def check_output_path(output: str | Path, inputs: list[str | Path] | tuple[str | Path, ...] = (), what: str = "output file") -> Path:
+    """Refuse, before any work, an output path that could only fail or destroy something.
+
+    An empty path, a folder, a path under a file, and above all one of the command's own inputs
+    (``export S.json -o S.json`` would replace the snapshot it is reading with its export).
+    """
+    if str(output) == "":
+        raise UserError(f"the {what} path is empty")
+    out = Path(output).expanduser()
+    if out.is_dir():
+        raise UserError(f"{what} '{one_line(output)}' is a folder; give a file name")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{what} '{one_line(output)}' cannot be created: '{one_line(parent)}' is a file, not a folder")
+            break
+    for src in inputs:
+        if _same_file(out, Path(src).expanduser()):
+            raise UserError(f"{what} '{one_line(output)}' is also an input ('{one_line(src)}'): writing it would destroy what is read")
+    return out
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+def read_file_bytes(path: str | Path, what: str, limit: int) -> bytes:
+    """A regular file's bytes, or one sentence why not: missing, a folder, a device or pipe, too large, unreadable."""
+    p = Path(path).expanduser()
+    name = f"{what} '{one_line(path)}'"
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise UserError(f"{name} does not exist") from None
+    except NotADirectoryError:
+        raise UserError(f"{name} does not exist (a part of its path is a file)") from None
+    except OSError as exc:
+        raise UserError(f"{name} cannot be read ({_reason(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{name} is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{name} is not a regular file (a device, pipe or socket)")
+    if st.st_size > limit:
+        raise UserError(f"{name} is too large ({st.st_size / 2**20:,.0f} MiB; at most {limit / 2**20:,.0f} MiB is read)")
+    try:
+        with open(p, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise UserError(f"{name} cannot be read ({_reason(exc)})") from None
+    if len(data) > limit:  # it grew while it was read
+        raise UserError(f"{name} is too large (more than {limit / 2**20:,.0f} MiB)")
+    return data
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``value`` nests deeper than ``limit`` lists and objects (walked without recursion).
+
+    Each container is walked once: YAML's aliases can make a small file a structure shared a billion
+    times over ("billion laughs"), and walking every path through it would never end."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen: set[int] = set()
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > limit:
+                return True
+            if id(v) in seen:
+                continue
+            seen.add(id(v))
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def parse_json_bytes(raw: bytes, name: str) -> Any:
+    """JSON from bytes, or one sentence naming ``name`` and why not (not UTF-8, not JSON, nested too deeply)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{name} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+    if not text.strip():
+        raise UserError(f"{name} is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise UserError(f"{name} is nested too deeply to be one of embprof's files") from None
+    if json_depth_exceeds(data):
+        raise UserError(f"{name} is nested too deeply to be one of embprof's files (more than {MAX_JSON_DEPTH} levels)")
+    return data
+
+
+def read_json_file(path: str | Path, what: str, limit: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file embprof reads (a snapshot, a plan, a matrix file): bounded in size and depth, one sentence on any fault."""
+    return parse_json_bytes(read_file_bytes(path, what, limit), f"{what} '{one_line(path)}'")
 
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Fail before any work is done when results could not be saved at the end."""
+    if str(path) == "":
+        raise UserError(f"the {what} path is empty")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} '{one_line(path)}' is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".embprof-probe.", dir=path)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        reason = exc.strerror or exc.__class__.__name__
-        raise UserError(f"{what} '{path}' cannot be written to ({reason.lower()})") from exc
+        raise UserError(f"{what} '{one_line(path)}' cannot be written to ({_reason(exc)})") from exc
     return path
 
 
 def read_lines(source: str) -> list[str]:
     """Non-blank lines of a UTF-8 file, or of standard input for '-'."""
     if source == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        if len(data) > MAX_INPUT_BYTES:
+            raise UserError(f"standard input is too large (more than {MAX_INPUT_BYTES / 2**20:,.0f} MiB)")
         name = "standard input"
     else:
-        path = Path(source).expanduser()
-        if not path.exists():
-            raise UserError(f"input file '{source}' does not exist")
-        if path.is_dir():
-            raise UserError(f"input '{source}' is a folder, not a text file")
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise UserError(f"input file '{source}' cannot be read ({(exc.strerror or '').lower()})") from exc
-        name = f"input file '{source}'"
+        if source == "":
+            raise UserError("the input file name is empty (give a file, or '-' for standard input)")
+        data = read_file_bytes(source, "input file", MAX_INPUT_BYTES)
+        name = f"input file '{one_line(source)}'"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -66,6 +213,35 @@ def read_lines(source: str) -> list[str]:
     if not lines:
         raise UserError(f"{name} has no lines to encode")
     return lines
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder`` for one embprof at a time: a second one is refused in one sentence naming the first.
+
+    An advisory lock (flock) on ``folder/.embprof.lock``: the kernel lets it go when the holder exits
+    however it exits (SIGKILL included), so a crashed run never leaves the folder locked.
+    """
+    import fcntl
+
+    lock_path = folder / ".embprof.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{what} '{one_line(folder)}' cannot be locked ({_reason(exc)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise UserError(f"{what} '{one_line(folder)}' is in use by another embprof"
+                            + (f" (process {holder})" if holder.isdigit() else "")
+                            + "; wait for it to finish, or give another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def cache_dir() -> Path:

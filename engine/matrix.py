@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
 
 from .errors import UserError
-from .files import atomic_write_bytes, ensure_writable_dir
+from .text import one_line
+from .files import MAX_JSON_BYTES, atomic_write_bytes, ensure_writable_dir, folder_lock, json_depth_exceeds, read_file_bytes, read_json_file
 from .matrix_rows import MatrixRow
 from .plan import (
     BUNDLED_MODEL_ID,
@@ -57,6 +58,11 @@ class ServerCell(BaseModel):
     server_model: str | None = None
     api_key_env: str | None = None
     prompts_from: str | None = None
+
+    @field_serializer("url")
+    def _no_credentials(self, url: str) -> str:
+        """The manifest and --print-spec never hold a URL's user:password@ (a plan's URL does not either)."""
+        return strip_credentials(url)
 
 
 class MatrixSpec(BaseModel):
@@ -141,31 +147,36 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
 def load_spec(path: str) -> MatrixSpec:
     """A matrix from a TOML or YAML file (the same fields as ``--print-spec`` writes, axes as lists)."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"matrix file '{path}' does not exist" if not p.exists() else f"matrix file '{path}' is not a file")
-    try:
-        raw = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"matrix file '{path}' cannot be read ({exc.__class__.__name__})") from None
     suffix = p.suffix.lower()
+    if suffix == ".json":
+        data: Any = read_json_file(path, "matrix file")
+        path = one_line(path)
+    else:
+        try:
+            raw = read_file_bytes(path, "matrix file", MAX_JSON_BYTES).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"matrix file '{one_line(path)}' is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+        path = one_line(path)
     try:
         if suffix == ".toml":
             import tomllib
 
-            data: Any = tomllib.loads(raw)
+            data = tomllib.loads(raw)
         elif suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(raw)
+            data = yaml.safe_load(raw)  # safe_load: a YAML tag never constructs an object or runs anything
         elif suffix == ".json":
-            data = json.loads(raw)
+            pass
         else:
             raise UserError(f"matrix file '{path}' must end in .toml, .yaml, .yml or .json")
     except UserError:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise UserError(f"matrix file '{path}' is not valid {suffix.lstrip('.').upper()}: {first}") from None
+        raise UserError(f"matrix file '{path}' is not valid {suffix.lstrip('.').upper()}: {one_line(first)}") from None
+    if json_depth_exceeds(data):
+        raise UserError(f"matrix file '{path}' is nested too deeply to be a matrix")
     if not isinstance(data, dict):
         raise UserError(f"matrix file '{path}' does not hold a matrix (a table of fields)")
     # Files name the axes in the singular or the plural, as the command line's options do.
@@ -429,14 +440,14 @@ class Manifest:
 def read_manifest(folder: Path) -> Manifest:
     path = folder / "matrix.json"
     if not path.is_file():
-        raise UserError(f"'{folder}' is not a matrix folder (no matrix.json in it)")
+        raise UserError(f"'{one_line(folder)}' is not a matrix folder (no matrix.json in it)")
+    data = read_json_file(path, "matrix manifest")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
         spec = MatrixSpec.model_validate(data["spec"])
         cells = [Cell(c["cell_id"], c["label"], c["model_key"], RunPlan.model_validate(c["plan"]), c.get("reference", False), c.get("added"))
                  for c in data["cells"]]
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
-        raise UserError(f"'{path}' is not a matrix manifest this embprof reads ({exc.__class__.__name__})") from None
+        raise UserError(f"'{one_line(path)}' is not a matrix manifest this embprof reads ({exc.__class__.__name__})") from None
     return Manifest(spec, cells, [Dropped(**d) for d in data.get("dropped", [])], list(data.get("notes", [])), dict(data.get("exports", {})))
 
 
@@ -504,8 +515,17 @@ def prewarm(cells: list[Cell]) -> None:
 
 def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
                cancel: Callable[[], bool] = lambda: False) -> Manifest:
-    """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C."""
+    """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C.
+
+    One matrix run at a time per folder: two would run the same cells side by side, each measuring the
+    other's load, and race on the manifest."""
     ensure_writable_dir(folder, "matrix folder")
+    with folder_lock(folder, "matrix folder"):
+        return _run_matrix(spec, folder, listener, retry_failed=retry_failed, cancel=cancel)
+
+
+def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool,
+                cancel: Callable[[], bool]) -> Manifest:
     (folder / "cells").mkdir(exist_ok=True)
     exp = expand(spec, folder)
     previous = read_manifest(folder).exports if (folder / "matrix.json").is_file() else {}
@@ -649,7 +669,12 @@ def row_of(folder: Path, cell: Cell, exports: dict[str, Any], order: int = 0) ->
     crash = crash_path(folder, cell.cell_id)
     if not snap_file.is_file():
         if crash.is_file():
-            data = json.loads(crash.read_text(encoding="utf-8"))
+            try:
+                data = read_json_file(crash, "crash record", 1024 * 1024)
+            except UserError as exc:  # a damaged record: the cell counts as not run, and runs again
+                return MatrixRow(**base, status="incomplete", reason=f"{exc}; runs again next time")
+            if not isinstance(data, dict):
+                data = {"reason": "a crash record that is not an object"}
             return MatrixRow(**base, status="oom" if data.get("oom") else "failed", reason=str(data.get("reason")))
         return MatrixRow(**base, status="pending")
     try:

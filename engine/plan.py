@@ -13,15 +13,13 @@ the environment variable the plan names).
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from .errors import UserError
+from .text import one_line
 
 PLAN_VERSION: Literal[1] = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -34,6 +32,75 @@ INT_AXES = ("lines", "batch", "tokens", "threads", "truncate_dim", "max_seq_leng
 AXES = ("device", "dtype", "truncate_dim", "max_seq_length", "threads", "batch", "tokens", "lines")  # outermost first
 OOM_AXES = ("batch", "tokens")
 MAX_LOAD_WORKERS = 512
+
+# The bounds of every numeric setting. A plan comes from the command line (whose converters in
+# embprof.tui.options keep the same numbers and refuse in the same words, before the plan is built) and
+# from files (a plan, a snapshot, a matrix spec), where JSON's NaN and Infinity and any size of number
+# can appear. Each upper bound is far past real use and low enough that nothing later overflows.
+MAX_DIMENSIONS = 65_536
+MAX_BATCH = 65_536
+MAX_PID = 2_147_483_647
+MAX_SECONDS = 86_400.0
+MAX_DURATION = 604_800.0
+TIMEOUT_S = (0.001, MAX_SECONDS)
+MAX_ERRORS = (0, 1_000_000)
+SERVER_PID = (1, MAX_PID)
+TRUNCATE_DIM = (1, MAX_DIMENSIONS)
+LOOPS = (1, 100_000)
+CELL_LOOPS = (2, 100_000)
+BATCH_SIZE = (1, MAX_BATCH)
+WARMUPS = (0, 10_000)
+REPEATS = (1, 100_000)
+TARGET_CI = (0.01, 99.0)
+BUDGET_S = (0.01, MAX_SECONDS)
+RAM_CEILING_MIB = (1.0, 16_777_216.0)
+REQUESTS = (1, 100_000_000)
+DURATION_S = (0.01, MAX_DURATION)
+CONCURRENCY = (1, MAX_LOAD_WORKERS)
+RATE = (0.001, 100_000.0)
+TOP_K = (1, 10_000)
+ENERGY_WINDOW_S = (0.001, 3_600.0)
+SAMPLE_HZ = (1.0, 100.0)
+MAX_REPEATS = (1, 100_000)  # no option sets it; a plan file can
+# A sweep axis's values: lines and tokens build texts in memory, threads and batch size a pool and a batch.
+INT_AXIS_MOST = {"lines": 1_000_000, "batch": MAX_BATCH, "tokens": 1_048_576, "threads": 4_096, "truncate_dim": MAX_DIMENSIONS,
+                 "max_seq_length": 1_048_576}
+_SHOWN_CHARS = 40
+
+
+def _shown(value: object) -> str:
+    """A refused value in a sentence: on one line, and cut short (a pasted file is not echoed whole)."""
+    text = one_line(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
+
+
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def check_count(value: int | None, bounds: tuple[int, int], option: str) -> None:
+    """A whole-number setting inside its bounds, or the one sentence the command line would say."""
+    least, most = bounds
+    if value is None:
+        return
+    if value < least:
+        raise UserError(f"{option} must be at least {least}, not {_shown(value)}")
+    if value > most:
+        raise UserError(f"{option} must be at most {most}, not {_shown(value)}")
+
+
+def check_number(value: float | None, bounds: tuple[float, float], option: str, unit: str) -> None:
+    """A finite number inside its bounds, or the one sentence the command line would say."""
+    least, most = bounds
+    # NaN fails both comparisons; ±inf fails one, since both bounds are finite.
+    if value is not None and not least <= value <= most:
+        raise UserError(f"{option} must be a positive number between {_bound(least)} and {_bound(most)} {unit}, not {_shown(value)}")
+
+
+def check_text(value: str | None, option: str, hint: str = "") -> None:
+    """An empty string names no file, folder, model, server or prompt."""
+    if value is not None and not value.strip():
+        raise UserError(f"{option} cannot be empty" + (f": {hint}" if hint else ""))
 
 
 def strip_credentials(url: str) -> str:
@@ -70,9 +137,9 @@ class LocalTarget(_Plan):
     def _check(self) -> LocalTarget:
         base = self.device.split(":", 1)[0]
         if base not in DEVICES or (":" in self.device and (base != "cuda" or not self.device.split(":", 1)[1].isdigit())):
-            raise UserError(f"unknown device '{self.device}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
-        if self.truncate_dim is not None and self.truncate_dim <= 0:
-            raise UserError(f"--truncate-dim must be a positive number of dimensions, not {self.truncate_dim}")
+            raise UserError(f"unknown device '{_shown(self.device)}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
+        check_text(self.model, "--model", "leave the option out for the bundled model")
+        check_count(self.truncate_dim, TRUNCATE_DIM, "--truncate-dim")
         why = backend_refusal(self.backend, self.device, self.dtype, self.quantize)
         if why:
             raise UserError(why)
@@ -121,11 +188,13 @@ class ServerTarget(_Plan):
     def _check(self) -> ServerTarget:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--server takes an http:// or https:// URL, not '{strip_credentials(self.url)}'")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise UserError(f"--timeout must be a positive number of seconds, not {self.timeout_s}")
-        if self.max_errors < 0:
-            raise UserError(f"--max-errors cannot be negative ({self.max_errors})")
+            raise UserError(f"--server takes an http:// or https:// URL, not '{_shown(strip_credentials(self.url))}'")
+        check_number(self.timeout_s, TIMEOUT_S, "--timeout", "seconds")
+        check_count(self.max_errors, MAX_ERRORS, "--max-errors")
+        check_count(self.server_pid, SERVER_PID, "--server-pid")
+        for value, option in ((self.server_model, "--server-model"), (self.prompts_from, "--prompts-from"),
+                              (self.api_key_env, "--api-key-env")):
+            check_text(value, option)
         return self
 
     @field_serializer("url")
@@ -141,16 +210,6 @@ TargetPlan = Annotated[Union[LocalTarget, ServerTarget], Field(discriminator="ki
 
 
 # -- workloads ----------------------------------------------------------------------------------------
-def _at_least(value: int | None, least: int, option: str) -> None:
-    if value is not None and value < least:
-        raise UserError(f"{option} must be at least {least}, not {value}")
-
-
-def _positive(value: float | None, option: str, unit: str) -> None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise UserError(f"{option} must be a positive number of {unit}, not {value}")
-
-
 class EncodePlan(_Plan):
     name: Literal["encode"] = "encode"
     input: str | None = None  # a file; None: the built-in sample corpus (or `texts`)
@@ -166,10 +225,13 @@ class EncodePlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> EncodePlan:
-        _at_least(self.batch_size, 1, "--batch-size")
-        _at_least(self.repeats, 1, "--repeats")
-        if self.warmups < 0:
-            raise UserError(f"--warmups cannot be negative ({self.warmups})")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_count(self.repeats, REPEATS, "--repeats")
+        check_count(self.warmups, WARMUPS, "--warmups")
+        # An empty --prompt is meaningful (no prompt at all, not even the model's default); the names are not.
+        for value, option in ((self.input, "--input"), (self.prompt_name, "--prompt-name"), (self.compare_model, "--compare-model"),
+                              (self.vs, "--vs")):
+            check_text(value, option)
         if self.prompt is not None and self.prompt_name is not None:
             raise UserError("give either --prompt-name or --prompt, not both")
         if self.input is not None and self.texts is not None:
@@ -190,8 +252,10 @@ class SpeedPlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> SpeedPlan:
-        _at_least(self.loops, 1, "--loops")
-        _at_least(self.batch_size, 1, "--batch-size")
+        check_count(self.loops, LOOPS, "--loops")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_text(self.text, "--text")
+        check_text(self.vs, "--vs")
         if self.vs is not None and self.loops < 2:
             raise UserError(f"--vs needs at least 2 pairs, not {self.loops}")
         return self
@@ -211,8 +275,11 @@ class SimilarityPlan(_Plan):
         if bool(self.queries) != bool(self.docs):
             raise UserError("give both --query and --docs, or neither for the built-in example")
         if any(not q.strip() for q in self.queries):
-            raise UserError("a --query is empty")
-        _at_least(self.batch_size, 1, "--batch-size")
+            raise UserError("--query cannot be empty")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        for value, option in ((self.docs, "--docs"), (self.prompt_name, "--prompt-name"), (self.query_prompt_name, "--query-prompt-name"),
+                              (self.doc_prompt_name, "--doc-prompt-name")):
+            check_text(value, option)
         return self
 
 
@@ -238,10 +305,13 @@ class SweepPlan(_Plan):
         check_axes(self.axes)
         if "batch" in self.axes and self.batch_size is not None:
             raise UserError("batch is both an axis and --batch-size: give one of them")
-        _at_least(self.batch_size, 1, "--batch-size")
-        if not (math.isfinite(self.target_ci_percent) and 0 < self.target_ci_percent < 100):
-            raise UserError(f"--target-ci is a percentage of the median between 0 and 100 (2 is ±2 %), not {self.target_ci_percent}")
-        _positive(self.budget_s, "--budget", "seconds per point")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_count(self.warmups, WARMUPS, "--warmups")
+        check_number(self.target_ci_percent, TARGET_CI, "--target-ci", "percent")
+        check_number(self.budget_s, BUDGET_S, "--budget", "seconds per point")
+        check_count(self.max_repeats, MAX_REPEATS, "max_repeats")
+        check_text(self.input, "--input")
+        check_text(self.prompt_name, "--prompt-name")
         if self.until_oom:
             grow = [a for a in OOM_AXES if a in self.axes]
             if len(grow) != 1:
@@ -251,7 +321,7 @@ class SweepPlan(_Plan):
         if self.ram_ceiling_mib is not None:
             if not self.until_oom:
                 raise UserError("--ram-ceiling goes with --until-oom")
-            _positive(self.ram_ceiling_mib, "--ram-ceiling", "MiB")
+            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, "--ram-ceiling", "MiB")
         return self
 
     @property
@@ -286,15 +356,15 @@ class LoadPlan(_Plan):
     def _check(self) -> LoadPlan:
         if self.requests is not None and self.duration_s is not None:
             raise UserError("give --requests or --duration, not both")
-        _at_least(self.requests, 1, "--requests")
-        _positive(self.duration_s, "--duration", "seconds")
+        check_count(self.requests, REQUESTS, "--requests")
+        check_number(self.duration_s, DURATION_S, "--duration", "seconds")
         if self.concurrency is not None and self.rate is not None:
             raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
-        if self.concurrency is not None and not 1 <= self.concurrency <= MAX_LOAD_WORKERS:
-            raise UserError(f"--concurrency must be between 1 and {MAX_LOAD_WORKERS}, not {self.concurrency}")
-        _positive(self.rate, "--rate", "requests per second")
-        if self.batch < 1:
-            raise UserError(f"--batch must be at least 1 text per request, not {self.batch}")
+        check_count(self.concurrency, CONCURRENCY, "--concurrency")
+        check_number(self.rate, RATE, "--rate", "requests per second")
+        check_count(self.batch, BATCH_SIZE, "--batch")
+        check_text(self.input, "--input")
+        check_text(self.prompt_name, "--prompt-name")
         return self
 
 
@@ -313,11 +383,14 @@ class MtebPlan(_Plan):
             raise UserError("no task given: name one or more with -t TASK (e.g. -t STS16 -t Banking77Classification)")
         seen: set[str] = set()
         for name in self.tasks:
+            check_text(name, "--task")
             if name in seen:
-                raise UserError(f"task '{name}' is named twice")
+                raise UserError(f"task '{_shown(name)}' is named twice")
             seen.add(name)
-        _at_least(self.batch_size, 1, "--batch-size")
-        _at_least(self.loops, 1, "--loops")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_count(self.loops, LOOPS, "--loops")
+        for value, option in ((self.data_dir, "--data-dir"), (self.results_dir, "--results-dir"), (self.text, "--text")):
+            check_text(value, option)
         return self
 
 
@@ -345,10 +418,10 @@ class CellPlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> CellPlan:
-        _at_least(self.loops, 2, "--loops")
-        _at_least(self.batch_size, 1, "--batch-size")
-        _at_least(self.top_k, 1, "--top-k")
-        _positive(self.energy_min_window_s, "--energy-window", "seconds")
+        check_count(self.loops, CELL_LOOPS, "--loops")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_count(self.top_k, TOP_K, "--top-k")
+        check_number(self.energy_min_window_s, ENERGY_WINDOW_S, "--energy-window", "seconds")
         if self.cost == "encode" and not self.input:
             raise UserError("--cost-workload encode needs a file of lines: encode:FILE")
         if self.reference is not None and self.write_reference is not None:
@@ -368,8 +441,7 @@ class Recording(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> Recording:
-        if not (math.isfinite(self.sample_hz) and 1.0 <= self.sample_hz <= 100.0):
-            raise UserError(f"sample rate must be between 1 and 100 Hz, not {self.sample_hz:g}")
+        check_number(self.sample_hz, SAMPLE_HZ, "--sample-hz", "Hz")
         return self
 
 
@@ -415,9 +487,9 @@ def parse_axes(specs: list[str]) -> dict[str, tuple[AxisValue, ...]]:
         name, sep, raw = spec.partition("=")
         name = name.strip().replace("-", "_")
         if not sep:
-            raise UserError(f"axis '{spec}' needs values: NAME=V1,V2,… (e.g. lines=25,50,100)")
+            raise UserError(f"axis '{_shown(spec)}' needs values: NAME=V1,V2,… (e.g. lines=25,50,100)")
         if name not in AXES:
-            raise UserError(f"unknown axis '{name}': use one of {', '.join(sorted(AXES))}")
+            raise UserError(f"unknown axis '{_shown(name)}': use one of {', '.join(sorted(AXES))}")
         if name in axes:
             raise UserError(f"axis '{name}' is given twice")
         values: list[AxisValue] = []
@@ -428,7 +500,7 @@ def parse_axes(specs: list[str]) -> dict[str, tuple[AxisValue, ...]]:
                 try:
                     values.append(int(v))
                 except ValueError:
-                    raise UserError(f"axis '{name}' takes whole numbers, not '{v}'") from None
+                    raise UserError(f"axis '{name}' takes whole numbers, not '{_shown(v)}'") from None
             else:
                 values.append(v)
         axes[name] = tuple(values)
@@ -441,20 +513,22 @@ def check_axes(axes: dict[str, tuple[AxisValue, ...]]) -> None:
         raise UserError("a sweep needs at least one axis: --axis NAME=V1,V2,… (e.g. --axis lines=25,50,100,200)")
     for name, values in axes.items():
         if name not in AXES:
-            raise UserError(f"unknown axis '{name}': use one of {', '.join(sorted(AXES))}")
+            raise UserError(f"unknown axis '{_shown(name)}': use one of {', '.join(sorted(AXES))}")
         if not values:
             raise UserError(f"axis '{name}' has no values")
         for v in values:
             if name in INT_AXES:
                 if not isinstance(v, int) or isinstance(v, bool):
-                    raise UserError(f"axis '{name}' takes whole numbers, not '{v}'")
+                    raise UserError(f"axis '{name}' takes whole numbers, not '{_shown(v)}'")
                 if v < 1:
-                    raise UserError(f"axis '{name}' takes numbers of at least 1, not {v}")
+                    raise UserError(f"axis '{name}' takes numbers of at least 1, not {_shown(v)}")
+                if v > INT_AXIS_MOST[name]:
+                    raise UserError(f"axis '{name}' takes numbers of at most {INT_AXIS_MOST[name]}, not {_shown(v)}")
             elif name == "device":
                 if not isinstance(v, str) or v.split(":", 1)[0] not in DEVICES or v == "auto":
-                    raise UserError(f"axis 'device' takes cpu, cuda, cuda:N or mps, not '{v}'")
+                    raise UserError(f"axis 'device' takes cpu, cuda, cuda:N or mps, not '{_shown(v)}'")
             elif v not in DTYPES:
-                raise UserError(f"axis 'dtype' takes {', '.join(DTYPES)}, not '{v}'")
+                raise UserError(f"axis 'dtype' takes {', '.join(DTYPES)}, not '{_shown(v)}'")
         if len(set(values)) != len(values):
             raise UserError(f"axis '{name}' repeats a value")
 
@@ -467,7 +541,7 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
     get = o.get
     workload = get("workload") or "encode"
     if workload not in WORKLOADS:
-        raise UserError(f"unknown workload '{workload}': use one of {', '.join(WORKLOADS)}")
+        raise UserError(f"unknown workload '{_shown(workload)}': use one of {', '.join(WORKLOADS)}")
     target: dict[str, Any]
     if get("server"):
         if get("model"):
@@ -526,19 +600,16 @@ def validate_plan(data: Any, where: str = "") -> RunPlan:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith("function-"))
         prefix = f"{where}: " if where else ""
-        raise UserError(f"{prefix}plan field '{loc}': {first.get('msg', 'invalid')}") from None
+        # A field name from a file is outside text: an unknown key is shown escaped, as any other.
+        raise UserError(f"{prefix}plan field '{_shown(loc)}': {one_line(first.get('msg', 'invalid'))}") from None
 
 
 def load_plan(path: str) -> RunPlan:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"plan file '{path}' does not exist" if not p.exists() else f"plan '{path}' is not a file")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"plan file '{path}' is not valid JSON ({exc.__class__.__name__})") from None
-    except OSError as exc:
-        raise UserError(f"plan file '{path}' cannot be read ({(exc.strerror or '').lower()})") from None
+    from .files import read_json_file
+    from .text import one_line
+
+    data = read_json_file(path, "plan file")
+    path = one_line(path)
     if not isinstance(data, dict):
         raise UserError(f"plan file '{path}' does not hold a plan (a JSON object)")
     if data.get("plan_version", PLAN_VERSION) != PLAN_VERSION:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .errors import UserError
+from .text import one_line, printable
 from .events import (
     BatchTimed,
     EncodeTimed,
@@ -686,16 +687,23 @@ def to_markdown(snap: Snapshot, images: list[str] | None = None) -> str:
     return tables_markdown(title, summary_tables(snap), images)
 
 
+# Markdown and CSV are read in terminals (`cat report.md`, a CSV piped to `column`) as much as in
+# editors: their text has its control characters escaped (text.printable), as on the console; a
+# Markdown cell is one line. The JSON export is the snapshot itself, where JSON's own escapes keep every byte.
+def _md_cell(value: Any) -> str:
+    return printable(fmt(value)).replace("|", "\\|").replace("\n", " ")
+
+
 def tables_markdown(title: str, tables: list[Table], images: list[str] | None = None) -> str:
-    lines = [title, ""]
+    lines = [one_line(title), ""]
     for image in images or []:
         lines += [f"![{image}]({image})", ""]
     for table in tables:
-        lines += [f"## {table.title}", ""]
-        lines.append("| " + " | ".join(table.columns) + " |")
+        lines += [f"## {one_line(table.title)}", ""]
+        lines.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
         lines.append("|" + "|".join("---" for _ in table.columns) + "|")
         for row in table.rows:
-            lines.append("| " + " | ".join(fmt(c).replace("|", "\\|").replace("\n", " ") for c in row) + " |")
+            lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
         lines.append("")
     return "\n".join(lines)
 
@@ -703,9 +711,9 @@ def tables_markdown(title: str, tables: list[Table], images: list[str] | None = 
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(table.columns)
+    writer.writerow([printable(c) for c in table.columns])
     for row in table.rows:
-        writer.writerow(["" if c is None or isinstance(c, NA) else c for c in row])
+        writer.writerow(["" if c is None or isinstance(c, NA) else printable(c) if isinstance(c, str) else c for c in row])
     return buf.getvalue()
 
 

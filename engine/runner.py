@@ -67,6 +67,7 @@ class Runner:
             self.bus.subscribe(sub)
         self.run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
         self.cancel_event = threading.Event()
+        self.cancel_reason = "the user"
         self.status: RunStatus | None = None
         self.error: ErrorEvent | None = None
         self._nvml = nvml
@@ -78,7 +79,10 @@ class Runner:
         self._thread = threading.Thread(target=self.run, name="embprof-runner", daemon=True)
         self._thread.start()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "the user") -> None:
+        """Stop at the next batch boundary; ``reason`` (who stopped it: "the user", "SIGTERM") goes into the snapshot."""
+        if not self.cancel_event.is_set():
+            self.cancel_reason = reason
         self.cancel_event.set()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -141,7 +145,7 @@ class Runner:
             self.workload.run(ctx, self.target)
         except RunCancelled:
             status = "incomplete"
-            self._error(ctx, "cancelled", "stopped by the user; what was measured until then is kept")
+            self._error(ctx, "cancelled", f"stopped by {self.cancel_reason}; what was measured until then is kept")
         except UserError as exc:
             status = "failed"
             self._error(ctx, "input", str(exc))

@@ -7,8 +7,8 @@ Version-1 files (before the run plan and typed results) are migrated on read (``
 
 from __future__ import annotations
 
-import json
 import re
+import tempfile
 import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,9 +16,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .environment import library_version
-from .errors import UserError
+from .errors import OutputError, UserError
 from .events import Event, Note, Result, RunFinished, RunStarted, RunStatus
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, read_json_file
+from .text import one_line
 from .fold import RunState, Summary
 from .plan import RunPlan
 from .results import TargetFacts
@@ -194,19 +195,33 @@ def save(snapshot: Snapshot, directory: Path) -> Path:
     return path
 
 
+def save_or_keep(snapshot: Snapshot, directory: Path) -> tuple[Path, str | None]:
+    """``save``, and when that cannot complete (a full disk, a file-size limit, a folder made read-only
+    during the run), save to the temporary folder instead: the run's measurements are never dropped
+    silently. Returns the path and, when it is not in ``directory``, the sentence that says why.
+    Raises ``OutputError`` naming both failures when neither place could take it."""
+    try:
+        return save(snapshot, directory), None
+    except OutputError as first:
+        fallback = Path(tempfile.gettempdir()) / "embprof-unsaved"
+        try:
+            path = save(snapshot, fallback)
+        except OutputError as second:
+            raise OutputError(f"{first}; the snapshot could not be kept elsewhere either ({second}): "
+                              "its figures are only in the tables above", first.path) from None
+        return path, f"{first}; the snapshot was saved to '{one_line(path)}' instead"
+
+
 def to_json(snapshot: Snapshot) -> str:
     return snapshot.model_dump_json(indent=1) + "\n"
 
 
 def load(path: str | Path) -> Snapshot:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"snapshot '{path}' does not exist")
-    try:
-        raw = p.read_bytes()
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"'{path}' is not a snapshot: it is not valid JSON ({exc.__class__.__name__})") from exc
+    """A snapshot file, validated, or one sentence why not: nothing in the file is ever executed (it is
+    JSON read into pydantic models), and a file that is too large, too deep, of another schema or
+    damaged is refused whole rather than half-read."""
+    data = read_json_file(path, "snapshot")
+    path = one_line(path)
     if not isinstance(data, dict) or data.get("tool") != "embprof":
         raise UserError(f"'{path}' is not an embprof snapshot")
     version = data.get("schema_version")
@@ -218,7 +233,7 @@ def load(path: str | Path) -> Snapshot:
         except KeyError as exc:
             raise UserError(f"snapshot '{path}' is damaged: its schema-1 field {exc} is missing") from None
         except (AttributeError, TypeError, ValueError) as exc:
-            raise UserError(f"snapshot '{path}' is damaged: {str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}") from None
+            raise UserError(f"snapshot '{path}' is damaged: {one_line(str(exc).splitlines()[0]) if str(exc) else exc.__class__.__name__}") from None
     elif version != SCHEMA_VERSION:
         raise UserError(
             f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 and {SCHEMA_VERSION}"
@@ -228,7 +243,7 @@ def load(path: str | Path) -> Snapshot:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))
-        raise UserError(f"snapshot '{path}' is damaged: {where}: {first.get('msg', 'invalid')}") from exc
+        raise UserError(f"snapshot '{path}' is damaged: {one_line(where)}: {one_line(first.get('msg', 'invalid'))}") from None
 
 
 def json_schema() -> dict[str, Any]:

@@ -16,6 +16,7 @@ import numpy as np
 from .context import RunContext
 from .errors import UserError
 from .events import BatchTimed, EncodeTimed
+from .text import one_line
 from .plan import BUNDLED_MODEL_ID, DEVICES, DTYPES, EncodeMode, LocalTarget
 from .results import TargetFacts
 
@@ -103,10 +104,12 @@ class Target(Protocol):
 
 
 def check_prompt_name(name: str, prompts: dict[str, str], whose: str = "this model's") -> None:
-    """The one check of a prompt name against the prompts a target knows."""
+    """The one check of a prompt name against the prompts a target knows; the refusal names them all."""
     if name not in prompts:
-        known = ", ".join(sorted(prompts)) or "none"
-        raise UserError(f"unknown prompt name '{name}': {whose} prompts are {known}")
+        if not prompts:
+            raise UserError(f"unknown prompt name '{one_line(name)}': {whose} prompts are none (see embprof prompts)")
+        known = ", ".join(one_line(n) for n in sorted(prompts))
+        raise UserError(f"unknown prompt name '{one_line(name)}': {whose} prompts are {known}")
 
 
 def default_prompt_name(prompts: dict[str, str], mode: EncodeMode, plain: str | None = None) -> str | None:
@@ -130,7 +133,41 @@ def resolve_prompt_text(prompts: dict[str, str], name: str | None, prompt: str |
 
 def declared_prompts_of(model: str | None) -> dict[str, str] | None:
     """A model's prompts as its folder declares them, read without importing torch; None if unknown."""
-    return SentenceTransformerTarget(LocalTarget(model=model)).declared_prompts()
+    return SentenceTransformerTarget(LocalTarget(model=model)).folder_prompts()
+
+
+def prompts_added_at_load() -> dict[str, str]:
+    """The prompts sentence-transformers gives a model it loads, whatever the folder declares.
+
+    Since version 6 a SentenceTransformer starts with empty "query" and "document" prompts, filled
+    from the folder's config when it has them: `embprof prompts` lists both for every model, and
+    --prompt-name query must be accepted before loading as it is after. The version is read from
+    the package's metadata, since importing sentence-transformers would import torch.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("sentence-transformers").split(".", 1)[0])
+    except (PackageNotFoundError, ValueError):
+        return {}
+    return {"query": "", "document": ""} if major >= 6 else {}
+
+
+# What a Hub id may be, said when a name is neither an id nor an existing folder (huggingface_hub's own
+# refusal is a traceback that repeats the name raw).
+HUB_ID_RULE = "NAME or ORG/NAME of letters, digits, '-', '_' and '.', at most 96 characters each, without '--' or '..'"
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` is a well-formed Hugging Face Hub model id (it may still not exist)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
 
 
 def _resolve_hub_model(model_id: str) -> bool:
@@ -210,6 +247,16 @@ class SentenceTransformerTarget:
             self._resolve_location()
 
     def declared_prompts(self) -> dict[str, str] | None:
+        """The prompts the model will have once loaded, read without importing torch; None if unknown yet.
+
+        The folder's own, and for the torch backend the ones sentence-transformers adds as it loads
+        (the check of --prompt-name before loading must agree with the loaded model's prompts)."""
+        declared = self.folder_prompts()
+        if declared is None or self.spec.backend != "torch":
+            return declared
+        return {**prompts_added_at_load(), **declared}
+
+    def folder_prompts(self) -> dict[str, str] | None:
         """The prompts the model folder declares, read without importing torch; None if unknown yet."""
         self.resolve()
         folder = Path(self.location)
@@ -235,16 +282,25 @@ class SentenceTransformerTarget:
         if name is None:
             self.location = bundled_model_dir()
             return
-        path = Path(name).expanduser()
-        if path.exists():
+        shown = one_line(name)
+        try:
+            path = Path(name).expanduser()
+            exists = path.exists()
+        except RuntimeError:  # ~user of no such user: no home to expand to
+            raise UserError(f"model folder '{shown}' does not exist (no such user's home folder)") from None
+        except (OSError, ValueError):  # a name too long for the file system, or one with a NUL in it
+            exists = False
+        if exists:
             if not path.is_dir():
-                raise UserError(f"model '{name}' is a file, not a model folder")
+                raise UserError(f"model '{shown}' is a file, not a model folder")
             if not any((path / f).exists() for f in ("modules.json", "config.json", "config_sentence_transformers.json")):
-                raise UserError(f"folder '{name}' is not a model folder (no modules.json or config.json in it)")
+                raise UserError(f"folder '{shown}' is not a model folder (no modules.json or config.json in it)")
             self.location = str(path)
             return
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
-            raise UserError(f"model folder '{name}' does not exist")
+            raise UserError(f"model folder '{shown}' does not exist")
+        if not is_hub_id(name):
+            raise UserError(f"model '{shown}' is neither a folder here nor a Hugging Face Hub id ({HUB_ID_RULE})")
         self.location = name
         self._local_only = _resolve_hub_model(name)
 
@@ -277,8 +333,29 @@ class SentenceTransformerTarget:
             try:
                 self.model = sentence_transformers.SentenceTransformer(self.location, **kwargs)
             except (OSError, ValueError) as exc:
-                raise UserError(f"could not load model '{self.spec.display_name}': {_first_line(exc)}") from exc
+                why = one_line(_first_line(exc))
+                if "custom code" in why and not self.spec.trust_remote_code:
+                    # transformers refused to run the folder's own code: say how to allow it, and that it is off on purpose.
+                    why = why.split(" You can inspect")[0] + " (embprof runs a model's own code only with --trust-remote-code)"
+                raise UserError(f"could not load model '{one_line(self.spec.display_name)}': {why}") from exc
+        self._check_truncate_dim()
         self._install_hooks()
+
+    def _check_truncate_dim(self) -> None:
+        """Refuse a --truncate-dim wider than the model: sentence-transformers would keep every dimension
+        and say nothing, and the run would be labelled with a width its vectors do not have."""
+        wanted = self.spec.truncate_dim
+        if wanted is None:
+            return
+        saved = self.model.truncate_dim
+        self.model.truncate_dim = None  # the model's own width, not the truncated one
+        try:
+            full = _embedding_dimension(self.model)
+        finally:
+            self.model.truncate_dim = saved
+        if full is not None and wanted > full:
+            raise UserError(f"--truncate-dim {wanted} is more than the {full} dimensions of model "
+                            f"'{one_line(self.spec.display_name)}': give at most {full}")
 
     def _resolve_device(self) -> str:
         torch = self._torch
@@ -370,9 +447,7 @@ class SentenceTransformerTarget:
         }
         if self.model is not None:
             facts["max_seq_length"] = self.max_seq_length
-            facts["embedding_dim"] = self.model.get_embedding_dimension() if hasattr(
-                self.model, "get_embedding_dimension"
-            ) else self.model.get_sentence_embedding_dimension()
+            facts["embedding_dim"] = _embedding_dimension(self.model)
             facts["parameters"] = int(sum(p.numel() for p in self.model.parameters()))
             facts["similarity_fn"] = str(self.model.similarity_fn_name)
             facts["prompt_names"] = tuple(sorted(self.prompts))
@@ -524,6 +599,13 @@ def model_disk_bytes(location: str) -> int | None:
     safetensors = [f for f in files if f.suffix == ".safetensors" and "onnx" not in f.parts and "openvino" not in f.parts]
     chosen = safetensors or [f for f in files if f.suffix in (".bin", ".pt", ".pth")]
     return sum(f.stat().st_size for f in chosen) if chosen else None
+
+
+def _embedding_dimension(model: Any) -> int | None:
+    """The width of a loaded model's vectors (truncated, when the model truncates)."""
+    if hasattr(model, "get_embedding_dimension"):  # sentence-transformers 6; 5 has only the older name
+        return model.get_embedding_dimension()
+    return model.get_sentence_embedding_dimension()
 
 
 def _first_line(exc: BaseException) -> str:

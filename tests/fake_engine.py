@@ -250,7 +250,7 @@ class FakeRunner:
         finally:
             self._done.set()
 
-    def cancel(self) -> None:
+    def cancel(self, reason: str = "the user") -> None:
         self.cancelled.set()
 
     def wait(self, timeout: float | None = None) -> bool:

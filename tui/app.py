@@ -20,8 +20,10 @@ from typing import Any, ClassVar, Protocol
 from embprof.engine.errors import UserError
 from embprof.engine.events import ErrorEvent, RunFinished, Subscriber
 from embprof.engine.plan import RunPlan
+from embprof.engine.text import clean, one_line, printable
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
+from textual.notifications import SeverityLevel
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
 from textual.screen import Screen
@@ -67,9 +69,15 @@ WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
 DRAIN_S = 0.25
 
 
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 class RunnerLike(Protocol):
     def run(self) -> None: ...
-    def cancel(self) -> None: ...
+    def cancel(self, reason: str = ...) -> None: ...
     def wait(self, timeout: float | None = None) -> bool: ...
     @property
     def finished(self) -> bool: ...
@@ -121,6 +129,7 @@ class EmbprofApp(App[None]):
         # the run for the CPU; a profiler's UI has no use for them.
         self.animation_level = "none"
         self.save_snapshots = save_snapshots
+        self.stopped_by: int | None = None  # the stop signal that ended the dashboard, for the exit status
         self.cursor_blink = cursor_blink  # off in snapshot tests: a blinking cursor is not reproducible
         self.plan = plan or RunPlan()  # the form's starting point, and "run again" before any run
         self.autostart = autostart
@@ -155,6 +164,7 @@ class EmbprofApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self._take_stop_signals()
         # References held, not queried on every tick: a timer can fire while the DOM is torn down.
         self._status = self.query_one(StatusBar)
         self._panels = {pid: self.query_one(f"#{pid}", Panel) for pid, _ in PANELS}
@@ -389,7 +399,7 @@ class EmbprofApp(App[None]):
                 self.post_message(SnapshotOpened(str(path), None, str(exc)))
                 return
             view = RunView(key=key, source="snapshot", plan=snap.plan, plan_note=snap.plan_note, snapshot_path=str(path))
-            view.apply_all(snap.events)
+            view.apply_all([clean(e) for e in snap.events])  # a snapshot's fields are data: no control character reaches the screen
             self.post_message(SnapshotOpened(str(path), view, None))
 
         self.run_worker(read, thread=True, exit_on_error=False, group="files", name=f"open {path.name}")
@@ -442,7 +452,7 @@ class EmbprofApp(App[None]):
             from embprof.engine.snapshot import load
 
             try:
-                snaps = [load(p) for p in marked]
+                snaps = [clean(load(p)) for p in marked]
                 names = [Path(p).stem for p in marked]
                 self.post_message(CompareReady(compare_tables(snaps, names), snaps, names, None))
             except UserError as exc:
@@ -535,14 +545,41 @@ class EmbprofApp(App[None]):
         else:
             self.notify(message.error or "not written", severity="error")
 
+    def notify(self, message: str, *, title: str = "", severity: SeverityLevel = "information", timeout: float | None = None,
+               markup: bool = False) -> None:
+        """Every notification is plain text with control characters escaped: most carry text from outside
+        (an error a server sent, a file or model name), where a '[' is not markup and an ESC is not a command."""
+        super().notify(printable(message), title=one_line(title), severity=severity, timeout=timeout, markup=markup)
+
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def _take_stop_signals(self) -> None:
+        """SIGTERM (a scheduler, `kill`) and SIGHUP (the terminal or ssh session closed) quit as q does: the
+        run stops at its next batch boundary and its snapshot keeps what was measured. The handlers are
+        the event loop's, so they run on the UI thread between messages, never inside a redraw."""
+        from . import shutdown
+
+        loop = asyncio.get_running_loop()
+        for sig in shutdown.SIGNALS:
+            if sig == shutdown.signal.SIGINT:
+                continue  # in the raw terminal ctrl+c is a key (bound to quit); a SIGINT from outside stays Python's
+            try:
+                loop.add_signal_handler(sig, self._stop_signal, int(sig))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app), or no signals here
+                return
+
+    def _stop_signal(self, signum: int) -> None:
+        first = self.stopped_by is None
+        self.stopped_by = signum
+        if first:
+            self.call_later(self.action_quit)
 
     async def action_quit(self) -> None:
         runner = self.runner
         if runner is not None and not runner.finished:
             self.notify("stopping the run before quitting…")
-            runner.cancel()
+            runner.cancel(signal_name(self.stopped_by) if self.stopped_by is not None else "the user")
             while not runner.wait(0):  # polled, so no executor thread outlives the app
                 await asyncio.sleep(0.05)
         await self.workers.wait_for_complete()

@@ -7,17 +7,26 @@ engine is imported only by the command that needs it.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from embprof.engine.plan import RunPlan
 
+# Exit status (docs/reliability.md): 0 done; 1 the run failed (its snapshot is saved and says why); 2 bad
+# input, nothing was run; 3 a file could not be written (a full disk, a read-only folder), the message
+# says where the run's snapshot went instead; 70 an internal error; 128 + N stopped by signal N (130
+# Ctrl-C, 143 SIGTERM, 129 SIGHUP), the snapshot keeping what was measured.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INPUT = 2
+EXIT_OUTPUT = 3
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
 MAIN_EXAMPLES = """\
@@ -99,39 +108,66 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         super().__init__(prog, max_help_position=32, width=100)
 
 
-def _positive_hz(value: str) -> float:
-    try:
-        hz = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number of samples per second") from None
-    if not 1.0 <= hz <= 100.0:
-        raise argparse.ArgumentTypeError(f"sample rate must be between 1 and 100 Hz, not {value}")
-    return hz
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, its errors one line each: ``embprof: error: <what> (see <prog> --help)``, exit 2.
+
+    A usage block above the error pushes the sentence that matters off a small terminal and breaks
+    scripts that read the last line; the usage is one ``--help`` away. Subparsers are made of this
+    class too (argparse gives them the class of their parent)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT, f"embprof: error: {_one_sentence(message)} (see {self.prog} --help)\n")
+
+
+# The phrases the converters in .options start with: they read on from the option's name.
+_VERB_PHRASES = ("must ", "takes ", "cannot ")
+
+
+def _one_sentence(message: str) -> str:
+    """argparse's "argument -m/--model: cannot be empty" as "--model cannot be empty"; outside text escaped."""
+    from embprof.engine.text import one_line
+
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith("argument ") and " " not in head[len("argument "):]:
+        name = head[len("argument "):].split("/")[-1]
+        message = f"{name} {rest}" if rest.startswith(_VERB_PHRASES) else f"{name}: {rest}"
+    return one_line(message)
 
 
 def _add_target_args(p: argparse.ArgumentParser) -> None:
+    from . import options as o
+
     g = p.add_argument_group("target")
-    g.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    g.add_argument("-m", "--model", type=o.MODEL, help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
+    g.add_argument("--device", type=o.NON_EMPTY, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
-    g.add_argument("--truncate-dim", type=int, metavar="N", help="Matryoshka: keep the first N dimensions")
+    g.add_argument("--truncate-dim", type=o.TRUNCATE_DIM, metavar="N",
+                   help=f"Matryoshka: keep the first N dimensions ({o.TRUNCATE_DIM.range_text}, at most the model's own)")
     g.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code to run (off by default)")
     g = p.add_argument_group("server target (instead of a local model)")
-    g.add_argument("--server", metavar="URL", help="an embedding server, e.g. http://127.0.0.1:8080 (llama-server --embeddings)")
+    g.add_argument("--server", type=o.NON_EMPTY, metavar="URL",
+                   help="an embedding server, e.g. http://127.0.0.1:8080 (llama-server --embeddings)")
     g.add_argument("--api", choices=["llama", "openai"], default="llama", help="llama: POST /embedding; openai: POST /v1/embeddings")
-    g.add_argument("--api-key-env", metavar="VAR", help="the environment variable holding the API key (sent as a bearer token)")
-    g.add_argument("--server-model", metavar="NAME", help="openai: the 'model' field (default: the server's first model)")
-    g.add_argument("--prompts-from", metavar="MODEL", help="apply this model's prompts client-side (a Hub id or folder)")
-    g.add_argument("--server-pid", type=int, metavar="PID", help="sample this server process (default: found by the URL's port when local)")
-    g.add_argument("--timeout", type=float, default=60.0, metavar="S", help="per request (default 60)")
-    g.add_argument("--max-errors", type=int, default=0, metavar="N", help="failed requests tolerated (retried) before the run stops (default 0)")
+    g.add_argument("--api-key-env", type=o.NON_EMPTY, metavar="VAR", help="the environment variable holding the API key (sent as a bearer token)")
+    g.add_argument("--server-model", type=o.NON_EMPTY, metavar="NAME", help="openai: the 'model' field (default: the server's first model)")
+    g.add_argument("--prompts-from", type=o.NON_EMPTY, metavar="MODEL", help="apply this model's prompts client-side (a Hub id or folder)")
+    g.add_argument("--server-pid", type=o.SERVER_PID, metavar="PID",
+                   help=f"sample this server process, {o.SERVER_PID.range_text} (default: found by the URL's port when local)")
+    g.add_argument("--timeout", type=o.TIMEOUT, default=60.0, metavar="S",
+                   help=f"seconds per request, {o.TIMEOUT.range_text} (default 60)")
+    g.add_argument("--max-errors", type=o.MAX_ERRORS, default=0, metavar="N",
+                   help=f"failed requests tolerated (retried) before the run stops, {o.MAX_ERRORS.range_text} (default 0)")
 
 
 def _add_save_args(p: argparse.ArgumentParser) -> None:
+    from . import options as o
+
     g = p.add_argument_group("recording")
-    g.add_argument("--sample-hz", type=_positive_hz, default=10.0, metavar="HZ", help="resource samples per second, 1–100 (default 10)")
+    g.add_argument("--sample-hz", type=o.SAMPLE_HZ, default=10.0, metavar="HZ",
+                   help=f"resource samples per second, {o.SAMPLE_HZ.range_text} (default 10)")
     g.add_argument(
         "--profiles-dir",
+        type=o.NON_EMPTY,
         metavar="DIR",
         default=None,
         help="where the snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)",
@@ -141,38 +177,44 @@ def _add_save_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import options as o
+
+    parser = _Parser(
         prog="embprof",
         description="Profile text-embedding models: load and encode latency, memory, CPU, GPU, prompts and ranking.",
         epilog=MAIN_EXAMPLES,
         formatter_class=_Formatter,
     )
+    # An empty string names no file, folder, model, server or task: every such option refuses one (o.NON_EMPTY).
+    # --prompt alone takes "": an empty raw prompt is how to encode without the model's default prompt.
+    text = o.NON_EMPTY
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     app = parser.add_argument_group("the dashboard (embprof with no command)")
-    app.add_argument("-m", "--model", help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
-    app.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    app.add_argument("-m", "--model", type=o.MODEL, help="Hugging Face id or local folder (default: the bundled all-MiniLM-L6-v2)")
+    app.add_argument("--device", type=text, default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     app.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"], help="weights' dtype")
     # The workload names are the engine's (plan.WORKLOADS): an unknown one is refused by the plan, in one sentence.
-    app.add_argument("--workload", default="encode", metavar="WORKLOAD",
+    app.add_argument("--workload", type=text, default="encode", metavar="WORKLOAD",
                      help="what runs at launch: a workload of `embprof run` or mteb (default encode)")
-    app.add_argument("-t", "--task", action="append", default=[], metavar="TASK", help="mteb: a task to run (repeatable)")
-    app.add_argument("--server", metavar="URL", help="profile an embedding server instead of a local model")
+    app.add_argument("-t", "--task", type=text, action="append", default=[], metavar="TASK", help="mteb: a task to run (repeatable)")
+    app.add_argument("--server", type=text, metavar="URL", help="profile an embedding server instead of a local model")
     app.add_argument("--api", choices=["llama", "openai"], default="llama", help="the server's API (default llama)")
-    app.add_argument("--data-dir", metavar="DIR", help="mteb: local task data (see `embprof mteb --help`)")
+    app.add_argument("--data-dir", type=text, metavar="DIR", help="mteb: local task data (see `embprof mteb --help`)")
     app.add_argument("--no-autostart", action="store_true", help="open the dashboard without starting a run")
-    app.add_argument("--input", metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
-    app.add_argument("--text", metavar="FILE", help="speed: the_ugly_duckling.txt")
-    app.add_argument("--repeats", type=int, default=3, help="encode: timed passes (default 3)")
-    app.add_argument("--loops", type=int, default=7, help="speed: timed loops (default 7)")
-    app.add_argument("--sample-hz", type=_positive_hz, default=10.0, metavar="HZ", help="resource samples per second, 1–100")
-    app.add_argument("--profiles-dir", metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
+    app.add_argument("--input", type=text, metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
+    app.add_argument("--text", type=text, metavar="FILE", help="speed: the_ugly_duckling.txt")
+    app.add_argument("--repeats", type=o.REPEATS, default=3, metavar="N", help=f"encode: timed passes, {o.REPEATS.range_text} (default 3)")
+    app.add_argument("--loops", type=o.LOOPS, default=7, metavar="N", help=f"speed: timed loops, {o.LOOPS.range_text} (default 7)")
+    app.add_argument("--sample-hz", type=o.SAMPLE_HZ, default=10.0, metavar="HZ",
+                     help=f"resource samples per second, {o.SAMPLE_HZ.range_text} (default 10)")
+    app.add_argument("--profiles-dir", type=text, metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workload headless and save its snapshot", formatter_class=_Formatter,
                          description="Run one workload against one target, sampled live, and save a snapshot.",
                          epilog=MAIN_EXAMPLES)
-    run.add_argument("--plan", metavar="FILE", help="run the plan in FILE (as --print-plan writes it) instead of a workload named here")
-    run.add_argument("--profiles-dir", metavar="DIR", default=None, help="with --plan: where the snapshot is saved")
+    run.add_argument("--plan", type=text, metavar="FILE", help="run the plan in FILE (as --print-plan writes it) instead of a workload named here")
+    run.add_argument("--profiles-dir", type=text, metavar="DIR", default=None, help="with --plan: where the snapshot is saved")
     run.add_argument("-q", "--quiet", action="store_true", help="with --plan: no progress lines")
     run.add_argument("--print-plan", action="store_true", help="with --plan: print the plan (validated) and exit")
     wl = run.add_subparsers(dest="workload", metavar="WORKLOAD")
@@ -180,68 +222,77 @@ def build_parser() -> argparse.ArgumentParser:
     sp = wl.add_parser("speed", help="MTEB v1 SpeedTask: 7 timed encodes of The Ugly Duckling", epilog=RUN_EXAMPLES["speed"], formatter_class=_Formatter)
     _add_target_args(sp)
     g = sp.add_argument_group("speed")
-    g.add_argument("--text", metavar="FILE", help="the_ugly_duckling.txt (see below for the order it is looked for)")
-    g.add_argument("--loops", type=int, default=7, help="timed loops (default 7, as mteb)")
-    g.add_argument("--batch-size", type=int, default=32, help="encode batch size (default 32)")
-    g.add_argument("--vs", metavar="MODEL", help="a second model run alternately with the first (the loops become pairs)")
+    g.add_argument("--text", type=text, metavar="FILE", help="the_ugly_duckling.txt (see below for the order it is looked for)")
+    g.add_argument("--loops", type=o.LOOPS, default=7, metavar="N", help=f"timed loops, {o.LOOPS.range_text} (default 7, as mteb)")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, default=32, metavar="N",
+                   help=f"encode batch size, {o.BATCH_SIZE.range_text} (default 32)")
+    g.add_argument("--vs", type=text, metavar="MODEL", help="a second model run alternately with the first (the loops become pairs)")
     _add_save_args(sp)
 
     en = wl.add_parser("encode", help="encode lines from a file, stdin or the sample corpus", epilog=RUN_EXAMPLES["encode"], formatter_class=_Formatter)
     _add_target_args(en)
     g = en.add_argument_group("encode")
-    g.add_argument("-i", "--input", metavar="FILE", help="one text per line; '-' for stdin (default: built-in sample corpus)")
+    g.add_argument("-i", "--input", type=text, metavar="FILE", help="one text per line; '-' for stdin (default: built-in sample corpus)")
     g.add_argument("--as", dest="mode", choices=["plain", "query", "document"], default="plain",
                    help="encode_query / encode_document with the model's own prompts, or plain encode")
-    g.add_argument("--prompt-name", help="one of the model's prompts (see `embprof prompts`)")
-    g.add_argument("--prompt", help="a raw prompt prefix, e.g. 'task: search result | query: '")
-    g.add_argument("--batch-size", type=int, default=32, help="default 32")
-    g.add_argument("--warmups", type=int, default=1, help="untimed warm-up passes (default 1; recorded, not counted)")
-    g.add_argument("--repeats", type=int, default=3, help="timed passes (default 3; with --vs, the pairs)")
-    g.add_argument("--vs", metavar="MODEL", help="a second model (id or folder; 'bundled' for all-MiniLM-L6-v2) run alternately with the first")
-    g.add_argument("--compare-model", metavar="MODEL",
+    g.add_argument("--prompt-name", type=text, help="one of the model's prompts (see `embprof prompts`)")
+    g.add_argument("--prompt", help="a raw prompt prefix, e.g. 'task: search result | query: ' ('' for none at all)")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, default=32, metavar="N", help=f"{o.BATCH_SIZE.range_text} (default 32)")
+    g.add_argument("--warmups", type=o.WARMUPS, default=1, metavar="N",
+                   help=f"untimed warm-up passes, {o.WARMUPS.range_text} (default 1; recorded, not counted)")
+    g.add_argument("--repeats", type=o.REPEATS, default=3, metavar="N",
+                   help=f"timed passes, {o.REPEATS.range_text} (default 3; with --vs, the pairs)")
+    g.add_argument("--vs", type=text, metavar="MODEL",
+                   help="a second model (id or folder; 'bundled' for all-MiniLM-L6-v2) run alternately with the first")
+    g.add_argument("--compare-model", type=text, metavar="MODEL",
                    help="with --server: embed the same texts with this local model ('bundled' for all-MiniLM-L6-v2) and report the cosine per text")
     _add_save_args(en)
 
     si = wl.add_parser("similarity", help="rank documents for queries; score matrix and margin", epilog=RUN_EXAMPLES["similarity"], formatter_class=_Formatter)
     _add_target_args(si)
     g = si.add_argument_group("similarity")
-    g.add_argument("--query", action="append", default=[], help="a query (repeatable)")
-    g.add_argument("--docs", metavar="FILE", help="documents, one per line")
-    g.add_argument("--prompt-name", help="use this prompt for both sides instead of the query/document prompts")
-    g.add_argument("--query-prompt-name", help="prompt for the queries only")
-    g.add_argument("--doc-prompt-name", help="prompt for the documents only")
+    g.add_argument("--query", type=text, action="append", default=[], help="a query (repeatable)")
+    g.add_argument("--docs", type=text, metavar="FILE", help="documents, one per line")
+    g.add_argument("--prompt-name", type=text, help="use this prompt for both sides instead of the query/document prompts")
+    g.add_argument("--query-prompt-name", type=text, help="prompt for the queries only")
+    g.add_argument("--doc-prompt-name", type=text, help="prompt for the documents only")
     _add_save_args(si)
 
     sw = wl.add_parser("sweep", help="measure across axes (lines, batch, tokens, threads, device, dtype, …) and fit latency",
                        epilog=RUN_EXAMPLES["sweep"], formatter_class=_Formatter)
     _add_target_args(sw)
     g = sw.add_argument_group("sweep")
-    g.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2,…",
+    g.add_argument("--axis", type=text, action="append", default=[], metavar="NAME=V1,V2,…",
                    help="an axis and its values (repeatable; several axes make a grid): lines, batch, tokens, threads, "
                    "device, dtype, truncate_dim, max_seq_length")
-    g.add_argument("-i", "--input", metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
+    g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
     g.add_argument("--as", dest="mode", choices=["plain", "query", "document"], default="plain")
-    g.add_argument("--prompt-name", help="one of the model's prompts")
-    g.add_argument("--batch-size", type=int, default=None, help="when batch is not an axis (default 32)")
-    g.add_argument("--target-ci", type=float, default=2.0, metavar="PERCENT",
-                   help="repeat a point until its median's 95%% CI is within ±PERCENT (default 2)")
-    g.add_argument("--budget", type=float, default=30.0, metavar="S",
-                   help="stop repeating a point once the next repeat would pass S seconds (default 30; at least 3 repeats run)")
+    g.add_argument("--prompt-name", type=text, help="one of the model's prompts")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, default=None, metavar="N",
+                   help=f"when batch is not an axis, {o.BATCH_SIZE.range_text} (default 32)")
+    g.add_argument("--target-ci", type=o.TARGET_CI, default=2.0, metavar="PERCENT",
+                   help=f"repeat a point until its median's 95%% CI is within ±PERCENT, {o.TARGET_CI.range_text} (default 2)")
+    g.add_argument("--budget", type=o.BUDGET, default=30.0, metavar="S",
+                   help=f"stop repeating a point once the next repeat would pass S seconds, {o.BUDGET.range_text} "
+                   "(default 30; at least 3 repeats run)")
     g.add_argument("--until-oom", action="store_true", help="grow the batch (or tokens) axis until out of memory or the RAM ceiling")
-    g.add_argument("--ram-ceiling", type=float, metavar="MIB", help="with --until-oom: stop once peak RSS passes this many MiB")
+    g.add_argument("--ram-ceiling", type=o.RAM_CEILING, metavar="MIB",
+                   help=f"with --until-oom: stop once peak RSS passes this many MiB, {o.RAM_CEILING.range_text}")
     _add_save_args(sw)
 
     ld = wl.add_parser("load", help="load an embedding server: requests at a concurrency or a Poisson rate", epilog=RUN_EXAMPLES["load"],
                        formatter_class=_Formatter)
     _add_target_args(ld)
     g = ld.add_argument_group("load")
-    g.add_argument("--requests", type=int, metavar="N", help="send N requests (default 200)")
-    g.add_argument("--duration", type=float, metavar="S", help="send for S seconds instead")
-    g.add_argument("--concurrency", type=int, metavar="C", help="C requests in flight, each sent when one returns (default 1)")
-    g.add_argument("--rate", type=float, metavar="R", help="R requests per second on average, Poisson arrivals")
-    g.add_argument("--batch", type=int, default=1, metavar="K", help="texts per request (default 1)")
-    g.add_argument("-i", "--input", metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
-    g.add_argument("--prompt-name", help="a prompt from --prompts-from, applied to every text")
+    g.add_argument("--requests", type=o.REQUESTS, metavar="N", help=f"send N requests, {o.REQUESTS.range_text} (default 200)")
+    g.add_argument("--duration", type=o.DURATION, metavar="S", help=f"send for S seconds instead, {o.DURATION.range_text}")
+    g.add_argument("--concurrency", type=o.CONCURRENCY, metavar="C",
+                   help=f"C requests in flight, each sent when one returns, {o.CONCURRENCY.range_text} (default 1)")
+    g.add_argument("--rate", type=o.RATE, metavar="R",
+                   help=f"R requests per second on average, Poisson arrivals, {o.RATE.range_text}")
+    g.add_argument("--batch", type=o.LOAD_BATCH, default=1, metavar="K", help=f"texts per request, {o.LOAD_BATCH.range_text} (default 1)")
+    g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
+    g.add_argument("--prompt-name", type=text, help="a prompt from --prompts-from, applied to every text")
     _add_save_args(ld)
 
     mt = sub.add_parser("mteb", help="run MTEB tasks with the sampler on; results in mteb's layout", epilog=MTEB_EXAMPLES,
@@ -249,12 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run MTEB tasks with mteb's own evaluators, with memory, CPU and GPU sampled through every phase.")
     _add_target_args(mt)
     g = mt.add_argument_group("mteb")
-    g.add_argument("-t", "--task", dest="tasks", action="append", default=[], metavar="TASK", help="an MTEB task name (repeatable)")
-    g.add_argument("--data-dir", metavar="DIR", help="local task data, for offline runs (layout below)")
-    g.add_argument("--results-dir", metavar="DIR", default="results", help="where results files go (default ./results)")
-    g.add_argument("--batch-size", type=int, default=32, help="encode batch size (default 32, as mteb)")
-    g.add_argument("--loops", type=int, default=7, help="CPUSpeedTask/GPUSpeedTask: timed loops (default 7)")
-    g.add_argument("--text", metavar="FILE", help="CPUSpeedTask/GPUSpeedTask: the_ugly_duckling.txt")
+    g.add_argument("-t", "--task", dest="tasks", type=text, action="append", default=[], metavar="TASK",
+                   help="an MTEB task name (repeatable)")
+    g.add_argument("--data-dir", type=text, metavar="DIR", help="local task data, for offline runs (layout below)")
+    g.add_argument("--results-dir", type=text, metavar="DIR", default="results", help="where results files go (default ./results)")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, default=32, metavar="N",
+                   help=f"encode batch size, {o.BATCH_SIZE.range_text} (default 32, as mteb)")
+    g.add_argument("--loops", type=o.LOOPS, default=7, metavar="N",
+                   help=f"CPUSpeedTask/GPUSpeedTask: timed loops, {o.LOOPS.range_text} (default 7)")
+    g.add_argument("--text", type=text, metavar="FILE", help="CPUSpeedTask/GPUSpeedTask: the_ugly_duckling.txt")
     g.add_argument("--list-tasks", action="store_true", help="print every task name mteb knows and exit")
     _add_save_args(mt)
 
@@ -265,20 +319,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list saved snapshots", formatter_class=_Formatter,
                         epilog="examples:\n  embprof list\n  embprof list --profiles-dir runs/\n")
-    ls.add_argument("--profiles-dir", metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
+    ls.add_argument("--profiles-dir", type=text, metavar="DIR", default=None, help="default: $EMBPROF_PROFILES_DIR or ./profiles")
 
     cp = sub.add_parser("compare", help="snapshots side by side: ratios, noise tests, environment differences",
                         formatter_class=_Formatter,
                         epilog="examples:\n  embprof compare profiles/a.json profiles/b.json\n"
                         "  embprof compare a.json b.json c.json --format md -o compare.md    (charts beside it)\n")
-    cp.add_argument("files", nargs="+", help="two or more snapshot JSON files; the first is the reference (A)")
+    cp.add_argument("files", type=text, nargs="+", help="two or more snapshot JSON files; the first is the reference (A)")
     cp.add_argument("--format", choices=["text", "md", "csv", "json"], default="text")
-    cp.add_argument("-o", "--output", metavar="FILE", help="write here (atomically); md also writes its charts beside it")
+    cp.add_argument("-o", "--output", type=text, metavar="FILE", help="write here (atomically); md also writes its charts beside it")
     cp.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of the charts (default svg)")
 
     sh = sub.add_parser("show", help="print a snapshot", formatter_class=_Formatter,
                         epilog="examples:\n  embprof show profiles/20261128T101500Z-ab12cd-speed-all-MiniLM-L6-v2.json\n")
-    sh.add_argument("file", help="a snapshot JSON file")
+    sh.add_argument("file", type=text, help="a snapshot JSON file")
 
     ex = sub.add_parser("export", help="write a snapshot as JSON, CSV or Markdown", formatter_class=_Formatter,
                         epilog="examples:\n  embprof export run.json --format md -o report.md\n"
@@ -286,17 +340,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "  embprof export run.json --format csv --table timeline\n"
                         "tables: summary (long form), run, phases, timings, throughput, peaks, speed, tokens,\n"
                         "        similarity, encodes, batches, timeline, phase-events\n")
-    ex.add_argument("file", help="a snapshot JSON file, or a matrix's folder (embprof matrix -o DIR)")
+    ex.add_argument("file", type=text, help="a snapshot JSON file, or a matrix's folder (embprof matrix -o DIR)")
     ex.add_argument("--format", choices=["json", "csv", "md", "html"], default="md",
                     help="html: a matrix's report, one self-contained file with its charts (default md)")
-    ex.add_argument("--table", default="summary", help="with --format csv: which table (default summary)")
-    ex.add_argument("-o", "--output", metavar="FILE", help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
+    ex.add_argument("--table", type=text, default="summary", help="with --format csv: which table (default summary)")
+    ex.add_argument("-o", "--output", type=text, metavar="FILE",
+                    help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
     ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's charts (default svg)")
 
     rr = sub.add_parser("rerun", help="run a snapshot's plan again: the same target, workload and recording", formatter_class=_Formatter,
                         epilog="examples:\n  embprof rerun profiles/<run>.json\n  embprof rerun profiles/<run>.json --print-plan > plan.json\n")
-    rr.add_argument("file", help="a snapshot JSON file")
-    rr.add_argument("--profiles-dir", metavar="DIR", default=None, help="where the new snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)")
+    rr.add_argument("file", type=text, help="a snapshot JSON file")
+    rr.add_argument("--profiles-dir", type=text, metavar="DIR", default=None,
+                    help="where the new snapshot is saved (default: $EMBPROF_PROFILES_DIR or ./profiles)")
     rr.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the summary")
     rr.add_argument("--print-plan", action="store_true", help="print the snapshot's plan as JSON and exit")
 
@@ -305,7 +361,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_matrix_parser(sub, _Formatter)
     return parser
-
 
 def profiles_dir(arg: str | None) -> Path:
     return Path(arg or os.environ.get("EMBPROF_PROFILES_DIR") or "profiles")
@@ -356,48 +411,73 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
     """Run a plan headless: progress on stderr, tables on stdout, the snapshot saved."""
     from embprof.engine import environment, execute
     from embprof.engine import snapshot as snap_mod
+    from embprof.engine.errors import OutputError
     from embprof.engine.files import ensure_writable_dir
     from embprof.engine.report import summary_tables
-    from rich.console import Console
 
-    from .console import ConsoleProgress, output_console, render_table
+    from . import shutdown
+    from .console import ConsoleProgress, error_console, output_console, render_table
 
     out_dir = ensure_writable_dir(profiles_dir(args.profiles_dir), "profiles folder")
     prepared = execute.prepare(plan)  # bad input fails here, before anything is loaded or saved
-    err = Console(stderr=True, highlight=False)
+    err = error_console()
     out = output_console()
     recorder = snap_mod.Recorder()
     runner = prepared.runner([recorder, ConsoleProgress(err, quiet=args.quiet)])
     runner.start()
-    interrupted = False
+    stopped_by: int | None = None
     while not runner.finished:
         try:
             runner.wait(0.2)
-        except KeyboardInterrupt:
-            if not interrupted:
-                err.print("interrupted: stopping at the next batch boundary; the snapshot keeps what was measured")
-            interrupted = True
-            runner.cancel()
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (shutdown.Stopped): all stop the run the same way
+            signum = exc.signum if isinstance(exc, shutdown.Stopped) else None
+            if stopped_by is None:
+                _quietly(err.print, f"interrupted ({shutdown.name(signum)}): stopping at the next batch boundary; "
+                                    "the snapshot keeps what was measured")
+                runner.cancel(shutdown.name(signum))
+            stopped_by = signum if signum is not None else 2
     runner.join()
     error = runner.error
     if error is not None and error.error_kind == "input":
         raise _InputFailure(error.message)
     snapshot = snap_mod.build(recorder, environment.capture())
+    # Saved before anything is printed: after SIGHUP the terminal is gone and printing can fail, the
+    # file must not depend on it. A stop signal that arrives during the save waits for it to finish.
+    save_error: OutputError | None = None
+    path, moved = None, None
+    with shutdown.deferred():
+        try:
+            path, moved = snap_mod.save_or_keep(snapshot, out_dir)
+        except OutputError as exc:
+            save_error = exc
+    if stopped_by is None and shutdown.received() is not None:
+        stopped_by = shutdown.received()
     wanted = set(RUN_TABLES)
     if plan.workload.name == "sweep":
         wanted -= {"latency", "throughput"}  # the sweep table has each point's figures already
     for table in summary_tables(snapshot):
         if table.name in wanted or table.name.startswith("similarity"):
             render_table(out, table)
-    path = snap_mod.save(snapshot, out_dir)
     files = sorted({r.results_file for r in snapshot.summary.results.values() if getattr(r, "kind", "") == "mteb_task" and r.results_file})
     for f in files:
         out.print(f"results: {f}", soft_wrap=True, markup=False)
     out.print(f"status: {snapshot.status}")
+    if save_error is not None:
+        raise save_error
     out.print(f"snapshot: {path}", soft_wrap=True, markup=False)
-    if interrupted or snapshot.status == "incomplete":
-        return EXIT_INTERRUPTED
+    if moved is not None:
+        raise OutputError(moved)
+    if stopped_by is not None or snapshot.status == "incomplete":
+        return shutdown.exit_status(stopped_by)
     return EXIT_OK if snapshot.status == "complete" else EXIT_FAILED
+
+
+def _quietly(say: Callable[[str], object], line: str) -> None:
+    """A progress line that may find the terminal gone (SIGHUP): losing it must not stop the save."""
+    try:
+        say(line)
+    except OSError:
+        pass
 
 
 class _InputFailure(Exception):
@@ -456,18 +536,26 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from embprof.engine.errors import UserError
     from embprof.engine.snapshot import load
+    from embprof.engine.text import one_line, printable
     from rich.markup import escape
     from rich.table import Table
 
     from .console import output_console
 
     folder = profiles_dir(args.profiles_dir)
+    if str(folder) == "":
+        raise UserError("the profiles folder path is empty")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"'{one_line(folder)}' is a file, not a profiles folder (to read one snapshot: embprof show FILE)")
     console = output_console()
-    files = sorted(folder.glob("*.json")) if folder.is_dir() else []
+    try:
+        files = sorted(f for f in folder.glob("*.json") if not f.name.startswith(".")) if folder.is_dir() else []
+    except OSError as exc:
+        raise UserError(f"profiles folder '{one_line(folder)}' cannot be read ({(exc.strerror or '').lower()})") from None
     if not files:
-        console.print(f"no snapshots in {folder}")
+        console.print(f"no snapshots in {escape(printable(str(folder)))}" + ("" if folder.is_dir() else " (the folder does not exist)"))
         return EXIT_OK
-    table = Table(title=f"Snapshots in {folder}", title_justify="left")
+    table = Table(title=f"Snapshots in {escape(printable(str(folder)))}", title_justify="left")
     # The file name is what `show`, `compare` and `export` take, so it stays whole where the other columns still
     # have room to fold into; on a terminal narrower than that it is cut, as it has to be.
     longest = max(len(f.name) for f in files)
@@ -479,16 +567,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             s = load(f)
         except UserError as exc:
-            table.add_row(escape(f.name), "[red]unreadable[/]", escape(str(exc)), "", "", "", "")
+            table.add_row(escape(printable(f.name)), "[red]unreadable[/]", escape(printable(str(exc))), "", "", "", "")
             continue
         head = s.summary.headline
         rss = s.summary.peaks.get("rss_mib")
         mean = head.stats.mean_s if head is not None else None
         table.add_row(
-            escape(f.name),
-            escape(str(s.workload.get("name"))),
-            escape(s.target.model_name),
-            escape(str(s.target.device_resolved or s.target.device or "server")),
+            escape(printable(f.name)),
+            escape(printable(str(s.workload.get("name")))),
+            escape(printable(s.target.model_name)),
+            escape(printable(str(s.target.device_resolved or s.target.device or "server"))),
             s.status,
             f"{mean:.4f}" if mean is not None else "n/a",
             f"{rss.sampled:.0f}" if rss and rss.sampled is not None else "n/a",
@@ -512,10 +600,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from embprof.engine.errors import UserError
-    from embprof.engine.files import atomic_write_bytes
+    from embprof.engine.files import atomic_write_bytes, check_output_path
     from embprof.engine.report import export
     from embprof.engine.snapshot import load
+    from embprof.engine.text import one_line
 
+    if args.output is not None:
+        # A matrix folder's manifest and cells are its inputs as much as the folder itself.
+        inputs = [args.file, Path(args.file) / "matrix.json"] if Path(args.file).is_dir() else [args.file]
+        out = check_output_path(args.output, inputs, "output file")
+        if Path(args.file).is_dir() and (Path(args.file) / "cells").resolve() in out.resolve().parents:
+            raise UserError(f"output file '{one_line(args.output)}' is inside the matrix's cells folder: write it elsewhere")
     if Path(args.file).is_dir():
         from .matrix_cli import export_matrix
 
@@ -542,15 +637,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     from embprof.engine.compare import compare_tables
     from embprof.engine.errors import UserError
-    from embprof.engine.files import atomic_write_bytes
+    from embprof.engine.files import atomic_write_bytes, check_output_path
     from embprof.engine.report import tables_json, tables_markdown, to_csv
     from embprof.engine.snapshot import load
-    from rich.console import Console
-
-    from .console import render_table
+    from .console import SafeConsole, render_table
 
     if len(args.files) < 2:
         raise UserError("compare needs at least two snapshot files")
+    if args.output is not None:
+        check_output_path(args.output, list(args.files), "output file")
     snaps = [load(f) for f in args.files]
     names = [Path(f).stem for f in args.files]
     tables = compare_tables(snaps, names)
@@ -558,7 +653,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         import io
 
         buf = io.StringIO() if args.output else None
-        console = Console(highlight=False, file=buf, width=140 if buf is not None else None)
+        console = SafeConsole(highlight=False, file=buf, width=140 if buf is not None else None)
         for t in tables:
             render_table(console, t)
         if buf is None:
@@ -593,7 +688,12 @@ def cmd_app(args: argparse.Namespace) -> int:
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
     from .app import EmbprofApp
 
-    EmbprofApp(plan, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir)).run()
+    from . import shutdown
+
+    app = EmbprofApp(plan, autostart=not args.no_autostart, profiles_dir=profiles_dir(args.profiles_dir))
+    app.run()
+    if app.stopped_by is not None:
+        return shutdown.exit_status(app.stopped_by)
     return EXIT_OK
 
 
@@ -633,19 +733,54 @@ def main(argv: list[str] | None = None) -> int:
         "schema": cmd_schema,
         "matrix": cmd_matrix,
     }
-    from embprof.engine.errors import UserError
+    from embprof.engine.errors import OutputError, UserError
+    from embprof.engine.text import one_line
+
+    from . import shutdown
 
     try:
         return handlers[args.command](args)
     except (UserError, _InputFailure) as exc:
-        sys.stderr.write(f"embprof: error: {exc}\n")
-        return EXIT_INPUT
-    except KeyboardInterrupt:
-        sys.stderr.write("embprof: interrupted\n")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
+        return _fail(f"embprof: error: {one_line(exc)}", EXIT_INPUT)
+    except OutputError as exc:
+        return _fail(f"embprof: error: {one_line(exc)}", EXIT_OUTPUT)
+    except KeyboardInterrupt as exc:  # before a run started (import, resolving the model) or outside one
+        signum = exc.signum if isinstance(exc, shutdown.Stopped) else shutdown.received()
+        return _fail(f"embprof: interrupted ({shutdown.name(signum)}); nothing was measured, nothing saved", shutdown.exit_status(signum))
+    except BrokenPipeError:  # `embprof show … | head`: the reader has all it wanted
         return EXIT_OK
+    except MemoryError:
+        return _fail("embprof: error: out of memory", EXIT_FAILED)
+    except OSError as exc:
+        # A file embprof writes through its own code is an OutputError; these come from a library or
+        # the terminal: a full disk still says so, and what the system said is kept.
+        where = f" '{one_line(exc.filename)}'" if exc.filename else ""
+        reason = (exc.strerror or exc.__class__.__name__).lower()
+        if exc.errno in _WRITE_ERRNOS:
+            return _fail(f"embprof: error: cannot write{where} ({reason})", EXIT_OUTPUT)
+        return _fail(f"embprof: error: {reason}{where}", EXIT_INPUT)
+    except Exception as exc:  # noqa: BLE001 - the last net: one sentence, never a traceback (EMBPROF_DEBUG=1 shows it)
+        if os.environ.get("EMBPROF_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return _fail(f"embprof: internal error: {exc.__class__.__name__}{': ' + one_line(first) if first else ''} "
+                     "(EMBPROF_DEBUG=1 shows where)", EXIT_INTERNAL)
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EIO}
+
+
+def _fail(message: str, status: int) -> int:
+    try:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+    except OSError:  # no terminal left to say it on (SIGHUP): the exit status still says it
+        pass
+    return status
 
 
 def entry() -> None:
+    from . import shutdown
+
+    shutdown.install()  # before anything slow is imported: a SIGTERM during `import torch` is a clean stop too
     sys.exit(main())

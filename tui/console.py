@@ -14,9 +14,13 @@ from embprof.engine.events import (
     PhaseStarted,
     RunStarted,
 )
+from collections.abc import Iterable
+
 from embprof.engine.report import Table, fmt
+from embprof.engine.text import clean, printable
 from rich.console import Console
 from rich.markup import escape
+from rich.segment import Segment
 from rich.table import Table as RichTable
 
 SLOW_PHASES = ("import", "load")
@@ -26,9 +30,30 @@ SLOW_PHASES = ("import", "load")
 PIPED_WIDTH = 160
 
 
+class SafeConsole(Console):
+    """A Rich console that never sends a control character it was given as text to the terminal.
+
+    Model names, file names, server messages and snapshot fields are printed as data: an ESC inside
+    one would otherwise reach the terminal as a command (clear the screen, move the cursor, retitle
+    the window). Rich's own styling and cursor control are segments of their own and pass as they are;
+    every text segment is escaped (``\\x1b``). Tables escape their cells before layout too
+    (``render_table``), so their widths are right; this is the net under everything else printed.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            seg if seg.control or not seg.text else Segment(printable(seg.text), seg.style, seg.control) for seg in buffer
+        )
+
+
+def error_console() -> Console:
+    """stderr, for progress lines and messages."""
+    return SafeConsole(stderr=True, highlight=False)
+
+
 def output_console() -> Console:
     """A console for results: the terminal's width on a terminal; PIPED_WIDTH on a pipe unless COLUMNS says otherwise."""
-    console = Console(highlight=False)
+    console = SafeConsole(highlight=False)
     if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
         console.width = PIPED_WIDTH
     return console
@@ -49,7 +74,10 @@ class ConsoleProgress:
         if self.quiet and not isinstance(event, ErrorEvent):
             return
         with self._lock:
-            self._print(event)
+            try:
+                self._print(clean(event))  # escaped before Rich, which would silently drop BEL and CR
+            except OSError:  # the terminal is gone (SIGHUP, a closed pipe): the run and its snapshot go on without it
+                pass
 
     def _print(self, e: Event) -> None:
         c = self.console
@@ -86,16 +114,16 @@ def render_table(console: Console, table: Table) -> None:
 
 def rich_table(table: Table) -> RichTable:
     # Cells hold text from outside (model names, file names, server answers): data, never markup.
-    rt = RichTable(title=escape(table.title), title_justify="left", show_edge=False, pad_edge=False)
+    rt = RichTable(title=escape(printable(table.title)), title_justify="left", show_edge=False, pad_edge=False)
     keyed = table.columns == ["field", "value"]
     for i, col in enumerate(table.columns):
         numeric = any(isinstance(r[i], (int, float)) and not isinstance(r[i], bool) for r in table.rows if i < len(r))
         if keyed and i == 0:
             # A field's name stays on one line (a long value wraps instead), so it can be read, and found.
             width = max((len(fmt(r[0])) for r in table.rows), default=len(col))
-            rt.add_column(col, no_wrap=True, min_width=min(width, 40))
+            rt.add_column(escape(printable(col)), no_wrap=True, min_width=min(width, 40))
             continue
-        rt.add_column(col, justify="right" if numeric else "left", overflow="fold")
+        rt.add_column(escape(printable(col)), justify="right" if numeric else "left", overflow="fold")
     for row in table.rows:
-        rt.add_row(*[escape(fmt(c)) for c in row])
+        rt.add_row(*[escape(printable(fmt(c))) for c in row])
     return rt

@@ -207,6 +207,7 @@ class MatrixApp(App[int]):
         self.axis = COST_AXES[0][0]
         self.outcome: Outcome | None = None
         self._columns_ready = False
+        self.stopped_by: int | None = None  # the stop signal, for the exit status
 
     @property
     def stop_requested(self) -> bool:
@@ -231,6 +232,28 @@ class MatrixApp(App[int]):
         self._show_status()
         self._show_chart()
         self.run_worker(self._work, thread=True, exit_on_error=False, group="matrix", name="matrix")
+        self._take_stop_signals()
+
+    def _take_stop_signals(self) -> None:
+        """SIGTERM and SIGHUP stop the matrix as q does (the running cell stops at a batch boundary, the
+        finished cells are kept), and the dashboard then ends by itself: nobody is there to press q."""
+        import asyncio
+        import signal
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, self._stop_signal, int(sig))
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app)
+                return
+
+    def _stop_signal(self, signum: int) -> None:
+        self.stopped_by = self.stopped_by or signum
+        if self.outcome is not None:
+            self.exit(self.exit_code())
+        elif not self._stop.is_set():
+            self._stop.set()
+            self._show_status()
 
     # -- the worker thread ---------------------------------------------------------------------------
     def _work(self) -> Outcome:
@@ -408,9 +431,10 @@ class MatrixApp(App[int]):
             self.exit(self.exit_code())
 
     def exit_code(self) -> int:
-        """0: every cell ok; 130: stopped before the end; 1 otherwise (a failed cell, or no run)."""
+        """0: every cell ok; 128 + N: stopped before the end (130 by q or ctrl+c, 143 by SIGTERM, 129 by
+        SIGHUP); 1 otherwise (a failed cell, or no run)."""
         if self.outcome is None or self.outcome.kind == "stopped":
-            return 130
+            return 128 + (self.stopped_by or 2)
         if self.outcome.kind == "error":
             return 1
         return 0 if self.order and all(cid in self.done and self.done[cid].status == "ok" for cid in self.order) else 1
@@ -467,12 +491,12 @@ def cell_text(value: Any, digits: int = 3) -> Text:
 
 
 def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False) -> int:
-    """Run the matrix in the dashboard; 0 if every cell is ok, 130 if stopped, 1 otherwise."""
+    """Run the matrix in the dashboard; 0 if every cell is ok, 128 + N if stopped (130 by q), 1 otherwise."""
     app = MatrixApp(spec, folder, retry_failed=retry_failed)
     result = app.run()
     print_final_table(folder)
     if result is None:  # the app ended another way (an internal error Textual has reported)
-        return 1 if app.outcome is None or app.outcome.kind != "stopped" else 130
+        return 1 if app.outcome is None or app.outcome.kind != "stopped" else 128 + (app.stopped_by or 2)
     return int(result)
 
 

@@ -27,46 +27,53 @@ def _csv(value: str) -> list[str]:
 
 
 def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
+    from . import options as o
+
+    # As everywhere on the command line, an empty string names nothing: refused while parsing (o.NON_EMPTY).
+    text = o.NON_EMPTY
     mx = sub.add_parser("matrix", help="many configurations: cost and quality per cell, and the quality-versus-cost frontier",
                         formatter_class=formatter, epilog=MATRIX_EXAMPLES,
                         description="Measure a grid of models, backends, weights, output precisions, dimensions and devices "
                         "(and servers): each cell in its own process, cost and quality on the same embeddings.")
-    mx.add_argument("--spec", metavar="FILE", help="the matrix from a TOML or YAML file (options given here override it)")
+    mx.add_argument("--spec", type=text, metavar="FILE", help="the matrix from a TOML or YAML file (options given here override it)")
     g = mx.add_argument_group("axes (comma-separated lists)")
-    g.add_argument("-m", "--model", action="append", default=None, metavar="MODEL",
+    g.add_argument("-m", "--model", type=text, action="append", default=None, metavar="MODEL",
                    help="a Hub id or folder, repeatable (default: the bundled all-MiniLM-L6-v2; 'bundled' names it)")
     g.add_argument("--device", type=_csv, metavar="LIST", help="cpu, cuda, cuda:N, mps (default cpu)")
     g.add_argument("--dtype", type=_csv, metavar="LIST", help="torch weights: float32, float16, bfloat16 (default float32)")
     g.add_argument("--backend", type=_csv, metavar="LIST", help="torch, onnx, openvino (default torch)")
     g.add_argument("--quantize", type=_csv, metavar="LIST", help="weights: none, int8 (onnx / openvino; default none)")
     g.add_argument("--quantize-mode", choices=["per-channel", "per-tensor"], help="onnx int8 weight scales (default per-channel)")
-    g.add_argument("--truncate-dim", type=_csv, metavar="LIST", help="full or N: Matryoshka dimensions kept (default full)")
+    g.add_argument("--truncate-dim", type=o.MATRIX_TRUNCATE_DIMS, metavar="LIST",
+                   help=f"full or N ({o.MATRIX_TRUNCATE_DIMS.least}–{o.MATRIX_TRUNCATE_DIMS.most}): Matryoshka dimensions kept (default full)")
     g.add_argument("--precision", type=_csv, metavar="LIST", help="output vectors: float32, int8, binary (default float32)")
-    g.add_argument("--cell", action="append", default=None, metavar="K=V,…",
+    g.add_argument("--cell", type=text, action="append", default=None, metavar="K=V,…",
                    help="a chosen cell instead of every combination, repeatable: e.g. backend=onnx,quantize=int8 "
                    "(keys: model, device, dtype, backend, quantize, quantize_mode, truncate_dim, precision; the rest: each axis's first value)")
     g = mx.add_argument_group("servers (each is a cell too)")
-    g.add_argument("--server", action="append", default=None, metavar="URL", help="an embedding server, repeatable")
+    g.add_argument("--server", type=text, action="append", default=None, metavar="URL", help="an embedding server, repeatable")
     g.add_argument("--api", choices=["llama", "openai"], help="the servers' API (default llama)")
-    g.add_argument("--server-of", action="append", default=None, metavar="MODEL",
+    g.add_argument("--server-of", type=text, action="append", default=None, metavar="MODEL",
                    help="the model a server serves, in --server order (one for all): its agreement is against that model")
-    g.add_argument("--server-name", action="append", default=None, metavar="NAME", help="how the table names a server, in --server order")
+    g.add_argument("--server-name", type=text, action="append", default=None, metavar="NAME", help="how the table names a server, in --server order")
     g = mx.add_argument_group("what each cell measures")
-    g.add_argument("--cost-workload", metavar="WHAT", help="speed (the speed protocol's text, default) or encode:FILE (lines of FILE)")
-    g.add_argument("--text", metavar="FILE", help="speed: the_ugly_duckling.txt (default: $EMBPROF_SPEED_TEXT or the cache)")
-    g.add_argument("--loops", type=int, metavar="N", help="timed encodes of the cost text (default 10)")
-    g.add_argument("--batch-size", type=int, metavar="N", help="default 32")
-    g.add_argument("-t", "--task", action="append", default=None, metavar="TASK", help="an mteb task, repeatable (default STS16 and JSTS)")
-    g.add_argument("--data-dir", metavar="DIR", help="local task data (as for embprof mteb)")
-    g.add_argument("--top-k", type=int, metavar="K", help="ranking overlap on the similarity example (default 3)")
-    g.add_argument("--energy-window", type=float, metavar="S", help="minimum energy window in seconds (default 1)")
+    g.add_argument("--cost-workload", type=text, metavar="WHAT", help="speed (the speed protocol's text, default) or encode:FILE (lines of FILE)")
+    g.add_argument("--text", type=text, metavar="FILE", help="speed: the_ugly_duckling.txt (default: $EMBPROF_SPEED_TEXT or the cache)")
+    g.add_argument("--loops", type=o.CELL_LOOPS, metavar="N", help=f"timed encodes of the cost text, {o.CELL_LOOPS.range_text} (default 10)")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, metavar="N", help=f"{o.BATCH_SIZE.range_text} (default 32)")
+    g.add_argument("-t", "--task", type=text, action="append", default=None, metavar="TASK", help="an mteb task, repeatable (default STS16 and JSTS)")
+    g.add_argument("--data-dir", type=text, metavar="DIR", help="local task data (as for embprof mteb)")
+    g.add_argument("--top-k", type=o.TOP_K, metavar="K", help=f"ranking overlap on the similarity example, {o.TOP_K.range_text} (default 3)")
+    g.add_argument("--energy-window", type=o.ENERGY_WINDOW, metavar="S",
+                   help=f"minimum energy window in seconds, {o.ENERGY_WINDOW.range_text} (default 1)")
     g = mx.add_argument_group("the run")
-    g.add_argument("-o", "--out", metavar="DIR", default="results/matrix", help="the matrix's folder (default results/matrix)")
+    g.add_argument("-o", "--out", type=text, metavar="DIR", default="results/matrix", help="the matrix's folder (default results/matrix)")
     g.add_argument("--retry-failed", action="store_true", help="run failed cells again too")
     g.add_argument("--list-cells", action="store_true", help="print the cells and the dropped combinations, and exit")
     g.add_argument("--print-spec", action="store_true", help="print the matrix as JSON and exit")
     g.add_argument("--dashboard", action="store_true", help="watch the matrix fill in, in the dashboard's Matrix view")
-    g.add_argument("--sample-hz", type=float, metavar="HZ", help="resource samples per second in each cell (default 10)")
+    g.add_argument("--sample-hz", type=o.SAMPLE_HZ, metavar="HZ",
+                   help=f"resource samples per second in each cell, {o.SAMPLE_HZ.range_text} (default 10)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the table")
 
 
@@ -143,9 +150,9 @@ def spec_of(args: argparse.Namespace) -> Any:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from embprof.engine.matrix import MatrixInterrupted, expand, rows, run_matrix
-    from rich.console import Console
 
-    from .console import output_console
+    from . import shutdown
+    from .console import error_console, output_console
 
     spec = spec_of(args)
     folder = Path(args.out)
@@ -171,19 +178,23 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         from .matrix_app import run_matrix_app
 
         return run_matrix_app(spec, folder, retry_failed=args.retry_failed)
-    err = Console(stderr=True, highlight=False)
+    err = error_console()
     listener = progress_printer(err, args.quiet)
     try:
         manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed)
         interrupted, table_rows = False, manifest.rows
     except MatrixInterrupted:
         interrupted = True
-        err.print("interrupted: the finished cells are kept; run the same matrix again to go on", markup=False)
+        try:
+            err.print(f"interrupted ({shutdown.name(shutdown.received())}): the finished cells are kept; "
+                      "run the same matrix again to go on", markup=False)
+        except OSError:  # no terminal left (SIGHUP): the cells are on disk whatever happens here
+            pass
         manifest, table_rows = rows(folder)
     print_tables(out, manifest, table_rows)
     out.print(f"matrix: {folder}", markup=False, soft_wrap=True)
     if interrupted:
-        return 130
+        return shutdown.exit_status(shutdown.received())
     return 0 if all(r.status == "ok" for r in table_rows) else 1
 
 

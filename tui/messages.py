@@ -9,6 +9,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from embprof.engine.events import Event
+from embprof.engine.text import clean
 from textual.message import Message
 
 if TYPE_CHECKING:
@@ -112,4 +113,6 @@ class Bridge:
             out, self._buffer = self._buffer, []
             if not out or not hold:
                 self._pending = False
-        return out
+        # On the UI thread, not the run's: the model's name, a server's message or a text being encoded
+        # reaches the screen with its control characters escaped (the same objects when there are none).
+        return [clean(e) for e in out]

@@ -15,6 +15,8 @@ In order, in the cell's own process:
 
 from __future__ import annotations
 
+import zipfile
+
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from ..context import RunContext
 from ..errors import UserError
 from ..events import Note, Result
 from ..files import atomic_write_bytes, read_lines
+from ..text import one_line
 from ..plan import CellPlan, MtebPlan
 from ..results import CellResult
 from ..speedtext import SpeedText, resolve_speed_text
@@ -136,8 +139,12 @@ class CellWorkload:
             ref = Path(p.reference)
             if not ref.is_file():
                 raise UserError(f"the reference cell's vectors '{p.reference}' are missing: run the reference cell first")
-            with np.load(ref) as data:
-                self._reference = {k: np.asarray(data[k]) for k in data.files}
+            try:
+                with np.load(ref, allow_pickle=False) as data:  # a reference file is numbers only: never unpickled
+                    self._reference = {k: np.asarray(data[k]) for k in data.files}
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+                raise UserError(f"the reference cell's vectors '{one_line(p.reference)}' cannot be read "
+                                f"({one_line(exc) or exc.__class__.__name__}): delete the file and its cell's snapshot to measure it again") from None
         if p.write_reference is not None:
             Path(p.write_reference).parent.mkdir(parents=True, exist_ok=True)
 

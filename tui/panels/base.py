@@ -101,7 +101,8 @@ def pairs(*items: tuple[str, Text | str], columns: int | None = None) -> RichTab
         grid.add_column(overflow="fold")
     row: list[Text | str] = []
     for label, value in items:
-        row += [label, value]
+        # A value is data (a model name, a prompt, a task): Text, so that a '[' in it is never read as markup.
+        row += [label, Text(value) if isinstance(value, str) else value]
         if len(row) == 2 * n:
             grid.add_row(*row)
             row = []

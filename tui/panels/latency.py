@@ -128,7 +128,7 @@ class LatencyPanel(Panel):
             table.add_column(col, justify="right", no_wrap=True)
         for g in groups:
             st = g.stats
-            table.add_row(g.group or "(calls)", str(g.calls), secs(st.p50_s), secs(st.p95_s), secs(st.mean_s))
+            table.add_row(Text(g.group or "(calls)"), str(g.calls), secs(st.p50_s), secs(st.p95_s), secs(st.mean_s))
         words = [g.words_per_s for g in groups]
         tokens = [g.tokens_per_s for g in groups]
         notes = []
@@ -150,7 +150,7 @@ class LatencyPanel(Panel):
             table.add_column(col, justify="right", no_wrap=True)
         for r in groups:
             st = r.stats
-            table.add_row(r.group or "(requests)", f"{r.requests:,}", f"{r.failed:,}", secs(st.p50_s), secs(st.p95_s), secs(st.mean_s))
+            table.add_row(Text(r.group or "(requests)"), f"{r.requests:,}", f"{r.failed:,}", secs(st.p50_s), secs(st.p95_s), secs(st.mean_s))
         load = view.run.results.get("load")
         if isinstance(load, LoadResult):
             table.caption = str(Text("   ").join([

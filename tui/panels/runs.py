@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from embprof.engine.report import fmt
+from embprof.engine.text import printable
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
@@ -34,8 +35,11 @@ def live_row(view: RunView, marked: bool) -> list[str]:
 def snapshot_row(path: Path) -> list[str]:
     """A saved snapshot's headline, read without validating it (on a worker thread): listing stays
     quick, and a file that does not parse is only refused, with its reason, when it is opened."""
+    from embprof.engine.errors import UserError
+    from embprof.engine.files import read_json_file
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json_file(path, "snapshot")
         target, summary = data.get("target", {}), data.get("summary", {})
         calls = summary.get("calls")
         if calls is not None:  # schema 2: one kind of call is the run's headline, several have none
@@ -54,7 +58,7 @@ def snapshot_row(path: Path) -> list[str]:
             "saved",
             path.name,
         ]
-    except (OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
+    except (UserError, OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
         return ["", "", "", "unreadable", "", "", "saved", path.name]
 
 
@@ -88,7 +92,8 @@ class RunsPanel(Panel):
         for col in COLUMNS:
             table.add_column(col, key=col)
         for key, cells in rows:
-            table.add_row(*cells, key=key)
+            # Text, not str: a str cell is read as markup, and a model or file name is data ('[' and ESC included).
+            table.add_row(*[Text(printable(c)) for c in cells], key=key)
 
     def show(self, view: RunView | None) -> None:  # the list does not depend on the run on display
         return

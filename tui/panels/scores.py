@@ -89,7 +89,7 @@ class ScoresPanel(Panel):
                 bg = HEAT.get_color((v - lo) / span)
                 fg = "black" if bg.brightness > 0.5 else "white"
                 cells.append(Text(f" {v:.4f} ", style=f"{fg} on {bg.hex}"))
-            cells.append(doc)
+            cells.append(Text(doc))  # a document is data: a str cell would be read as markup
             table.add_row(*cells)
         # One cell per label and per value: wrapped or captured, "margin 0.0900" never runs into
         # the verdict ("3margin 0.0900right document first" was seen with plain text).
@@ -101,7 +101,7 @@ class ScoresPanel(Panel):
             shown = Text("")
             if verdict is not None:
                 shown = Text("right document first" if verdict else "WRONG document first", style="green" if verdict else "bold red")
-            grid.add_row(f"q{qi + 1}", q, "ranking", " > ".join(str(i + 1) for i in sim.rankings[qi]), "margin",
+            grid.add_row(f"q{qi + 1}", Text(q), "ranking", " > ".join(str(i + 1) for i in sim.rankings[qi]), "margin",
                          fmt(sim.margins[qi], 4), shown)
         foot.update(grid)
 
@@ -132,7 +132,7 @@ class ScoresPanel(Panel):
             table.add_column(col, key=col)
         for p in sweep.points:
             style = "green" if p.status == "ok" else "bold red"
-            row: list[Any] = [p.label, Text(p.status, style=style), fmt(p.median_s, 4), fmt(p.ci_half_width_percent, 2),
+            row: list[Any] = [Text(p.label), Text(p.status, style=style), fmt(p.median_s, 4), fmt(p.ci_half_width_percent, 2),
                               p.stop or "", str(p.repeats), fmt(p.items_per_s, 1), fmt(p.peak_rss_mib, 1)]
             if estimate:
                 row.append(fmt(p.gflops_estimate, 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from embprof.engine.errors import UserError
+from embprof.engine.text import one_line
 from embprof.engine.plan import (
     DEVICES,
     DTYPES,
@@ -15,6 +16,7 @@ from embprof.engine.plan import (
     ServerTarget,
     plan_from_options,
 )
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -120,7 +122,7 @@ class RunForm(ModalScreen[RunPlan | None]):
         try:
             self.dismiss(self.plan())
         except UserError as exc:
-            self.query_one("#form-error", Static).update(str(exc))
+            self.query_one("#form-error", Static).update(Text(one_line(exc)))  # it may quote what was typed: data, not markup
 
     def options(self) -> dict[str, Any]:
         """The fields by the command line's option names. A field serves whichever option the chosen

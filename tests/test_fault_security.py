@@ -1,0 +1,283 @@
+"""Fault suite: secrets, and files that could run code.
+
+- A planted API key (an environment variable named by --api-key-env) and a URL's user:password@ are
+  sent to the server and reach no output: every file under the test's folders (snapshots, exports in
+  every format, a matrix's manifest, cells and reports, caches) and every line on stdout and stderr,
+  including the error messages of a server that refuses, cannot be reached or answers 401 — and
+  nothing in the dashboard's screen.
+- Reading a snapshot, a plan, a matrix file or a reference file never runs anything: the engine
+  holds no eval/exec/pickle/unsafe YAML (checked in its source), a YAML tag is refused, an object
+  array in a reference file is refused unopened.
+- A model folder with its own code is refused without --trust-remote-code (its code never runs);
+  the flag is off unless given, and each snapshot records whether it was on.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO, embprof_exe
+from pilot_helpers import plain, until
+
+from embprof.engine.errors import UserError
+from embprof.engine.trivial_server import TrivialEmbeddingServer, TrivialHandler
+
+KEY = "sk-planted-7f3a9c2e51"
+PASSWORD = "pw-planted-0d8b6e4a"
+USER = "user-planted"
+SECRETS = (KEY, PASSWORD, USER)
+
+
+def creds(url: str) -> str:
+    return url.replace("http://", f"http://{USER}:{PASSWORD}@")
+
+
+class Leak:
+    """Every output of the commands run, and every file they could have written."""
+
+    def __init__(self) -> None:
+        self.outputs: list[tuple[str, str]] = []
+
+    def run(self, args: list[str], env: dict[str, str], expect: int | None = 0) -> tuple[int, str, str]:
+        proc = subprocess.run([embprof_exe(), *args], env=env, capture_output=True, text=True, timeout=600)
+        self.outputs += [(f"stdout of {args[:2]}", proc.stdout), (f"stderr of {args[:2]}", proc.stderr)]
+        if expect is not None:
+            assert proc.returncode == expect, (args, proc.returncode, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def check(self, *folders: Path) -> int:
+        files = 0
+        for folder in folders:
+            for path in folder.rglob("*"):
+                if path.is_file():
+                    files += 1
+                    self.outputs.append((str(path), path.read_bytes().decode("utf-8", "replace")))
+        for where, text in self.outputs:
+            for secret in SECRETS:
+                assert secret not in text, f"{secret} leaked into {where}"
+        return files
+
+
+@pytest.fixture()
+def server() -> Iterator[TrivialEmbeddingServer]:
+    with TrivialEmbeddingServer() as s:
+        yield s
+
+
+def _snapshot_of(stdout: str) -> Path:
+    line = next(x for x in stdout.splitlines() if x.startswith("snapshot: "))
+    return Path(line.removeprefix("snapshot: ").strip())
+
+
+@pytest.mark.slow
+def test_a_planted_secret_reaches_no_output(cli_env: dict[str, str], server: TrivialEmbeddingServer, tmp_path: Path,
+                                            speed_text: Path) -> None:
+    env = dict(cli_env, EMBPROF_TEST_KEY=KEY, EMBPROF_SPEED_TEXT=str(speed_text))
+    url = creds(server.url)
+    key = ["--api-key-env", "EMBPROF_TEST_KEY"]
+    leak = Leak()
+    _, out, _ = leak.run(["run", "encode", "--server", url, "--api", "openai", *key], env)
+    encode = _snapshot_of(out)
+    _, out, _ = leak.run(["run", "load", "--server", url, "--api", "openai", *key, "--requests", "30", "--concurrency", "2"], env)
+    load = _snapshot_of(out)
+    leak.run(["run", "encode", "--server", url, "--api", "openai", *key, "--print-plan"], env)
+    leak.run(["show", str(encode)], env)
+    exports = tmp_path / "exports"
+    for fmt in ("md", "csv", "json"):
+        leak.run(["export", str(load), "--format", fmt, "-o", str(exports / f"load.{fmt}")], env)
+        leak.run(["compare", str(encode), str(load), "--format", fmt, "-o", str(exports / f"compare.{fmt}")], env)
+    leak.run(["compare", str(encode), str(load)], env)
+    leak.run(["rerun", str(load), "--print-plan"], env)
+    leak.run(["list"], env)
+    matrix = tmp_path / "matrix"
+    data = str(Path(speed_text).parent.parent)
+    spec = tmp_path / "matrix.toml"  # a server's key variable is a field of the matrix file
+    spec.write_text(f'tasks = []\ndata_dir = {data!r}\nloops = 2\n\n'
+                    f'[[server]]\nurl = {url!r}\napi = "openai"\napi_key_env = "EMBPROF_TEST_KEY"\n')
+    leak.run(["matrix", "--spec", str(spec), "-o", str(matrix)], env)
+    leak.run(["matrix", "--spec", str(spec), "-o", str(matrix), "--print-spec"], env)
+    leak.run(["matrix", "--server", url, "--api", "openai", "-o", str(tmp_path / "m2"), "--list-cells"], env)
+    for fmt in ("md", "html", "csv", "json"):
+        leak.run(["export", str(matrix), "--format", fmt, "-o", str(exports / f"matrix.{fmt}")], env)
+    # Failures quote the URL they could not use: without its credentials.
+    closed = creds(f"http://127.0.0.1:{_closed_port()}")
+    leak.run(["run", "encode", "--server", closed, "--api", "openai", *key], env, expect=2)
+    with TrivialEmbeddingServer(_Refusing) as refusing:
+        leak.run(["run", "encode", "--server", creds(refusing.url), "--api", "openai", *key], env, expect=2)
+    files = leak.check(Path(env["EMBPROF_PROFILES_DIR"]), exports, matrix, Path(env["XDG_CACHE_HOME"]))
+    assert files >= 20  # the grep saw the snapshots, exports and the matrix's files, not an empty folder
+
+
+class _Refusing(TrivialHandler):
+    """A server that refuses every credential (HTTP 401) and quotes them back in its message."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._refuse()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._refuse()
+
+    def _refuse(self) -> None:
+        body = json.dumps({"error": {"message": "bad key; not " + self.headers.get("Authorization", "")}}).encode()
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_the_dashboard_shows_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real engine against a local server, in the dashboard: the screen, the notifications and the
+    snapshot it saves hold neither the key nor the URL's credentials."""
+    from textual.widgets import DataTable, Static
+
+    from embprof.engine.plan import plan_from_options
+    from embprof.tui.app import EmbprofApp
+
+    monkeypatch.setenv("EMBPROF_TEST_KEY", KEY)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with TrivialEmbeddingServer() as s:
+        plan = plan_from_options({"server": creds(s.url), "api": "openai", "api_key_env": "EMBPROF_TEST_KEY"})
+        app = EmbprofApp(plan, profiles_dir=tmp_path / "profiles")
+        async with app.run_test(size=(160, 50)) as pilot:
+            await until(pilot, lambda: app.current is not None and app.current.snapshot_path is not None, timeout=120)
+            await pilot.pause(0.5)
+            shown = [plain(w.render(), 300) for w in app.screen.query(Static)]
+            for table in app.screen.query(DataTable):
+                for row in range(table.row_count):
+                    shown.extend(plain(c, 300) for c in table.get_row_at(row))
+            shown.extend(n.message + n.title for n in app._notifications)
+            saved = Path(app.current.snapshot_path or "").read_text()
+    assert "trivial" in "\n".join(shown) and s.url in saved  # the server is on screen and in the snapshot …
+    for secret in SECRETS:  # … without what authenticates to it
+        assert secret not in "\n".join(shown) and secret not in saved
+
+
+# -- nothing read runs anything ---------------------------------------------------------------------
+
+UNSAFE_CALLS = {"eval", "exec", "compile", "__import__"}
+UNSAFE_ATTRS = {("pickle", "load"), ("pickle", "loads"), ("marshal", "loads"), ("yaml", "load"), ("yaml", "unsafe_load"),
+                ("yaml", "full_load"), ("dill", "load"), ("shelve", "open")}
+
+
+def test_the_engine_and_the_dashboard_hold_no_code_loader() -> None:
+    """Every file embprof reads is data: JSON, TOML, yaml.safe_load, npz without pickles. A call that
+    could run what a file holds is refused here at the source: eval/exec, pickle, an unsafe YAML
+    load, numpy with allow_pickle=True, torch.load without weights_only."""
+    found: list[str] = []
+    for folder in (REPO / "engine", REPO / "tui"):
+        for path in folder.rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if not isinstance(node, ast.Call):
+                    continue
+                f = node.func
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                if isinstance(f, ast.Name) and f.id in UNSAFE_CALLS:
+                    found.append(f"{where} {f.id}()")
+                if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name):
+                    if (f.value.id, f.attr) in UNSAFE_ATTRS:
+                        found.append(f"{where} {f.value.id}.{f.attr}()")
+                    if (f.value.id, f.attr) == ("np", "load"):
+                        kw = {k.arg: k.value for k in node.keywords}
+                        if not (isinstance(kw.get("allow_pickle"), ast.Constant) and kw["allow_pickle"].value is False):
+                            found.append(f"{where} np.load without allow_pickle=False")
+                    if (f.value.id, f.attr) == ("torch", "load"):
+                        kw = {k.arg: k.value for k in node.keywords}
+                        if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                            found.append(f"{where} torch.load without weights_only=True")
+    assert not found, found
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, (f"touch {os.environ.get('EMBPROF_PWNED', '/nonexistent/PWNED')}",))
+
+
+def test_a_reference_file_with_a_pickle_is_refused_unopened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embprof.engine.plan import CellPlan
+    from embprof.engine.workloads.cell import CellWorkload
+
+    marker = tmp_path / "PWNED"
+    monkeypatch.setenv("EMBPROF_PWNED", str(marker))
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, texts=np.array([_Payload()], dtype=object))
+    text = tmp_path / "lines.txt"
+    text.write_text("one\ntwo\n")
+    workload = CellWorkload(CellPlan(cost="encode", input=str(text), tasks=(), reference=str(ref)))
+    with pytest.raises(UserError, match="cannot be read"):
+        workload.prepare()
+    assert not marker.exists()
+
+
+def test_snapshot_fields_that_look_like_code_stay_data(tmp_path: Path) -> None:
+    from test_snapshot import recorded_run
+
+    from embprof.engine.snapshot import build, load, save
+
+    _, rec = recorded_run()
+    path = save(build(rec, {"hostname": "h"}), tmp_path)
+    data = json.loads(path.read_text())
+    marker = tmp_path / "PWNED"
+    payload = {"__class__": "os.system", "py/object": "os.system", "!!python/object/apply:os.system": [f"touch {marker}"],
+               "__reduce__": ["os.system", [f"touch {marker}"]]}
+    data["environment"] = {"hostname": "h", **payload}
+    data["workload"] = {**data["workload"], **payload}
+    path.write_text(json.dumps(data))
+    snap = load(path)
+    assert snap.environment["__reduce__"] == ["os.system", [f"touch {marker}"]]
+    assert not marker.exists()
+
+
+# -- a model's own code -------------------------------------------------------------------------------
+
+def _model_with_code(folder: Path, marker: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["EvilModel"], "model_type": "evil",
+        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"},
+    }))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                    "from transformers import PretrainedConfig\nclass EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n")
+    return folder
+
+
+@pytest.mark.slow
+def test_a_model_s_own_code_runs_only_with_the_flag_and_the_snapshot_says_so(cli_env: dict[str, str], tmp_path: Path) -> None:
+    marker = tmp_path / "PWNED"
+    model = _model_with_code(tmp_path / "evil-model", marker)
+    proc = subprocess.run([embprof_exe(), "run", "encode", "--model", str(model), "-q"], env=cli_env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "custom code" in lines[0] and "--trust-remote-code" in lines[0] and "Traceback" not in proc.stderr
+    assert not marker.exists()  # refused before a line of it ran
+    plan = json.loads(subprocess.run([embprof_exe(), "run", "encode", "--print-plan"], env=cli_env, capture_output=True,
+                                     text=True, timeout=60, check=True).stdout)
+    assert plan["target"]["trust_remote_code"] is False  # off unless given
+    for flag, expected in (([], False), (["--trust-remote-code"], True)):
+        proc = subprocess.run([embprof_exe(), "run", "encode", "--repeats", "1", "--warmups", "0", "-q", *flag], env=cli_env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        saved = json.loads(_snapshot_of(proc.stdout).read_text())
+        assert saved["target"]["trust_remote_code"] is expected

@@ -1,0 +1,197 @@
+"""Typed converters for the command line's options: a bad value is refused while the command line is
+parsed, in one sentence, before any engine module is imported or any model loaded.
+
+Each converter states its bounds (``least`` and ``most``) and either returns a value inside them or
+raises ``argparse.ArgumentTypeError`` with a phrase that starts with a verb ("must be …", "takes …");
+the parser puts the option's name in front of it. The bounds of each option live in ``LIMITS``, and
+the run plan (which is also read from files, where the command line never saw the values) refuses
+the same values in the same words: ``embprof.engine.plan`` keeps the same numbers, and the tests hold
+the two to each other.
+
+Only argparse is imported here; the escaping of outside text is imported when a value is refused:
+``embprof --help`` must stay cheap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+# A refused value is echoed back, but a pasted file must not become the error line.
+SHOWN_CHARS = 40
+
+
+def shown(value: str) -> str:
+    """A refused value as the error line shows it: control characters escaped, long values cut."""
+    from embprof.engine.text import one_line  # imported only once something is refused
+
+    text = one_line(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
+def fmt_bound(x: float) -> str:
+    """A bound as people write it: 86400, not 86400.0; 0.001, not 1e-03."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+# -- the wording (engine.plan's checks say the same words, and the tests compare the two) ---------------------
+def count_refusal(least: int, most: int, value: int | None, as_shown: str) -> str:
+    """Why a count is refused, as a phrase to follow the option's name; ``value`` None: not a whole number."""
+    if value is not None and value < least:
+        return f"must be at least {least}, not {as_shown}"
+    if value is not None and value > most:
+        return f"must be at most {most}, not {as_shown}"
+    return f"must be a whole number from {least} to {most}, not {as_shown}"
+
+
+def number_refusal(least: float, most: float, unit: str, value: object) -> str:
+    """Why a number is refused: a phrase to follow the option's name."""
+    return f"must be a positive number between {fmt_bound(least)} and {fmt_bound(most)} {unit}, not {value}"
+
+
+def empty_refusal(hint: str = "") -> str:
+    return "cannot be empty" + (f": {hint}" if hint else "")
+
+
+# -- converters ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Count:
+    """A whole number from ``least`` to ``most``, both included."""
+
+    least: int
+    most: int
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            # int() refuses "1e3", "nan", "" and digit strings too long to convert: all are "not a whole number".
+            raise argparse.ArgumentTypeError(count_refusal(self.least, self.most, None, f"'{shown(text)}'")) from None
+        if not self.least <= value <= self.most:
+            raise argparse.ArgumentTypeError(count_refusal(self.least, self.most, value, shown(text.strip())))
+        return value
+
+    @property
+    def range_text(self) -> str:
+        return f"{self.least}–{self.most}"
+
+
+@dataclass(frozen=True)
+class Number:
+    """A finite number from ``least`` to ``most``, both included, in ``unit``."""
+
+    least: float
+    most: float
+    unit: str
+
+    def __call__(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        # NaN fails both comparisons; ±inf fails one of them, since both bounds are finite.
+        if not self.least <= value <= self.most:
+            raise argparse.ArgumentTypeError(number_refusal(self.least, self.most, self.unit, f"'{shown(text)}'"))
+        return value
+
+    @property
+    def range_text(self) -> str:
+        return f"{fmt_bound(self.least)}–{fmt_bound(self.most)}"
+
+
+@dataclass(frozen=True)
+class Text:
+    """A string that must say something: an empty one (or only spaces) names no file, model or server."""
+
+    hint: str = ""
+
+    def __call__(self, text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(empty_refusal(self.hint))
+        return text
+
+
+@dataclass(frozen=True)
+class DimList:
+    """The matrix's --truncate-dim: a comma-separated list of ``full`` or whole numbers of dimensions.
+
+    The items stay strings ("full", "256"): the matrix's own spec reads them, as it reads a file's."""
+
+    least: int
+    most: int
+
+    def __call__(self, text: str) -> list[str]:
+        items = [v.strip() for v in text.split(",") if v.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("takes full or whole numbers of dimensions, and has no values")
+        for item in items:
+            if item == "full":
+                continue
+            try:
+                value = int(item)
+            except ValueError:
+                value = None
+            if value is None or not self.least <= value <= self.most:
+                raise argparse.ArgumentTypeError(
+                    f"takes full or whole numbers from {self.least} to {self.most}, not '{shown(item)}'")
+        return items
+
+
+# -- the bounds of every numeric option ---------------------------------------------------------------------------
+# Why each upper bound: far past any real use, and small enough that nothing later overflows (a socket
+# timeout, a sleep until the next Poisson arrival, a list of requests or texts built in memory).
+MAX_DIMENSIONS = 65_536  # the widest embedding models have a few thousand dimensions
+MAX_BATCH = 65_536  # texts per forward pass or per request
+MAX_PID = 2_147_483_647  # pid_t is a signed 32-bit number everywhere psutil runs
+MAX_SECONDS = 86_400  # a day: per request, per sweep point
+MAX_DURATION = 604_800  # a week of load
+MAX_LOAD_WORKERS = 512  # the load workload's thread pool (engine.plan.MAX_LOAD_WORKERS)
+
+SAMPLE_HZ = Number(1.0, 100.0, "Hz")
+TIMEOUT = Number(0.001, MAX_SECONDS, "seconds")
+MAX_ERRORS = Count(0, 1_000_000)
+SERVER_PID = Count(1, MAX_PID)  # 0 would mean "this process group" to os.kill
+TRUNCATE_DIM = Count(1, MAX_DIMENSIONS)
+LOOPS = Count(1, 100_000)
+CELL_LOOPS = Count(2, 100_000)  # a matrix cell needs two timed encodes for a spread
+BATCH_SIZE = Count(1, MAX_BATCH)
+WARMUPS = Count(0, 10_000)  # zero: no warm-up pass
+REPEATS = Count(1, 100_000)
+TARGET_CI = Number(0.01, 99.0, "percent")
+BUDGET = Number(0.01, MAX_SECONDS, "seconds per point")
+RAM_CEILING = Number(1.0, 16_777_216.0, "MiB")  # 16 TiB
+REQUESTS = Count(1, 100_000_000)
+DURATION = Number(0.01, MAX_DURATION, "seconds")
+CONCURRENCY = Count(1, MAX_LOAD_WORKERS)
+RATE = Number(0.001, 100_000.0, "requests per second")  # the least: one request in about 17 minutes
+LOAD_BATCH = Count(1, MAX_BATCH)
+TOP_K = Count(1, 10_000)
+ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
+MATRIX_TRUNCATE_DIMS = DimList(1, MAX_DIMENSIONS)
+
+# Every bounded option, by its name on the command line: the tests check each against the plan.
+LIMITS: dict[str, Count | Number] = {
+    "--sample-hz": SAMPLE_HZ,
+    "--timeout": TIMEOUT,
+    "--max-errors": MAX_ERRORS,
+    "--server-pid": SERVER_PID,
+    "--truncate-dim": TRUNCATE_DIM,
+    "--loops": LOOPS,
+    "--batch-size": BATCH_SIZE,
+    "--warmups": WARMUPS,
+    "--repeats": REPEATS,
+    "--target-ci": TARGET_CI,
+    "--budget": BUDGET,
+    "--ram-ceiling": RAM_CEILING,
+    "--requests": REQUESTS,
+    "--duration": DURATION,
+    "--concurrency": CONCURRENCY,
+    "--rate": RATE,
+    "--batch": LOAD_BATCH,
+    "--top-k": TOP_K,
+    "--energy-window": ENERGY_WINDOW,
+}
+
+NON_EMPTY = Text()
+MODEL = Text("leave the option out for the bundled model")  # the hint reads on: "--model cannot be empty: leave …"
