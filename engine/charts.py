@@ -15,7 +15,17 @@ from .snapshot import Snapshot
 NUMERIC_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
 
 
+def quiet_matplotlib() -> None:
+    """matplotlib caches its font list in the user's cache and logs a warning to stderr when it cannot
+    (a full disk, a read-only home): the chart is drawn all the same, and embprof's own error about the
+    file it could not write is the one line a user should read."""
+    import logging
+
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+
+
 def _plt() -> Any:
+    quiet_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display is needed or touched

@@ -111,7 +111,7 @@ class RequestTimed:
     bytes_received: int
     tokens: int | None = None  # when the server reports them
     received_ns: int | None = None  # send to the last byte of the answer, before parsing it
-    error_kind: str = ""  # "", "timeout", "connection", "http 4xx/5xx", "bad body", "bad shape", "too large"
+    error_kind: str = ""  # "", "timeout", "connection", "http 3xx/4xx/5xx", "bad body", "bad shape", "too large"
     error: str = ""
     warmup: bool = False
     group: str = ""  # the kind of call it belongs to (see EncodeTimed)

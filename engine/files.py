@@ -74,6 +74,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def expand_path(path: str | Path, what: str = "path") -> Path:
+    """``path`` with ``~`` and ``~user`` expanded, or one sentence when that user does not exist."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's "Could not determine home directory"
+        raise UserError(f"{what} '{one_line(path)}' names a home folder that does not exist on this machine") from None
+
+
 def check_output_path(output: str | Path, inputs: list[str | Path] | tuple[str | Path, ...] = (), what: str = "output file") -> Path:
     """Refuse, before any work, an output path that could only fail or destroy something.
 
@@ -82,7 +90,7 @@ def check_output_path(output: str | Path, inputs: list[str | Path] | tuple[str |
     """
     if str(output) == "":
         raise UserError(f"the {what} path is empty")
-    out = Path(output).expanduser()
+    out = expand_path(output, what)
     if out.is_dir():
         raise UserError(f"{what} '{one_line(output)}' is a folder; give a file name")
     for parent in out.parents:
@@ -91,7 +99,7 @@ def check_output_path(output: str | Path, inputs: list[str | Path] | tuple[str |
                 raise UserError(f"{what} '{one_line(output)}' cannot be created: '{one_line(parent)}' is a file, not a folder")
             break
     for src in inputs:
-        if _same_file(out, Path(src).expanduser()):
+        if _same_file(out, expand_path(src, what)):
             raise UserError(f"{what} '{one_line(output)}' is also an input ('{one_line(src)}'): writing it would destroy what is read")
     return out
 
@@ -107,7 +115,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def read_file_bytes(path: str | Path, what: str, limit: int) -> bytes:
     """A regular file's bytes, or one sentence why not: missing, a folder, a device or pipe, too large, unreadable."""
-    p = Path(path).expanduser()
+    p = expand_path(path, what)
     name = f"{what} '{one_line(path)}'"
     try:
         st = p.stat()
@@ -248,5 +256,5 @@ def cache_dir() -> Path:
     """embprof's cache outside any project: $EMBPROF_CACHE_DIR, else $XDG_CACHE_HOME/embprof or ~/.cache/embprof."""
     explicit = os.environ.get("EMBPROF_CACHE_DIR")
     if explicit:
-        return Path(explicit).expanduser()
+        return expand_path(explicit, "EMBPROF_CACHE_DIR")
     return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "embprof"

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, f
 
 from .errors import UserError
 from .text import one_line
-from .files import MAX_JSON_BYTES, atomic_write_bytes, ensure_writable_dir, folder_lock, json_depth_exceeds, read_file_bytes, read_json_file
+from .files import MAX_JSON_BYTES, atomic_write_bytes, ensure_writable_dir, expand_path, folder_lock, json_depth_exceeds, read_file_bytes, read_json_file
 from .matrix_rows import MatrixRow
 from .plan import (
     BUNDLED_MODEL_ID,
@@ -146,7 +146,7 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
 
 def load_spec(path: str) -> MatrixSpec:
     """A matrix from a TOML or YAML file (the same fields as ``--print-spec`` writes, axes as lists)."""
-    p = Path(path).expanduser()
+    p = expand_path(path, "matrix file")
     suffix = p.suffix.lower()
     if suffix == ".json":
         data: Any = read_json_file(path, "matrix file")

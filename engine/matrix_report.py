@@ -224,6 +224,9 @@ def chart_points(rows: Sequence[MatrixRow], f: Frontier) -> list[tuple[MatrixRow
 
 def _chart_bytes(rows: Sequence[MatrixRow], frontiers: Sequence[Frontier], fmt: ChartFormat) -> list[tuple[str, bytes]]:
     """(cost axis field, image bytes) for each axis with at least one point."""
+    from .charts import quiet_matplotlib
+
+    quiet_matplotlib()
     import matplotlib
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter

@@ -33,6 +33,7 @@ import numpy as np
 
 from .context import RunContext
 from .errors import UserError
+from .text import one_line
 from .events import BatchTimed
 from .plan import EncodeMode, LocalTarget
 from .results import TargetFacts
@@ -453,6 +454,29 @@ class OnnxTarget:
 
                 self._modules.append(Pooling(int(self._meta["hidden_size"]), pooling_mode="mean"))
             self._similarity_fn = SimilarityFunction.to_similarity_fn(self.similarity_fn_name)
+        self._check_truncate_dim()
+
+    def _check_truncate_dim(self) -> None:
+        """As the torch target: a --truncate-dim wider than the model is refused, not quietly capped."""
+        wanted = self.spec.truncate_dim
+        if wanted is None:
+            return
+        full = self.embedding_dim_untruncated
+        if full is not None and wanted > full:
+            raise UserError(f"--truncate-dim {wanted} is more than the {full} dimensions of model "
+                            f"'{one_line(self.spec.display_name)}': give at most {full}")
+
+    @property
+    def embedding_dim_untruncated(self) -> int | None:
+        for module in reversed(self._modules):
+            for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
+                method = getattr(module, name, None)
+                if callable(method):
+                    dim = method()
+                    if dim is not None:
+                        return int(dim)
+        hidden = self._meta.get("hidden_size")
+        return int(hidden) if hidden is not None else None
 
     def _ort_device(self, ort: Any) -> str:
         wanted = self.spec.device
@@ -506,20 +530,10 @@ class OnnxTarget:
 
     @property
     def embedding_dim(self) -> int | None:
-        dim: int | None = None
-        for module in reversed(self._modules):
-            for name in ("get_embedding_dimension", "get_sentence_embedding_dimension"):
-                method = getattr(module, name, None)
-                if callable(method):
-                    dim = method()
-                    break
-            if dim is not None:
-                break
-        if dim is None:
-            dim = self._meta.get("hidden_size")
+        dim = self.embedding_dim_untruncated
         if self.spec.truncate_dim is not None:
-            return self.spec.truncate_dim if dim is None else min(int(dim), self.spec.truncate_dim)
-        return int(dim) if dim is not None else None
+            return self.spec.truncate_dim if dim is None else min(dim, self.spec.truncate_dim)
+        return dim
 
     def describe(self) -> TargetFacts:
         facts: dict[str, Any] = {

@@ -189,6 +189,10 @@ class ServerTarget(_Plan):
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise UserError(f"--server takes an http:// or https:// URL, not '{_shown(strip_credentials(self.url))}'")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when it is asked for it
+        except ValueError:
+            raise UserError(f"--server '{_shown(strip_credentials(self.url))}' has no valid port (1–65535)") from None
         check_number(self.timeout_s, TIMEOUT_S, "--timeout", "seconds")
         check_count(self.max_errors, MAX_ERRORS, "--max-errors")
         check_count(self.server_pid, SERVER_PID, "--server-pid")

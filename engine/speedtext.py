@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write_bytes, cache_dir
+from .files import atomic_write_bytes, cache_dir, expand_path
 
 MTEB_V1_COMMIT = "6e72dc0e30577c2fde2bb5c6cb55c79bf8e1eaec"
 SPEED_TEXT_URL = (
@@ -61,10 +61,10 @@ def _read(path: Path, source: str) -> SpeedText:
 
 def resolve_speed_text(explicit: str | None = None) -> SpeedText:
     if explicit:
-        return _read(Path(explicit).expanduser(), "--text")
+        return _read(expand_path(explicit, "speed text"), "--text")
     env = os.environ.get("EMBPROF_SPEED_TEXT")
     if env:
-        return _read(Path(env).expanduser(), "EMBPROF_SPEED_TEXT")
+        return _read(expand_path(env, "speed text"), "EMBPROF_SPEED_TEXT")
     cached = cache_dir() / CACHE_NAME
     if cached.is_file():
         found = _read(cached, "cache")

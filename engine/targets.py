@@ -16,6 +16,7 @@ import numpy as np
 from .context import RunContext
 from .errors import UserError
 from .events import BatchTimed, EncodeTimed
+from .files import expand_path
 from .text import one_line
 from .plan import BUNDLED_MODEL_ID, DEVICES, DTYPES, EncodeMode, LocalTarget
 from .results import TargetFacts
@@ -284,7 +285,7 @@ class SentenceTransformerTarget:
             return
         shown = one_line(name)
         try:
-            path = Path(name).expanduser()
+            path = expand_path(name, "model folder")
             exists = path.exists()
         except RuntimeError:  # ~user of no such user: no home to expand to
             raise UserError(f"model folder '{shown}' does not exist (no such user's home folder)") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import resource
@@ -19,7 +20,7 @@ from typing import IO
 
 import pytest
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def default_stop_signals() -> None:
@@ -242,3 +243,14 @@ def readonly_folder(where: Path, populate: Callable[[Path], None] = lambda _p: N
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
+
+
+def tiny_matrix_spec(folder: Path, precisions: tuple[str, ...] = ("float32",)) -> Path:
+    """The cheapest real matrix: one cell per output precision, each timing two encodes of three short lines,
+    no mteb task. Returns the spec file."""
+    lines = folder / "lines.txt"
+    lines.write_text("one short line\nanother short line\na third line of text\n")
+    spec = folder / "matrix.toml"
+    spec.write_text(f"precision = {json.dumps(list(precisions))}\ntasks = []\nloops = 2\ncost = \"encode\"\n"
+                    f"cost_input = {json.dumps(str(lines))}\n")
+    return spec

@@ -164,7 +164,7 @@ def test_ctrl_c_keeps_finished_cells_and_the_next_run_goes_on(tmp_path: Path, en
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: the finished cells are kept" in err and "Traceback" not in err
+    assert "interrupted (SIGINT): the finished cells are kept" in err and "Traceback" not in err
     manifest, table_rows = rows(folder)
     statuses = [r.status for r in table_rows]
     assert statuses[0] == "ok" and "pending" in statuses, statuses

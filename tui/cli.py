@@ -783,4 +783,10 @@ def entry() -> None:
     from . import shutdown
 
     shutdown.install()  # before anything slow is imported: a SIGTERM during `import torch` is a clean stop too
-    sys.exit(main())
+    try:
+        status = main()
+    except KeyboardInterrupt as exc:  # a stop before main's own handling begins (its parser and first imports)
+        signum = exc.signum if isinstance(exc, shutdown.Stopped) else shutdown.received()
+        status = _fail(f"embprof: interrupted ({shutdown.name(signum)}); nothing was measured, nothing saved",
+                       shutdown.exit_status(signum))
+    sys.exit(status)

@@ -21,7 +21,7 @@ import psutil
 from ..context import RunContext
 from ..errors import PartialFailure, RunCancelled, UserError
 from ..events import Note, Result
-from ..files import ensure_writable_dir
+from ..files import ensure_writable_dir, expand_path
 from ..plan import MtebPlan, SpeedPlan
 from ..results import MtebRun, MtebTask
 from ..targets import Target
@@ -54,7 +54,7 @@ class MtebWorkload:
     # -- before anything loads -------------------------------------------------------------------
     def prepare(self) -> None:
         p = self.plan
-        data_dir = Path(p.data_dir).expanduser() if p.data_dir else None
+        data_dir = expand_path(p.data_dir, "data folder") if p.data_dir else None
         if data_dir is not None and not data_dir.is_dir():
             raise UserError(f"--data-dir '{p.data_dir}' is not a folder")
         ensure_writable_dir(Path(p.results_dir), "results folder")
