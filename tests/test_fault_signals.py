@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -293,3 +294,56 @@ def test_sigterm_during_a_matrix_cell_keeps_the_finished_cells(tmp_path: Path, c
     assert rc == 143 and "is in use" not in err, (rc, err[-2000:])
     with folder_lock(folder, "matrix folder"):  # and that one let go of it too
         pass
+
+
+# -- the dashboard ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make setup installs it where apt-get works)")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+def test_the_dashboard_stopped_by_a_signal_saves_what_was_measured(how: str, tmp_path: Path, speed_text: Path) -> None:
+    """In a real terminal: SIGTERM (``kill``) and SIGHUP (the terminal closed: tmux's session killed) stop
+    the dashboard's run at its next batch boundary, its snapshot is saved incomplete, naming the signal,
+    and the process ends (with 143 for SIGTERM; after a hangup nobody is left to read a status)."""
+    import psutil
+
+    session = f"embprof-signal-{os.getpid()}-{how}"
+    profiles = tmp_path / "profiles"
+    status_file = tmp_path / "status"
+    env = f"EMBPROF_PROFILES_DIR={profiles} HF_HUB_OFFLINE=1 TERM=xterm-256color"
+    cmd = (f"env {env} {embprof_exe()} --workload speed --loops 500 --text {speed_text}; "
+           f"echo $? > {status_file}; sleep 60")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "40", cmd], check=True)
+    try:
+        shell = int(subprocess.run(["tmux", "display-message", "-p", "-t", session, "#{pane_pid}"], capture_output=True,
+                                   text=True, check=True).stdout.strip())
+        found: list[psutil.Process] = []
+
+        def dashboard() -> bool:
+            found[:] = [p for p in psutil.Process(shell).children(recursive=True) if "embprof" in " ".join(p.cmdline())]
+            return bool(found)
+
+        wait_until(dashboard, 30, "the dashboard's process", poll=0.1)
+        proc = found[0]
+        # A timed loop under way: the status bar counts them ("running 2/500").
+        wait_until(lambda: re.search(r"running [1-9]\d*/500", _pane(session)) is not None, 180, "a timed loop on screen", poll=0.2)
+        if how == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        proc.wait(timeout=120)
+        if how == "SIGTERM":
+            wait_until(lambda: status_file.is_file() and bool(status_file.read_text().strip()), 20, "the exit status", poll=0.1)
+            assert status_file.read_text().strip() == "143"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+    saved = snapshots(profiles)
+    assert len(saved) == 1, saved
+    data = json.loads(saved[0].read_text())
+    assert data["status"] == "incomplete"
+    assert any(f"stopped by {how}" in e["message"] for e in data["summary"]["errors"]), data["summary"]["errors"]
+    assert temp_leftovers(profiles) == []
+
+
+def _pane(session: str) -> str:
+    return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=False).stdout

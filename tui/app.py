@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -70,8 +73,6 @@ DRAIN_S = 0.25
 
 
 def signal_name(signum: int) -> str:
-    import signal
-
     return signal.Signals(signum).name
 
 
@@ -130,6 +131,8 @@ class EmbprofApp(App[None]):
         self.animation_level = "none"
         self.save_snapshots = save_snapshots
         self.stopped_by: int | None = None  # the stop signal that ended the dashboard, for the exit status
+        self._idle = threading.Event()  # set while no run is being run or saved (read off the UI thread)
+        self._idle.set()
         self.cursor_blink = cursor_blink  # off in snapshot tests: a blinking cursor is not reproducible
         self.plan = plan or RunPlan()  # the form's starting point, and "run again" before any run
         self.autostart = autostart
@@ -259,10 +262,17 @@ class EmbprofApp(App[None]):
             return
         self.plan = plan
         key = f"run-{next(self._keys)}"
+        self._idle.clear()
         self.run_worker(lambda: self._work(key, plan), thread=True, exclusive=True, exit_on_error=False, group="run", name=key)
 
     def _work(self, key: str, plan: RunPlan) -> None:
         """The run's own thread: prepare, run, save. Everything it learns arrives as messages."""
+        try:
+            self._run_and_save(key, plan)
+        finally:
+            self._idle.set()
+
+    def _run_and_save(self, key: str, plan: RunPlan) -> None:
         from embprof.engine import environment
         from embprof.engine import snapshot as snap_mod
 
@@ -572,8 +582,22 @@ class EmbprofApp(App[None]):
     def _stop_signal(self, signum: int) -> None:
         first = self.stopped_by is None
         self.stopped_by = signum
-        if first:
-            self.call_later(self.action_quit)
+        if not first:
+            return
+        self.call_later(self.action_quit)
+        if signum == getattr(signal, "SIGHUP", None):
+            # The terminal is gone: Textual's own ending writes to it (restoring the screen) and can block
+            # on a queue nobody drains. The run is stopped and saved off the UI thread, and the process
+            # then ends whatever the UI is doing.
+            threading.Thread(target=self._end_after_hangup, args=(signum,), name="embprof-hangup", daemon=True).start()
+
+    def _end_after_hangup(self, signum: int) -> None:
+        # Polled: a run being prepared has no runner yet, and must be stopped as soon as it has one.
+        while not self._idle.wait(0.1):  # idle: the run has ended and its snapshot is written (or its failure posted)
+            runner = self.runner
+            if runner is not None and not runner.finished:
+                runner.cancel(signal_name(signum))
+        os._exit(128 + signum)
 
     async def action_quit(self) -> None:
         runner = self.runner
