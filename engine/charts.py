@@ -5,9 +5,10 @@ and a comparison's latencies side by side."""
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, check_output_path
 from .report import largest_fit_text
 from .results import SweepPoint, SweepResult
 from .snapshot import Snapshot
@@ -43,18 +44,21 @@ def figure_bytes(fig: Any, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def _save(fig: Any, path: Path, fmt: str) -> Path:
+def _save(fig: Any, path: Path, fmt: str, avoid: Sequence[str | Path] = ()) -> Path:
+    # A chart is written beside the report, under a name made from it: never over one of the inputs.
+    check_output_path(path, list(avoid), "chart file")
     atomic_write_bytes(path, figure_bytes(fig, fmt))
     return path
 
 
-def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path, fmt: str) -> Path:
+def _finish(plt: Any, fig: Any, ax: Any, xlabel: str, ylabel: str, title: str, path: Path, fmt: str,
+            avoid: Sequence[str | Path] = ()) -> Path:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    saved = _save(fig, path, fmt)
+    saved = _save(fig, path, fmt, avoid)
     plt.close(fig)
     return saved
 
@@ -80,7 +84,7 @@ def _group_order(group: tuple[tuple[str, int | str], ...]) -> tuple[tuple[str, i
     return tuple((k, 0, v, "") if isinstance(v, int) else (k, 1, 0, str(v)) for k, v in group)
 
 
-def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> list[Path]:
+def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg", avoid: Sequence[str | Path] = ()) -> list[Path]:
     sweep = snap.summary.results.get("sweep")
     if not isinstance(sweep, SweepResult):
         return []
@@ -110,13 +114,13 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
             ax.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], "-", alpha=0.7,
                     label=f"fit: {fit.formula}" + (f" (R² {fit.r2:.3f})" if fit.r2 is not None else ""))
     title = f"{snap.target.model_name} on {snap.target.device_resolved or snap.target.device or snap.target.url}: latency by {axis}"
-    out.append(_finish(plt, fig, ax, axis, "encode call latency (ms)", title, out_dir / f"{stem}-latency.{fmt}", fmt))
+    out.append(_finish(plt, fig, ax, axis, "encode call latency (ms)", title, out_dir / f"{stem}-latency.{fmt}", fmt, avoid))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for group in others:
         pts = sorted((p for p in points if _others(p, axis) == group and p.items_per_s is not None), key=lambda p: _x(p, axis))
         ax.plot([_x(p, axis) for p in pts], [p.items_per_s for p in pts], "o-", label=" ".join(f"{k}={v}" for k, v in group) or "items/s")
-    out.append(_finish(plt, fig, ax, axis, "items per second", "throughput", out_dir / f"{stem}-throughput.{fmt}", fmt))
+    out.append(_finish(plt, fig, ax, axis, "items per second", "throughput", out_dir / f"{stem}-throughput.{fmt}", fmt, avoid))
 
     limit = sweep.memory_limit
     if limit is not None and limit.curve:
@@ -131,11 +135,12 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg") -> 
             ax.axhline(limit.ceiling_mib, color="red", linestyle="--", label="RAM ceiling")
         ax.set_xscale("log", base=2)
         title = f"memory up to the limit: largest {limit.axis} that fits = {largest_fit_text(limit)}"
-        out.append(_finish(plt, fig, ax, limit.axis, "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt))
+        out.append(_finish(plt, fig, ax, limit.axis, "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt, avoid))
     return out
 
 
-def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: str, fmt: str = "svg") -> list[Path]:
+def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: str, fmt: str = "svg",
+                  avoid: Sequence[str | Path] = ()) -> list[Path]:
     """Each run's encode-call latency: median with its 95 % interval, and every timed call.
 
     Only a run with one kind of timed call (its headline) is drawn, and only while its values were
@@ -163,6 +168,6 @@ def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: 
     ax.set_ylabel("encode call latency (ms)")
     ax.set_title("timed encode calls (dots) and median with 95 % CI")
     ax.grid(alpha=0.3, axis="y")
-    path = _save(fig, out_dir / f"{stem}-latency.{fmt}", fmt)
+    path = _save(fig, out_dir / f"{stem}-latency.{fmt}", fmt, avoid)
     plt.close(fig)
     return [path]

@@ -93,6 +93,9 @@ def check_output_path(output: str | Path, inputs: list[str | Path] | tuple[str |
     out = expand_path(output, what)
     if out.is_dir():
         raise UserError(f"{what} '{one_line(output)}' is a folder; give a file name")
+    if out.exists() and not out.is_file():
+        # A write renames a new file over the path: a device (/dev/null), a FIFO or a socket would be replaced by it.
+        raise UserError(f"{what} '{one_line(output)}' is a device, pipe or socket, not a file: write to a file, or to stdout without -o")
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -203,6 +206,8 @@ def ensure_writable_dir(path: Path, what: str) -> Path:
 def read_lines(source: str) -> list[str]:
     """Non-blank lines of a UTF-8 file, or of standard input for '-'."""
     if source == "-":
+        if sys.stdin is None:
+            raise UserError("standard input is closed: give the texts with --input FILE")
         data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
         if len(data) > MAX_INPUT_BYTES:
             raise UserError(f"standard input is too large (more than {MAX_INPUT_BYTES / 2**20:,.0f} MiB)")
@@ -213,7 +218,7 @@ def read_lines(source: str) -> list[str]:
         data = read_file_bytes(source, "input file", MAX_INPUT_BYTES)
         name = f"input file '{one_line(source)}'"
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not part of the first text
     except UnicodeDecodeError as exc:
         raise UserError(f"{name} is not UTF-8 text (undecodable byte at offset {exc.start})") from exc
     lines = [line.rstrip("\r") for line in text.split("\n")]

@@ -6,7 +6,8 @@ Every request is an event (RequestTimed): wall time from send to parsed response
 items, the tokens the server reports, the status, and for a failure its kind. Prompts are applied
 client-side, as sentence-transformers applies them for a local model. The API key is read from an
 environment variable the user names and sent as a bearer token; it and any credentials in the URL
-are never written anywhere.
+are never written anywhere: a server may quote them back in its messages, so every text that comes
+from the server or from the connection has them replaced by *** before it leaves this module.
 
 A server's answer is data from outside: it either becomes a float matrix of exactly one vector per
 text sent (every vector as long as every other one of the run, every number finite) or a failure
@@ -16,6 +17,7 @@ answer is read past a size limit, and a server's own message is kept to 200 char
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -24,14 +26,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import orjson
 
 from .context import RunContext
 from .errors import PartialFailure, UserError
-from .events import BatchTimed, EncodeTimed, RequestTimed, Result
+from .events import BatchTimed, EncodeTimed, Note, RequestTimed, Result
 from .plan import ServerTarget, strip_credentials
 from .results import RequestErrors, ServerMetrics, TargetFacts
 from .stats import known_sum
@@ -57,6 +59,13 @@ MAX_ERROR_BYTES = 64 * 1024
 MAX_INFO_BYTES = 16 * 1024 * 1024
 MESSAGE_CHARS = 200
 MODEL_ID_CHARS = 512
+# What stands in a message for a secret the server quoted back.
+REDACTED = "***"
+Redact = Callable[[str], str]
+
+
+def _same(text: str) -> str:
+    return text
 
 
 class AnswerError(Exception):
@@ -171,12 +180,13 @@ class HttpTarget:
         # later one (the load workload asks from many threads, hence the lock).
         self._dim: int | None = None
         self._dim_lock = threading.Lock()
+        # Vectors of all zeros met by similarity(): their cosine is undefined, which the run notes.
+        self._zero_vectors = 0
 
     # -- before the run ------------------------------------------------------------------------------
     def resolve(self) -> None:
         """Before the run: the URL answers (one sentence if not), and the local server's process is known."""
-        if self.spec.api_key_env is not None and not os.environ.get(self.spec.api_key_env):
-            raise UserError(f"--api-key-env names {self.spec.api_key_env}, but that environment variable is not set")
+        self._api_key()
         self._reach()
         if self.server_pid is not None:
             import psutil
@@ -211,6 +221,63 @@ class HttpTarget:
             n = self._props.get("n_ctx")
         return int(n) if _is_count(n) and n else None
 
+    # -- credentials ------------------------------------------------------------------------------------
+    def _api_key(self) -> str | None:
+        """The API key from the variable --api-key-env names (None without the option); a UserError,
+        naming the variable and never the key, for one that no HTTP header can carry as it is."""
+        name = self.spec.api_key_env
+        if name is None:
+            return None
+        key = os.environ.get(name, "")
+        if not key:
+            raise UserError(f"--api-key-env names {one_line(name)}, but that environment variable is not set")
+        # httpx would refuse these with a message that quotes the whole header, the key in it.
+        where = f"the API key in ${one_line(name)}"
+        if any(c in "\r\n" for c in key):
+            raise UserError(f"{where} holds a control character (a pasted line end?): set it without")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+            raise UserError(f"{where} holds a control character: set it without")
+        if not key.isascii():
+            raise UserError(f"{where} holds a character that is not ASCII, which an HTTP header cannot carry (a pasted quote?)")
+        if key != key.strip():
+            raise UserError(f"{where} begins or ends with a space: set it without")
+        return key
+
+    def _basic_auth(self) -> tuple[str, str] | None:
+        """The URL's user:password@ as basic auth, percent-decoded (a password may hold @ : / as %40 %3A
+        %2F); None without them, or when an API key (a bearer token) is sent instead."""
+        parts = urlsplit(self.spec.url)
+        if parts.username is None or self.spec.api_key_env:
+            return None
+        return unquote(parts.username), unquote(parts.password or "")
+
+    def _secrets(self) -> list[str]:
+        """Every text that would give away a credential: the API key and the Authorization value it
+        makes, the URL's user and password as written and decoded, and the basic-auth token. Longest
+        first, so that a whole header value goes before the key inside it."""
+        found: set[str] = set()
+        if self.spec.api_key_env:
+            key = os.environ.get(self.spec.api_key_env, "")
+            found.update((key, key.strip(), f"Bearer {key}"))
+        parts = urlsplit(self.spec.url)
+        for written in (parts.username, parts.password):
+            if written:
+                found.update((written, unquote(written)))
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            # As httpx writes basic auth: base64 of the UTF-8 user:password.
+            token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+            found.update((token, f"Basic {token}"))
+        return sorted((s for s in found if s), key=len, reverse=True)
+
+    def _redact(self, text: str) -> str:
+        """``text`` with every secret (see _secrets) replaced by ***: the one pass every message from the
+        server or the connection goes through before it leaves the target, done before a message is
+        cut short, so that no part of a secret survives at the cut either."""
+        for secret in self._secrets():
+            text = text.replace(secret, REDACTED)
+        return text
+
     # -- the connection ---------------------------------------------------------------------------------
     def _new_client(self) -> Any:
         import httpx
@@ -218,15 +285,13 @@ class HttpTarget:
         # identity: a server that compresses its answer (cpp-httplib gzips when asked) would spend
         # milliseconds on it for every request and the time would read as the model's.
         headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if self.spec.api_key_env:
-            headers["Authorization"] = f"Bearer {os.environ[self.spec.api_key_env]}"
-        parts = urlsplit(self.spec.url)
-        # Credentials in the URL become basic auth, unless an API key (a bearer token) is given.
-        auth = (parts.username or "", parts.password or "") if parts.username is not None and not self.spec.api_key_env else None
+        key = self._api_key()
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
         return httpx.Client(
             base_url=strip_credentials(self.base),
             headers=headers,
-            auth=auth,
+            auth=self._basic_auth(),
             timeout=httpx.Timeout(self.spec.timeout_s, connect=min(10.0, self.spec.timeout_s)),
             limits=httpx.Limits(max_keepalive_connections=64, max_connections=256),
         )
@@ -250,6 +315,12 @@ class HttpTarget:
 
     def _reach(self) -> None:
         """One sentence (a UserError) for every way the server can fail to be one, before anything is measured."""
+        try:
+            self._reach_once()
+        except UserError as exc:
+            raise UserError(self._redact(str(exc))) from None
+
+    def _reach_once(self) -> None:
         import httpx
 
         llama = self.spec.api == "llama"
@@ -271,13 +342,13 @@ class HttpTarget:
             if status in (401, 403):
                 raise UserError(f"the server at {self.url} refused the credentials (HTTP {status}); see --api-key-env")
         except httpx.ConnectError as exc:
-            raise UserError(f"cannot connect to {self.url}: {_reason(exc)} (is the server running?)") from None
+            raise UserError(f"cannot connect to {self.url}: {_reason(exc, self._redact)} (is the server running?)") from None
         except httpx.TimeoutException:
             raise UserError(f"{self.url} did not answer within {self.spec.timeout_s:g} s") from None
         except (UnicodeError, httpx.InvalidURL) as exc:  # a host name no resolver takes (IDNA: an empty or long label)
-            raise UserError(f"cannot connect to {self.url}: its host name is not valid ({_reason(exc)})") from None
+            raise UserError(f"cannot connect to {self.url}: its host name is not valid ({_reason(exc, self._redact)})") from None
         except httpx.HTTPError as exc:  # closed without answering, a broken HTTP answer …
-            raise UserError(f"the connection to {self.url} failed at {where}: {_reason(exc)}") from None
+            raise UserError(f"the connection to {self.url} failed at {where}: {_reason(exc, self._redact)}") from None
         except _Oversize as exc:
             raise UserError(f"{self.url}{where} answered with too much ({exc}): is it an embedding server?") from None
         except BadBody:
@@ -314,7 +385,8 @@ class HttpTarget:
             "backend": "http",
             "api": self.spec.api,
             "url": self.url,
-            "model_name": self._model_name or self._server_model_file() or self.url,
+            # The server's own name for its model, which it could make anything.
+            "model_name": self._redact(self._model_name or self._server_model_file() or self.url),
             "server_pid": self.server_pid,
             "prompts_from": self.spec.prompts_from,
             "prompt_names": tuple(sorted(self.prompts)),
@@ -326,13 +398,13 @@ class HttpTarget:
             facts["server_n_ctx"] = self.max_seq_length
             build = self._props.get("build_info")
             # Only plain values are taken from /props: a server's nested value is no build name.
-            facts["server_build"] = _clip(str(build), MODEL_ID_CHARS) if isinstance(build, (str, int, float)) else None
+            facts["server_build"] = _clip(self._redact(str(build)), MODEL_ID_CHARS) if isinstance(build, (str, int, float)) else None
             facts["server_model_file"] = self._server_model_file()
         return TargetFacts(**facts)
 
     def _server_model_file(self) -> str | None:
         path = self._props.get("model_path")
-        return _clip(os.path.basename(path), MODEL_ID_CHARS) if isinstance(path, str) and path else None
+        return _clip(self._redact(os.path.basename(path)), MODEL_ID_CHARS) if isinstance(path, str) and path else None
 
     def default_prompt_for(self, mode: EncodeMode) -> str | None:
         return default_prompt_name(self.prompts, mode)
@@ -425,8 +497,9 @@ class HttpTarget:
         raw = b""
 
         def failed(kind: str, message: str) -> RequestOutcome:
+            # Every failure's sentence passes here: whatever part of it came from the server is redacted.
             return RequestOutcome(duration_ns=time.perf_counter_ns() - t0, items=len(chunk), sent=len(data), received=len(raw),
-                                  status=status, error_kind=kind, error=message)
+                                  status=status, error_kind=kind, error=self._redact(message))
 
         t0 = time.perf_counter_ns()
         try:
@@ -438,24 +511,26 @@ class HttpTarget:
                 raw = _read_capped(r, MAX_ANSWER_BYTES, t0, self.spec.timeout_s)
             received = time.perf_counter_ns() - t0
         except Exception as exc:  # whatever stopped the answer arriving is this request's failure, not the run's crash
-            return failed(_classify(exc), _reason(exc))
+            return failed(_classify(exc), _reason(exc, self._redact))
         try:
             vectors, tokens = self.parse(decode_answer(raw), len(chunk))
+        except BadBody:
+            # Its sentence quotes the answer's start, cut short: said again with the secrets out first.
+            return failed(BadBody.kind, _not_json(raw, self._redact))
         except AnswerError as exc:
             return failed(exc.kind, str(exc))
         return RequestOutcome(duration_ns=time.perf_counter_ns() - t0, items=len(chunk), sent=len(data), received=len(raw),
                               status=status, vectors=vectors, tokens=tokens, received_ns=received)
 
-    @staticmethod
-    def _http_error(r: Any, raw: bytes, failed: Callable[[str, str], RequestOutcome]) -> RequestOutcome:
-        message = _server_message(raw)
+    def _http_error(self, r: Any, raw: bytes, failed: Callable[[str, str], RequestOutcome]) -> RequestOutcome:
+        message = _server_message(raw, self._redact)
         if TOO_LARGE.search(message):
             return failed("too large", TOO_LARGE_HINT)
-        reason = _clip(r.reason_phrase or "", 60)
+        reason = _clip(self._redact(r.reason_phrase or ""), 60)
         head = f"HTTP {r.status_code}" + (f" ({reason})" if reason else "")
         if 300 <= r.status_code < 400:
             # Redirects are not followed: an embedding server that moved is given by its new URL.
-            location = _clip(r.headers.get("location", ""), MESSAGE_CHARS)
+            location = _clip(self._redact(r.headers.get("location", "")), MESSAGE_CHARS)
             return failed(f"http {r.status_code}", f"{head}: redirects to '{location}'; give that URL to --server")
         if not message:
             return failed(f"http {r.status_code}", f"{head} with no message")
@@ -494,12 +569,29 @@ class HttpTarget:
         return out
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a = a / np.linalg.norm(a, axis=1, keepdims=True)
-        b = b / np.linalg.norm(b, axis=1, keepdims=True)
-        return np.asarray(a @ b.T)
+        """Cosine similarity of every row of ``a`` with every row of ``b``.
+
+        A server may send a vector of all zeros, which has no direction: its cosine with anything is
+        undefined. It scores 0, as sentence-transformers' cos_sim scores it for a local model (its
+        normalization leaves a zero vector zero), and finish() notes how many there were. NaN would
+        not do: it has no place in the snapshot's JSON.
+        """
+        # float64: the squares of float32's largest numbers and of its subnormals stay in range.
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        norm_a = np.linalg.norm(a, axis=1, keepdims=True)
+        norm_b = np.linalg.norm(b, axis=1, keepdims=True)
+        self._zero_vectors += int((norm_a == 0).sum() + (norm_b == 0).sum())
+        with np.errstate(all="ignore"):  # a zero row is divided by 1 below: nothing should warn; if it did, not on stderr
+            a = a / np.where(norm_a > 0, norm_a, 1.0)
+            b = b / np.where(norm_b > 0, norm_b, 1.0)
+            return np.asarray(a @ b.T)
 
     def finish(self, ctx: RunContext) -> None:
         """What the server counted while the run went on (its /metrics), and the request errors."""
+        if self._zero_vectors:
+            ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
+                f"the server sent {self._zero_vectors} vector(s) of all zeros: a zero vector's cosine similarity is "
+                "undefined, and its scores read 0 (as sentence-transformers scores it); its ranking means nothing")))
         end = self._metrics()
         if self._metrics_start is not None and end is not None:
             delta = {k: end[k] - self._metrics_start.get(k, 0.0) for k in end if k.startswith("llamacpp:")}
@@ -558,8 +650,9 @@ def decode_answer(raw: bytes) -> Any:
     raise BadBody(_not_json(raw))
 
 
-def _not_json(raw: bytes) -> str:
-    text = raw[:400].decode("utf-8", "replace").strip()
+def _not_json(raw: bytes, redact: Redact = _same) -> str:
+    # Far more than _clip looks at: a secret that starts in the part shown is redacted whole.
+    text = redact(raw[:4096].decode("utf-8", "replace")).strip()
     if not text:
         return "the answer is empty, not JSON"
     what = "HTML" if text.startswith("<") else "cut off or malformed" if text[0] in "[{" else "text"
@@ -703,8 +796,9 @@ def _json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _server_message(raw: bytes) -> str:
-    """What an error answer says, as one line of at most MESSAGE_CHARS: its JSON message, or its text."""
+def _server_message(raw: bytes, redact: Redact = _same) -> str:
+    """What an error answer says, as one line of at most MESSAGE_CHARS: its JSON message, or its text,
+    passed through ``redact`` before it is cut."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -719,6 +813,8 @@ def _server_message(raw: bytes) -> str:
     # Only a string is taken as is; anything else is shown as the answer's own text (no repr of
     # a server's nested values, which could be deep enough to fail).
     text = found if isinstance(found, str) else raw.decode("utf-8", "replace")
+    # Whole, before any part is taken out of it below: a secret cut in two would no longer be found.
+    text = redact(text)
     if body is None:  # not JSON, or JSON cut at the read limit: its message may still be there
         cut = re.search(r'"message"\s*:\s*"((?:[^"\\]|\\.)*)', text[:MAX_ERROR_BYTES])
         text = cut.group(1) if cut else text
@@ -732,13 +828,18 @@ def _server_message(raw: bytes) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    """Server text as one line (controls escaped, whitespace runs collapsed), cut to ``limit`` characters."""
-    line = one_line(" ".join(text.split()))
+    """Server text as one line (controls escaped, whitespace runs collapsed), cut to ``limit`` characters.
+
+    Only the text's first ``limit`` × 8 characters are looked at: a text read to a size limit may end
+    in part of a secret, which redaction cannot recognize, and a long run of whitespace must not bring
+    that end into what is shown."""
+    line = one_line(" ".join(text[: limit * 8].split()))
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or exc.__class__.__name__
+def _reason(exc: BaseException, redact: Redact = _same) -> str:
+    """An exception's first line, for a message: ``redact``ed, then cut to MESSAGE_CHARS."""
+    text = redact(str(exc)).strip() or exc.__class__.__name__
     low = text.lower()
     if "name or service not known" in low or "nodename nor servname" in low or "temporary failure in name resolution" in low:
         return "the host name does not resolve (DNS)"

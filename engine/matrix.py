@@ -121,7 +121,7 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
         loc = ".".join(str(x) for x in first.get("loc", ()))
         prefix = f"{where}: " if where else ""
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise UserError(f"{prefix}matrix field '{loc}': {msg}") from None
+        raise UserError(f"{prefix}matrix field '{one_line(loc)}': {one_line(msg)}") from None
     allowed = {"model", "device", "dtype", "backend", "quantize", "quantize_mode", "truncate_dim", "precision"}
     for chosen in spec.cells:
         unknown = sorted(set(chosen) - allowed)
@@ -134,9 +134,14 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
             raise UserError(f"a cell's truncate_dim is a positive number of dimensions, not '{dim}'")
     if not spec.models and not spec.servers:
         raise UserError("the matrix has no model and no server: give --model or --server")
+    if spec.models:  # an empty axis would silently make no cell of any model
+        for axis, values in (("devices", spec.devices), ("dtypes", spec.dtypes), ("backends", spec.backends), ("quantize", spec.quantize),
+                             ("truncate_dims", spec.truncate_dims), ("precisions", spec.precisions)):
+            if not values:
+                raise UserError(f"matrix field '{axis}' is empty: give at least one value (or leave it out for the default)")
     for d in spec.truncate_dims:
-        if d is not None and d < 1:
-            raise UserError(f"--truncate-dim takes full or a positive number of dimensions, not {d}")
+        if isinstance(d, bool) or (d is not None and d < 1):
+            raise UserError(f"--truncate-dim takes full or a positive number of dimensions, not {one_line(d)}")
     # One cell's plan checks the rest (loops, batch, top-k, tasks …), once, before anything runs.
     CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size, tasks=spec.tasks,
              data_dir=spec.data_dir, top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
@@ -365,6 +370,12 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
             target = LocalTarget(quantize_mode=mode, trust_remote_code=spec.trust_remote_code, **probe)  # type: ignore[arg-type]
         except UserError as exc:
             out.dropped.append(Dropped(_probe_label(probe, precision), str(exc)))
+            continue
+        except ValidationError as exc:  # a value the target does not take at all (--cell backend=tensorflow)
+            first = exc.errors()[0]
+            field_name = ".".join(str(x) for x in first.get("loc", ()))
+            out.dropped.append(Dropped(_probe_label(probe, precision),
+                                       f"{one_line(field_name)} {one_line(first.get('input'))!s}: {one_line(first.get('msg', 'invalid'))}"))
             continue
         why = _machine_refusal(target, have_cuda)
         if why:

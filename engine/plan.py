@@ -186,13 +186,34 @@ class ServerTarget(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> ServerTarget:
+        def shown(url: str) -> str:
+            # The URL in a sentence: without user:password@, and without a ?query or #fragment, which
+            # may hold a key. Cut by hand: urlsplit would drop the very characters refused below, and
+            # ask for the port, which may be the fault.
+            scheme, sep, rest = url.partition("://")
+            if not sep:
+                scheme, rest = "", url
+            base = rest.split("?", 1)[0].split("#", 1)[0]
+            netloc, slash, path = base.partition("/")
+            return _shown(scheme + sep + netloc.rpartition("@")[2] + slash + path)
+
+        # urlsplit drops surrounding spaces, and tabs or line ends anywhere, which httpx then refuses
+        # (or sends): a URL holding them is refused here, in words.
+        if self.url != self.url.strip() or any(c.isspace() or not c.isprintable() for c in self.url):
+            raise UserError(f"--server '{shown(self.url.strip())}' holds a space or control character (pasted with one?): "
+                            "give the URL without")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UserError(f"--server takes an http:// or https:// URL, not '{_shown(strip_credentials(self.url))}'")
+            raise UserError(f"--server takes an http:// or https:// URL, not '{shown(self.url)}'")
+        # Each request's path is added to the URL, so a query or fragment would end up in front of it.
+        if "?" in self.url or "#" in self.url:
+            raise UserError(f"--server takes the server's base URL, without ?query or #fragment: give '{shown(self.url)}'")
         try:
-            parts.port  # noqa: B018 - urlsplit checks the port only when it is asked for it
+            port = parts.port  # urlsplit checks the port only when it is asked for it
         except ValueError:
-            raise UserError(f"--server '{_shown(strip_credentials(self.url))}' has no valid port (1–65535)") from None
+            port = 0
+        if port == 0:
+            raise UserError(f"--server '{shown(self.url)}' has no valid port (1–65535)")
         check_number(self.timeout_s, TIMEOUT_S, "--timeout", "seconds")
         check_count(self.max_errors, MAX_ERRORS, "--max-errors")
         check_count(self.server_pid, SERVER_PID, "--server-pid")
@@ -598,12 +619,16 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
 
 def validate_plan(data: Any, where: str = "") -> RunPlan:
     """A plan from its JSON form; bad input is one sentence (UserError)."""
+    prefix = f"{where}: " if where else ""
     try:
         return RunPlan.model_validate(data)
+    except UserError as exc:  # a check of the plan's own (its bounds): said with the file it came from
+        if not where:
+            raise
+        raise UserError(f"{prefix}{exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith("function-"))
-        prefix = f"{where}: " if where else ""
         # A field name from a file is outside text: an unknown key is shown escaped, as any other.
         raise UserError(f"{prefix}plan field '{_shown(loc)}': {one_line(first.get('msg', 'invalid'))}") from None
 

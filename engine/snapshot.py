@@ -225,6 +225,8 @@ def load(path: str | Path) -> Snapshot:
     if not isinstance(data, dict) or data.get("tool") != "embprof":
         raise UserError(f"'{path}' is not an embprof snapshot")
     version = data.get("schema_version")
+    if isinstance(version, bool):  # JSON's true is not version 1, though Python finds True == 1
+        raise UserError(f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 and {SCHEMA_VERSION}")
     if version == 1:
         from .migrate import from_v1
 
@@ -240,6 +242,8 @@ def load(path: str | Path) -> Snapshot:
         )
     try:
         return Snapshot.model_validate(data)
+    except UserError as exc:  # the plan it holds fails one of the plan's own checks
+        raise UserError(f"snapshot '{path}' is damaged: its plan: {exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ()))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import atomic_write_bytes, cache_dir, expand_path
+from .files import MAX_INPUT_BYTES, atomic_write_bytes, cache_dir, expand_path, read_file_bytes
 
 MTEB_V1_COMMIT = "6e72dc0e30577c2fde2bb5c6cb55c79bf8e1eaec"
 SPEED_TEXT_URL = (
@@ -47,9 +47,7 @@ class SpeedText:
 
 
 def _read(path: Path, source: str) -> SpeedText:
-    if not path.is_file():
-        raise UserError(f"speed text file '{path}' (from {source}) does not exist")
-    data = path.read_bytes()
+    data = read_file_bytes(path, f"speed text file (from {source})", MAX_INPUT_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -19,11 +19,17 @@ The modes, by what goes wrong:
   ``noembedding``, ``embstring``, ``embstrings``, ``embbools``, ``embnulls``, ``embnested``,
   ``pertoken``, ``ragged``, ``emptyvec``, ``dimchange``, ``nan``, ``inf``, ``bignum``, ``hugeint``,
   ``noindex``, ``dupindex``, ``outofrange``, ``negindex``, ``floatindex``, ``strindex``,
-  ``fewer``, ``more``; and two that are well-formed: ``allnoindex`` and ``shuffled``;
+  ``fewer``, ``more``; and three that are well-formed: ``allnoindex``, ``shuffled`` and ``zeros``
+  (every vector all zeros, whose cosine is undefined);
 * what the server says of itself, before any embedding (GET_MODES): ``models-html``,
   ``models-nodata``, ``models-empty``, ``models-noid``, ``models-badid``, ``models-notobject``,
   ``models-401``, ``models-huge``, ``props-list``, ``props-odd`` (well-formed JSON with odd
-  values, which is tolerated), ``get-drop``.
+  values, which is tolerated), ``get-drop``;
+* the credentials quoted back (ECHO_MODES): ``echo400``, ``echo401``, ``echo500`` (a JSON error,
+  and a reason phrase, that quote the Authorization header), ``echotext`` (a 200 answer of text
+  that quotes it), ``echostatus`` (a broken status line that quotes it); before any embedding,
+  ``models-echo`` (the first model's id quotes it), ``props-echo`` (llama.cpp's build and model
+  file quote it), ``get-echostatus`` (a broken status line).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ _SHAPES: dict[str, Callable[[Vectors, Indexes], tuple[Vectors, Indexes]]] = {
     "floatindex": lambda v, ix: (v, [float(i) for i in ix]),
     "strindex": lambda v, ix: (v, [str(i) for i in ix]),
     "shuffled": lambda v, ix: (v[::-1], ix[::-1]),
+    "zeros": lambda v, ix: ([[0.0] * len(x) for x in v], ix),
     "fewer": lambda v, ix: (v[:-1], ix[:-1]),
     "more": lambda v, ix: (v + [v[0]], ix + [len(ix)]),
 }
@@ -73,10 +80,12 @@ _TOPS: dict[str, Any] = {
     "string": "embeddings",
 }
 ANSWER_MODES = (*_SHAPES, *_TOPS, "itemnotobject", "noembedding", "pertoken")
+GET_ECHO_MODES = ("models-echo", "props-echo", "get-echostatus")
 GET_MODES = ("models-html", "models-nodata", "models-empty", "models-noid", "models-badid", "models-notobject", "models-401",
-             "models-huge", "props-list", "props-odd", "get-drop")
+             "models-huge", "props-list", "props-odd", "get-drop", *GET_ECHO_MODES)
+ECHO_MODES = ("echo400", "echo401", "echo500", "echotext", "echostatus", *GET_ECHO_MODES)
 MODES = ("ok", "500", "slow", "drop", "notjson", "badshape", "toolarge", "die", "trickle", "hugebody", "endless", "html502",
-         "empty503", "huge500", "ctrl500", "redirect", "truncated", "empty", *ANSWER_MODES, *GET_MODES)
+         "empty503", "huge500", "ctrl500", "redirect", "truncated", "empty", *ANSWER_MODES, *GET_MODES, *ECHO_MODES)
 STATUS_MESSAGES = {
     401: "Incorrect API key provided",
     403: "This key may not use this model",
@@ -144,11 +153,16 @@ class FaultHandler(TrivialHandler):
     def do_GET(self) -> None:  # noqa: N802
         mode = self.state.mode
         on_models = self.path == "/v1/models"
+        auth = self.headers.get("Authorization", "")
         if mode == "get-drop":
             self.close_connection = True
             self.connection.close()
+        elif mode == "get-echostatus":
+            self._broken_status(auth)
         elif mode.startswith("models-") and on_models:
             self._models(mode)
+        elif mode == "props-echo" and self.path == "/props":
+            self._send(200, json.dumps({"build_info": f"b1 {auth}", "model_path": f"/models/{auth}.gguf"}).encode())
         elif mode.startswith("props-") and self.path == "/props":
             odd = {"default_generation_settings": "big", "n_ctx": "a lot", "build_info": [[[1]]], "model_path": 5}
             self._send(200, json.dumps([] if mode == "props-list" else odd).encode())
@@ -162,6 +176,8 @@ class FaultHandler(TrivialHandler):
             self._send(401, json.dumps({"error": {"message": STATUS_MESSAGES[401]}}).encode())
         elif mode == "models-huge":
             self._declare_and_close(200, 300 * 2**20)
+        elif mode == "models-echo":
+            self._send(200, json.dumps({"data": [{"id": "model for " + self.headers.get("Authorization", "")}]}).encode())
         else:
             body = {"models-nodata": {"object": "list"}, "models-empty": {"data": []}, "models-noid": {"data": [{"object": "model"}]},
                     "models-badid": {"data": [{"id": 42}]}, "models-notobject": [{"id": "m"}]}[mode]
@@ -186,7 +202,16 @@ class FaultHandler(TrivialHandler):
 
     def _fail(self, st: State, body: Any) -> None:
         mode = st.mode
-        if mode.isdigit():
+        auth = self.headers.get("Authorization", "")
+        if mode.startswith("echo") and mode[4:].isdigit():
+            status = int(mode[4:])
+            error = {"error": {"code": status, "message": f"invalid token: {auth}", "type": "invalid_request_error"}}
+            self._send(status, json.dumps(error).encode(), reason=f"Bad token {auth}")
+        elif mode == "echotext":
+            self._send(200, f"invalid token: {auth}".encode(), "text/plain")
+        elif mode == "echostatus":
+            self._broken_status(auth)
+        elif mode.isdigit():
             status = int(mode)
             message = STATUS_MESSAGES.get(status, f"status {status}")
             self._send(status, json.dumps({"error": {"code": status, "message": message, "type": "server_error"}}).encode())
@@ -238,6 +263,18 @@ class FaultHandler(TrivialHandler):
                     server.httpd.server_close()
 
                 threading.Thread(target=die, daemon=True).start()
+
+    def _send(self, status: int, body: bytes, content_type: str = "application/json", reason: str | None = None) -> None:
+        self.send_response(status, reason)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _broken_status(self, auth: str) -> None:
+        """A status line that is no HTTP, quoting the credentials: the client's parser quotes it back."""
+        self.close_connection = True
+        self.wfile.write(f"HTTP/1.1 abc {auth}\r\n\r\n".encode())
 
     def _declare_and_close(self, status: int, length: int) -> None:
         """Headers that promise ``length`` bytes, a few of them, then the end of the connection."""

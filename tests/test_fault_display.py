@@ -19,7 +19,7 @@ from pilot_helpers import plain, until
 from test_snapshot import recorded_run
 from test_tui_pilot import finished, make_app
 
-from embprof.engine.events import ErrorEvent, Note, RunStarted
+from embprof.engine.events import Note, RunStarted
 from embprof.engine.snapshot import build, save
 from embprof.engine.text import clean, one_line, printable
 from embprof.tui.cli import main
@@ -54,12 +54,13 @@ def test_the_console_escapes_what_it_prints_and_keeps_its_own_styles() -> None:
     buf = io.StringIO()
     console = SafeConsole(file=buf, force_terminal=True, color_system="standard", width=200)
     progress = ConsoleProgress(console)
-    progress(ErrorEvent(t_ns=1, error_kind="runtime", message=f"the server said {EVIL}", phase="encode"))
-    progress(Note(t_ns=2, text=EVIL, level="warning"))
+    progress(RunStarted(t_ns=0, run_id="r", started_utc="t", target={"model_name": EVIL, "device": "cpu", "dtype": "float32"},
+                        workload={"name": "encode"}, sample_hz=10.0, plan=None))
+    progress(Note(t_ns=2, text=f"the server said {EVIL}", level="warning"))
     out = buf.getvalue()
     assert "\\x1b[2J" in out and "\\x07" in out and "\\x9b" in out and "\\r" in out  # shown, not dropped
     assert "\x1b[2J" not in out and "\x07" not in out and "\x9b" not in out and "\r" not in out
-    assert "\x1b[31m" in out or "\x1b[1;31m" in out  # Rich's own colour still reaches the terminal
+    assert "\x1b[33m" in out or "\x1b[1m" in out  # Rich's own styles still reach the terminal
     assert "[/b][bold]name" in out  # markup in data is shown, not applied
 
 

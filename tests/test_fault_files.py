@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -354,3 +355,149 @@ def test_loader_takes_any_bytes(raw: bytes, tmp_path: Path) -> None:
         load(p)
     except UserError as exc:
         assert "\n" not in str(exc)
+
+
+# -- found by trying it as a new user: beyond the lists above ----------------------------------------------
+
+def test_output_onto_a_fifo_or_device_is_refused(snapshot_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fifo = tmp_path / "out.md"
+    os.mkfifo(fifo)  # a write renames a file over the path: the FIFO (or /dev/null, as root) would be replaced
+    rc, _, err = cli(["export", str(snapshot_file), "-o", str(fifo)], capsys)
+    one_error(rc, err, "is a device, pipe or socket")
+    assert fifo.is_fifo()
+
+
+def test_export_of_a_matrix_into_its_references_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "m"
+    (folder / "references").mkdir(parents=True)
+    (folder / "matrix.json").write_text("{}")
+    rc, _, err = cli(["export", str(folder), "--format", "csv", "-o", str(folder / "references" / "x.npz")], capsys)
+    one_error(rc, err, "inside the matrix's references folder")
+
+
+def test_charts_beside_the_output_never_replace_an_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, rec = recorded_run()
+    a = save(build(rec, {"hostname": "h"}), tmp_path)
+    named_like_a_chart = tmp_path / "c-latency.svg"  # the name `compare … -o c.md` gives its chart
+    named_like_a_chart.write_bytes(a.read_bytes())
+    before = named_like_a_chart.read_bytes()
+    rc, _, err = cli(["compare", str(named_like_a_chart), str(a), "--format", "md", "-o", str(tmp_path / "c.md")], capsys)
+    one_error(rc, err, "is also an input")
+    assert named_like_a_chart.read_bytes() == before
+
+
+def test_a_plan_check_names_the_file_it_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"workload": {"name": "encode", "repeats": 0}}))
+    rc, _, err = cli(["run", "--plan", str(plan), "--print-plan"], capsys)
+    one_error(rc, err, f"plan file '{plan}': --repeats")
+    data = _snapshot_dict()
+    data["plan"]["workload"]["repeats"] = 0
+    snap = tmp_path / "s.json"
+    snap.write_text(json.dumps(data))
+    rc, _, err = cli(["show", str(snap)], capsys)
+    one_error(rc, err, "is damaged: its plan: ")
+
+
+def test_schema_version_true_is_not_version_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "s.json"
+    p.write_text(json.dumps({**_snapshot_dict(), "schema_version": True}))
+    rc, _, err = cli(["show", str(p)], capsys)
+    one_error(rc, err, "schema version True")
+
+
+@pytest.mark.parametrize("axis", ["devices", "dtypes", "backends", "precisions"])
+def test_a_matrix_file_with_an_empty_axis_is_refused(axis: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "m.toml"
+    spec.write_text(f"{axis} = []\n")
+    rc, _, err = cli(["matrix", "--spec", str(spec), "--print-spec"], capsys)
+    one_error(rc, err, f"'{axis}' is empty")
+
+
+def test_prompts_refuses_server_options_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = cli(["prompts", "--server", "http://127.0.0.1:9"], capsys)
+    one_error(rc, err, "the server options do not apply")
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path: Path) -> None:
+    from embprof.engine.files import read_lines
+
+    p = tmp_path / "bom.txt"
+    p.write_bytes("\ufefffirst\nsecond\n".encode())
+    assert read_lines(str(p)) == ["first", "second"]
+
+
+def test_a_speed_text_that_is_a_folder_says_so(tmp_path: Path) -> None:
+    from embprof.engine.speedtext import _read
+
+    with pytest.raises(UserError, match="is a folder"):
+        _read(tmp_path, "--text")
+    with pytest.raises(UserError, match="not a regular file"):
+        _read(Path("/dev/null"), "EMBPROF_SPEED_TEXT")
+
+
+# -- the streams: closed, a closed pipe, an encoding that cannot show everything -----------------------------
+
+def _console(args: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+    from conftest import embprof_exe
+
+    return subprocess.run([embprof_exe(), *args], capture_output=True, timeout=120, **kw)
+
+
+def test_a_reader_that_goes_away_is_not_an_error(snapshot_file: Path) -> None:
+    from conftest import embprof_exe
+
+    shown = subprocess.run(f"'{embprof_exe()}' show '{snapshot_file}' | head -c 10", shell=True, capture_output=True, timeout=120)
+    assert shown.returncode == 0 and shown.stderr == b"", shown.stderr
+    status = subprocess.run(f"'{embprof_exe()}' show '{snapshot_file}' | head -c 10 > /dev/null; echo ${{PIPESTATUS[0]}}", shell=True,
+                            executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert status.stdout.strip() == "0" and status.stderr == "", status
+
+
+def test_an_ascii_only_terminal_gets_escapes_not_a_traceback(snapshot_file: Path, tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    helped = _console(["run", "encode", "--help"], env=env)
+    assert helped.returncode == 0 and b"Traceback" not in helped.stderr, helped.stderr[-500:]
+    named = tmp_path / "日本語-モデル.json"
+    named.write_bytes(snapshot_file.read_bytes())
+    shown = _console(["show", str(named)], env=env)
+    assert shown.returncode == 0 and shown.stderr == b"", shown.stderr[-500:]
+    listed = _console(["list", "--profiles-dir", str(tmp_path)], env=env)
+    assert listed.returncode == 0 and b"\\u65e5" in listed.stdout
+
+
+def test_closed_streams_are_one_line_or_the_status(snapshot_file: Path) -> None:
+    closed_out = subprocess.run(["sh", "-c", f"exec 1>&-; exec '{_exe()}' show '{snapshot_file}'"], capture_output=False,
+                                stderr=subprocess.PIPE, timeout=120)
+    assert closed_out.returncode == 2 and closed_out.stderr.count(b"\n") == 1 and b"standard output is closed" in closed_out.stderr
+    closed_err = subprocess.run(["sh", "-c", f"exec 2>&-; exec '{_exe()}' show /nonexistent.json"], capture_output=False,
+                                stdout=subprocess.PIPE, timeout=120)
+    assert closed_err.returncode == 2
+    closed_in = subprocess.run(["sh", "-c", f"exec 0<&-; exec '{_exe()}' run encode --input - --print-plan"],
+                               capture_output=True, timeout=120)
+    # The plan holds the texts it runs on, so even --print-plan reads standard input first.
+    assert closed_in.returncode == 2 and closed_in.stderr == b"embprof: error: standard input is closed: give the texts with --input FILE\n"
+
+
+def test_stdin_closed_for_input_is_one_sentence() -> None:
+    from embprof.engine.files import read_lines
+
+    saved, sys_stdin = None, __import__("sys")
+    saved = sys_stdin.stdin
+    sys_stdin.stdin = None  # what Python gives a process started with stdin closed
+    try:
+        with pytest.raises(UserError, match="standard input is closed"):
+            read_lines("-")
+    finally:
+        sys_stdin.stdin = saved
+
+
+def test_columns_zero_still_shows_the_tables(snapshot_file: Path) -> None:
+    shown = _console(["show", str(snapshot_file)], env=dict(os.environ, COLUMNS="0"))
+    assert shown.returncode == 0 and b"status" in shown.stdout
+
+
+def _exe() -> str:
+    from conftest import embprof_exe
+
+    return embprof_exe()

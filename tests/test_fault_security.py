@@ -5,6 +5,12 @@
   every format, a matrix's manifest, cells and reports, caches) and every line on stdout and stderr,
   including the error messages of a server that refuses, cannot be reached or answers 401 — and
   nothing in the dashboard's screen.
+- A server that quotes the credentials back (the Authorization header in a 400/401/500 message or
+  reason phrase, in a 200 answer that is not JSON, in a broken status line, in its model's name or
+  llama.cpp's /props) has them, and the basic-auth token they make, replaced by *** before they
+  reach stdout, stderr or the snapshot.
+- An API key that no HTTP header can carry (a line end, another control character, a surrounding
+  space, a character beyond ASCII) is refused in one sentence that names its variable, not the key.
 - Reading a snapshot, a plan, a matrix file or a reference file never runs anything: the engine
   holds no eval/exec/pickle/unsafe YAML (checked in its source), a YAML tag is refused, an object
   array in a reference file is refused unopened.
@@ -15,6 +21,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import subprocess
@@ -27,7 +34,10 @@ import pytest
 from conftest import REPO, embprof_exe
 from pilot_helpers import plain, until
 
+import fault_server
 from embprof.engine.errors import UserError
+from embprof.engine.http_target import HttpTarget, ServerFault
+from embprof.engine.plan import ServerTarget
 from embprof.engine.trivial_server import TrivialEmbeddingServer, TrivialHandler
 
 KEY = "sk-planted-7f3a9c2e51"
@@ -54,7 +64,7 @@ class Leak:
         assert "Traceback" not in proc.stderr
         return proc.returncode, proc.stdout, proc.stderr
 
-    def check(self, *folders: Path) -> int:
+    def check(self, *folders: Path, secrets: tuple[str, ...] = SECRETS) -> int:
         files = 0
         for folder in folders:
             for path in folder.rglob("*"):
@@ -62,7 +72,7 @@ class Leak:
                     files += 1
                     self.outputs.append((str(path), path.read_bytes().decode("utf-8", "replace")))
         for where, text in self.outputs:
-            for secret in SECRETS:
+            for secret in secrets:
                 assert secret not in text, f"{secret} leaked into {where}"
         return files
 
@@ -171,6 +181,105 @@ async def test_the_dashboard_shows_no_secret(tmp_path: Path, monkeypatch: pytest
     assert "trivial" in "\n".join(shown) and s.url in saved  # the server is on screen and in the snapshot …
     for secret in SECRETS:  # … without what authenticates to it
         assert secret not in "\n".join(shown) and secret not in saved
+
+
+# -- credentials quoted back -------------------------------------------------------------------------
+# A password with @ : /, written percent-encoded in the URL: each of its forms is a secret.
+ECHO_PASSWORD = "p@ss:w/rd-planted-51c2"
+ECHO_PASSWORD_WRITTEN = "p%40ss%3Aw%2Frd-planted-51c2"
+ECHO_TOKEN = base64.b64encode(f"{USER}:{ECHO_PASSWORD}".encode()).decode()
+ECHO_SECRETS = (KEY, USER, ECHO_PASSWORD, ECHO_PASSWORD_WRITTEN, ECHO_TOKEN)
+
+
+def echo_creds(url: str) -> str:
+    return url.replace("http://", f"http://{USER}:{ECHO_PASSWORD_WRITTEN}@")
+
+
+def _echo_target(mode: str, auth: str, monkeypatch: pytest.MonkeyPatch) -> tuple[HttpTarget, Any]:
+    monkeypatch.setenv("EMBPROF_TEST_KEY", KEY)
+    s = fault_server.start(mode)
+    api = "llama" if mode == "props-echo" else "openai"
+    if auth == "bearer":
+        return HttpTarget(ServerTarget(url=s.url, api=api, api_key_env="EMBPROF_TEST_KEY")), s
+    return HttpTarget(ServerTarget(url=echo_creds(s.url), api=api)), s
+
+
+@pytest.mark.parametrize("auth", ["bearer", "basic"])
+@pytest.mark.parametrize("mode", fault_server.ECHO_MODES)
+def test_credentials_a_server_quotes_back_are_redacted(mode: str, auth: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    target, s = _echo_target(mode, auth, monkeypatch)
+    said: list[str] = []
+    try:
+        try:
+            target.resolve()
+            said.append(target.describe().model_dump_json())
+            try:
+                target.request(None, ["a", "b"])
+            except ServerFault as fault:
+                said.append(str(fault))
+        except UserError as refused:
+            said.append(str(refused))
+    finally:
+        target.close()
+        s.__exit__()
+    sent = s.state.auth[-1] if s.state.auth else ""
+    assert sent == (f"Bearer {KEY}" if auth == "bearer" else f"Basic {ECHO_TOKEN}") or mode == "get-echostatus", sent
+    text = "\n".join(said)
+    assert "***" in text, text  # the server did quote them …
+    for secret in ECHO_SECRETS:  # … and none of them came through
+        assert secret not in text, (secret, text)
+
+
+@pytest.mark.slow
+def test_credentials_a_server_quotes_back_reach_no_output(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = dict(cli_env, EMBPROF_TEST_KEY=KEY)
+    key = ["--api-key-env", "EMBPROF_TEST_KEY"]
+    leak = Leak()
+    runs = [("echo500", key, 1), ("echotext", key, 1), ("echo400", [], 1), ("echo401", [], 1), ("echostatus", [], 1),
+            ("models-echo", key, 0), ("get-echostatus", [], 2)]
+    for mode, args, rc in runs:
+        s = fault_server.start(mode)
+        try:
+            url = s.url if args else echo_creds(s.url)
+            _, out, err = leak.run(["run", "encode", "--server", url, "--api", "openai", "--repeats", "1", *args], env, expect=rc)
+        finally:
+            s.__exit__()
+        assert "***" in out + err, (mode, out[-2000:], err)  # what was quoted is there, redacted
+    leak.check(Path(env["EMBPROF_PROFILES_DIR"]), secrets=ECHO_SECRETS)
+
+
+# -- an API key no header can carry -------------------------------------------------------------------
+@pytest.mark.parametrize(("bad", "text"), [
+    (KEY + "\r", "holds a control character (a pasted line end?)"),
+    (KEY + "\r\n", "holds a control character (a pasted line end?)"),
+    ("sk-\n" + KEY, "holds a control character (a pasted line end?)"),
+    (KEY + "\x1b", "holds a control character"),
+    (KEY + "\t", "holds a control character"),
+    (KEY + "\x7f", "holds a control character"),
+    (KEY + " ", "begins or ends with a space"),
+    (" " + KEY, "begins or ends with a space"),
+    (KEY + "\u00e9", "not ASCII"),
+    ("\u201c" + KEY + "\u201d", "not ASCII"),
+])
+def test_an_api_key_no_header_can_carry_is_refused_unshown(bad: str, text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBPROF_TEST_KEY", bad)
+    target = HttpTarget(ServerTarget(url="http://127.0.0.1:9", api="openai", api_key_env="EMBPROF_TEST_KEY"))
+    with pytest.raises(UserError) as refused:
+        target.resolve()  # before anything is sent: the port is closed
+    message = str(refused.value)
+    assert message.startswith("the API key in $EMBPROF_TEST_KEY ") and text in message, message
+    assert "\n" not in message and KEY not in message and "sk-" not in message
+
+
+@pytest.mark.slow
+def test_an_api_key_no_header_can_carry_is_one_sentence_on_the_command_line(cli_env: dict[str, str],
+                                                                            server: TrivialEmbeddingServer) -> None:
+    leak = Leak()
+    for bad in (KEY + "\r\n", KEY + "\u00e9"):
+        env = dict(cli_env, EMBPROF_TEST_KEY=bad)
+        _, out, err = leak.run(["run", "encode", "--server", server.url, "--api-key-env", "EMBPROF_TEST_KEY"], env, expect=2)
+        assert out == "" and err.startswith("embprof: error: the API key in $EMBPROF_TEST_KEY ") and err.count("\n") == 1, err
+    leak.check()
 
 
 # -- nothing read runs anything ---------------------------------------------------------------------

@@ -22,7 +22,11 @@ differ, through HttpTarget in this process:
   -Infinity, a number past float32, an integer past any float; ``index`` missing from some items,
   duplicated, out of range, negative, a float, a string; fewer or more vectors than texts.
 * tolerated: no ``index`` at all (taken in order), indexes in any order (put in order), odd
-  values in /props, a broken /v1/models when --server-model names the model.
+  values in /props, a broken /v1/models when --server-model names the model; vectors of all zeros
+  (their cosine scores 0, without a numpy warning, and the run notes it).
+* the URL: surrounding whitespace, a control character, a ?query or #fragment are refused in one
+  sentence before anything is sent (the query unshown); user:password@ is percent-decoded for basic
+  auth, so that a password may hold @ : /.
 
 Property tests (hypothesis) check the answer parsers on any JSON value, any near-valid answer and
 any bytes: a well-formed matrix or a classified AnswerError, nothing else.
@@ -30,9 +34,12 @@ any bytes: a well-formed matrix or a classified AnswerError, nothing else.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +54,7 @@ from hypothesis import strategies as st
 import fault_server
 from embprof.engine import http_target
 from embprof.engine.errors import UserError
-from embprof.engine.events import RequestTimed
+from embprof.engine.events import Note, RequestTimed
 from embprof.engine.http_target import (AnswerError, BadShape, HttpTarget, ServerFault, decode_answer, embeddings_of, model_id_of,
                                         parse_answer)
 from embprof.engine.plan import ServerTarget
@@ -394,6 +401,98 @@ def test_one_run_keeps_one_dimension_across_answers() -> None:
     target.parse({"data": [{"index": 0, "embedding": [1.0, 2.0]}]}, 1)
     with pytest.raises(BadShape, match="have 3 numbers, the server's earlier ones 2"):
         target.parse({"data": [{"index": 0, "embedding": [1.0, 2.0, 3.0]}]}, 1)
+
+
+# -- the URL ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "text"), [
+    (" http://127.0.0.1:8080", "holds a space or control character"),
+    ("http://127.0.0.1:8080\n", "holds a space or control character"),
+    ("http://127.0.0.1:80\t80", "holds a space or control character"),
+    ("http://127.0.0.1:8080/?key=abc", "without ?query or #fragment: give 'http://127.0.0.1:8080/'"),
+    ("http://127.0.0.1:8080?", "without ?query or #fragment"),
+    ("http://127.0.0.1:8080/#abc", "without ?query or #fragment"),
+    ("http://alice:abc@127.0.0.1:8080/?key=abc", "give 'http://127.0.0.1:8080/'"),
+    ("http://alice:abc@127.0.0.1:99999", "'http://127.0.0.1:99999' has no valid port"),
+    ("http://alice:abc@127.0.0.1:0", "has no valid port"),
+])
+def test_a_server_url_that_cannot_be_sent_as_is_is_refused_in_one_sentence(url: str, text: str) -> None:
+    with pytest.raises(UserError) as refused:
+        ServerTarget(url=url)
+    message = str(refused.value)
+    # One line, and neither the URL's credentials nor its query (which may hold a key) in it.
+    assert text in message and "\n" not in message and "abc" not in message, message
+
+
+@slow
+def test_a_pasted_space_or_a_query_in_the_url_is_one_sentence_on_the_command_line(server: Any, tmp_path: Path) -> None:
+    url = server("ok")
+    for written, text in ((f" {url}", "holds a space or control character"), (f"{url}/?key=abc", "without ?query or #fragment")):
+        rc, out, err, _ = run_cli(["run", "encode", "--server", written, "--api", "openai"], child_env(tmp_path))
+        assert rc == EXIT_INPUT and out == "" and err.startswith("embprof: error: ") and err.count("\n") == 1, err
+        assert text in err and "abc" not in err, err
+    assert fault_server.STATE.count == 0  # refused before anything was sent
+
+
+def test_url_credentials_are_percent_decoded_for_basic_auth(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = server("ok")
+    # A password with @ : / can only be written percent-encoded; the server must get it decoded.
+    target = HttpTarget(ServerTarget(url=url.replace("http://", "http://al%69ce:p%40ss%3Aw%2Frd@"), api="openai"))
+    try:
+        target.resolve()
+        target.request(None, ["a"])
+    finally:
+        target.close()
+    assert fault_server.STATE.auth[-1] == "Basic " + base64.b64encode(b"alice:p@ss:w/rd").decode()
+    # With an API key, the key is sent instead, as a bearer token.
+    monkeypatch.setenv("EMBPROF_TEST_KEY", "sk-test")
+    target = HttpTarget(ServerTarget(url=url.replace("http://", "http://alice:pw@"), api="openai", api_key_env="EMBPROF_TEST_KEY"))
+    try:
+        target.request(None, ["a"])
+    finally:
+        target.close()
+    assert fault_server.STATE.auth[-1] == "Bearer sk-test"
+
+
+# -- vectors of all zeros -----------------------------------------------------------------------------------------
+class _Ctx:
+    """What finish() uses of a RunContext: a clock and somewhere to put events."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def now(self) -> int:
+        return 0
+
+    def emit(self, event: Any) -> None:
+        self.events.append(event)
+
+
+def test_a_zero_vector_scores_zero_without_a_warning_and_is_noted() -> None:
+    target = HttpTarget(ServerTarget(url="http://127.0.0.1:9", api="openai"))
+    queries = np.array([[0.0, 0.0], [3.0, 4.0]], dtype=np.float32)
+    documents = np.array([[0.0, 0.0], [4.0, 3.0], [1e-40, 0.0], [3e38, 3e38]], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's divide-by-zero warning would fail here
+        scores = target.similarity(queries, documents)
+    assert np.isfinite(scores).all()
+    assert scores[0].tolist() == [0.0, 0.0, 0.0, 0.0] and scores[1][0] == 0.0
+    # A subnormal and a vector near float32's limit keep their direction.
+    assert scores[1][1:].tolist() == pytest.approx([0.96, 0.6, 0.7 * math.sqrt(2)])
+    ctx = _Ctx()
+    target.finish(ctx)  # type: ignore[arg-type]
+    notes = [e for e in ctx.events if isinstance(e, Note)]
+    assert len(notes) == 1 and notes[0].level == "warning" and "2 vector(s) of all zeros" in notes[0].text
+
+
+@slow
+def test_a_server_of_zero_vectors_gives_a_readable_similarity_run(server: Any, tmp_path: Path) -> None:
+    rc, out, err, _ = run_cli(["run", "similarity", "--server", server("zeros"), "--api", "openai"], child_env(tmp_path))
+    assert rc == EXIT_OK, err
+    assert "Warning" not in err and not re.search(r"\bnan\b", out, re.I), err
+    _, snap = snapshot_from(out)  # NaN scores were written as nulls, which the snapshot could not read back
+    sim = snap.summary.results["similarity"]
+    assert all(score == 0.0 for row in sim.scores for score in row)
+    assert any("of all zeros" in note for note in snap.summary.notes)
 
 
 # -- properties: any answer parses well or fails classified -----------------------------------------------------

@@ -558,3 +558,27 @@ async def test_an_old_snapshot_opens_with_unmeasured_figures_as_na(tmp_path: Pat
         for text in wanted:
             assert text in stats, stats
         assert " 0 tokens/s" not in stats
+
+
+async def test_a_long_session_holds_a_bounded_number_of_runs(tmp_path: Path) -> None:
+    """A dashboard left running runs for hours stays flat: past MAX_VIEWS the oldest saved runs are let go
+    (each can hold a few MiB of figures) and stay in the Runs list as their snapshots, which open again."""
+    from embprof.tui.app import MAX_VIEWS
+
+    app = make_app(tmp_path)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await finished(app, pilot)
+        first = app.current
+        assert first is not None
+        for _ in range(MAX_VIEWS + 3):
+            before = app.current
+            await pilot.press("r")
+            await until(pilot, lambda b=before: app.current is not b and app.current is not None
+                        and app.current.snapshot_path is not None, timeout=30)
+        await pilot.pause(0.5)
+        assert len(app.views) <= MAX_VIEWS
+        assert first.key not in app.views
+        await until(pilot, lambda: any(str(first.snapshot_path) in str(key.value) for key in app.query_one("#runs-table", DataTable).rows))
+        app.open_snapshot(Path(first.snapshot_path or ""))
+        await until(pilot, lambda: app.current is not None and app.current.snapshot_path == first.snapshot_path)
+        assert len(app.views) <= MAX_VIEWS

@@ -70,6 +70,9 @@ WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
 # takes the GIL from the run's own Python thread (10 samples a second would otherwise be 10 wake-ups).
 # The panels redraw every second or two anyway; a finished or saved run is taken at once.
 DRAIN_S = 0.25
+# Runs held in full (their figures and chart buffers, each up to a few MiB): older saved ones are read
+# back from their snapshots when opened again.
+MAX_VIEWS = 12
 
 
 def signal_name(signum: int) -> str:
@@ -347,7 +350,23 @@ class EmbprofApp(App[None]):
             self.notify(f"snapshot: {message.path}", title=f"run {view.state}", timeout=6)
         elif message.error:
             self.notify(message.error, severity="error", timeout=10)
+        self._bridges.pop(message.key, None)  # drained for the last time: the run sends nothing more
+        self._trim_views()
         self.list_snapshots()
+
+    def _trim_views(self) -> None:
+        """Hold at most MAX_VIEWS runs in full, so that a dashboard left running a loop of runs for hours
+        stays flat in memory: the oldest saved run not on display goes first. It stays in the Runs list
+        as its snapshot (read back from the folder's listing) and opens from there again."""
+        for key in list(self.views):
+            if len(self.views) <= MAX_VIEWS:
+                break
+            v = self.views[key]
+            if v is self.current or v.running or (v.source == "live" and not v.snapshot_path):
+                continue
+            del self.views[key]
+            self._bridges.pop(key, None)
+            self._started_at.pop(key, None)
 
     @on(RunRefused)
     def _refused(self, message: RunRefused) -> None:
@@ -422,6 +441,7 @@ class EmbprofApp(App[None]):
         self.views[message.view.key] = message.view
         self.show_view(message.view)
         self.action_show_panel("latency")
+        self._trim_views()
 
     def _highlighted_snapshot(self) -> str | None:
         table = self.query_one("#runs-table", DataTable)

@@ -432,7 +432,7 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (shutdown.Stopped): all stop the run the same way
             signum = exc.signum if isinstance(exc, shutdown.Stopped) else None
             if stopped_by is None:
-                _quietly(err.print, f"interrupted ({shutdown.name(signum)}): stopping at the next batch boundary; "
+                _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): stopping at the next batch boundary; "
                                     "the snapshot keeps what was measured")
                 runner.cancel(shutdown.name(signum))
             stopped_by = signum if signum is not None else 2
@@ -455,18 +455,28 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
     wanted = set(RUN_TABLES)
     if plan.workload.name == "sweep":
         wanted -= {"latency", "throughput"}  # the sweep table has each point's figures already
-    for table in summary_tables(snapshot):
-        if table.name in wanted or table.name.startswith("similarity"):
-            render_table(out, table)
-    files = sorted({r.results_file for r in snapshot.summary.results.values() if getattr(r, "kind", "") == "mteb_task" and r.results_file})
-    for f in files:
-        out.print(f"results: {f}", soft_wrap=True, markup=False)
-    out.print(f"status: {snapshot.status}")
+    try:
+        for table in summary_tables(snapshot):
+            if table.name in wanted or table.name.startswith("similarity"):
+                render_table(out, table)
+        files = sorted({r.results_file for r in snapshot.summary.results.values()
+                        if getattr(r, "kind", "") == "mteb_task" and r.results_file})
+        for f in files:
+            out.print(f"results: {f}", soft_wrap=True, markup=False)
+        out.print(f"status: {snapshot.status}")
+        if path is not None:
+            out.print(f"snapshot: {path}", soft_wrap=True, markup=False)
+    except BrokenPipeError:  # `embprof run … | head`: the snapshot is saved; the exit status still tells how the run went
+        _stdout_gone()
     if save_error is not None:
         raise save_error
-    out.print(f"snapshot: {path}", soft_wrap=True, markup=False)
     if moved is not None:
         raise OutputError(moved)
+    if snapshot.status == "failed" and error is not None:
+        # The run's failure as the last line on stderr, as every other failure is (its detail is in the snapshot).
+        where = f" during {error.phase}" if error.phase else ""
+        _quietly(err.print, f"embprof: error: the run failed ({error.error_kind}{where}): {error.message}; "
+                            "its snapshot keeps what was measured")
     if stopped_by is not None or snapshot.status == "incomplete":
         return shutdown.exit_status(stopped_by)
     return EXIT_OK if snapshot.status == "complete" else EXIT_FAILED
@@ -502,6 +512,12 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
     from .console import output_console
 
+    if args.server or args.prompts_from or args.api_key_env or args.server_model:
+        from embprof.engine.errors import UserError
+
+        # The prompts a server run applies are its --prompts-from model's: that model is listed with --model.
+        raise UserError("prompts lists a local model's prompts: the server options do not apply here "
+                        "(for the prompts a server run applies: embprof prompts --model MODEL, MODEL as given to --prompts-from)")
     target = make_target(plan_from_options({**vars(args), "workload": "encode", "server": None}).target)
     target.resolve()
     target.load(RunContext(EventBus()))
@@ -536,7 +552,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from embprof.engine.errors import UserError
     from embprof.engine.snapshot import load
-    from embprof.engine.text import one_line, printable
+    from embprof.engine.text import one_line
     from rich.markup import escape
     from rich.table import Table
 
@@ -553,9 +569,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UserError(f"profiles folder '{one_line(folder)}' cannot be read ({(exc.strerror or '').lower()})") from None
     if not files:
-        console.print(f"no snapshots in {escape(printable(str(folder)))}" + ("" if folder.is_dir() else " (the folder does not exist)"))
+        why = "" if folder.is_dir() else " (a link that leads nowhere)" if folder.is_symlink() else " (the folder does not exist)"
+        console.print(f"no snapshots in {escape(one_line(str(folder)))}{why}")
         return EXIT_OK
-    table = Table(title=f"Snapshots in {escape(printable(str(folder)))}", title_justify="left")
+    table = Table(title=f"Snapshots in {escape(one_line(str(folder)))}", title_justify="left")
     # The file name is what `show`, `compare` and `export` take, so it stays whole where the other columns still
     # have room to fold into; on a terminal narrower than that it is cut, as it has to be.
     longest = max(len(f.name) for f in files)
@@ -567,16 +584,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         try:
             s = load(f)
         except UserError as exc:
-            table.add_row(escape(printable(f.name)), "[red]unreadable[/]", escape(printable(str(exc))), "", "", "", "")
+            table.add_row(escape(one_line(f.name)), "[red]unreadable[/]", escape(one_line(str(exc))), "", "", "", "")
             continue
         head = s.summary.headline
         rss = s.summary.peaks.get("rss_mib")
         mean = head.stats.mean_s if head is not None else None
         table.add_row(
-            escape(printable(f.name)),
-            escape(printable(str(s.workload.get("name")))),
-            escape(printable(s.target.model_name)),
-            escape(printable(str(s.target.device_resolved or s.target.device or "server"))),
+            escape(one_line(f.name)),
+            escape(one_line(str(s.workload.get("name")))),
+            escape(one_line(s.target.model_name)),
+            escape(one_line(str(s.target.device_resolved or s.target.device or "server"))),
             s.status,
             f"{mean:.4f}" if mean is not None else "n/a",
             f"{rss.sampled:.0f}" if rss and rss.sampled is not None else "n/a",
@@ -609,8 +626,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         # A matrix folder's manifest and cells are its inputs as much as the folder itself.
         inputs = [args.file, Path(args.file) / "matrix.json"] if Path(args.file).is_dir() else [args.file]
         out = check_output_path(args.output, inputs, "output file")
-        if Path(args.file).is_dir() and (Path(args.file) / "cells").resolve() in out.resolve().parents:
-            raise UserError(f"output file '{one_line(args.output)}' is inside the matrix's cells folder: write it elsewhere")
+        if Path(args.file).is_dir():
+            for own in ("cells", "references", "results"):  # what the matrix reads and writes of its own
+                if (Path(args.file) / own).resolve() in out.resolve().parents:
+                    raise UserError(f"output file '{one_line(args.output)}' is inside the matrix's {own} folder: write it elsewhere")
     if Path(args.file).is_dir():
         from .matrix_cli import export_matrix
 
@@ -624,7 +643,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from embprof.engine.charts import sweep_charts
 
         out = Path(args.output)
-        images = [p.name for p in sweep_charts(snap, out.parent, out.stem, args.charts)]
+        images = [p.name for p in sweep_charts(snap, out.parent, out.stem, args.charts, avoid=[args.file])]
     text = export(snap, args.format, args.table, images)
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
@@ -665,7 +684,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             from embprof.engine.charts import compare_chart
 
             out = Path(args.output)
-            images = [p.name for p in compare_chart(snaps, names, out.parent, out.stem, args.charts)]
+            images = [p.name for p in compare_chart(snaps, names, out.parent, out.stem, args.charts, avoid=list(args.files))]
         text = tables_markdown("# embprof comparison", tables, images)
     elif args.format == "csv":
         text = "".join(f"# {t.title}\n{to_csv(t)}\n" for t in tables)
@@ -748,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         signum = exc.signum if isinstance(exc, shutdown.Stopped) else shutdown.received()
         return _fail(f"embprof: interrupted ({shutdown.name(signum)}); nothing was measured, nothing saved", shutdown.exit_status(signum))
     except BrokenPipeError:  # `embprof show … | head`: the reader has all it wanted
+        _stdout_gone()
         return EXIT_OK
     except MemoryError:
         return _fail("embprof: error: out of memory", EXIT_FAILED)
@@ -771,6 +791,8 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EDQUOT, errno.EIO
 
 
 def _fail(message: str, status: int) -> int:
+    if sys.stderr is None:  # started with stderr closed: the exit status alone says it
+        return status
     try:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
@@ -779,10 +801,28 @@ def _fail(message: str, status: int) -> int:
     return status
 
 
+def _stdout_gone() -> None:
+    """The reader of stdout went away (`embprof show … | head -1`): it has what it wanted. Standard output
+    is pointed at /dev/null, so that Python's last flush at exit does not complain about the pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, AttributeError, ValueError):
+        pass
+
+
 def entry() -> None:
     from . import shutdown
 
     shutdown.install()  # before anything slow is imported: a SIGTERM during `import torch` is a clean stop too
+    for stream in (sys.stdout, sys.stderr):
+        # A terminal or pipe that cannot show every character (PYTHONIOENCODING=ascii, LANG=C) gets
+        # escapes for the rest, never a UnicodeEncodeError: the help's dashes and a model's name are text.
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    if sys.stdout is None:  # started with stdout closed (`>&-`): whatever the command says would vanish
+        sys.exit(_fail("embprof: error: standard output is closed: nothing the command says could be seen", EXIT_INPUT))
     try:
         status = main()
     except KeyboardInterrupt as exc:  # a stop before main's own handling begins (its parser and first imports)

@@ -7,7 +7,6 @@ import threading
 
 from embprof.engine.events import (
     EncodeTimed,
-    ErrorEvent,
     Event,
     Note,
     PhaseEnded,
@@ -45,17 +44,33 @@ class SafeConsole(Console):
             seg if seg.control or not seg.text else Segment(printable(seg.text), seg.style, seg.control) for seg in buffer
         )
 
+    def on_broken_pipe(self) -> None:
+        """Rich exits with status 1 when the reader of its output has gone; embprof decides instead
+        (`embprof show … | head` has done what was asked; `run` still reports how its run went)."""
+        self.quiet = True
+        raise BrokenPipeError()
+
 
 def error_console() -> Console:
-    """stderr, for progress lines and messages."""
-    return SafeConsole(stderr=True, highlight=False)
+    """stderr, for progress lines and messages: never folded (soft wrap), so that a message is one line
+    however narrow the terminal or the log it goes to."""
+    return SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+
+
+# Below this a table cannot show one column of figures: a COLUMNS of 0 (seen in some CI runners) would
+# make Rich draw nothing at all.
+MIN_COLUMNS = 20
 
 
 def output_console() -> Console:
     """A console for results: the terminal's width on a terminal; PIPED_WIDTH on a pipe unless COLUMNS says otherwise."""
     console = SafeConsole(highlight=False)
-    if not console.is_terminal and not os.environ.get("COLUMNS", "").isdigit():
+    columns = os.environ.get("COLUMNS", "")
+    usable = columns.isdigit() and int(columns) >= MIN_COLUMNS
+    if not console.is_terminal and not usable:
         console.width = PIPED_WIDTH
+    elif columns and not usable:
+        console.width = 80
     return console
 
 
@@ -71,7 +86,7 @@ class ConsoleProgress:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if self.quiet and not isinstance(event, ErrorEvent):
+        if self.quiet:
             return
         with self._lock:
             try:
@@ -102,9 +117,8 @@ class ConsoleProgress:
             )
         elif isinstance(e, Note):
             c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False, markup=False)
-        elif isinstance(e, ErrorEvent) and e.error_kind != "input":
-            where = f" during {e.phase}" if e.phase else ""
-            c.print(f"  [red]{escape(e.error_kind + where)}:[/] {escape(e.message)}", highlight=False)
+        # A run's error is said once, by the command, as the last line (`embprof: error: the run failed …`,
+        # or the `embprof: interrupted …` notice at the signal): not here as well.
 
 
 def render_table(console: Console, table: Table) -> None:
