@@ -248,6 +248,21 @@ def test_credentials_a_server_quotes_back_reach_no_output(cli_env: dict[str, str
     leak.check(Path(env["EMBPROF_PROFILES_DIR"]), secrets=ECHO_SECRETS)
 
 
+def test_a_secret_where_a_message_is_cut_leaves_no_part_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from embprof.engine import http_target
+
+    monkeypatch.setenv("EMBPROF_TEST_KEY", KEY)
+    target = HttpTarget(ServerTarget(url="http://127.0.0.1:9", api="openai", api_key_env="EMBPROF_TEST_KEY"))
+    for pad in range(0, 400, 7):  # the key across the point where each message is cut
+        quoted = "x" * pad + f"Bearer {KEY} " + " " * 600
+        messages = [http_target._server_message(json.dumps({"error": {"message": quoted}}).encode(), target._redact),
+                    http_target._server_message(quoted.encode(), target._redact),
+                    http_target._not_json(quoted.encode(), target._redact),
+                    http_target._reason(ValueError(quoted), target._redact)]
+        for message in messages:
+            assert KEY[:8] not in message, (pad, message)
+
+
 # -- an API key no header can carry -------------------------------------------------------------------
 @pytest.mark.parametrize(("bad", "text"), [
     (KEY + "\r", "holds a control character (a pasted line end?)"),

@@ -300,11 +300,12 @@ def test_sigterm_during_a_matrix_cell_keeps_the_finished_cells(tmp_path: Path, c
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make setup installs it where apt-get works)")
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGHUP"])
 def test_the_dashboard_stopped_by_a_signal_saves_what_was_measured(how: str, tmp_path: Path, speed_text: Path) -> None:
-    """In a real terminal: SIGTERM (``kill``) and SIGHUP (the terminal closed: tmux's session killed) stop
-    the dashboard's run at its next batch boundary, its snapshot is saved incomplete, naming the signal,
-    and the process ends (with 143 for SIGTERM; after a hangup nobody is left to read a status)."""
+    """In a real terminal: SIGTERM (``kill``), SIGINT (``kill -INT``: ctrl+c is a key there) and SIGHUP (the
+    terminal closed: tmux's session killed) stop the dashboard's run at its next batch boundary, its snapshot
+    is saved incomplete, naming the signal, and the process ends (143, 130; after a hangup nobody is left to
+    read a status)."""
     import psutil
 
     session = f"embprof-signal-{os.getpid()}-{how}"
@@ -327,14 +328,14 @@ def test_the_dashboard_stopped_by_a_signal_saves_what_was_measured(how: str, tmp
         proc = found[0]
         # A timed loop under way: the status bar counts them ("running 2/500").
         wait_until(lambda: re.search(r"running [1-9]\d*/500", _pane(session)) is not None, 180, "a timed loop on screen", poll=0.2)
-        if how == "SIGTERM":
-            proc.send_signal(signal.SIGTERM)
-        else:
+        if how == "SIGHUP":
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        else:
+            proc.send_signal(getattr(signal, how))
         proc.wait(timeout=120)
-        if how == "SIGTERM":
+        if how != "SIGHUP":
             wait_until(lambda: status_file.is_file() and bool(status_file.read_text().strip()), 20, "the exit status", poll=0.1)
-            assert status_file.read_text().strip() == "143"
+            assert status_file.read_text().strip() == str(128 + getattr(signal, how))
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
     saved = snapshots(profiles)

@@ -585,15 +585,15 @@ class EmbprofApp(App[None]):
         self.push_screen(HelpScreen())
 
     def _take_stop_signals(self) -> None:
-        """SIGTERM (a scheduler, `kill`) and SIGHUP (the terminal or ssh session closed) quit as q does: the
+        """SIGTERM (a scheduler, `kill`), SIGHUP (the terminal or ssh session closed) and SIGINT quit as q does: the
         run stops at its next batch boundary and its snapshot keeps what was measured. The handlers are
         the event loop's, so they run on the UI thread between messages, never inside a redraw."""
         from . import shutdown
 
         loop = asyncio.get_running_loop()
+        # SIGINT too: in the raw terminal ctrl+c is a key, so a SIGINT comes from outside (`kill -INT`), and
+        # is a stop like the others rather than a KeyboardInterrupt thrown into the event loop.
         for sig in shutdown.SIGNALS:
-            if sig == shutdown.signal.SIGINT:
-                continue  # in the raw terminal ctrl+c is a key (bound to quit); a SIGINT from outside stays Python's
             try:
                 loop.add_signal_handler(sig, self._stop_signal, int(sig))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app), or no signals here
