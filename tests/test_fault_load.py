@@ -195,3 +195,16 @@ def test_a_stop_ends_the_ceiling_probe_at_once(monkeypatch: pytest.MonkeyPatch) 
     probe = load_module.client_ceiling(8, 60.0, cancel=cancel)
     assert time.monotonic() - started < STOP_BOUND_S
     assert probe.ceiling.seconds < STOP_BOUND_S and not probe.failed
+
+
+def test_a_probe_whose_requests_all_fail_says_it_measured_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    def post(self: httpx.Client, *args: Any, **kwargs: Any) -> Any:
+        raise httpx.ReadError("[Errno 104] Connection reset by peer")
+
+    monkeypatch.setattr(httpx.Client, "post", post)
+    probe = load_module.client_ceiling(4, 0.2)
+    assert probe.ceiling.requests_per_s is None and set(probe.failed) == {"connection"}
+    assert probe.note().startswith("the client's own ceiling could not be measured: its ")
+    assert probe.note().endswith("all failed (connection: [Errno 104] Connection reset by peer)"), probe.note()

@@ -246,40 +246,42 @@ class LoadWorkload:
         with ctx.phase("load", detail):
             t0 = time.perf_counter()
             deadline = None if self.requests is not None else t0 + (self.duration_s or 0.0)
-            if self.concurrency:
-                counter = itertools.count()
-                counter_lock = threading.Lock()
+            jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
 
-                def more(i: int) -> bool:
-                    if not load.going():
-                        return False
-                    return i < self.requests if self.requests is not None else time.perf_counter() < (deadline or 0.0)
+            def more(i: int) -> bool:
+                if not load.going():
+                    return False
+                return i < self.requests if self.requests is not None else time.perf_counter() < (deadline or 0.0)
 
-                def closed_loop() -> None:
-                    while True:
-                        with counter_lock:
-                            i = next(counter)
-                        if not more(i):
-                            return
-                        one(i)
+            counter = itertools.count()
+            counter_lock = threading.Lock()
 
-                for k in range(workers):
-                    load.thread(closed_loop, f"embprof-load-{k}").start()
-            else:
-                jobs: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+            def closed_loop() -> None:
+                while True:
+                    with counter_lock:
+                        i = next(counter)
+                    if not more(i):
+                        return
+                    one(i)
 
-                def open_loop() -> None:
-                    while (i := jobs.get()) is not None:
-                        one(i)
+            def open_loop() -> None:
+                while (i := jobs.get()) is not None:
+                    one(i)
 
-                for k in range(workers):
-                    load.thread(open_loop, f"embprof-load-{k}").start()
-                self._arrivals(ctx, load, jobs, t0, deadline)
-                for _ in range(workers):
-                    jobs.put(None)  # after the arrivals still queued: each worker leaves once the queue is drained
-            # Until every worker has left (a count of requests), the deadline (a duration), a fault or a stop.
-            _wait(deadline, load.wake, ctx.cancel_event)
-            wall = load.end() - t0
+            try:
+                try:
+                    for k in range(workers):
+                        load.thread(closed_loop if self.concurrency else open_loop, f"embprof-load-{k}").start()
+                    if not self.concurrency:
+                        self._arrivals(ctx, load, jobs, t0, deadline)
+                finally:
+                    for _ in range(0 if self.concurrency else workers):
+                        jobs.put(None)  # after the arrivals still queued: each worker leaves once the queue is drained
+                # Until every worker has left (a count of requests), the deadline (a duration), a fault or a stop.
+                _wait(deadline, load.wake, ctx.cancel_event)
+            finally:
+                # Also when this thread fails (a thread that cannot start): the workers started send nothing more.
+                wall = load.end() - t0
         achieved = load.done / wall if wall > 0 else None
         ceiling_rate = ceiling.requests_per_s
         share = 100.0 * achieved / ceiling_rate if achieved is not None and ceiling_rate else None
