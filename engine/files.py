@@ -163,14 +163,20 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-def parse_json_bytes(raw: bytes, name: str) -> Any:
-    """JSON from bytes, or one sentence naming ``name`` and why not (not UTF-8, not JSON, nested too deeply)."""
+def decode_text(raw: bytes, name: str, encoding: str = "utf-8") -> str:
+    """UTF-8 text with something in it, or one sentence naming ``name``: not UTF-8, or empty."""
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
         raise UserError(f"{name} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
     if not text.strip():
         raise UserError(f"{name} is empty")
+    return text
+
+
+def parse_json_bytes(raw: bytes, name: str) -> Any:
+    """JSON from bytes, or one sentence naming ``name`` and why not (not UTF-8, not JSON, nested too deeply)."""
+    text = decode_text(raw, name)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -19,7 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from .errors import UserError
+from .text import fmt_bound as _bound
 from .text import one_line
+from .text import shown as _shown
 
 PLAN_VERSION: Literal[1] = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -65,19 +67,6 @@ MAX_REPEATS = (1, 100_000)  # no option sets it; a plan file can
 # A sweep axis's values: lines and tokens build texts in memory, threads and batch size a pool and a batch.
 INT_AXIS_MOST = {"lines": 1_000_000, "batch": MAX_BATCH, "tokens": 1_048_576, "threads": 4_096, "truncate_dim": MAX_DIMENSIONS,
                  "max_seq_length": 1_048_576}
-_SHOWN_CHARS = 40
-
-
-def _shown(value: object) -> str:
-    """A refused value in a sentence: on one line, and cut short (a pasted file is not echoed whole)."""
-    text = one_line(value)
-    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
-
-
-def _bound(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
-
-
 def check_count(value: int | None, bounds: tuple[int, int], option: str) -> None:
     """A whole-number setting inside its bounds, or the one sentence the command line would say."""
     least, most = bounds

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .files import MAX_INPUT_BYTES, atomic_write_bytes, cache_dir, expand_path, read_file_bytes
+from .files import MAX_INPUT_BYTES, atomic_write_bytes, cache_dir, decode_text, expand_path, read_file_bytes
+from .text import one_line
 
 MTEB_V1_COMMIT = "6e72dc0e30577c2fde2bb5c6cb55c79bf8e1eaec"
 SPEED_TEXT_URL = (
@@ -48,12 +49,7 @@ class SpeedText:
 
 def _read(path: Path, source: str) -> SpeedText:
     data = read_file_bytes(path, f"speed text file (from {source})", MAX_INPUT_BYTES)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"speed text file '{path}' is not UTF-8 text (bad byte at offset {exc.start})") from exc
-    if not text.strip():
-        raise UserError(f"speed text file '{path}' is empty")
+    text = decode_text(data, f"speed text file '{one_line(path)}'")
     return SpeedText(text=text, path=str(path), source=source, sha256=hashlib.sha256(data).hexdigest())
 
 

@@ -78,3 +78,18 @@ def clean(value: Any) -> Any:
             return value
         return type(value)(seq) if type(value) in (list, tuple) else seq
     return value
+
+
+# A value refused in an error is echoed back, but a pasted file must not become the error line.
+SHOWN_CHARS = 40
+
+
+def shown(value: object) -> str:
+    """A refused value as an error line shows it: on one line, control characters escaped, long values cut."""
+    text = one_line(value)
+    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
+
+
+def fmt_bound(x: float) -> str:
+    """A bound as people write it: 86400, not 86400.0; 0.001, not 1e-03."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))

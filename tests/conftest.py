@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 import signal
 import sys
 from pathlib import Path
@@ -65,3 +67,30 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     )
     env.pop("EMBPROF_SPEED_TEXT", None)
     return env
+
+
+@pytest.fixture()
+def fault_servers() -> Iterator[Callable[..., Any]]:
+    """Start misbehaving local servers (tests/fault_server.py, in threads of this process) by mode; each
+    is closed afterwards."""
+    import fault_server
+
+    started: list[Any] = []
+
+    def start(mode: str = "ok", **settings: Any) -> Any:
+        s = fault_server.start(mode, **settings)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        try:
+            s.__exit__()
+        except OSError:  # a server that died on purpose is closed already
+            pass
+
+
+@pytest.fixture()
+def server(fault_servers: Callable[..., Any]) -> Callable[..., str]:
+    """A misbehaving local server's URL, by mode (see fault_servers)."""
+    return lambda mode="ok", **settings: str(fault_servers(mode, **settings).url)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from conftest import embprof_exe
 from fault_helpers import Child, wait_until
 from test_cli_e2e import run_cli, snapshot_from
 
-import fault_server
 from embprof.engine.events import ErrorEvent, Note, RequestTimed
 from embprof.engine.http_target import HttpTarget
 from embprof.engine.plan import LoadPlan, ServerTarget
@@ -34,20 +32,6 @@ from embprof.engine.workloads.load import LoadWorkload
 
 LOAD_LINE = r"^\s+load\s+… (concurrency|Poisson)"  # the load phase has begun (tui/console.py ConsoleProgress)
 STOP_BOUND_S = 10.0  # a stop, from the signal to the process's end: the snapshot saved, the summary printed
-
-
-@pytest.fixture()
-def server() -> Iterator[Any]:
-    servers: list[Any] = []
-
-    def make(mode: str = "ok", **settings: Any) -> Any:
-        s = fault_server.start(mode, **settings)
-        servers.append(s)
-        return s
-
-    yield make
-    for s in servers:
-        s.__exit__()
 
 
 def load_result(snap: Snapshot) -> LoadResult:
@@ -86,9 +70,9 @@ def assert_stopped_by(sig: int, rc: int, out: str, err: str, took: float) -> Sna
 
 
 @pytest.mark.slow
-def test_a_duration_ends_a_rate_too_slow_to_send_anything(cli_env: dict[str, str], server: Any) -> None:
+def test_a_duration_ends_a_rate_too_slow_to_send_anything(cli_env: dict[str, str], fault_servers: Any) -> None:
     # Seed 0's first arrival at 0.001/s comes after 1,860 s: the load ends at its 0.5 s without sending one.
-    srv = server("ok")
+    srv = fault_servers("ok")
     rc, out, err, _ = run_cli(["run", "load", "--server", srv.url, "--rate", "0.001", "--duration", "0.5"], cli_env)
     assert rc == 0, err
     assert "Traceback" not in err
@@ -107,9 +91,9 @@ def test_a_duration_ends_a_rate_too_slow_to_send_anything(cli_env: dict[str, str
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_a_poisson_wait(sig: int, cli_env: dict[str, str], server: Any) -> None:
+def test_a_signal_stops_a_poisson_wait(sig: int, cli_env: dict[str, str], fault_servers: Any) -> None:
     # Seed 0's first arrival at 0.05/s comes after 37 s: the signal lands while the load waits for it.
-    srv = server("ok")
+    srv = fault_servers("ok")
     child = Child([embprof_exe(), "run", "load", "--server", srv.url, "--rate", "0.05", "--duration", "600"], cli_env)
     child.err.wait_for(LOAD_LINE, timeout=120)
     snap = assert_stopped_by(sig, *stop(child, sig))
@@ -119,10 +103,10 @@ def test_a_signal_stops_a_poisson_wait(sig: int, cli_env: dict[str, str], server
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stall", ["warm-up", "load"])
-def test_a_signal_stops_a_load_whose_server_does_not_answer(stall: str, cli_env: dict[str, str], server: Any) -> None:
+def test_a_signal_stops_a_load_whose_server_does_not_answer(stall: str, cli_env: dict[str, str], fault_servers: Any) -> None:
     # The server sleeps 120 s over every request after ok_first; the client would wait --timeout 300 s for each.
     answered = 0 if stall == "warm-up" else 1
-    srv = server("slow", slow_s=120.0, ok_first=answered)
+    srv = fault_servers("slow", slow_s=120.0, ok_first=answered)
     child = Child([embprof_exe(), "run", "load", "--server", srv.url, "--concurrency", "2", "--duration", "600",
                    "--timeout", "300"], cli_env)
     in_flight = answered + (1 if stall == "warm-up" else 2)
@@ -137,8 +121,8 @@ def test_a_signal_stops_a_load_whose_server_does_not_answer(stall: str, cli_env:
 
 
 @pytest.mark.slow
-def test_the_largest_concurrency_prints_no_thread_traceback(cli_env: dict[str, str], server: Any) -> None:
-    srv = server("ok")
+def test_the_largest_concurrency_prints_no_thread_traceback(cli_env: dict[str, str], fault_servers: Any) -> None:
+    srv = fault_servers("ok")
     rc, out, err, _ = run_cli(["run", "load", "--server", srv.url, "--requests", "1", "--concurrency", "512"], cli_env)
     assert "Traceback" not in err and "Exception in thread" not in err and "Exception occurred" not in err, err[-3000:]
     assert rc == 0, err
@@ -176,7 +160,7 @@ def test_a_worker_failure_is_the_runs_one_error(where: str, server: Any, monkeyp
 
         monkeypatch.setattr(httpx.Client, "post", post)
     monkeypatch.setattr(LoadWorkload, "probe_s", 0.2)
-    target = HttpTarget(ServerTarget(url=server("ok").url))
+    target = HttpTarget(ServerTarget(url=server("ok")))
     events: list[Any] = []
     runner = Runner(target, LoadWorkload(LoadPlan(requests=50, concurrency=4)), subscribers=[events.append], nvml=None)
     assert runner.run_sync() == "failed"

@@ -298,23 +298,6 @@ def test_odd_but_usable_answers_complete(cli_runs: Any, case: Case) -> None:
     assert snap.status == "complete" and not any(r.error_kind for r in requests_of(snap))
 
 
-@pytest.fixture()
-def server() -> Iterator[Any]:
-    servers: list[Any] = []
-
-    def make(mode: str = "ok", **settings: Any) -> str:
-        s = fault_server.start(mode, **settings)
-        servers.append(s)
-        return s.url
-
-    yield make
-    for s in servers:
-        try:
-            s.__exit__()
-        except OSError:  # a server that died on purpose is closed already
-            pass
-
-
 def target_for(url: str, case: Case) -> HttpTarget:
     args = dict(zip(case.args[::2], case.args[1::2]))
     return HttpTarget(ServerTarget(url=url, api=case.api, timeout_s=float(args.get("--timeout", 60)),

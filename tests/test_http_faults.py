@@ -16,23 +16,6 @@ from test_cli_e2e import run_cli, snapshot_from
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture()
-def server() -> Any:
-    servers: list[Any] = []
-
-    def make(mode: str = "ok", **settings: Any) -> str:
-        s = fault_server.start(mode, **settings)
-        servers.append(s)
-        return s.url
-
-    yield make
-    for s in servers:
-        try:
-            s.__exit__()
-        except OSError:
-            pass
-
-
 def requests_of(snap: Snapshot) -> list[RequestTimed]:
     return [e for e in snap.events if isinstance(e, RequestTimed)]
 

@@ -8,7 +8,7 @@ the run plan (which is also read from files, where the command line never saw th
 the same values in the same words: ``embprof.engine.plan`` keeps the same numbers, and the tests hold
 the two to each other.
 
-Only argparse is imported here; the escaping of outside text is imported when a value is refused:
+Only argparse and ``embprof.engine.text`` (the standard library's ``re`` underneath) are imported here:
 ``embprof --help`` must stay cheap.
 """
 
@@ -18,21 +18,8 @@ import argparse
 import math
 from dataclasses import dataclass
 
-# A refused value is echoed back, but a pasted file must not become the error line.
-SHOWN_CHARS = 40
-
-
-def shown(value: str) -> str:
-    """A refused value as the error line shows it: control characters escaped, long values cut."""
-    from embprof.engine.text import one_line  # imported only once something is refused
-
-    text = one_line(value)
-    return text if len(text) <= SHOWN_CHARS else text[: SHOWN_CHARS - 1] + "…"
-
-
-def fmt_bound(x: float) -> str:
-    """A bound as people write it: 86400, not 86400.0; 0.001, not 1e-03."""
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
+# The wording's pieces, shared with engine.plan; engine.text imports only the standard library.
+from embprof.engine.text import fmt_bound, shown
 
 
 # -- the wording (engine.plan's checks say the same words, and the tests compare the two) ---------------------
