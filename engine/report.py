@@ -717,6 +717,11 @@ def to_csv(table: Table) -> str:
     return buf.getvalue()
 
 
+# Every table `export --format csv --table` can name, for one kind of run or another (the help lists them).
+CSV_TABLES = ("summary", "run", "phases", "timings", "throughput", "peaks", "speed", "tokens", "similarity", "encodes", "batches",
+              "timeline", "phase-events")
+
+
 def export(snap: Snapshot, fmt_name: str, table: str = "summary", images: list[str] | None = None) -> str:
     if fmt_name == "json":
         return to_json(snap)
@@ -732,5 +737,7 @@ def export(snap: Snapshot, fmt_name: str, table: str = "summary", images: list[s
                     flat.rows.append([t.name, row[0], col, cell])
         return to_csv(flat)
     if table not in tables:
-        raise UserError(f"unknown table '{table}': choose one of summary, {', '.join(tables)}")
+        if table in CSV_TABLES:  # a table of another kind of run (speed, similarity …): this run made none
+            raise UserError(f"this snapshot has no '{table}' table (its run made none): choose one of summary, {', '.join(tables)}")
+        raise UserError(f"unknown table '{one_line(table)}': choose one of summary, {', '.join(tables)}")
     return to_csv(tables[table])

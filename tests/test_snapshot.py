@@ -132,6 +132,8 @@ def test_exports_agree_with_the_events(tmp_path: Path) -> None:
     assert "peaks,process RSS MiB,sampled,300.0" in summary
     with pytest.raises(UserError, match="unknown table"):
         report.export(snap, "csv", "nope")
+    with pytest.raises(UserError, match="this snapshot has no 'speed' table"):  # a table of another kind of run
+        report.export(snap, "csv", "speed")
 
 
 def test_incomplete_and_failed_runs_are_saved_with_their_errors(tmp_path: Path) -> None:

@@ -659,7 +659,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from embprof.engine.files import atomic_write_bytes, check_output_path
     from embprof.engine.report import tables_json, tables_markdown, to_csv
     from embprof.engine.snapshot import load
-    from .console import SafeConsole, render_table
+    from .console import SafeConsole, output_console, render_table
 
     if len(args.files) < 2:
         raise UserError("compare needs at least two snapshot files")
@@ -672,7 +672,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         import io
 
         buf = io.StringIO() if args.output else None
-        console = SafeConsole(highlight=False, file=buf, width=140 if buf is not None else None)
+        # On stdout: the terminal's width, or a pipe's wide default (output_console), as every other table.
+        console = SafeConsole(highlight=False, file=buf, width=140) if buf is not None else output_console()
         for t in tables:
             render_table(console, t)
         if buf is None:
