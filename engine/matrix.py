@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -577,9 +578,11 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
                 raise MatrixInterrupted()
             i = exp.cells.index(c)
             listener(MatrixEvent("start", c.cell_id, c.label, i + 1, total))
-            _run_cell(folder, c, _phase_reporter(listener, c, i + 1, total))
+            _run_cell(folder, c, _phase_reporter(listener, c, i + 1, total), cancel)
             table[c.cell_id] = row_of(folder, c, exports, i)
             listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=table[c.cell_id]))
+        if cancel():  # the stop came during the last cell, which it cut short: the matrix did not finish
+            raise MatrixInterrupted()
     except KeyboardInterrupt:
         raise MatrixInterrupted() from None
     manifest.rows = list(table.values())
@@ -610,7 +613,18 @@ def _export(cell: Cell) -> dict[str, Any]:
     return result
 
 
-def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None]) -> None:
+def _stop_when_cancelled(proc: subprocess.Popen[str], cancel: Callable[[], bool]) -> None:
+    while proc.poll() is None:
+        if cancel():
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+            return
+        time.sleep(0.2)
+
+
+def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None], cancel: Callable[[], bool] = lambda: False) -> None:
     plan_file = folder / "cells" / f"{cell.cell_id}.plan.json"
     atomic_write_bytes(plan_file, cell.plan.to_json().encode("utf-8"))
     out = snapshot_path(folder, cell)
@@ -621,6 +635,10 @@ def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None]) -> None
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as err_file:
         proc = subprocess.Popen([*_python(), str(plan_file), str(out)], stdout=subprocess.PIPE, stderr=err_file, text=True,
                                 start_new_session=True)
+        # A stop asked for without a signal (the dashboard's q, or its SIGTERM) reaches the cell as a Ctrl-C
+        # would: it stops at its next batch boundary and saves what it measured, rather than running to its end.
+        watcher = threading.Thread(target=_stop_when_cancelled, args=(proc, cancel), name="embprof-cell-stop", daemon=True)
+        watcher.start()
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

@@ -347,3 +347,51 @@ def test_the_dashboard_stopped_by_a_signal_saves_what_was_measured(how: str, tmp
 
 def _pane(session: str) -> str:
     return subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True, check=False).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (make setup installs it where apt-get works)")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP"])
+def test_the_matrix_dashboard_stopped_by_a_signal_stops_its_running_cell(how: str, tmp_path: Path) -> None:
+    """The Matrix view in a real terminal, a cell timing far more loops than the test waits for: SIGTERM (or the
+    terminal closed) reaches the running cell as a Ctrl-C would, the cell saves what it measured, and the
+    dashboard ends by itself (143 for SIGTERM) instead of waiting for the cell to run to its end."""
+    import psutil
+
+    spec = tiny_matrix_spec(tmp_path)
+    spec.write_text(spec.read_text().replace("loops = 2", "loops = 100000"))
+    folder = tmp_path / "m"
+    session = f"embprof-matrix-{os.getpid()}-{how}"
+    status_file = tmp_path / "status"
+    cmd = (f"env HF_HUB_OFFLINE=1 TERM=xterm-256color {embprof_exe()} matrix --spec {spec} -o {folder} --dashboard; "
+           f"echo $? > {status_file}; sleep 60")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "45", cmd], check=True)
+    try:
+        shell = int(subprocess.run(["tmux", "display-message", "-p", "-t", session, "#{pane_pid}"], capture_output=True,
+                                   text=True, check=True).stdout.strip())
+        found: list[psutil.Process] = []
+
+        def dashboard() -> bool:
+            found[:] = [p for p in psutil.Process(shell).children(recursive=False) if "embprof" in " ".join(p.cmdline())]
+            return bool(found)
+
+        wait_until(dashboard, 30, "the matrix dashboard's process", poll=0.1)
+        proc = found[0]
+        # The cell's process is timing its loops: its progress line says so ("timed loop" / "encode").
+        wait_until(lambda: "running" in _pane(session) and any("cellproc" in " ".join(c.cmdline()) for c in proc.children(recursive=True)),
+                   300, "a running cell", poll=0.2)
+        wait_until(lambda: (folder / "cells").is_dir() and "loop" in _pane(session), 300, "the cell's timed loops", poll=0.2)
+        if how == "SIGHUP":
+            subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)  # a whole cell would take far longer: the stop reached it
+        if how == "SIGTERM":
+            wait_until(lambda: status_file.is_file() and bool(status_file.read_text().strip()), 20, "the exit status", poll=0.1)
+            assert status_file.read_text().strip() == "143"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True, check=False)
+    saved = [p for p in (folder / "cells").glob("*.json") if not p.name.endswith(".plan.json")]
+    assert len(saved) == 1, saved
+    data = json.loads(saved[0].read_text())
+    assert data["status"] == "incomplete", data["status"]

@@ -208,6 +208,7 @@ class MatrixApp(App[int]):
         self.outcome: Outcome | None = None
         self._columns_ready = False
         self.stopped_by: int | None = None  # the stop signal, for the exit status
+        self._worker_done = threading.Event()  # the matrix's thread has ended (read off the UI thread)
 
     @property
     def stop_requested(self) -> bool:
@@ -235,29 +236,48 @@ class MatrixApp(App[int]):
         self._take_stop_signals()
 
     def _take_stop_signals(self) -> None:
-        """SIGTERM and SIGHUP stop the matrix as q does (the running cell stops at a batch boundary, the
-        finished cells are kept), and the dashboard then ends by itself: nobody is there to press q."""
+        """SIGINT, SIGTERM and SIGHUP stop the matrix as q does (the running cell stops at a batch boundary,
+        the finished cells are kept), and the dashboard then ends by itself: nobody is there to press q."""
         import asyncio
         import signal
 
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT from outside: ctrl+c is a key here
             try:
                 loop.add_signal_handler(sig, self._stop_signal, int(sig))
             except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app)
                 return
 
     def _stop_signal(self, signum: int) -> None:
+        import signal
+
+        first = self.stopped_by is None
         self.stopped_by = self.stopped_by or signum
+        if first and signum == signal.SIGHUP:
+            # The terminal is gone: Textual's own ending can block writing to it. Once the matrix's thread
+            # has ended (the running cell saved), the process ends whatever the UI is doing.
+            threading.Thread(target=self._end_after_hangup, args=(signum,), name="embprof-hangup", daemon=True).start()
         if self.outcome is not None:
             self.exit(self.exit_code())
         elif not self._stop.is_set():
             self._stop.set()
             self._show_status()
 
+    def _end_after_hangup(self, signum: int) -> None:
+        import os
+
+        self._worker_done.wait()
+        os._exit(128 + signum)
+
     # -- the worker thread ---------------------------------------------------------------------------
     def _work(self) -> Outcome:
         """Expand, then run the matrix; everything it learns goes to the UI as a message."""
+        try:
+            return self._expand_and_run()
+        finally:
+            self._worker_done.set()
+
+    def _expand_and_run(self) -> Outcome:
         try:
             exp = expand(self.spec, self.folder)
             self.post_message(CellsListed([(c.cell_id, c.label, c.reference) for c in exp.cells]))
@@ -433,7 +453,7 @@ class MatrixApp(App[int]):
     def exit_code(self) -> int:
         """0: every cell ok; 128 + N: stopped before the end (130 by q or ctrl+c, 143 by SIGTERM, 129 by
         SIGHUP); 1 otherwise (a failed cell, or no run)."""
-        if self.outcome is None or self.outcome.kind == "stopped":
+        if self.outcome is None or self.outcome.kind == "stopped" or self.stopped_by is not None:
             return 128 + (self.stopped_by or 2)
         if self.outcome.kind == "error":
             return 1
@@ -445,7 +465,7 @@ class MatrixApp(App[int]):
             self.exit(self.exit_code())
             return
         if self._stop.is_set():
-            self.notify("already stopping: waiting for the running cell to finish", severity="warning")
+            self.notify("already stopping: waiting for the running cell to save what it measured", severity="warning")
             return
         self._stop.set()
         self._show_status()
