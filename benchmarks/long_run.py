@@ -220,7 +220,7 @@ def load_figures(w: Watched, profiles: Path, interval: float) -> Figures:
     """The load phase's span from the run's snapshot: its offsets are on the run's clock, which starts
     a moment after launch, so a sample interval of margin keeps the start inside the phase."""
     from embprof.engine.results import LoadResult
-    from embprof.engine.snapshot import load
+    from embprof.engine.snapshot import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_TIMED, load
 
     saved = sorted(profiles.glob("*.json"))
     if not saved:
@@ -248,7 +248,7 @@ def load_figures(w: Watched, profiles: Path, interval: float) -> Figures:
         held = sum(held_bytes(e) for e in span) / MIB
         fig.extra.append(f"load: of its growth, the recorder's kept events account for ~{held:.1f} MiB by design "
                          f"({by_kind['resource_sample']:,} resource samples and {by_kind['request_timed']:,} requests over "
-                         f"the measured span, each kept until 36,000 / 25,000 and then thinned)")
+                         f"the measured span, each kept until {DEFAULT_MAX_SAMPLES:,} / {DEFAULT_MAX_TIMED:,} and then thinned)")
     return fig
 
 

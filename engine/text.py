@@ -71,7 +71,7 @@ def clean(value: Any) -> Any:
         items = [(clean(k), clean(v)) for k, v in value.items()]
         if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(items, value.items())):
             return value
-        return type(value)(items) if type(value) is dict else dict(items)
+        return dict(items)
     if isinstance(value, (list, tuple)):
         seq = [clean(x) for x in value]
         if all(a is b for a, b in zip(seq, value)):

@@ -33,6 +33,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
+from . import shutdown
 from .messages import (
     Bridge,
     CompareReady,
@@ -73,10 +74,6 @@ DRAIN_S = 0.25
 # Runs held in full (their figures and chart buffers, each up to a few MiB): older saved ones are read
 # back from their snapshots when opened again.
 MAX_VIEWS = 12
-
-
-def signal_name(signum: int) -> str:
-    return signal.Signals(signum).name
 
 
 class RunnerLike(Protocol):
@@ -170,7 +167,9 @@ class EmbprofApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._take_stop_signals()
+        # SIGTERM (a scheduler, `kill`), SIGHUP (the terminal or ssh session closed) and SIGINT quit as q does:
+        # the run stops at its next batch boundary and its snapshot keeps what was measured.
+        shutdown.on_event_loop(self._stop_signal)
         # References held, not queried on every tick: a timer can fire while the DOM is torn down.
         self._status = self.query_one(StatusBar)
         self._panels = {pid: self.query_one(f"#{pid}", Panel) for pid, _ in PANELS}
@@ -584,21 +583,6 @@ class EmbprofApp(App[None]):
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
 
-    def _take_stop_signals(self) -> None:
-        """SIGTERM (a scheduler, `kill`), SIGHUP (the terminal or ssh session closed) and SIGINT quit as q does: the
-        run stops at its next batch boundary and its snapshot keeps what was measured. The handlers are
-        the event loop's, so they run on the UI thread between messages, never inside a redraw."""
-        from . import shutdown
-
-        loop = asyncio.get_running_loop()
-        # SIGINT too: in the raw terminal ctrl+c is a key, so a SIGINT comes from outside (`kill -INT`), and
-        # is a stop like the others rather than a KeyboardInterrupt thrown into the event loop.
-        for sig in shutdown.SIGNALS:
-            try:
-                loop.add_signal_handler(sig, self._stop_signal, int(sig))
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app), or no signals here
-                return
-
     def _stop_signal(self, signum: int) -> None:
         first = self.stopped_by is None
         self.stopped_by = signum
@@ -616,14 +600,14 @@ class EmbprofApp(App[None]):
         while not self._idle.wait(0.1):  # idle: the run has ended and its snapshot is written (or its failure posted)
             runner = self.runner
             if runner is not None and not runner.finished:
-                runner.cancel(signal_name(signum))
+                runner.cancel(shutdown.name(signum))
         os._exit(128 + signum)
 
     async def action_quit(self) -> None:
         runner = self.runner
         if runner is not None and not runner.finished:
             self.notify("stopping the run before quitting…")
-            runner.cancel(signal_name(self.stopped_by) if self.stopped_by is not None else "the user")
+            runner.cancel(shutdown.name(self.stopped_by) if self.stopped_by is not None else "the user")
             while not runner.wait(0):  # polled, so no executor thread outlives the app
                 await asyncio.sleep(0.05)
         await self.workers.wait_for_complete()

@@ -435,7 +435,7 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
                 _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): stopping at the next batch boundary; "
                                     "the snapshot keeps what was measured")
                 runner.cancel(shutdown.name(signum))
-            stopped_by = signum if signum is not None else 2
+            stopped_by = signum if signum is not None else int(shutdown.signal.SIGINT)
     runner.join()
     error = runner.error
     if error is not None and error.error_kind == "input":

@@ -23,6 +23,7 @@ from rich.segment import Segment
 from rich.table import Table as RichTable
 
 SLOW_PHASES = ("import", "load")
+PRINTED = (RunStarted, PhaseStarted, PhaseEnded, EncodeTimed, Note)  # what ConsoleProgress prints
 
 # Width for tables written to a pipe or a file (a CI log, `| tee`): there is no terminal to fit there, and Rich's
 # default 80 columns folds a sweep's twelve columns into three-letter fragments.
@@ -86,7 +87,9 @@ class ConsoleProgress:
         self._lock = threading.Lock()
 
     def __call__(self, event: Event) -> None:
-        if self.quiet:
+        # On the run's own thread, for every event (a load run sends thousands a second): only the few
+        # kinds printed are looked at further.
+        if self.quiet or not isinstance(event, PRINTED):
             return
         with self._lock:
             try:

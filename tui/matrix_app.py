@@ -41,6 +41,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Log, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
+from . import shutdown
 from .matrix_cli import CONSOLE_COLUMNS
 from .panels.base import Plot
 
@@ -233,20 +234,9 @@ class MatrixApp(App[int]):
         self._show_status()
         self._show_chart()
         self.run_worker(self._work, thread=True, exit_on_error=False, group="matrix", name="matrix")
-        self._take_stop_signals()
-
-    def _take_stop_signals(self) -> None:
-        """SIGINT, SIGTERM and SIGHUP stop the matrix as q does (the running cell stops at a batch boundary,
-        the finished cells are kept), and the dashboard then ends by itself: nobody is there to press q."""
-        import asyncio
-        import signal
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGINT from outside: ctrl+c is a key here
-            try:
-                loop.add_signal_handler(sig, self._stop_signal, int(sig))
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (a test's app)
-                return
+        # SIGINT, SIGTERM and SIGHUP stop the matrix as q does (the running cell stops at a batch boundary, the
+        # finished cells are kept), and the dashboard then ends by itself: nobody is there to press q.
+        shutdown.on_event_loop(self._stop_signal)
 
     def _stop_signal(self, signum: int) -> None:
         import signal

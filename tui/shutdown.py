@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -64,6 +64,21 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         _deferring -= 1
+
+
+def on_event_loop(handler: Callable[[int], None]) -> None:
+    """Hand the stop signals to the running asyncio loop (a Textual app's): ``handler(signum)`` then runs
+    on the UI thread between messages, never as a KeyboardInterrupt thrown into a redraw. In the raw
+    terminal ctrl+c is a key, so a SIGINT there comes from outside (`kill -INT`) and is a stop like the others.
+    Nothing happens off the main thread (a test's app), where a loop cannot take signals."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        try:
+            loop.add_signal_handler(sig, handler, int(sig))
+        except (NotImplementedError, RuntimeError, ValueError):
+            return
 
 
 def received() -> int | None:

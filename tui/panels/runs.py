@@ -62,10 +62,29 @@ def snapshot_row(path: Path) -> list[str]:
         return ["", "", "", "unreadable", "", "", "saved", path.name]
 
 
+# A snapshot's row by path, with the file's size and modification time it was read at: the list is
+# refreshed after every run, and only new or changed files are read again (a long session's folder
+# holds hundreds). Filled on the worker that lists; one worker lists at a time (exclusive).
+_ROWS: dict[str, tuple[tuple[int, int], list[str]]] = {}
+
+
 def list_snapshots(folder: Path) -> list[tuple[str, list[str]]]:
-    """Every snapshot in the folder, newest first: (path, cells). Reads every file: a worker's job."""
+    """Every snapshot in the folder, newest first: (path, cells). Reads what changed: a worker's job."""
     files = sorted(folder.glob("*.json"), reverse=True) if folder.is_dir() else []
-    return [(str(f), snapshot_row(f)) for f in files]
+    out: list[tuple[str, list[str]]] = []
+    for f in files:
+        try:
+            st = f.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            out.append((str(f), snapshot_row(f)))  # gone or unreadable: said as such by its row
+            continue
+        known = _ROWS.get(str(f))
+        if known is None or known[0] != stamp:
+            known = (stamp, snapshot_row(f))
+            _ROWS[str(f)] = known
+        out.append((str(f), known[1]))
+    return out
 
 
 class RunsPanel(Panel):
