@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import UserError
 from .report import HISTOGRAM_QUANTILES, NA, Cell, Table, no_tokens
-from .results import MtebTask, SpeedResult, SweepResult
+from .results import MtebTask, SpeedResult, SweepResult, TrainResult
 from .snapshot import Snapshot
 from .sweepstats import differ
 
@@ -155,6 +155,8 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     if notes:
         tables.append(Table("compare-notes", "Why some figures are not compared", ["note"], [[n] for n in notes]))
 
+    if all(s.summary.training is not None or s.workload.get("name") == "train" for s in snaps):
+        tables.append(_training_table(snaps, letters))
     sweeps_compared = ok and all(isinstance(s.summary.results.get("sweep"), SweepResult) for s in snaps)
     if sweeps_compared:
         tables.append(_sweep_table(snaps, letters))
@@ -193,6 +195,40 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
         env.rows.append(["(nothing: same machine, libraries and settings)", *["" for _ in snaps]])
     tables.append(env)
     return tables
+
+
+def _training_table(snaps: list[Snapshot], letters: list[str]) -> Table:
+    """Training runs side by side: what each trained on and how, its cost per step, and each evaluation
+    after training with its change. Settings differ on purpose here (a learning rate against another),
+    so every row is shown, not only those the runs share."""
+    from .neighbours import evaluation_changes
+
+    table = Table("compare-training", "Training side by side", ["figure", *letters])
+    trains = [s.summary.results.get("train") for s in snaps]
+    sums = [s.summary.training for s in snaps]
+
+    def row(label: str, values: list[Cell]) -> None:
+        if any(v is not None for v in values):
+            table.rows.append([label, *values])
+
+    row("training file", [t.train_file if isinstance(t, TrainResult) else None for t in trains])
+    row("examples", [t.examples if isinstance(t, TrainResult) else None for t in trains])
+    row("loss", [t.loss if isinstance(t, TrainResult) else None for t in trains])
+    row("batch size", [t.batch_size if isinstance(t, TrainResult) else None for t in trains])
+    row("learning rate", [t.learning_rate if isinstance(t, TrainResult) else None for t in trains])
+    row("steps done", [t.steps_done if isinstance(t, TrainResult) else None for t in trains])
+    row("step mean s", [ts.step.mean_s if ts else None for ts in sums])
+    row("step p50 s", [ts.step.p50_s if ts else None for ts in sums])
+    row("samples/s", [ts.samples_per_s if ts else None for ts in sums])
+    row("tokens/s", [ts.tokens_per_s if ts else None for ts in sums])
+    row("loss: last step", [ts.last_loss if ts else None for ts in sums])
+    row("RSS at a step's end, highest MiB", [ts.rss_at_step_end.value if ts else None for ts in sums])
+    row("torch peak allocated in a step MiB", [ts.torch_allocated.value if ts else None for ts in sums])
+    changes = [{c.evaluation: c for c in evaluation_changes(s.summary.results)} for s in snaps]
+    for name in dict.fromkeys(k for c in changes for k in c):
+        row(f"{name}: after", [f"{c[name].after:.6f}" if name in c and c[name].after is not None else None for c in changes])
+        row(f"{name}: change", [f"{c[name].change:+.6f}" if name in c and c[name].change is not None else None for c in changes])
+    return table
 
 
 def _test(a: tuple[float, ...] | None, b: tuple[float, ...] | None) -> str:

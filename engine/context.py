@@ -19,6 +19,9 @@ class RunContext:
         self._call_ids = itertools.count(0)
         self._phase_stack: list[tuple[int, str]] = []
         self.failed_phase = ""  # the innermost phase an exception left, for the error event
+        # torch's CUDA peak counters before a workload reset them (a training step's own peak): the
+        # run's high-water marks are the larger of these and the counters at the end.
+        self.torch_peak_carry: dict[str, float] = {}
 
     def now(self) -> int:
         return self.bus.clock.now()

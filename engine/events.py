@@ -119,6 +119,42 @@ class RequestTimed:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TrainStep:
+    """One optimizer step of a training run, timed through the trainer's callback hooks.
+
+    ``duration_ns`` runs from the end of the previous step (or the start of the epoch) to the end
+    of this one, so the steps of a run add up to its training time. Its parts: ``data_ns`` until the
+    trainer began the step (the next batch: loading, collating, tokenising; and the trainer's
+    bookkeeping after the previous step), ``forward_ns`` the loss module's forward pass (the model on
+    every column of the batch, then the loss), ``backward_ns`` the rest of the training step (moving
+    the batch, the backward pass, gradient clipping), ``optimizer_ns`` the optimizer's step, the
+    learning-rate schedule and zeroing the gradients. A part the hooks could not time is None.
+    """
+
+    t_ns: int
+    phase_id: int
+    step: int  # the trainer's global step, from 1
+    steps_planned: int | None = None  # the trainer's max_steps for this run
+    epoch: float  # the trainer's fractional epoch at the end of the step
+    samples: int  # rows of the training data in the batch
+    tokens: int | None  # non-padding tokens over every column of the batch
+    loss: float | None  # the loss module's value for the batch; None: not finite
+    learning_rate: float | None  # the rate the optimizer stepped with
+    duration_ns: int
+    data_ns: int | None
+    forward_ns: int | None
+    backward_ns: int | None
+    optimizer_ns: int | None
+    rss_mib: float | None = None  # resident set at the end of the step
+    max_rss_mib: float | None = None  # the kernel's high-water mark (ru_maxrss) at the end of the step
+    max_rss_rose: bool | None = None  # the high-water mark rose during this step (the first: since training began)
+    torch_peak_allocated_mib: float | None = None  # CUDA: torch's peak during this step alone
+    torch_peak_reserved_mib: float | None = None
+    gpu_process_mib: float | None = None  # NVML: this process's GPU memory at the end of the step
+    kind: Literal["train_step"] = "train_step"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResourceSample:
     t_ns: int
     rss_mib: float
@@ -213,6 +249,7 @@ Event = Union[
     BatchTimed,
     EncodeTimed,
     RequestTimed,
+    TrainStep,
     ResourceSample,
     Note,
     Result,

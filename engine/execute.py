@@ -22,6 +22,7 @@ from .plan import (
     SimilarityPlan,
     SpeedPlan,
     SweepPlan,
+    TrainPlan,
 )
 from .runner import Runner
 from .targets import Target
@@ -70,6 +71,10 @@ def make_workload(plan: Any) -> Workload:
         from .workloads.mteb_tasks import MtebWorkload
 
         return MtebWorkload(plan)
+    elif isinstance(plan, TrainPlan):
+        from .workloads.train import TrainWorkload
+
+        return TrainWorkload(plan)
     elif isinstance(plan, CellPlan):
         from .workloads.cell import CellWorkload
 

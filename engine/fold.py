@@ -33,6 +33,7 @@ from .events import (
     RunFinished,
     RunStarted,
     RunStatus,
+    TrainStep,
 )
 from .results import AnyResult, KernelCounters, LatencyStats, SamplerFacts, TargetFacts
 from .stats import LatencySeries, known_sum
@@ -105,6 +106,46 @@ class RequestGroup(_Model):
     tokens: int | None  # as the server reports them; None when it reports none
 
 
+class StepPart(_Model):
+    """One part of a training step: its statistics over the steps, and its share of their total time."""
+
+    part: str
+    stats: LatencyStats
+    share_percent: float | None
+
+
+class StepPeak(_Model):
+    value: float | None = None
+    step: int | None = None  # the step it was reached in
+
+
+class TrainingSummary(_Model):
+    """The cost of a training run, folded from its steps: time per step and per part of a step,
+    throughput, loss and learning rate, and memory per step with the step that reached its peak."""
+
+    steps: int
+    first_step: int | None
+    last_step: int | None
+    epoch: float | None
+    samples: int
+    tokens: int | None
+    seconds: float  # the steps' durations added up
+    samples_per_s: float | None
+    tokens_per_s: float | None
+    step: LatencyStats
+    parts: tuple[StepPart, ...]
+    unsplit: tuple[str, ...]  # parts the hooks could not time apart in some step
+    first_loss: float | None
+    last_loss: float | None
+    min_loss: StepPeak
+    last_learning_rate: float | None
+    rss_at_step_end: StepPeak  # the largest resident set read at a step's end
+    max_rss: StepPeak  # the kernel's high-water mark after the last step, and the step it last rose in
+    torch_allocated: StepPeak  # CUDA: the largest per-step peak of torch's allocations
+    torch_reserved: StepPeak
+    gpu_process: StepPeak  # NVML: the largest process figure read at a step's end
+
+
 class Summary(_Model):
     duration_s: float
     phases: tuple[PhaseSummary, ...]
@@ -118,6 +159,7 @@ class Summary(_Model):
     timeline_stride: int = 1
     events_seen: dict[str, int] = {}
     events_kept: dict[str, int] = {}
+    training: TrainingSummary | None = None  # a training run's steps
 
     @property
     def headline(self) -> CallGroup | None:
@@ -180,6 +222,91 @@ class _Requests:
         self.tokens: int | None = 0
 
 
+STEP_PARTS = (("data", "data_ns"), ("forward", "forward_ns"), ("backward", "backward_ns"), ("optimizer", "optimizer_ns"))
+
+
+class _Training:
+    """A training run's steps, folded in constant memory (the latency series bound themselves)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.first_step: int | None = None
+        self.last_step: int | None = None
+        self.epoch: float | None = None
+        self.samples = 0
+        self.tokens: int | None = 0
+        self.seconds = 0.0
+        self.step = LatencySeries()
+        self.parts = {name: LatencySeries() for name, _ in STEP_PARTS}
+        self.part_seconds = dict.fromkeys(self.parts, 0.0)
+        self.unsplit: set[str] = set()
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self.min_loss: tuple[float, int] | None = None
+        self.last_lr: float | None = None
+        self.peaks: dict[str, tuple[float, int]] = {}
+        self.max_rss: float | None = None
+        self.max_rss_step: int | None = None
+
+    def add(self, e: TrainStep) -> None:
+        self.steps += 1
+        if self.first_step is None:
+            self.first_step = e.step
+        self.last_step, self.epoch = e.step, e.epoch
+        self.samples += e.samples
+        self.tokens = known_sum(self.tokens, e.tokens)
+        seconds = e.duration_ns / 1e9
+        self.seconds += seconds
+        self.step.add(seconds)
+        for name, attr in STEP_PARTS:
+            value = getattr(e, attr)
+            if value is None:
+                self.unsplit.add(name)
+            else:
+                self.parts[name].add(value / 1e9)
+                self.part_seconds[name] += value / 1e9
+        if e.loss is not None:
+            if self.first_loss is None:
+                self.first_loss = e.loss
+            if self.min_loss is None or e.loss < self.min_loss[0]:
+                self.min_loss = (e.loss, e.step)
+        self.last_loss = e.loss
+        self.last_lr = e.learning_rate
+        for name in ("rss_mib", "torch_peak_allocated_mib", "torch_peak_reserved_mib", "gpu_process_mib"):
+            value = getattr(e, name)
+            if value is not None and (name not in self.peaks or value > self.peaks[name][0]):
+                self.peaks[name] = (value, e.step)
+        if e.max_rss_mib is not None:
+            self.max_rss = e.max_rss_mib
+            if e.max_rss_rose:
+                self.max_rss_step = e.step
+
+    def _peak(self, name: str) -> StepPeak:
+        found = self.peaks.get(name)
+        return StepPeak(value=found[0], step=found[1]) if found else StepPeak()
+
+    def summary(self) -> TrainingSummary:
+        total = self.seconds
+        return TrainingSummary(
+            steps=self.steps, first_step=self.first_step, last_step=self.last_step, epoch=self.epoch,
+            samples=self.samples, tokens=self.tokens if self.steps else None, seconds=total,
+            samples_per_s=_rate(self.samples, total), tokens_per_s=_rate(self.tokens, total),
+            step=self.step.stats(),
+            parts=tuple(StepPart(part=name, stats=series.stats(),
+                                 share_percent=100.0 * self.part_seconds[name] / total if series.count and total > 0 else None)
+                        for name, series in self.parts.items()),
+            unsplit=tuple(name for name, _ in STEP_PARTS if name in self.unsplit),
+            first_loss=self.first_loss, last_loss=self.last_loss,
+            min_loss=StepPeak(value=self.min_loss[0], step=self.min_loss[1]) if self.min_loss else StepPeak(),
+            last_learning_rate=self.last_lr,
+            rss_at_step_end=self._peak("rss_mib"),
+            max_rss=StepPeak(value=self.max_rss, step=self.max_rss_step),
+            torch_allocated=self._peak("torch_peak_allocated_mib"),
+            torch_reserved=self._peak("torch_peak_reserved_mib"),
+            gpu_process=self._peak("gpu_process_mib"),
+        )
+
+
 def _rate(amount: int | None, seconds: float) -> float | None:
     return amount / seconds if amount is not None and seconds > 0 else None
 
@@ -209,6 +336,7 @@ class RunState:
         self.samples_seen = 0
         self.last_sample: ResourceSample | None = None
         self.events_seen: dict[str, int] = {}
+        self.training: _Training | None = None
 
     # -- the fold ----------------------------------------------------------------------------------
     def apply(self, e: Event) -> None:
@@ -238,6 +366,10 @@ class RunState:
                 c.words = known_sum(c.words, e.words)
         elif isinstance(e, RequestTimed):
             self._request(e)
+        elif isinstance(e, TrainStep):
+            if self.training is None:
+                self.training = _Training()
+            self.training.add(e)
         elif isinstance(e, PhaseStarted):
             parent = self._phase_by_id.get(e.parent_id)
             path = f"{parent.path} › {e.name}" if parent is not None else e.name
@@ -424,4 +556,5 @@ class RunState:
             timeline_stride=timeline_stride,
             events_seen=dict(self.events_seen),
             events_kept=dict(events_kept or self.events_seen),
+            training=self.training.summary() if self.training is not None else None,
         )

@@ -26,7 +26,7 @@ from .text import shown as _shown
 PLAN_VERSION: Literal[1] = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("float32", "float16", "bfloat16")
-WORKLOADS = ("encode", "speed", "similarity", "sweep", "load", "mteb")
+WORKLOADS = ("encode", "speed", "similarity", "sweep", "load", "mteb", "train")
 EncodeMode = Literal["plain", "query", "document"]
 BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -64,6 +64,13 @@ TOP_K = (1, 10_000)
 ENERGY_WINDOW_S = (0.001, 3_600.0)
 SAMPLE_HZ = (1.0, 100.0)
 MAX_REPEATS = (1, 100_000)  # no option sets it; a plan file can
+EPOCHS = (0.01, 10_000.0)
+MAX_STEPS = (1, 100_000_000)
+MAX_EXAMPLES = (1, 100_000_000)
+LEARNING_RATE = (1e-10, 1.0)
+WARMUP_RATIO = (0.0, 1.0)
+SEED = (0, 2**32 - 1)
+LOSSES = ("auto", "cosent", "mnrl", "triplet")
 # A sweep axis's values: lines and tokens build texts in memory, threads and batch size a pool and a batch.
 INT_AXIS_MOST = {"lines": 1_000_000, "batch": MAX_BATCH, "tokens": 1_048_576, "threads": 4_096, "truncate_dim": MAX_DIMENSIONS,
                  "max_seq_length": 1_048_576}
@@ -83,7 +90,8 @@ def check_number(value: float | None, bounds: tuple[float, float], option: str, 
     least, most = bounds
     # NaN fails both comparisons; ±inf fails one, since both bounds are finite.
     if value is not None and not least <= value <= most:
-        raise UserError(f"{option} must be a positive number between {_bound(least)} and {_bound(most)} {unit}, not {_shown(value)}")
+        raise UserError(f"{option} must be a positive number between {_bound(least)} and {_bound(most)}{' ' + unit if unit else ''}, "
+                        f"not {_shown(value)}")
 
 
 def check_text(value: str | None, option: str, hint: str = "") -> None:
@@ -408,6 +416,56 @@ class MtebPlan(_Plan):
         return self
 
 
+class TrainPlan(_Plan):
+    """Fine-tune a local model with sentence-transformers' own trainer, timed per step, with the same
+    evaluations before and after."""
+
+    name: Literal["train"] = "train"
+    train_file: str  # JSON Lines: {"sentence1","sentence2","score"}, {"anchor","positive"} or {"anchor","positive","negative"}
+    max_examples: int | None = None  # the first N rows of the file; None: all
+    loss: Literal["auto", "cosent", "mnrl", "triplet"] = "auto"  # auto: CoSENT for scored pairs, else MultipleNegativesRanking
+    epochs: float = 1.0
+    max_steps: int | None = None  # stops after this many steps, whatever the epochs
+    batch_size: int = 16
+    learning_rate: float = 2e-5
+    warmup_ratio: float = 0.1
+    prompt: str | None = None  # prepended to every training text (EmbeddingGemma's guide trains with its task prompt)
+    prompt_name: str | None = None  # or one of the model's prompts, by name
+    seed: int = 42
+    output: str | None = None  # the trained model's folder; None: trained/<model>-<time>
+    tasks: tuple[str, ...] = ()  # MTEB tasks, before and after
+    data_dir: str | None = None
+    results_dir: str = "results"
+    neighbours: tuple[str, ...] = ()  # labelled files {"text","label"}: top-K neighbour accuracy before and after
+    top_k: int = 5
+    distance: Literal["cosine", "euclidean"] = "cosine"
+    eval_batch_size: int = 32
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainPlan:
+        check_text(self.train_file, "--train-file")
+        check_count(self.max_examples, MAX_EXAMPLES, "--max-examples")
+        check_number(self.epochs, EPOCHS, "--epochs", "epochs")
+        check_count(self.max_steps, MAX_STEPS, "--max-steps")
+        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
+        check_count(self.eval_batch_size, BATCH_SIZE, "--eval-batch-size")
+        check_number(self.learning_rate, LEARNING_RATE, "--learning-rate", "")
+        check_number(self.warmup_ratio, WARMUP_RATIO, "--warmup", "(a share of the steps)")
+        check_count(self.seed, SEED, "--seed")
+        check_count(self.top_k, TOP_K, "--top-k")
+        if self.prompt is not None and self.prompt_name is not None:
+            raise UserError("give either --prompt-name or --prompt, not both")
+        for value, option in ((self.prompt_name, "--prompt-name"), (self.output, "--output"), (self.data_dir, "--data-dir"),
+                              (self.results_dir, "--results-dir")):
+            check_text(value, option)
+        for names, option in ((self.tasks, "--task"), (self.neighbours, "--neighbours")):
+            for name in names:
+                check_text(name, option)
+            if len(set(names)) != len(names):
+                raise UserError(f"{option} names the same {'task' if option == '--task' else 'file'} twice")
+        return self
+
+
 PRECISIONS = ("float32", "int8", "binary")
 
 
@@ -446,7 +504,7 @@ class CellPlan(_Plan):
 
 
 WorkloadPlan = Annotated[
-    Union[EncodePlan, SpeedPlan, SimilarityPlan, SweepPlan, LoadPlan, MtebPlan, CellPlan], Field(discriminator="name")
+    Union[EncodePlan, SpeedPlan, SimilarityPlan, SweepPlan, LoadPlan, MtebPlan, CellPlan, TrainPlan], Field(discriminator="name")
 ]
 
 
@@ -472,6 +530,18 @@ class RunPlan(_Plan):
     @model_validator(mode="after")
     def _check(self) -> RunPlan:
         w, server = self.workload, isinstance(self.target, ServerTarget)
+        if isinstance(w, TrainPlan):
+            if server:
+                raise UserError("training changes a model's weights: give a local model (--model), not --server")
+            t = self.target
+            assert isinstance(t, LocalTarget)
+            if t.backend != "torch":
+                raise UserError(f"training runs on torch; {t.backend} runs an exported graph that cannot be trained")
+            if t.dtype != "float32":
+                raise UserError(f"training loads float32 weights; {t.dtype} weights would train without the float32 master copy "
+                                "mixed precision keeps (leave --dtype out)")
+            if t.truncate_dim is not None:
+                raise UserError("--truncate-dim shortens the vectors at encode time; training uses the model's full output (leave it out)")
         if isinstance(w, LoadPlan) and not server:
             raise UserError("the load workload drives a server: give --server URL")
         if isinstance(w, EncodePlan) and w.compare_model is not None and not server:
@@ -599,6 +669,13 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
              budget_s="budget", ram_ceiling_mib="ram_ceiling")
     elif workload == "load":
         take("requests", "concurrency", "rate", "batch", "input", "prompt_name", duration_s="duration")
+    elif workload == "train":
+        if not get("train_file"):
+            raise UserError("the train workload needs a training file: embprof train --train-file FILE, or the dashboard's form (n)")
+        w["tasks"] = tuple(get("tasks") or ())
+        w["neighbours"] = tuple(get("neighbours") or ())
+        take("train_file", "max_examples", "loss", "epochs", "max_steps", "batch_size", "learning_rate", "prompt", "prompt_name", "seed",
+             "output", "data_dir", "results_dir", "top_k", "distance", "eval_batch_size", warmup_ratio="warmup")
     else:
         w["tasks"] = tuple(get("tasks") or ())
         take("data_dir", "results_dir", "batch_size", "loops", "text")

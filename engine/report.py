@@ -26,6 +26,7 @@ from .events import (
     PhaseStarted,
     RequestTimed,
     ResourceSample,
+    TrainStep,
 )
 from .fold import CallGroup, RequestGroup, Summary
 from .results import (
@@ -42,6 +43,7 @@ from .results import (
     SpeedResult,
     SweepResult,
     TokenLengths,
+    TrainResult,
     VersusResult,
 )
 from .snapshot import Snapshot, to_json
@@ -293,6 +295,7 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     if isinstance(vs, VersusResult):
         tables.append(vs_table(vs))
     tables.extend(server_tables(snap))
+    tables.extend(training_tables(snap))
     peaks_by_phase = {p.phase_id: p.peaks for p in s.phases}
     rows = mteb_rows(s.results, lambda pid, name: peaks_by_phase.get(pid, {}).get(name))
     if rows:
@@ -552,6 +555,91 @@ def vs_table(vs: VersusResult) -> Table:
 MTEB_COLUMNS = ("task", "status", "main score", "metric", "seconds", "peak RSS MiB", "peak GPU MiB")
 
 
+def _at_step(value: float | None, step: int | None) -> Cell:
+    if value is None:
+        return None
+    return f"{value:,.1f} (step {step})" if step is not None else f"{value:,.1f}"
+
+
+def training_tables(snap: Snapshot) -> list[Table]:
+    """A training run: what it trained on and how far it got, the cost of a step and of its parts, and
+    the evaluations before and after. Every figure is from the run's own steps and results."""
+    from .neighbours import evaluation_changes
+
+    s = snap.summary
+    tr = s.results.get("train")
+    ts = s.training
+    if not isinstance(tr, TrainResult) and ts is None:
+        return []
+    out: list[Table] = []
+    rows: list[tuple[str, Any]] = []
+    on_gpu = str(snap.target.device_resolved or "").startswith("cuda")
+    if isinstance(tr, TrainResult):
+        rows += [
+            ("training file", tr.train_file),
+            ("examples", f"{tr.examples:,} of {tr.rows_in_file:,} rows ({tr.data_format}: {', '.join(tr.columns)})"),
+            ("loss", f"{tr.loss} ({tr.loss_chosen})"),
+            ("batch size", tr.batch_size),
+            ("batch sampler", tr.batch_sampler or None),
+            ("learning rate", f"{tr.learning_rate:g} (warm-up {tr.warmup_ratio:g} of the steps)"),
+            ("prompt", repr(tr.prompt) if tr.prompt is not None else None),
+            ("steps", f"{tr.steps_done:,} of {tr.steps_planned:,}" + (" (stopped early)" if tr.stopped else "")),
+            ("epochs", tr.epochs_done),
+            ("trainer's train() s", tr.train_seconds),
+            ("a step's parts", tr.unsplit or None),
+        ]
+    if ts is not None:
+        rows += [
+            ("steps' time added up s", ts.seconds),
+            ("samples/s", ts.samples_per_s),
+            ("tokens/s", _or(ts.tokens_per_s, NA("the batches carried no attention mask"))),
+            ("loss: first step", ts.first_loss),
+            ("loss: last step", ts.last_loss),
+            ("loss: lowest", f"{ts.min_loss.value:.4f} (step {ts.min_loss.step})" if ts.min_loss.value is not None else None),
+            ("learning rate: last step", ts.last_learning_rate),
+            ("RSS at a step's end, highest MiB", _at_step(ts.rss_at_step_end.value, ts.rss_at_step_end.step)),
+            ("peak RSS (kernel's high-water) MiB",
+             None if ts.max_rss.value is None else
+             _at_step(ts.max_rss.value, ts.max_rss.step) if ts.max_rss.step is not None
+             else f"{ts.max_rss.value:,.1f} (reached before training)"),
+            ("torch peak allocated in a step MiB", _at_step(ts.torch_allocated.value, ts.torch_allocated.step) if on_gpu else None),
+            ("torch peak reserved in a step MiB", _at_step(ts.torch_reserved.value, ts.torch_reserved.step) if on_gpu else None),
+            ("GPU process at a step's end, highest MiB",
+             (_at_step(ts.gpu_process.value, ts.gpu_process.step) or NA("NVML does not list this process")) if on_gpu else None),
+        ]
+    if isinstance(tr, TrainResult):
+        rows += [
+            ("trainer's mean loss", tr.trainer_loss),
+            ("saved to", tr.saved_to),
+            ("not saved", tr.not_saved_why),
+        ]
+    out.append(_kv("training", "Training", rows))
+    if ts is not None and ts.steps:
+        steps = Table("training-steps", f"Training step time ({ts.steps:,} steps; a part's share is of the steps' total)",
+                      ["part", "mean s", "p50 s", "p95 s", "max s", "share %"])
+        steps.rows.append(["step", ts.step.mean_s, ts.step.p50_s, ts.step.p95_s, ts.step.max_s, 100.0 if ts.seconds > 0 else None])
+        for part in ts.parts:
+            if part.stats.count:
+                steps.rows.append([part.part, part.stats.mean_s, part.stats.p50_s, part.stats.p95_s, part.stats.max_s, part.share_percent])
+        for name in ts.unsplit:
+            steps.rows.append([name, NA("not timed apart in some steps"), None, None, None, None])
+        out.append(steps)
+    changes = tr.evaluations if isinstance(tr, TrainResult) and tr.evaluations else tuple(evaluation_changes(s.results))
+    if changes:
+        table = Table("before-after", "Evaluations before and after training", ["evaluation", "metric", "before", "after", "change", "verdict"])
+        for c in changes:
+            verdict = ("REGRESSED" if c.regressed else "improved" if c.change and c.change > 0 else "unchanged") if c.change is not None else None
+            table.rows.append([c.evaluation, c.metric, _score(c.before), _score(c.after),
+                               f"{c.change:+.6f}" if c.change is not None else None, verdict])
+        out.append(table)
+    return out
+
+
+def _score(value: float | None) -> Cell:
+    # mteb rounds scores to six places in its files; three would hide real differences.
+    return f"{value:.6f}" if value is not None else None
+
+
 def mteb_rows(results: Mapping[str, Any], peak: Callable[[int, str], float | None]) -> list[list[Cell]]:
     """One row per MTEB task, in the order run; ``peak(phase_id, field)`` gives the task phase's
     sampled peak (from the snapshot's phase summary, or live from the dashboard's samples)."""
@@ -655,6 +743,9 @@ def raw_tables(snap: Snapshot) -> list[Table]:
     sample_cols = [f for f in ResourceSample.__dataclass_fields__ if f not in ("kind", "t_ns", "per_core_percent")]
     timeline = Table("timeline", "Resource timeline", ["t_s", *sample_cols, "per_core_percent"])
     phases = Table("phase-events", "Phase events", ["t_s", "event", "phase_id", "name", "detail", "duration_s", "ok"])
+    steps = Table("train-steps", "Training steps",
+                  ["t_s", "step", "epoch", "samples", "tokens", "loss", "learning_rate", "seconds", "data_s", "forward_s", "backward_s",
+                   "optimizer_s", "rss_mib", "max_rss_mib", "torch_peak_allocated_mib", "torch_peak_reserved_mib", "gpu_process_mib"])
     for e in snap.events:
         t = e.t_ns / 1e9
         if isinstance(e, EncodeTimed):
@@ -675,7 +766,14 @@ def raw_tables(snap: Snapshot) -> list[Table]:
             phases.rows.append([t, "start", e.phase_id, e.name, e.detail, None, None])
         elif isinstance(e, PhaseEnded):
             phases.rows.append([t, "end", e.phase_id, e.name, "", e.duration_ns / 1e9, e.ok])
-    return [encodes, batches, requests, timeline, phases]
+        elif isinstance(e, TrainStep):
+            def s_(ns: int | None) -> float | None:
+                return ns / 1e9 if ns is not None else None
+
+            steps.rows.append([t, e.step, e.epoch, e.samples, e.tokens, e.loss, e.learning_rate, e.duration_ns / 1e9, s_(e.data_ns),
+                               s_(e.forward_ns), s_(e.backward_ns), s_(e.optimizer_ns), e.rss_mib, e.max_rss_mib,
+                               e.torch_peak_allocated_mib, e.torch_peak_reserved_mib, e.gpu_process_mib])
+    return [encodes, batches, requests, timeline, phases, *([steps] if steps.rows else [])]
 
 
 def all_tables(snap: Snapshot) -> dict[str, Table]:

@@ -295,6 +295,11 @@ class MtebRun(_Frozen):
     model_name: str
     revision: str | None
     results_dir: str
+    stage: Literal["before", "after"] | None = None  # a training run's evaluation before or after it trained
+
+    @property
+    def key(self) -> str:
+        return f"mteb:{self.stage}" if self.stage else "mteb"
 
 
 class MtebEncode(_Frozen):
@@ -347,10 +352,11 @@ class MtebTask(_Frozen):
     seconds: float | None = None
     error: str | None = None
     speed: SpeedResult | None = None
+    stage: Literal["before", "after"] | None = None  # a training run's evaluation before or after it trained
 
     @property
     def key(self) -> str:
-        return f"mteb:{self.task}"
+        return f"mteb:{self.stage}:{self.task}" if self.stage else f"mteb:{self.task}"
 
 
 class CellResult(_Frozen):
@@ -386,6 +392,72 @@ class CellResult(_Frozen):
     queries: int | None = None
 
 
+class NeighbourScore(_Frozen):
+    """Top-K neighbour accuracy on a labelled file: for each text, the share of its K nearest
+    neighbours (itself excluded) that carry its label, averaged over the texts."""
+
+    kind: Literal["neighbours"] = "neighbours"
+    stage: Literal["before", "after"] | None = None
+    name: str  # the file as given
+    items: int
+    labels: int
+    k: int
+    distance: Literal["cosine", "euclidean"]
+    accuracy: float
+    # The same share for neighbours drawn at random: sum over labels of n(n-1), over N(N-1). Exact, not sampled.
+    chance: float
+    per_label: dict[str, float] = Field(default_factory=dict)  # up to MAX_LABELS_KEPT labels, the rest only in the mean
+    prompt: str | None = None  # the prompt the texts were encoded with; None: the model's default
+    seconds: float  # encoding and the neighbour search
+
+    @property
+    def key(self) -> str:
+        return f"neighbours:{self.stage}:{self.name}" if self.stage else f"neighbours:{self.name}"
+
+
+class EvalChange(_Frozen):
+    """One evaluation of a training run, before and after: its score, and what training did to it."""
+
+    evaluation: str  # "STSBenchmark", "neighbours banking77/test.jsonl"
+    metric: str  # the task's main score ("cosine_spearman") or "top-5 neighbour accuracy (cosine)"
+    before: float | None  # None: not measured (failed, or the run stopped first)
+    after: float | None
+    change: float | None  # after − before
+    regressed: bool | None  # the score fell (on this evaluation's data; not a significance test)
+
+
+class TrainResult(_Frozen):
+    """What a training run did: its data and settings, how far it got, where the model went, and the
+    evaluations before and after. The cost per step is the summary's ``training``, folded from the steps."""
+
+    kind: Literal["train"] = "train"
+    train_file: str
+    data_format: Literal["scored pairs", "pairs", "triplets"]
+    columns: tuple[str, ...]
+    rows_in_file: int
+    examples: int  # the rows trained on (the first --max-examples of the file, or all)
+    loss: str  # sentence-transformers' loss class
+    loss_chosen: Literal["to fit the data", "as asked"]
+    batch_sampler: str
+    epochs: float
+    max_steps: int | None
+    steps_planned: int
+    steps_done: int
+    epochs_done: float | None
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    seed: int
+    prompt: str | None  # prepended to every text in training (and in the neighbour evaluations)
+    stopped: bool = False  # stopped (Ctrl-C, a signal, the dashboard) before the last step
+    saved_to: str | None = None
+    not_saved_why: str | None = None
+    train_seconds: float | None = None  # the trainer's train() call, end to end
+    trainer_loss: float | None = None  # the trainer's own mean of the training loss
+    unsplit: str = ""  # what the step's parts include that could not be timed apart
+    evaluations: tuple[EvalChange, ...] = ()
+
+
 AnyResult = Annotated[
     Union[
         CellResult,
@@ -405,11 +477,16 @@ AnyResult = Annotated[
         RequestErrors,
         MtebRun,
         MtebTask,
+        NeighbourScore,
+        TrainResult,
     ],
     Field(discriminator="kind"),
 ]
 
 
 def result_key(result: Any) -> str:
-    """Where a result is filed in a run's results: its kind, or ``mteb:<task>`` for a task."""
-    return result.key if isinstance(result, MtebTask) else str(result.kind)
+    """Where a result is filed in a run's results: its kind, or a key of its own where a run holds many
+    of that kind (``mteb:<task>``, a training run's ``mteb:before:<task>``, ``neighbours:after:<file>``)."""
+    if isinstance(result, (MtebTask, MtebRun, NeighbourScore)):
+        return result.key
+    return str(result.kind)

@@ -24,8 +24,11 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or exc.__class__.__name__ in ("OutOfMemoryError", "OutOfResources")
 
 
-def kernel_counters() -> KernelCounters:
-    """High-water marks the kernel and torch keep themselves: they see peaks between samples."""
+def kernel_counters(torch_carry: dict[str, float] | None = None) -> KernelCounters:
+    """High-water marks the kernel and torch keep themselves: they see peaks between samples.
+
+    ``torch_carry``: torch's peaks from before a workload reset its counters (``RunContext.torch_peak_carry``)."""
+    carry = torch_carry or {}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # ru_maxrss is KiB on Linux and bytes on macOS.
     maxrss_bytes = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
@@ -34,8 +37,8 @@ def kernel_counters() -> KernelCounters:
     if torch is not None:
         try:
             if torch.cuda.is_initialized():
-                out["torch_max_memory_allocated_mib"] = torch.cuda.max_memory_allocated() / MIB
-                out["torch_max_memory_reserved_mib"] = torch.cuda.max_memory_reserved() / MIB
+                out["torch_max_memory_allocated_mib"] = max(torch.cuda.max_memory_allocated() / MIB, carry.get("allocated", 0.0))
+                out["torch_max_memory_reserved_mib"] = max(torch.cuda.max_memory_reserved() / MIB, carry.get("reserved", 0.0))
         except Exception:
             pass
     return KernelCounters(**out)
@@ -179,7 +182,7 @@ class Runner:
                     ),
                 )
             )
-            bus.publish(Result(t_ns=clock.now(), result=kernel_counters()))
+            bus.publish(Result(t_ns=clock.now(), result=kernel_counters(ctx.torch_peak_carry)))
             self.status = status
             bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
             self._done.set()

@@ -30,7 +30,7 @@ DEFAULT_MAX_SAMPLES = 36_000  # one hour at 10 Hz before the timeline is thinned
 # `run load` sends millions of requests, and the summary's figures come from the fold, not from these.
 DEFAULT_MAX_TIMED = 25_000
 MAX_NOTES = 1_000  # mteb can be chatty over a long task list: the first thousand notes are kept, as the fold keeps them
-THINNED_KINDS = ("resource_sample", "batch_timed", "encode_timed", "request_timed")
+THINNED_KINDS = ("resource_sample", "batch_timed", "encode_timed", "request_timed", "train_step")
 
 
 class Snapshot(BaseModel):

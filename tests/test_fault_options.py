@@ -29,11 +29,11 @@ SERVER = "http://127.0.0.1:9"
 # (the command's words before the option, the option, its converter): every bounded option of every command.
 NUMERIC: list[tuple[tuple[str, ...], str, o.Count | o.Number]] = [
     *[(cmd, opt, conv) for cmd in (("run", "encode"), ("run", "speed"), ("run", "similarity"), ("run", "sweep"), ("run", "load"),
-                                   ("mteb",), ("prompts",))
+                                   ("mteb",), ("prompts",), ("train",))
       for opt, conv in (("--timeout", o.TIMEOUT), ("--max-errors", o.MAX_ERRORS), ("--server-pid", o.SERVER_PID),
                         ("--truncate-dim", o.TRUNCATE_DIM))],
     *[(cmd, "--sample-hz", o.SAMPLE_HZ) for cmd in (("run", "encode"), ("run", "speed"), ("run", "similarity"), ("run", "sweep"),
-                                                    ("run", "load"), ("mteb",), ("matrix",), ())],
+                                                    ("run", "load"), ("mteb",), ("matrix",), ("train",), ())],
     (("run", "encode"), "--batch-size", o.BATCH_SIZE),
     (("run", "encode"), "--warmups", o.WARMUPS),
     (("run", "encode"), "--repeats", o.REPEATS),
@@ -54,6 +54,15 @@ NUMERIC: list[tuple[tuple[str, ...], str, o.Count | o.Number]] = [
     (("matrix",), "--batch-size", o.BATCH_SIZE),
     (("matrix",), "--top-k", o.TOP_K),
     (("matrix",), "--energy-window", o.ENERGY_WINDOW),
+    (("train",), "--epochs", o.EPOCHS),
+    (("train",), "--max-steps", o.MAX_STEPS),
+    (("train",), "--max-examples", o.MAX_EXAMPLES),
+    (("train",), "--learning-rate", o.LEARNING_RATE),
+    (("train",), "--warmup", o.WARMUP),
+    (("train",), "--seed", o.SEED),
+    (("train",), "--batch-size", o.BATCH_SIZE),
+    (("train",), "--eval-batch-size", o.BATCH_SIZE),
+    (("train",), "--top-k", o.TOP_K),
     ((), "--repeats", o.REPEATS),  # the dashboard's own
     ((), "--loops", o.LOOPS),
 ]
@@ -67,7 +76,9 @@ def bad_values(conv: o.Count | o.Number) -> list[str]:
         if conv.least > 0:
             values.append("0")
     else:
-        values += ["-1", "1e300", "-1e300", repr(conv.most * 10), "1e-300", "0", "-0.0"]
+        values += ["-1", "1e300", "-1e300", repr(conv.most * 10)]
+        if conv.least > 0:  # below the least, where nought is not allowed
+            values += ["1e-300", "0", "-0.0"]
     return values
 
 
@@ -100,14 +111,17 @@ def test_every_numeric_option_refuses_hostile_values(cmd: tuple[str, ...], opt: 
     assert len(said) < 250, "a refused value is echoed cut short, not whole"
 
 
+REQUIRED = {("train",): ["--train-file", "t.jsonl"]}  # what a command cannot parse without
+
+
 @pytest.mark.parametrize("cmd, opt, conv", [pytest.param(c, opt, conv, id=f"{' '.join(c) or 'dashboard'} {opt}") for c, opt, conv in NUMERIC])
 def test_every_numeric_option_takes_its_stated_bounds(cmd: tuple[str, ...], opt: str, conv: o.Count | o.Number) -> None:
     parser = build_parser()
     dest = opt.lstrip("-").replace("-", "_")
     for bound in (conv.least, conv.most):
         text = str(bound) if isinstance(conv, o.Count) else repr(float(bound))
-        args = parser.parse_args([*cmd, f"{opt}={text}"])
-        assert getattr(args, dest) == bound
+        args = parser.parse_args([*cmd, *REQUIRED.get(cmd, []), f"{opt}={text}"])
+        assert getattr(args, dest.replace("lr", "learning_rate") if dest == "lr" else dest) == bound
     # The help says the bounds, so a refusal is never a surprise.
     sub = parser
     for word in cmd:
@@ -140,6 +154,8 @@ EMPTY: list[tuple[tuple[str, ...], str]] = [
                                      "--data-dir", "--task", "--cell", "--out")],
     *[((), opt) for opt in ("--model", "--device", "--workload", "--task", "--server", "--data-dir", "--input", "--text",
                             "--profiles-dir")],
+    *[(("train",), opt) for opt in ("--model", "--train-file", "--prompt-name", "--output", "--task", "--data-dir", "--results-dir",
+                                    "--neighbours", "--profiles-dir")],
 ]
 
 
@@ -190,6 +206,11 @@ def test_help_is_unchanged_in_form(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 # -- the plan says the same ------------------------------------------------------------------------------------
+def _train_plan(key: str) -> Any:
+    return lambda v: plan_from_options({"workload": "train", "train_file": "t.jsonl", key: v})
+
+
+
 # How a plan gets each option's value, so a file (or the dashboard's form) meets the same check as the command line.
 PLAN_OF: dict[str, Any] = {
     "--timeout": lambda v: plan_from_options({"server": SERVER, "timeout": v}),
@@ -211,10 +232,13 @@ PLAN_OF: dict[str, Any] = {
     "--top-k": lambda v: CellPlan(top_k=v),
     "--energy-window": lambda v: CellPlan(energy_min_window_s=v),
     "--sample-hz": lambda v: plan_from_options({"sample_hz": v}),
+    **{opt: _train_plan(key) for opt, key in (("--epochs", "epochs"), ("--max-steps", "max_steps"), ("--max-examples", "max_examples"),
+                                              ("--learning-rate", "learning_rate"), ("--warmup", "warmup"), ("--seed", "seed"))},
 }
 # The command whose parse-time converter each plan check above mirrors.
 PARSED_IN = {**{opt: ("run", "encode") for opt in PLAN_OF},
              "--loops": ("run", "speed"), "--top-k": ("matrix",), "--energy-window": ("matrix",),
+             **{opt: ("train",) for opt in ("--epochs", "--max-steps", "--max-examples", "--learning-rate", "--warmup", "--seed")},
              **{opt: ("run", "sweep") for opt in ("--target-ci", "--budget", "--ram-ceiling")},
              **{opt: ("run", "load") for opt in ("--requests", "--duration", "--concurrency", "--rate", "--batch")}}
 
@@ -226,7 +250,7 @@ def test_every_bounded_option_has_a_plan_check() -> None:
 def _plan_values(conv: o.Count | o.Number) -> list[Any]:
     if isinstance(conv, o.Count):
         return [conv.least - 1, conv.most + 1, -1]
-    return [math.nan, math.inf, -math.inf, -1.0, 0.0, conv.most * 10, 1e300]
+    return [math.nan, math.inf, -math.inf, -1.0, conv.most * 10, 1e300] + ([0.0] if conv.least > 0 else [])
 
 
 def _wording(sentence: str) -> str:
@@ -257,7 +281,9 @@ def test_the_plan_keeps_the_command_lines_numbers() -> None:
              (o.WARMUPS, plan.WARMUPS), (o.REPEATS, plan.REPEATS), (o.TARGET_CI, plan.TARGET_CI), (o.BUDGET, plan.BUDGET_S),
              (o.RAM_CEILING, plan.RAM_CEILING_MIB), (o.REQUESTS, plan.REQUESTS), (o.DURATION, plan.DURATION_S),
              (o.CONCURRENCY, plan.CONCURRENCY), (o.RATE, plan.RATE), (o.LOAD_BATCH, plan.BATCH_SIZE), (o.TOP_K, plan.TOP_K),
-             (o.ENERGY_WINDOW, plan.ENERGY_WINDOW_S), (o.SAMPLE_HZ, plan.SAMPLE_HZ), (o.MATRIX_TRUNCATE_DIMS, plan.TRUNCATE_DIM)]
+             (o.ENERGY_WINDOW, plan.ENERGY_WINDOW_S), (o.SAMPLE_HZ, plan.SAMPLE_HZ), (o.MATRIX_TRUNCATE_DIMS, plan.TRUNCATE_DIM),
+             (o.EPOCHS, plan.EPOCHS), (o.MAX_STEPS, plan.MAX_STEPS), (o.MAX_EXAMPLES, plan.MAX_EXAMPLES), (o.LEARNING_RATE, plan.LEARNING_RATE),
+             (o.WARMUP, plan.WARMUP_RATIO), (o.SEED, plan.SEED)]
     for conv, bounds in pairs:
         assert (conv.least, conv.most) == bounds, conv
     assert o.MAX_LOAD_WORKERS == plan.MAX_LOAD_WORKERS

@@ -53,6 +53,8 @@ from .panels import (
     RunsPanel,
     ScoresPanel,
     StatusBar,
+    TrainingPanel,
+    has_training,
 )
 from .panels.runs import list_snapshots, live_row
 from .panels.scores import has_scores
@@ -65,8 +67,11 @@ PANELS: tuple[tuple[str, str], ...] = (
     ("cpu", "CPU"),
     ("scores", "Scores"),
     ("runs", "Runs"),
+    ("training", "Training"),  # last: keys 1–5 stay where users learnt them
 )
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
+# In that layout a training run's panel takes the cells of these (see app.tcss); other runs hide it.
+WIDE_HIDDEN_TRAINING = ("latency", "scores")
 # While events keep coming, the UI takes them at most this often: every wake-up of the UI thread
 # takes the GIL from the run's own Python thread (10 samples a second would otherwise be 10 wake-ups).
 # The panels redraw every second or two anyway; a finished or saved run is taken at once.
@@ -159,6 +164,9 @@ class EmbprofApp(App[None]):
         yield StatusBar(clock=self.clock, id="status")
         yield Tabs(*[Tab(title, id=f"tab-{pid}") for pid, title in PANELS], id="tabs")
         with Grid(id="panels"):
+            # First in the grid: in the all-panels layout a training run's panel takes the Latency panel's
+            # cell (and the Scores panel's below it, which a training run does not fill); other runs hide it.
+            yield TrainingPanel(id="training")
             yield LatencyPanel(id="latency")
             yield MemoryPanel(id="memory")
             yield CpuPanel(id="cpu")
@@ -193,8 +201,16 @@ class EmbprofApp(App[None]):
         self.screen.set_class(wide, "wide")
         # The wide cell of the bottom row goes where the data is: the Scores tables when the run on
         # display has scores, the Runs list (and its model names) otherwise.
-        self.screen.set_class(not has_scores(self.current), "-no-scores")
+        self._set_layout_classes(self.current)
         self._redraw(force=True)
+
+    def _set_layout_classes(self, view: RunView | None) -> None:
+        self.screen.set_class(not has_scores(view), "-no-scores")
+        self.screen.set_class(has_training(view), "-training")
+
+    def _first_panel(self, view: RunView | None) -> str:
+        """The panel a run opens on: a training run's own, else the latency."""
+        return "training" if has_training(view) else "latency"
 
     def action_show_panel(self, panel_id: str) -> None:
         self.active_panel = panel_id
@@ -216,8 +232,10 @@ class EmbprofApp(App[None]):
     # -- drawing ---------------------------------------------------------------------------------
     def _visible_panels(self) -> Iterable[Panel]:
         wide = self.screen.has_class("wide")
+        # Read from the classes, not from the computed display: a class just set is styled at the next refresh.
+        hidden = WIDE_HIDDEN_TRAINING if self.screen.has_class("-training") else ("training",)
         for pid, panel in self._panels.items():
-            if wide or pid == self.active_panel:
+            if (wide and pid not in hidden) or pid == self.active_panel:
                 yield panel
 
     def _tick(self) -> None:
@@ -254,7 +272,7 @@ class EmbprofApp(App[None]):
 
     def show_view(self, view: RunView) -> None:
         self.current = view
-        self.screen.set_class(not has_scores(view), "-no-scores")
+        self._set_layout_classes(view)
         self._redraw(force=True)
 
     # -- runs --------------------------------------------------------------------------------------
@@ -305,6 +323,9 @@ class EmbprofApp(App[None]):
         self._bridges[view.key] = bridge
         self._started_at[view.key] = self.clock()
         self.show_view(view)
+        if has_training(view) or self.active_panel == "training":
+            # A training run opens on its own panel; another run does not open on that panel's empty hint.
+            self.action_show_panel(self._first_panel(view))
         self._fill_runs()
 
     @on(EventsReady)
@@ -321,7 +342,7 @@ class EmbprofApp(App[None]):
             return
         # Held: what arrives meanwhile is taken in one batch at the next poll, not one message each.
         self.set_timer(DRAIN_S, lambda: self._drain(key))
-        scored = has_scores(view)
+        scored, training = has_scores(view), has_training(view)
         view.apply_all(events)
         for e in events:
             if isinstance(e, ErrorEvent):
@@ -335,8 +356,10 @@ class EmbprofApp(App[None]):
             elif isinstance(e, RunFinished):
                 self._fill_runs()
                 self._redraw(force=view is self.current)  # the final figures at once, not at the next tick
-        if view is self.current and has_scores(view) != scored:
-            self.screen.set_class(not has_scores(view), "-no-scores")
+        if view is self.current and (has_scores(view) != scored or has_training(view) != training):
+            self._set_layout_classes(view)
+            if has_training(view) and not training:
+                self.action_show_panel("training")
 
     @on(RunSaved)
     def _saved(self, message: RunSaved) -> None:
@@ -410,7 +433,7 @@ class EmbprofApp(App[None]):
             view = self.views.get(key.removeprefix("live:"))
             if view is not None:
                 self.show_view(view)
-                self.action_show_panel("latency")
+                self.action_show_panel(self._first_panel(view))
         elif key.startswith("file:"):
             self.open_snapshot(Path(key.removeprefix("file:")))
 
@@ -439,7 +462,7 @@ class EmbprofApp(App[None]):
             return
         self.views[message.view.key] = message.view
         self.show_view(message.view)
-        self.action_show_panel("latency")
+        self.action_show_panel(self._first_panel(message.view))
         self._trim_views()
 
     def _highlighted_snapshot(self) -> str | None:
@@ -519,7 +542,9 @@ class EmbprofApp(App[None]):
     def action_stop(self) -> None:
         if self.runner is not None and not self.runner.finished:
             self.runner.cancel()
-            self.notify("stopping at the next batch boundary; what was measured is kept")
+            # self.plan is the plan of the run in progress (start_run set it).
+            where = "the end of the current training step" if self.plan.workload.name == "train" else "the next batch boundary"
+            self.notify(f"stopping at {where}; what was measured is kept")
         else:
             self.notify("nothing is running")
 

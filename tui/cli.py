@@ -42,6 +42,7 @@ examples:
   embprof prompts --model google/embeddinggemma-300m --tsv
   embprof list
   embprof run sweep --axis lines=25,50,100,200        latency by lines, fitted: "0.28 s + 8.4 ms a line"
+  embprof train --train-file pairs.jsonl -t STSBenchmark --neighbours labelled.jsonl -o my-model   fine-tune, scored before and after
   embprof run encode --vs google/embeddinggemma-300m  two models alternately, the ratio pair by pair
   embprof compare profiles/a.json profiles/b.json
   embprof show profiles/<run>.json
@@ -60,6 +61,17 @@ local data (--data-dir DIR): DIR/<folder>/<split>.jsonl, the folder named after 
 {"sentence1", "sentence2", "score"}, classification rows {"text", "label"}.
 results: DIR/<org__model>/<revision>/<Task>.json and model_meta.json (default DIR: ./results),
 mteb's own layout: mteb.ResultCache(cache_path=".").load_results() reads ./results.
+"""
+
+TRAIN_EXAMPLES = """\
+examples:
+  embprof train --train-file stsb-train.jsonl --max-examples 1000 -t STSBenchmark --data-dir datasets/ \\
+      --neighbours banking77-test.jsonl -o minilm-stsb
+  embprof train -m google/embeddinggemma-300m --train-file triplets.jsonl --prompt-name Clustering --epochs 3 -o gemma-ft
+  embprof train --train-file pairs.jsonl --loss mnrl --max-steps 200 --batch-size 64 --device cuda
+training files (JSON Lines, one example per line): {"sentence1", "sentence2", "score"} (CoSENT),
+{"anchor", "positive"} or {"anchor", "positive", "negative"} (MultipleNegativesRanking; --loss triplet for TripletLoss).
+Ctrl-C stops at the end of the current step: the steps measured are kept, and the partly trained model is not saved.
 """
 
 RUN_EXAMPLES = {
@@ -312,6 +324,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--list-tasks", action="store_true", help="print every task name mteb knows and exit")
     _add_save_args(mt)
 
+    tr = sub.add_parser("train", help="fine-tune a model with sentence-transformers' trainer: cost per step, scores before and after",
+                        epilog=TRAIN_EXAMPLES, formatter_class=_Formatter,
+                        description="Fine-tune a local model with sentence-transformers' own trainer, sampled live and timed per step "
+                                    "(data, forward, backward, optimizer), with the same evaluations before and after.")
+    _add_target_args(tr)
+    g = tr.add_argument_group("training")
+    g.add_argument("--train-file", type=text, required=True, metavar="FILE",
+                   help='JSON Lines: {"sentence1","sentence2","score"}, {"anchor","positive"} or {"anchor","positive","negative"}')
+    g.add_argument("--max-examples", type=o.MAX_EXAMPLES, metavar="N", help=f"train on the first N rows of the file only, {o.MAX_EXAMPLES.range_text}")
+    g.add_argument("--loss", choices=["auto", "cosent", "mnrl", "triplet"], default="auto",
+                   help="auto: CoSENT for scored pairs, MultipleNegativesRanking for pairs and triplets")
+    g.add_argument("--epochs", type=o.EPOCHS, default=1.0, metavar="N", help=f"passes over the data, {o.EPOCHS.range_text} (default 1; a fraction is a share of one)")
+    g.add_argument("--max-steps", type=o.MAX_STEPS, metavar="N", help=f"stop after N optimizer steps, whatever --epochs says, {o.MAX_STEPS.range_text}")
+    g.add_argument("--batch-size", type=o.BATCH_SIZE, default=16, metavar="N", help=f"rows per step, {o.BATCH_SIZE.range_text} (default 16)")
+    g.add_argument("--lr", "--learning-rate", dest="learning_rate", type=o.LEARNING_RATE, default=2e-5, metavar="LR", help=f"peak learning rate, {o.LEARNING_RATE.range_text} (default 2e-5)")
+    g.add_argument("--warmup", type=o.WARMUP, default=0.1, metavar="SHARE", help=f"share of the steps spent warming up the rate, {o.WARMUP.range_text} (default 0.1)")
+    g.add_argument("--prompt", help="a prompt prepended to every training text, e.g. 'task: clustering | query: '")
+    g.add_argument("--prompt-name", type=text, help="or one of the model's prompts, by name (see `embprof prompts`)")
+    g.add_argument("--seed", type=o.SEED, default=42, metavar="N", help=f"the trainer's seed, {o.SEED.range_text} (default 42)")
+    g.add_argument("-o", "--output", type=text, metavar="DIR",
+                   help="a new folder for the trained model (default ./trained/<model>-<time>)")
+    g = tr.add_argument_group("evaluations (each runs before and after training)")
+    g.add_argument("-t", "--task", dest="tasks", type=text, action="append", default=[], metavar="TASK", help="an MTEB task (repeatable)")
+    g.add_argument("--data-dir", type=text, metavar="DIR", help="local MTEB task data, for offline runs (see `embprof mteb --help`)")
+    g.add_argument("--results-dir", type=text, metavar="DIR", default="results", help="where MTEB results files go (default ./results)")
+    g.add_argument("--neighbours", type=text, action="append", default=[], metavar="FILE",
+                   help='a labelled file, {"text","label"} per line: top-K neighbour accuracy (repeatable)')
+    g.add_argument("--top-k", type=o.TOP_K, default=5, metavar="K", help=f"neighbours per text, {o.TOP_K.range_text} (default 5)")
+    g.add_argument("--distance", choices=["cosine", "euclidean"], default="cosine", help="the neighbours' distance (default cosine)")
+    g.add_argument("--eval-batch-size", type=o.BATCH_SIZE, default=32, metavar="N", help=f"encode batch size of the evaluations, {o.BATCH_SIZE.range_text} (default 32)")
+    _add_save_args(tr)
+
     pr = sub.add_parser("prompts", help="list a model's built-in prompts", formatter_class=_Formatter,
                         epilog="examples:\n  embprof prompts\n  embprof prompts --model google/embeddinggemma-300m --tsv > prompts.tsv\n")
     _add_target_args(pr)
@@ -404,7 +448,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 # The tables a finished run prints (the rest are in `embprof show`).
 RUN_TABLES = {"latency", "latency-by-kind", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep",
-              "fit", "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server"}
+              "fit", "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server", "training", "training-steps",
+              "before-after"}
 
 
 def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
@@ -432,7 +477,8 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (shutdown.Stopped): all stop the run the same way
             signum = exc.signum if isinstance(exc, shutdown.Stopped) else None
             if stopped_by is None:
-                _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): stopping at the next batch boundary; "
+                where = "the end of the current training step" if plan.workload.name == "train" else "the next batch boundary"
+                _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): stopping at {where}; "
                                     "the snapshot keeps what was measured")
                 runner.cancel(shutdown.name(signum))
             stopped_by = signum if signum is not None else int(shutdown.signal.SIGINT)
@@ -455,6 +501,8 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
     wanted = set(RUN_TABLES)
     if plan.workload.name == "sweep":
         wanted -= {"latency", "throughput"}  # the sweep table has each point's figures already
+    if plan.workload.name == "train":
+        wanted -= {"latency", "latency-by-kind", "throughput"}  # the evaluations' encodes: in `embprof show`
     try:
         for table in summary_tables(snapshot):
             if table.name in wanted or table.name.startswith("similarity"):
@@ -501,6 +549,11 @@ def cmd_mteb(args: argparse.Namespace) -> int:
         sys.stdout.write("\n".join(all_task_names()) + "\n")
         return EXIT_OK
     args.workload = "mteb"
+    return cmd_run(args)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    args.workload = "train"
     return cmd_run(args)
 
 
@@ -745,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": cmd_run,
         "rerun": cmd_rerun,
         "mteb": cmd_mteb,
+        "train": cmd_train,
         "compare": cmd_compare,
         "prompts": cmd_prompts,
         "list": cmd_list,

@@ -12,6 +12,7 @@ from embprof.engine.events import (
     PhaseEnded,
     PhaseStarted,
     RunStarted,
+    TrainStep,
 )
 from collections.abc import Iterable
 
@@ -23,7 +24,9 @@ from rich.segment import Segment
 from rich.table import Table as RichTable
 
 SLOW_PHASES = ("import", "load")
-PRINTED = (RunStarted, PhaseStarted, PhaseEnded, EncodeTimed, Note)  # what ConsoleProgress prints
+TRAINING_PHASES = ("training", "saving", "epoch ", "evaluation ")  # a training run's own phases (by name or its start)
+PRINTED = (RunStarted, PhaseStarted, PhaseEnded, EncodeTimed, Note, TrainStep)  # what ConsoleProgress prints
+STEP_LINE_EVERY_S = 2.0  # a training step's line at most this often (and the first step's at once)
 
 # Width for tables written to a pipe or a file (a CI log, `| tee`): there is no terminal to fit there, and Rich's
 # default 80 columns folds a sweep's twelve columns into three-letter fragments.
@@ -85,6 +88,7 @@ class ConsoleProgress:
         self.console = console
         self.quiet = quiet
         self._lock = threading.Lock()
+        self._step_printed_ns: int | None = None
 
     def __call__(self, event: Event) -> None:
         # On the run's own thread, for every event (a load run sends thousands a second): only the few
@@ -107,10 +111,16 @@ class ConsoleProgress:
                 f"sampling at {e.sample_hz:g} Hz",
                 highlight=False,
             )
-        elif isinstance(e, PhaseStarted) and e.name in SLOW_PHASES:
+        elif isinstance(e, PhaseStarted) and (e.name in SLOW_PHASES or e.name.startswith(TRAINING_PHASES)):
             c.print(f"  {e.name:<8} … {e.detail}", style="dim", highlight=False, markup=False)
-        elif isinstance(e, PhaseEnded) and e.name in SLOW_PHASES:
-            c.print(f"  {e.name:<8} {e.duration_ns / 1e9:8.3f} s", highlight=False)
+        elif isinstance(e, PhaseEnded) and (e.name in SLOW_PHASES or e.name.startswith(TRAINING_PHASES)):
+            c.print(f"  {e.name:<8} {e.duration_ns / 1e9:8.3f} s", highlight=False, markup=False)
+        elif isinstance(e, TrainStep):
+            last = e.steps_planned is not None and e.step >= e.steps_planned
+            if self._step_printed_ns is not None and e.t_ns - self._step_printed_ns < STEP_LINE_EVERY_S * 1e9 and not last:
+                return
+            self._step_printed_ns = e.t_ns
+            c.print("  " + step_line(e), highlight=False, markup=False)
         elif isinstance(e, EncodeTimed):
             tag = "warm-up (not counted)" if e.warmup else e.label
             tokens = f"{e.tokens:>7} tokens" if e.tokens is not None else "    n/a tokens (not reported)"
@@ -122,6 +132,18 @@ class ConsoleProgress:
             c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False, markup=False)
         # A run's error is said once, by the command, as the last line (`embprof: error: the run failed …`,
         # or the `embprof: interrupted …` notice at the signal): not here as well.
+
+
+def step_line(e: TrainStep) -> str:
+    """One training step in a line: where it is, its loss, its time and what the time went on."""
+    of = f"/{e.steps_planned}" if e.steps_planned else ""
+    loss = f"loss {e.loss:.4f}" if e.loss is not None else "loss n/a"
+    parts = [(name, ns) for name, ns in (("data", e.data_ns), ("fwd", e.forward_ns), ("bwd", e.backward_ns), ("opt", e.optimizer_ns))]
+    split = " · ".join(f"{name} {100 * ns / e.duration_ns:.0f}%" for name, ns in parts if ns is not None and e.duration_ns > 0)
+    rss = f"  RSS {e.rss_mib:,.0f} MiB" if e.rss_mib is not None else ""
+    torch_peak = f"  torch peak {e.torch_peak_allocated_mib:,.0f} MiB" if e.torch_peak_allocated_mib is not None else ""
+    return (f"{'step':<8} {e.step}{of}  epoch {e.epoch:.2f}  {loss}  {e.duration_ns / 1e9:.3f} s"
+            f"{f' ({split})' if split else ''}  {e.samples} samples{rss}{torch_peak}")
 
 
 def render_table(console: Console, table: Table) -> None:

@@ -34,7 +34,7 @@ def count_refusal(least: int, most: int, value: int | None, as_shown: str) -> st
 
 def number_refusal(least: float, most: float, unit: str, value: object) -> str:
     """Why a number is refused: a phrase to follow the option's name."""
-    return f"must be a positive number between {fmt_bound(least)} and {fmt_bound(most)} {unit}, not {value}"
+    return f"must be a positive number between {fmt_bound(least)} and {fmt_bound(most)}{' ' + unit if unit else ''}, not {value}"
 
 
 def empty_refusal(hint: str = "") -> str:
@@ -155,6 +155,12 @@ RATE = Number(0.001, 100_000.0, "requests per second")  # the least: one request
 LOAD_BATCH = Count(1, MAX_BATCH)
 TOP_K = Count(1, 10_000)
 ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
+EPOCHS = Number(0.01, 10_000.0, "epochs")
+MAX_STEPS = Count(1, 100_000_000)
+MAX_EXAMPLES = Count(1, 100_000_000)
+LEARNING_RATE = Number(1e-10, 1.0, "")
+WARMUP = Number(0.0, 1.0, "(a share of the steps)")
+SEED = Count(0, 2**32 - 1)
 MATRIX_TRUNCATE_DIMS = DimList(1, MAX_DIMENSIONS)
 
 # Every bounded option, by its name on the command line: the tests check each against the plan.
@@ -178,6 +184,12 @@ LIMITS: dict[str, Count | Number] = {
     "--batch": LOAD_BATCH,
     "--top-k": TOP_K,
     "--energy-window": ENERGY_WINDOW,
+    "--epochs": EPOCHS,
+    "--max-steps": MAX_STEPS,
+    "--max-examples": MAX_EXAMPLES,
+    "--learning-rate": LEARNING_RATE,
+    "--warmup": WARMUP,
+    "--seed": SEED,
 }
 
 NON_EMPTY = Text()

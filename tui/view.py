@@ -2,7 +2,7 @@
 
 Every figure (peaks, per-phase peaks, latency per kind of call, throughput) comes from the engine's
 ``RunState``, the same fold the snapshot's summary is computed by, so the screen and the file cannot
-disagree. The view adds only what a chart draws (the recent batches, calls and resource samples,
+disagree. The view adds only what a chart draws (the recent batches, calls, resource samples and training steps,
 bounded: a day-long run keeps the app's own memory flat) and per-kind version counters, so a panel
 redraws only when what it draws changed.
 """
@@ -22,6 +22,7 @@ from embprof.engine.events import (
     PhaseStarted,
     RequestTimed,
     ResourceSample,
+    TrainStep,
 )
 from embprof.engine.fold import RunState
 from embprof.engine.plan import RunPlan
@@ -29,9 +30,10 @@ from embprof.engine.plan import RunPlan
 MAX_BATCHES = 5_000
 MAX_CALLS = 5_000
 MAX_SAMPLES = 3_600  # six minutes at 10 Hz on screen; the fold and the snapshot keep the whole run
+MAX_STEPS_KEPT = 5_000  # a training run's latest steps on the charts; the fold's figures cover every step
 PROGRESS = re.compile(r"(\d+)/(\d+)")
 STATE_OF_STATUS = {"complete": "done", "incomplete": "stopped", "failed": "failed"}
-KINDS = ("timing", "samples", "results", "phases")
+KINDS = ("timing", "samples", "results", "phases", "training")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class RunView:
     batches: deque[TimedPoint] = field(default_factory=lambda: deque(maxlen=MAX_BATCHES))
     calls: deque[TimedPoint] = field(default_factory=lambda: deque(maxlen=MAX_CALLS))
     samples: deque[ResourceSample] = field(default_factory=lambda: deque(maxlen=MAX_SAMPLES))
+    steps: deque[TrainStep] = field(default_factory=lambda: deque(maxlen=MAX_STEPS_KEPT))
     # Per kind of data: a sample every 100 ms must not rebuild the latency charts.
     versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     gpu_seen: bool = False  # a sample came with NVML's device figures
@@ -78,6 +81,9 @@ class RunView:
             self.versions["timing"] += 1
         elif isinstance(e, RequestTimed):
             self.versions["timing"] += 1
+        elif isinstance(e, TrainStep):
+            self.steps.append(e)
+            self.versions["training"] += 1
         elif isinstance(e, (PhaseStarted, PhaseEnded)):
             self.versions["phases"] += 1
         else:
@@ -127,6 +133,13 @@ class RunView:
     @property
     def workload_name(self) -> str:
         return str(self.run.workload.get("name", ""))
+
+    @property
+    def training(self) -> bool:
+        """A training run: it has steps, or its workload (as run, or as planned before the run has said) is train."""
+        if self.run.training is not None or self.workload_name == "train":
+            return True
+        return not self.run.workload and self.plan is not None and self.plan.workload.name == "train"
 
     @property
     def model_name(self) -> str:

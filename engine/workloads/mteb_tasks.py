@@ -14,7 +14,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import psutil
 
@@ -50,6 +50,9 @@ class MtebWorkload:
         self._plan: list[_Planned] = []
         self._speed: SpeedWorkload | None = None
         self.transform: Callable[[Any], Any] | None = None  # a matrix cell's output precision, applied before scoring
+        self.stage: Literal["before", "after"] | None = None  # a training run's evaluation: its results are filed by stage
+        self.results_name: str | None = None  # the name results are filed under, when not the target's (a trained model)
+        self.outcomes: list[MtebTask] = []  # each task's result, as emitted
 
     # -- before anything loads -------------------------------------------------------------------
     def prepare(self) -> None:
@@ -104,12 +107,15 @@ class MtebWorkload:
         mteb = mteb_data.import_mteb()
         current: list[TaskSession] = []
         encoder = make_encoder(target, lambda: current[-1], self.transform)
+        if self.results_name is not None:
+            encoder.mteb_model_meta = encoder.mteb_model_meta.model_copy(update={"name": self.results_name,
+                                                                                 "revision": "no_revision_available"})
         meta = encoder.mteb_model_meta
         results_dir = Path(self.plan.results_dir)
         failed: list[str] = []
         done: list[str] = []
         ctx.emit(Result(t_ns=ctx.now(), result=MtebRun(tasks=tuple(self.tasks), model_name=str(meta.name), revision=meta.revision,
-                                                       results_dir=str(results_dir))))
+                                                       results_dir=str(results_dir), stage=self.stage)))
         for planned in self._plan:
             ctx.check_cancel()
             session = TaskSession(ctx, planned.name)
@@ -141,7 +147,10 @@ class MtebWorkload:
             finally:
                 outcome["seconds"] = time.perf_counter() - started
                 outcome["encodes"] = tuple(session.encodes)
-                ctx.emit(Result(t_ns=ctx.now(), result=MtebTask(**outcome)))
+                outcome["stage"] = self.stage
+                task_result = MtebTask(**outcome)
+                self.outcomes.append(task_result)
+                ctx.emit(Result(t_ns=ctx.now(), result=task_result))
             if outcome["status"] == "failed":
                 ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name} failed: {outcome['error']}", level="warning"))
                 ctx.failed_phase = ""  # the run goes on; a later failure names its own phase

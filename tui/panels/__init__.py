@@ -7,5 +7,7 @@ from .memory import MemoryPanel, PhaseBands
 from .runs import RunsPanel
 from .scores import ScoresPanel
 from .status import StatusBar
+from .training import TrainingPanel, has_training
 
-__all__ = ["CpuPanel", "LatencyPanel", "MemoryPanel", "Panel", "PhaseBands", "Plot", "RunsPanel", "ScoresPanel", "StatusBar"]
+__all__ = ["CpuPanel", "LatencyPanel", "MemoryPanel", "Panel", "PhaseBands", "Plot", "RunsPanel", "ScoresPanel", "StatusBar", "TrainingPanel",
+           "has_training"]

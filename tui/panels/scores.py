@@ -63,6 +63,9 @@ class ScoresPanel(Panel):
             self._show_sweep(sweep, head, table, foot)
         elif isinstance(sim, SimilarityResult):
             self._show_similarity(sim, head, table, foot)
+        elif view is not None and view.training:
+            head.update(Text("A training run's scores, before and after, are in the Training panel (key 6).", style="dim"))
+            foot.update("")
         else:
             head.update(Text("No scores yet. Press n and choose the similarity, sweep or mteb workload.", style="dim"))
             foot.update("")

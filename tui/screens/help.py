@@ -16,7 +16,8 @@ HELP = """\
   [b]o[/b]  open a saved snapshot (the Runs panel)
   [b]e[/b]  export the run on display (Markdown, CSV, JSON) next to its snapshot
   [b]m[/b]  in Runs: mark a saved run; [b]c[/b] compare the marked runs side by side
-  [b]1–5[/b]  Latency, Memory, CPU, Scores (similarity, sweep or MTEB), Runs (one at a time in a small terminal)
+  [b]1–6[/b]  Latency, Memory, CPU, Scores (similarity, sweep or MTEB), Runs, Training (loss, step time,
+      memory per step, scores before and after); one at a time in a small terminal
   [b]ctrl+p[/b]  command palette
   [b]?[/b]  this help      [b]q[/b]  quit (stops a running run first)
 
