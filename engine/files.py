@@ -193,6 +193,24 @@ def read_json_file(path: str | Path, what: str, limit: int = MAX_JSON_BYTES) -> 
     return parse_json_bytes(read_file_bytes(path, what, limit), f"{what} '{one_line(path)}'")
 
 
+def json_lines(path: str, what: str, shape: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The objects of a JSON Lines file with their line numbers, blank lines skipped, read through the
+    bounded reader; a line that is not a JSON object is one sentence naming it (``shape``: what each
+    line should hold, said with it)."""
+    shown = one_line(path)
+    raw = decode_text(read_file_bytes(path, what, MAX_INPUT_BYTES), f"{what} '{shown}'")
+    for number, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            raise UserError(f"{what} '{shown}' line {number} is not JSON: each line holds {shape}") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{what} '{shown}' line {number} is not a JSON object: each line holds {shape}")
+        yield number, row
+
+
 def ensure_writable_dir(path: Path, what: str) -> Path:
     """Fail before any work is done when results could not be saved at the end."""
     if str(path) == "":

@@ -39,22 +39,13 @@ class Labelled:
 
 def read_labelled(path: str) -> Labelled:
     """``{"text": …, "label": …}`` per line; one sentence on a bad file, naming the line."""
-    import json
-
-    from .files import MAX_INPUT_BYTES, decode_text, read_file_bytes
+    from .files import json_lines
 
     shown = one_line(path)
-    raw = decode_text(read_file_bytes(path, "labelled file", MAX_INPUT_BYTES), f"labelled file '{shown}'")
     texts: list[str] = []
     labels: list[str] = []
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise UserError(f"labelled file '{shown}' line {number} is not JSON: each line holds {{\"text\": …, \"label\": …}}") from None
-        if not isinstance(row, dict) or "text" not in row or "label" not in row:
+    for number, row in json_lines(path, "labelled file", '{"text": …, "label": …}'):
+        if "text" not in row or "label" not in row:
             raise UserError(f"labelled file '{shown}' line {number} has no \"text\" and \"label\": each line holds {{\"text\": …, \"label\": …}}")
         text, label = row["text"], row["label"]
         if not isinstance(text, str) or not text.strip():

@@ -21,13 +21,14 @@ import numpy as np
 import pytest
 
 from conftest import DATASETS, default_sigint, embprof_exe
+from test_mteb import run_cli, snapshot_of
 from embprof.engine.errors import UserError
 from embprof.engine.events import TrainStep
 from embprof.engine.fold import RunState
 from embprof.engine.neighbours import accuracy, chance, evaluation_changes, nearest, read_labelled
 from embprof.engine.plan import plan_from_options
 from embprof.engine.results import MtebTask, NeighbourScore, TrainResult
-from embprof.engine.snapshot import Snapshot, load
+from embprof.engine.snapshot import Snapshot
 from embprof.engine.workloads.train import check_output, choose_loss, read_training_data, save_model
 
 STSB = DATASETS / "stsbenchmark" / "train.jsonl"
@@ -60,7 +61,7 @@ def test_max_examples_keeps_the_first_rows_and_counts_the_file(tmp_path: Path) -
 
 @pytest.mark.parametrize("lines, says", [
     (["not json"], "line 1 is not JSON"),
-    (['["a", "b"]'], "line 1 is not a JSON object"),
+    (['["a", "b"]'], "line 1 is not a JSON object: each line holds one example"),
     (['{"text": "a", "label": 1}'], 'line 1 has the keys text, label: each line holds {"sentence1"'),
     (['{"anchor": "a", "positive": "b"}', '{"anchor": "a"}'], 'line 2 has no "positive"'),
     (['{"sentence1": "a", "sentence2": "b", "score": "high"}'], '"score" must be a finite number'),
@@ -236,19 +237,6 @@ def test_the_steps_fold_into_the_training_summary() -> None:
 
 
 # -- the real model ------------------------------------------------------------------------------------------
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 900) -> tuple[int, str, str]:
-    with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.run([embprof_exe(), *args], env=env, stdout=subprocess.PIPE, stderr=err_file, cwd=cwd, timeout=timeout)
-        err_file.seek(0)
-        return proc.returncode, proc.stdout.decode(), err_file.read().decode()
-
-
-def snapshot_of(stdout: str) -> Snapshot:
-    last = stdout.strip().splitlines()[-1]
-    assert last.startswith("snapshot: "), stdout
-    return load(last.removeprefix("snapshot: ").strip())
-
-
 def sklearn_accuracy(x: np.ndarray, labels: list[str], k: int) -> float:
     from sklearn.neighbors import NearestNeighbors
 
@@ -441,7 +429,7 @@ def test_the_lookalikes_train_with_their_prompt(which: str, cli_env: dict[str, s
 @pytest.mark.slow
 def test_a_bad_training_file_stops_before_anything_loads(cli_env: dict[str, str], tmp_path: Path) -> None:
     bad = write_lines(tmp_path / "bad.jsonl", ['{"anchor": "a", "positive": "b"}', "{oops"])
-    rc, stdout, err = run_cli(["train", "--train-file", str(bad)], cli_env, tmp_path, timeout=120)
+    rc, stdout, err = run_cli(["train", "--train-file", str(bad)], cli_env, tmp_path)
     assert rc == 2 and stdout == ""
     lines = err.strip().splitlines()
     assert lines == [f"embprof: error: training file '{bad}' line 2 is not JSON: each line holds one example, "

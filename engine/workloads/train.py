@@ -22,7 +22,6 @@ and the snapshot keeps every step measured and says so.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -40,7 +39,7 @@ from typing import Any
 from ..context import RunContext
 from ..errors import PartialFailure, RunCancelled, UserError
 from ..events import MIB, Note, Result, TrainStep
-from ..files import MAX_INPUT_BYTES, decode_text, ensure_writable_dir, expand_path, read_file_bytes
+from ..files import ensure_writable_dir, expand_path, json_lines
 from ..neighbours import Labelled, accuracy, chance, evaluation_changes, read_labelled
 from ..plan import MtebPlan, TrainPlan
 from ..results import NeighbourScore, TrainResult
@@ -82,21 +81,12 @@ class TrainingData:
 def read_training_data(path: str, max_examples: int | None) -> TrainingData:
     """JSON Lines of one of the three shapes; one sentence on a bad file, naming the line."""
     shown = one_line(path)
-    raw = decode_text(read_file_bytes(path, "training file", MAX_INPUT_BYTES), f"training file '{shown}'")
     shapes = " or ".join("{" + ", ".join(f'"{c}"' for c in cols) + "}" for _, cols in SHAPES)
     shape: str | None = None
     columns: tuple[str, ...] = ()
     values: dict[str, list[Any]] = {}
     rows = 0
-    for number, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise UserError(f"training file '{shown}' line {number} is not JSON: each line holds one example, {shapes}") from None
-        if not isinstance(row, dict):
-            raise UserError(f"training file '{shown}' line {number} is not a JSON object: each line holds {shapes}")
+    for number, row in json_lines(path, "training file", f"one example, {shapes}"):
         if shape is None:
             found = next(((name, cols) for name, cols in SHAPES if set(cols) <= set(row)), None)
             if found is None:
