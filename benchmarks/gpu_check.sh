@@ -5,7 +5,10 @@
 # (it adds the CUDA context and kernels) and not wildly more. Then one short MTEB task (STS16, local
 # data) on cuda: NVML's per-process memory must be in the timeline, phase by phase. Last, the
 # memory-limit search on cuda: the batch doubles until CUDA runs out of memory; the largest batch
-# that fits and its memory are printed.
+# that fits and its memory are printed. Between them, a short fine-tune on cuda (`embprof train`, 16
+# steps of STS Benchmark pairs): every step must carry torch's own peak for that step, the run's
+# torch high-water mark must cover the largest of them (the per-step reset carries it), and NVML's
+# per-process figure is printed per step where the driver gives it.
 #
 #   benchmarks/gpu_check.sh                 uses .venv/bin/python, else python3
 #   PYTHON=/path/to/python benchmarks/gpu_check.sh
@@ -102,6 +105,32 @@ PYEOF
 else
   echo "gpu_check mteb: skipped: mteb is not installed for $PY"
 fi
+
+"$PY" -m embprof.tui train "${MODEL_ARGS[@]}" --device cuda --train-file "$DATA/stsbenchmark/train.jsonl" --max-examples 512 \
+  --batch-size 32 -o "$OUTDIR/trained" --profiles-dir "$OUTDIR" --sample-hz 20 | tee "$OUTDIR/train.txt"
+SNAP=$(tail -n 1 "$OUTDIR/train.txt" | sed 's/^snapshot: //')
+
+"$PY" - "$SNAP" <<'PYEOF'
+import sys
+from embprof.engine.events import TrainStep
+from embprof.engine.snapshot import load
+
+snap = load(sys.argv[1])
+steps = [e for e in snap.events if isinstance(e, TrainStep)]
+ts = snap.summary.training
+for e in steps[:3] + steps[-2:]:
+    print(f"  step {e.step:>3}: {e.duration_ns / 1e6:7.1f} ms (forward {e.forward_ns / 1e6 if e.forward_ns else 0:.1f}, "
+          f"backward {e.backward_ns / 1e6 if e.backward_ns else 0:.1f}), torch peak allocated {e.torch_peak_allocated_mib} MiB, "
+          f"reserved {e.torch_peak_reserved_mib} MiB, NVML process {e.gpu_process_mib} MiB")
+print(f"samples/s {ts.samples_per_s:.1f}; largest per-step torch peak {ts.torch_allocated.value} MiB in step {ts.torch_allocated.step}")
+if not steps or any(e.torch_peak_allocated_mib is None for e in steps):
+    sys.exit("gpu_check train: a step has no torch peak: the run did not train on the GPU")
+counters = snap.summary.results["kernel_counters"]
+if counters.torch_max_memory_allocated_mib is None or counters.torch_max_memory_allocated_mib + 1e-6 < ts.torch_allocated.value:
+    sys.exit("gpu_check train: MISMATCH: the run's torch high-water mark is below a step's own peak (the carry is lost)")
+print(f"run's torch max_memory_allocated {counters.torch_max_memory_allocated_mib:.1f} MiB >= every step's peak")
+print("gpu_check train: ok")
+PYEOF
 
 "$PY" - "$OUTDIR/long.txt" <<'PYEOF'
 import random, sys

@@ -135,14 +135,15 @@ def evaluation_changes(results: Mapping[str, Any]) -> list[EvalChange]:
                 row["metric"] = result.main_score_name
             row[result.stage] = result.main_score if result.status == "ok" else None
         elif isinstance(result, NeighbourScore) and result.stage is not None:
-            row = rows.setdefault(f"neighbours:{result.name}", {"evaluation": f"neighbours {result.name}", "metric": metric_of(result)})
+            row = rows.setdefault(f"neighbours:{result.name}", {"evaluation": f"neighbours {result.name}", "metric": metric_of(result),
+                                                                "chance": result.chance})
             row[result.stage] = result.accuracy
     out = []
     for row in rows.values():
         before, after = row.get("before"), row.get("after")
         change = after - before if before is not None and after is not None else None
         out.append(EvalChange(evaluation=row["evaluation"], metric=row["metric"], before=before, after=after, change=change,
-                              regressed=change < 0 if change is not None else None))
+                              regressed=change < 0 if change is not None else None, chance=row.get("chance")))
     return out
 
 

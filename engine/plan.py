@@ -542,6 +542,9 @@ class RunPlan(_Plan):
                                 "mixed precision keeps (leave --dtype out)")
             if t.truncate_dim is not None:
                 raise UserError("--truncate-dim shortens the vectors at encode time; training uses the model's full output (leave it out)")
+            if t.device.startswith("cuda:") and t.device != "cuda:0":
+                raise UserError(f"the trainer trains on the first GPU it sees: for {t.device}, show it that one "
+                                f"(CUDA_VISIBLE_DEVICES={t.device.split(':', 1)[1]} embprof train … --device cuda)")
         if isinstance(w, LoadPlan) and not server:
             raise UserError("the load workload drives a server: give --server URL")
         if isinstance(w, EncodePlan) and w.compare_model is not None and not server:

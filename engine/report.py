@@ -581,7 +581,8 @@ def training_tables(snap: Snapshot) -> list[Table]:
             ("loss", f"{tr.loss} ({tr.loss_chosen})"),
             ("batch size", tr.batch_size),
             ("batch sampler", tr.batch_sampler or None),
-            ("learning rate", f"{tr.learning_rate:g} (warm-up {tr.warmup_ratio:g} of the steps)"),
+            ("learning rate", f"{tr.learning_rate:g} (warm-up over {tr.warmup_steps} steps: {tr.warmup_ratio:g} of them)"
+             if tr.warmup_steps is not None else f"{tr.learning_rate:g} (warm-up {tr.warmup_ratio:g} of the steps)"),
             ("prompt", repr(tr.prompt) if tr.prompt is not None else None),
             ("steps", f"{tr.steps_done:,} of {tr.steps_planned:,}" + (" (stopped early)" if tr.stopped else "")),
             ("epochs", tr.epochs_done),
@@ -626,11 +627,13 @@ def training_tables(snap: Snapshot) -> list[Table]:
         out.append(steps)
     changes = tr.evaluations if isinstance(tr, TrainResult) and tr.evaluations else tuple(evaluation_changes(s.results))
     if changes:
-        table = Table("before-after", "Evaluations before and after training", ["evaluation", "metric", "before", "after", "change", "verdict"])
+        table = Table("before-after", "Evaluations before and after training (chance: the score of random neighbours)",
+                      ["evaluation", "metric", "before", "after", "change", "verdict", "chance"])
         for c in changes:
             verdict = ("REGRESSED" if c.regressed else "improved" if c.change and c.change > 0 else "unchanged") if c.change is not None else None
             table.rows.append([c.evaluation, c.metric, _score(c.before), _score(c.after),
-                               f"{c.change:+.6f}" if c.change is not None else None, verdict])
+                               f"{c.change:+.6f}" if c.change is not None else None, verdict,
+                               f"{c.chance:.6f}" if c.chance is not None else ""])
         out.append(table)
     return out
 

@@ -403,12 +403,13 @@ class NeighbourScore(_Frozen):
     labels: int
     k: int
     distance: Literal["cosine", "euclidean"]
-    accuracy: float
+    accuracy: float | None  # None: the embeddings were not finite (``why``)
     # The same share for neighbours drawn at random: sum over labels of n(n-1), over N(N-1). Exact, not sampled.
     chance: float
     per_label: dict[str, float] = Field(default_factory=dict)  # up to MAX_LABELS_KEPT labels, the rest only in the mean
     prompt: str | None = None  # the prompt the texts were encoded with; None: the model's default
     seconds: float  # encoding and the neighbour search
+    why: str | None = None  # why there is no accuracy
 
     @property
     def key(self) -> str:
@@ -424,6 +425,7 @@ class EvalChange(_Frozen):
     after: float | None
     change: float | None  # after − before
     regressed: bool | None  # the score fell (on this evaluation's data; not a significance test)
+    chance: float | None = None  # neighbour accuracy: the share random neighbours would give
 
 
 class TrainResult(_Frozen):
@@ -447,6 +449,7 @@ class TrainResult(_Frozen):
     batch_size: int
     learning_rate: float
     warmup_ratio: float
+    warmup_steps: int | None = None  # the steps the learning rate rose over (the ratio of the planned steps, rounded up)
     seed: int
     prompt: str | None  # prepended to every text in training (and in the neighbour evaluations)
     stopped: bool = False  # stopped (Ctrl-C, a signal, the dashboard) before the last step

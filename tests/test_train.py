@@ -470,7 +470,7 @@ def test_the_report_and_compare_show_a_training_run() -> None:
     a, b = made_training_snapshot(2e-5, 0.85), made_training_snapshot(5e-6, 0.78)
     tables = {t.name: t for t in summary_tables(b)}
     ba = tables["before-after"].rows
-    assert ba == [["STS16", "cosine_spearman", "0.800000", "0.780000", "-0.020000", "REGRESSED"]]
+    assert ba == [["STS16", "cosine_spearman", "0.800000", "0.780000", "-0.020000", "REGRESSED", ""]]  # no chance level for a task
     kv = {r[0]: fmt(r[1]) for r in tables["training"].rows}
     assert kv["steps"] == "4 of 4" and kv["samples/s"] == "8.000" and kv["saved to"] == "out"
     assert not any(k.startswith("torch") for k in kv)  # a CPU run: no torch rows at all, never a 0
@@ -479,3 +479,169 @@ def test_the_report_and_compare_show_a_training_run() -> None:
     side = {r[0]: r[1:] for r in next(t for t in compare_tables([a, b]) if t.name == "compare-training").rows}
     assert side["learning rate"] == [2e-5, 5e-6]
     assert side["STS16: after"] == ["0.850000", "0.780000"] and side["STS16: change"] == ["+0.050000", "-0.020000"]
+
+
+# -- the CUDA path, with a stand-in for the device this machine lacks -------------------------------------------
+class FakeCuda:
+    """torch.cuda's peak counters as a device would keep them: a peak since the last reset, and the current use."""
+
+    def __init__(self) -> None:
+        self.allocated = 0.0
+        self.peak = 0.0
+        self.syncs = 0
+
+    def use(self, mib: float) -> None:
+        self.allocated = mib
+        self.peak = max(self.peak, mib)
+
+    def synchronize(self) -> None:
+        self.syncs += 1
+
+    def max_memory_allocated(self) -> float:
+        return self.peak * (1 << 20)
+
+    def max_memory_reserved(self) -> float:
+        return (self.peak + 64) * (1 << 20)
+
+    def reset_peak_memory_stats(self) -> None:
+        self.peak = self.allocated
+
+    def is_initialized(self) -> bool:
+        return True
+
+
+def test_per_step_cuda_peaks_are_each_steps_own_and_the_runs_mark_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    from embprof.engine.context import RunContext
+    from embprof.engine.events import EventBus
+    from embprof.engine.runner import kernel_counters
+    from embprof.engine.workloads.train import StepProbe
+
+    cuda = FakeCuda()
+    torch = types.SimpleNamespace(cuda=cuda)
+    events: list[Any] = []
+    bus = EventBus()
+    bus.subscribe(events.append)
+    ctx = RunContext(bus)
+
+    class Gpu:
+        def process_mib(self, pid: int) -> float:
+            return 700.0 + cuda.allocated
+
+    probe = StepProbe(ctx, torch, "cuda:0")
+    probe.gpu = Gpu()
+    state = types.SimpleNamespace(max_steps=3, global_step=0, epoch=0.0)
+    probe.train_begin(state)
+    probe.epoch_begin(state)
+    for step, (peak, after) in enumerate([(900.0, 300.0), (1200.0, 300.0), (800.0, 300.0)], 1):
+        probe.step_begin()
+        cuda.use(peak)  # the activations of this step's forward and backward
+        cuda.use(after)  # freed again before the step ends
+        probe.pre_optimizer_step()
+        state.global_step, state.epoch = step, step / 3
+        probe.step_end(state)
+    probe.epoch_end()
+    steps = [e for e in events if isinstance(e, TrainStep)]
+    assert [e.torch_peak_allocated_mib for e in steps] == [900.0, 1200.0, 800.0]  # each step's own, not the run's so far
+    assert [e.torch_peak_reserved_mib for e in steps] == [964.0, 1264.0, 864.0]
+    assert [e.gpu_process_mib for e in steps] == [1000.0, 1000.0, 1000.0]
+    assert cuda.syncs >= 3 * 3  # the device is synchronised at each boundary that is timed
+    # The counters were reset at each step: the run's high-water mark is the carried one, not the last step's.
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    counters = kernel_counters(ctx.torch_peak_carry)
+    assert counters.torch_max_memory_allocated_mib == 1200.0 and counters.torch_max_memory_reserved_mib == 1264.0
+    state_fold = RunState()
+    for e in events:
+        state_fold.apply(e)
+    summary = state_fold.summary().training
+    assert summary is not None and (summary.torch_allocated.value, summary.torch_allocated.step) == (1200.0, 2)
+
+
+@pytest.mark.parametrize("lines, says", [
+    (['{"anchor": "a", "positive": "b"}', '{"anchor": "c", "positive": "d", "negative": "e"}'],
+     'line 2 has a "negative" that would not be used: line 1 has none: one shape per file'),
+    (['{"anchor": "a", "positive": "b", "label": 0}'], 'line 1 has a "label" that would not be used: pairs train with'),
+    (['{"anchor": "a", "positive": "b", "negative": "c", "score": 1}'], 'line 1 has a "score" that would not be used'),
+])
+def test_a_key_the_loss_would_not_read_is_refused(tmp_path: Path, lines: list[str], says: str) -> None:
+    with pytest.raises(UserError) as info:
+        read_training_data(str(write_lines(tmp_path / "t.jsonl", lines)), None)
+    assert says in str(info.value)
+
+
+def test_cuda_other_than_the_first_is_refused_with_the_way_round() -> None:
+    with pytest.raises(UserError) as info:
+        plan_from_options({"workload": "train", "train_file": "t.jsonl", "device": "cuda:1"})
+    assert "CUDA_VISIBLE_DEVICES=1 embprof train … --device cuda" in str(info.value)
+    plan_from_options({"workload": "train", "train_file": "t.jsonl", "device": "cuda:0"})
+
+
+def test_nan_vectors_give_no_neighbour_score_not_a_made_up_one() -> None:
+    results = {
+        "neighbours:before:b": NeighbourScore(stage="before", name="b", items=4, labels=2, k=1, distance="cosine", accuracy=0.5,
+                                              chance=1 / 3, seconds=0.1),
+        "neighbours:after:b": NeighbourScore(stage="after", name="b", items=4, labels=2, k=1, distance="cosine", accuracy=None,
+                                             chance=1 / 3, seconds=0.1, why="16 embedding values are NaN or infinite"),
+    }
+    (row,) = evaluation_changes(results)
+    assert row.before == 0.5 and row.after is None and row.change is None and row.regressed is None
+    assert row.chance == pytest.approx(1 / 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stop_at, saved, status", [
+    ("evaluation before", False, "incomplete"),
+    ("epoch 2", False, "incomplete"),
+    ("evaluation after", True, "incomplete"),
+    (None, True, "complete"),
+])
+def test_where_a_stop_lands_decides_what_is_saved_and_the_snapshot_says_so(
+        tmp_path: Path, stop_at: str | None, saved: bool, status: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embprof.engine import environment, execute
+    from embprof.engine import snapshot as snap_mod
+    from embprof.engine.events import PhaseStarted
+
+    monkeypatch.chdir(tmp_path)
+    rows = [{"anchor": f"how do I {w} my card", "positive": f"{w} a card"} for w in
+            ("block", "freeze", "cancel", "renew", "replace", "order", "activate", "unlock") * 4]
+    train = write_lines(tmp_path / "pairs.jsonl", rows)
+    labelled = write_lines(tmp_path / "labelled.jsonl", [{"text": f"{w} my card please", "label": w[0]} for w in
+                                                         ("block", "freeze", "cancel", "renew", "replace", "order", "bar", "fix")])
+    out = tmp_path / "model"
+    plan = plan_from_options({"workload": "train", "device": "cpu", "train_file": str(train), "batch_size": 8, "epochs": 2,
+                              "neighbours": [str(labelled)], "top_k": 2, "output": str(out)})
+    recorder = snap_mod.Recorder()
+    runner = execute.prepare(plan).runner([recorder])
+
+    def stopper(event: Any) -> None:  # quick, and publishes nothing: it only asks the run to stop
+        if isinstance(event, PhaseStarted) and event.name == stop_at:
+            runner.cancel()
+
+    runner.bus.subscribe(stopper)
+    assert runner.run_sync() == status
+    snap = snap_mod.build(recorder, environment.capture())
+    tr = snap.summary.results["train"]
+    assert isinstance(tr, TrainResult)
+    assert (tr.saved_to is not None) == saved == out.is_dir()
+    assert tr.warmup_steps == 1 and tr.steps_planned == 8  # 32 pairs, 8 a batch, 2 epochs; a tenth of 8 steps, rounded up
+    epochs = [p.name for p in snap.summary.phases if p.path.startswith("training › epoch")]
+    if stop_at == "evaluation before":
+        assert tr.steps_done == 0 and tr.not_saved_why == "stopped before training began" and epochs == []
+    elif stop_at == "epoch 2":
+        assert tr.stopped and tr.steps_done == 5 and "a partly trained model is not saved" in (tr.not_saved_why or "")
+        assert epochs == ["epoch 1", "epoch 2"]
+    else:
+        assert tr.steps_done == 8 and not tr.stopped and epochs == ["epoch 1", "epoch 2"]
+        after = [r for r in snap.summary.results.values() if isinstance(r, NeighbourScore) and r.stage == "after"]
+        assert len(after) == (0 if stop_at else 1)
+    assert not any(p.name.startswith(".model") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_an_unknown_prompt_name_is_one_sentence_once_the_model_says_its_prompts(cli_env: dict[str, str], tmp_path: Path) -> None:
+    train = write_lines(tmp_path / "pairs.jsonl", [{"anchor": "a b", "positive": "c d"}] * 4)
+    rc, stdout, err = run_cli(["train", "--device", "cpu", "--train-file", str(train), "--prompt-name", "nosuch"], cli_env, tmp_path)
+    assert rc == 2, err
+    assert err.strip().splitlines()[-1].startswith("embprof: error: unknown prompt name 'nosuch'"), err

@@ -385,3 +385,15 @@ async def test_the_train_form_fits_a_small_terminal_by_scrolling(tmp_path: Path,
         await pilot.pause(0.2)
         run = app.screen.query_one("#f-run")
         assert form.region.contains_region(run.region)
+
+
+async def test_the_form_never_offers_the_last_runs_output_folder(tmp_path: Path) -> None:
+    # That folder holds the last run's model now: offered again, the next run would be refused at once.
+    app = make_app(tmp_path, plan=train_plan(output="trained/last"), autostart=False)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("n")
+        await pilot.pause(0.2)
+        form = app.screen
+        assert isinstance(form, RunForm) and form.query_one("#f-output", Input).value == ""
+        plan = form.plan()
+        assert plan.workload.name == "train" and plan.workload.output is None

@@ -22,6 +22,7 @@ and the snapshot keeps every step measured and says so.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import re
@@ -36,14 +37,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..context import RunContext
-from ..errors import PartialFailure, RunCancelled, UserError
+from ..errors import OutputError, PartialFailure, RunCancelled, UserError
 from ..events import MIB, Note, Result, TrainStep
 from ..files import ensure_writable_dir, expand_path, json_lines
 from ..neighbours import Labelled, accuracy, chance, evaluation_changes, read_labelled
 from ..plan import MtebPlan, TrainPlan
 from ..results import NeighbourScore, TrainResult
-from ..targets import SentenceTransformerTarget, Target
+from ..targets import SentenceTransformerTarget, Target, check_prompt_name
 from ..text import one_line
 from .mteb_tasks import MtebWorkload, TasksFailed
 
@@ -98,6 +101,14 @@ def read_training_data(path: str, max_examples: int | None) -> TrainingData:
         if missing:
             raise UserError(f"training file '{shown}' line {number} has no \"{missing[0]}\": every line must have the first line's "
                             f"keys ({', '.join(columns)})")
+        # A key the loss would never read is refused, not dropped: a pair's "label" (0: not a match) would
+        # train as a match, and a later line's "negative" would vanish from a file of pairs.
+        unread = [k for k in ("negative", "label", "score") if k in row and k not in columns]
+        if unread:
+            why = ("line 1 has none: one shape per file" if unread[0] == "negative" else
+                   f"{shape} train with MultipleNegativesRanking or Triplet loss, which take no label; "
+                   "a scored pair is {\"sentence1\", \"sentence2\", \"score\"}")
+            raise UserError(f"training file '{shown}' line {number} has a \"{unread[0]}\" that would not be used: {why}")
         rows += 1
         if max_examples is not None and rows > max_examples:
             continue  # counted, not kept: the file's size is a fact of the run
@@ -148,17 +159,24 @@ def check_output(path: str) -> Path:
 
 
 def save_model(model: Any, out: Path) -> None:
-    """The model's folder, written whole or not at all: saved beside it under a temporary name, then renamed."""
+    """The model's folder, written whole or not at all: saved beside it under a temporary name, then renamed.
+
+    A save that fails leaves nothing; a whole model that cannot be moved into place (the folder gained
+    files meanwhile) is kept where it was written, and the error says where."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
     try:
         model.save_pretrained(str(tmp))
-        if out.is_dir():
-            out.rmdir()  # an empty folder the user made for it (checked before the run)
-        os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    try:
+        if out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # an empty folder the user made for it (checked before the run)
+        os.rename(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"the trained model could not be moved into '{one_line(str(out))}' ({(exc.strerror or str(exc)).lower()}): "
+                          f"it is kept whole in '{one_line(str(tmp))}'", str(tmp)) from None
 
 
 def _ru_maxrss_mib() -> float:
@@ -191,6 +209,7 @@ class StepProbe:
     epochs_planned: int = 0
     max_steps: int = 0
     steps: int = 0
+    epochs_begun: int = 0
     marks: _StepMarks = field(default_factory=_StepMarks)
     epoch_phase: Any = None
     train_phase_id: int = 0
@@ -211,8 +230,11 @@ class StepProbe:
         return self.device.startswith("cuda")
 
     def _now(self) -> int:
+        # The step's work, not the queue's, is timed: CUDA and MPS run kernels asynchronously.
         if self.cuda:
-            self.torch.cuda.synchronize()  # the step's work, not the queue's, is timed
+            self.torch.cuda.synchronize()
+        elif self.device == "mps":
+            self.torch.mps.synchronize()
         return self.ctx.now()
 
     def _reset_torch_peaks(self) -> None:
@@ -261,8 +283,8 @@ class StepProbe:
         self.max_rss = _ru_maxrss_mib()
 
     def epoch_begin(self, state: Any) -> None:
-        n = int(round(state.epoch or 0)) + 1
-        cm = self.ctx.phase(f"epoch {n}", f"of {self.epochs_planned}")
+        self.epochs_begun += 1  # counted, not read from state.epoch: a short epoch would repeat a name
+        cm = self.ctx.phase(f"epoch {self.epochs_begun}", f"of {self.epochs_planned}")
         cm.__enter__()
         self.epoch_phase = cm
         self.marks.mark = self._now()
@@ -444,34 +466,47 @@ class TrainWorkload:
         p = self.plan
         data = self.data
         assert data is not None
+        device = str(target.device or "cpu")
+        if device.startswith("cuda") and target._torch.cuda.device_count() > 1:
+            # The trainer would spread each batch over every visible GPU (DataParallel): a batch of 16 would be 16 a GPU.
+            raise UserError(f"torch sees {target._torch.cuda.device_count()} GPUs and the trainer would use them all: "
+                            "show it one (CUDA_VISIBLE_DEVICES=N embprof train … --device cuda)")
+        if p.prompt_name:
+            check_prompt_name(p.prompt_name, target.prompts)
         prompt = target.prompts[p.prompt_name] if p.prompt_name else p.prompt
         out = self.output or check_output(default_output(target.describe().model_name))
         failed: list[str] = []
-        self._evaluate(ctx, target, "before", prompt, failed, None)
-        outcome: dict[str, Any] = {}
+        steps_per_epoch = math.ceil(data.examples / p.batch_size)
+        planned = p.max_steps or max(1, math.ceil(steps_per_epoch * p.epochs))
+        # From here on the snapshot says how far training got and where the model went, whatever ends the run.
+        outcome: dict[str, Any] = {"steps_planned": planned, "warmup_steps": math.ceil(p.warmup_ratio * planned)}
         try:
+            self._evaluate(ctx, target, "before", prompt, failed, None)
+            ctx.check_cancel()
             with ctx.phase("training", f"{data.examples:,} {data.shape} · {LOSS_CLASSES[self.loss]} · batch {p.batch_size}"):
                 self._train(ctx, target, data, prompt, outcome)
             if outcome.get("stopped"):
                 outcome["not_saved_why"] = (f"stopped after step {outcome['steps_done']} of {outcome['steps_planned']}: "
                                             "a partly trained model is not saved")
                 raise RunCancelled()
-            ctx.check_cancel()
+            # Every step ran: the model is what was asked for, and is saved even when a stop came during
+            # the last step; the stop then ends the run before the evaluation after.
             with ctx.phase("saving", one_line(str(out))):
                 save_model(target.model, out)
             outcome["saved_to"] = str(out)
+            ctx.check_cancel()
             self._evaluate(ctx, target, "after", prompt, failed, out)
         except RunCancelled:
             if "saved_to" not in outcome and "not_saved_why" not in outcome:
-                outcome["not_saved_why"] = "stopped before the model was saved"
+                began = outcome.get("steps_done") is not None
+                outcome["not_saved_why"] = "stopped before the model was saved" if began else "stopped before training began"
             raise
         except BaseException as exc:
             if "saved_to" not in outcome:
                 outcome["not_saved_why"] = f"the run failed before the model was saved ({exc.__class__.__name__})"
             raise
         finally:
-            if outcome.get("steps_planned") is not None:
-                self._emit_result(ctx, data, prompt, outcome)
+            self._emit_result(ctx, data, prompt, outcome)
         if failed:
             raise PartialFailure(f"{len(failed)} evaluation{'s' if len(failed) > 1 else ''} failed ({', '.join(failed)}); "
                                  "the training, the saved model and the other evaluations are kept")
@@ -483,8 +518,9 @@ class TrainWorkload:
             rows_in_file=data.rows_in_file, examples=data.examples, loss=LOSS_CLASSES[self.loss],
             loss_chosen="to fit the data" if p.loss == "auto" else "as asked",
             batch_sampler=outcome.get("batch_sampler", ""), epochs=p.epochs, max_steps=p.max_steps,
-            steps_planned=outcome["steps_planned"], steps_done=outcome.get("steps_done", 0), epochs_done=outcome.get("epochs_done"),
-            batch_size=p.batch_size, learning_rate=p.learning_rate, warmup_ratio=p.warmup_ratio, seed=p.seed, prompt=prompt,
+            steps_planned=outcome["steps_planned"], steps_done=outcome.get("steps_done") or 0, epochs_done=outcome.get("epochs_done"),
+            batch_size=p.batch_size, learning_rate=p.learning_rate, warmup_ratio=p.warmup_ratio,
+            warmup_steps=outcome["warmup_steps"], seed=p.seed, prompt=prompt,
             stopped=bool(outcome.get("stopped")), saved_to=outcome.get("saved_to"), not_saved_why=outcome.get("not_saved_why"),
             train_seconds=outcome.get("train_seconds"), trainer_loss=outcome.get("trainer_loss"), unsplit=UNSPLIT,
             evaluations=tuple(evaluation_changes(self._results)),
@@ -512,7 +548,17 @@ class TrainWorkload:
                         self._results[t.key] = t
             for item in self.labelled:
                 ctx.check_cancel()
-                score = self._neighbours(ctx, target, item, stage, prompt)
+                try:
+                    score = self._neighbours(ctx, target, item, stage, prompt)
+                except (RunCancelled, KeyboardInterrupt):
+                    raise
+                except Exception as exc:  # out of memory too: the other evaluations and the training still run
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    ctx.emit(Note(t_ns=ctx.now(), text=f"neighbours {item.name} {stage} failed: {exc.__class__.__name__}: {first}",
+                                  level="warning"))
+                    failed.append(f"neighbours {item.name} {stage}")
+                    ctx.failed_phase = ""
+                    continue
                 self._results[score.key] = score
 
     def _neighbours(self, ctx: RunContext, target: SentenceTransformerTarget, item: Labelled, stage: str,
@@ -522,10 +568,13 @@ class TrainWorkload:
         with ctx.phase(f"neighbours {one_line(item.name)}", f"{len(item.texts):,} texts · top-{p.top_k} · {p.distance}"):
             out = target.encode(ctx, item.texts, prompt=prompt, batch_size=p.eval_batch_size, label=f"neighbours {stage}",
                                 group=f"neighbours {item.name} › {stage}")
-            share, per_label = accuracy(out.embeddings, item.labels, p.top_k, p.distance)
+            nonfinite = int(np.count_nonzero(~np.isfinite(out.embeddings)))
+            # A diverged model gives NaN vectors: their "neighbours" would be a score of nothing, so there is none.
+            share, per_label = accuracy(out.embeddings, item.labels, p.top_k, p.distance) if not nonfinite else (None, {})
         score = NeighbourScore(stage=stage, name=item.name, items=len(item.texts), labels=len(set(item.labels)), k=p.top_k,  # type: ignore[arg-type]
                                distance=p.distance, accuracy=share, chance=chance(item.labels), per_label=per_label,
-                               prompt=prompt, seconds=time.perf_counter() - started)
+                               prompt=prompt, seconds=time.perf_counter() - started,
+                               why=f"{nonfinite:,} embedding values are NaN or infinite" if nonfinite else None)
         ctx.emit(Result(t_ns=ctx.now(), result=score))
         return score
 
@@ -554,7 +603,6 @@ class TrainWorkload:
         sampler = BatchSamplers.NO_DUPLICATES if self.loss == "mnrl" else BatchSamplers.BATCH_SAMPLER
         outcome["batch_sampler"] = str(getattr(sampler, "value", sampler))
         steps_per_epoch = math.ceil(data.examples / p.batch_size)
-        outcome["steps_planned"] = p.max_steps or max(1, math.ceil(steps_per_epoch * p.epochs))
         probe = StepProbe(ctx, target._torch, device, epochs_planned=max(1, math.ceil(p.epochs)) if not p.max_steps
                           else math.ceil(p.max_steps / steps_per_epoch))
         hooks = [loss.register_forward_pre_hook(probe.forward_started, with_kwargs=True),
@@ -573,7 +621,8 @@ class TrainWorkload:
                     max_steps=p.max_steps or -1,
                     per_device_train_batch_size=p.batch_size,
                     learning_rate=p.learning_rate,
-                    warmup_steps=p.warmup_ratio,  # a float below 1 is a share of the steps (transformers 5)
+                    # Steps, counted here: transformers 4 reads a float as a count (0.1 → none), 5 as a share.
+                    warmup_steps=outcome["warmup_steps"],
                     seed=p.seed,
                     data_seed=p.seed,
                     prompts=prompt,
@@ -583,7 +632,7 @@ class TrainWorkload:
                     eval_strategy="no",
                     report_to="none",
                     disable_tqdm=True,
-                    use_cpu=not device.startswith("cuda"),
+                    use_cpu=device == "cpu",  # else the trainer's own choice: the first visible GPU, or Apple's mps
                     dataloader_num_workers=0,
                 )
                 train_set = datasets.Dataset.from_dict({c: data.values[c] for c in data.columns})
@@ -605,9 +654,19 @@ class TrainWorkload:
                 loss_value = getattr(output, "training_loss", None)
                 outcome["trainer_loss"] = float(loss_value) if loss_value is not None and math.isfinite(loss_value) else None
                 outcome["stopped"] = probe.steps < outcome["steps_planned"] and ctx.cancel_event.is_set()
+                if probe.steps < outcome["steps_planned"] and not outcome["stopped"]:
+                    ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
+                        f"the trainer ended after {probe.steps} of the {outcome['steps_planned']} steps it planned: its batch "
+                        f"sampler ({outcome['batch_sampler']}) yielded fewer batches than its length said")))
+                del trainer, output
         finally:
             for h in hooks:
                 h.remove()
             probe.close_gpu()
             if hasattr(model, "train"):
                 model.eval()  # back to inference: dropout off for the evaluation after
+            # The trainer's optimizer state (two tensors a weight for AdamW) is freed before the evaluation
+            # after, so that its memory is the model's, as it was before training.
+            gc.collect()
+            if device.startswith("cuda"):
+                target._torch.cuda.empty_cache()

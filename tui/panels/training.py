@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from embprof.engine.events import TrainStep
 from embprof.engine.fold import TrainingSummary
 from embprof.engine.neighbours import evaluation_changes, planned_evaluations, training_result
-from embprof.engine.results import EvalChange, MtebTask, TrainResult
+from embprof.engine.results import EvalChange, MtebTask, NeighbourScore, TrainResult
 from embprof.engine.text import one_line
 from rich.table import Table as RichTable
 from rich.text import Text
@@ -197,23 +197,29 @@ class TrainingPanel(Panel):
         for col in ("before", "after", "change"):
             table.add_column(col, justify="right", no_wrap=True)
         table.add_column("", no_wrap=True)
+        table.add_column("chance", justify="right", no_wrap=True, style="dim")  # random neighbours' score, for scale
         for row in rows:
-            task = row.evaluation if not row.evaluation.startswith("neighbours ") else None
             table.add_row(
                 Text(one_line(row.evaluation)),  # a task or file name is data: never markup
                 Text(one_line(row.metric) if row.metric else pending),
-                self._side(results, task, "before", row.before, pending),
-                self._side(results, task, "after", row.after, pending),
+                self._side(results, row.evaluation, "before", row.before, pending),
+                self._side(results, row.evaluation, "after", row.after, pending),
                 Text(pending, style="dim") if row.change is None else Text(f"{row.change:+.4f}"),
                 self._verdict(row),
+                Text(score(row.chance)) if row.chance is not None else Text(""),
             )
         return table, len(rows)
 
     @staticmethod
-    def _side(results: dict[str, Any], task: str | None, stage: str, value: float | None, pending: str) -> Text:
+    def _side(results: dict[str, Any], evaluation: str, stage: str, value: float | None, pending: str) -> Text:
         if value is not None:
             return Text(score(value))
-        found = results.get(f"mteb:{stage}:{task}") if task is not None else None
+        if evaluation.startswith("neighbours "):
+            found: Any = results.get(f"neighbours:{stage}:{evaluation.removeprefix('neighbours ')}")
+            if isinstance(found, NeighbourScore) and found.accuracy is None:
+                return Text("not finite", style="bold red")  # the model's vectors held NaN: no score, and not 0
+            return Text(pending, style="dim")
+        found = results.get(f"mteb:{stage}:{evaluation}")
         if isinstance(found, MtebTask) and found.status != "ok":
             return Text(found.status, style="bold red" if found.status == "failed" else "yellow")
         return Text(pending, style="dim")

@@ -66,7 +66,7 @@ def _initial(plan: RunPlan) -> dict[str, str]:
         "max_steps": _number(get("max_steps")),
         "learning_rate": _number(get("learning_rate")),
         "train_prompt": str(get("prompt") or "") if w.name == "train" else "",
-        "output": str(get("output") or ""),
+        "output": "",  # the last run's output folder holds its model now: a new run is never offered it
         "neighbours": ", ".join(get("neighbours") or ()),
         "top_k": _number(get("top_k")) if w.name == "train" else "",
         "distance": str(get("distance") or "cosine"),
