@@ -153,7 +153,7 @@ EMPTY: list[tuple[tuple[str, ...], str]] = [
     *[(("matrix",), opt) for opt in ("--spec", "--model", "--server", "--server-of", "--server-name", "--cost-workload", "--text",
                                      "--data-dir", "--task", "--cell", "--out")],
     *[((), opt) for opt in ("--model", "--device", "--workload", "--task", "--server", "--data-dir", "--input", "--text",
-                            "--profiles-dir")],
+                            "--profiles-dir", "--plan")],
     *[(("train",), opt) for opt in ("--model", "--train-file", "--prompt-name", "--output", "--task", "--data-dir", "--results-dir",
                                     "--neighbours", "--profiles-dir")],
 ]

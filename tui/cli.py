@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--api", choices=["llama", "openai"], default="llama", help="the server's API (default llama)")
     app.add_argument("--data-dir", type=text, metavar="DIR", help="mteb: local task data (see `embprof mteb --help`)")
     app.add_argument("--no-autostart", action="store_true", help="open the dashboard without starting a run")
+    app.add_argument("--plan", type=text, metavar="FILE",
+                     help="start the plan in FILE (any command's --print-plan writes one: `embprof train … --print-plan > p.json`)")
     app.add_argument("--input", type=text, metavar="FILE", help="encode: lines to encode (default: the sample corpus)")
     app.add_argument("--text", type=text, metavar="FILE", help="speed: the_ugly_duckling.txt")
     app.add_argument("--repeats", type=o.REPEATS, default=3, metavar="N", help=f"encode: timed passes, {o.REPEATS.range_text} (default 3)")
@@ -756,7 +758,14 @@ def cmd_app(args: argparse.Namespace) -> int:
     from embprof.engine.plan import plan_from_options
 
     # The plan first: a bad --device or --server is one sentence before any terminal is touched.
-    plan = plan_from_options({**vars(args), "tasks": list(args.task)})
+    if args.plan:
+        from embprof.engine.plan import load_plan
+
+        if args.model or args.server or args.workload != "encode":
+            raise UserError("give --plan FILE or the run's own options (--model, --server, --workload), not both")
+        plan = load_plan(args.plan)
+    else:
+        plan = plan_from_options({**vars(args), "tasks": list(args.task)})
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
     from .app import EmbprofApp
