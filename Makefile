@@ -13,11 +13,11 @@ $(BIN)/.installed: pyproject.toml Makefile
 	@$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "installing $(TORCH) (the CPU build)"
 	@$(BIN)/python -m pip install --quiet $(TORCH)
-	@echo "installing embprof and its dependencies (editable, with the test tools and the ONNX/OpenVINO backends)"
+	@echo "installing embprof and its dependencies (editable, with the test tools, the ONNX/OpenVINO backends and Ray)"
 	@# setuptools' note that an editable install links to this folder is expected here, not a problem: not shown.
 	@# The torch pin is a constraint here too, so that nothing the extras need can replace it.
 	@echo "$(TORCH)" > $(VENV)/torch-pin.txt
-	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -c $(VENV)/torch-pin.txt -e '.[test,backends]'
+	@PYTHONWARNINGS=ignore::UserWarning $(BIN)/python -m pip install --quiet -c $(VENV)/torch-pin.txt -e '.[test,backends,ray]'
 	@touch $@
 	@echo "ready: $(VENV)"
 

@@ -473,7 +473,7 @@ def finished(row: MatrixRow, retry_failed: bool = False) -> bool:
 class MatrixEvent:
     """What the matrix runner reports as it goes: a cell starts, shows a phase, ends; an export."""
 
-    kind: Literal["start", "phase", "end", "skip", "export", "note"]
+    kind: Literal["queued", "start", "phase", "end", "skip", "export", "note"]
     cell_id: str = ""
     label: str = ""
     index: int = 0
@@ -526,18 +526,19 @@ def prewarm(cells: list[Cell]) -> None:
 
 
 def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
-               cancel: Callable[[], bool] = lambda: False) -> Manifest:
+               cancel: Callable[[], bool] = lambda: False, ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
     """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C.
 
     One matrix run at a time per folder: two would run the same cells side by side, each measuring the
     other's load, and race on the manifest."""
     ensure_writable_dir(folder, "matrix folder")
     with folder_lock(folder, "matrix folder"):
-        return _run_matrix(spec, folder, listener, retry_failed=retry_failed, cancel=cancel)
+        return _run_matrix(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_address=ray_address,
+                           ray_cpus=ray_cpus)
 
 
 def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool,
-                cancel: Callable[[], bool]) -> Manifest:
+                cancel: Callable[[], bool], ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
     (folder / "cells").mkdir(exist_ok=True)
     exp = expand(spec, folder)
     previous = read_manifest(folder).exports if (folder / "matrix.json").is_file() else {}
@@ -558,6 +559,19 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
             listener(MatrixEvent("skip", c.cell_id, c.label, i + 1, total, "finished in an earlier run", table[c.cell_id]))
     manifest = Manifest(spec, exp.cells, exp.dropped, exp.notes, exports)
     if not todo:
+        manifest.rows = list(table.values())
+        return manifest
+    if ray_address is not None:
+        # On a cluster each cell runs where Ray places it: an exported graph a worker lacks is built in the
+        # cell's own process, in an "export" phase of its own (still apart from its load time).
+        from .ray_cells import run_cells
+
+        def done(c: Cell) -> None:
+            i = exp.cells.index(c)
+            table[c.cell_id] = row_of(folder, c, exports, i)
+            listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=table[c.cell_id]))
+
+        run_cells(ray_address, folder, todo, exp.cells, listener, cancel, done, ray_cpus)
         manifest.rows = list(table.values())
         return manifest
     try:

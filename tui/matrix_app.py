@@ -12,6 +12,8 @@ raises ``MatrixInterrupted``; the finished cells stay saved in the matrix's fold
 
 from __future__ import annotations
 
+import functools
+
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -300,11 +302,15 @@ class MatrixApp(App[int]):
         elif e.kind == "export":
             self.exporting = e.text or e.label
             log.write_line(f"export: {e.text}" + (f" (for {e.label})" if e.label else ""))
+        elif e.kind == "queued":
+            self._ensure_row(e.cell_id, e.label)
+            self._set_status_cell(e.cell_id, Text("queued", style="dim"))
         elif e.kind == "start":
             self.exporting = None
             self._ensure_row(e.cell_id, e.label)
             self.running, self.phase = e.cell_id, ""
-            self._set_status_cell(e.cell_id, Text("running", style=STATUS_STYLE["running"]))
+            # On a cluster: where it runs, and whether this is a retry.
+            self._set_status_cell(e.cell_id, Text(f"running {_cut(e.text, PHASE_MAX)}".strip(), style=STATUS_STYLE["running"]))
         elif e.kind == "phase":
             self._ensure_row(e.cell_id, e.label)
             self.running, self.phase = e.cell_id, e.text
@@ -500,9 +506,11 @@ def cell_text(value: Any, digits: int = 3) -> Text:
     return Text(fmt(value, digits), justify="right" if isinstance(value, (int, float)) else "left")
 
 
-def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False) -> int:
+def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False, ray_address: str | None = None,
+                   ray_cpus: int = 1) -> int:
     """Run the matrix in the dashboard; 0 if every cell is ok, 128 + N if stopped (130 by q), 1 otherwise."""
-    app = MatrixApp(spec, folder, retry_failed=retry_failed)
+    runner: MatrixRunner = functools.partial(run_matrix, ray_address=ray_address, ray_cpus=ray_cpus) if ray_address else run_matrix
+    app = MatrixApp(spec, folder, retry_failed=retry_failed, runner=runner)
     result = app.run()
     print_final_table(folder)
     if result is None:  # the app ended another way (an internal error Textual has reported)

@@ -69,6 +69,11 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     g = mx.add_argument_group("the run")
     g.add_argument("-o", "--out", type=text, metavar="DIR", default="results/matrix", help="the matrix's folder (default results/matrix)")
     g.add_argument("--retry-failed", action="store_true", help="run failed cells again too")
+    g.add_argument("--ray", nargs="?", const="auto", default=None, type=text, metavar="ADDRESS",
+                   help="run the cells on a Ray cluster: RAY_ADDRESS or a local one (auto), or the head's ADDRESS "
+                        "(needs the ray extra: pip install 'embprof[ray]')")
+    g.add_argument("--ray-cpus", type=o.RAY_CPUS, default=1, metavar="N",
+                   help=f"with --ray: CPUs a CPU cell asks for, and its torch threads, {o.RAY_CPUS.range_text} (default 1)")
     g.add_argument("--list-cells", action="store_true", help="print the cells and the dropped combinations, and exit")
     g.add_argument("--print-spec", action="store_true", help="print the matrix as JSON and exit")
     g.add_argument("--dashboard", action="store_true", help="watch the matrix fill in, in the dashboard's Matrix view")
@@ -177,11 +182,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             raise UserError("the dashboard needs a terminal; without --dashboard the matrix runs headless")
         from .matrix_app import run_matrix_app
 
-        return run_matrix_app(spec, folder, retry_failed=args.retry_failed)
+        return run_matrix_app(spec, folder, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus)
     err = error_console()
     listener = progress_printer(err, args.quiet)
+    lost: str | None = None
     try:
-        manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed)
+        manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus)
         interrupted, table_rows = False, manifest.rows
     except MatrixInterrupted:
         interrupted = True
@@ -191,8 +197,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         except OSError:  # no terminal left (SIGHUP): the cells are on disk whatever happens here
             pass
         manifest, table_rows = rows(folder)
+    except Exception as exc:  # only the Ray path raises it; it is imported only with --ray
+        if exc.__class__.__name__ != "ClusterLost":
+            raise
+        interrupted, lost = False, str(exc)
+        manifest, table_rows = rows(folder)
     print_tables(out, manifest, table_rows)
     out.print(f"matrix: {folder}", markup=False, soft_wrap=True)
+    if lost is not None:
+        err.print(f"embprof: error: {lost}", markup=False, soft_wrap=True)
+        return 1
     if interrupted:
         return shutdown.exit_status(shutdown.received())
     return 0 if all(r.status == "ok" for r in table_rows) else 1
@@ -210,7 +224,7 @@ def progress_printer(err: Any, quiet: bool) -> Any:
         elif e.kind == "export":
             err.print(f"export: {e.text}", markup=False, soft_wrap=True)
         elif e.kind == "start":
-            err.print(f"[{e.index}/{e.total}] {e.label}", markup=False, soft_wrap=True)
+            err.print(f"[{e.index}/{e.total}] {e.label}" + (f" {e.text}" if e.text else ""), markup=False, soft_wrap=True)
         elif e.kind == "skip":
             err.print(f"[{e.index}/{e.total}] {e.label}: {e.text}", markup=False, soft_wrap=True)
         elif e.kind == "end" and e.row is not None:

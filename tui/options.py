@@ -161,6 +161,7 @@ MAX_EXAMPLES = Count(1, 100_000_000)
 LEARNING_RATE = Number(1e-10, 1.0, "")
 WARMUP = Number(0.0, 1.0, "(a share of the steps)")
 SEED = Count(0, 2**32 - 1)
+RAY_CPUS = Count(1, 1_024)  # CPUs a matrix cell asks a Ray cluster for
 MATRIX_TRUNCATE_DIMS = DimList(1, MAX_DIMENSIONS)
 
 # Every bounded option, by its name on the command line: the tests check each against the plan.

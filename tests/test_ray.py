@@ -1,0 +1,210 @@
+"""`embprof matrix --ray`: the same matrix on a real Ray cluster, started here.
+
+Everything runs inside a network namespace this test makes with only the loopback device
+(`unshare -n`): the head node, its workers and the driver can reach nothing but 127.0.0.1, and the
+socket table taken inside it at the end is checked for any other address.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import DATASETS, embprof_exe
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+PORT = 6399
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "a network namespace (unshare -n) needs root here"
+    if not (shutil.which("unshare") and shutil.which("ip") and shutil.which("ss")):
+        return "unshare, ip and ss (util-linux, iproute2) are needed for the loopback-only namespace"
+    if not (BIN / "ray").exists():
+        return "Ray is not installed in this environment (the test command installs embprof[ray])"
+    if not (DATASETS / "sts16" / "test.jsonl").is_file():
+        return f"the evaluation datasets are absent: {DATASETS}"
+    return None
+
+
+needs_cluster = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+
+
+def spec_file(tmp: Path) -> Path:
+    """Four cells of the bundled model (two dtypes × two output precisions), small enough for two cores."""
+    data = tmp / "data" / "sts16"
+    data.mkdir(parents=True)
+    rows = (DATASETS / "sts16" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:120]
+    (data / "test.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    lines = tmp / "lines.txt"
+    lines.write_text("\n".join(f"a short line to encode, number {i}" for i in range(24)) + "\n", encoding="utf-8")
+    spec = tmp / "spec.toml"
+    spec.write_text(f'precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\ntasks = ["STS16"]\nloops = 2\n'
+                    f'cost = "encode"\ncost_input = "{lines}"\ndata_dir = "{tmp / "data"}"\n', encoding="utf-8")
+    return spec
+
+
+def in_namespace(body: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``body`` run by bash in a fresh network namespace (only lo, brought up) and a PID namespace of its own
+    (so that `ray stop` there stops this cluster and no other), with a Ray head node started on 127.0.0.1
+    for it and stopped after it. Ray's files go to a short folder of their own (its socket paths must
+    stay under the kernel's 107 characters)."""
+    ray_tmp = tempfile.mkdtemp(prefix="er", dir="/tmp")
+    script = f"""
+set -e
+ip link set lo up
+export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PATH="{BIN}:$PATH"
+ray start --head --node-ip-address=127.0.0.1 --port={PORT} --num-cpus=2 --num-gpus=0 --include-dashboard=false \\
+  --disable-usage-stats --temp-dir={ray_tmp} > ray-start.log 2>&1
+trap 'ss -tanH > sockets.txt; ray stop --force > /dev/null 2>&1' EXIT
+{body}
+"""
+    try:
+        return subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", "-c", script], cwd=cwd, capture_output=True, text=True,
+                              timeout=timeout)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def only_loopback(sockets: Path) -> None:
+    for line in sockets.read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        for addr in fields[3:5]:
+            host = addr.rsplit(":", 1)[0].strip("[]")
+            assert host in ("127.0.0.1", "::1", "::ffff:127.0.0.1", "*", "0.0.0.0", "::"), line
+
+
+def table(folder: Path) -> dict[str, dict[str, object]]:
+    from embprof.engine.matrix import rows
+
+    _, found = rows(folder)
+    return {r.cell_id: r.model_dump() for r in found}
+
+
+# Measured costs and where a cell ran: they differ between any two runs, local or not.
+TIMED = {"import_s", "load_s", "p50_s", "p95_s", "items_per_s", "peak_rss_bytes", "load_rss_delta_bytes", "peak_gpu_bytes",
+         "torch_reserved_bytes", "torch_allocated_bytes", "energy_j_per_1000", "snapshot", "order"}
+
+
+@needs_cluster
+def test_a_matrix_on_ray_equals_the_local_one_but_for_timings_and_hosts(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    exe = embprof_exe()
+    run = in_namespace(f"{exe} matrix --spec {spec} -o local -q > local.out 2> local.err\n"
+                       f"{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err", tmp_path)
+    err = (tmp_path / "ray.err").read_text() if (tmp_path / "ray.err").exists() else ""
+    assert run.returncode == 0, run.stderr + err + (tmp_path / "ray-start.log").read_text()
+    local, remote = table(tmp_path / "local"), table(tmp_path / "ray")
+    assert sorted(local) == sorted(remote) and len(local) == 4
+    for cid, row in local.items():
+        other = remote[cid]
+        assert other["status"] == row["status"] == "ok"
+        for key, value in row.items():
+            if key in TIMED:
+                continue
+            if isinstance(value, float):
+                assert other[key] == pytest.approx(value, abs=1e-6), (cid, key)
+            elif key == "scores":
+                assert other[key].keys() == value.keys() and all(  # type: ignore[union-attr]
+                    other[key][t] == pytest.approx(v, abs=1e-6) for t, v in value.items())  # type: ignore[index,union-attr]
+            else:
+                assert other[key] == value, (cid, key)
+    # Each snapshot says where it ran; the local ones say nothing of Ray.
+    from embprof.engine.snapshot import load
+
+    for cid in remote:
+        env = load(tmp_path / "ray" / "cells" / f"{cid}.json").environment
+        ray = env["ray"]
+        assert ray["host"] and ray["node_id"] and ray["worker_id"] and ray["attempt"] == 1 and ray["retried"] is False
+        assert env["torch_threads"] == 1 == ray["cpus"]  # the CPUs asked for, not Ray's OMP_NUM_THREADS=1 by accident
+        assert "ray" not in load(tmp_path / "local" / "cells" / f"{cid}.json").environment
+    # The frontiers: over the same cells, each a true Pareto set of its own run's figures.
+    from embprof.engine.frontier import frontiers
+
+    for folder, rows_ in (("local", local), ("ray", remote)):
+        from embprof.engine.matrix_rows import MatrixRow
+
+        parsed = [MatrixRow.model_validate(r) for r in rows_.values()]
+        for f in frontiers(parsed):
+            on = [r for r in parsed if r.cell_id in f.cells]
+            for r in on:
+                cost = getattr(r, f.axis)
+                assert not any(getattr(o, f.axis) is not None and o.quality is not None and r.quality is not None
+                               and getattr(o, f.axis) <= cost and o.quality >= r.quality
+                               and (getattr(o, f.axis) < cost or o.quality > r.quality) for o in parsed), (folder, f.axis)
+    out = (tmp_path / "ray.out").read_text()
+    assert "matrix: ray" in out and "Frontier" in out
+    assert err.count(" on ") >= 4 and "network_util" not in err  # each cell's start says where; Ray's chatter is not shown
+    only_loopback(tmp_path / "sockets.txt")
+    # Run again: nothing is missing, nothing is submitted.
+    again = in_namespace(f"{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > again.out 2> again.err", tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.err").read_text().count("finished in an earlier run") == 4
+
+
+@needs_cluster
+def test_a_worker_killed_mid_cell_is_retried_once_and_the_snapshot_says_so(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    exe = embprof_exe()
+    body = f"""
+{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err &
+MATRIX=$!
+for i in $(seq 1 600); do grep -q "vectors on " ray.err 2>/dev/null && break; sleep 0.2; done
+sleep 1
+pgrep -f "^ray::run_cell_in_worker" > killed.txt
+pkill -9 -o -f "^ray::run_cell_in_worker"
+wait $MATRIX
+"""
+    run = in_namespace(body, tmp_path)
+    assert run.returncode == 0, run.stderr + (tmp_path / "ray.err").read_text()
+    assert (tmp_path / "killed.txt").read_text().strip(), "no cell's worker was running to be killed"
+    from embprof.engine.snapshot import load
+
+    folder = tmp_path / "ray"
+    rows_ = table(folder)
+    assert all(r["status"] == "ok" for r in rows_.values()), rows_
+    retried = [cid for cid in rows_ if load(folder / "cells" / f"{cid}.json").environment["ray"]["retried"]]
+    assert len(retried) == 1
+    assert load(folder / "cells" / f"{retried[0]}.json").environment["ray"]["attempt"] == 2
+    assert "attempt 2: retried" in (tmp_path / "ray.err").read_text()
+    only_loopback(tmp_path / "sockets.txt")
+
+
+def test_without_ray_the_flag_is_one_sentence_naming_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from embprof.engine.errors import UserError
+    from embprof.engine.ray_cells import import_ray
+
+    real = builtins.__import__
+
+    def no_ray(name: str, *args: object, **kwargs: object) -> object:
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(UserError) as info:
+        import_ray()
+    assert str(info.value) == "--ray needs Ray, which is not installed here: pip install 'embprof[ray]'"
+
+
+@needs_cluster
+def test_no_cluster_at_the_address_is_one_sentence(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    run = subprocess.run(["unshare", "-n", "bash", "-c", f"ip link set lo up; {embprof_exe()} matrix --spec {spec} -o m "
+                          f"--ray 127.0.0.1:9"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert run.returncode == 2, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith("embprof:")]
+    assert lines and lines[-1].startswith("embprof: error: no Ray cluster at '127.0.0.1:9'"), run.stderr
+    assert "Traceback" not in run.stderr
