@@ -52,6 +52,7 @@ def _run(plan_file: str, out_file: str) -> int:
             sys.stdout.flush()
 
     before = neighbours()
+    gpus_before = gpu_neighbours()
     runner = prepared.runner([recorder, progress])
     stop: list[Any] = []
 
@@ -70,7 +71,8 @@ def _run(plan_file: str, out_file: str) -> int:
         raise UserError(error.message)
     env = environment.capture()
     # What else ran on the machine: a cell slower than its neighbours may only have shared the CPU.
-    env.update(pid=os.getpid(), neighbours_before=before, neighbours_after=neighbours(), load_average=list(os.getloadavg()))
+    env.update(pid=os.getpid(), neighbours_before=before, neighbours_after=neighbours(), load_average=list(os.getloadavg()),
+               others_during_run=others_during_run(recorder.events(), gpus_before, gpu_neighbours()))
     snapshot = snap_mod.build(recorder, env)
     atomic_write_bytes(Path(out_file), snap_mod.to_json(snapshot).encode("utf-8"))
     if stop or snapshot.status == "incomplete":
@@ -102,6 +104,55 @@ def neighbours(window_s: float = 0.3, top: int = 5) -> list[dict[str, Any]]:
             pass
     seen.sort(key=lambda d: -float(d["cpu_percent"]))
     return [d for d in seen[:top] if d["cpu_percent"] > 0]
+
+
+def gpu_neighbours() -> list[dict[str, Any]] | None:
+    """Other processes holding memory on this machine's NVIDIA GPUs (NVML's compute-process list);
+    None where NVML cannot say (no GPU, no driver, the package missing)."""
+    from .sampler import load_nvml
+
+    nvml = load_nvml()
+    if nvml is None:
+        return None
+    try:
+        nvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        out = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid != os.getpid() and proc.usedGpuMemory is not None:
+                    out.append({"gpu": index, "pid": proc.pid, "mib": proc.usedGpuMemory / 2**20})
+        return out
+    except Exception:
+        return None
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def others_during_run(events: list[Any], gpus_before: list[dict[str, Any]] | None,
+                      gpus_after: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """What the rest of the machine did while the cell ran, from the run's own samples: every core's
+    busy share added up, less this process's own (in percent of one core), and the other processes on
+    the GPUs when it began and ended. A shared node shows here rather than as an unexplained cost."""
+    from .events import ResourceSample
+
+    others = [max(0.0, sum(e.per_core_percent) - e.cpu_percent) for e in events if isinstance(e, ResourceSample)]
+    gpu = None
+    if gpus_before is not None or gpus_after is not None:
+        gpu = max(sum(p["mib"] for p in found) for found in (gpus_before or [], gpus_after or []))
+    return {
+        "samples": len(others),
+        "cpu_percent_mean": sum(others) / len(others) if others else None,
+        "cpu_percent_max": max(others) if others else None,
+        "gpu_processes": (gpus_before or []) + [p for p in gpus_after or [] if p not in (gpus_before or [])],
+        "gpu_mib": gpu,  # None: NVML could not say
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -686,6 +686,23 @@ def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None], cancel:
 
 
 # -- rows ---------------------------------------------------------------------------------------------------
+BESIDE_CPU_PERCENT = 50.0  # others' mean CPU during a cell, in percent of one core, above which the cell is flagged
+
+
+def beside_other_work(env: dict[str, Any]) -> str | None:
+    """Why a cell's costs may be inflated by other work on its machine (``cellproc.others_during_run``); None if none was seen."""
+    others = env.get("others_during_run")
+    if not isinstance(others, dict):
+        return None
+    why = []
+    cpu = others.get("cpu_percent_mean")
+    if isinstance(cpu, (int, float)) and cpu > BESIDE_CPU_PERCENT:
+        why.append(f"other processes used {cpu:.0f}% of a core on average")
+    gpu = others.get("gpu_mib")
+    if isinstance(gpu, (int, float)) and gpu > 0:
+        n = len(others.get("gpu_processes") or [])
+        why.append(f"{n} other process{'es' if n != 1 else ''} held {gpu:,.0f} MiB of GPU memory")
+    return "; ".join(why) or None
 def rows(folder: Path) -> tuple[Manifest, list[MatrixRow]]:
     m = read_manifest(folder)
     return m, [row_of(folder, c, m.exports, i) for i, c in enumerate(m.cells)]
@@ -729,6 +746,10 @@ def row_of(folder: Path, cell: Cell, exports: dict[str, Any], order: int = 0) ->
     facts: TargetFacts = snap.target
     if isinstance(t, LocalTarget):
         base["device"] = facts.device_resolved or t.device
+    base["beside"] = beside_other_work(snap.environment)
+    ray = snap.environment.get("ray")
+    if isinstance(ray, dict) and ray.get("host"):
+        base["host"] = str(ray["host"]) + (" (retried)" if ray.get("retried") else "")
     base.update(disk_bytes=facts.disk_bytes, weights_bytes=facts.weights_bytes)
     phases = {p.name: p for p in s.phases}
     if "import" in phases:

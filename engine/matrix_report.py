@@ -175,6 +175,10 @@ def matrix_tables(
     tables = [main]
     if dropped:
         tables.append(Table("dropped", "Dropped cells (not run)", ["cell", "reason"], [[*_dropped_pair(d)] for d in dropped]))
+    shared = [r for r in _sorted(rows) if r.beside]
+    if shared:
+        tables.append(Table("beside-other-work", "Cells that ran beside other work (their costs may be inflated: run them again alone)",
+                            ["cell", "host", "other work during the cell"], [[r.label, r.host or "here", r.beside] for r in shared]))
     by_id = {r.cell_id: r for r in rows}
     for f in frontiers:
         short, header, factor, _ = _view(f.axis)

@@ -76,6 +76,8 @@ class MatrixRow(BaseModel):
     queries: int | None = None
     calibration: str | None = None  # int8 output: how the per-dimension ranges were chosen
     snapshot: str | None = None  # the cell's snapshot file, relative to the matrix folder
+    beside: str | None = None  # other work on the machine during the cell (its costs may be inflated); None: none seen
+    host: str | None = None  # where a cluster ran it (Ray); None: here
 
 
 class Frontier(BaseModel):

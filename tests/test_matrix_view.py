@@ -248,3 +248,30 @@ async def test_input_the_matrix_cannot_run_is_one_sentence_and_exits_1(tmp_path:
         assert table.row_count == 3 and all(table_text(app, str(k.value), "status") == "pending" for k in table.rows)
         await pilot.press("q")
     assert app.return_value == 1
+
+
+class ClusterRunner:
+    """What `--ray` reports of a cell: queued on the cluster, started on a host (a retry says so), done."""
+
+    def __init__(self, rows: list[MatrixRow]) -> None:
+        self.rows = rows
+
+    def __call__(self, spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
+                 cancel: Callable[[], bool] = lambda: False) -> Manifest:
+        total = len(self.rows)
+        for i, row in enumerate(self.rows, 1):
+            listener(MatrixEvent("queued", row.cell_id, row.label, i, total, "queued on the cluster"))
+        first = self.rows[0]
+        listener(MatrixEvent("start", first.cell_id, first.label, 1, total, f"on {HOSTILE} (attempt 2: retried)"))
+        return Manifest(spec, [], [], [], {})
+
+
+async def test_cells_on_a_cluster_show_queued_then_where_they_run(tmp_path: Path) -> None:
+    rows = rows_for(tmp_path)
+    app = MatrixApp(SPEC, tmp_path, retry_failed=True, runner=ClusterRunner(rows))
+    async with app.run_test(size=(160, 48)) as pilot:
+        first, rest = rows[0].cell_id, [r.cell_id for r in rows[1:]]
+        await until(pilot, lambda: table_text(app, first, "status").startswith("running"))
+        # The host, as a cluster names it, is data: shown as written, never read as markup.
+        assert table_text(app, first, "status").startswith(f"running on {HOSTILE}"[: len("running ") + PHASE_MAX - 1])
+        assert all(table_text(app, cid, "status") == "queued" for cid in rest)

@@ -92,7 +92,7 @@ def table(folder: Path) -> dict[str, dict[str, object]]:
 
 # Measured costs and where a cell ran: they differ between any two runs, local or not.
 TIMED = {"import_s", "load_s", "p50_s", "p95_s", "items_per_s", "peak_rss_bytes", "load_rss_delta_bytes", "peak_gpu_bytes",
-         "torch_reserved_bytes", "torch_allocated_bytes", "energy_j_per_1000", "snapshot", "order"}
+         "torch_reserved_bytes", "torch_allocated_bytes", "energy_j_per_1000", "snapshot", "order", "beside", "host"}
 
 
 @needs_cluster
@@ -208,3 +208,44 @@ def test_no_cluster_at_the_address_is_one_sentence(tmp_path: Path) -> None:
     lines = [line for line in run.stderr.splitlines() if line.startswith("embprof:")]
     assert lines and lines[-1].startswith("embprof: error: no Ray cluster at '127.0.0.1:9'"), run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_cell_beside_other_work_is_flagged_from_what_it_recorded() -> None:
+    from embprof.engine.matrix import beside_other_work
+
+    assert beside_other_work({}) is None  # a snapshot from before this was recorded: nothing is claimed
+    quiet = {"others_during_run": {"samples": 40, "cpu_percent_mean": 12.0, "cpu_percent_max": 80.0, "gpu_processes": [],
+                                   "gpu_mib": None}}
+    assert beside_other_work(quiet) is None
+    busy = {"others_during_run": {"samples": 40, "cpu_percent_mean": 97.4, "cpu_percent_max": 130.0,
+                                  "gpu_processes": [{"gpu": 0, "pid": 4242, "mib": 2048.0}], "gpu_mib": 2048.0}}
+    assert beside_other_work(busy) == "other processes used 97% of a core on average; 1 other process held 2,048 MiB of GPU memory"
+
+
+@pytest.mark.skipif(not (DATASETS / "sts16" / "test.jsonl").is_file(), reason=f"the evaluation datasets are absent: {DATASETS}")
+def test_a_cell_run_beside_a_busy_process_says_so_in_the_report(tmp_path: Path) -> None:
+    """A real busy loop beside a real cell: the cell's own samples see it, and the report lists the cell."""
+    spec = spec_file(tmp_path)
+    spec.write_text(spec.read_text().replace('precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', ""))
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        run = subprocess.run([embprof_exe(), "matrix", "--spec", str(spec), "-o", "m", "-q"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    finally:
+        burner.kill()
+        burner.wait()
+    assert run.returncode == 0, run.stderr
+    (row,) = table(tmp_path / "m").values()
+    assert row["beside"] is not None and str(row["beside"]).startswith("other processes used"), row
+    from embprof.engine.snapshot import load
+
+    others = load(tmp_path / "m" / "cells" / f"{row['cell_id']}.json").environment["others_during_run"]
+    assert others["samples"] > 0 and others["cpu_percent_mean"] > 50  # the loop takes a whole core of the two
+    from embprof.engine.matrix import read_manifest
+    from embprof.engine.frontier import frontiers
+    from embprof.engine.matrix_report import matrix_tables
+    from embprof.engine.matrix_rows import MatrixRow
+
+    rows_ = [MatrixRow.model_validate(r) for r in table(tmp_path / "m").values()]
+    tables = {t.name: t for t in matrix_tables(rows_, frontiers(rows_), read_manifest(tmp_path / "m").dropped)}
+    assert tables["beside-other-work"].rows[0][2] == row["beside"]
