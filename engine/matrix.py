@@ -20,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -638,6 +638,17 @@ def _stop_when_cancelled(proc: subprocess.Popen[str], cancel: Callable[[], bool]
         time.sleep(0.2)
 
 
+def read_phases(lines: Iterable[str], on_phase: Callable[[str], None]) -> None:
+    """A cell process's standard output: each phase it starts is one JSON line (``cellproc``); the rest is not ours."""
+    for line in lines:
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                on_phase(str(json.loads(line).get("phase", "")))
+            except ValueError:
+                pass
+
+
 def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None], cancel: Callable[[], bool] = lambda: False) -> None:
     plan_file = folder / "cells" / f"{cell.cell_id}.plan.json"
     atomic_write_bytes(plan_file, cell.plan.to_json().encode("utf-8"))
@@ -655,13 +666,7 @@ def _run_cell(folder: Path, cell: Cell, on_phase: Callable[[str], None], cancel:
         watcher.start()
         try:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.strip()
-                if line.startswith("{"):
-                    try:
-                        on_phase(str(json.loads(line).get("phase", "")))
-                    except ValueError:
-                        pass
+            read_phases(proc.stdout, on_phase)
             proc.wait()
         except KeyboardInterrupt:
             proc.send_signal(signal.SIGINT)

@@ -123,6 +123,8 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: Any, cpus:
     """The Ray task's body: the cell's own process, as a local matrix runs it; its snapshot and facts back."""
     import ray
 
+    from .matrix import read_phases
+
     ctx = ray.get_runtime_context()
     where = {"host": socket.gethostname(), "node_id": ctx.get_node_id(), "worker_id": ctx.get_worker_id(), "pid": os.getpid(),
              "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
@@ -154,13 +156,7 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: Any, cpus:
                                     preexec_fn=_die_with_parent)
             try:
                 assert proc.stdout is not None
-                for line in proc.stdout:
-                    line = line.strip()
-                    if line.startswith("{"):
-                        try:
-                            tracker.phase.remote(cell_id, str(json.loads(line).get("phase", "")))
-                        except ValueError:
-                            pass
+                read_phases(proc.stdout, lambda text: tracker.phase.remote(cell_id, text))
                 proc.wait()
             except BaseException:  # cancelled (ray.cancel raises KeyboardInterrupt here): the cell's process goes too
                 proc.terminate()

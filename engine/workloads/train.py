@@ -212,11 +212,9 @@ class StepProbe:
     epochs_begun: int = 0
     marks: _StepMarks = field(default_factory=_StepMarks)
     epoch_phase: Any = None
-    train_phase_id: int = 0
     max_rss: float = 0.0
     gpu: Any = None
     nvml: Any = None
-    torch_carry: dict[str, float] = field(default_factory=dict)
     _psutil: Any = None
 
     def __post_init__(self) -> None:
