@@ -35,6 +35,7 @@ from .plan import (
     BUNDLED_MODEL_ID,
     CellPlan,
     LocalTarget,
+    Placement,
     PRECISIONS,
     Recording,
     RunPlan,
@@ -95,6 +96,9 @@ class MatrixSpec(BaseModel):
     energy_min_window_s: float = 1.0
     sample_hz: float = 10.0
     trust_remote_code: bool = False
+    # Hosts or GPU types of a Ray cluster: every combination runs once on each (an axis), or a chosen
+    # cell names its own. Empty: a cell runs wherever there is room, as on one machine.
+    placements: tuple[Placement, ...] = ()
 
     @field_validator("truncate_dims", mode="before")
     @classmethod
@@ -123,8 +127,14 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
         prefix = f"{where}: " if where else ""
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         raise UserError(f"{prefix}matrix field '{one_line(loc)}': {one_line(msg)}") from None
-    allowed = {"model", "device", "dtype", "backend", "quantize", "quantize_mode", "truncate_dim", "precision"}
+    allowed = {"model", "device", "dtype", "backend", "quantize", "quantize_mode", "truncate_dim", "precision", "placement"}
+    names = [p.name for p in spec.placements]
+    if len(set(names)) != len(names):
+        raise UserError("matrix field 'placements': a placement's name is given twice")
     for chosen in spec.cells:
+        if "placement" in chosen and chosen["placement"] not in names:
+            raise UserError(f"a cell names placement '{one_line(chosen['placement'])}', which the matrix does not define"
+                            + (f" (it defines {', '.join(names)})" if names else " (give it under [[placements]])"))
         unknown = sorted(set(chosen) - allowed)
         if unknown:
             raise UserError(f"a cell names '{unknown[0]}': a cell sets {', '.join(sorted(allowed))}")
@@ -187,13 +197,15 @@ def load_spec(path: str) -> MatrixSpec:
         raise UserError(f"matrix file '{path}' does not hold a matrix (a table of fields)")
     # Files name the axes in the singular or the plural, as the command line's options do.
     singular = {"cell": "cells", "model": "models", "device": "devices", "dtype": "dtypes", "backend": "backends", "precision": "precisions",
-                "truncate_dim": "truncate_dims", "server": "servers", "task": "tasks"}
+                "truncate_dim": "truncate_dims", "server": "servers", "task": "tasks", "placement": "placements"}
     data = {singular.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
     for key in ("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", "tasks"):
         if isinstance(data.get(key), (str, int)):
             data[key] = [data[key]]
     if isinstance(data.get("servers"), (str, dict)):
         data["servers"] = [data["servers"]]
+    if isinstance(data.get("placements"), dict):
+        data["placements"] = [data["placements"]]
     if isinstance(data.get("servers"), list):
         data["servers"] = [{"url": s} if isinstance(s, str) else s for s in data["servers"]]
     return validate_spec(data, f"matrix file '{path}'")
@@ -267,7 +279,10 @@ def _label(model: str | None, backend: str, weights: list[str], device: str, dim
     return " · ".join(parts)
 
 
-def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: str | None = None) -> str:
+def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: str | None = None,
+             placement: Placement | None = None) -> str:
+    if placement is not None:
+        return label_of(target, precision, server_name) + f" @ {placement.name}"
     if isinstance(target, ServerTarget):
         parts = [server_name or strip_credentials(target.url), target.api] + ([f"{precision} vectors"] if precision != "float32" else [])
         return " · ".join(parts)
@@ -276,14 +291,17 @@ def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: st
     return _label(target.model, target.backend, [weights], target.device, target.truncate_dim, precision)
 
 
-def _cell_id(target: LocalTarget | ServerTarget, precision: str, spec: MatrixSpec) -> str:
+def _cell_id(target: LocalTarget | ServerTarget, precision: str, spec: MatrixSpec, placement: Placement | None = None) -> str:
     # What makes a cell a different measurement; the folder's paths do not.
-    ident = {"target": target.model_dump(mode="json"), "precision": precision, "cost": spec.cost, "cost_input": spec.cost_input, "text": spec.text,
-             "loops": spec.loops, "batch": spec.batch_size, "tasks": list(spec.tasks), "data_dir": spec.data_dir, "top_k": spec.top_k}
+    ident: dict[str, Any] = {"target": target.model_dump(mode="json"), "precision": precision, "cost": spec.cost, "cost_input": spec.cost_input,
+                             "text": spec.text, "loops": spec.loops, "batch": spec.batch_size, "tasks": list(spec.tasks),
+                             "data_dir": spec.data_dir, "top_k": spec.top_k}
+    if placement is not None:  # only when pinned, so that the cells of every matrix made before keep their ids
+        ident["placement"] = placement.model_dump(mode="json")
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
-def _machine_refusal(target: LocalTarget, have_cuda: bool) -> str | None:
+def _machine_refusal(target: LocalTarget, have_cuda: bool, where: str = "this machine") -> str | None:
     """What this machine cannot run, known before any cell starts (no torch import: NVML and the extras' presence)."""
     import importlib.util
     import platform
@@ -294,7 +312,7 @@ def _machine_refusal(target: LocalTarget, have_cuda: bool) -> str | None:
             return f"the {target.backend} backend needs the optional packages: pip install 'embprof[backends]'"
     base = target.device.split(":", 1)[0]
     if base == "cuda" and not have_cuda:
-        return f"{target.device}: no NVIDIA GPU on this machine"
+        return f"{target.device}: no NVIDIA GPU on {where}"
     if base == "mps" and platform.system() != "Darwin":
         return "mps: Apple's GPU exists only on macOS"
     return None
@@ -309,19 +327,24 @@ def _have_cuda() -> bool:
         return False
 
 
-def expand(spec: MatrixSpec, folder: Path) -> Expansion:
-    """The cells of a matrix in run order, and every combination dropped with its reason."""
+def expand(spec: MatrixSpec, folder: Path, have_cuda: bool | None = None, where: str = "this machine") -> Expansion:
+    """The cells of a matrix in run order, and every combination dropped with its reason.
+
+    ``have_cuda``: whether CUDA cells can run at all; None: this machine's NVIDIA GPUs say (a Ray
+    cluster's driver passes whether any node of the cluster has a GPU)."""
     out = Expansion()
-    have_cuda = _have_cuda() if any(d.startswith("cuda") for d in spec.devices) else False
+    if have_cuda is None:
+        have_cuda = _have_cuda() if any(d.startswith("cuda") for d in spec.devices) else False
+    placements = {p.name: p for p in spec.placements}
     by_model: dict[str, list[Cell]] = {}
     references: dict[str, Cell] = {}
     seen: set[str] = set()
 
-    combos: list[tuple[str | None, str, str, str, str, int | None, str, str]] = []
+    combos: list[tuple[str | None, str, str, str, str, int | None, str, str, str | None]] = []
 
     def add(target: LocalTarget | ServerTarget, precision: str, key: str, *, reference: bool = False,
-            server_name: str | None = None, added: str | None = None) -> None:
-        cid = _cell_id(target, precision, spec)
+            server_name: str | None = None, added: str | None = None, placement: Placement | None = None) -> None:
+        cid = _cell_id(target, precision, spec, placement)
         if cid in seen:
             return
         seen.add(cid)
@@ -331,9 +354,9 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
                       tasks=spec.tasks, data_dir=spec.data_dir, results_dir=str(folder / "results" / cid),
                       precision=precision,  # type: ignore[arg-type]
                       reference=None if reference else ref_path, write_reference=ref_path if reference else None,
-                      top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
+                      top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s, placement=placement)
         plan = RunPlan(target=target, workload=cp, recording=Recording(sample_hz=spec.sample_hz))
-        cell = Cell(cid, label_of(target, precision, server_name), key, plan, reference=reference, added=added)
+        cell = Cell(cid, label_of(target, precision, server_name, placement), key, plan, reference=reference, added=added)
         if reference:
             references[key] = cell
         else:
@@ -349,8 +372,11 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
         if key in references:
             return
         target = reference_target(model)
-        asked = any(c[0] == model and c[1] == target.device and c[2:7] == ("float32", "torch", "none", None, "float32") for c in combos)
-        add(target, "float32", key, reference=True, added=None if asked else why)
+        # Pinned matrices pin their references too, to the first placement: the cells run nowhere else.
+        first = spec.placements[0] if spec.placements else None
+        asked = any(c[0] == model and c[1] == target.device and c[2:7] == ("float32", "torch", "none", None, "float32")
+                    and c[8] == (first.name if first else None) for c in combos)
+        add(target, "float32", key, reference=True, added=None if asked else why, placement=first)
 
     if spec.cells:
         for chosen in spec.cells:
@@ -358,12 +384,14 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
             combos.append((_model_arg(str(m)), str(chosen.get("device", spec.devices[0])), str(chosen.get("dtype", spec.dtypes[0])),
                            str(chosen.get("backend", spec.backends[0])), str(chosen.get("quantize", spec.quantize[0])),
                            chosen.get("truncate_dim", spec.truncate_dims[0]), str(chosen.get("precision", spec.precisions[0])),
-                           str(chosen.get("quantize_mode", spec.quantize_mode))))
+                           str(chosen.get("quantize_mode", spec.quantize_mode)),
+                           chosen.get("placement", spec.placements[0].name if spec.placements else None)))
     else:
-        for model_name, device, dtype_, backend_, quant_, dim_, precision_ in itertools.product(
-                spec.models, spec.devices, spec.dtypes, spec.backends, spec.quantize, spec.truncate_dims, spec.precisions):
-            combos.append((_model_arg(model_name), device, dtype_, backend_, quant_, dim_, precision_, spec.quantize_mode))
-    for model, device, dtype, backend, quant, dim, precision, mode in combos:
+        place_names: list[str | None] = [p.name for p in spec.placements] or [None]
+        for model_name, device, dtype_, backend_, quant_, dim_, precision_, place in itertools.product(
+                spec.models, spec.devices, spec.dtypes, spec.backends, spec.quantize, spec.truncate_dims, spec.precisions, place_names):
+            combos.append((_model_arg(model_name), device, dtype_, backend_, quant_, dim_, precision_, spec.quantize_mode, place))
+    for model, device, dtype, backend, quant, dim, precision, mode, place in combos:
         key = model_key(model)
         ensure_reference(model, "added: the float32 torch reference that the other cells' agreement is measured against")
         probe = {"model": model, "device": device, "dtype": dtype, "backend": backend, "quantize": quant, "truncate_dim": dim}
@@ -378,11 +406,12 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
             out.dropped.append(Dropped(_probe_label(probe, precision),
                                        f"{one_line(field_name)} {one_line(first.get('input'))!s}: {one_line(first.get('msg', 'invalid'))}"))
             continue
-        why = _machine_refusal(target, have_cuda)
+        placement = placements[place] if place is not None else None
+        why = _machine_refusal(target, have_cuda, where)
         if why:
-            out.dropped.append(Dropped(label_of(target, precision), why))
+            out.dropped.append(Dropped(label_of(target, precision, placement=placement), why))
             continue
-        add(target, precision, key)
+        add(target, precision, key, placement=placement)
     for server in spec.servers:
         try:
             server_target = ServerTarget(url=server.url, api=server.api, server_model=server.server_model, api_key_env=server.api_key_env,
@@ -396,7 +425,7 @@ def expand(spec: MatrixSpec, folder: Path) -> Expansion:
             key = model_key(model)
         else:
             key = "server-" + hashlib.sha1(strip_credentials(server.url).encode()).hexdigest()[:6]
-        for server_precision in spec.precisions:
+        for server_precision in spec.precisions:  # a server is where it is: placements pin local cells only
             add(server_target, server_precision, key, server_name=server.name)
     # References first: every other cell of their model needs their vectors. Then one cell of each
     # model in turn, so drift over the run is spread across models instead of landing on the last.
@@ -540,7 +569,28 @@ def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
 def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool,
                 cancel: Callable[[], bool], ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
     (folder / "cells").mkdir(exist_ok=True)
-    exp = expand(spec, folder)
+    check_placements(spec, ray_address)
+    ray_run = None
+    if ray_address is not None:
+        from .ray_cells import RayRun
+
+        ray_run = RayRun(ray_address, folder, ray_cpus)
+        try:
+            cluster = ray_run.survey()  # before expanding: the cluster's GPUs decide which CUDA cells can run, not this machine's
+        except BaseException:
+            ray_run.close()
+            raise
+    try:
+        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=ray_run,
+                          have_cuda=None if ray_run is None else cluster.has_gpu)
+    finally:
+        if ray_run is not None:
+            ray_run.close()
+
+
+def _run_cells(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool, cancel: Callable[[], bool],
+               ray_run: Any, have_cuda: bool | None) -> Manifest:
+    exp = expand(spec, folder) if ray_run is None else expand(spec, folder, have_cuda=have_cuda, where="any node of the Ray cluster")
     previous = read_manifest(folder).exports if (folder / "matrix.json").is_file() else {}
     exports: dict[str, Any] = dict(previous)
     write_manifest(folder, spec, exp, exports)
@@ -561,17 +611,15 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
     if not todo:
         manifest.rows = list(table.values())
         return manifest
-    if ray_address is not None:
+    if ray_run is not None:
         # On a cluster each cell runs where Ray places it: an exported graph a worker lacks is built in the
         # cell's own process, in an "export" phase of its own (still apart from its load time).
-        from .ray_cells import run_cells
-
         def done(c: Cell) -> None:
             i = exp.cells.index(c)
             table[c.cell_id] = row_of(folder, c, exports, i)
             listener(MatrixEvent("end", c.cell_id, c.label, i + 1, total, row=table[c.cell_id]))
 
-        run_cells(ray_address, folder, todo, exp.cells, listener, cancel, done, ray_cpus)
+        ray_run.run(todo, exp.cells, listener, cancel, done)
         manifest.rows = list(table.values())
         return manifest
     try:
@@ -601,6 +649,13 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
         raise MatrixInterrupted() from None
     manifest.rows = list(table.values())
     return manifest
+
+
+def check_placements(spec: MatrixSpec, ray_address: str | None) -> None:
+    """A pinned cell has nowhere to run on one machine: refused before anything starts, not run unpinned."""
+    if ray_address is None and spec.placements:
+        raise UserError(f"the matrix pins cells to placements ({', '.join(one_line(p.name) for p in spec.placements)}), which only a "
+                        "Ray cluster can honour: run it with --ray")
 
 
 def _phase_reporter(listener: MatrixListener, cell: Cell, index: int, total: int) -> Callable[[str], None]:

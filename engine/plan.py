@@ -469,6 +469,43 @@ class TrainPlan(_Plan):
 PRECISIONS = ("float32", "int8", "binary")
 
 
+class Placement(_Plan):
+    """Where on a Ray cluster a matrix cell may run: a named host or GPU type, pinned by Ray resources.
+
+    ``resources`` are the node's custom resources (``ray start --resources '{"host-a": 1}'``), asked for
+    in the amounts given; ``accelerator_type`` is the GPU type Ray labels its nodes with (``H100``,
+    ``A100``…). Only a cluster can honour a placement: a local matrix refuses one."""
+
+    name: str
+    resources: dict[str, float] = Field(default_factory=dict)
+    accelerator_type: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Placement:
+        check_text(self.name, "a placement's name")
+        if not self.name.strip() or any(c in self.name for c in "/\\\n"):
+            raise UserError(f"a placement's name is a short word, not '{_shown(self.name)}'")
+        for key, amount in self.resources.items():
+            check_text(key, f"placement '{self.name}''s resource")
+            if key in ("CPU", "GPU", "memory", "object_store_memory") or key.startswith("accelerator_type:"):
+                raise UserError(f"placement '{_shown(self.name)}': '{_shown(key)}' is set by the matrix itself; "
+                                "a placement names custom resources or accelerator_type")
+            if not (amount > 0) or amount > 1e6:
+                raise UserError(f"placement '{_shown(self.name)}': resource '{_shown(key)}' needs an amount above 0, not {amount}")
+        if self.accelerator_type is not None:
+            check_text(self.accelerator_type, f"placement '{self.name}''s accelerator_type")
+        if not self.resources and not self.accelerator_type:
+            raise UserError(f"placement '{_shown(self.name)}' pins nothing: give it resources or an accelerator_type")
+        return self
+
+    def ray_needs(self) -> dict[str, float]:
+        """The resources Ray places by: the custom ones, and the accelerator as Ray names it."""
+        needs = dict(self.resources)
+        if self.accelerator_type:
+            needs[f"accelerator_type:{self.accelerator_type}"] = 0.001  # what Ray's own accelerator_type option asks for
+        return needs
+
+
 class CellPlan(_Plan):
     """One cell of a matrix: the cost of a stated encode and the quality of the same target's
     embeddings (mteb main scores, agreement with the reference cell), in one process."""
@@ -487,6 +524,7 @@ class CellPlan(_Plan):
     write_reference: str | None = None  # this cell is the reference: its float embeddings go here
     top_k: int = 3
     energy_min_window_s: float = 1.0
+    placement: Placement | None = None  # pinned to a host or GPU type of a Ray cluster; None: anywhere
 
     @model_validator(mode="after")
     def _check(self) -> CellPlan:

@@ -8,6 +8,7 @@ socket table taken inside it at the end is checked for any other address.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -53,18 +54,22 @@ def spec_file(tmp: Path) -> Path:
     return spec
 
 
-def in_namespace(body: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def in_namespace(body: str, cwd: Path, timeout: float = 600, env: str = "RAY_AUTH_MODE=disabled",
+                 start: str = "") -> subprocess.CompletedProcess[str]:
     """``body`` run by bash in a fresh network namespace (only lo, brought up) and a PID namespace of its own
     (so that `ray stop` there stops this cluster and no other), with a Ray head node started on 127.0.0.1
     for it and stopped after it. Ray's files go to a short folder of their own (its socket paths must
-    stay under the kernel's 107 characters)."""
+    stay under the kernel's 107 characters); the workers' temporary files (a killed cell's folder
+    among them) to one inside the test's. ``env``: more variables for the cluster and the driver;
+    ``start``: more options for `ray start`."""
     ray_tmp = tempfile.mkdtemp(prefix="er", dir="/tmp")
+    (cwd / "tmp").mkdir(exist_ok=True)
     script = f"""
 set -e
 ip link set lo up
-export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled HF_HUB_OFFLINE=1 PATH="{BIN}:$PATH"
+export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 PATH="{BIN}:$PATH" TMPDIR="{cwd / 'tmp'}" {env}
 ray start --head --node-ip-address=127.0.0.1 --port={PORT} --num-cpus=2 --num-gpus=0 --include-dashboard=false \\
-  --disable-usage-stats --temp-dir={ray_tmp} > ray-start.log 2>&1
+  --disable-usage-stats --temp-dir={ray_tmp} {start} > ray-start.log 2>&1
 trap 'ss -tanH > sockets.txt; ray stop --force > /dev/null 2>&1' EXIT
 {body}
 """
@@ -152,30 +157,51 @@ def test_a_matrix_on_ray_equals_the_local_one_but_for_timings_and_hosts(tmp_path
 
 
 @needs_cluster
-def test_a_worker_killed_mid_cell_is_retried_once_and_the_snapshot_says_so(tmp_path: Path) -> None:
+def test_a_worker_killed_mid_cell_is_retried_once_and_a_cell_killed_twice_fails_alone(tmp_path: Path) -> None:
+    """Two real kills of a cell's Ray worker (SIGKILL, as a lost node would end it): the first cell to run
+    loses its worker on both attempts, and a later cell loses it once. Each cell's process is found by
+    the cell id in its folder's name; its parent is the worker."""
     spec = spec_file(tmp_path)
     exe = embprof_exe()
     body = f"""
 {exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err &
 MATRIX=$!
-for i in $(seq 1 600); do grep -q "vectors on " ray.err 2>/dev/null && break; sleep 0.2; done
-sleep 1
-pgrep -f "^ray::run_cell_in_worker" > killed.txt
-pkill -9 -o -f "^ray::run_cell_in_worker"
+set +e
+cell_of() {{ tr '\\0' ' ' < /proc/$1/cmdline 2>/dev/null | sed -E 's/.*embprof-ray-([0-9a-f]+)-.*/\\1/'; }}
+find_cell() {{  # a running cell's process, of cell $1 or (with !) of any other cell, not pid $2
+  for i in $(seq 1 900); do
+    for p in $(pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc [^ ]*/embprof-ray-"); do
+      c=$(cell_of $p); [ "$p" = "$2" ] && continue
+      case "$c" in ""|*[!0-9a-f]*) continue;; esac  # gone (a zombie's command line is empty) or not a cell
+      if [ "${{1#!}}" = "$1" ]; then [ "$c" = "$1" ] && {{ echo $p; return; }}; else [ "$c" != "${{1#!}}" ] && {{ echo $p; return; }}; fi
+    done; sleep 0.2
+  done
+}}
+kill_worker() {{ sleep 1; kill -9 $(ps -o ppid= -p $1); }}
+P=$(find_cell '!none' 0); TWICE=$(cell_of $P); echo $TWICE > twice.txt; kill_worker $P
+P2=$(find_cell $TWICE $P); kill_worker $P2
+P3=$(find_cell "!$TWICE" 0); cell_of $P3 > once.txt; kill_worker $P3
 wait $MATRIX
+echo $? > status.txt
 """
     run = in_namespace(body, tmp_path)
-    assert run.returncode == 0, run.stderr + (tmp_path / "ray.err").read_text()
-    assert (tmp_path / "killed.txt").read_text().strip(), "no cell's worker was running to be killed"
+    err = (tmp_path / "ray.err").read_text()
+    assert run.returncode == 0, run.stderr + err
+    assert (tmp_path / "status.txt").read_text().strip() == "1", err  # one cell failed: the matrix says so
+    twice, once = (tmp_path / "twice.txt").read_text().strip(), (tmp_path / "once.txt").read_text().strip()
+    assert twice and once and twice != once, (twice, once)
     from embprof.engine.snapshot import load
 
     folder = tmp_path / "ray"
     rows_ = table(folder)
-    assert all(r["status"] == "ok" for r in rows_.values()), rows_
-    retried = [cid for cid in rows_ if load(folder / "cells" / f"{cid}.json").environment["ray"]["retried"]]
-    assert len(retried) == 1
-    assert load(folder / "cells" / f"{retried[0]}.json").environment["ray"]["attempt"] == 2
-    assert "attempt 2: retried" in (tmp_path / "ray.err").read_text()
+    assert rows_[twice]["status"] == "failed" and "died twice" in str(rows_[twice]["reason"]), rows_[twice]
+    # The others went on: every other cell finished, the one killed once on its second attempt.
+    assert all(r["status"] == "ok" for cid, r in rows_.items() if cid != twice), rows_
+    attempts = {cid: load(folder / "cells" / f"{cid}.json").environment["ray"] for cid in rows_ if cid != twice}
+    assert attempts[once]["attempt"] == 2 and attempts[once]["retried"] is True
+    assert all(a["attempt"] == 1 and a["retried"] is False for cid, a in attempts.items() if cid != once)
+    assert err.count("attempt 2: retried") == 2
+    assert "Traceback" not in err
     only_loopback(tmp_path / "sockets.txt")
 
 
@@ -249,3 +275,207 @@ def test_a_cell_run_beside_a_busy_process_says_so_in_the_report(tmp_path: Path) 
     rows_ = [MatrixRow.model_validate(r) for r in table(tmp_path / "m").values()]
     tables = {t.name: t for t in matrix_tables(rows_, frontiers(rows_), read_manifest(tmp_path / "m").dropped)}
     assert tables["beside-other-work"].rows[0][2] == row["beside"]
+
+
+@needs_cluster
+def test_ctrl_c_cancels_what_is_outstanding_and_keeps_what_finished(tmp_path: Path) -> None:
+    spec = spec_file(tmp_path)
+    exe = embprof_exe()
+    # Job control on: a non-interactive shell starts a background command with SIGINT ignored.
+    body = f"""
+set -m
+{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err &
+MATRIX=$!
+for i in $(seq 1 900); do grep -q "status ok" ray.err 2>/dev/null && break; sleep 0.2; done
+kill -INT $MATRIX
+set +e
+wait $MATRIX
+echo $? > status.txt
+sleep 3
+pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc " > left.txt
+true
+"""
+    run = in_namespace(body, tmp_path)
+    assert run.returncode == 0, run.stderr
+    err = (tmp_path / "ray.err").read_text()
+    assert (tmp_path / "status.txt").read_text().strip() == "130", err
+    assert "interrupted" in err and "the finished cells are kept" in err
+    assert (tmp_path / "left.txt").read_text().strip() == "", "a cancelled cell's process outlived the matrix"
+    rows_ = table(tmp_path / "ray")
+    done = [cid for cid, r in rows_.items() if r["status"] == "ok"]
+    assert 1 <= len(done) < 4, rows_
+    # The same command again submits only the cells that have no finished snapshot.
+    again = in_namespace(f"{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > again.out 2> again.err", tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again.err").read_text().count("finished in an earlier run") == len(done)
+    assert all(r["status"] == "ok" for r in table(tmp_path / "ray").values())
+
+
+PINNED = """
+[[placements]]
+name = "pinned"
+resources = { "embprof-pin" = 1 }
+
+[[placements]]
+name = "nowhere"
+resources = { "embprof-absent" = 1 }
+
+[[placements]]
+name = "h100"
+accelerator_type = "H100"
+"""
+
+
+@needs_cluster
+def test_pinned_cells_run_where_pinned_and_a_token_cluster_keeps_its_token(tmp_path: Path) -> None:
+    """A cluster with token authentication and a custom resource on its node: the cell pinned to that
+    resource runs there; the cells pinned to a resource or GPU type no node has fail at once (Ray would
+    queue them for ever); a driver without the token is told so in one sentence; the token is in no
+    file or output."""
+    token = "embprof-test-" + secrets.token_hex(16)
+    spec = spec_file(tmp_path)
+    spec.write_text(spec.read_text().replace('precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', "") + PINNED)
+    exe = embprof_exe()
+    body = f"""
+set +e
+(unset RAY_AUTH_TOKEN; {exe} matrix --spec {spec} -o m --ray 127.0.0.1:{PORT} > notoken.out 2> notoken.err; echo $? > notoken.txt)
+{exe} matrix --spec {spec} -o m --ray 127.0.0.1:{PORT} > ray.out 2> ray.err
+echo $? > status.txt
+"""
+    run = in_namespace(body, tmp_path, env=f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}", start="--resources='{\"embprof-pin\": 2}'")
+    err = (tmp_path / "ray.err").read_text()
+    assert run.returncode == 0, run.stderr + err + (tmp_path / "ray-start.log").read_text()
+    refused = (tmp_path / "notoken.err").read_text()
+    assert (tmp_path / "notoken.txt").read_text().strip() == "2", refused
+    assert refused.strip().splitlines()[-1].startswith("embprof: error: the Ray cluster at '127.0.0.1:6399' asks for a token"), refused
+    assert "Traceback" not in refused
+    assert (tmp_path / "status.txt").read_text().strip() == "1", err  # two cells could not run: the matrix says so
+    rows_ = {r["label"].rsplit(" @ ", 1)[1]: r for r in table(tmp_path / "m").values()}
+    assert sorted(rows_) == ["h100", "nowhere", "pinned"]
+    assert rows_["pinned"]["status"] == "ok" and rows_["pinned"]["reference"] is True
+    assert rows_["nowhere"]["status"] == "failed"
+    assert rows_["nowhere"]["reason"] == "no node of the Ray cluster has the resource 'embprof-absent' (1)"
+    assert rows_["h100"]["status"] == "failed" and rows_["h100"]["reason"] == "no node of the Ray cluster has a GPU of type H100"
+    from embprof.engine.snapshot import load
+
+    env = load(tmp_path / "m" / "cells" / f"{rows_['pinned']['cell_id']}.json").environment
+    assert env["ray"]["placement"] == "pinned" and env["ray"]["attempt"] == 1
+    # The token: in the cluster's and the driver's environment only, never written by embprof.
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.name != "ray-start.log":
+            assert token.encode() not in f.read_bytes(), f
+    assert token not in run.stdout + run.stderr
+    only_loopback(tmp_path / "sockets.txt")
+
+
+def test_a_pinned_matrix_is_refused_without_a_cluster(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.toml"
+    spec.write_text('tasks = ["STS16"]\n' + PINNED)
+    run = subprocess.run([embprof_exe(), "matrix", "--spec", str(spec), "-o", "m"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.strip() == ("embprof: error: the matrix pins cells to placements (pinned, nowhere, h100), which only a Ray "
+                                  "cluster can honour: run it with --ray")
+    assert not (tmp_path / "m" / "cells").exists() or not any((tmp_path / "m" / "cells").iterdir())
+    listed = subprocess.run([embprof_exe(), "matrix", "--spec", str(spec), "-o", "m", "--list-cells"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split(" @ ")[1].split()[0] for line in listed.stdout.splitlines() if " @ " in line] == ["pinned", "nowhere", "h100"]
+
+
+DASHBOARD = '''
+import asyncio, functools, json, sys
+from pathlib import Path
+
+from textual.widgets import DataTable
+
+from embprof.engine.matrix import load_spec, run_matrix
+from embprof.tui.matrix_app import MatrixApp
+
+
+async def main() -> None:
+    spec, folder, address = load_spec(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    app = MatrixApp(spec, folder, runner=functools.partial(run_matrix, ray_address=address))
+    seen: dict[str, list[str]] = {}
+    async with app.run_test(size=(180, 50)) as pilot:
+        for _ in range(3000):
+            await pilot.pause(0.1)
+            table = app.query_one("#matrix-table", DataTable)
+            for key in table.rows:
+                text = table.get_cell(key, "status").plain
+                states = seen.setdefault(str(key.value), [])
+                if not states or states[-1] != text:
+                    states.append(text)
+            if app.outcome is not None:
+                break
+        outcome = app.outcome
+    json.dump({"outcome": outcome.kind if outcome else None, "message": outcome.message if outcome else None, "seen": seen,
+               "exit": app.exit_code()}, sys.stdout)
+
+
+asyncio.run(main())
+'''
+
+
+@needs_cluster
+def test_the_dashboard_runs_a_matrix_on_the_cluster_and_shows_where_each_cell_runs(tmp_path: Path) -> None:
+    """The Matrix view, driven by Textual's own pilot, on a real cluster: every cell is seen queued, then
+    running on the node's host, then done; the table's cells are the snapshots saved."""
+    spec = spec_file(tmp_path)
+    spec.write_text(spec.read_text().replace('dtype = ["float32", "bfloat16"]\n', ""))
+    (tmp_path / "dashboard.py").write_text(DASHBOARD)
+    run = in_namespace(f"{sys.executable} dashboard.py {spec} m 127.0.0.1:{PORT} > seen.json 2> dashboard.err", tmp_path)
+    assert run.returncode == 0, run.stderr + (tmp_path / "dashboard.err").read_text()
+    import json
+    import socket
+
+    result = json.loads((tmp_path / "seen.json").read_text())
+    assert result["outcome"] == "done" and result["exit"] == 0, result
+    rows_ = table(tmp_path / "m")
+    assert sorted(result["seen"]) == sorted(rows_) and len(rows_) == 2
+    host = socket.gethostname()
+    for cid, states in result["seen"].items():
+        assert any(s.startswith("queued") for s in states), states
+        assert any(s.startswith(f"running on {host}") for s in states), states
+        assert any(s.startswith(f"running on {host} · Encoding") for s in states), states  # the host stays beside each phase
+        assert states[-1] == "ok" == rows_[cid]["status"], states
+    only_loopback(tmp_path / "sockets.txt")
+
+
+@needs_cluster
+def test_a_cluster_lost_mid_matrix_is_one_sentence_and_keeps_the_finished_cells(tmp_path: Path) -> None:
+    """The head node stopped (every Ray process of the namespace killed) once the first cell has finished:
+    the driver says so in one sentence and exits 1, the finished cell's snapshot is whole, and the same
+    command on a new cluster runs only the rest."""
+    spec = spec_file(tmp_path)
+    exe = embprof_exe()
+    body = f"""
+set +e
+{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err &
+MATRIX=$!
+for i in $(seq 1 900); do grep -q "status ok" ray.err 2>/dev/null && break; sleep 0.2; done
+ray stop --force > /dev/null 2>&1
+date +%s.%N > stopped.txt
+wait $MATRIX
+echo $? > status.txt
+date +%s.%N > ended.txt
+pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc " > left.txt
+true
+"""
+    run = in_namespace(body, tmp_path)
+    assert run.returncode == 0, run.stderr
+    err = (tmp_path / "ray.err").read_text()
+    assert (tmp_path / "status.txt").read_text().strip() == "1", err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("embprof: error: the Ray cluster stopped answering (") and last.endswith(
+        "the finished cells are kept: run the same matrix again to go on"), err
+    assert "Traceback" not in err
+    waited = float((tmp_path / "ended.txt").read_text()) - float((tmp_path / "stopped.txt").read_text())
+    assert (tmp_path / "left.txt").read_text().strip() == "", "a cell's process outlived its cluster"
+    done = [cid for cid, r in table(tmp_path / "ray").items() if r["status"] == "ok"]
+    assert len(done) >= 1, err
+    again = in_namespace(f"{exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > again.out 2> again.err", tmp_path)
+    assert again.returncode == 0, again.stderr + (tmp_path / "again.err").read_text()
+    assert (tmp_path / "again.err").read_text().count("finished in an earlier run") == len(done)
+    assert all(r["status"] == "ok" for r in table(tmp_path / "ray").values())
+    print(f"the driver said the cluster was lost {waited:.1f} s after the head stopped")

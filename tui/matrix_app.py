@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from embprof.engine.errors import UserError
+from embprof.engine.ray_cells import ClusterLost  # no Ray import: that happens only when a matrix runs with --ray
 from embprof.engine.frontier import frontiers
 from embprof.engine.matrix import (
     Manifest,
@@ -200,6 +201,7 @@ class MatrixApp(App[int]):
         self._stop = threading.Event()
         self.order: list[str] = []  # cell ids in run order, as the table shows them
         self.labels: dict[str, str] = {}
+        self.where: dict[str, str] = {}  # on a cluster: "on HOST" for each cell that started there
         self.reference: dict[str, bool] = {}
         self.done: dict[str, MatrixRow] = {}  # cells that ended (or had ended in an earlier run)
         self.running: str | None = None
@@ -276,7 +278,7 @@ class MatrixApp(App[int]):
             self.runner(self.spec, self.folder, self._listener, retry_failed=self.retry_failed, cancel=self._stop.is_set)
         except MatrixInterrupted:
             return Outcome("stopped")
-        except UserError as exc:  # bad input found before any cell ran: one sentence, as headless says it
+        except (UserError, ClusterLost) as exc:  # bad input, or a cluster gone mid-matrix: one sentence, as headless says it
             return Outcome("error", str(exc))
         return Outcome("done")
 
@@ -304,17 +306,22 @@ class MatrixApp(App[int]):
             log.write_line(f"export: {e.text}" + (f" (for {e.label})" if e.label else ""))
         elif e.kind == "queued":
             self._ensure_row(e.cell_id, e.label)
-            self._set_status_cell(e.cell_id, Text("queued", style="dim"))
+            # On a cluster: queued there, or held until its reference cell has finished.
+            waits = e.text not in ("", "queued on the cluster")
+            self._set_status_cell(e.cell_id, Text(f"queued · {_cut(e.text, PHASE_MAX)}" if waits else "queued", style="dim"))
         elif e.kind == "start":
             self.exporting = None
             self._ensure_row(e.cell_id, e.label)
             self.running, self.phase = e.cell_id, ""
-            # On a cluster: where it runs, and whether this is a retry.
+            # On a cluster: where it runs, and whether this is a retry (kept beside each phase that follows).
+            self.where[e.cell_id] = e.text.split(" (", 1)[0] if e.text.startswith("on ") else ""
             self._set_status_cell(e.cell_id, Text(f"running {_cut(e.text, PHASE_MAX)}".strip(), style=STATUS_STYLE["running"]))
         elif e.kind == "phase":
             self._ensure_row(e.cell_id, e.label)
             self.running, self.phase = e.cell_id, e.text
-            self._set_status_cell(e.cell_id, Text(f"running · {_cut(e.text, PHASE_MAX)}", style=STATUS_STYLE["running"]))
+            where = self.where.get(e.cell_id, "")
+            self._set_status_cell(e.cell_id, Text(f"running {_cut(where, PHASE_MAX)} · {_cut(e.text, PHASE_MAX)}" if where else
+                                                  f"running · {_cut(e.text, PHASE_MAX)}", style=STATUS_STYLE["running"]))
         elif e.kind in ("end", "skip"):
             if e.kind == "skip":
                 log.write_line(f"{e.label}: {e.text}" if e.text else f"{e.label}: skipped")

@@ -154,7 +154,8 @@ def spec_of(args: argparse.Namespace) -> Any:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from embprof.engine.matrix import MatrixInterrupted, expand, rows, run_matrix
+    from embprof.engine.matrix import MatrixInterrupted, check_placements, expand, rows, run_matrix
+    from embprof.engine.ray_cells import ClusterLost
 
     from . import shutdown
     from .console import error_console, output_console
@@ -175,6 +176,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         for n in exp.notes:
             out.print(f"  note: {n}", markup=False, soft_wrap=True)
         return 0
+    check_placements(spec, args.ray)
     if args.dashboard:
         from embprof.engine.errors import UserError
 
@@ -197,9 +199,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         except OSError:  # no terminal left (SIGHUP): the cells are on disk whatever happens here
             pass
         manifest, table_rows = rows(folder)
-    except Exception as exc:  # only the Ray path raises it; it is imported only with --ray
-        if exc.__class__.__name__ != "ClusterLost":
-            raise
+    except ClusterLost as exc:  # only with --ray: the cluster went away mid-matrix
         interrupted, lost = False, str(exc)
         manifest, table_rows = rows(folder)
     print_tables(out, manifest, table_rows)
