@@ -176,6 +176,9 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     gpus = [", ".join(g.get("name", "") for g in s.environment.get("gpus", [])) or "none" for s in snaps]
     if len(set(gpus)) > 1:
         env.rows.append(["GPU", *gpus])
+    where = [_ray_where(s.environment.get("ray")) for s in snaps]
+    if len(set(where)) > 1:  # a matrix cell run on a Ray cluster: which node, GPUs, placement and attempt
+        env.rows.append(["Ray", *where])
     for key in TARGET_KEYS:
         tvals = [getattr(s.target, key) for s in snaps]
         if len({str(v) for v in tvals}) > 1:
@@ -195,6 +198,19 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
         env.rows.append(["(nothing: same machine, libraries and settings)", *["" for _ in snaps]])
     tables.append(env)
     return tables
+
+
+def _ray_where(ray: Any) -> str:
+    if not isinstance(ray, dict):
+        return "not on Ray"
+    parts = [f"node {str(ray.get('node_id') or '?')[:12]}"]
+    if ray.get("gpu_ids"):
+        parts.append("GPU " + ",".join(str(g) for g in ray["gpu_ids"]))
+    if ray.get("placement"):
+        parts.append(f"placement {ray['placement']}")
+    if ray.get("cpus"):
+        parts.append(f"{ray['cpus']} CPUs")
+    return ", ".join(parts) + (f" (attempt {ray.get('attempt')}: retried)" if ray.get("retried") else "")
 
 
 def _training_table(snaps: list[Snapshot], letters: list[str]) -> Table:

@@ -373,7 +373,7 @@ def _save(ray: Any, ref: Any, cell: Any, out: Path, crash: Path, seconds: float)
     why = lines[-1].removeprefix("embprof: error: ") if lines else f"the cell's process exited with status {rc}"
     host = result.get("where", {}).get("host", "")
     data = {"cell_id": cell.cell_id, "returncode": rc, "reason": f"{why} (on {host})" if host else why, "seconds": seconds,
-            "oom": rc == -9}
+            "oom": rc == -9, "ray": result.get("where")}  # where it ran, as a snapshot would say it
     atomic_write_bytes(crash, json.dumps(data).encode("utf-8"))
     return vectors
 

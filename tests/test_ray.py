@@ -55,20 +55,21 @@ def spec_file(tmp: Path) -> Path:
 
 
 def in_namespace(body: str, cwd: Path, timeout: float = 600, env: str = "RAY_AUTH_MODE=disabled",
-                 start: str = "") -> subprocess.CompletedProcess[str]:
+                 start: str = "", gpus: int = 0) -> subprocess.CompletedProcess[str]:
     """``body`` run by bash in a fresh network namespace (only lo, brought up) and a PID namespace of its own
     (so that `ray stop` there stops this cluster and no other), with a Ray head node started on 127.0.0.1
     for it and stopped after it. Ray's files go to a short folder of their own (its socket paths must
     stay under the kernel's 107 characters); the workers' temporary files (a killed cell's folder
     among them) to one inside the test's. ``env``: more variables for the cluster and the driver;
-    ``start``: more options for `ray start`."""
+    ``start``: more options for `ray start`; ``gpus``: the GPUs the node says it has (Ray takes the
+    number as given: a node can offer one this machine lacks)."""
     ray_tmp = tempfile.mkdtemp(prefix="er", dir="/tmp")
     (cwd / "tmp").mkdir(exist_ok=True)
     script = f"""
 set -e
 ip link set lo up
 export RAY_USAGE_STATS_ENABLED=0 HF_HUB_OFFLINE=1 PATH="{BIN}:$PATH" TMPDIR="{cwd / 'tmp'}" {env}
-ray start --head --node-ip-address=127.0.0.1 --port={PORT} --num-cpus=2 --num-gpus=0 --include-dashboard=false \\
+ray start --head --node-ip-address=127.0.0.1 --port={PORT} --num-cpus=2 --num-gpus={gpus} --include-dashboard=false \\
   --disable-usage-stats --temp-dir={ray_tmp} {start} > ray-start.log 2>&1
 trap 'ss -tanH > sockets.txt; ray stop --force > /dev/null 2>&1' EXIT
 {body}
@@ -331,10 +332,15 @@ def test_pinned_cells_run_where_pinned_and_a_token_cluster_keeps_its_token(tmp_p
     """A cluster with token authentication and a custom resource on its node: the cell pinned to that
     resource runs there; the cells pinned to a resource or GPU type no node has fail at once (Ray would
     queue them for ever); a driver without the token is told so in one sentence; the token is in no
-    file or output."""
+    file or output.
+
+    The node also says it has one GPU, which this machine lacks: the CUDA cell is then a cell of the
+    matrix (the cluster's GPUs decide, not the driver's machine), is given the GPU by Ray, and fails
+    in its own process with its own reason."""
     token = "embprof-test-" + secrets.token_hex(16)
     spec = spec_file(tmp_path)
-    spec.write_text(spec.read_text().replace('precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', "") + PINNED)
+    spec.write_text('devices = ["cpu", "cuda"]\n' + spec.read_text().replace(
+        'precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', "") + PINNED)
     exe = embprof_exe()
     body = f"""
 set +e
@@ -342,7 +348,8 @@ set +e
 {exe} matrix --spec {spec} -o m --ray 127.0.0.1:{PORT} > ray.out 2> ray.err
 echo $? > status.txt
 """
-    run = in_namespace(body, tmp_path, env=f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}", start="--resources='{\"embprof-pin\": 2}'")
+    run = in_namespace(body, tmp_path, env=f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}", start="--resources='{\"embprof-pin\": 2}'",
+                       gpus=1)
     err = (tmp_path / "ray.err").read_text()
     assert run.returncode == 0, run.stderr + err + (tmp_path / "ray-start.log").read_text()
     refused = (tmp_path / "notoken.err").read_text()
@@ -350,16 +357,24 @@ echo $? > status.txt
     assert refused.strip().splitlines()[-1].startswith("embprof: error: the Ray cluster at '127.0.0.1:6399' asks for a token"), refused
     assert "Traceback" not in refused
     assert (tmp_path / "status.txt").read_text().strip() == "1", err  # two cells could not run: the matrix says so
-    rows_ = {r["label"].rsplit(" @ ", 1)[1]: r for r in table(tmp_path / "m").values()}
-    assert sorted(rows_) == ["h100", "nowhere", "pinned"]
-    assert rows_["pinned"]["status"] == "ok" and rows_["pinned"]["reference"] is True
-    assert rows_["nowhere"]["status"] == "failed"
-    assert rows_["nowhere"]["reason"] == "no node of the Ray cluster has the resource 'embprof-absent' (1)"
-    assert rows_["h100"]["status"] == "failed" and rows_["h100"]["reason"] == "no node of the Ray cluster has a GPU of type H100"
+    rows_ = {(r["device"], r["label"].rsplit(" @ ", 1)[1]): r for r in table(tmp_path / "m").values()}
+    assert sorted(rows_) == [(d, p) for d in ("cpu", "cuda") for p in ("h100", "nowhere", "pinned")]
+    assert rows_["cpu", "pinned"]["status"] == "ok" and rows_["cpu", "pinned"]["reference"] is True
+    for device in ("cpu", "cuda"):
+        assert rows_[device, "nowhere"]["status"] == "failed"
+        assert rows_[device, "nowhere"]["reason"] == "no node of the Ray cluster has the resource 'embprof-absent' (1)"
+        assert rows_[device, "h100"]["status"] == "failed"
+        assert rows_[device, "h100"]["reason"] == "no node of the Ray cluster has a GPU of type H100"
     from embprof.engine.snapshot import load
 
-    env = load(tmp_path / "m" / "cells" / f"{rows_['pinned']['cell_id']}.json").environment
-    assert env["ray"]["placement"] == "pinned" and env["ray"]["attempt"] == 1
+    env = load(tmp_path / "m" / "cells" / f"{rows_['cpu', 'pinned']['cell_id']}.json").environment
+    assert env["ray"]["placement"] == "pinned" and env["ray"]["attempt"] == 1 and env["ray"]["gpu_ids"] == []
+    cuda = rows_["cuda", "pinned"]
+    assert cuda["status"] == "failed" and "cuda" in str(cuda["reason"]).lower(), cuda  # the cell's own sentence, from its process
+    import json
+
+    crash = json.loads((tmp_path / "m" / "cells" / f"{cuda['cell_id']}.crash.json").read_text())
+    assert crash["ray"]["gpu_ids"] == ["0"] and crash["ray"]["attempt"] == 1  # Ray gave it the node's GPU
     # The token: in the cluster's and the driver's environment only, never written by embprof.
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.name != "ray-start.log":
@@ -479,3 +494,19 @@ true
     assert (tmp_path / "again.err").read_text().count("finished in an earlier run") == len(done)
     assert all(r["status"] == "ok" for r in table(tmp_path / "ray").values())
     print(f"the driver said the cluster was lost {waited:.1f} s after the head stopped")
+
+
+def test_compare_lists_where_each_cell_ran_on_the_cluster() -> None:
+    """Two cells from different nodes (or one from a cluster, one from here) are compared with that said."""
+    from test_report_typed import calls, snapshot, table
+
+    from embprof.engine.compare import compare_tables
+
+    a = snapshot(calls("", [10, 11, 12, 13], t0=10), run_id="a")
+    b = snapshot(calls("", [10, 11, 12, 13], t0=10), run_id="b")
+    ray = {"host": "gpu-7", "node_id": "f00dfeedbeef0123", "worker_id": "w", "pid": 1, "gpu_ids": ["3"], "attempt": 2, "retried": True,
+           "cpus": None, "placement": "h100"}
+    b = b.model_copy(update={"environment": {**b.environment, "ray": ray, "hostname": "gpu-7"}})
+    rows = {r[0]: r for r in table(compare_tables([a, b], ["a", "b"]), "compare-environment").rows}
+    assert rows["Ray"][1:] == ["not on Ray", "node f00dfeedbeef, GPU 3, placement h100 (attempt 2: retried)"]
+    assert rows["host"][2] == "gpu-7"
