@@ -157,6 +157,11 @@ def others_during_run(events: list[Any], gpus_before: list[dict[str, Any]] | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    tie = os.environ.pop("EMBPROF_TIE_TO_PARENT", None)  # a cell on a Ray worker: it dies with the worker
+    if tie and tie.isdigit():
+        from .ray_cells import tie_to_parent
+
+        tie_to_parent(signal.SIGKILL, int(tie))
     try:
         if len(args) == 2 and args[0] == "--export":
             return _export(args[1])

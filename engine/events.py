@@ -115,6 +115,7 @@ class RequestTimed:
     error: str = ""
     warmup: bool = False
     group: str = ""  # the kind of call it belongs to (see EncodeTimed)
+    lag_ns: int | None = None  # open-loop load: how late it was sent against its schedule (its duration counts from the schedule)
     kind: Literal["request_timed"] = "request_timed"
 
 

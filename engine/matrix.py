@@ -502,13 +502,14 @@ def finished(row: MatrixRow, retry_failed: bool = False) -> bool:
 class MatrixEvent:
     """What the matrix runner reports as it goes: a cell starts, shows a phase, ends; an export."""
 
-    kind: Literal["queued", "start", "phase", "end", "skip", "export", "note"]
+    kind: Literal["listed", "queued", "start", "phase", "end", "skip", "export", "note"]
     cell_id: str = ""
     label: str = ""
     index: int = 0
     total: int = 0
     text: str = ""
     row: MatrixRow | None = None
+    cells: tuple[tuple[str, str, bool], ...] = ()  # "listed": every cell (id, label, reference) in run order
 
 
 MatrixListener = Callable[[MatrixEvent], None]
@@ -576,7 +577,7 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
 
         ray_run = RayRun(ray_address, folder, ray_cpus)
         try:
-            cluster = ray_run.survey()  # before expanding: the cluster's GPUs decide which CUDA cells can run, not this machine's
+            cluster = ray_run.survey(cancel)  # before expanding: the cluster's GPUs decide which CUDA cells can run, not this machine's
         except BaseException:
             ray_run.close()
             raise
@@ -591,6 +592,8 @@ def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, ret
 def _run_cells(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool, cancel: Callable[[], bool],
                ray_run: Any, have_cuda: bool | None) -> Manifest:
     exp = expand(spec, folder) if ray_run is None else expand(spec, folder, have_cuda=have_cuda, where="any node of the Ray cluster")
+    # The cells as they will run (on a cluster its GPUs, not this machine's, decided which exist).
+    listener(MatrixEvent("listed", cells=tuple((c.cell_id, c.label, c.reference) for c in exp.cells)))
     previous = read_manifest(folder).exports if (folder / "matrix.json").is_file() else {}
     exports: dict[str, Any] = dict(previous)
     write_manifest(folder, spec, exp, exports)

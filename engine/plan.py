@@ -59,6 +59,7 @@ RAM_CEILING_MIB = (1.0, 16_777_216.0)
 REQUESTS = (1, 100_000_000)
 DURATION_S = (0.01, MAX_DURATION)
 CONCURRENCY = (1, MAX_LOAD_WORKERS)
+LOAD_PROCESSES = (1, 64)
 RATE = (0.001, 100_000.0)
 TOP_K = (1, 10_000)
 ENERGY_WINDOW_S = (0.001, 3_600.0)
@@ -361,6 +362,8 @@ class LoadPlan(_Plan):
     input: str | None = None
     prompt_name: str | None = None
     seed: int = 0
+    processes: int = 1  # load processes: each an event loop of its own (one is enough for thousands a second)
+    records: str | None = None  # a folder: each load process writes every request's times there (JSON lines)
 
     @model_validator(mode="before")
     @classmethod
@@ -385,8 +388,10 @@ class LoadPlan(_Plan):
         check_count(self.concurrency, CONCURRENCY, "--concurrency")
         check_number(self.rate, RATE, "--rate", "requests per second")
         check_count(self.batch, BATCH_SIZE, "--batch")
+        check_count(self.processes, LOAD_PROCESSES, "--load-processes")
         check_text(self.input, "--input")
         check_text(self.prompt_name, "--prompt-name")
+        check_text(self.records, "--records")
         return self
 
 
@@ -483,17 +488,25 @@ class Placement(_Plan):
     @model_validator(mode="after")
     def _check(self) -> Placement:
         check_text(self.name, "a placement's name")
-        if not self.name.strip() or any(c in self.name for c in "/\\\n"):
-            raise UserError(f"a placement's name is a short word, not '{_shown(self.name)}'")
+        # Names and resources reach labels, tables and the dashboard: printable text only.
+        if not self.name.strip() or any(c in self.name for c in "/\\") or not self.name.isprintable():
+            raise UserError(f"a placement's name is a short printable word, not '{_shown(self.name)}'")
         for key, amount in self.resources.items():
             check_text(key, f"placement '{self.name}''s resource")
-            if key in ("CPU", "GPU", "memory", "object_store_memory") or key.startswith("accelerator_type:"):
-                raise UserError(f"placement '{_shown(self.name)}': '{_shown(key)}' is set by the matrix itself; "
+            if not key.isprintable():
+                raise UserError(f"placement '{_shown(self.name)}': a resource's name is printable text, not '{_shown(key)}'")
+            if key in ("CPU", "GPU", "memory", "object_store_memory", "bundle") or key.startswith("accelerator_type:"):
+                raise UserError(f"placement '{_shown(self.name)}': '{_shown(key)}' is set by the matrix itself or by Ray; "
                                 "a placement names custom resources or accelerator_type")
-            if not (amount > 0) or amount > 1e6:
-                raise UserError(f"placement '{_shown(self.name)}': resource '{_shown(key)}' needs an amount above 0, not {amount}")
+            # Ray's own rules for an amount: at least 0.0001, and a whole number above 1.
+            if not (1e-4 <= amount <= 1e6) or (amount > 1 and amount != int(amount)):
+                raise UserError(f"placement '{_shown(self.name)}': resource '{_shown(key)}' takes an amount from 0.0001 to 1 or a "
+                                f"whole number, not {amount:g}")
         if self.accelerator_type is not None:
             check_text(self.accelerator_type, f"placement '{self.name}''s accelerator_type")
+            if not self.accelerator_type.isprintable():
+                raise UserError(f"placement '{_shown(self.name)}': accelerator_type is printable text, not "
+                                f"'{_shown(self.accelerator_type)}'")
         if not self.resources and not self.accelerator_type:
             raise UserError(f"placement '{_shown(self.name)}' pins nothing: give it resources or an accelerator_type")
         return self
@@ -709,7 +722,7 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
         take("input", "mode", "prompt_name", "batch_size", "warmups", "until_oom", target_ci_percent="target_ci",
              budget_s="budget", ram_ceiling_mib="ram_ceiling")
     elif workload == "load":
-        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", duration_s="duration")
+        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", duration_s="duration", processes="load_processes")
     elif workload == "train":
         if not get("train_file"):
             raise UserError("the train workload needs a training file: embprof train --train-file FILE, or the dashboard's form (n)")

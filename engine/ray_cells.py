@@ -174,18 +174,23 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | No
         writes_reference = bool(w.get("write_reference"))
         if writes_reference:
             w["write_reference"] = str(work / "written.npz")
+        # The cell's MTEB results are written here and sent back with its snapshot: the driver files them where
+        # a local matrix would, so that no storage needs to be shared with the workers.
+        w["results_dir"] = str(work / "results")
         plan_file, out = work / "plan.json", work / "snapshot.json"
         plan_file.write_text(json.dumps(plan), encoding="utf-8")
         # The cell's process needs nothing of the cluster's: its credentials stay with Ray.
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+        # When the worker dies (a node lost, a worker killed), so does the cell, rather than going on unwatched and
+        # measuring beside its own retry: the cell's process ties itself to this one as it starts (cellproc.main).
+        env[TIE_ENV] = str(os.getpid())
         if cpus is not None:
             env["OMP_NUM_THREADS"] = str(cpus)  # the threads the cell asked Ray for, not Ray's default of one
         else:
             env.pop("OMP_NUM_THREADS", None)
         with open(work / "stderr.txt", "w", encoding="utf-8") as err:
             proc = subprocess.Popen([sys.executable, "-m", "embprof.engine.cellproc", str(plan_file), str(out)],
-                                    stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True,
-                                    preexec_fn=_die_with_parent)
+                                    stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
             try:
                 assert proc.stdout is not None
                 read_phases(proc.stdout, lambda text: tracker.phase.remote(cell_id, text))
@@ -198,7 +203,10 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | No
                     proc.kill()
                 raise
         result: dict[str, Any] = {"returncode": proc.returncode, "where": where, "stderr": _tail(work / "stderr.txt"),
-                                  "snapshot": None, "reference": None}
+                                  "snapshot": None, "reference": None, "results": {}}
+        results = work / "results"
+        if results.is_dir():
+            result["results"] = {str(f.relative_to(results)): f.read_bytes() for f in sorted(results.rglob("*")) if f.is_file()}
         if out.is_file():
             data = json.loads(out.read_text(encoding="utf-8"))
             placement = (plan["workload"].get("placement") or {}).get("name")
@@ -209,14 +217,21 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | No
         return result
 
 
-def _die_with_parent() -> None:
-    """In the cell's process, before it runs: when the worker dies (a node lost, a worker killed), so does
-    the cell, rather than going on unwatched and measuring beside its own retry."""
+TIE_ENV = "EMBPROF_TIE_TO_PARENT"
+
+
+def tie_to_parent(sig: int, parent_pid: int) -> None:
+    """In a child, as it starts: the kernel sends it ``sig`` when its parent dies (PR_SET_PDEATHSIG), and
+    if the parent is already gone it goes now. Done by the child itself, not between fork and exec: the
+    parents (a Ray worker, the dashboard) run threads, and code run there could deadlock."""
+    import signal
+
     if sys.platform.startswith("linux"):
         import ctypes
-        import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:
+        signal.raise_signal(sig)
 
 
 class _Tracker:
@@ -261,6 +276,19 @@ def submission_order(cells: list[Any]) -> list[Any]:
     return sorted(cells, key=lambda c: (not c.reference, first_seen[c.model_key]))
 
 
+def _absolute(plan: dict[str, Any]) -> dict[str, Any]:
+    """The plan with the files it reads named from the root: a worker runs in a folder of Ray's, not the
+    one embprof was started in (the files must be at the same place on every host)."""
+    w, t = plan.get("workload") or {}, plan.get("target") or {}
+    for key in ("data_dir", "input", "text", "results_dir"):
+        if isinstance(w.get(key), str):
+            w[key] = os.path.abspath(os.path.expanduser(w[key]))
+    model = t.get("model")
+    if isinstance(model, str) and os.path.exists(os.path.expanduser(model)):  # a local folder, not a Hub id
+        t["model"] = os.path.abspath(os.path.expanduser(model))
+    return plan
+
+
 def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Any], all_cells: list[Any], listener: Any,
            on_done: Callable[[Any], None], cpus: int) -> None:
     """Submit every cell, then save each snapshot as it comes back; ``on_done(cell)`` after each.
@@ -297,7 +325,8 @@ def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Any], all_cells
             options["resources"] = dict(placement.resources)
         if placement is not None and placement.accelerator_type:
             options["accelerator_type"] = placement.accelerator_type
-        ref = task.options(**options).remote(c.plan.model_dump(mode="json"), c.cell_id, reference, None if cuda else cpus, tracker)
+        ref = task.options(**options).remote(_absolute(c.plan.model_dump(mode="json")), c.cell_id, reference, None if cuda else cpus,
+                                             tracker)
         pending[ref] = c
         listener(MatrixEvent("queued", c.cell_id, c.label, index[c.cell_id], total, "queued on the cluster"))
 
@@ -305,23 +334,26 @@ def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Any], all_cells
         for d in held.pop(path, []):
             submit(d, reference)
 
-    for c in submission_order(cells):
-        w = c.plan.workload
-        crash_path(folder, c.cell_id).unlink(missing_ok=True)
-        why = cluster.missing(needs_of(c, cpus))
-        if why is not None:  # queued, it would wait for ever: failed at once, with why, and the rest go on
-            fail_at_once(c, why)
-            if getattr(w, "write_reference", None):
-                written_here.discard(w.write_reference)
-                release(w.write_reference, None)
-            continue
-        path = getattr(w, "reference", None)
-        if path and path in written_here:
-            held.setdefault(path, []).append(c)
-            listener(MatrixEvent("queued", c.cell_id, c.label, index[c.cell_id], total, "waits for its reference cell"))
-            continue
-        submit(c, Path(path).read_bytes() if path and Path(path).is_file() else None)
-    try:
+    try:  # from the first submission: whatever ends this (Ctrl-C, a fault) cancels what was submitted
+        for c in submission_order(cells):
+            w = c.plan.workload
+            crash_path(folder, c.cell_id).unlink(missing_ok=True)
+            device = str(getattr(c.plan.target, "device", "cpu"))
+            why = (f"{device} names a GPU of one machine: on a Ray cluster give the device as cuda (Ray gives each CUDA cell a GPU "
+                   "of its own, which it sees as cuda:0)" if device.startswith("cuda:") and device != "cuda:0" else
+                   cluster.missing(needs_of(c, cpus)))
+            if why is not None:  # queued, it would wait for ever: failed at once, with why, and the rest go on
+                fail_at_once(c, why)
+                if getattr(w, "write_reference", None):
+                    written_here.discard(w.write_reference)
+                    release(w.write_reference, None)
+                continue
+            path = getattr(w, "reference", None)
+            if path and path in written_here:
+                held.setdefault(path, []).append(c)
+                listener(MatrixEvent("queued", c.cell_id, c.label, index[c.cell_id], total, "waits for its reference cell"))
+                continue
+            submit(c, Path(path).read_bytes() if path and Path(path).is_file() else None)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
             for kind, cid, text in ray.get(tracker.take.remote()):
@@ -362,6 +394,12 @@ def _save(ray: Any, ref: Any, cell: Any, out: Path, crash: Path, seconds: float)
         atomic_write_bytes(crash, json.dumps({"cell_id": cell.cell_id, "returncode": None, "reason": reason, "seconds": seconds,
                                               "oom": False}).encode("utf-8"))
         return None
+    for rel, data in (result.get("results") or {}).items():
+        target = Path(cell.plan.workload.results_dir) / rel
+        if ".." in Path(rel).parts or Path(rel).is_absolute():
+            continue  # a name that would leave the cell's results folder: not written
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, data)
     vectors = result.get("reference")
     if vectors is not None and getattr(cell.plan.workload, "write_reference", None):
         atomic_write_bytes(Path(cell.plan.workload.write_reference), vectors)
@@ -370,7 +408,13 @@ def _save(ray: Any, ref: Any, cell: Any, out: Path, crash: Path, seconds: float)
         return vectors
     rc = result.get("returncode")
     lines = str(result.get("stderr") or "").strip().splitlines()
-    why = lines[-1].removeprefix("embprof: error: ") if lines else f"the cell's process exited with status {rc}"
+    if isinstance(rc, int) and rc < 0:  # as a local cell says it
+        import signal
+
+        name = signal.Signals(-rc).name
+        why = f"the cell's process was killed by {name}" + (" (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else "")
+    else:
+        why = lines[-1].removeprefix("embprof: error: ") if lines else f"the cell's process exited with status {rc}"
     host = result.get("where", {}).get("host", "")
     data = {"cell_id": cell.cell_id, "returncode": rc, "reason": f"{why} (on {host})" if host else why, "seconds": seconds,
             "oom": rc == -9, "ray": result.get("where")}  # where it ran, as a snapshot would say it
@@ -379,9 +423,9 @@ def _save(ray: Any, ref: Any, cell: Any, out: Path, crash: Path, seconds: float)
 
 
 # -- the driver process ---------------------------------------------------------------------------------------
-def _driver_main(address: str, folder: str, cpus: str, channel_fd: str) -> int:
-    """``python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD``: connect, say what the cluster
-    has, read which cells to run, run them; every message a JSON line on file descriptor FD."""
+def _driver_main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str) -> int:
+    """``python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD PARENT``: connect, say what the
+    cluster has, read which cells to run, run them; every message a JSON line on file descriptor FD."""
     import signal
 
     from .matrix import read_manifest
@@ -400,6 +444,7 @@ def _driver_main(address: str, folder: str, cpus: str, channel_fd: str) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
+        tie_to_parent(signal.SIGINT, int(parent_pid))  # embprof gone: stop as on Ctrl-C, cancelling the cells' tasks
         ray = connect(address)
         cluster = Cluster(_nodes(ray))
         say("cluster", nodes=list(cluster.nodes))
@@ -422,6 +467,13 @@ def _driver_main(address: str, folder: str, cpus: str, channel_fd: str) -> int:
     except UserError as exc:
         say("error", text=str(exc))
         return 2
+    except Exception as exc:  # Ray refusing a task's options, a full disk …: one sentence, not "the cluster was lost"
+        import traceback
+
+        traceback.print_exc()  # to ray-driver.log
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        say("error", text=f"the Ray driver failed: {exc.__class__.__name__}: {one_line(first)[:200]}")
+        return 2
 
 
 _EOF = object()
@@ -430,40 +482,47 @@ _EOF = object()
 class RayRun:
     """embprof's side of a matrix on Ray: the driver process started, its messages read.
 
-    ``survey()`` first (the cluster's resources decide which cells exist), then ``run()``. A driver
-    process that ends without saying it finished is a lost cluster; Ctrl-C (or the dashboard's stop)
-    stops it with SIGINT, and it cancels what is outstanding before it exits."""
+    ``survey()`` first (the cluster's resources decide which cells exist), then ``run()``, then
+    ``close()``. A driver process that ends without saying it finished is a lost cluster; Ctrl-C (or
+    the dashboard's stop) stops it with SIGINT, and it cancels what is outstanding before it exits.
+    No wait here is unbounded: each looks at ``cancel`` and at whether the driver is still there."""
 
-    def __init__(self, address: str, folder: Path, cpus: int) -> None:
+    WAIT_S = 30.0  # for the driver to exit once told to (it cancels its tasks first)
+
+    def __init__(self, address: str, folder: Path, cpus: int, log_path: Path | None = None) -> None:
         import queue
         import threading
 
         import_ray()  # the extra's absence is one sentence, here, not a failure in the driver process
-        _reachable(address)
+        named = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
+        if address != "auto" or (":" in named and named.rpartition(":")[2].isdigit() and "://" not in named):
+            _reachable(named)  # RAY_ADDRESS too: a stale one would otherwise have Ray retry for minutes
         self.folder = folder
-        self.log_path = folder / "ray-driver.log"
+        self.log_path = log_path or folder / "ray-driver.log"
         read_fd, write_fd = os.pipe()
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
         with open(self.log_path, "ab") as log:
             # Its own session: the terminal's Ctrl-C reaches embprof, which stops the driver once, in order.
             self.proc = subprocess.Popen([sys.executable, "-m", "embprof.engine.ray_cells", "--drive", address, str(folder), str(cpus),
-                                          str(write_fd)], stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), env=env,
-                                         start_new_session=True, preexec_fn=_stop_with_parent)
+                                          str(write_fd), str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                         pass_fds=(write_fd,), env=env, start_new_session=True)
         os.close(write_fd)
         self.messages: queue.Queue[Any] = queue.Queue()
 
         def read() -> None:
-            with os.fdopen(read_fd, "r", encoding="utf-8") as channel:
-                for line in channel:
-                    try:
-                        self.messages.put(json.loads(line))
-                    except ValueError:
-                        continue
-            self.messages.put(_EOF)
+            try:
+                with os.fdopen(read_fd, "r", encoding="utf-8") as channel:
+                    for line in channel:
+                        try:
+                            self.messages.put(json.loads(line))
+                        except ValueError:
+                            continue
+            finally:
+                self.messages.put(_EOF)
 
         threading.Thread(target=read, name="embprof-ray-driver", daemon=True).start()
 
-    def _next(self, timeout: float | None) -> Any:
+    def _next(self, timeout: float) -> Any:
         import queue
 
         try:
@@ -471,34 +530,50 @@ class RayRun:
         except queue.Empty:
             return None
 
+    def _wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=self.WAIT_S)
+        except subprocess.TimeoutExpired:  # stuck (Ray shutting down against a head that is gone): its tasks end with its job
+            self.proc.kill()
+            return self.proc.wait()
+
     def _ended(self) -> str:
-        rc = self.proc.wait()
+        rc = self._wait()
         return (f"Ray's driver process ended with status {rc}" if rc >= 0 else f"Ray's driver process was killed by signal {-rc}") + \
             f"; Ray's messages are in {self.log_path}"
 
-    def survey(self) -> Cluster:
-        """What the cluster has; one sentence (UserError) if it cannot be joined."""
-        msg = self._next(None)
-        if isinstance(msg, dict) and msg.get("kind") == "cluster":
-            return Cluster(tuple({str(k): float(v) for k, v in n.items()} for n in msg["nodes"]))
-        if isinstance(msg, dict) and msg.get("kind") == "error":
-            self.proc.wait()
-            raise UserError(str(msg.get("text")))
-        raise UserError(f"could not join the Ray cluster: {self._ended()}")
+    def survey(self, cancel: Callable[[], bool] = lambda: False) -> Cluster:
+        """What the cluster has; one sentence (UserError) if it cannot be joined; MatrixInterrupted on a stop."""
+        from .matrix import MatrixInterrupted
+
+        while True:
+            if cancel():
+                self.stop()
+                raise MatrixInterrupted()
+            msg = self._next(POLL_S)
+            if msg is None:
+                continue
+            if isinstance(msg, dict) and msg.get("kind") == "cluster":
+                return Cluster(tuple({str(k): float(v) for k, v in n.items()} for n in msg["nodes"]))
+            if isinstance(msg, dict) and msg.get("kind") == "error":
+                self._wait()
+                raise UserError(str(msg.get("text")))
+            if msg is _EOF:
+                raise UserError(f"could not join the Ray cluster: {self._ended()}")
 
     def close(self) -> None:
-        """Nothing to run: the driver process leaves the cluster."""
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """The driver process leaves the cluster (told by the end of its input; then, if need be, as on Ctrl-C)."""
+        if self.proc.poll() is not None:
+            return
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.stop()
 
     def run(self, cells: list[Any], all_cells: list[Any], listener: Any, cancel: Callable[[], bool], on_done: Callable[[Any], None]) -> None:
         from .matrix import MatrixEvent, MatrixInterrupted
@@ -529,41 +604,28 @@ class RayRun:
                 elif kind == "done" and c is not None:
                     on_done(c)
                 elif kind == "finished":
-                    self.proc.wait()
+                    self._wait()
                     return
                 elif kind == "lost":
-                    self.proc.wait()
+                    self._wait()
                     raise ClusterLost(str(msg.get("text")))
                 elif kind == "error":
-                    self.proc.wait()
+                    self._wait()
                     raise UserError(str(msg.get("text")))
         except (KeyboardInterrupt, MatrixInterrupted):
-            self._stop()
+            self.stop()
             raise MatrixInterrupted() from None
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
         import signal
 
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:  # it could not cancel in time: its tasks end with its job
-                self.proc.kill()
-                self.proc.wait()
-
-
-def _stop_with_parent() -> None:
-    """In the driver process: if embprof dies, the driver stops as on Ctrl-C (and cancels its cells' tasks)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGINT)  # PR_SET_PDEATHSIG
+            self._wait()
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "--drive":
+    if len(sys.argv) == 7 and sys.argv[1] == "--drive":
         sys.exit(_driver_main(*sys.argv[2:]))
-    sys.stderr.write("usage: python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD (started by embprof matrix --ray)\n")
+    sys.stderr.write("usage: python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD PARENT (started by embprof matrix --ray)\n")
     sys.exit(2)

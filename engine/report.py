@@ -449,6 +449,28 @@ def _kinds(by_kind: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())) or "none"
 
 
+SPLIT_PARTS = (("queue", "queue (server)"), ("tokenization", "tokenization (server)"), ("inference", "inference (server)"),
+               ("server_total", "the server's total"), ("network_client", "network and client (the rest)"))
+
+
+def _server_split_table(load: LoadResult) -> Table:
+    """Where each answered request's time went, as the server itself timed it (TEI's x-*-time headers)."""
+    table = Table("load-split", "Where the time went (the server's own timings, per answered request)",
+                  ["part", "requests", "mean s", "p50 s", "p99 s"])
+    split = load.server_split or {}
+    none = NA("the server reports no timings of its own (TEI sends x-queue-time, x-inference-time …)")
+    if not split:
+        table.rows.append(["every part", 0, none, none, none])
+        return table
+    for key, label in SPLIT_PARTS:
+        st = split.get(key)
+        if st is None:
+            table.rows.append([label, 0, none, none, none])
+        else:
+            table.rows.append([label, st.count, st.mean_s, st.p50_s, st.p99_s])
+    return table
+
+
 def _load_batch(snap: Snapshot) -> int | None:
     """Texts per request the load sent (the plan's, else the recorded settings')."""
     workload = getattr(snap.plan, "workload", None)
@@ -506,21 +528,35 @@ def server_tables(snap: Snapshot) -> list[Table]:
             texts = "text" if ceiling.texts_per_request == 1 else "texts"
             why = NA(f"the client alone was measured with {ceiling.texts_per_request} {texts} a request; the load sent {sent}")
             ceiling_cell = share_cell = why
-        out.append(_kv("load", "Load", [
+        due = load.latency_from == "due"
+        rows: list[tuple[str, Cell]] = [
             ("requests sent / done / ok", f"{load.requests_sent} / {load.requests_done} / {load.ok}"),
             ("wall s", load.wall_s),
             ("requests/s", _or(load.requests_per_s, NA("no time elapsed"))),
             ("items/s", _or(load.items_per_s, none_answered)),
             ("tokens/s", _or(load.tokens_per_s, no_tok if load.ok else none_answered)),
+            ("latency from", "when each request was due (open loop)" if due else "each request's send"),
             ("latency mean s", _or(lat.mean_s, none_answered)),
             ("latency p50 s", _or(lat.p50_s, none_answered)),
             ("latency p90 s", _or(lat.p90_s, none_answered)),
             ("latency p95 s", _or(lat.p95_s, none_answered)),
             ("latency p99 s", _or(lat.p99_s, none_answered)),
+        ]
+        if due:
+            lag = load.send_lag
+            rows += [("sends behind schedule p50 s", _or(lag.p50_s if lag else None, NA("nothing was sent"))),
+                     ("sends behind schedule p99 s", _or(lag.p99_s if lag else None, NA("nothing was sent"))),
+                     ("sends behind schedule max s", _or(lag.max_s if lag else None, NA("nothing was sent")))]
+        rows += [
             ("errors by kind", _kinds(load.errors_by_kind)),
+            ("load processes", load.load_processes),
             ("client alone, requests/s", _or(ceiling_cell, NA("not measured"))),
             ("load as % of the client's ceiling", _or(share_cell, NA("not measured"))),
-        ]))
+        ]
+        if isinstance(ceiling, ClientCeiling) and ceiling.endpoint:
+            rows.append(("client alone, measured against", ceiling.endpoint))
+        out.append(_kv("load", "Load", rows))
+        out.append(_server_split_table(load))
     agreement = s.results.get("agreement")
     if isinstance(agreement, Agreement):
         out.append(_kv("agreement", f"Server against {agreement.compare_model} locally (cosine per text)", [

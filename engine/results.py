@@ -253,9 +253,11 @@ class ClientCeiling(_Frozen):
 
     kind: Literal["client_ceiling"] = "client_ceiling"
     requests_per_s: float | None
-    workers: int
+    workers: int  # connections
     seconds: float
     texts_per_request: int
+    processes: int = 1  # load processes
+    endpoint: str | None = None  # what served the probe (None: a snapshot from before it was said)
 
 
 class LoadResult(_Frozen):
@@ -272,6 +274,15 @@ class LoadResult(_Frozen):
     latency: LatencyStats
     client_ceiling_per_s: float | None
     client_share_percent: float | None
+    # "due": the open loop's latency, from when each request was due (no coordinated omission); "send": from its send.
+    latency_from: Literal["send", "due"] = "send"
+    send_lag: LatencyStats | None = None  # open loop: how late the sends were against the schedule
+    # The server's own timings by part (TEI's x-*-time headers: queue, tokenization, inference, server_total)
+    # and network_client, the rest of each request's time; None: the server reported none.
+    server_split: dict[str, LatencyStats] | None = None
+    server_split_requests: int = 0
+    load_processes: int = 1
+    client_bound: bool | None = None  # above half of the client's own ceiling; None: no ceiling to compare with
 
 
 class ServerMetrics(_Frozen):

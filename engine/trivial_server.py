@@ -82,3 +82,106 @@ class TrivialEmbeddingServer:
     def __exit__(self, *exc: object) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- the fast endpoint ------------------------------------------------------------------------------------------
+# For the client-ceiling step and benchmark: http.server answers a few thousand requests a second, less
+# than the load client sends, so it would be measured instead of the client. This one is an asyncio
+# protocol (on uvloop where installed) that reads just enough HTTP/1.1 to find each request's end, in a
+# process of its own so that it never shares the client's interpreter.
+FAST_SERVER = "an asyncio protocol server (uvloop) in its own process"
+
+
+def _fast_answer(method: bytes, path: bytes, body: bytes) -> bytes:
+    if method == b"GET":  # what the client asks of a server before it loads it, as the slow endpoint answers
+        payload = b'{"data": [{"id": "trivial"}]}' if path == b"/v1/models" else b'{"status": "ok"}'
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+    try:
+        data = json.loads(body) if body else {}
+    except ValueError:
+        data = {}
+    if path.startswith(b"/v1/embeddings"):
+        items = data.get("input") if isinstance(data, dict) else None
+        n = len(items) if isinstance(items, list) else 1
+        out: Any = {"data": [{"index": i, "embedding": VECTOR} for i in range(n)], "usage": {"prompt_tokens": n, "total_tokens": n}}
+    else:
+        items = data.get("content") if isinstance(data, dict) else None
+        n = len(items) if isinstance(items, list) else 1
+        out = [{"index": i, "embedding": [VECTOR]} for i in range(n)]
+    payload = json.dumps(out).encode()
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+
+
+def _serve_fast(port_out: Any) -> None:
+    import asyncio
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            self.transport = transport
+            self.buf = b""
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            self.buf += data
+            while True:
+                end = self.buf.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                lines = self.buf[:end].split(b"\r\n")
+                length = 0
+                for line in lines[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value.strip() or b"0")
+                if len(self.buf) < end + 4 + length:
+                    return
+                body, self.buf = self.buf[end + 4:end + 4 + length], self.buf[end + 4 + length:]
+                parts = lines[0].split(b" ")
+                self.transport.write(_fast_answer(parts[0], parts[1] if len(parts) > 1 else b"/", body))
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=1024)
+        port_out.write(f"{server.sockets[0].getsockname()[1]}\n")
+        port_out.flush()
+        await server.serve_forever()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+class FastTrivialServer:
+    """The fast endpoint in a process of its own, on 127.0.0.1 and a free port; stopped on exit."""
+
+    def __enter__(self) -> FastTrivialServer:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "embprof.engine.trivial_server", "--fast"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError("the local trivial endpoint did not start")
+        self.port = int(line)
+        self.url = f"http://127.0.0.1:{self.port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--fast"]:
+        _serve_fast(sys.stdout)

@@ -48,6 +48,7 @@ NUMERIC: list[tuple[tuple[str, ...], str, o.Count | o.Number]] = [
     (("run", "load"), "--concurrency", o.CONCURRENCY),
     (("run", "load"), "--rate", o.RATE),
     (("run", "load"), "--batch", o.LOAD_BATCH),
+    (("run", "load"), "--load-processes", o.LOAD_PROCESSES),
     (("mteb",), "--batch-size", o.BATCH_SIZE),
     (("mteb",), "--loops", o.LOOPS),
     (("matrix",), "--loops", o.CELL_LOOPS),
@@ -139,6 +140,7 @@ EMPTY: list[tuple[tuple[str, ...], str]] = [
     (("run", "sweep"), "--axis"),
     (("run", "sweep"), "--input"),
     (("run", "load"), "--input"),
+    (("run", "load"), "--records"),
     (("run",), "--plan"),
     (("run",), "--profiles-dir"),
     (("mteb",), "--data-dir"),
@@ -230,6 +232,7 @@ PLAN_OF: dict[str, Any] = {
     "--concurrency": lambda v: plan_from_options({"workload": "load", "server": SERVER, "concurrency": v}),
     "--rate": lambda v: plan_from_options({"workload": "load", "server": SERVER, "rate": v}),
     "--batch": lambda v: plan_from_options({"workload": "load", "server": SERVER, "batch": v}),
+    "--load-processes": lambda v: plan_from_options({"workload": "load", "server": SERVER, "load_processes": v}),
     "--top-k": lambda v: CellPlan(top_k=v),
     "--energy-window": lambda v: CellPlan(energy_min_window_s=v),
     "--sample-hz": lambda v: plan_from_options({"sample_hz": v}),
@@ -241,7 +244,7 @@ PARSED_IN = {**{opt: ("run", "encode") for opt in PLAN_OF},
              "--loops": ("run", "speed"), "--top-k": ("matrix",), "--energy-window": ("matrix",),
              **{opt: ("train",) for opt in ("--epochs", "--max-steps", "--max-examples", "--learning-rate", "--warmup", "--seed")},
              **{opt: ("run", "sweep") for opt in ("--target-ci", "--budget", "--ram-ceiling")},
-             **{opt: ("run", "load") for opt in ("--requests", "--duration", "--concurrency", "--rate", "--batch")}}
+             **{opt: ("run", "load") for opt in ("--requests", "--duration", "--concurrency", "--rate", "--batch", "--load-processes")}}
 
 
 def test_every_bounded_option_has_a_plan_check() -> None:

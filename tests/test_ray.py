@@ -339,14 +339,21 @@ def test_pinned_cells_run_where_pinned_and_a_token_cluster_keeps_its_token(tmp_p
     in its own process with its own reason."""
     token = "embprof-test-" + secrets.token_hex(16)
     spec = spec_file(tmp_path)
-    spec.write_text('devices = ["cpu", "cuda"]\n' + spec.read_text().replace(
-        'precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', "") + PINNED)
+    # The files a cell reads, and the matrix's folder, named relative to where embprof runs (a folder the
+    # cluster's workers do not run in): the driver names them from the root before they travel.
+    text = spec.read_text().replace('precision = ["float32", "binary"]\ndtype = ["float32", "bfloat16"]\n', "")
+    text = text.replace(str(tmp_path / "data"), "../data").replace(str(tmp_path / "lines.txt"), "../lines.txt")
+    spec.write_text('devices = ["cpu", "cuda", "cuda:1"]\n' + text + PINNED)
+    (tmp_path / "work").mkdir()
     exe = embprof_exe()
     body = f"""
 set +e
-(unset RAY_AUTH_TOKEN; {exe} matrix --spec {spec} -o m --ray 127.0.0.1:{PORT} > notoken.out 2> notoken.err; echo $? > notoken.txt)
-{exe} matrix --spec {spec} -o m --ray 127.0.0.1:{PORT} > ray.out 2> ray.err
-echo $? > status.txt
+cd work
+(unset RAY_AUTH_TOKEN; {exe} matrix --spec ../spec.toml -o m --ray 127.0.0.1:{PORT} > ../notoken.out 2> ../notoken.err; echo $? > ../notoken.txt)
+{exe} matrix --spec ../spec.toml -o m --ray 127.0.0.1:{PORT} --list-cells > ../list.out 2> ../list.err
+{exe} matrix --spec ../spec.toml -o m --ray 127.0.0.1:{PORT} > ../ray.out 2> ../ray.err
+echo $? > ../status.txt
+cd ..
 """
     run = in_namespace(body, tmp_path, env=f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN={token}", start="--resources='{\"embprof-pin\": 2}'",
                        gpus=1)
@@ -357,8 +364,13 @@ echo $? > status.txt
     assert refused.strip().splitlines()[-1].startswith("embprof: error: the Ray cluster at '127.0.0.1:6399' asks for a token"), refused
     assert "Traceback" not in refused
     assert (tmp_path / "status.txt").read_text().strip() == "1", err  # two cells could not run: the matrix says so
-    rows_ = {(r["device"], r["label"].rsplit(" @ ", 1)[1]): r for r in table(tmp_path / "m").values()}
-    assert sorted(rows_) == [(d, p) for d in ("cpu", "cuda") for p in ("h100", "nowhere", "pinned")]
+    folder = tmp_path / "work" / "m"
+    listed = (tmp_path / "list.out").read_text()
+    assert listed.count(" cuda @ ") == 3 and listed.count(" cuda:1 @ ") == 3, listed  # the cluster's GPU, not this machine's
+    rows_ = {(r["device"], r["label"].rsplit(" @ ", 1)[1]): r for r in table(folder).values()}
+    assert sorted(rows_) == [(d, p) for d in ("cpu", "cuda", "cuda:1") for p in ("h100", "nowhere", "pinned")]
+    assert rows_["cuda:1", "pinned"]["status"] == "failed"
+    assert str(rows_["cuda:1", "pinned"]["reason"]).startswith("cuda:1 names a GPU of one machine: on a Ray cluster give the device as cuda")
     assert rows_["cpu", "pinned"]["status"] == "ok" and rows_["cpu", "pinned"]["reference"] is True
     for device in ("cpu", "cuda"):
         assert rows_[device, "nowhere"]["status"] == "failed"
@@ -367,14 +379,17 @@ echo $? > status.txt
         assert rows_[device, "h100"]["reason"] == "no node of the Ray cluster has a GPU of type H100"
     from embprof.engine.snapshot import load
 
-    env = load(tmp_path / "m" / "cells" / f"{rows_['cpu', 'pinned']['cell_id']}.json").environment
+    env = load(folder / "cells" / f"{rows_['cpu', 'pinned']['cell_id']}.json").environment
     assert env["ray"]["placement"] == "pinned" and env["ray"]["attempt"] == 1 and env["ray"]["gpu_ids"] == []
     cuda = rows_["cuda", "pinned"]
     assert cuda["status"] == "failed" and "cuda" in str(cuda["reason"]).lower(), cuda  # the cell's own sentence, from its process
     import json
 
-    crash = json.loads((tmp_path / "m" / "cells" / f"{cuda['cell_id']}.crash.json").read_text())
+    crash = json.loads((folder / "cells" / f"{cuda['cell_id']}.crash.json").read_text())
     assert crash["ray"]["gpu_ids"] == ["0"] and crash["ray"]["attempt"] == 1  # Ray gave it the node's GPU
+    # The cell's MTEB results came back with its snapshot and are filed where a local matrix files them.
+    results = list((folder / "results" / rows_["cpu", "pinned"]["cell_id"]).rglob("STS16.json"))
+    assert len(results) == 1 and json.loads(results[0].read_text())["task_name"] == "STS16"
     # The token: in the cluster's and the driver's environment only, never written by embprof.
     for f in tmp_path.rglob("*"):
         if f.is_file() and f.name != "ray-start.log":

@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--rate", type=o.RATE, metavar="R",
                    help=f"R requests per second on average, Poisson arrivals, {o.RATE.range_text}")
     g.add_argument("--batch", type=o.LOAD_BATCH, default=1, metavar="K", help=f"texts per request, {o.LOAD_BATCH.range_text} (default 1)")
+    g.add_argument("--load-processes", type=o.LOAD_PROCESSES, default=None, metavar="P",
+                   help=f"client processes sending the load, each an event loop of its own, {o.LOAD_PROCESSES.range_text} (default 1); "
+                        "their every request's times are merged")
+    g.add_argument("--records", type=text, metavar="DIR",
+                   help="write every request's times there too, one JSON-lines file per load process (send, answer, schedule)")
     g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
     g.add_argument("--prompt-name", type=text, help="a prompt from --prompts-from, applied to every text")
     _add_save_args(ld)
@@ -450,7 +455,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 # The tables a finished run prints (the rest are in `embprof show`).
 RUN_TABLES = {"latency", "latency-by-kind", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep",
-              "fit", "fit-notes", "memory-limit", "vs", "load", "agreement", "requests", "server", "training", "training-steps",
+              "fit", "fit-notes", "memory-limit", "vs", "load", "load-split", "agreement", "requests", "server", "training", "training-steps",
               "before-after"}
 
 

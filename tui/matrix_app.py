@@ -304,6 +304,10 @@ class MatrixApp(App[int]):
         elif e.kind == "export":
             self.exporting = e.text or e.label
             log.write_line(f"export: {e.text}" + (f" (for {e.label})" if e.label else ""))
+        elif e.kind == "listed":
+            self._relist(e.cells)
+        elif e.kind in ("queued", "start", "phase") and e.cell_id in self.done:
+            pass  # on a cluster a cell's last phase can arrive after its end: the finished row stands
         elif e.kind == "queued":
             self._ensure_row(e.cell_id, e.label)
             # On a cluster: queued there, or held until its reference cell has finished.
@@ -332,6 +336,20 @@ class MatrixApp(App[int]):
             elif e.kind == "end":  # a runner with no row for its cell: say so, invent no figures
                 self._set_status_cell(e.cell_id, Text("ended (no row)", style="bold red"))
         self._show_status()
+
+    def _relist(self, cells: tuple[tuple[str, str, bool], ...]) -> None:
+        """The runner's own list of the cells: a row this view listed that will not run goes (on a cluster
+        its GPUs, not this machine's, decide which CUDA cells exist), and the rest are added in order."""
+        keep = {cid for cid, _, _ in cells}
+        table = self.query_one("#matrix-table", DataTable)
+        for cid in [c for c in self.order if c not in keep and c not in self.done]:
+            table.remove_row(cid)
+            self.order.remove(cid)
+            self.labels.pop(cid, None)
+            self.reference.pop(cid, None)
+        for cid, label, ref in cells:
+            self._ensure_row(cid, label, ref)
+        self.total = len(cells)
 
     def _ensure_row(self, cid: str, label: str, reference: bool | None = None) -> None:
         """A row per cell; a cell the runner reports that the expansion did not list gets one too."""

@@ -167,7 +167,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         return 0
     out = output_console()
     if args.list_cells:
-        exp = expand(spec, folder)
+        exp = expand(spec, folder) if not args.ray else _expand_on_cluster(spec, folder, args.ray)
         for i, c in enumerate(exp.cells, 1):
             out.print(f"{i:>3}. {c.label}" + (" (reference)" if c.reference else "") + f"  [{c.cell_id}]", markup=False,
                       soft_wrap=True)
@@ -210,6 +210,22 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     if interrupted:
         return shutdown.exit_status(shutdown.received())
     return 0 if all(r.status == "ok" for r in table_rows) else 1
+
+
+def _expand_on_cluster(spec: Any, folder: Path, address: str) -> Any:
+    """The cells as a run on the cluster would have them: its GPUs, not this machine's, decide the CUDA cells."""
+    import tempfile
+
+    from embprof.engine.matrix import expand
+    from embprof.engine.ray_cells import RayRun
+
+    with tempfile.TemporaryDirectory(prefix="embprof-ray-list-") as tmp:
+        run = RayRun(address, Path(tmp), 1, log_path=Path(tmp) / "ray-driver.log")
+        try:
+            cluster = run.survey()
+        finally:
+            run.close()
+    return expand(spec, folder, have_cuda=cluster.has_gpu, where="any node of the Ray cluster")
 
 
 def progress_printer(err: Any, quiet: bool) -> Any:

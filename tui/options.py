@@ -153,6 +153,7 @@ DURATION = Number(0.01, MAX_DURATION, "seconds")
 CONCURRENCY = Count(1, MAX_LOAD_WORKERS)
 RATE = Number(0.001, 100_000.0, "requests per second")  # the least: one request in about 17 minutes
 LOAD_BATCH = Count(1, MAX_BATCH)
+LOAD_PROCESSES = Count(1, 64)
 TOP_K = Count(1, 10_000)
 ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
 EPOCHS = Number(0.01, 10_000.0, "epochs")
@@ -183,6 +184,7 @@ LIMITS: dict[str, Count | Number] = {
     "--concurrency": CONCURRENCY,
     "--rate": RATE,
     "--batch": LOAD_BATCH,
+    "--load-processes": LOAD_PROCESSES,
     "--top-k": TOP_K,
     "--energy-window": ENERGY_WINDOW,
     "--epochs": EPOCHS,
