@@ -60,6 +60,9 @@ REQUESTS = (1, 100_000_000)
 DURATION_S = (0.01, MAX_DURATION)
 CONCURRENCY = (1, MAX_LOAD_WORKERS)
 LOAD_PROCESSES = (1, 64)
+SLO_P99_MS = (0.01, 3_600_000.0)
+SLO_ERRORS = (0.0, 100.0)
+STEP_S = (0.5, 3600.0)
 RATE = (0.001, 100_000.0)
 TOP_K = (1, 10_000)
 ENERGY_WINDOW_S = (0.001, 3_600.0)
@@ -364,12 +367,18 @@ class LoadPlan(_Plan):
     seed: int = 0
     processes: int = 1  # load processes: each an event loop of its own (one is enough for thousands a second)
     records: str | None = None  # a folder: each load process writes every request's times there (JSON lines)
+    # --find-knee: open-loop steps of step_s seconds, the rate raised until the objective breaks, then bisected.
+    find_knee: bool = False
+    slo_p99_ms: float = 200.0
+    slo_errors_percent: float = 0.1
+    step_s: float = 5.0
+    max_rate: float | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _defaults(cls, data: Any) -> Any:
         # The defaults are filled into the plan itself, so a rerun is the same run.
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not data.get("find_knee"):
             data = dict(data)
             if data.get("requests") is None and data.get("duration_s") is None:
                 data["requests"] = 200
@@ -389,6 +398,18 @@ class LoadPlan(_Plan):
         check_number(self.rate, RATE, "--rate", "requests per second")
         check_count(self.batch, BATCH_SIZE, "--batch")
         check_count(self.processes, LOAD_PROCESSES, "--load-processes")
+        check_number(self.slo_p99_ms, SLO_P99_MS, "--slo-p99", "milliseconds")
+        check_number(self.slo_errors_percent, SLO_ERRORS, "--slo-errors", "percent")
+        check_number(self.step_s, STEP_S, "--step-duration", "seconds")
+        check_number(self.max_rate, RATE, "--max-rate", "requests per second")
+        if self.find_knee and self.concurrency is not None:
+            raise UserError("--find-knee steps an open-loop rate: give --rate R to start from (or nothing), not --concurrency")
+        if self.find_knee and (self.requests is not None or self.duration_s is not None):
+            raise UserError("--find-knee runs steps of --step-duration seconds: leave --requests and --duration out")
+        if not self.find_knee and self.max_rate is not None:
+            raise UserError("--max-rate goes with --find-knee")
+        if self.find_knee and self.rate is not None and self.max_rate is not None and self.max_rate < self.rate:
+            raise UserError(f"--max-rate {self.max_rate:g} is below the starting --rate {self.rate:g}")
         check_text(self.input, "--input")
         check_text(self.prompt_name, "--prompt-name")
         check_text(self.records, "--records")
@@ -722,7 +743,8 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
         take("input", "mode", "prompt_name", "batch_size", "warmups", "until_oom", target_ci_percent="target_ci",
              budget_s="budget", ram_ceiling_mib="ram_ceiling")
     elif workload == "load":
-        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", duration_s="duration", processes="load_processes")
+        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", "find_knee", "max_rate", duration_s="duration",
+             processes="load_processes", slo_p99_ms="slo_p99", slo_errors_percent="slo_errors", step_s="step_duration")
     elif workload == "train":
         if not get("train_file"):
             raise UserError("the train workload needs a training file: embprof train --train-file FILE, or the dashboard's form (n)")

@@ -34,6 +34,7 @@ from .results import (
     ClientCeiling,
     EncodeResult,
     LatencyStats,
+    KneeResult,
     LoadResult,
     MemoryLimit,
     MtebRun,
@@ -453,6 +454,30 @@ SPLIT_PARTS = (("queue", "queue (server)"), ("tokenization", "tokenization (serv
                ("server_total", "the server's total"), ("network_client", "network and client (the rest)"))
 
 
+def knee_tables(knee: KneeResult) -> list[Table]:
+    """The knee search: its answer and objective, then every step in the order it ran."""
+    broke = next((st for st in knee.steps if not st.passed), None)
+    head = _kv("knee", "The knee: the largest rate that held the objective", [
+        ("sustainable rate, requests/s", _or(knee.sustainable_per_s, NA("even the first rate broke the objective" if knee.steps else
+                                                                       "no step ran"))),
+        ("between", f"{knee.bracket[0]:.4g}/s (held) and {knee.bracket[1]:.4g}/s (broke)" if knee.bracket else NA(
+            "no rate broke the objective" if knee.sustainable_per_s is not None else "no rate held it")),
+        ("objective", f"p99 ≤ {knee.objective_p99_s * 1e3:g} ms, failed ≤ {knee.objective_errors_percent:g} %, "
+                      f"at most {100 * (1 - knee.objective_min_achieved_share):g} % of the sent still waiting at a step's end"),
+        ("latency from", "when each request was due (open loop, Poisson arrivals)"),
+        ("steps", f"{len(knee.steps)} of {knee.step_s:g} s"),
+        ("first rate", knee.start_from),
+        ("what broke it first", broke.why if broke is not None else NA("nothing broke it")),
+    ])
+    steps = Table("knee-steps", "The knee's steps (in the order run)", ["step", "offered/s", "answered/s", "sent", "ok", "failed", "p50 s", "p99 s",
+                                                                    "sends late p99 s", "objective"])
+    for i, st in enumerate(knee.steps, 1):
+        steps.rows.append([i, st.offered_per_s, _or(st.achieved_per_s, NA("no time elapsed")), st.sent, st.ok, st.errors,
+                           _or(st.p50_s, NA("none answered")), _or(st.p99_s, NA("none answered")), _or(st.send_lag_p99_s, NA("none sent")),
+                           "holds" if st.passed else f"breaks: {st.why}"])
+    return [head, steps]
+
+
 def _server_split_table(load: LoadResult) -> Table:
     """Where each answered request's time went, as the server itself timed it (TEI's x-*-time headers)."""
     table = Table("load-split", "Where the time went (the server's own timings, per answered request)",
@@ -557,6 +582,9 @@ def server_tables(snap: Snapshot) -> list[Table]:
             rows.append(("client alone, measured against", ceiling.endpoint))
         out.append(_kv("load", "Load", rows))
         out.append(_server_split_table(load))
+    knee = s.results.get("knee")
+    if isinstance(knee, KneeResult):
+        out.extend(knee_tables(knee))
     agreement = s.results.get("agreement")
     if isinstance(agreement, Agreement):
         out.append(_kv("agreement", f"Server against {agreement.compare_model} locally (cosine per text)", [

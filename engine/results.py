@@ -285,6 +285,36 @@ class LoadResult(_Frozen):
     client_bound: bool | None = None  # above half of the client's own ceiling; None: no ceiling to compare with
 
 
+class KneeStep(_Frozen):
+    """One step of a knee search: an open-loop load at one offered rate, and whether it met the objective."""
+
+    offered_per_s: float
+    achieved_per_s: float | None  # answered (ok) per second of the step
+    sent: int
+    ok: int
+    errors: int
+    p50_s: float | None  # latency from when each request was due
+    p99_s: float | None
+    send_lag_p99_s: float | None
+    passed: bool
+    why: str  # what broke the objective ("" when it held)
+
+
+class KneeResult(_Frozen):
+    """`run load --find-knee`: the rate stepped up until the objective broke, then bisected; the largest
+    rate that held it is the sustainable rate (None: even the first step broke it)."""
+
+    kind: Literal["knee"] = "knee"
+    objective_p99_s: float
+    objective_errors_percent: float
+    objective_min_achieved_share: float  # achieved / offered below this: the server fell behind
+    step_s: float
+    steps: tuple[KneeStep, ...]
+    sustainable_per_s: float | None
+    bracket: tuple[float, float] | None  # the last rate that held and the first that broke, when both were seen
+    start_from: str  # how the first rate was chosen
+
+
 class ServerMetrics(_Frozen):
     """llama.cpp's own /metrics before and after the run (it was started with --metrics)."""
 
@@ -487,6 +517,7 @@ AnyResult = Annotated[
         VersusResult,
         ClientCeiling,
         LoadResult,
+        KneeResult,
         ServerMetrics,
         RequestErrors,
         MtebRun,

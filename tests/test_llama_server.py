@@ -106,6 +106,27 @@ def test_load_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) 
     assert load.errors == 0 and 10 <= load.requests_done <= 80  # about 40 arrivals in 2 s
 
 
+def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
+    """--find-knee against llama-server: from half of what one connection sustains, rate steps until the
+    objective breaks, then bisected; the answer is a rate with its curve, each step's figures its own."""
+    rc, out, err, _ = run_cli(["run", "load", "--server", llama.url, "--find-knee", "--step-duration", "2", "--slo-p99", "150",
+                               "--slo-errors", "0"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    knee = snap.summary.results["knee"]
+    assert knee.start_from.startswith("half of what one connection sustained")
+    assert len(knee.steps) >= 2 and knee.sustainable_per_s is not None, knee
+    held = [s for s in knee.steps if s.passed]
+    assert max(s.offered_per_s for s in held) == knee.sustainable_per_s
+    assert all(s.p99_s is not None and s.p99_s <= 0.150 and s.errors == 0 for s in held)
+    broke = [s for s in knee.steps if not s.passed]
+    assert broke and knee.bracket is not None and knee.bracket[1] / knee.bracket[0] <= 1.05 + 1e-9
+    assert all(s.offered_per_s > knee.sustainable_per_s for s in broke)
+    phases = [ph.name for ph in snap.summary.phases]
+    assert "knee: one connection" in phases and sum(n.startswith("knee step") for n in phases) == len(knee.steps)
+    assert "The knee's steps" in out
+
+
 def test_too_large_input_names_the_flags(cli_env: dict[str, str], tmp_path: Path) -> None:
     long_text = tmp_path / "long.txt"
     long_text.write_text(" ".join(["word"] * 400) + "\n", encoding="utf-8")

@@ -188,3 +188,79 @@ def test_a_server_without_timings_shows_na_in_the_split(cli_env: dict[str, str])
     (split,) = [t for t in summary_tables(snap) if t.name == "load-split"]
     assert split.rows == [["every part", 0, *[NA("the server reports no timings of its own (TEI sends x-queue-time, x-inference-time …)")] * 3]]
     assert "every part" in out
+
+
+# -- the knee -----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def capacity_server() -> Any:
+    """A server of known capacity: 50 requests at once, each answered after 0.25 s (200 a second at most).
+    Below that, latency stays at 0.25 s; above it a queue grows and so does latency."""
+    import asyncio
+
+    from aiohttp import web
+
+    ready = threading.Event()
+    box: dict[str, Any] = {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        slots = asyncio.Semaphore(50)
+
+        async def embed(request: web.Request) -> web.Response:
+            body = await request.json()
+            async with slots:
+                await asyncio.sleep(0.25)
+            return web.json_response([{"index": i, "embedding": [[0.5, 0.5, 0.5, 0.5]]} for i in range(len(body["content"]))])
+
+        async def info(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_post("/embedding", embed)
+        app.router.add_get("/{tail:.*}", info)
+        runner = web.AppRunner(app, access_log=None)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
+        loop.run_until_complete(site.start())
+        box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        box["loop"] = loop
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(30)
+    yield f"http://127.0.0.1:{box['port']}"
+    box["loop"].call_soon_threadsafe(box["loop"].stop)
+    thread.join(30)
+
+
+@pytest.mark.slow
+def test_the_knee_of_a_server_of_known_capacity_is_found_within_ten_percent(cli_env: dict[str, str], capacity_server: str) -> None:
+    # The capacity, measured apart: a closed loop of twice the server's slots keeps every slot busy, so what it
+    # gets answered is all the server can answer (by construction 200/s, less the server's own overhead).
+    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--concurrency", "100", "--duration", "5"], cli_env)
+    assert rc == 0, err
+    _, saturated = load_of(out)
+    capacity = saturated.requests_per_s
+    assert capacity is not None and 170 <= capacity <= 205, capacity
+    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--find-knee", "--rate", "100", "--step-duration", "6",
+                               "--slo-p99", "400"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    knee = snap.summary.results["knee"]
+    steps = [(s.offered_per_s, s.p99_s, s.why) for s in knee.steps]
+    assert knee.sustainable_per_s is not None and abs(knee.sustainable_per_s - capacity) <= 0.10 * capacity, (capacity, steps)
+    assert knee.bracket is not None and knee.bracket[1] / knee.bracket[0] <= 1.05 + 1e-9
+    offered = [s.offered_per_s for s in knee.steps]
+    assert offered[:3] == pytest.approx([100, 150, 225])  # grown by half each step until it broke, then bisected
+    assert all(s.passed == (s.offered_per_s <= knee.sustainable_per_s) for s in knee.steps)
+    # Each step's figures are its own requests': latency from when each was due, at least the 0.25 s of service.
+    for s in knee.steps:
+        assert s.p50_s is not None and s.p50_s >= 0.25
+        assert s.achieved_per_s is not None and s.achieved_per_s <= capacity * 1.1
+    assert "The knee: the largest rate that held the objective" in out and "sustainable rate" in out

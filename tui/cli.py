@@ -310,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "their every request's times are merged")
     g.add_argument("--records", type=text, metavar="DIR",
                    help="write every request's times there too, one JSON-lines file per load process (send, answer, schedule)")
+    k = ld.add_argument_group("finding the knee")
+    k.add_argument("--find-knee", action="store_true", default=None,
+                   help="step an open-loop rate up (from --rate, or half what one connection sustains) until the objective "
+                        "breaks, then bisect: the largest rate that holds it, with its curve")
+    k.add_argument("--slo-p99", type=o.SLO_P99, metavar="MS", help=f"the objective's p99 latency, {o.SLO_P99.range_text} (default 200)")
+    k.add_argument("--slo-errors", type=o.SLO_ERRORS, metavar="PCT",
+                   help=f"the objective's failed requests, {o.SLO_ERRORS.range_text} (default 0.1)")
+    k.add_argument("--step-duration", type=o.STEP_DURATION, metavar="S", help=f"each step's length, {o.STEP_DURATION.range_text} (default 5)")
+    k.add_argument("--max-rate", type=o.RATE, metavar="R", help="the highest rate to try (default: no limit but the search's own)")
     g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
     g.add_argument("--prompt-name", type=text, help="a prompt from --prompts-from, applied to every text")
     _add_save_args(ld)
@@ -455,7 +464,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 # The tables a finished run prints (the rest are in `embprof show`).
 RUN_TABLES = {"latency", "latency-by-kind", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep",
-              "fit", "fit-notes", "memory-limit", "vs", "load", "load-split", "agreement", "requests", "server", "training", "training-steps",
+              "fit", "fit-notes", "memory-limit", "vs", "load", "load-split", "knee", "knee-steps", "agreement", "requests", "server", "training", "training-steps",
               "before-after"}
 
 

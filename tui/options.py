@@ -154,6 +154,9 @@ CONCURRENCY = Count(1, MAX_LOAD_WORKERS)
 RATE = Number(0.001, 100_000.0, "requests per second")  # the least: one request in about 17 minutes
 LOAD_BATCH = Count(1, MAX_BATCH)
 LOAD_PROCESSES = Count(1, 64)
+SLO_P99 = Number(0.01, 3_600_000.0, "milliseconds")
+SLO_ERRORS = Number(0.0, 100.0, "percent")
+STEP_DURATION = Number(0.5, 3600.0, "seconds")
 TOP_K = Count(1, 10_000)
 ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
 EPOCHS = Number(0.01, 10_000.0, "epochs")
@@ -185,6 +188,10 @@ LIMITS: dict[str, Count | Number] = {
     "--rate": RATE,
     "--batch": LOAD_BATCH,
     "--load-processes": LOAD_PROCESSES,
+    "--slo-p99": SLO_P99,
+    "--slo-errors": SLO_ERRORS,
+    "--step-duration": STEP_DURATION,
+    "--max-rate": RATE,
     "--top-k": TOP_K,
     "--energy-window": ENERGY_WINDOW,
     "--epochs": EPOCHS,

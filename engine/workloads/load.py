@@ -36,7 +36,7 @@ from ..files import read_lines
 from ..loadgen import LoadProcesses, ProcessSpec, Record, split
 from ..plan import MAX_LOAD_WORKERS as MAX_WORKERS
 from ..plan import LoadPlan, strip_credentials
-from ..results import ClientCeiling, LoadResult
+from ..results import ClientCeiling, KneeResult, KneeStep, LoadResult
 from ..stats import LatencySeries
 from ..targets import Target
 from .encode import sample_corpus
@@ -56,6 +56,17 @@ CEILING_CONNECTIONS = 64
 MAX_BODIES = 4096
 # A load above this share of the client's own ceiling may be measuring the client.
 CLIENT_BOUND_PERCENT = 50.0
+# The knee search: the rate grows by GROWTH while the objective holds, then the bracket is halved
+# (geometrically) until its ends are within BRACKET of each other; never more than MAX_STEPS steps.
+GROWTH = 1.5
+BRACKET = 1.05
+MAX_STEPS = 16
+# A step whose requests still waiting at its end are more than this share of those sent fell behind.
+BACKLOG_SHARE = 0.10
+# After a step that left requests waiting, the server still works through them (the client gave up on
+# them, the server does not know): the next step starts once one request is answered about as fast as
+# on an idle server again, so that no step measures the one before it.
+DRAIN_LIMIT_S = 120.0
 
 
 def _wait(until: float | None, wake: threading.Event, cancel: threading.Event) -> None:
@@ -93,12 +104,18 @@ def _stoppable(ctx: RunContext, fn: Callable[[], T], name: str) -> T:
     return cast(T, value)
 
 
+def _kinds(by_kind: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items()))
+
+
 class _Tally:
     """The load's records, folded one by one as they arrive (aggregates, not a list per request: an hour
     of load must not grow embprof's memory; the recorder keeps a bounded share of the request events)."""
 
-    def __init__(self, ctx: RunContext, target: HttpTarget) -> None:
+    def __init__(self, ctx: RunContext, target: HttpTarget, group: str = "load", fault_on_errors: bool = True) -> None:
         self.ctx, self.target = ctx, target
+        self.group = group
+        self.fault_on_errors = fault_on_errors  # the knee search counts errors against its objective instead
         self.latency = LatencySeries()
         self.lag = LatencySeries()  # open loop: how late each request was sent against its schedule
         self.split: dict[str, LatencySeries] = {}  # the server's own timings by part, and what is left
@@ -117,7 +134,7 @@ class _Tally:
         self.ctx.emit(RequestTimed(t_ns=self.ctx.now(), phase_id=self.ctx.phase_id, call_index=0, request_index=self.index,
                                    items=rec.items, duration_ns=rec.latency_ns, status=rec.status, bytes_sent=rec.sent_bytes,
                                    bytes_received=rec.received_bytes, tokens=rec.tokens, error_kind=rec.kind, error=message,
-                                   group="load", lag_ns=rec.lag_ns))
+                                   group=self.group, lag_ns=rec.lag_ns))
         self.index += 1
         self.done += 1
         if rec.lag_ns is not None:
@@ -143,7 +160,7 @@ class _Tally:
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         target.errors += 1
         target.errors_by_kind[kind] = target.errors_by_kind.get(kind, 0) + 1
-        if target.errors > target.spec.max_errors and self.fault is None:
+        if self.fault_on_errors and target.errors > target.spec.max_errors and self.fault is None:
             self.fault = ServerFault(f"{target.errors} requests failed ({kind}: {message}), "
                                      f"more than --max-errors {target.spec.max_errors}; the load stopped")
 
@@ -183,7 +200,10 @@ class LoadWorkload:
             "duration_s": p.duration_s,
             "concurrency": p.concurrency,
             "rate_per_s": p.rate,
-            "arrivals": "poisson" if p.rate is not None else "closed loop",
+            "arrivals": "poisson" if p.rate is not None or p.find_knee else "closed loop",
+            "find_knee": p.find_knee,
+            **({"objective_p99_ms": p.slo_p99_ms, "objective_errors_percent": p.slo_errors_percent, "step_s": p.step_s,
+                "max_rate_per_s": p.max_rate} if p.find_knee else {}),
             "latency_from": "when each request was due" if p.rate is not None else "each request's send",
             "texts_per_request": p.batch,
             "load_processes": p.processes,
@@ -205,20 +225,20 @@ class LoadWorkload:
             chunks.append(chunk)
         return Shape(path, bodies, items, self.plan.processes, chunks[0])
 
-    def _specs(self, target: HttpTarget, shape: Shape, workers: int) -> list[ProcessSpec]:
+    def _specs(self, target: HttpTarget, shape: Shape, workers: int, *, concurrency: int | None, rate: float | None,
+               requests: int | None, duration_s: float | None, seed: int, records: str | None) -> list[ProcessSpec]:
         headers: dict[str, str] = {}
         key = target._api_key()
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
         n = shape.processes
-        shares = split(self.concurrency, n) if self.concurrency else split(workers, n)
-        counts = split(self.requests, n)
+        shares = split(concurrency, n) if concurrency else split(workers, n)
+        counts = split(requests, n)
         return [ProcessSpec(base_url=strip_credentials(target.base), path=shape.path, bodies=shape.bodies, items=shape.items,
-                            api=target.spec.api, concurrency=max(1, shares[k] or 1),
-                            rate=None if self.rate is None else self.rate / n, seed=self.plan.seed * 1000 + k,
-                            requests=counts[k], duration_s=self.duration_s, timeout_s=target.spec.timeout_s, headers=headers,
-                            basic_auth=target._basic_auth(), index=k,
-                            records_file=None if self.plan.records is None else f"{self.plan.records}/process-{k + 1}.jsonl")
+                            api=target.spec.api, concurrency=max(1, shares[k] or 1), rate=None if rate is None else rate / n,
+                            seed=seed * 1000 + k, requests=counts[k], duration_s=duration_s, timeout_s=target.spec.timeout_s,
+                            headers=headers, basic_auth=target._basic_auth(), index=k,
+                            records_file=None if records is None else f"{records}/process-{k + 1}.jsonl")
                 for k in range(n)]
 
     def run(self, ctx: RunContext, target: Target) -> None:
@@ -247,13 +267,17 @@ class LoadWorkload:
         with ctx.phase("warm-up", "1 request"):
             self._warm_up(ctx, target, shape.first)
 
+        if self.plan.find_knee:
+            self._find_knee(ctx, target, shape)
+            return
         tally = _Tally(ctx, target)
         detail = f"concurrency {self.concurrency}" if self.concurrency else f"Poisson {self.rate:g}/s"
         if shape.processes > 1:
             detail += f", {shape.processes} load processes"
         with ctx.phase("load", detail):
-            merged = LoadProcesses(self._specs(target, shape, workers)).run(
-                tally.add, lambda: ctx.cancel_event.is_set() or tally.fault is not None, POLL_S)
+            specs = self._specs(target, shape, workers, concurrency=self.concurrency, rate=self.rate, requests=self.requests,
+                                duration_s=self.duration_s, seed=self.plan.seed, records=self.plan.records)
+            merged = LoadProcesses(specs).run(tally.add, lambda: ctx.cancel_event.is_set() or tally.fault is not None, POLL_S)
         wall = merged.wall_s
         achieved = tally.done / wall if wall > 0 else None
         ceiling_rate = ceiling.requests_per_s
@@ -301,6 +325,137 @@ class LoadWorkload:
             raise RuntimeError(merged.crashed[0])
         if tally.fault is not None:
             raise tally.fault
+
+    # -- the knee ------------------------------------------------------------------------------------------
+    def _step(self, ctx: RunContext, target: HttpTarget, shape: Shape, *, rate: float | None, seconds: float, group: str,
+              index: int) -> tuple[_Tally, Any]:
+        """One open-loop step (or, with rate None, one connection's closed loop): its requests folded, as a load's are."""
+        tally = _Tally(ctx, target, group=group, fault_on_errors=False)
+        workers = 1 if rate is None else min(MAX_WORKERS, max(8, int(rate * 2)))
+        records = None if self.plan.records is None else f"{self.plan.records}/step-{index}"
+        if records is not None:
+            Path(records).mkdir(parents=True, exist_ok=True)
+        specs = self._specs(target, shape, workers, concurrency=1 if rate is None else None, rate=rate, requests=None, duration_s=seconds,
+                            seed=self.plan.seed + index, records=records)
+        merged = LoadProcesses(specs).run(tally.add, ctx.cancel_event.is_set, POLL_S)
+        if merged.crashed:
+            raise RuntimeError(merged.crashed[0])
+        return tally, merged
+
+    def _find_knee(self, ctx: RunContext, target: HttpTarget, shape: Shape) -> None:
+        """Raise an open-loop rate until the objective breaks, then bisect: the largest rate that held it."""
+        p = self.plan
+        slo_p99, slo_errors = p.slo_p99_ms / 1e3, p.slo_errors_percent
+        steps: list[KneeStep] = []
+        idle: list[float] = []  # one request's latency on the idle server: the one-connection loop's p50, or the first step's
+        good: float | None = None
+        bad: float | None = None
+        start_from = "--rate"
+        rate = p.rate
+        if rate is None:
+            seconds = min(2.0, p.step_s)
+            with ctx.phase("knee: one connection", f"closed loop, {seconds:g} s"):
+                tally, merged = self._step(ctx, target, shape, rate=None, seconds=seconds, group="knee: one connection", index=0)
+            ctx.check_cancel()
+            single = tally.ok / merged.wall_s if merged.wall_s > 0 else 0.0
+            if single <= 0:
+                raise UserError("the server answered no request on one connection: there is no knee to find "
+                                f"({_kinds(tally.kinds) or 'nothing came back'})")
+            rate = single / 2
+            start_from = f"half of what one connection sustained ({single:.4g}/s)"
+            p50 = tally.latency.stats().p50_s
+            if p50 is not None:
+                idle.append(p50)
+
+        def judge(offered: float, tally: _Tally, merged: Any) -> KneeStep:
+            done = tally.done
+            errors = sum(tally.kinds.values())
+            lat = tally.latency.stats()
+            lag = tally.lag.stats()
+            why = []
+            if done == 0:
+                why.append("no request was answered")
+            if done and 100.0 * errors / done > slo_errors:
+                why.append(f"{100.0 * errors / done:.2f} % failed (objective {slo_errors:g} %)")
+            if lat.p99_s is not None and lat.p99_s > slo_p99:
+                why.append(f"p99 {lat.p99_s * 1e3:.1f} ms (objective {p.slo_p99_ms:g} ms)")
+            if merged.sent and merged.in_flight > BACKLOG_SHARE * merged.sent:
+                why.append(f"the server fell behind: {merged.in_flight} of {merged.sent} requests still waiting at the step's end")
+            return KneeStep(offered_per_s=offered, achieved_per_s=tally.ok / merged.wall_s if merged.wall_s > 0 else None, sent=merged.sent,
+                            ok=tally.ok, errors=errors, p50_s=lat.p50_s, p99_s=lat.p99_s, send_lag_p99_s=lag.p99_s, passed=not why,
+                            why="; ".join(why))
+
+        def run_step(offered: float) -> bool:
+            n = len(steps) + 1
+            with ctx.phase(f"knee step {n}", f"Poisson {offered:.4g}/s for {p.step_s:g} s"):
+                tally, merged = self._step(ctx, target, shape, rate=offered, seconds=p.step_s, group=f"knee {offered:.4g}/s", index=n)
+            step = judge(offered, tally, merged)
+            steps.append(step)
+            if not idle and step.p50_s is not None:
+                idle.append(step.p50_s)
+            if not step.passed and merged.in_flight and idle:  # a step that held leaves only the last few answers, done at once
+                self._drain(ctx, target, shape, idle[0], merged.in_flight)
+            ctx.emit(Note(t_ns=ctx.now(), text=f"knee step {n}: {offered:.4g}/s offered, "
+                                               f"{step.achieved_per_s or 0:.4g}/s answered, p99 "
+                                               f"{'n/a' if step.p99_s is None else f'{step.p99_s * 1e3:.1f} ms'}: "
+                                               + ("holds" if step.passed else f"breaks ({step.why})")))
+            return step.passed
+
+        def result() -> KneeResult:
+            return KneeResult(objective_p99_s=slo_p99, objective_errors_percent=slo_errors, objective_min_achieved_share=1 - BACKLOG_SHARE,
+                              step_s=p.step_s, steps=tuple(steps), sustainable_per_s=good,
+                              bracket=(good, bad) if good is not None and bad is not None else None, start_from=start_from)
+
+        try:
+            while len(steps) < MAX_STEPS and not ctx.cancel_event.is_set():
+                if p.max_rate is not None and rate > p.max_rate:
+                    rate = p.max_rate
+                if run_step(rate):
+                    good = rate
+                    if p.max_rate is not None and rate >= p.max_rate:
+                        break
+                    rate *= GROWTH
+                else:
+                    bad = rate
+                    break
+            while good is not None and bad is not None and bad / good > BRACKET and len(steps) < MAX_STEPS \
+                    and not ctx.cancel_event.is_set():
+                mid = (good * bad) ** 0.5
+                if run_step(mid):
+                    good = mid
+                else:
+                    bad = mid
+        finally:  # a stop keeps the steps measured so far
+            ctx.emit(Result(t_ns=ctx.now(), result=result()))
+        ctx.check_cancel()
+        final = result()
+        if final.sustainable_per_s is None:
+            ctx.emit(Note(t_ns=ctx.now(), level="warning", text=f"even the first rate ({steps[0].offered_per_s:.4g}/s) broke the objective: "
+                                                               "start lower with --rate" if steps else "no step ran"))
+        elif bad is None:
+            ctx.emit(Note(t_ns=ctx.now(), level="warning",
+                          text=f"the objective held at every rate tried, up to {good:.4g}/s: the knee is above it "
+                               + ("(--max-rate)" if p.max_rate is not None else f"(the search stops after {MAX_STEPS} steps)")))
+
+    def _drain(self, ctx: RunContext, target: HttpTarget, shape: Shape, idle_s: float, waiting: int) -> None:
+        """Wait until the server answers one request about as fast as when idle (twice its idle latency, or 5 ms
+        more); said in a phase of its own and a note, never counted in a step."""
+        bound = max(2 * idle_s, idle_s + 0.005)
+        started = time.perf_counter()
+        with ctx.phase("knee: the server catching up", f"{waiting} requests left waiting"):
+            while True:
+                outcome = _stoppable(ctx, lambda: target.try_request(shape.first), "embprof-knee-drain")
+                if not outcome.error_kind and outcome.duration_ns / 1e9 <= bound:
+                    break
+                if time.perf_counter() - started > DRAIN_LIMIT_S:
+                    ctx.emit(Note(t_ns=ctx.now(), level="warning",
+                                  text=f"the server was still slower than when idle {DRAIN_LIMIT_S:g} s after a step: the next step "
+                                       "may measure what the last one left behind"))
+                    return
+                _wait(time.perf_counter() + 0.2, threading.Event(), ctx.cancel_event)
+                ctx.check_cancel()
+        ctx.emit(Note(t_ns=ctx.now(), text=f"waited {time.perf_counter() - started:.1f} s for the server to work through the "
+                                           f"{waiting} requests the step left waiting, before the next step"))
 
     def _warm_up(self, ctx: RunContext, target: HttpTarget, chunk: list[str]) -> None:
         """One request that is not counted, retried while --max-errors allows (as HttpTarget.request does); each
