@@ -10,7 +10,7 @@ from typing import Any
 
 from .files import atomic_write_bytes, check_output_path
 from .report import largest_fit_text
-from .results import SweepPoint, SweepResult
+from .results import KneeResult, SweepPoint, SweepResult
 from .snapshot import Snapshot
 
 NUMERIC_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
@@ -137,6 +137,41 @@ def sweep_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg", avo
         title = f"memory up to the limit: largest {limit.axis} that fits = {largest_fit_text(limit)}"
         out.append(_finish(plt, fig, ax, limit.axis, "MiB", title, out_dir / f"{stem}-memory.{fmt}", fmt, avoid))
     return out
+
+
+def knee_charts(snap: Snapshot, out_dir: Path, stem: str, fmt: str = "svg", avoid: Sequence[str | Path] = ()) -> list[Path]:
+    """A knee search's curve: answered/s against offered/s (the diagonal is keeping up), p50 and p99 on a
+    second axis, the objective's p99 and the sustainable rate marked."""
+    knee = snap.summary.results.get("knee")
+    if not isinstance(knee, KneeResult):
+        return []
+    pts = sorted((st for st in knee.steps if st.achieved_per_s is not None), key=lambda st: st.offered_per_s)
+    if not pts:
+        return []
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    xs = [st.offered_per_s for st in pts]
+    ax.plot(xs, xs, color="0.7", linestyle=":", label="offered (keeping up)")
+    ax.plot(xs, [st.achieved_per_s for st in pts], marker="o", color="tab:blue", label="answered/s")
+    if knee.sustainable_per_s is not None:
+        ax.axvline(knee.sustainable_per_s, color="tab:green", linestyle="--", label=f"sustainable {knee.sustainable_per_s:,.4g}/s")
+    lat = ax.twinx()
+    for attr, color, name in (("p50_s", "tab:orange", "p50"), ("p99_s", "tab:red", "p99")):
+        pairs = [(st.offered_per_s, getattr(st, attr) * 1e3) for st in pts if getattr(st, attr) is not None]
+        if pairs:
+            lat.plot([x for x, _ in pairs], [y for _, y in pairs], marker=".", color=color, label=f"{name} ms (from when due)")
+    lat.axhline(knee.objective_p99_s * 1e3, color="tab:red", linestyle=":", alpha=0.6, label="objective p99")
+    lat.set_ylabel("latency ms")
+    lat.set_yscale("log")
+    handles, labels = lat.get_legend_handles_labels()
+    ax.legend(*[a + b for a, b in zip(ax.get_legend_handles_labels(), (handles, labels))], fontsize=8, loc="upper left")
+    ax.set_xlabel("offered requests/s (Poisson)")
+    ax.set_ylabel("answered requests/s")
+    ax.set_title("The knee: throughput and latency against offered load")
+    ax.grid(alpha=0.3)
+    saved = _save(fig, out_dir / f"{stem}-knee.{fmt}", fmt, avoid)
+    plt.close(fig)
+    return [saved]
 
 
 def compare_chart(snaps: list[Snapshot], names: list[str], out_dir: Path, stem: str, fmt: str = "svg",

@@ -125,6 +125,20 @@ def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaSe
     phases = [ph.name for ph in snap.summary.phases]
     assert "knee: one connection" in phases and sum(n.startswith("knee step") for n in phases) == len(knee.steps)
     assert "The knee's steps" in out
+    # Exports: the curve as a chart beside the Markdown report, and every step as CSV.
+    path, _ = snapshot_from(out)
+    md = path.parent / "knee.md"
+    rc, _, err, _ = run_cli(["export", str(path), "--format", "md", "-o", str(md)], cli_env)
+    assert rc == 0, err
+    chart = path.parent / "knee-knee.svg"
+    assert chart.is_file() and chart.read_text().lstrip().startswith("<?xml") and "knee-knee.svg" in md.read_text()
+    rc, csv_out, err, _ = run_cli(["export", str(path), "--format", "csv", "--table", "knee-steps"], cli_env)
+    assert rc == 0, err
+    import csv as csv_module
+    import io
+
+    rows = list(csv_module.DictReader(io.StringIO(csv_out)))
+    assert [float(r["offered/s"]) for r in rows] == pytest.approx([st.offered_per_s for st in knee.steps], rel=1e-3)
 
 
 def test_too_large_input_names_the_flags(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -264,3 +264,28 @@ def test_the_knee_of_a_server_of_known_capacity_is_found_within_ten_percent(cli_
         assert s.p50_s is not None and s.p50_s >= 0.25
         assert s.achieved_per_s is not None and s.achieved_per_s <= capacity * 1.1
     assert "The knee: the largest rate that held the objective" in out and "sustainable rate" in out
+
+
+async def test_the_dashboard_draws_the_knee_as_the_search_goes(tmp_path: Path) -> None:
+    """The real workload in the dashboard (no scripted engine): the Scores panel lists each step as it ends,
+    then the sustainable rate; the curve is drawn."""
+    from pilot_helpers import plain, until
+    from textual.widgets import DataTable, Static
+
+    from embprof.engine.plan import LoadPlan, RunPlan, ServerTarget
+    from embprof.tui.app import EmbprofApp
+
+    with FastTrivialServer() as srv:
+        plan = RunPlan(target=ServerTarget(url=srv.url), workload=LoadPlan(find_knee=True, rate=20.0, max_rate=40.0, step_s=1.0))
+        app = EmbprofApp(plan, profiles_dir=tmp_path / "profiles")
+        async with app.run_test(size=(140, 44)) as pilot:
+            await pilot.press("4")
+            table = app.query_one("#scores-table", DataTable)
+            await until(pilot, lambda: table.row_count >= 1, timeout=120)  # the first step, before the search ends
+            await until(pilot, lambda: app.current is not None and app.current.finished, timeout=120)
+            await pilot.pause(0.5)
+            rows = [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+            assert [r[1] for r in rows] == ["20.0", "30.0", "40.0"] and all(r[6] == "holds" for r in rows), rows
+            head = plain(app.query_one("#scores-head", Static).content, 200)
+            assert "sustainable rate" in head and "40/s" in head
+            assert app.query_one("#sweep-plot").display

@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--table", type=text, default="summary", help="with --format csv: which table (default summary)")
     ex.add_argument("-o", "--output", type=text, metavar="FILE",
                     help="write here (atomically) instead of stdout; md writes a sweep's charts beside it")
-    ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's charts (default svg)")
+    ex.add_argument("--charts", choices=["svg", "png", "none"], default="svg", help="image format of a sweep's or a knee search's charts (default svg)")
 
     rr = sub.add_parser("rerun", help="run a snapshot's plan again: the same target, workload and recording", formatter_class=_Formatter,
                         epilog="examples:\n  embprof rerun profiles/<run>.json\n  embprof rerun profiles/<run>.json --print-plan > plan.json\n")
@@ -709,10 +709,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     snap = load(args.file)
     images: list[str] = []
     if args.format == "md" and args.output and args.charts != "none":
-        from embprof.engine.charts import sweep_charts
+        from embprof.engine.charts import knee_charts, sweep_charts
 
         out = Path(args.output)
         images = [p.name for p in sweep_charts(snap, out.parent, out.stem, args.charts, avoid=[args.file])]
+        images += [p.name for p in knee_charts(snap, out.parent, out.stem, args.charts, avoid=[args.file])]
     text = export(snap, args.format, args.table, images)
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))

@@ -391,6 +391,7 @@ class LoadWorkload:
                 tally, merged = self._step(ctx, target, shape, rate=offered, seconds=p.step_s, group=f"knee {offered:.4g}/s", index=n)
             step = judge(offered, tally, merged)
             steps.append(step)
+            ctx.emit(Result(t_ns=ctx.now(), result=result()))  # the curve so far: the dashboard draws it as the search goes
             if not idle and step.p50_s is not None:
                 idle.append(step.p50_s)
             if not step.passed and merged.in_flight and idle:  # a step that held leaves only the last few answers, done at once

@@ -1,4 +1,4 @@
-"""Scores: a similarity run's matrix and ranking, a sweep's points and fit, an MTEB run's task table."""
+"""Scores: a similarity run's matrix and ranking, a sweep's points and fit, an MTEB run's task table, a load's knee."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from embprof.engine import report
 from embprof.engine.report import fmt
 from embprof.engine.results import (
+    KneeResult,
     LatencyFit,
     MtebRun,
     MtebTask,
@@ -23,7 +24,7 @@ from ..view import RunView
 from .base import Panel, Plot, pairs
 
 HEAT = Gradient.from_colors(Color.parse("#1f3b73"), Color.parse("#5f6f7a"), Color.parse("#f2a541"), Color.parse("#e8523c"))
-SCORED = ("similarity", "sweep", "mteb")
+SCORED = ("similarity", "sweep", "mteb", "knee")
 SWEEP_AXES = ("lines", "batch", "tokens", "threads", "max_seq_length", "truncate_dim")
 
 
@@ -56,8 +57,11 @@ class ScoresPanel(Panel):
         table.clear(columns=True)
         results = view.run.results if view is not None else {}
         mteb, sweep, sim = results.get("mteb"), results.get("sweep"), results.get("similarity")
-        self.set_class(isinstance(sweep, SweepResult) and mteb is None, "-sweep")
-        if view is not None and isinstance(mteb, MtebRun):
+        knee = results.get("knee")
+        self.set_class((isinstance(sweep, SweepResult) or isinstance(knee, KneeResult)) and mteb is None, "-sweep")
+        if isinstance(knee, KneeResult):
+            self._show_knee(knee, head, table, foot)
+        elif view is not None and isinstance(mteb, MtebRun):
             self._show_mteb(view, mteb, head, table, foot)
         elif isinstance(sweep, SweepResult):
             self._show_sweep(sweep, head, table, foot)
@@ -162,6 +166,41 @@ class ScoresPanel(Panel):
             plt.plot(grid, [(c["fixed"] + c.get("per_line", 0.0) * g) * 1e3 for g in grid], color="orange", label=fit.formula)
         # The measured medians last, so that the fitted line never hides them.
         plt.scatter(xs, [(p.median_s or 0.0) * 1e3 for p in pts], marker="●", color="cyan", label="measured")
+        plot.changed()
+
+    # -- the knee ------------------------------------------------------------------------------------
+    def _show_knee(self, knee: KneeResult, head: Static, table: DataTable[Any], foot: Static) -> None:
+        sustainable = Text("n/a", style="dim") if knee.sustainable_per_s is None else Text(f"{knee.sustainable_per_s:,.4g}/s", style="bold")
+        head.update(pairs(
+            ("sustainable rate", sustainable),
+            ("objective", f"p99 ≤ {knee.objective_p99_s * 1e3:g} ms, failed ≤ {knee.objective_errors_percent:g} %"),
+            ("latency from", "when each request was due"),
+        ))
+        for col in ("step", "offered/s", "answered/s", "p50 ms", "p99 ms", "failed", "objective"):
+            table.add_column(col, key=col)
+        for i, st in enumerate(knee.steps, 1):
+            verdict = Text("holds", style="green") if st.passed else Text(f"breaks: {st.why}", style="bold red")
+            table.add_row(str(i), fmt(st.offered_per_s, 1), fmt(st.achieved_per_s, 1), fmt(None if st.p50_s is None else st.p50_s * 1e3, 1),
+                          fmt(None if st.p99_s is None else st.p99_s * 1e3, 1), str(st.errors), verdict)
+        foot.update(Text(f"first rate: {knee.start_from}; each step {knee.step_s:g} s", style="dim"))
+        self._draw_knee(knee)
+
+    def _draw_knee(self, knee: KneeResult) -> None:
+        """The curve: answered against offered (the diagonal is keeping up), and p99 on the right-hand axis."""
+        plot = self.query_one("#sweep-plot", Plot)
+        plt = plot.plt
+        plt.clear_figure()
+        pts = sorted((st for st in knee.steps if st.achieved_per_s is not None), key=lambda st: st.offered_per_s)
+        if not pts:
+            plot.changed()
+            return
+        xs = [st.offered_per_s for st in pts]
+        plt.title("answered/s (left) and p99 ms (right) against offered/s")
+        plt.plot(xs, xs, color="gray", label="offered")
+        plt.plot(xs, [st.achieved_per_s or 0.0 for st in pts], marker="●", color="cyan", label="answered/s")
+        lat = [(st.offered_per_s, st.p99_s * 1e3) for st in pts if st.p99_s is not None]
+        if lat:
+            plt.plot([x for x, _ in lat], [y for _, y in lat], marker="●", color="orange", label="p99 ms", yside="right")
         plot.changed()
 
     # -- MTEB ----------------------------------------------------------------------------------------
