@@ -63,6 +63,7 @@ LOAD_PROCESSES = (1, 64)
 SLO_P99_MS = (0.01, 3_600_000.0)
 SLO_ERRORS = (0.0, 100.0)
 STEP_S = (0.5, 3600.0)
+TEXT_TOKENS = (1, 32_768)
 RATE = (0.001, 100_000.0)
 TOP_K = (1, 10_000)
 ENERGY_WINDOW_S = (0.001, 3_600.0)
@@ -367,6 +368,10 @@ class LoadPlan(_Plan):
     seed: int = 0
     processes: int = 1  # load processes: each an event loop of its own (one is enough for thousands a second)
     records: str | None = None  # a folder: each load process writes every request's times there (JSON lines)
+    # The texts sent: --input's lines (or the sample corpus) in turn; texts of about text_tokens tokens; or a
+    # mix of sources ("FILE" or "tokens=N") drawn in stated proportions, request by request.
+    text_tokens: int | None = None
+    mix: tuple[tuple[str, float], ...] = ()
     # --find-knee: open-loop steps of step_s seconds, the rate raised until the objective breaks, then bisected.
     find_knee: bool = False
     slo_p99_ms: float = 200.0
@@ -413,6 +418,20 @@ class LoadPlan(_Plan):
         check_text(self.input, "--input")
         check_text(self.prompt_name, "--prompt-name")
         check_text(self.records, "--records")
+        check_count(self.text_tokens, TEXT_TOKENS, "--text-tokens")
+        if sum(x is not None and x != () for x in (self.input, self.text_tokens, self.mix or None)) > 1:
+            raise UserError("give one of --input, --text-tokens and --mix (a mix names its own sources)")
+        for source, weight in self.mix:
+            check_text(source, "a --mix source")
+            if source.startswith("tokens="):
+                n = source.removeprefix("tokens=")
+                if not n.isdigit():
+                    raise UserError(f"--mix takes tokens=N (a whole number of tokens), not '{_shown(source)}'")
+                check_count(int(n), TEXT_TOKENS, "--mix tokens=N")
+            if not (0 < weight <= 1e6):
+                raise UserError(f"--mix: the share of '{_shown(source)}' must be a positive number, not {_shown(weight)}")
+        if len(self.mix) == 1:
+            raise UserError("--mix mixes two sources or more: for one, give --input FILE or --text-tokens N")
         return self
 
 
@@ -693,6 +712,21 @@ def check_axes(axes: dict[str, tuple[AxisValue, ...]]) -> None:
 
 
 # -- building plans ----------------------------------------------------------------------------------------
+def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
+    """``--mix`` as written: ``SOURCE:SHARE,SOURCE:SHARE…`` (a source is a file of lines or ``tokens=N``)."""
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        source, sep, share = part.rpartition(":")
+        try:
+            weight = float(share)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not source.strip() or weight != weight:
+            raise UserError(f"--mix takes SOURCE:SHARE pairs separated by commas (queries.txt:0.8,tokens=512:0.2), not '{_shown(part)}'")
+        out.append((source.strip(), weight))
+    return tuple(out)
+
+
 def plan_from_options(o: dict[str, Any]) -> RunPlan:
     """A plan from the options the command line and the dashboard's form share, by their names
     (``model``, ``server``, ``workload``, ``batch_size`` …; absent or None: the default). The one
@@ -743,7 +777,11 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
         take("input", "mode", "prompt_name", "batch_size", "warmups", "until_oom", target_ci_percent="target_ci",
              budget_s="budget", ram_ceiling_mib="ram_ceiling")
     elif workload == "load":
-        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", "find_knee", "max_rate", duration_s="duration",
+        mix = get("mix")
+        if mix is not None:
+            w["mix"] = parse_mix(mix) if isinstance(mix, str) else mix
+        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", "find_knee", "max_rate", "text_tokens",
+             duration_s="duration",
              processes="load_processes", slo_p99_ms="slo_p99", slo_errors_percent="slo_errors", step_s="step_duration")
     elif workload == "train":
         if not get("train_file"):

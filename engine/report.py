@@ -582,6 +582,12 @@ def server_tables(snap: Snapshot) -> list[Table]:
             rows.append(("client alone, measured against", ceiling.endpoint))
         out.append(_kv("load", "Load", rows))
         out.append(_server_split_table(load))
+        if load.by_source:
+            by = Table("load-sources", "Latency by the source of the texts (answered requests)", ["source", "requests", "p50 s", "p90 s",
+                                                                                                 "p99 s"])
+            for name, st in load.by_source.items():
+                by.rows.append([name, st.count, st.p50_s, st.p90_s, st.p99_s])
+            out.append(by)
     knee = s.results.get("knee")
     if isinstance(knee, KneeResult):
         out.extend(knee_tables(knee))

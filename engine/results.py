@@ -283,6 +283,7 @@ class LoadResult(_Frozen):
     server_split_requests: int = 0
     load_processes: int = 1
     client_bound: bool | None = None  # above half of the client's own ceiling; None: no ceiling to compare with
+    by_source: dict[str, LatencyStats] | None = None  # a mix: answered requests' latency by the source of their texts
 
 
 class KneeStep(_Frozen):

@@ -49,6 +49,11 @@ NUMERIC: list[tuple[tuple[str, ...], str, o.Count | o.Number]] = [
     (("run", "load"), "--rate", o.RATE),
     (("run", "load"), "--batch", o.LOAD_BATCH),
     (("run", "load"), "--load-processes", o.LOAD_PROCESSES),
+    (("run", "load"), "--slo-p99", o.SLO_P99),
+    (("run", "load"), "--slo-errors", o.SLO_ERRORS),
+    (("run", "load"), "--step-duration", o.STEP_DURATION),
+    (("run", "load"), "--max-rate", o.RATE),
+    (("run", "load"), "--text-tokens", o.TEXT_TOKENS),
     (("mteb",), "--batch-size", o.BATCH_SIZE),
     (("mteb",), "--loops", o.LOOPS),
     (("matrix",), "--loops", o.CELL_LOOPS),
@@ -141,6 +146,7 @@ EMPTY: list[tuple[tuple[str, ...], str]] = [
     (("run", "sweep"), "--input"),
     (("run", "load"), "--input"),
     (("run", "load"), "--records"),
+    (("run", "load"), "--mix"),
     (("run",), "--plan"),
     (("run",), "--profiles-dir"),
     (("mteb",), "--data-dir"),
@@ -233,6 +239,11 @@ PLAN_OF: dict[str, Any] = {
     "--rate": lambda v: plan_from_options({"workload": "load", "server": SERVER, "rate": v}),
     "--batch": lambda v: plan_from_options({"workload": "load", "server": SERVER, "batch": v}),
     "--load-processes": lambda v: plan_from_options({"workload": "load", "server": SERVER, "load_processes": v}),
+    "--slo-p99": lambda v: plan_from_options({"workload": "load", "server": SERVER, "find_knee": True, "slo_p99": v}),
+    "--slo-errors": lambda v: plan_from_options({"workload": "load", "server": SERVER, "find_knee": True, "slo_errors": v}),
+    "--step-duration": lambda v: plan_from_options({"workload": "load", "server": SERVER, "find_knee": True, "step_duration": v}),
+    "--max-rate": lambda v: plan_from_options({"workload": "load", "server": SERVER, "find_knee": True, "max_rate": v}),
+    "--text-tokens": lambda v: plan_from_options({"workload": "load", "server": SERVER, "text_tokens": v}),
     "--top-k": lambda v: CellPlan(top_k=v),
     "--energy-window": lambda v: CellPlan(energy_min_window_s=v),
     "--sample-hz": lambda v: plan_from_options({"sample_hz": v}),
@@ -244,7 +255,8 @@ PARSED_IN = {**{opt: ("run", "encode") for opt in PLAN_OF},
              "--loops": ("run", "speed"), "--top-k": ("matrix",), "--energy-window": ("matrix",),
              **{opt: ("train",) for opt in ("--epochs", "--max-steps", "--max-examples", "--learning-rate", "--warmup", "--seed")},
              **{opt: ("run", "sweep") for opt in ("--target-ci", "--budget", "--ram-ceiling")},
-             **{opt: ("run", "load") for opt in ("--requests", "--duration", "--concurrency", "--rate", "--batch", "--load-processes")}}
+             **{opt: ("run", "load") for opt in ("--requests", "--duration", "--concurrency", "--rate", "--batch", "--load-processes",
+                                                      "--slo-p99", "--slo-errors", "--step-duration", "--max-rate", "--text-tokens")}}
 
 
 def test_every_bounded_option_has_a_plan_check() -> None:

@@ -106,6 +106,17 @@ def test_load_against_llama_server(cli_env: dict[str, str], llama: LlamaServer) 
     assert load.errors == 0 and 10 <= load.requests_done <= 80  # about 40 arrivals in 2 s
 
 
+def test_texts_of_a_stated_token_length_are_counted_by_the_servers_tokenizer(cli_env: dict[str, str], llama: LlamaServer) -> None:
+    rc, out, err, _ = run_cli(["run", "load", "--server", llama.url, "--text-tokens", "64", "--requests", "20"], cli_env)
+    assert rc == 0, err
+    _, snap = snapshot_from(out)
+    notes = [e.text for e in snap.events if getattr(e, "kind", "") == "note" and e.text.startswith("texts of 64 tokens")]
+    assert len(notes) == 1 and "by the server's tokenizer" in notes[0], notes
+    counted = int(notes[0].split(" words each, ")[1].split(" tokens")[0])
+    assert abs(counted - 64) <= 3, notes[0]
+    assert snap.summary.results["load"].ok == 20
+
+
 def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
     """--find-knee against llama-server: from half of what one connection sustains, rate steps until the
     objective breaks, then bisected; the answer is a rate with its curve, each step's figures its own."""

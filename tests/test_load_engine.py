@@ -289,3 +289,47 @@ async def test_the_dashboard_draws_the_knee_as_the_search_goes(tmp_path: Path) -
             head = plain(app.query_one("#scores-head", Static).content, 200)
             assert "sustainable rate" in head and "40/s" in head
             assert app.query_one("#sweep-plot").display
+
+
+# -- request shapes --------------------------------------------------------------------------------------------
+
+
+def test_a_mix_sends_each_source_in_its_share_and_reports_latency_by_source(cli_env: dict[str, str], tmp_path: Path) -> None:
+    queries = tmp_path / "queries.txt"
+    queries.write_text("\n".join(f"short query {i}" for i in range(50)) + "\n")
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join("a long document " * 40 + str(i) for i in range(20)) + "\n")
+    seen: list[int] = []
+
+    class Counting(TrivialHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self._body()
+            seen.append(len(body["content"][0]))
+            self._answer(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        rc, out, err, _ = run_cli(["run", "load", "--server", url, "--requests", "400", "--concurrency", "4",
+                                   "--mix", f"{queries}:0.8,{docs}:0.2"], cli_env)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert rc == 0, err
+    snap, result = load_of(out)
+    long = sum(1 for n in seen[1:] if n > 300)  # the warm-up aside: documents are 600+ characters, queries under 20
+    assert len(seen) == 401 and 40 <= long <= 120, long  # 20 % of 400 is 80; the draw is seeded, so this never changes
+    assert result.by_source is not None and set(result.by_source) == {"queries.txt", "docs.txt"}
+    assert result.by_source["queries.txt"].count + result.by_source["docs.txt"].count == 400
+    assert result.by_source["docs.txt"].count == long
+    assert snap.workload["mix"] == [f"{queries}:0.8", f"{docs}:0.2"]
+    assert "Latency by the source of the texts" in out
+
+
+def test_a_mix_is_refused_in_one_sentence_when_its_spec_is_wrong(cli_env: dict[str, str]) -> None:
+    for spec, said in (("queries.txt", "--mix takes SOURCE:SHARE pairs"), ("a.txt:0.5", "--mix mixes two sources or more"),
+                       ("tokens=x:0.5,tokens=4:0.5", "--mix takes tokens=N"), ("a.txt:-1,b.txt:1", "must be a positive number")):
+        rc, out, err, _ = run_cli(["run", "load", "--server", "http://127.0.0.1:9", "--mix", spec], cli_env)
+        assert rc == 2 and said in err and "Traceback" not in err, (spec, err)

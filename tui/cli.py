@@ -319,7 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the objective's failed requests, {o.SLO_ERRORS.range_text} (default 0.1)")
     k.add_argument("--step-duration", type=o.STEP_DURATION, metavar="S", help=f"each step's length, {o.STEP_DURATION.range_text} (default 5)")
     k.add_argument("--max-rate", type=o.RATE, metavar="R", help="the highest rate to try (default: no limit but the search's own)")
-    g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line (default: the built-in sample corpus)")
+    g.add_argument("-i", "--input", type=text, metavar="FILE", help="texts, one per line, sent in turn (default: the built-in sample corpus)")
+    g.add_argument("--text-tokens", type=o.TEXT_TOKENS, metavar="N",
+                   help=f"texts of N tokens each (llama.cpp's tokenizer where the server has one; else estimated), {o.TEXT_TOKENS.range_text}")
+    g.add_argument("--mix", type=text, metavar="SPEC",
+                   help="texts from several sources in stated shares, e.g. queries.txt:0.8,tokens=512:0.2 (a source is a file "
+                        "of lines or tokens=N); latency is also reported by source")
     g.add_argument("--prompt-name", type=text, help="a prompt from --prompts-from, applied to every text")
     _add_save_args(ld)
 
@@ -464,7 +469,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 # The tables a finished run prints (the rest are in `embprof show`).
 RUN_TABLES = {"latency", "latency-by-kind", "throughput", "peaks", "speed", "tokens", "similarity", "errors", "mteb", "notes", "sweep",
-              "fit", "fit-notes", "memory-limit", "vs", "load", "load-split", "knee", "knee-steps", "agreement", "requests", "server", "training", "training-steps",
+              "fit", "fit-notes", "memory-limit", "vs", "load", "load-split", "load-sources", "knee", "knee-steps", "agreement", "requests", "server", "training", "training-steps",
               "before-after"}
 
 

@@ -157,6 +157,7 @@ LOAD_PROCESSES = Count(1, 64)
 SLO_P99 = Number(0.01, 3_600_000.0, "milliseconds")
 SLO_ERRORS = Number(0.0, 100.0, "percent")
 STEP_DURATION = Number(0.5, 3600.0, "seconds")
+TEXT_TOKENS = Count(1, 32_768)
 TOP_K = Count(1, 10_000)
 ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
 EPOCHS = Number(0.01, 10_000.0, "epochs")
@@ -191,6 +192,7 @@ LIMITS: dict[str, Count | Number] = {
     "--slo-p99": SLO_P99,
     "--slo-errors": SLO_ERRORS,
     "--step-duration": STEP_DURATION,
+    "--text-tokens": TEXT_TOKENS,
     "--max-rate": RATE,
     "--top-k": TOP_K,
     "--energy-window": ENERGY_WINDOW,

@@ -20,6 +20,7 @@ done. A load process that ends unexpectedly is the run's one error.
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -112,8 +113,11 @@ class _Tally:
     """The load's records, folded one by one as they arrive (aggregates, not a list per request: an hour
     of load must not grow embprof's memory; the recorder keeps a bounded share of the request events)."""
 
-    def __init__(self, ctx: RunContext, target: HttpTarget, group: str = "load", fault_on_errors: bool = True) -> None:
+    def __init__(self, ctx: RunContext, target: HttpTarget, group: str = "load", fault_on_errors: bool = True,
+                 labels: list[str] | None = None) -> None:
         self.ctx, self.target = ctx, target
+        self.labels = labels or []  # each body's source: latency by source when a mix sends several
+        self.by_source: dict[str, LatencySeries] = {}
         self.group = group
         self.fault_on_errors = fault_on_errors  # the knee search counts errors against its objective instead
         self.latency = LatencySeries()
@@ -143,6 +147,8 @@ class _Tally:
             self.ok += 1
             self.items += rec.items
             self.latency.add(rec.latency_ns / 1e9)
+            if len(set(self.labels)) > 1:
+                self.by_source.setdefault(self.labels[rec.index % len(self.labels)], LatencySeries()).add(rec.latency_ns / 1e9)
             if rec.tokens is None:
                 self.tokens_known = False
             else:
@@ -174,6 +180,7 @@ class Shape:
     items: list[int]
     processes: int
     first: list[str]  # the texts of the first body (the warm-up sends them)
+    labels: list[str]  # each body's source ("mixed" for a body that holds texts of several)
 
 
 class LoadWorkload:
@@ -185,9 +192,53 @@ class LoadWorkload:
         self.requests, self.duration_s = plan.requests, plan.duration_s
         self.concurrency, self.rate, self.batch = plan.concurrency, plan.rate, plan.batch
         self._texts: list[str] = []
+        self._mix_files: dict[str, list[str]] = {}
 
     def prepare(self) -> None:
-        self._texts = sample_corpus() if self.plan.input is None else read_lines(self.plan.input)
+        p = self.plan
+        self._texts = read_lines(p.input) if p.input is not None else sample_corpus()
+        # Every file of a mix is read now: a missing one is one sentence before anything is sent.
+        self._mix_files = {src: read_lines(src) for src, _ in p.mix if not src.startswith("tokens=")}
+
+    def _texts_of_tokens(self, ctx: RunContext, target: HttpTarget, n: int) -> list[str]:
+        """32 different texts of about ``n`` tokens, cut from the sample corpus's words: counted by the server's own
+        tokenizer where it has one (llama.cpp's /tokenize), else estimated at 1.3 tokens a word, and said so."""
+        words = [w for line in sample_corpus() for w in line.split() if w.isascii()]
+        prefix = target.prompt_text("plain", self.plan.prompt_name, None) or ""
+
+        def text(count: int, k: int = 0) -> str:
+            return " ".join(words[(k * 7 + j) % len(words)] for j in range(count))
+
+        count = max(1, round(n / 1.3))
+        counted = None
+        for _ in range(4):
+            lengths = target.token_lengths([text(count)], prefix or None)
+            if not lengths:
+                break
+            counted = lengths[0]
+            if counted == n:
+                break
+            count = max(1, round(count * n / max(1, counted)))
+        how = (f"{counted} tokens by the server's tokenizer (with the prompt and special tokens)" if counted is not None else
+               f"about {n} tokens, estimated at 1.3 tokens a word: the server has no tokenizer endpoint")
+        ctx.emit(Note(t_ns=ctx.now(), text=f"texts of {n} tokens: {count} words each, {how}"))
+        return [text(count, k) for k in range(32)]
+
+    def _sources(self, ctx: RunContext, target: HttpTarget) -> list[tuple[str, list[str], float]]:
+        """(label, texts, share) of each source of the texts sent."""
+        p = self.plan
+        if p.mix:
+            out = []
+            for src, share in p.mix:
+                if src.startswith("tokens="):
+                    n = int(src.removeprefix("tokens="))
+                    out.append((f"{n} tokens", self._texts_of_tokens(ctx, target, n), share))
+                else:
+                    out.append((Path(src).name or src, self._mix_files[src], share))
+            return out
+        if p.text_tokens is not None:
+            return [(f"{p.text_tokens} tokens", self._texts_of_tokens(ctx, target, p.text_tokens), 1.0)]
+        return [(Path(p.input).name if p.input else "sample corpus", self._texts, 1.0)]
 
     def prompt_names(self) -> list[str]:
         return [self.plan.prompt_name] if self.plan.prompt_name else []
@@ -207,23 +258,43 @@ class LoadWorkload:
             "latency_from": "when each request was due" if p.rate is not None else "each request's send",
             "texts_per_request": p.batch,
             "load_processes": p.processes,
-            "input": p.input if p.input is not None else "built-in sample corpus",
+            "input": p.input if p.input is not None else None if (p.mix or p.text_tokens) else "built-in sample corpus",
+            "text_tokens": p.text_tokens,
+            "mix": [f"{src}:{share:g}" for src, share in p.mix] or None,
             "prompt_name": p.prompt_name,
         }
 
-    def _shape(self, target: HttpTarget) -> Shape:
+    def _shape(self, ctx: RunContext, target: HttpTarget) -> Shape:
         prefix = target.prompt_text("plain", self.plan.prompt_name, None) or ""
-        texts = [prefix + t for t in self._texts]
-        bodies, items, chunks = [], [], []
+        sources = self._sources(ctx, target)
+        bodies, items, chunks, labels = [], [], [], []
         path = "/embedding"
-        for i in range(min(MAX_BODIES, len(texts))):
-            start = (i * self.batch) % len(texts)
-            chunk = [texts[(start + k) % len(texts)] for k in range(self.batch)]
+        if len(sources) == 1:  # one source: its texts in turn, K to a request
+            label, texts, _ = sources[0]
+            texts = [prefix + t for t in texts]
+            for i in range(min(MAX_BODIES, len(texts))):
+                start = (i * self.batch) % len(texts)
+                chunks.append([texts[(start + k) % len(texts)] for k in range(self.batch)])
+                labels.append(label)
+        else:  # a mix: each text's source drawn in the stated shares (seeded: the same run sends the same requests)
+            rnd = random.Random(self.plan.seed)
+            cursors = [0] * len(sources)
+            weights = [share for _, _, share in sources]
+            for _ in range(MAX_BODIES):
+                chunk, used = [], set()
+                for _ in range(self.batch):
+                    j = rnd.choices(range(len(sources)), weights)[0]
+                    texts = sources[j][1]
+                    chunk.append(prefix + texts[cursors[j] % len(texts)])
+                    cursors[j] += 1
+                    used.add(sources[j][0])
+                chunks.append(chunk)
+                labels.append(used.pop() if len(used) == 1 else "mixed")
+        for chunk in chunks:
             path, body = target.payload(chunk)
             bodies.append(orjson.dumps(body).decode("utf-8"))
             items.append(len(chunk))
-            chunks.append(chunk)
-        return Shape(path, bodies, items, self.plan.processes, chunks[0])
+        return Shape(path, bodies, items, self.plan.processes, chunks[0], labels)
 
     def _specs(self, target: HttpTarget, shape: Shape, workers: int, *, concurrency: int | None, rate: float | None,
                requests: int | None, duration_s: float | None, seed: int, records: str | None) -> list[ProcessSpec]:
@@ -252,7 +323,7 @@ class LoadWorkload:
             from ..files import ensure_writable_dir
 
             ensure_writable_dir(Path(self.plan.records), "--records folder")
-        shape = self._shape(target)
+        shape = self._shape(ctx, target)
         # Open loop: connections enough for the arrivals that overlap (more wait: their latency counts it).
         workers = self.concurrency or min(MAX_WORKERS, max(8, int((self.rate or 1) * 2)))
         # The probe sends requests of the load's own shape (K texts each), with its processes and connections:
@@ -270,7 +341,7 @@ class LoadWorkload:
         if self.plan.find_knee:
             self._find_knee(ctx, target, shape)
             return
-        tally = _Tally(ctx, target)
+        tally = _Tally(ctx, target, labels=shape.labels)
         detail = f"concurrency {self.concurrency}" if self.concurrency else f"Poisson {self.rate:g}/s"
         if shape.processes > 1:
             detail += f", {shape.processes} load processes"
@@ -301,6 +372,7 @@ class LoadWorkload:
             server_split_requests=tally.split_count,
             load_processes=shape.processes,
             client_bound=share is not None and share > CLIENT_BOUND_PERCENT,
+            by_source={k: v.stats() for k, v in sorted(tally.by_source.items())} if tally.by_source else None,
         )
         # Kept whatever ended the load (a stop, a fault): what was measured until then is the run's.
         ctx.emit(Result(t_ns=ctx.now(), result=result))
