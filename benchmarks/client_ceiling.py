@@ -19,11 +19,8 @@ requests/s for one-text requests on this 2-core machine.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
-import threading
-import time
 
 RAW_CLIENT = r"""
 import asyncio, json, sys, time
@@ -59,30 +56,6 @@ def raw_client(port: int, connections: int, seconds: float) -> float:
     return float(out.strip())
 
 
-def threads_client(url: str, connections: int, seconds: float) -> float:
-    import httpx
-
-    body = json.dumps({"content": ["x"], "embd_normalize": 2}).encode()
-    count = [0]
-    lock = threading.Lock()
-    with httpx.Client(base_url=url, limits=httpx.Limits(max_connections=max(64, connections))) as client:
-        end = time.perf_counter() + seconds
-
-        def work() -> None:
-            while time.perf_counter() < end:
-                client.post("/embedding", content=body, headers={"Content-Type": "application/json"})
-                with lock:
-                    count[0] += 1
-
-        threads = [threading.Thread(target=work) for _ in range(connections)]
-        t0 = time.perf_counter()
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
-        return count[0] / (time.perf_counter() - t0)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0)
@@ -90,6 +63,7 @@ def main() -> int:
 
     from embprof.engine.trivial_server import FAST_SERVER, FastTrivialServer
     from embprof.engine.workloads.load import client_ceiling
+    from http_client import ceiling as threads_client  # the thread-per-request client's own ceiling, as measured before
 
     with FastTrivialServer() as server:
         port = server.port
