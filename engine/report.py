@@ -40,6 +40,7 @@ from .results import (
     MtebRun,
     MtebTask,
     SamplerFacts,
+    ServerMetrics,
     SimilarityResult,
     SpeedResult,
     SweepResult,
@@ -478,13 +479,24 @@ def knee_tables(knee: KneeResult) -> list[Table]:
     return [head, steps]
 
 
-def _server_split_table(load: LoadResult) -> Table:
-    """Where each answered request's time went, as the server itself timed it (TEI's x-*-time headers)."""
+def _server_split_table(load: LoadResult, metrics: Any = None, warmups: int = 0) -> Table:
+    """Where each answered request's time went, as the server itself timed it (TEI's x-*-time headers), or,
+    for llama.cpp, the mean its /metrics totals give over the whole run (an estimate, said as one)."""
     table = Table("load-split", "Where the time went (the server's own timings, per answered request)",
                   ["part", "requests", "mean s", "p50 s", "p99 s"])
     split = load.server_split or {}
     none = NA("the server reports no timings of its own (TEI sends x-queue-time, x-inference-time …)")
     if not split:
+        seconds = metrics.delta.get("llamacpp:prompt_seconds_total") if isinstance(metrics, ServerMetrics) else None
+        served = load.requests_sent + warmups
+        if seconds is not None and seconds > 0 and served and load.latency.mean_s is not None:
+            totals = NA("llama.cpp's /metrics count totals, not each request")
+            mean = seconds / served
+            table.rows.append(["inference (llama.cpp /metrics: the run's prompt seconds over its requests, an estimate; requests "
+                               "batched together share theirs)", served, mean, totals, totals])
+            table.rows.append(["the rest: queue, network and client (mean latency less that, an estimate)", load.ok,
+                               max(0.0, load.latency.mean_s - mean), totals, totals])
+            return table
         table.rows.append(["every part", 0, none, none, none])
         return table
     for key, label in SPLIT_PARTS:
@@ -581,7 +593,8 @@ def server_tables(snap: Snapshot) -> list[Table]:
         if isinstance(ceiling, ClientCeiling) and ceiling.endpoint:
             rows.append(("client alone, measured against", ceiling.endpoint))
         out.append(_kv("load", "Load", rows))
-        out.append(_server_split_table(load))
+        warmups = sum(1 for e in snap.events if isinstance(e, RequestTimed) and e.warmup)
+        out.append(_server_split_table(load, s.results.get("server_metrics"), warmups))
         if load.by_source:
             by = Table("load-sources", "Latency by the source of the texts (answered requests)", ["source", "requests", "p50 s", "p90 s",
                                                                                                  "p99 s"])

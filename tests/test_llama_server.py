@@ -115,6 +115,13 @@ def test_texts_of_a_stated_token_length_are_counted_by_the_servers_tokenizer(cli
     counted = int(notes[0].split(" words each, ")[1].split(" tokens")[0])
     assert abs(counted - 64) <= 3, notes[0]
     assert snap.summary.results["load"].ok == 20
+    # Where the time went: llama.cpp sends no timings with an answer, but its /metrics total the prompt seconds.
+    from embprof.engine.report import summary_tables
+
+    (split,) = [t for t in summary_tables(snap) if t.name == "load-split"]
+    seconds = snap.summary.results["server_metrics"].delta["llamacpp:prompt_seconds_total"]
+    assert str(split.rows[0][0]).startswith("inference (llama.cpp /metrics") and split.rows[0][1] == 21  # the warm-up and 20
+    assert split.rows[0][2] == pytest.approx(seconds / 21) and 0 < seconds / 21 < snap.summary.results["load"].latency.mean_s
 
 
 def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:
