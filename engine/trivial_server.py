@@ -53,16 +53,21 @@ class TrivialHandler(BaseHTTPRequestHandler):
         self._answer(self._body())
 
     def _answer(self, body: Any) -> None:
-        data: Any
-        if self.path == "/v1/embeddings":
-            items = body.get("input") if isinstance(body, dict) else None
-            n = len(items) if isinstance(items, list) else 1
-            data = {"data": [{"index": i, "embedding": VECTOR} for i in range(n)], "usage": {"prompt_tokens": n, "total_tokens": n}}
-        else:
-            items = body.get("content") if isinstance(body, dict) else None
-            n = len(items) if isinstance(items, list) else 1
-            data = [{"index": i, "embedding": [VECTOR]} for i in range(n)]
-        self._send(200, json.dumps(data).encode())
+        self._send(200, answer_body(self.path == "/v1/embeddings", body))
+
+
+def answer_body(openai: bool, body: Any) -> bytes:
+    """The fixed answer to a request's decoded body: one vector per text, in the OpenAI or llama.cpp shape."""
+    data: Any
+    if openai:
+        items = body.get("input") if isinstance(body, dict) else None
+        n = len(items) if isinstance(items, list) else 1
+        data = {"data": [{"index": i, "embedding": VECTOR} for i in range(n)], "usage": {"prompt_tokens": n, "total_tokens": n}}
+    else:
+        items = body.get("content") if isinstance(body, dict) else None
+        n = len(items) if isinstance(items, list) else 1
+        data = [{"index": i, "embedding": [VECTOR]} for i in range(n)]
+    return json.dumps(data).encode()
 
 
 class TrivialEmbeddingServer:
@@ -100,15 +105,7 @@ def _fast_answer(method: bytes, path: bytes, body: bytes) -> bytes:
         data = json.loads(body) if body else {}
     except ValueError:
         data = {}
-    if path.startswith(b"/v1/embeddings"):
-        items = data.get("input") if isinstance(data, dict) else None
-        n = len(items) if isinstance(items, list) else 1
-        out: Any = {"data": [{"index": i, "embedding": VECTOR} for i in range(n)], "usage": {"prompt_tokens": n, "total_tokens": n}}
-    else:
-        items = data.get("content") if isinstance(data, dict) else None
-        n = len(items) if isinstance(items, list) else 1
-        out = [{"index": i, "embedding": [VECTOR]} for i in range(n)]
-    payload = json.dumps(out).encode()
+    payload = answer_body(path.startswith(b"/v1/embeddings"), data)
     return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
 
 

@@ -117,6 +117,7 @@ class _Tally:
                  labels: list[str] | None = None) -> None:
         self.ctx, self.target = ctx, target
         self.labels = labels or []  # each body's source: latency by source when a mix sends several
+        self.mixed = len(set(self.labels)) > 1
         self.by_source: dict[str, LatencySeries] = {}
         self.group = group
         self.fault_on_errors = fault_on_errors  # the knee search counts errors against its objective instead
@@ -147,7 +148,7 @@ class _Tally:
             self.ok += 1
             self.items += rec.items
             self.latency.add(rec.latency_ns / 1e9)
-            if len(set(self.labels)) > 1:
+            if self.mixed:
                 self.by_source.setdefault(self.labels[rec.index % len(self.labels)], LatencySeries()).add(rec.latency_ns / 1e9)
             if rec.tokens is None:
                 self.tokens_known = False
