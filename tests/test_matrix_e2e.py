@@ -166,7 +166,10 @@ def test_reports_from_the_matrix_folder(matrix: tuple[Path, list[str], subproces
 
 def test_ctrl_c_keeps_finished_cells_and_the_next_run_goes_on(tmp_path: Path, env: dict[str, str], speed_text: Path) -> None:
     spec = tmp_path / "m.toml"
-    spec.write_text(f'precision = ["float32", "binary", "int8"]\ntasks = []\nloops = 2\ntext = "{speed_text}"\n')
+    # A short encode cost: the test needs a cell finished and one under way, not the speed protocol's text.
+    lines = tmp_path / "lines.txt"
+    lines.write_text("\n".join(f"a line to encode, number {i}" for i in range(200)) + "\n")
+    spec.write_text(f'precision = ["float32", "binary", "int8"]\ntasks = []\nloops = 2\ncost = "encode"\ncost_input = "{lines}"\n')
     folder = tmp_path / "m"
     proc = subprocess.Popen([embprof_exe(), "matrix", "--spec", str(spec), "-o", str(folder)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
