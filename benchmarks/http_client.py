@@ -59,7 +59,7 @@ def curl_ms(url: str, body: str) -> float:
 
 
 def overhead(url: str, lines: list[str], rounds: int = 30) -> None:
-    from embprof.engine.http_target import HttpTarget
+    from embprof.engine.targets.http import HttpTarget
     from embprof.engine.plan import ServerTarget
 
     body = json.dumps({"content": lines, "embd_normalize": 2})
@@ -122,7 +122,7 @@ def main() -> int:
     if args.no_llama:
         return 0
 
-    from embprof.engine.http_target import HttpTarget
+    from embprof.engine.targets.http import HttpTarget
     from embprof.engine.plan import ServerTarget
     from embprof.engine.sweepstats import fit_latency
     from llama_server import LlamaServer, minilm_gguf

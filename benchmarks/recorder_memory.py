@@ -103,8 +103,8 @@ def load_stream(hours: float, rate: float, seed: int = 1) -> tuple[int, Callable
         end_ns = start_ns + int(seconds * 1e9)
         yield [
             RunStarted(t_ns=0, run_id="20250101T000000Z-synthe", started_utc="2025-01-01T00:00:00+00:00",
-                       target=target.model_dump(mode="json"), workload={"name": "load", "rate": rate, "duration_s": seconds},
-                       sample_hz=10.0, plan=plan.model_dump(mode="json")),
+                       target=target, workload={"name": "load", "rate": rate, "duration_s": seconds},
+                       sample_hz=10.0, plan=plan),
             Result(t_ns=1_000_000_000, result=target),
             PhaseStarted(t_ns=1_500_000_000, phase_id=1, name="warm-up", detail="1 request"),
             PhaseEnded(t_ns=1_510_000_000, phase_id=1, name="warm-up", duration_ns=10_000_000),
@@ -204,8 +204,8 @@ def mteb_stream(hours: float, batches: int, seed: int = 2) -> tuple[int, Callabl
         pending_sample = next(sample_t, None)
         head: list[Any] = [
             RunStarted(t_ns=0, run_id="20250101T000000Z-synthm", started_utc="2025-01-01T00:00:00+00:00",
-                       target=target.model_dump(mode="json"), workload={"name": "mteb", "tasks": list(MTEB_TASKS)},
-                       sample_hz=10.0, plan=plan.model_dump(mode="json")),
+                       target=target, workload={"name": "mteb", "tasks": list(MTEB_TASKS)},
+                       sample_hz=10.0, plan=plan),
             Result(t_ns=1_000_000_000, result=target),
         ]
         phase_ids = iter(range(1, 10**9))

@@ -98,7 +98,7 @@ def ui_thread_cost(size: tuple[int, int], seconds: float = 20.0) -> tuple[float,
             def now() -> int:
                 return time.perf_counter_ns() - t0
 
-            self.emit(RunStarted(t_ns=0, run_id="bench", started_utc="", target={"model_name": "scripted", "backend": "sentence-transformers"},
+            self.emit(RunStarted(t_ns=0, run_id="bench", started_utc="", target=TargetFacts(model_name="scripted", backend="sentence-transformers"),
                                  workload={"name": "speed"}, sample_hz=10.0))
             self.emit(Result(t_ns=now(), result=TargetFacts(backend="sentence-transformers", model_name="scripted", device_resolved="cpu")))
             self.emit(PhaseStarted(t_ns=now(), phase_id=1, name="encode", detail="1/1"))

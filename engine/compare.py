@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import UserError
-from .report import HISTOGRAM_QUANTILES, NA, Cell, Table, no_tokens
+from .report import HISTOGRAM_QUANTILES, no_tokens
+from .tables import NA, Cell, Table
 from .results import MtebTask, SpeedResult, SweepResult, TrainResult
 from .snapshot import Snapshot
 from .sweepstats import differ

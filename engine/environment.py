@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import sys
@@ -12,6 +11,7 @@ import psutil
 
 from .events import MIB
 from .sampler import load_nvml
+from .versions import library_version
 
 LIBRARIES = (
     "embprof",
@@ -25,14 +25,6 @@ LIBRARIES = (
     "nvidia-ml-py",
     "textual",
 )
-
-
-def library_version(name: str) -> str | None:
-    """An installed distribution's version, or None when it is not installed."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _cpu_model() -> str:

@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .results import AnyResult, result_key
+from .plan import RunPlan
+from .results import AnyResult, TargetFacts, result_key
 
 MIB = 1 << 20
 
@@ -27,10 +28,10 @@ class RunStarted:
     t_ns: int
     run_id: str
     started_utc: str
-    target: dict[str, Any]
+    target: TargetFacts  # what the target says of itself before it is loaded; a Result with its loaded facts follows
     workload: dict[str, Any]
     sample_hz: float
-    plan: dict[str, Any] | None = None  # the run plan, as JSON: what `embprof rerun` runs again
+    plan: RunPlan | None = None  # what ran: what `embprof rerun` runs again (credentials never serialised)
     kind: Literal["run_started"] = "run_started"
 
 

@@ -1,4 +1,5 @@
-"""The one entry point from a plan to a run: only here do plans become targets and workloads.
+"""The one entry point from a plan to a run: only here do plans become workloads, and the run's target
+is built (by ``targets.make_target``, which a workload that needs a second target is handed too).
 
 ``prepare(plan)`` checks everything that needs the machine before anything loads (files exist,
 the model or server is there, prompt names are known) and fails with one sentence (UserError);
@@ -15,33 +16,16 @@ from .plan import (
     CellPlan,
     EncodePlan,
     LoadPlan,
-    LocalTarget,
     MtebPlan,
     RunPlan,
-    ServerTarget,
     SimilarityPlan,
     SpeedPlan,
     SweepPlan,
     TrainPlan,
 )
 from .runner import Runner
-from .targets import Target
+from .targets import Target, make_target
 from .workloads import Workload, check_prompt_names
-
-
-def make_target(plan: LocalTarget | ServerTarget) -> Target:
-    """A target of the plan's kind, not yet resolved or loaded."""
-    if isinstance(plan, ServerTarget):
-        from .http_target import HttpTarget
-
-        return HttpTarget(plan)
-    if plan.backend != "torch":
-        from .onnx_target import OnnxTarget
-
-        return OnnxTarget(plan)
-    from .targets import SentenceTransformerTarget
-
-    return SentenceTransformerTarget(plan)
 
 
 def make_workload(plan: Any) -> Workload:
@@ -50,7 +34,7 @@ def make_workload(plan: Any) -> Workload:
     if isinstance(plan, EncodePlan):
         from .workloads.encode import EncodeWorkload
 
-        inner = EncodeWorkload(plan)
+        inner = EncodeWorkload(plan, make_target)
     elif isinstance(plan, SpeedPlan):
         from .workloads.speed import SpeedWorkload
 
@@ -62,7 +46,7 @@ def make_workload(plan: Any) -> Workload:
     elif isinstance(plan, SweepPlan):
         from .workloads.sweep import SweepWorkload
 
-        return SweepWorkload(plan)
+        return SweepWorkload(plan, make_target)
     elif isinstance(plan, LoadPlan):
         from .workloads.load import LoadWorkload
 
@@ -84,7 +68,8 @@ def make_workload(plan: Any) -> Workload:
     if plan.vs is not None:
         from .workloads.versus import VersusWorkload
 
-        return VersusWorkload(inner, None if plan.vs == "bundled" else plan.vs, plan.repeats if isinstance(plan, EncodePlan) else plan.loops)
+        return VersusWorkload(inner, None if plan.vs == "bundled" else plan.vs, plan.repeats if isinstance(plan, EncodePlan) else plan.loops,
+                              make_target)
     return inner
 
 

@@ -23,6 +23,7 @@ from .events import (
     BatchTimed,
     EncodeTimed,
     ErrorEvent,
+    ErrorKind,
     Event,
     Note,
     PhaseEnded,
@@ -35,6 +36,7 @@ from .events import (
     RunStatus,
     TrainStep,
 )
+from .plan import RunPlan
 from .results import AnyResult, KernelCounters, LatencyStats, SamplerFacts, TargetFacts
 from .stats import LatencySeries, known_sum
 
@@ -146,6 +148,16 @@ class TrainingSummary(_Model):
     gpu_process: StepPeak  # NVML: the largest process figure read at a step's end
 
 
+class RunError(_Model):
+    """An error the run met (an ``ErrorEvent``, as the summary keeps it)."""
+
+    t_ns: int
+    error_kind: ErrorKind
+    message: str
+    phase: str = ""
+    detail: str = ""
+
+
 class Summary(_Model):
     duration_s: float
     phases: tuple[PhaseSummary, ...]
@@ -153,7 +165,7 @@ class Summary(_Model):
     requests: tuple[RequestGroup, ...]
     peaks: dict[str, Peak]
     results: dict[str, AnyResult]
-    errors: tuple[dict[str, Any], ...]
+    errors: tuple[RunError, ...]
     notes: tuple[str, ...]
     samples: int
     timeline_stride: int = 1
@@ -317,8 +329,8 @@ class RunState:
     def __init__(self) -> None:
         self.run_id = ""
         self.started_utc = ""
-        self.plan: dict[str, Any] | None = None
-        self.target: dict[str, Any] = {}
+        self.plan: RunPlan | None = None
+        self.target: TargetFacts | None = None  # the latest the target said of itself
         self.workload: dict[str, Any] = {}
         self.sample_hz = 0.0
         self.status: RunStatus | None = None
@@ -386,11 +398,11 @@ class RunState:
         elif isinstance(e, Result):
             self.results[e.name] = e.result
             if isinstance(e.result, TargetFacts):
-                self.target = e.result.model_dump(mode="json")
+                self.target = e.result
         elif isinstance(e, RunStarted):
             self.run_id, self.started_utc = e.run_id, e.started_utc
             self.plan = e.plan
-            self.target = dict(e.target)
+            self.target = e.target
             self.workload = dict(e.workload)
             self.sample_hz = e.sample_hz
         elif isinstance(e, ErrorEvent):
@@ -549,7 +561,7 @@ class RunState:
             requests=tuple(self.request_groups()),
             peaks=self.peak_summaries(),
             results=dict(self.results),
-            errors=tuple({"t_ns": e.t_ns, "error_kind": e.error_kind, "message": e.message, "phase": e.phase, "detail": e.detail}
+            errors=tuple(RunError(t_ns=e.t_ns, error_kind=e.error_kind, message=e.message, phase=e.phase, detail=e.detail)
                          for e in self.errors),
             notes=tuple(n.text for n in self.notes),
             samples=self.samples_seen,

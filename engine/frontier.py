@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .matrix_rows import COST_AXES, Frontier, MatrixRow
+from .matrix.row import COST_AXES, Frontier, MatrixRow
 
 
 def pareto(points: Sequence[tuple[float, float]]) -> list[int]:

@@ -42,6 +42,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .targets import protocol
+from .targets.protocol import Failure, Width
+
 # A batch of records leaves the process at least this often: the live view stays live, the pipe calm.
 FLUSH_S = 0.05
 # TEI's timing headers, in milliseconds, and the part of the request each names.
@@ -66,7 +69,7 @@ class ProcessSpec:
     timeout_s: float = 60.0
     headers: dict[str, str] = field(default_factory=dict)  # Authorization among them: from the pipe, never written
     basic_auth: tuple[str, str] | None = None
-    max_answer_bytes: int = 256 * 1024 * 1024
+    max_answer_bytes: int = protocol.MAX_ANSWER_BYTES
     max_in_flight: int = 4096  # open loop: arrivals beyond this wait (their latency still counts from when they were due)
     index: int = 0
     records_file: str | None = None  # also write every record here, as this process measured it (JSON lines)
@@ -117,7 +120,7 @@ class _Sender:
         self.out = out
         self.pending: list[list[Any]] = []
         self.stopped = asyncio.Event()
-        self.dim: int | None = None
+        self.width = Width()  # every vector of this process's answers as long as the first one's
         self.bodies = [b.encode("utf-8") for b in spec.bodies]
         self.sent = self.recorded = 0
         self.start_ns = 0
@@ -148,8 +151,6 @@ class _Sender:
     async def one(self, session: Any, i: int, due_ns: int | None) -> None:
         import aiohttp
 
-        from .http_target import AnswerError, BadBody, _not_json, _server_message, decode_answer, embeddings_of
-
         spec = self.spec
         k = i % len(self.bodies)
         body, n = self.bodies[k], spec.items[k]
@@ -164,18 +165,18 @@ class _Sender:
                                len(body), len(raw), dim))
 
         try:
-            async with session.post(spec.path, data=body) as r:
+            # Redirects are not followed, as the synchronous client follows none: a load measured
+            # somewhere else than --server names would be no measure of that server.
+            async with session.post(spec.path, data=body, allow_redirects=False) as r:
                 status = r.status
                 server = _server_timings(r.headers)
-                if not 200 <= r.status < 300:
-                    raw = await _read(r, 64 * 1024, cut=True)
-                    message = _server_message(raw)
-                    head = f"HTTP {r.status}" + (f" ({r.reason})" if r.reason else "")
-                    done(f"http {r.status}", f"{head}: {message}" if message and message.lower() != (r.reason or "").lower() else head)
-                    return
-                raw = await _read(r, spec.max_answer_bytes)
+                if 200 <= r.status < 300:
+                    raw = await _read(r, spec.max_answer_bytes)
+                else:
+                    raw = await _read(r, protocol.MAX_ERROR_BYTES, cut=True)
+                phrase, location = r.reason or "", r.headers.get("Location", "")
         except _TooLong as exc:
-            done(BadBody.kind, str(exc))
+            done(protocol.BadBody.kind, str(exc))
             return
         except (asyncio.TimeoutError, TimeoutError):
             done("timeout", f"no answer within {spec.timeout_s:g} s (--timeout)")
@@ -186,22 +187,12 @@ class _Sender:
         except OSError as exc:
             done("connection", exc.strerror or exc.__class__.__name__)
             return
-        try:
-            vectors, tokens = embeddings_of(decode_answer(raw), n, spec.api)
-        except BadBody:
-            done(BadBody.kind, _not_json(raw))
+        # Unredacted: the records go to embprof's process, which redacts before anything is kept.
+        answer = protocol.classify_answer(status, raw, n, spec.api, reason_phrase=phrase, location=location, width=self.width)
+        if isinstance(answer, Failure):
+            done(answer.kind, answer.message)
             return
-        except AnswerError as exc:
-            done(exc.kind, str(exc))
-            return
-        dim = int(vectors.shape[1]) if n else None
-        if dim is not None:
-            if self.dim is None:
-                self.dim = dim
-            elif dim != self.dim:
-                done("bad shape", f"this answer's vectors have {dim} numbers, the server's earlier ones {self.dim}")
-                return
-        done(tokens=tokens, dim=dim)
+        done(tokens=answer.tokens, dim=int(answer.matrix.shape[1]) if n else None)
 
     async def closed(self, session: Any) -> None:
         spec = self.spec
@@ -262,16 +253,16 @@ class _TooLong(Exception):
 
 async def _read(response: Any, limit: int, cut: bool = False) -> bytes:
     """The body, never more than ``limit`` bytes: past it the answer is refused (or, with ``cut``, its start kept)."""
-    declared = response.headers.get("content-length", "").strip()
-    if not cut and declared.isdigit() and int(declared) > limit:
-        raise _TooLong(f"the answer declares {int(declared) / 2**20:,.0f} MiB, more than the {limit / 2**20:g} MiB read of one answer")
+    declared = protocol.declared_length(response.headers.get("content-length"))
+    if not cut and declared is not None and declared > limit:
+        raise _TooLong(protocol.oversize_message(limit, declared))
     parts: list[bytes] = []
     size = 0
     async for part in response.content.iter_any():
         size += len(part)
         if size > limit:
             if not cut:
-                raise _TooLong(f"the answer goes on, more than the {limit / 2**20:g} MiB read of one answer")
+                raise _TooLong(protocol.oversize_message(limit))
             parts.append(part[: len(part) - (size - limit)])
             break
         parts.append(part)
@@ -296,8 +287,6 @@ def _server_timings(headers: Any) -> dict[str, float] | None:
 
 async def _process_main(spec: ProcessSpec) -> None:
     import aiohttp
-
-    from . import http_target  # noqa: F401 - imported before "ready": the first request must not pay for it
 
     loop = asyncio.get_running_loop()
     go = asyncio.Event()
@@ -325,8 +314,7 @@ async def _process_main(spec: ProcessSpec) -> None:
     connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=spec.concurrency, ttl_dns_cache=300,
                                      enable_cleanup_closed=True)
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s, connect=min(10.0, spec.timeout_s))
-    # identity: a server that compresses its answer would spend time on it that would read as the model's.
-    headers = {"Content-Type": "application/json", "Accept-Encoding": "identity", **spec.headers}
+    headers = {**protocol.BASE_HEADERS, **spec.headers}
     auth = aiohttp.BasicAuth(*spec.basic_auth) if spec.basic_auth else None
     async with aiohttp.ClientSession(base_url=spec.base_url, connector=connector, timeout=timeout, headers=headers, auth=auth,
                                      auto_decompress=False, raise_for_status=False) as session:

@@ -18,9 +18,9 @@ from typing import Any, Literal, Protocol
 from .files import atomic_write_bytes
 from .charts import figure_bytes
 from .events import MIB
-from .matrix_rows import COST_AXES, Frontier, MatrixRow
-from .report import NA, Cell, Table, tables_markdown
-from .report import fmt as fmt_cell
+from .matrix.row import COST_AXES, Frontier, MatrixRow
+from .tables import NA, Cell, Table, tables_markdown
+from .tables import fmt as fmt_cell
 
 
 # How each cost axis is named and drawn: (short name for the "frontier" column and file names,

@@ -268,7 +268,7 @@ def from_v1(data: dict[str, Any]) -> dict[str, Any]:
         "plan": plan,
         "plan_note": note,
         "environment": data.get("environment") or {},
-        "target": state.target or _target(target),
+        "target": state.target.model_dump(mode="json") if state.target is not None else _target(target),
         "workload": workload,
         "summary": summary.model_dump(),
         "events": out_events,

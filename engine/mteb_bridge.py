@@ -30,7 +30,9 @@ from typing import Any, Callable
 from .context import RunContext
 from .files import atomic_write_bytes
 from .results import MtebEncode, MtebPhase
-from .targets import BUNDLED_MODEL_ID, SentenceTransformerTarget
+from .plan import BUNDLED_MODEL_ID
+from .targets import SentenceTransformerTarget
+from .versions import library_version
 
 EXPERIMENT = re.compile(r"^(.*?)\s*\((\d+/\d+)\)$")  # "Running experiment (3/10)"
 
@@ -204,7 +206,7 @@ def make_encoder(target: Any, session_of: Any, transform: Transform | None = Non
         return _generic_encoder(target, session_of, transform)
     from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
 
-    class ProfiledEncoder(SentenceTransformerEncoderWrapper):  # type: ignore[misc]
+    class ProfiledEncoder(SentenceTransformerEncoderWrapper):
         def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str, prompt_type: Any = None, **kwargs: Any) -> Any:
             session: TaskSession = session_of()
             ctx = session.ctx
@@ -260,7 +262,7 @@ def _generic_encoder(target: Any, session_of: Any, transform: Transform | None) 
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ScoringFunction
 
-    class ServerEncoder(AbsEncoder):  # type: ignore[misc]
+    class ServerEncoder(AbsEncoder):
         def __init__(self) -> None:
             prompts, _invalid = AbsEncoder.validate_task_to_prompt_name(dict(target.prompts), raise_for_invalid_keys=False)
             self.model_prompts = prompts or None
@@ -304,7 +306,7 @@ def results_identity(target: SentenceTransformerTarget, meta: Any) -> tuple[str,
 
 
 def results_folder(results_dir: Path, meta: Any) -> Path:
-    return results_dir / meta.model_name_as_path() / (meta.revision or "no_revision_available")
+    return results_dir / str(meta.model_name_as_path()) / str(meta.revision or "no_revision_available")
 
 
 def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
@@ -329,13 +331,11 @@ def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
 
 def write_speed_result(task_name: str, scores: dict[str, Any], evaluation_time: float, meta: Any, results_dir: Path) -> Path:
     """A SpeedTask result in mteb 1.x's form, which mteb 2.x no longer writes."""
-    from importlib.metadata import version
-
     folder = results_folder(results_dir, meta)
     data = {
         "dataset_revision": "1.0",
         "task_name": task_name,
-        "mteb_version": version("mteb"),
+        "mteb_version": library_version("mteb"),
         "scores": {"test": [{**scores, "hf_subset": "default", "languages": ["eng-Latn"]}]},
         "evaluation_time": evaluation_time,
         "kg_co2_emissions": None,

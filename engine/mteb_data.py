@@ -10,7 +10,6 @@ several subsets), STS rows ``{"sentence1", "sentence2", "score"}`` and classific
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .files import json_lines
+from .text import one_line
 
 SPEED_TASKS = ("CPUSpeedTask", "GPUSpeedTask")
 
@@ -180,25 +181,10 @@ def _required_columns(task: Any) -> list[str]:
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    raise UserError(f"{path} line {number} is not JSON") from None
-                if not isinstance(row, dict):
-                    raise UserError(f"{path} line {number} is not a JSON object")
-                rows.append(row)
-    except UnicodeDecodeError:
-        raise UserError(f"{path} is not UTF-8 text") from None
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    # Through the one JSON Lines reader: bounded, a byte-order mark and a bad line said the same as in every file embprof reads.
+    rows = [row for _number, row in json_lines(str(path), "task data file", "one row of the task as a JSON object")]
     if not rows:
-        raise UserError(f"{path} has no rows")
+        raise UserError(f"task data file '{one_line(path)}' has no rows")
     return rows
 
 

@@ -18,8 +18,43 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
+from .bounds import (
+    BATCH_SIZE,
+    BUDGET_S,
+    CELL_LOOPS,
+    CONCURRENCY,
+    DURATION_S,
+    ENERGY_WINDOW_S,
+    EPOCHS,
+    INT_AXIS_MOST,
+    LEARNING_RATE,
+    LOAD_PROCESSES,
+    LOOPS,
+    MAX_ERRORS,
+    MAX_EXAMPLES,
+    MAX_REPEATS,
+    MAX_STEPS,
+    RAM_CEILING_MIB,
+    RATE,
+    REPEATS,
+    REQUESTS,
+    SAMPLE_HZ,
+    SEED,
+    SERVER_PID,
+    SLO_ERRORS,
+    SLO_P99_MS,
+    STEP_S,
+    TARGET_CI,
+    TEXT_TOKENS,
+    TIMEOUT_S,
+    TOP_K,
+    TRUNCATE_DIM,
+    WARMUP_RATIO,
+    WARMUPS,
+    check_count,
+    check_number,
+)
 from .errors import UserError
-from .text import fmt_bound as _bound
 from .text import one_line
 from .text import shown as _shown
 
@@ -33,70 +68,7 @@ BUNDLED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 INT_AXES = ("lines", "batch", "tokens", "threads", "truncate_dim", "max_seq_length")
 AXES = ("device", "dtype", "truncate_dim", "max_seq_length", "threads", "batch", "tokens", "lines")  # outermost first
 OOM_AXES = ("batch", "tokens")
-MAX_LOAD_WORKERS = 512
-
-# The bounds of every numeric setting. A plan comes from the command line (whose converters in
-# embprof.tui.options keep the same numbers and refuse in the same words, before the plan is built) and
-# from files (a plan, a snapshot, a matrix spec), where JSON's NaN and Infinity and any size of number
-# can appear. Each upper bound is far past real use and low enough that nothing later overflows.
-MAX_DIMENSIONS = 65_536
-MAX_BATCH = 65_536
-MAX_PID = 2_147_483_647
-MAX_SECONDS = 86_400.0
-MAX_DURATION = 604_800.0
-TIMEOUT_S = (0.001, MAX_SECONDS)
-MAX_ERRORS = (0, 1_000_000)
-SERVER_PID = (1, MAX_PID)
-TRUNCATE_DIM = (1, MAX_DIMENSIONS)
-LOOPS = (1, 100_000)
-CELL_LOOPS = (2, 100_000)
-BATCH_SIZE = (1, MAX_BATCH)
-WARMUPS = (0, 10_000)
-REPEATS = (1, 100_000)
-TARGET_CI = (0.01, 99.0)
-BUDGET_S = (0.01, MAX_SECONDS)
-RAM_CEILING_MIB = (1.0, 16_777_216.0)
-REQUESTS = (1, 100_000_000)
-DURATION_S = (0.01, MAX_DURATION)
-CONCURRENCY = (1, MAX_LOAD_WORKERS)
-LOAD_PROCESSES = (1, 64)
-SLO_P99_MS = (0.01, 3_600_000.0)
-SLO_ERRORS = (0.0, 100.0)
-STEP_S = (0.5, 3600.0)
-TEXT_TOKENS = (1, 32_768)
-RATE = (0.001, 100_000.0)
-TOP_K = (1, 10_000)
-ENERGY_WINDOW_S = (0.001, 3_600.0)
-SAMPLE_HZ = (1.0, 100.0)
-MAX_REPEATS = (1, 100_000)  # no option sets it; a plan file can
-EPOCHS = (0.01, 10_000.0)
-MAX_STEPS = (1, 100_000_000)
-MAX_EXAMPLES = (1, 100_000_000)
-LEARNING_RATE = (1e-10, 1.0)
-WARMUP_RATIO = (0.0, 1.0)
-SEED = (0, 2**32 - 1)
 LOSSES = ("auto", "cosent", "mnrl", "triplet")
-# A sweep axis's values: lines and tokens build texts in memory, threads and batch size a pool and a batch.
-INT_AXIS_MOST = {"lines": 1_000_000, "batch": MAX_BATCH, "tokens": 1_048_576, "threads": 4_096, "truncate_dim": MAX_DIMENSIONS,
-                 "max_seq_length": 1_048_576}
-def check_count(value: int | None, bounds: tuple[int, int], option: str) -> None:
-    """A whole-number setting inside its bounds, or the one sentence the command line would say."""
-    least, most = bounds
-    if value is None:
-        return
-    if value < least:
-        raise UserError(f"{option} must be at least {least}, not {_shown(value)}")
-    if value > most:
-        raise UserError(f"{option} must be at most {most}, not {_shown(value)}")
-
-
-def check_number(value: float | None, bounds: tuple[float, float], option: str, unit: str) -> None:
-    """A finite number inside its bounds, or the one sentence the command line would say."""
-    least, most = bounds
-    # NaN fails both comparisons; ±inf fails one, since both bounds are finite.
-    if value is not None and not least <= value <= most:
-        raise UserError(f"{option} must be a positive number between {_bound(least)} and {_bound(most)}{' ' + unit if unit else ''}, "
-                        f"not {_shown(value)}")
 
 
 def check_text(value: str | None, option: str, hint: str = "") -> None:
@@ -216,7 +188,7 @@ class ServerTarget(_Plan):
             port = 0
         if port == 0:
             raise UserError(f"--server '{shown(self.url)}' has no valid port (1–65535)")
-        check_number(self.timeout_s, TIMEOUT_S, "--timeout", "seconds")
+        check_number(self.timeout_s, TIMEOUT_S, "--timeout")
         check_count(self.max_errors, MAX_ERRORS, "--max-errors")
         check_count(self.server_pid, SERVER_PID, "--server-pid")
         for value, option in ((self.server_model, "--server-model"), (self.prompts_from, "--prompts-from"),
@@ -334,8 +306,8 @@ class SweepPlan(_Plan):
             raise UserError("batch is both an axis and --batch-size: give one of them")
         check_count(self.batch_size, BATCH_SIZE, "--batch-size")
         check_count(self.warmups, WARMUPS, "--warmups")
-        check_number(self.target_ci_percent, TARGET_CI, "--target-ci", "percent")
-        check_number(self.budget_s, BUDGET_S, "--budget", "seconds per point")
+        check_number(self.target_ci_percent, TARGET_CI, "--target-ci")
+        check_number(self.budget_s, BUDGET_S, "--budget")
         check_count(self.max_repeats, MAX_REPEATS, "max_repeats")
         check_text(self.input, "--input")
         check_text(self.prompt_name, "--prompt-name")
@@ -348,7 +320,7 @@ class SweepPlan(_Plan):
         if self.ram_ceiling_mib is not None:
             if not self.until_oom:
                 raise UserError("--ram-ceiling goes with --until-oom")
-            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, "--ram-ceiling", "MiB")
+            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, "--ram-ceiling")
         return self
 
     @property
@@ -396,17 +368,17 @@ class LoadPlan(_Plan):
         if self.requests is not None and self.duration_s is not None:
             raise UserError("give --requests or --duration, not both")
         check_count(self.requests, REQUESTS, "--requests")
-        check_number(self.duration_s, DURATION_S, "--duration", "seconds")
+        check_number(self.duration_s, DURATION_S, "--duration")
         if self.concurrency is not None and self.rate is not None:
             raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
         check_count(self.concurrency, CONCURRENCY, "--concurrency")
-        check_number(self.rate, RATE, "--rate", "requests per second")
+        check_number(self.rate, RATE, "--rate")
         check_count(self.batch, BATCH_SIZE, "--batch")
         check_count(self.processes, LOAD_PROCESSES, "--load-processes")
-        check_number(self.slo_p99_ms, SLO_P99_MS, "--slo-p99", "milliseconds")
-        check_number(self.slo_errors_percent, SLO_ERRORS, "--slo-errors", "percent")
-        check_number(self.step_s, STEP_S, "--step-duration", "seconds")
-        check_number(self.max_rate, RATE, "--max-rate", "requests per second")
+        check_number(self.slo_p99_ms, SLO_P99_MS, "--slo-p99")
+        check_number(self.slo_errors_percent, SLO_ERRORS, "--slo-errors")
+        check_number(self.step_s, STEP_S, "--step-duration")
+        check_number(self.max_rate, RATE, "--max-rate")
         if self.find_knee and self.concurrency is not None:
             raise UserError("--find-knee steps an open-loop rate: give --rate R to start from (or nothing), not --concurrency")
         if self.find_knee and (self.requests is not None or self.duration_s is not None):
@@ -490,12 +462,12 @@ class TrainPlan(_Plan):
     def _check(self) -> TrainPlan:
         check_text(self.train_file, "--train-file")
         check_count(self.max_examples, MAX_EXAMPLES, "--max-examples")
-        check_number(self.epochs, EPOCHS, "--epochs", "epochs")
+        check_number(self.epochs, EPOCHS, "--epochs")
         check_count(self.max_steps, MAX_STEPS, "--max-steps")
         check_count(self.batch_size, BATCH_SIZE, "--batch-size")
         check_count(self.eval_batch_size, BATCH_SIZE, "--eval-batch-size")
-        check_number(self.learning_rate, LEARNING_RATE, "--learning-rate", "")
-        check_number(self.warmup_ratio, WARMUP_RATIO, "--warmup", "(a share of the steps)")
+        check_number(self.learning_rate, LEARNING_RATE, "--learning-rate")
+        check_number(self.warmup_ratio, WARMUP_RATIO, "--warmup")
         check_count(self.seed, SEED, "--seed")
         check_count(self.top_k, TOP_K, "--top-k")
         if self.prompt is not None and self.prompt_name is not None:
@@ -584,7 +556,7 @@ class CellPlan(_Plan):
         check_count(self.loops, CELL_LOOPS, "--loops")
         check_count(self.batch_size, BATCH_SIZE, "--batch-size")
         check_count(self.top_k, TOP_K, "--top-k")
-        check_number(self.energy_min_window_s, ENERGY_WINDOW_S, "--energy-window", "seconds")
+        check_number(self.energy_min_window_s, ENERGY_WINDOW_S, "--energy-window")
         if self.cost == "encode" and not self.input:
             raise UserError("--cost-workload encode needs a file of lines: encode:FILE")
         if self.reference is not None and self.write_reference is not None:
@@ -604,7 +576,7 @@ class Recording(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> Recording:
-        check_number(self.sample_hz, SAMPLE_HZ, "--sample-hz", "Hz")
+        check_number(self.sample_hz, SAMPLE_HZ, "--sample-hz")
         return self
 
 

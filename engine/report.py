@@ -10,15 +10,12 @@ of call" table with one row per kind.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 from .errors import UserError
-from .text import one_line, printable
+from .text import one_line
 from .events import (
     BatchTimed,
     EncodeTimed,
@@ -49,19 +46,8 @@ from .results import (
     VersusResult,
 )
 from .snapshot import Snapshot, to_json
+from .tables import NA, Cell, Table, kv_table, or_na, tables_markdown, to_csv
 
-
-@dataclass(frozen=True)
-class NA:
-    """A figure that was not measured, with the reason: ``n/a (reason)`` on screen, empty in CSV, null in JSON."""
-
-    reason: str = ""
-
-    def __str__(self) -> str:
-        return f"n/a ({self.reason})" if self.reason else "n/a"
-
-
-Cell = str | int | float | NA | None
 
 PEAK_LABELS = {
     "rss_mib": "process RSS MiB",
@@ -80,54 +66,6 @@ PEAK_LABELS = {
 GFLOPS_LABEL = "GFLOP/s (estimate)"  # 2 × parameters × tokens / time: a floor of the forward pass, not a measurement
 WORDS_IN_MTEB = "texts not read twice in MTEB runs"
 HISTOGRAM_QUANTILES = "quantiles from a histogram"
-
-
-@dataclass
-class Table:
-    name: str  # a slug: what --table takes
-    title: str
-    columns: list[str]
-    rows: list[list[Cell]] = field(default_factory=list)
-
-
-def fmt(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, NA):
-        return str(value)
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if value != 0 and abs(value) < 10 ** (-digits):
-            return f"{value:.2e}"
-        return f"{value:,.{digits}f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def plain(value: Cell) -> str | int | float | None:
-    """A cell as data: an unmeasured figure (None or NA) is None, whatever its reason."""
-    return None if isinstance(value, NA) else value
-
-
-def tables_json(tables: list[Table]) -> str:
-    """Tables as JSON: name -> title, columns, rows; an unmeasured figure is null (its reason is for people)."""
-    return json.dumps(
-        {t.name: {"title": t.title, "columns": t.columns, "rows": [[plain(c) for c in row] for row in t.rows]} for t in tables},
-        indent=1,
-        default=str,
-    ) + "\n"
-
-
-def _kv(name: str, title: str, pairs: list[tuple[str, Any]]) -> Table:
-    """A field/value table. A None value drops its row (a setting that does not apply); a figure that
-    was expected but not measured must be passed as an NA so that its row stays."""
-    return Table(name, title, ["field", "value"], [[k, v] for k, v in pairs if v is not None])
-
-
-def _or(value: Any, missing: NA) -> Any:
-    return missing if value is None else value
 
 
 # -- why a figure is missing -----------------------------------------------------------------------------
@@ -221,8 +159,8 @@ def summary_tables(snap: Snapshot) -> list[Table]:
         run_rows.append(("plan", snap.plan_note))
     run_rows += [(f"workload {k}", v) for k, v in w.items() if k != "name" and not isinstance(v, (list, dict, tuple))]
     tables: list[Table] = [
-        _kv("run", "Run", run_rows),
-        _kv(
+        kv_table("run", "Run", run_rows),
+        kv_table(
             "environment",
             "Environment",
             [
@@ -266,26 +204,26 @@ def summary_tables(snap: Snapshot) -> list[Table]:
             tables.append(speed_table(r.speed, "speed" if i == 0 else f"speed-{r.task}"))
     tok = s.results.get("tokens")
     if isinstance(tok, TokenLengths):
-        tables.append(_kv("tokens", "Input length in tokens (before truncation)", [
+        tables.append(kv_table("tokens", "Input length in tokens (before truncation)", [
             ("texts", tok.count),
             ("min", tok.min),
             ("mean", tok.mean),
             ("p50", tok.p50),
             ("p90", tok.p90),
             ("max", tok.max),
-            ("max_seq_length", _or(tok.max_seq_length, NA("the target does not say"))),
+            ("max_seq_length", or_na(tok.max_seq_length, NA("the target does not say"))),
             ("truncated texts", tok.truncated),
             ("truncated %", tok.truncated_percent),
             ("counted with prompt", repr(tok.counted_with_prompt) if tok.counted_with_prompt else None),
         ]))
     enc = s.results.get("encode")
     if isinstance(enc, EncodeResult):
-        tables.append(_kv("encode", "Encode", [
+        tables.append(kv_table("encode", "Encode", [
             ("lines", enc.lines),
             ("mode", enc.mode),
             ("prompt name", enc.prompt_name),
             ("prompt used", repr(enc.prompt_used)),
-            ("embedding dim", _or(enc.embedding_dim, NA("no embedding came back"))),
+            ("embedding dim", or_na(enc.embedding_dim, NA("no embedding came back"))),
         ]))
     sim = s.results.get("similarity")
     if isinstance(sim, SimilarityResult):
@@ -308,7 +246,7 @@ def summary_tables(snap: Snapshot) -> list[Table]:
             tables.append(encodes)
     if s.errors:
         tables.append(
-            Table("errors", "Errors", ["kind", "phase", "message"], [[e["error_kind"], e["phase"], e["message"]] for e in s.errors])
+            Table("errors", "Errors", ["kind", "phase", "message"], [[e.error_kind, e.phase, e.message] for e in s.errors])
         )
     if s.notes:
         tables.append(Table("notes", "Notes", ["note"], [[n] for n in s.notes]))
@@ -357,8 +295,8 @@ def latency_tables(snap: Snapshot) -> list[Table]:
                          [[_group_label(g), i + 1, v] for g in warm for i, v in enumerate(g.warmup_s)]))
 
     if head is not None:
-        out.append(_kv("throughput", "Throughput", [
-            ("items/s", _or(head.items_per_s, NA("no timed call took time"))),
+        out.append(kv_table("throughput", "Throughput", [
+            ("items/s", or_na(head.items_per_s, NA("no timed call took time"))),
             ("tokens/s", _tokens_per_s(snap, head)),
             ("words/s", _words_per_s(snap, head)),
             ("padding %", _padding(snap, head)),
@@ -373,8 +311,8 @@ def latency_tables(snap: Snapshot) -> list[Table]:
 
 def speed_table(speed: SpeedResult, name: str = "speed") -> Table:
     title = f"Speed ({speed.task_name}, MTEB v1 protocol)" if speed.task_name else "Speed (MTEB v1 protocol)"
-    return _kv(name, title, [
-        ("task", _or(speed.task_name, NA(speed.task_name_why or "neither CPUSpeedTask nor GPUSpeedTask"))),
+    return kv_table(name, title, [
+        ("task", or_na(speed.task_name, NA(speed.task_name_why or "neither CPUSpeedTask nor GPUSpeedTask"))),
         ("time_mean s", speed.time_mean),
         ("time_std s", speed.time_std),
         ("avg_words_per_sec", speed.avg_words_per_sec),
@@ -431,7 +369,7 @@ def sweep_tables(sweep: SweepResult, no_tokens_why: NA | None = None) -> list[Ta
         out.append(Table("fit-notes", "About the fit", ["note"], [[n] for n in notes]))
     limit = sweep.memory_limit
     if limit is not None:
-        out.append(_kv("memory-limit", f"Memory limit search ({limit.axis})", [
+        out.append(kv_table("memory-limit", f"Memory limit search ({limit.axis})", [
             (f"largest {limit.axis} that fits", largest_fit_text(limit)),
             ("stopped because", limit.stopped),
             ("RAM ceiling MiB", limit.ceiling_mib),
@@ -458,8 +396,8 @@ SPLIT_PARTS = (("queue", "queue (server)"), ("tokenization", "tokenization (serv
 def knee_tables(knee: KneeResult) -> list[Table]:
     """The knee search: its answer and objective, then every step in the order it ran."""
     broke = next((st for st in knee.steps if not st.passed), None)
-    head = _kv("knee", "The knee: the largest rate that held the objective", [
-        ("sustainable rate, requests/s", _or(knee.sustainable_per_s, NA("even the first rate broke the objective" if knee.steps else
+    head = kv_table("knee", "The knee: the largest rate that held the objective", [
+        ("sustainable rate, requests/s", or_na(knee.sustainable_per_s, NA("even the first rate broke the objective" if knee.steps else
                                                                        "no step ran"))),
         ("between", f"{knee.bracket[0]:.4g}/s (held) and {knee.bracket[1]:.4g}/s (broke)" if knee.bracket else NA(
             "no rate broke the objective" if knee.sustainable_per_s is not None else "no rate held it")),
@@ -473,8 +411,8 @@ def knee_tables(knee: KneeResult) -> list[Table]:
     steps = Table("knee-steps", "The knee's steps (in the order run)", ["step", "offered/s", "answered/s", "sent", "ok", "failed", "p50 s", "p99 s",
                                                                     "sends late p99 s", "objective"])
     for i, st in enumerate(knee.steps, 1):
-        steps.rows.append([i, st.offered_per_s, _or(st.achieved_per_s, NA("no time elapsed")), st.sent, st.ok, st.errors,
-                           _or(st.p50_s, NA("none answered")), _or(st.p99_s, NA("none answered")), _or(st.send_lag_p99_s, NA("none sent")),
+        steps.rows.append([i, st.offered_per_s, or_na(st.achieved_per_s, NA("no time elapsed")), st.sent, st.ok, st.errors,
+                           or_na(st.p50_s, NA("none answered")), or_na(st.p99_s, NA("none answered")), or_na(st.send_lag_p99_s, NA("none sent")),
                            "holds" if st.passed else f"breaks: {st.why}"])
     return [head, steps]
 
@@ -509,11 +447,12 @@ def _server_split_table(load: LoadResult, metrics: Any = None, warmups: int = 0)
 
 
 def _load_batch(snap: Snapshot) -> int | None:
-    """Texts per request the load sent (the plan's, else the recorded settings')."""
+    """Texts per request the load sent (the plan's, else the recorded settings': the load workload
+    records it as ``texts_per_request``)."""
     workload = getattr(snap.plan, "workload", None)
     batch = getattr(workload, "batch", None) if getattr(workload, "name", None) == "load" else None
     if batch is None:
-        batch = snap.workload.get("batch")
+        batch = snap.workload.get("texts_per_request")
     return batch if isinstance(batch, int) else None
 
 
@@ -532,18 +471,18 @@ def server_tables(snap: Snapshot) -> list[Table]:
         r = groups[0]
         st = r.stats
         title = "Requests to the server (send to parsed response)" + (f": {r.group}" if r.group else "")
-        out.append(_kv("requests", title, [
+        out.append(kv_table("requests", title, [
             ("requests", r.requests),
             ("answered", r.answered),
             ("failed", r.failed),
             ("failed by kind", _kinds(r.failed_by_kind)),
-            ("latency mean s (answered, not warm-up)", _or(st.mean_s, none_answered)),
-            ("latency p50 s", _or(st.p50_s, none_answered)),
-            ("latency p90 s", _or(st.p90_s, none_answered)),
-            ("latency p99 s", _or(st.p99_s, none_answered)),
+            ("latency mean s (answered, not warm-up)", or_na(st.mean_s, none_answered)),
+            ("latency p50 s", or_na(st.p50_s, none_answered)),
+            ("latency p90 s", or_na(st.p90_s, none_answered)),
+            ("latency p99 s", or_na(st.p99_s, none_answered)),
             ("bytes sent", r.bytes_sent),
             ("bytes received", r.bytes_received),
-            ("tokens (server-reported)", _or(r.tokens, no_tok if r.answered else none_answered)),
+            ("tokens (server-reported)", or_na(r.tokens, no_tok if r.answered else none_answered)),
             ("server pid", snap.target.server_pid),
         ]))
     elif groups:
@@ -552,7 +491,7 @@ def server_tables(snap: Snapshot) -> list[Table]:
         for r in groups:
             st = r.stats
             table.rows.append([_group_label(r), r.requests, r.answered, r.failed, _kinds(r.failed_by_kind), st.mean_s, st.p50_s, st.p90_s,
-                               st.p99_s, r.bytes_sent, r.bytes_received, _or(r.tokens, no_tok if r.answered else none_answered)])
+                               st.p99_s, r.bytes_sent, r.bytes_received, or_na(r.tokens, no_tok if r.answered else none_answered)])
         out.append(table)
     load = s.results.get("load")
     if isinstance(load, LoadResult):
@@ -569,30 +508,30 @@ def server_tables(snap: Snapshot) -> list[Table]:
         rows: list[tuple[str, Cell]] = [
             ("requests sent / done / ok", f"{load.requests_sent} / {load.requests_done} / {load.ok}"),
             ("wall s", load.wall_s),
-            ("requests/s", _or(load.requests_per_s, NA("no time elapsed"))),
-            ("items/s", _or(load.items_per_s, none_answered)),
-            ("tokens/s", _or(load.tokens_per_s, no_tok if load.ok else none_answered)),
+            ("requests/s", or_na(load.requests_per_s, NA("no time elapsed"))),
+            ("items/s", or_na(load.items_per_s, none_answered)),
+            ("tokens/s", or_na(load.tokens_per_s, no_tok if load.ok else none_answered)),
             ("latency from", "when each request was due (open loop)" if due else "each request's send"),
-            ("latency mean s", _or(lat.mean_s, none_answered)),
-            ("latency p50 s", _or(lat.p50_s, none_answered)),
-            ("latency p90 s", _or(lat.p90_s, none_answered)),
-            ("latency p95 s", _or(lat.p95_s, none_answered)),
-            ("latency p99 s", _or(lat.p99_s, none_answered)),
+            ("latency mean s", or_na(lat.mean_s, none_answered)),
+            ("latency p50 s", or_na(lat.p50_s, none_answered)),
+            ("latency p90 s", or_na(lat.p90_s, none_answered)),
+            ("latency p95 s", or_na(lat.p95_s, none_answered)),
+            ("latency p99 s", or_na(lat.p99_s, none_answered)),
         ]
         if due:
             lag = load.send_lag
-            rows += [("sends behind schedule p50 s", _or(lag.p50_s if lag else None, NA("nothing was sent"))),
-                     ("sends behind schedule p99 s", _or(lag.p99_s if lag else None, NA("nothing was sent"))),
-                     ("sends behind schedule max s", _or(lag.max_s if lag else None, NA("nothing was sent")))]
+            rows += [("sends behind schedule p50 s", or_na(lag.p50_s if lag else None, NA("nothing was sent"))),
+                     ("sends behind schedule p99 s", or_na(lag.p99_s if lag else None, NA("nothing was sent"))),
+                     ("sends behind schedule max s", or_na(lag.max_s if lag else None, NA("nothing was sent")))]
         rows += [
             ("errors by kind", _kinds(load.errors_by_kind)),
             ("load processes", load.load_processes),
-            ("client alone, requests/s", _or(ceiling_cell, NA("not measured"))),
-            ("load as % of the client's ceiling", _or(share_cell, NA("not measured"))),
+            ("client alone, requests/s", or_na(ceiling_cell, NA("not measured"))),
+            ("load as % of the client's ceiling", or_na(share_cell, NA("not measured"))),
         ]
         if isinstance(ceiling, ClientCeiling) and ceiling.endpoint:
             rows.append(("client alone, measured against", ceiling.endpoint))
-        out.append(_kv("load", "Load", rows))
+        out.append(kv_table("load", "Load", rows))
         warmups = sum(1 for e in snap.events if isinstance(e, RequestTimed) and e.warmup)
         out.append(_server_split_table(load, s.results.get("server_metrics"), warmups))
         if load.by_source:
@@ -606,7 +545,7 @@ def server_tables(snap: Snapshot) -> list[Table]:
         out.extend(knee_tables(knee))
     agreement = s.results.get("agreement")
     if isinstance(agreement, Agreement):
-        out.append(_kv("agreement", f"Server against {agreement.compare_model} locally (cosine per text)", [
+        out.append(kv_table("agreement", f"Server against {agreement.compare_model} locally (cosine per text)", [
             ("texts", len(agreement.cosine)),
             ("min cosine", agreement.min),
             ("mean cosine", agreement.mean),
@@ -624,15 +563,15 @@ def vs_table(vs: VersusResult) -> Table:
         ("B", f"{b.model_name} ({b.device_resolved}, {b.dtype})"),
         ("texts per call", vs.texts),
         ("pairs (ABBA order)", len(vs.ratios)),
-        ("A median s", _or(vs.a_stats.p50_s, NA("no timed call"))),
-        ("B median s", _or(vs.b_stats.p50_s, NA("no timed call"))),
+        ("A median s", or_na(vs.a_stats.p50_s, NA("no timed call"))),
+        ("B median s", or_na(vs.b_stats.p50_s, NA("no timed call"))),
         ("B/A pair by pair", ", ".join(f"{r:.3f}" for r in vs.ratios)),
-        ("B/A median", _or(vs.median_ratio, NA("no pair"))),
+        ("B/A median", or_na(vs.median_ratio, NA("no pair"))),
         ("B/A 95% CI", f"{ci[0]:.3f} – {ci[1]:.3f}" if ci else "too few pairs"),
         ("beyond noise", {True: "yes", False: "no", None: "too few pairs"}[vs.beyond_noise]
          + (f" ({vs.test}, p={vs.p_value:.3g})" if vs.p_value is not None else "")),
     ]
-    return _kv("vs", "A against B, alternately in one process", rows)
+    return kv_table("vs", "A against B, alternately in one process", rows)
 
 
 MTEB_COLUMNS = ("task", "status", "main score", "metric", "seconds", "peak RSS MiB", "peak GPU MiB")
@@ -676,7 +615,7 @@ def training_tables(snap: Snapshot) -> list[Table]:
         rows += [
             ("steps' time added up s", ts.seconds),
             ("samples/s", ts.samples_per_s),
-            ("tokens/s", _or(ts.tokens_per_s, NA("the batches carried no attention mask"))),
+            ("tokens/s", or_na(ts.tokens_per_s, NA("the batches carried no attention mask"))),
             ("loss: first step", ts.first_loss),
             ("loss: last step", ts.last_loss),
             ("loss: lowest", f"{ts.min_loss.value:.4f} (step {ts.min_loss.step})" if ts.min_loss.value is not None else None),
@@ -697,7 +636,7 @@ def training_tables(snap: Snapshot) -> list[Table]:
             ("saved to", tr.saved_to),
             ("not saved", tr.not_saved_why),
         ]
-    out.append(_kv("training", "Training", rows))
+    out.append(kv_table("training", "Training", rows))
     if ts is not None and ts.steps:
         steps = Table("training-steps", f"Training step time ({ts.steps:,} steps; a part's share is of the steps' total)",
                       ["part", "mean s", "p50 s", "p95 s", "max s", "share %"])
@@ -790,7 +729,7 @@ def mteb_encode_table(snap: Snapshot) -> Table:
                 "the server's own batching is not visible" if _server(snap) else "not counted")
             table.rows.append([
                 name, e.phase, e.split or e.subset, e.texts, e.seconds, e.texts / e.seconds if e.seconds > 0 else None,
-                _or(e.tokens, no_tokens(snap)), batches, e.prompt_name,
+                or_na(e.tokens, no_tokens(snap)), batches, e.prompt_name,
             ])
     return table
 
@@ -869,36 +808,6 @@ def all_tables(snap: Snapshot) -> dict[str, Table]:
 def to_markdown(snap: Snapshot, images: list[str] | None = None) -> str:
     title = f"# embprof profile: {snap.workload.get('name')} on {snap.target.model_name}"
     return tables_markdown(title, summary_tables(snap), images)
-
-
-# Markdown and CSV are read in terminals (`cat report.md`, a CSV piped to `column`) as much as in
-# editors: their text has its control characters escaped (text.printable), as on the console; a
-# Markdown cell is one line. The JSON export is the snapshot itself, where JSON's own escapes keep every byte.
-def _md_cell(value: Any) -> str:
-    return printable(fmt(value)).replace("|", "\\|").replace("\n", " ")
-
-
-def tables_markdown(title: str, tables: list[Table], images: list[str] | None = None) -> str:
-    lines = [one_line(title), ""]
-    for image in images or []:
-        lines += [f"![{image}]({image})", ""]
-    for table in tables:
-        lines += [f"## {one_line(table.title)}", ""]
-        lines.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
-        lines.append("|" + "|".join("---" for _ in table.columns) + "|")
-        for row in table.rows:
-            lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def to_csv(table: Table) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([printable(c) for c in table.columns])
-    for row in table.rows:
-        writer.writerow(["" if c is None or isinstance(c, NA) else printable(c) if isinstance(c, str) else c for c in row])
-    return buf.getvalue()
 
 
 # Every table `export --format csv --table` can name, for one kind of run or another (the help lists them).

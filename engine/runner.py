@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .context import RunContext
+from .crash import is_out_of_memory
 from .errors import PartialFailure, RunCancelled, UserError
 from .events import MIB, Clock, ErrorEvent, EventBus, Result, RunFinished, RunStarted, RunStatus, Subscriber
 from .plan import RunPlan
@@ -18,10 +19,6 @@ from .results import KernelCounters, SamplerFacts
 from .sampler import Sampler, cuda_index_for_nvml
 from .targets import Target
 from .workloads import Workload
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or exc.__class__.__name__ in ("OutOfMemoryError", "OutOfResources")
 
 
 def kernel_counters(torch_carry: dict[str, float] | None = None) -> KernelCounters:
@@ -134,10 +131,10 @@ class Runner:
                 t_ns=clock.now(),
                 run_id=self.run_id,
                 started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                target=self.target.describe().model_dump(mode="json"),
+                target=self.target.describe(),
                 workload=self.workload.settings(),
                 sample_hz=self.sample_hz,
-                plan=self.plan.model_dump(mode="json") if self.plan is not None else None,
+                plan=self.plan,
             )
         )
         status: RunStatus = "complete"
@@ -157,7 +154,7 @@ class Runner:
             self._error(ctx, "runtime", str(exc))
         except BaseException as exc:  # the run must end with a snapshot whatever happened
             status = "failed"
-            kind = "oom" if _is_oom(exc) else "runtime"
+            kind = "oom" if is_out_of_memory(exc) else "runtime"
             first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
             self._error(ctx, kind, f"{exc.__class__.__name__}: {first}", traceback.format_exc(limit=8))
         finally:

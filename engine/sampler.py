@@ -23,7 +23,8 @@ def load_nvml() -> ModuleType | None:
         import pynvml
     except ImportError:
         return None
-    return pynvml
+    module: ModuleType = pynvml  # the package ships no types: named here as what it is, a module
+    return module
 
 
 class GpuProbe:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .environment import library_version
+from .versions import library_version
 from .errors import OutputError, UserError
 from .events import Event, Note, Result, RunFinished, RunStarted, RunStatus
 from .files import atomic_write_bytes, read_json_file
@@ -150,7 +150,7 @@ def build(recorder: Recorder, environment: dict[str, Any]) -> Snapshot:
     if start is None:
         raise ValueError("no run_started event: nothing was run")
     finish = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
-    target = TargetFacts.model_validate(state.target)
+    target = state.target if state.target is not None else start.target
     return Snapshot(
         schema_version=SCHEMA_VERSION,
         tool="embprof",
@@ -158,7 +158,7 @@ def build(recorder: Recorder, environment: dict[str, Any]) -> Snapshot:
         run_id=start.run_id,
         created_utc=start.started_utc,
         status=finish.status if finish else "incomplete",
-        plan=RunPlan.model_validate(start.plan) if start.plan is not None else None,
+        plan=start.plan,
         environment=environment,
         target=target,
         workload=dict(start.workload),

@@ -1,4 +1,5 @@
-"""A fake event source at the engine boundary, for UI tests: scripted, deterministic runs.
+"""A fake event source at the engine boundary: scripted, deterministic runs, the snapshots of test-made
+events, and a runner that plays them (for the dashboard's tests).
 
 Every Result carries one of the engine's typed result models (engine/results.py): a change of the
 snapshot schema breaks these doubles loudly instead of leaving them describing a format that is gone.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from embprof.engine.events import (
@@ -38,6 +40,7 @@ from embprof.engine.results import (
     SweepResult,
     TargetFacts,
 )
+from embprof.engine.snapshot import Recorder, Snapshot, build
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -47,6 +50,8 @@ WARMUP_MS = 640.0
 
 
 def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: bool = False, server: bool = False) -> ResourceSample:
+    """One resource sample: the process at ``rss`` MiB, the host's RAM and cores; ``gpu``: NVML's and torch's
+    figures too; ``server``: a local server's process too."""
     extra: dict[str, Any] = {}
     if server:
         extra.update(server_rss_mib=300.0 + rss / 10, server_cpu_percent=180.0, server_threads=4)
@@ -58,6 +63,51 @@ def sample(t_ns: int, rss: float, cpu: float = 150.0, threads: int = 9, gpu: boo
         t_ns=t_ns, rss_mib=rss, sys_ram_used_mib=rss + 900.0, sys_ram_available_mib=20000.0, cpu_percent=cpu,
         per_core_percent=(cpu / 2, cpu / 2), threads=threads, **extra,
     )
+
+
+# -- snapshots of test-made events ------------------------------------------------------------------------------
+
+
+def recorder_of(events: Iterable[Event]) -> Recorder:
+    """A Recorder that has been given ``events`` in order, as a run publishes them."""
+    rec = Recorder()
+    for e in events:
+        rec(e)
+    return rec
+
+
+def snapshot_of(events: Iterable[Event], environment: dict[str, Any] | None = None, **fields: Any) -> Snapshot:
+    """The snapshot the engine builds (engine.snapshot.build) of test-made events; ``fields`` set what a built
+    snapshot does not say of itself (``migrated_from``, ``plan_note``: a migrated file's)."""
+    snap = build(recorder_of(events), environment or {})
+    return snap.model_copy(update=fields) if fields else snap
+
+
+def recorded_run(status: str = "complete") -> tuple[list[Event], Recorder]:
+    """A short run (a load, one timed encode call of one batch), recorded; the events are also returned as they
+    were published."""
+    events: list[Event] = [
+        RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00",
+                   target=TargetFacts(backend="sentence-transformers", model_name="m", device="cpu"),
+                   workload={"name": "encode"}, sample_hz=10.0, plan=RunPlan()),
+        sample(1, 100.0),
+        PhaseStarted(t_ns=2, phase_id=1, name="load"),
+        sample(3, 300.0),
+        PhaseEnded(t_ns=4, phase_id=1, name="load", duration_ns=2),
+        PhaseStarted(t_ns=5, phase_id=2, name="encode", detail="repeat 1/1"),
+        BatchTimed(t_ns=6, phase_id=2, call_index=0, batch_index=0, items=2, tokens=10, padded_tokens=16, duration_ns=1_000_000, warmup=False,
+                   group="encode"),
+        EncodeTimed(t_ns=7, phase_id=2, call_index=0, label="repeat 1", items=2, tokens=10, words=6, duration_ns=2_000_000, warmup=False,
+                    group="encode"),
+        sample(8, 200.0),
+        PhaseEnded(t_ns=9, phase_id=2, name="encode", duration_ns=4),
+        Result(t_ns=10, result=KernelCounters(ru_maxrss_mib=310.0)),
+        RunFinished(t_ns=11, status=status, duration_ns=11),  # type: ignore[arg-type]
+    ]
+    return events, recorder_of(events)
+
+
+# -- scripted runs -----------------------------------------------------------------------------------------------
 
 
 def scripted_mteb(t: int, rss: float, gpu: bool) -> tuple[list[Event], int, float]:
@@ -139,8 +189,8 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
 
     ``llama``: against llama.cpp's native API, which reports no token counts (tokens are None).
     """
-    start_target = ({"model_name": "fake-llama.gguf", "backend": "http"} if llama else
-                    {"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"})
+    start_target = (TargetFacts(model_name="fake-llama.gguf", backend="http") if llama else
+                    TargetFacts(model_name="fake/minilm", backend="sentence-transformers", device="cpu", dtype="float32"))
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
                    target=start_target,
@@ -215,20 +265,28 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
 
 
 class FakeRunner:
-    """Publishes a scripted run. With ``hold`` it stops after the warm-up until cancelled or released."""
+    """Publishes a scripted run, as the engine's runner does, on the thread that calls ``run``.
+
+    Held (``hold``), it stops before event ``hold_at`` (by default before each timed encode phase: after the
+    warm-up) until it is cancelled or released. Cancelled there, it ends as a stopped run does (a cancelled
+    error, then incomplete); released (``release``: its own Event, or one the test passes in and sets), it goes on.
+    """
 
     instances: ClassVar[list[FakeRunner]] = []
 
-    def __init__(self, events: list[Event], subscribers: list[Subscriber], hold: bool = False, plan: RunPlan | None = None) -> None:
+    def __init__(self, events: list[Event], subscribers: list[Subscriber], hold: bool = False, plan: RunPlan | None = None, *,
+                 hold_at: int | None = None, release: threading.Event | None = None) -> None:
         self.plan = plan
         if plan is not None and events and isinstance(events[0], RunStarted):
             # The plan travels in RunStarted, as from the engine: the snapshot stores what ran.
-            events = [dataclasses.replace(events[0], plan=plan.model_dump(mode="json")), *events[1:]]
+            events = [dataclasses.replace(events[0], plan=plan), *events[1:]]
         self.events = events
         self.subscribers = subscribers
         self.hold = hold
+        self.hold_before = {hold_at} if hold_at is not None else {
+            i for i, e in enumerate(events) if isinstance(e, PhaseStarted) and e.name == "encode"}
         self.cancelled = threading.Event()
-        self.release = threading.Event()
+        self.release = release if release is not None else threading.Event()
         self._done = threading.Event()
         FakeRunner.instances.append(self)
 
@@ -238,8 +296,8 @@ class FakeRunner:
 
     def run(self) -> None:
         try:
-            for e in self.events:
-                if self.hold and isinstance(e, PhaseStarted) and e.name == "encode":
+            for i, e in enumerate(self.events):
+                if self.hold and i in self.hold_before:
                     while not (self.cancelled.is_set() or self.release.is_set()):
                         self.cancelled.wait(0.01)
                     if self.cancelled.is_set():

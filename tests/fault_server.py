@@ -311,7 +311,16 @@ class FaultHandler(TrivialHandler):
 
 
 class FaultServer(TrivialEmbeddingServer):
+    """The trivial server's handler class, misbehaving as ``state`` says, served on a thread of its own (``thread``)
+    with a short poll: shutting the server down waits for one, and the fault tests start many servers."""
+
     state: State
+
+    def __enter__(self) -> FaultServer:
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="embprof-fault-server",
+                                       daemon=True)
+        self.thread.start()
+        return self
 
 
 def start(mode: str = "ok", **settings: Any) -> FaultServer:
@@ -327,9 +336,6 @@ def start(mode: str = "ok", **settings: Any) -> FaultServer:
     handler = type("BoundFaultHandler", (FaultHandler,), {"state": state})
     server = FaultServer(handler)
     server.state = state
-    # A short poll: shutting the server down waits for one, and the fault tests start many servers.
-    server._thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                      name="embprof-fault-server", daemon=True)
     state.server = server
     STATE = state
     server.__enter__()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import embprof_exe
+from cli_helpers import run_cli
 
 
 def check_refused(args: list[str], env: dict[str, str], expect: str, after_progress: bool = False) -> None:
@@ -19,11 +18,11 @@ def check_refused(args: list[str], env: dict[str, str], expect: str, after_progr
     keeper = profiles / "existing.json"
     keeper.write_text('{"keep": true}')
     before = sorted(p.name for p in profiles.iterdir())
-    proc = subprocess.run([embprof_exe(), *args], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 or after_progress, proc.stderr
-    assert "Traceback" not in proc.stderr
+    rc, _, err, _ = run_cli(args, env, timeout=300)
+    assert rc == 2, (rc, err)
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 or after_progress, err
+    assert "Traceback" not in err
     assert lines[-1].startswith("embprof: error: ") and expect in lines[-1], lines[-1]
     assert sorted(p.name for p in profiles.iterdir()) == before  # no partial file, nothing new
     assert keeper.read_text() == '{"keep": true}'
@@ -58,13 +57,13 @@ def test_unknown_hub_model_offline(cli_env: dict[str, str]) -> None:
 
 
 def test_unknown_workload(cli_env: dict[str, str]) -> None:
-    proc = subprocess.run([embprof_exe(), "run", "sprint"], env=cli_env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "invalid choice" in proc.stderr and "Traceback" not in proc.stderr
+    rc, _, err, _ = run_cli(["run", "sprint"], cli_env)
+    assert rc == 2 and "invalid choice" in err and "Traceback" not in err
 
 
 def test_bad_sample_rate(cli_env: dict[str, str]) -> None:
-    proc = subprocess.run([embprof_exe(), "run", "encode", "--sample-hz", "500"], env=cli_env, capture_output=True, text=True)
-    assert proc.returncode == 2 and "between 1 and 100" in proc.stderr
+    rc, _, err, _ = run_cli(["run", "encode", "--sample-hz", "500"], cli_env)
+    assert rc == 2 and "between 1 and 100" in err
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere; the read-only case is covered by a file in the way")

@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli, snapshot_from
 from conftest import default_sigint, embprof_exe
 from embprof.engine.events import BatchTimed, EncodeTimed
-from embprof.engine.snapshot import Snapshot, load
 
 pytestmark = pytest.mark.slow
-
-
-def run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str, float]:
-    """Run embprof in a child: (rc, stdout, stderr, the child's ru_maxrss in MiB as wait4 reports it).
-
-    stderr goes to a file so that reading stdout to its end cannot block on a full stderr pipe,
-    and the child is reaped with wait4 so that its resource usage comes from the kernel.
-    """
-    with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.Popen([embprof_exe(), *args], env=env, stdout=subprocess.PIPE, stderr=err_file)
-        out = proc.stdout.read()  # type: ignore[union-attr]
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err_file.seek(0)
-        err = err_file.read()
-    return proc.returncode, out.decode(), err.decode(), usage.ru_maxrss / 1024  # KiB -> MiB
-
-
-def snapshot_from(stdout: str) -> tuple[Path, Snapshot]:
-    last = stdout.strip().splitlines()[-1]
-    assert last.startswith("snapshot: "), stdout
-    path = Path(last.removeprefix("snapshot: ").strip())
-    return path, load(path)
 
 
 def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> None:
@@ -184,6 +159,6 @@ def test_ctrl_c_keeps_what_was_measured(cli_env: dict[str, str], speed_text: Pat
     assert "Traceback" not in err
     _, snap = snapshot_from(out)
     assert snap.status == "incomplete"
-    assert any(e["error_kind"] == "cancelled" for e in snap.summary.errors)
+    assert any(e.error_kind == "cancelled" for e in snap.summary.errors)
     timed = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
     assert 2 <= len(timed) < 60

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 SCRIPT = """
-from embprof.engine.report import Table
+from embprof.engine.tables import Table
 from embprof.tui.console import output_console, render_table
 cols = ["point", "status", "median s", "95% CI ±%", "ended by", "repeats", "items/s", "tokens/s", "padding %", "GFLOP/s",
         "peak RSS MiB", "peak GPU MiB"]

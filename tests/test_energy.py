@@ -4,15 +4,16 @@ unreadable counters), and against whatever this machine really has."""
 from __future__ import annotations
 
 import bisect
-import math
+import builtins
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fake_nvml import FakeNvml, NVMLError
 
-from embprof.engine import energy
 from embprof.engine.energy import EnergyMeter, IdleBaseline, NvmlEnergyCounter, RaplEnergyCounter, find_meter
 
 IDLE_W = 50.0
@@ -60,56 +61,6 @@ class FakeTime:
         return e0 + (e1 - e0) * (tau - t0) / (t1 - t0)
 
 
-class NVMLError(Exception):
-    pass
-
-
-class NVMLError_NotSupported(NVMLError):  # noqa: N801 - pynvml's own name
-    pass
-
-
-class FakeEnergyNvml:
-    """The pynvml calls the meter makes; each device draws the FakeTime's power, and the energy
-    counter moves only every ``period_s``, like the driver's."""
-
-    NVMLError_NotSupported = NVMLError_NotSupported
-
-    def __init__(self, clock: FakeTime, *, devices: int = 1, period_s: float = 0.05, supported: bool = True,
-                 frozen: bool = False, init_error: Exception | None = None) -> None:
-        self.clock = clock
-        self.devices = devices
-        self.period_s = period_s
-        self.supported = supported
-        self.frozen = frozen
-        self.init_error = init_error
-        self.inits = 0
-        self.shutdowns = 0
-        self.energy_calls = 0
-
-    def nvmlInit(self) -> None:
-        if self.init_error is not None:
-            raise self.init_error
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return self.devices
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
-        return f"handle{i}"
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h: str) -> int:
-        self.energy_calls += 1
-        if not self.supported:
-            raise NVMLError_NotSupported("Not Supported")
-        if self.frozen:
-            return 123_456
-        tick = math.floor(self.clock.t / self.period_s + 1e-9) * self.period_s
-        return 10_000_000 + int(self.clock.energy_at(tick) * 1000)  # mJ since "driver load"
-
-
 def _work(clock: FakeTime, seconds: float, items: int, log: list[float]) -> Callable[[], int]:
     def work() -> int:
         log.append(clock.t)
@@ -119,7 +70,7 @@ def _work(clock: FakeTime, seconds: float, items: int, log: list[float]) -> Call
     return work
 
 
-def _gpu_meter(clock: FakeTime, nvml: FakeEnergyNvml, device: str = "cuda:0", **kw: object) -> EnergyMeter:
+def _gpu_meter(clock: FakeTime, nvml: FakeNvml, device: str = "cuda:0", **kw: object) -> EnergyMeter:
     meter, why = find_meter(device, nvml=nvml, clock=clock.now, sleep=clock.sleep, **kw)  # type: ignore[arg-type]
     assert meter is not None, why
     assert why == ""
@@ -131,7 +82,7 @@ def _gpu_meter(clock: FakeTime, nvml: FakeEnergyNvml, device: str = "cuda:0", **
 
 def test_nvml_net_energy_is_busy_minus_idle_over_the_window() -> None:
     clock = FakeTime()
-    nvml = FakeEnergyNvml(clock, period_s=0.05)
+    nvml = FakeNvml(clock, period_s=0.05)
     calls: list[float] = []
     with _gpu_meter(clock, nvml) as meter:
         reading, why = meter.measure(_work(clock, 0.3, 100, calls), min_window_s=1.0)
@@ -154,7 +105,7 @@ def test_a_coarse_counter_is_read_on_its_ticks() -> None:
     """A 100 ms counter: a window cut between ticks could miss up to 100 ms of 250 W at each end
     (about 7 % here); starting and ending on ticks keeps the error to the polling interval."""
     clock = FakeTime(start=0.0371)
-    nvml = FakeEnergyNvml(clock, period_s=0.1)
+    nvml = FakeNvml(clock, period_s=0.1)
     calls: list[float] = []
     meter = _gpu_meter(clock, nvml)
     reading, why = meter.measure(_work(clock, 0.33, 8, calls), min_window_s=1.0)
@@ -167,7 +118,7 @@ def test_a_coarse_counter_is_read_on_its_ticks() -> None:
 
 def test_one_long_call_is_enough_and_a_shorter_window_is_honoured() -> None:
     clock = FakeTime()
-    meter = _gpu_meter(clock, FakeEnergyNvml(clock))
+    meter = _gpu_meter(clock, FakeNvml(clock))
     calls: list[float] = []
     reading, _ = meter.measure(_work(clock, 2.5, 1000, calls), min_window_s=1.0)
     assert reading is not None and reading.calls == 1 and reading.window_s >= 2.5
@@ -179,7 +130,7 @@ def test_one_long_call_is_enough_and_a_shorter_window_is_honoured() -> None:
 
 def test_gpu_energies_sum_over_the_devices() -> None:
     clock = FakeTime()
-    nvml = FakeEnergyNvml(clock, devices=2)
+    nvml = FakeNvml(clock, devices=2)
     meter = _gpu_meter(clock, nvml, gpu_indices=[0, 1])
     reading, why = meter.measure(_work(clock, 0.5, 10, []), min_window_s=1.0)
     assert reading is not None, why
@@ -192,7 +143,7 @@ def test_gpu_energies_sum_over_the_devices() -> None:
 
 def test_a_baseline_can_be_reused() -> None:
     clock = FakeTime()
-    meter = _gpu_meter(clock, FakeEnergyNvml(clock))
+    meter = _gpu_meter(clock, FakeNvml(clock))
     idle, why = meter.idle_baseline(1.0)
     assert idle is not None, why
     started = clock.t
@@ -203,7 +154,7 @@ def test_a_baseline_can_be_reused() -> None:
 
 def test_work_at_idle_power_reads_near_zero_with_a_note_when_below() -> None:
     clock = FakeTime()
-    meter = _gpu_meter(clock, FakeEnergyNvml(clock))
+    meter = _gpu_meter(clock, FakeNvml(clock))
     idle = IdleBaseline(source=meter.source, idle_w=IDLE_W + 1.0, baseline_s=1.0)  # a warmer idle
 
     def at_idle_power() -> int:
@@ -217,7 +168,7 @@ def test_work_at_idle_power_reads_near_zero_with_a_note_when_below() -> None:
 
 def test_a_counter_that_does_not_move_gives_no_reading() -> None:
     clock = FakeTime()
-    meter = _gpu_meter(clock, FakeEnergyNvml(clock, frozen=True))
+    meter = _gpu_meter(clock, FakeNvml(clock, frozen=True))
     reading, why = meter.measure(_work(clock, 0.5, 10, []), 1.0)
     assert reading is None and "not updating" in why
     # Past a baseline it is the work window's own check that says so.
@@ -228,7 +179,7 @@ def test_a_counter_that_does_not_move_gives_no_reading() -> None:
 
 def test_bad_work_and_windows_are_refused() -> None:
     clock = FakeTime()
-    meter = _gpu_meter(clock, FakeEnergyNvml(clock))
+    meter = _gpu_meter(clock, FakeNvml(clock))
     with pytest.raises(ValueError):
         meter.measure(lambda: 1, 0)
     idle = IdleBaseline(source=meter.source, idle_w=IDLE_W, baseline_s=1.0)
@@ -248,7 +199,7 @@ def test_bad_work_and_windows_are_refused() -> None:
 )
 def test_nvml_unavailable_says_why(nvml_kw: dict[str, object], expected: str) -> None:
     clock = FakeTime()
-    nvml = FakeEnergyNvml(clock, **nvml_kw)  # type: ignore[arg-type]
+    nvml = FakeNvml(clock, **nvml_kw)  # type: ignore[arg-type]
     meter, why = find_meter("cuda:0", nvml=nvml, clock=clock.now, sleep=clock.sleep)
     assert meter is None and expected in why and "\n" not in why
     assert nvml.inits == nvml.shutdowns  # whatever opened NVML closed it again
@@ -257,7 +208,7 @@ def test_nvml_unavailable_says_why(nvml_kw: dict[str, object], expected: str) ->
 def test_nvml_missing_or_index_out_of_range() -> None:
     meter, why = find_meter("cuda", nvml=None)
     assert meter is None and "nvidia-ml-py is not installed" in why
-    meter, why = find_meter("cuda:3", nvml=FakeEnergyNvml(FakeTime(), devices=2))
+    meter, why = find_meter("cuda:3", nvml=FakeNvml(FakeTime(), devices=2))
     assert meter is None and "not index 3" in why
     meter, why = find_meter("mps")
     assert meter is None and "mps" in why
@@ -345,15 +296,16 @@ def test_rapl_permission_denied_by_chmod(tmp_path: Path) -> None:
 
 
 def test_rapl_permission_denied_simulated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As a kernel patched for CVE-2020-8694 refuses a reader that is not root: opening energy_uj fails."""
     energy_uj = _powercap(tmp_path)
-    real = energy._read_int
+    real_open = builtins.open
 
-    def read_int(path: Path) -> int:
-        if path == energy_uj:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real(path)
+    def open_refusing_energy_uj(file: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, (str, os.PathLike)) and Path(file) == energy_uj:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(energy, "_read_int", read_int)
+    monkeypatch.setattr(builtins, "open", open_refusing_energy_uj)
     meter, why = find_meter("cpu", powercap_root=tmp_path)
     assert meter is None and "RAPL" in why and "permission denied" in why and "CVE-2020-8694" in why
 

@@ -15,7 +15,7 @@ from embprof.engine.runner import Runner
 from embprof.engine.plan import EncodePlan, LocalTarget, SimilarityPlan, SpeedPlan
 from embprof.engine.results import SimilarityResult, SpeedResult, TokenLengths
 from embprof.engine.snapshot import Recorder, build
-from embprof.engine.targets import SentenceTransformerTarget, bundled_model_dir
+from embprof.engine.targets import SentenceTransformerTarget, bundled_model_dir, make_target
 from embprof.engine.workloads.encode import EncodeWorkload
 from embprof.engine.workloads.similarity import SimilarityWorkload
 from embprof.engine.workloads.speed import SpeedWorkload
@@ -81,7 +81,7 @@ def test_encode_counts_truncated_inputs(loaded: Any, tmp_path: Path) -> None:
     f = tmp_path / "lines.txt"
     f.write_text(f"short line\n{long_line}\nanother short one\n", encoding="utf-8")
     seen.clear()
-    wl = EncodeWorkload(EncodePlan(input=str(f), repeats=1, warmups=0))
+    wl = EncodeWorkload(EncodePlan(input=str(f), repeats=1, warmups=0), make_target)
     wl.prepare()
     wl.run(ctx, target)
     tokens = next(e.result for e in seen if isinstance(getattr(e, "result", None), TokenLengths))  # type: ignore[union-attr]
@@ -123,7 +123,7 @@ def test_a_failing_run_keeps_what_it_measured(exc: BaseException, kind: str) -> 
     snap = build(rec, {})
     assert snap.status == "failed"
     err = snap.summary.errors[0]
-    assert err["error_kind"] == kind and err["phase"] == "encode" and "Traceback" in err["detail"]
+    assert err.error_kind == kind and err.phase == "encode" and "Traceback" in err.detail
     assert snap.summary.headline is not None and snap.summary.headline.calls == 1
     assert snap.summary.phases[-1].ok is False
     assert isinstance(snap.events[-1], RunFinished)

@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pilot_helpers import plain, until
-from test_snapshot import recorded_run
-from test_tui_pilot import finished, make_app
+from cli_helpers import run_cli_in_process
+from fake_engine import recorded_run
+from pilot_helpers import NotificationLog, finished, make_app, plain, until
 
 from embprof.engine.events import Note, RunStarted
+from embprof.engine.results import TargetFacts
 from embprof.engine.snapshot import build, save
 from embprof.engine.text import clean, one_line, printable
-from embprof.tui.cli import main
 from embprof.tui.console import ConsoleProgress, SafeConsole
 
 EVIL = "evil\x1b[2J\x1b]0;owned\x07\r\x9b31m\u202e[/b][bold]name"
@@ -44,17 +44,17 @@ def test_printable_and_one_line() -> None:
 def test_clean_copies_only_what_changed() -> None:
     quiet = Note(t_ns=1, text="fine", level="info")
     assert clean(quiet) is quiet
-    loud = clean(RunStarted(t_ns=0, run_id="r", started_utc="t", target={"model_name": EVIL}, workload={"name": "encode"},
-                            sample_hz=10.0, plan=None))
-    no_raw_control(json.dumps(loud.target, ensure_ascii=False))
-    assert "\\x1b[2J" in loud.target["model_name"]
+    loud = clean(RunStarted(t_ns=0, run_id="r", started_utc="t", target=TargetFacts(model_name=EVIL, backend="http"),
+                            workload={"name": "encode"}, sample_hz=10.0, plan=None))
+    no_raw_control(loud.target.model_dump_json())
+    assert "\\x1b[2J" in loud.target.model_name
 
 
 def test_the_console_escapes_what_it_prints_and_keeps_its_own_styles() -> None:
     buf = io.StringIO()
     console = SafeConsole(file=buf, force_terminal=True, color_system="standard", width=200)
     progress = ConsoleProgress(console)
-    progress(RunStarted(t_ns=0, run_id="r", started_utc="t", target={"model_name": EVIL, "device": "cpu", "dtype": "float32"},
+    progress(RunStarted(t_ns=0, run_id="r", started_utc="t", target=TargetFacts(model_name=EVIL, backend="sentence-transformers", device="cpu", dtype="float32"),
                         workload={"name": "encode"}, sample_hz=10.0, plan=None))
     progress(Note(t_ns=2, text=f"the server said {EVIL}", level="warning"))
     out = buf.getvalue()
@@ -78,15 +78,6 @@ def evil_snapshot(tmp_path: Path) -> Path:
     return evil
 
 
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(args)
-    except SystemExit as exc:
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 @pytest.mark.parametrize("command", ["show", "list", "export-md", "export-csv", "compare"])
 def test_commands_escape_snapshot_fields_and_file_names(command: str, evil_snapshot: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,7 +85,7 @@ def test_commands_escape_snapshot_fields_and_file_names(command: str, evil_snaps
             "export-md": ["export", str(evil_snapshot), "--format", "md"],
             "export-csv": ["export", str(evil_snapshot), "--format", "csv"],
             "compare": ["compare", str(evil_snapshot), str(evil_snapshot)]}[command]
-    rc, out, err = run_cli(args, capsys)
+    rc, out, err = run_cli_in_process(args, capsys)
     assert rc == 0, err
     no_raw_control(out)
     no_raw_control(err)
@@ -102,7 +93,7 @@ def test_commands_escape_snapshot_fields_and_file_names(command: str, evil_snaps
 
 
 def test_an_error_naming_a_hostile_file_is_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = run_cli(["show", str(tmp_path / f"{EVIL}.json")], capsys)
+    rc, out, err = run_cli_in_process(["show", str(tmp_path / f"{EVIL}.json")], capsys)
     assert rc == 2
     no_raw_control(err)
     assert err.count("\n") == 1 and "\\x1b[2J" in err
@@ -116,7 +107,8 @@ async def test_the_dashboard_shows_hostile_names_as_text(tmp_path: Path, evil_sn
 
     profiles = tmp_path / "profiles"
     app = make_app(tmp_path)
-    async with app.run_test(size=(160, 50)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(160, 50), message_hook=notes.hook) as pilot:
         await finished(app, pilot)
         live = app.current
         app.open_snapshot(evil_snapshot)
@@ -135,7 +127,7 @@ async def test_the_dashboard_shows_hostile_names_as_text(tmp_path: Path, evil_sn
         for table in app.screen.query(DataTable):
             for row in range(table.row_count):
                 shown.extend(plain(cell, 300) if not isinstance(cell, str) else cell for cell in table.get_row_at(row))
-        shown.extend(n.message + n.title for n in app._notifications)
+        shown.extend(n.message + n.title for n in notes)
         everything = "\n".join(shown)
         no_raw_control(everything)
         assert "\\x1b[2J" in everything  # the model's name is there, escaped

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from conftest import REPO, embprof_exe
 from fault_helpers import Child, full_disk, readonly_folder, tiny_matrix_spec
 
@@ -45,15 +46,11 @@ def env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     return dict(cli_env, TMPDIR=str(tmp), MPLCONFIGDIR=str(tmp_path / "matplotlib"))
 
 
-def embprof(args: list[str], env: dict[str, str], preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([embprof_exe(), *args], env=env, capture_output=True, text=True, timeout=600, preexec_fn=preexec)
-
-
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+def one_error_line(stderr: str) -> str:
     """The run's only stderr line (-q: no progress), an ``embprof: error:`` sentence, with no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("embprof: error: "), proc.stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("embprof: error: "), stderr[-3000:]
     return lines[0]
 
 
@@ -77,18 +74,18 @@ def test_a_full_profiles_folder_keeps_the_snapshot_in_the_temporary_folder(tmp_p
     # folder too, which the sentence then says instead.
     with full_disk(tmp_path / "full", with_old_snapshot, limit=16384) as disk:
         profiles = disk.folder / "profiles"
-        proc = embprof([*RUN, "--profiles-dir", str(profiles)], env, disk.preexec)
-        assert proc.returncode == 3, (proc.returncode, proc.stderr[-3000:])
-        line = one_error_line(proc)
+        proc = run_cli([*RUN, "--profiles-dir", str(profiles)], env, timeout=600, preexec=disk.preexec)
+        assert proc.rc == 3, (proc.rc, proc.err[-3000:])
+        line = one_error_line(proc.err)
         assert line.startswith(f"embprof: error: cannot write '{profiles}/") and f"({disk.reason})" in line, line
-        assert "status: complete" in proc.stdout  # the run itself went well; its tables are printed
+        assert "status: complete" in proc.out  # the run itself went well; its tables are printed
         if disk.tmpfs:
             m = re.search(r"the snapshot was saved to '([^']+)' instead", line)
             assert m, line
             kept = Path(m.group(1))
             assert kept.parent == Path(env["TMPDIR"]) / "embprof-unsaved", kept
             assert load(kept) == "complete"
-            assert f"snapshot: {kept}" in proc.stdout
+            assert f"snapshot: {kept}" in proc.out
         else:
             assert "could not be kept elsewhere either" in line, line
         assert sorted(p.name for p in profiles.iterdir()) == [OLD_NAME]  # nothing new, not even a temporary file
@@ -101,13 +98,13 @@ def test_a_full_disk_and_a_full_temporary_folder_say_the_snapshot_is_lost(tmp_pa
     because Python's tempfile moves on from a $TMPDIR it cannot write to /tmp, /var/tmp and the working folder."""
     with full_disk(tmp_path / "full", with_old_snapshot, force_rlimit=True, limit=16384) as disk:
         profiles = disk.folder / "profiles"
-        proc = embprof([*RUN, "--profiles-dir", str(profiles)], env, disk.preexec)
-        assert proc.returncode == 3, (proc.returncode, proc.stderr[-3000:])
-        line = one_error_line(proc)
+        proc = run_cli([*RUN, "--profiles-dir", str(profiles)], env, timeout=600, preexec=disk.preexec)
+        assert proc.rc == 3, (proc.rc, proc.err[-3000:])
+        line = one_error_line(proc.err)
         unsaved = Path(env["TMPDIR"]) / "embprof-unsaved"
         assert line.startswith(f"embprof: error: cannot write '{profiles}/") and "(file too large)" in line, line
         assert "the snapshot could not be kept elsewhere either" in line and f"'{unsaved}/" in line, line
-        assert "snapshot:" not in proc.stdout and "status: complete" in proc.stdout  # the figures are in the tables
+        assert "snapshot:" not in proc.out and "status: complete" in proc.out  # the figures are in the tables
         assert sorted(p.name for p in profiles.iterdir()) == [OLD_NAME]
         assert (profiles / OLD_NAME).read_bytes() == OLD_SNAPSHOT.read_bytes()
         assert not unsaved.exists() or list(unsaved.iterdir()) == []
@@ -138,9 +135,9 @@ def test_export_and_compare_onto_a_full_disk(command: str, how: str, tmp_path: P
         # compare's Markdown has its charts written beside it (out-latency.svg …), before the report itself.
         args = ["export", str(a), "--format", "md", "-o", str(out)] if command == "export" else \
             ["compare", str(a), str(b), "--format", "md", "-o", str(out)]
-        proc = embprof(args, env, disk.preexec)
-        assert proc.returncode == 3, (proc.returncode, proc.stderr[-3000:])
-        line = one_error_line(proc)
+        proc = run_cli(args, env, timeout=600, preexec=disk.preexec)
+        assert proc.rc == 3, (proc.rc, proc.err[-3000:])
+        line = one_error_line(proc.err)
         assert re.search(rf"cannot write '{re.escape(str(disk.folder))}/out(\.md|-[a-z]+\.svg)' \({disk.reason}\)", line), line
         assert out.read_text() == "the previous report\n"
         assert sorted(p.name for p in disk.folder.iterdir()) == (["filler", "out.md"] if disk.tmpfs else ["out.md"])
@@ -164,12 +161,12 @@ def test_read_only_folders_are_one_sentence(command: str, tmp_path: Path, env: d
             "matrix": ["matrix", "--spec", str(tiny_matrix_spec(tmp_path)), "-o", str(ro / "m"), "-q"],
         }[command]
         started = time.monotonic()
-        proc = embprof(args, env)
+        proc = run_cli(args, env, timeout=600)
         took = time.monotonic() - started
-        line = one_error_line(proc)
+        line = one_error_line(proc.err)
         # A folder embprof needs throughout is checked before any work (2); a file written at the end fails there (3).
         expected = 3 if command in ("export", "compare") else 2
-        assert proc.returncode == expected, (proc.returncode, line)
+        assert proc.rc == expected, (proc.rc, line)
         assert re.search(r"read-only file system|permission denied", line), line
         if expected == 2:
             assert "cannot be written" in line, line
@@ -215,7 +212,7 @@ def test_a_second_matrix_on_the_same_folder_is_refused_at_once(tmp_path: Path, e
     finally:
         first.send(signal.SIGCONT)
     assert second.returncode == 2, (second.returncode, second.stderr[-3000:])
-    line = one_error_line(second)
+    line = one_error_line(second.stderr)
     assert f"matrix folder '{folder}' is in use by another embprof (process {first.pid})" in line, line
     assert took < 60, f"refused only after {took:.0f} s"
     rc, _out, err = first.finish(timeout=600)

@@ -24,22 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import run_cli, run_cli_in_process
+from conftest import embprof_exe
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_snapshot import recorded_run
+from fake_engine import recorded_run
 
 from embprof.engine.errors import UserError
 from embprof.engine.snapshot import build, load, save, to_json
-from embprof.tui.cli import main
-
-
-def cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        rc = main(args)
-    except SystemExit as exc:  # argparse's own refusals
-        rc = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def one_error(rc: int, err: str, expect: str, status: int = 2) -> None:
@@ -161,7 +153,7 @@ def test_hostile_snapshot_files(command: str, make: Callable[[Path], Path], expe
     if command == "export" and bad.is_dir():
         expect = "is not a matrix folder"  # export takes a matrix's folder too, and says what it looked for
     before = snapshot_file.read_bytes()
-    rc, out, err = cli(args, capsys)
+    rc, out, err = run_cli_in_process(args, capsys)
     one_error(rc, err, expect)
     assert out == ""
     assert snapshot_file.read_bytes() == before
@@ -175,7 +167,7 @@ def test_list_shows_hostile_files_as_unreadable_and_goes_on(tmp_path: Path, snap
     (folder / "empty.json").write_bytes(b"")
     (folder / "future.json").write_text(json.dumps({**_snapshot_dict(), "schema_version": 99}))
     os.mkfifo(folder / "fifo.json")
-    rc, out, err = cli(["list", "--profiles-dir", str(folder), ], capsys)
+    rc, out, err = run_cli_in_process(["list", "--profiles-dir", str(folder), ], capsys)
     assert rc == 0, err
     assert err == ""
     assert out.count("unreadable") == 5, out
@@ -184,12 +176,12 @@ def test_list_shows_hostile_files_as_unreadable_and_goes_on(tmp_path: Path, snap
 
 
 def test_list_of_a_file_is_refused(snapshot_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(["list", "--profiles-dir", str(snapshot_file)], capsys)
+    rc, _, err = run_cli_in_process(["list", "--profiles-dir", str(snapshot_file)], capsys)
     one_error(rc, err, "is a file, not a profiles folder")
 
 
 def test_list_of_a_missing_folder_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = cli(["list", "--profiles-dir", str(tmp_path / "none")], capsys)
+    rc, out, err = run_cli_in_process(["list", "--profiles-dir", str(tmp_path / "none")], capsys)
     assert rc == 0 and err == ""
     assert "no snapshots" in out and "does not exist" in out
 
@@ -212,7 +204,7 @@ def test_hostile_plan_files(content: bytes | None, expect: str, tmp_path: Path, 
     p = tmp_path / "plan.json"
     if content is not None:
         p.write_bytes(content)
-    rc, out, err = cli(["run", "--plan", str(p), "--print-plan"], capsys)
+    rc, out, err = run_cli_in_process(["run", "--plan", str(p), "--print-plan"], capsys)
     one_error(rc, err, expect)
 
 
@@ -243,7 +235,7 @@ def test_hostile_matrix_files(name: str, content: bytes | None, expect: str, tmp
     p = tmp_path / name
     if content is not None:
         p.write_bytes(content)
-    rc, out, err = cli(["matrix", "--spec", str(p), "--print-spec"], capsys)
+    rc, out, err = run_cli_in_process(["matrix", "--spec", str(p), "--print-spec"], capsys)
     one_error(rc, err, expect)
     assert not (tmp_path / "PWNED").exists()  # a YAML tag never constructs an object, let alone runs a command
 
@@ -291,7 +283,7 @@ def test_output_paths_that_would_fail_or_destroy(case: int, snapshot_file: Path,
     kind, args, expect = _outputs(snapshot_file)[case]
     before = snapshot_file.read_bytes()
     listing = sorted(p.name for p in snapshot_file.parent.iterdir())
-    rc, out, err = cli(args, capsys)
+    rc, out, err = run_cli_in_process(args, capsys)
     one_error(rc, err, expect)
     assert snapshot_file.read_bytes() == before, kind
     assert sorted(p.name for p in snapshot_file.parent.iterdir()) == listing, kind
@@ -302,7 +294,7 @@ def test_export_of_a_matrix_into_its_own_manifest_is_refused(tmp_path: Path, cap
     (folder / "cells").mkdir(parents=True)
     (folder / "matrix.json").write_text("{}")
     for out in (folder / "matrix.json", folder / "cells" / "x.json"):
-        rc, _, err = cli(["export", str(folder), "--format", "json", "-o", str(out)], capsys)
+        rc, _, err = run_cli_in_process(["export", str(folder), "--format", "json", "-o", str(out)], capsys)
         one_error(rc, err, "matrix" if out.name == "x.json" else "is also an input")
     assert (folder / "matrix.json").read_text() == "{}"
 
@@ -362,7 +354,7 @@ def test_loader_takes_any_bytes(raw: bytes, tmp_path: Path) -> None:
 def test_output_onto_a_fifo_or_device_is_refused(snapshot_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fifo = tmp_path / "out.md"
     os.mkfifo(fifo)  # a write renames a file over the path: the FIFO (or /dev/null, as root) would be replaced
-    rc, _, err = cli(["export", str(snapshot_file), "-o", str(fifo)], capsys)
+    rc, _, err = run_cli_in_process(["export", str(snapshot_file), "-o", str(fifo)], capsys)
     one_error(rc, err, "is a device, pipe or socket")
     assert fifo.is_fifo()
 
@@ -371,7 +363,7 @@ def test_export_of_a_matrix_into_its_references_is_refused(tmp_path: Path, capsy
     folder = tmp_path / "m"
     (folder / "references").mkdir(parents=True)
     (folder / "matrix.json").write_text("{}")
-    rc, _, err = cli(["export", str(folder), "--format", "csv", "-o", str(folder / "references" / "x.npz")], capsys)
+    rc, _, err = run_cli_in_process(["export", str(folder), "--format", "csv", "-o", str(folder / "references" / "x.npz")], capsys)
     one_error(rc, err, "inside the matrix's references folder")
 
 
@@ -381,7 +373,7 @@ def test_charts_beside_the_output_never_replace_an_input(tmp_path: Path, capsys:
     named_like_a_chart = tmp_path / "c-latency.svg"  # the name `compare … -o c.md` gives its chart
     named_like_a_chart.write_bytes(a.read_bytes())
     before = named_like_a_chart.read_bytes()
-    rc, _, err = cli(["compare", str(named_like_a_chart), str(a), "--format", "md", "-o", str(tmp_path / "c.md")], capsys)
+    rc, _, err = run_cli_in_process(["compare", str(named_like_a_chart), str(a), "--format", "md", "-o", str(tmp_path / "c.md")], capsys)
     one_error(rc, err, "is also an input")
     assert named_like_a_chart.read_bytes() == before
 
@@ -389,20 +381,20 @@ def test_charts_beside_the_output_never_replace_an_input(tmp_path: Path, capsys:
 def test_a_plan_check_names_the_file_it_came_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"workload": {"name": "encode", "repeats": 0}}))
-    rc, _, err = cli(["run", "--plan", str(plan), "--print-plan"], capsys)
+    rc, _, err = run_cli_in_process(["run", "--plan", str(plan), "--print-plan"], capsys)
     one_error(rc, err, f"plan file '{plan}': --repeats")
     data = _snapshot_dict()
     data["plan"]["workload"]["repeats"] = 0
     snap = tmp_path / "s.json"
     snap.write_text(json.dumps(data))
-    rc, _, err = cli(["show", str(snap)], capsys)
+    rc, _, err = run_cli_in_process(["show", str(snap)], capsys)
     one_error(rc, err, "is damaged: its plan: ")
 
 
 def test_schema_version_true_is_not_version_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     p = tmp_path / "s.json"
     p.write_text(json.dumps({**_snapshot_dict(), "schema_version": True}))
-    rc, _, err = cli(["show", str(p)], capsys)
+    rc, _, err = run_cli_in_process(["show", str(p)], capsys)
     one_error(rc, err, "schema version True")
 
 
@@ -410,12 +402,12 @@ def test_schema_version_true_is_not_version_one(tmp_path: Path, capsys: pytest.C
 def test_a_matrix_file_with_an_empty_axis_is_refused(axis: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = tmp_path / "m.toml"
     spec.write_text(f"{axis} = []\n")
-    rc, _, err = cli(["matrix", "--spec", str(spec), "--print-spec"], capsys)
+    rc, _, err = run_cli_in_process(["matrix", "--spec", str(spec), "--print-spec"], capsys)
     one_error(rc, err, f"'{axis}' is empty")
 
 
 def test_prompts_refuses_server_options_it_would_ignore(capsys: pytest.CaptureFixture[str]) -> None:
-    rc, _, err = cli(["prompts", "--server", "http://127.0.0.1:9"], capsys)
+    rc, _, err = run_cli_in_process(["prompts", "--server", "http://127.0.0.1:9"], capsys)
     one_error(rc, err, "the server options do not apply")
 
 
@@ -427,26 +419,19 @@ def test_a_byte_order_mark_is_not_part_of_the_first_text(tmp_path: Path) -> None
     assert read_lines(str(p)) == ["first", "second"]
 
 
-def test_a_speed_text_that_is_a_folder_says_so(tmp_path: Path) -> None:
-    from embprof.engine.speedtext import _read
+def test_a_speed_text_that_is_a_folder_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embprof.engine.speedtext import resolve_speed_text
 
-    with pytest.raises(UserError, match="is a folder"):
-        _read(tmp_path, "--text")
-    with pytest.raises(UserError, match="not a regular file"):
-        _read(Path("/dev/null"), "EMBPROF_SPEED_TEXT")
+    with pytest.raises(UserError, match=r"\(from --text\) '.*' is a folder"):
+        resolve_speed_text(str(tmp_path))
+    monkeypatch.setenv("EMBPROF_SPEED_TEXT", "/dev/null")
+    with pytest.raises(UserError, match=r"\(from EMBPROF_SPEED_TEXT\) '/dev/null' is not a regular file"):
+        resolve_speed_text()
 
 
 # -- the streams: closed, a closed pipe, an encoding that cannot show everything -----------------------------
 
-def _console(args: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    from conftest import embprof_exe
-
-    return subprocess.run([embprof_exe(), *args], capture_output=True, timeout=120, **kw)
-
-
 def test_a_reader_that_goes_away_is_not_an_error(snapshot_file: Path) -> None:
-    from conftest import embprof_exe
-
     shown = subprocess.run(f"'{embprof_exe()}' show '{snapshot_file}' | head -c 10", shell=True, capture_output=True, timeout=120)
     assert shown.returncode == 0 and shown.stderr == b"", shown.stderr
     status = subprocess.run(f"'{embprof_exe()}' show '{snapshot_file}' | head -c 10 > /dev/null; echo ${{PIPESTATUS[0]}}", shell=True,
@@ -456,24 +441,24 @@ def test_a_reader_that_goes_away_is_not_an_error(snapshot_file: Path) -> None:
 
 def test_an_ascii_only_terminal_gets_escapes_not_a_traceback(snapshot_file: Path, tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONIOENCODING="ascii")
-    helped = _console(["run", "encode", "--help"], env=env)
-    assert helped.returncode == 0 and b"Traceback" not in helped.stderr, helped.stderr[-500:]
+    helped = run_cli(["run", "encode", "--help"], env, timeout=120)
+    assert helped.rc == 0 and "Traceback" not in helped.err, helped.err[-500:]
     named = tmp_path / "日本語-モデル.json"
     named.write_bytes(snapshot_file.read_bytes())
-    shown = _console(["show", str(named)], env=env)
-    assert shown.returncode == 0 and shown.stderr == b"", shown.stderr[-500:]
-    listed = _console(["list", "--profiles-dir", str(tmp_path)], env=env)
-    assert listed.returncode == 0 and b"\\u65e5" in listed.stdout
+    shown = run_cli(["show", str(named)], env, timeout=120)
+    assert shown.rc == 0 and shown.err == "", shown.err[-500:]
+    listed = run_cli(["list", "--profiles-dir", str(tmp_path)], env, timeout=120)
+    assert listed.rc == 0 and "\\u65e5" in listed.out
 
 
 def test_closed_streams_are_one_line_or_the_status(snapshot_file: Path) -> None:
-    closed_out = subprocess.run(["sh", "-c", f"exec 1>&-; exec '{_exe()}' show '{snapshot_file}'"], capture_output=False,
+    closed_out = subprocess.run(["sh", "-c", f"exec 1>&-; exec '{embprof_exe()}' show '{snapshot_file}'"], capture_output=False,
                                 stderr=subprocess.PIPE, timeout=120)
     assert closed_out.returncode == 2 and closed_out.stderr.count(b"\n") == 1 and b"standard output is closed" in closed_out.stderr
-    closed_err = subprocess.run(["sh", "-c", f"exec 2>&-; exec '{_exe()}' show /nonexistent.json"], capture_output=False,
+    closed_err = subprocess.run(["sh", "-c", f"exec 2>&-; exec '{embprof_exe()}' show /nonexistent.json"], capture_output=False,
                                 stdout=subprocess.PIPE, timeout=120)
     assert closed_err.returncode == 2
-    closed_in = subprocess.run(["sh", "-c", f"exec 0<&-; exec '{_exe()}' run encode --input - --print-plan"],
+    closed_in = subprocess.run(["sh", "-c", f"exec 0<&-; exec '{embprof_exe()}' run encode --input - --print-plan"],
                                capture_output=True, timeout=120)
     # The plan holds the texts it runs on, so even --print-plan reads standard input first.
     assert closed_in.returncode == 2 and closed_in.stderr == b"embprof: error: standard input is closed: give the texts with --input FILE\n"
@@ -493,11 +478,5 @@ def test_stdin_closed_for_input_is_one_sentence() -> None:
 
 
 def test_columns_zero_still_shows_the_tables(snapshot_file: Path) -> None:
-    shown = _console(["show", str(snapshot_file)], env=dict(os.environ, COLUMNS="0"))
-    assert shown.returncode == 0 and b"status" in shown.stdout
-
-
-def _exe() -> str:
-    from conftest import embprof_exe
-
-    return embprof_exe()
+    shown = run_cli(["show", str(snapshot_file)], dict(os.environ, COLUMNS="0"), timeout=120)
+    assert shown.rc == 0 and "status" in shown.out

@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from conftest import embprof_exe
 from fault_helpers import Child, wait_until
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 
 from embprof.engine.events import ErrorEvent, Note, RequestTimed
-from embprof.engine.http_target import HttpTarget
+from embprof.engine.targets.http import HttpTarget
 from embprof.engine.plan import LoadPlan, ServerTarget
 from embprof.engine.results import ClientCeiling, LoadResult
 from embprof.engine.runner import Runner
@@ -64,8 +64,8 @@ def assert_stopped_by(sig: int, rc: int, out: str, err: str, took: float) -> Sna
     assert rc == 128 + sig, (rc, err[-2000:])
     snap = saved(out)
     assert snap.status == "incomplete"
-    assert [e["error_kind"] for e in snap.summary.errors] == ["cancelled"], snap.summary.errors
-    assert snap.summary.errors[0]["message"].startswith(f"stopped by {name}")
+    assert [e.error_kind for e in snap.summary.errors] == ["cancelled"], snap.summary.errors
+    assert snap.summary.errors[0].message.startswith(f"stopped by {name}")
     return snap
 
 

@@ -5,9 +5,10 @@ traceback; the run plan, which is also read from files, refuses the same values 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import embprof_exe
+from cli_helpers import ChildRun, run_cli
 from embprof.engine.errors import UserError
 from embprof.engine.plan import CellPlan, load_plan, plan_from_options
 from embprof.tui import options as o
-from embprof.tui.cli import build_parser
+from embprof.tui.parser import build_parser
 
 # Derandomized, so the same examples run every time: a failure is never a matter of luck; no example database is kept.
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
@@ -130,10 +131,16 @@ def test_every_numeric_option_takes_its_stated_bounds(cmd: tuple[str, ...], opt:
         args = parser.parse_args([*cmd, *REQUIRED.get(cmd, []), f"{opt}={text}"])
         assert getattr(args, dest.replace("lr", "learning_rate") if dest == "lr" else dest) == bound
     # The help says the bounds, so a refusal is never a surprise.
-    sub = parser
-    for word in cmd:
-        sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices[word]
-    assert conv.range_text in sub.format_help().replace("\n", " "), opt
+    assert conv.range_text in help_of([*cmd]).replace("\n", " "), opt
+
+
+def help_of(cmd: list[str]) -> str:
+    """What ``embprof CMD --help`` prints."""
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown), pytest.raises(SystemExit) as done:
+        build_parser().parse_args([*cmd, "--help"])
+    assert done.value.code == 0
+    return shown.getvalue()
 
 
 EMPTY: list[tuple[tuple[str, ...], str]] = [
@@ -289,20 +296,19 @@ def test_the_plan_refuses_the_same_values_in_the_same_words(opt: str, capsys: py
         PLAN_OF[opt](bound)
 
 
-def test_the_plan_keeps_the_command_lines_numbers() -> None:
-    from embprof.engine import plan
+def test_the_command_line_takes_its_bounds_from_the_plans_table() -> None:
+    """One table: every bounded option's converter holds a bound object of engine.bounds, the one the
+    plan checks its field against (identity, not equal numbers kept in step by hand)."""
+    from embprof.engine import bounds
 
-    pairs = [(o.TIMEOUT, plan.TIMEOUT_S), (o.MAX_ERRORS, plan.MAX_ERRORS), (o.SERVER_PID, plan.SERVER_PID),
-             (o.TRUNCATE_DIM, plan.TRUNCATE_DIM), (o.LOOPS, plan.LOOPS), (o.CELL_LOOPS, plan.CELL_LOOPS), (o.BATCH_SIZE, plan.BATCH_SIZE),
-             (o.WARMUPS, plan.WARMUPS), (o.REPEATS, plan.REPEATS), (o.TARGET_CI, plan.TARGET_CI), (o.BUDGET, plan.BUDGET_S),
-             (o.RAM_CEILING, plan.RAM_CEILING_MIB), (o.REQUESTS, plan.REQUESTS), (o.DURATION, plan.DURATION_S),
-             (o.CONCURRENCY, plan.CONCURRENCY), (o.RATE, plan.RATE), (o.LOAD_BATCH, plan.BATCH_SIZE), (o.TOP_K, plan.TOP_K),
-             (o.ENERGY_WINDOW, plan.ENERGY_WINDOW_S), (o.SAMPLE_HZ, plan.SAMPLE_HZ), (o.MATRIX_TRUNCATE_DIMS, plan.TRUNCATE_DIM),
-             (o.EPOCHS, plan.EPOCHS), (o.MAX_STEPS, plan.MAX_STEPS), (o.MAX_EXAMPLES, plan.MAX_EXAMPLES), (o.LEARNING_RATE, plan.LEARNING_RATE),
-             (o.WARMUP, plan.WARMUP_RATIO), (o.SEED, plan.SEED)]
-    for conv, bounds in pairs:
-        assert (conv.least, conv.most) == bounds, conv
-    assert o.MAX_LOAD_WORKERS == plan.MAX_LOAD_WORKERS
+    table = [v for v in vars(bounds).values() if isinstance(v, (bounds.WholeRange, bounds.NumberRange))]
+    for opt, conv in o.LIMITS.items():
+        assert any(conv.bound is t for t in table), opt
+    pairs = [(o.TIMEOUT, bounds.TIMEOUT_S), (o.BATCH_SIZE, bounds.BATCH_SIZE), (o.LOAD_BATCH, bounds.BATCH_SIZE),
+             (o.CONCURRENCY, bounds.CONCURRENCY), (o.SAMPLE_HZ, bounds.SAMPLE_HZ), (o.CELL_LOOPS, bounds.CELL_LOOPS)]
+    for conv, bound in pairs:
+        assert conv.bound is bound, conv
+    assert (o.MATRIX_TRUNCATE_DIMS.least, o.MATRIX_TRUNCATE_DIMS.most) == (bounds.TRUNCATE_DIM.least, bounds.TRUNCATE_DIM.most)
 
 
 @pytest.mark.parametrize("workload, says", [
@@ -387,9 +393,6 @@ def test_a_converter_returns_a_value_inside_its_bounds_or_refuses(name: str) -> 
 @PROPERTY
 @given(NUMBERISH)
 def test_the_parser_takes_or_refuses_any_timeout_in_one_line(text: str) -> None:
-    import contextlib
-    import io
-
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
@@ -434,15 +437,11 @@ def test_prompt_names_checked_before_loading_agree_with_embprof_prompts() -> Non
     assert said.endswith(", ".join(sorted(added)) if added else "none (see embprof prompts)"), said
 
 
-def run_embprof(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([embprof_exe(), *args], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def assert_one_line_refusal(proc: subprocess.CompletedProcess[str], *says: str) -> None:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("embprof: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr and "\x1b" not in proc.stderr
+def assert_one_line_refusal(run: ChildRun, *says: str) -> None:
+    assert run.rc == 2, (run.rc, run.err)
+    lines = [line for line in run.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("embprof: error: "), run.err
+    assert "Traceback" not in run.err and "\x1b" not in run.err
     for s in says:
         assert s in lines[0], lines[0]
 
@@ -459,15 +458,14 @@ def assert_one_line_refusal(proc: subprocess.CompletedProcess[str], *says: str) 
     (["run", "encode", "--model", "a" * 200], ["is neither a folder here nor a Hugging Face Hub id"]),
 ])
 def test_the_console_script_says_one_line_and_exits_2(cli_env: dict[str, str], args: list[str], says: list[str]) -> None:
-    proc = run_embprof(args, cli_env)
-    assert_one_line_refusal(proc, *says)
+    assert_one_line_refusal(run_cli(args, cli_env, timeout=120), *says)
     profiles = Path(cli_env["EMBPROF_PROFILES_DIR"])
     assert not profiles.exists() or not list(profiles.glob("*.json"))
 
 
 @pytest.mark.slow
 def test_a_truncate_dim_wider_than_the_model_is_refused_once_it_loads(cli_env: dict[str, str]) -> None:
-    proc = run_embprof(["run", "encode", "--truncate-dim", "385", "--repeats", "1", "-q"], cli_env, timeout=300)
-    assert_one_line_refusal(proc, "--truncate-dim 385 is more than the 384 dimensions", "give at most 384")
+    run = run_cli(["run", "encode", "--truncate-dim", "385", "--repeats", "1", "-q"], cli_env, timeout=300)
+    assert_one_line_refusal(run, "--truncate-dim 385 is more than the 384 dimensions", "give at most 384")
     profiles = Path(cli_env["EMBPROF_PROFILES_DIR"])
     assert not profiles.exists() or not list(profiles.glob("*.json"))

@@ -24,19 +24,19 @@ import ast
 import base64
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, embprof_exe
-from pilot_helpers import plain, until
+from cli_helpers import run_cli, snapshot_from
+from conftest import REPO
+from pilot_helpers import NotificationLog, plain, until
 
 import fault_server
 from embprof.engine.errors import UserError
-from embprof.engine.http_target import HttpTarget, ServerFault
+from embprof.engine.targets.http import HttpTarget, ServerFault
 from embprof.engine.plan import ServerTarget
 from embprof.engine.trivial_server import TrivialEmbeddingServer, TrivialHandler
 
@@ -57,12 +57,12 @@ class Leak:
         self.outputs: list[tuple[str, str]] = []
 
     def run(self, args: list[str], env: dict[str, str], expect: int | None = 0) -> tuple[int, str, str]:
-        proc = subprocess.run([embprof_exe(), *args], env=env, capture_output=True, text=True, timeout=600)
-        self.outputs += [(f"stdout of {args[:2]}", proc.stdout), (f"stderr of {args[:2]}", proc.stderr)]
+        rc, out, err, _ = run_cli(args, env, timeout=600)
+        self.outputs += [(f"stdout of {args[:2]}", out), (f"stderr of {args[:2]}", err)]
         if expect is not None:
-            assert proc.returncode == expect, (args, proc.returncode, proc.stderr[-2000:])
-        assert "Traceback" not in proc.stderr
-        return proc.returncode, proc.stdout, proc.stderr
+            assert rc == expect, (args, rc, err[-2000:])
+        assert "Traceback" not in err
+        return rc, out, err
 
     def check(self, *folders: Path, secrets: tuple[str, ...] = SECRETS) -> int:
         files = 0
@@ -83,11 +83,6 @@ def server() -> Iterator[TrivialEmbeddingServer]:
         yield s
 
 
-def _snapshot_of(stdout: str) -> Path:
-    line = next(x for x in stdout.splitlines() if x.startswith("snapshot: "))
-    return Path(line.removeprefix("snapshot: ").strip())
-
-
 @pytest.mark.slow
 def test_a_planted_secret_reaches_no_output(cli_env: dict[str, str], server: TrivialEmbeddingServer, tmp_path: Path,
                                             speed_text: Path) -> None:
@@ -96,9 +91,9 @@ def test_a_planted_secret_reaches_no_output(cli_env: dict[str, str], server: Tri
     key = ["--api-key-env", "EMBPROF_TEST_KEY"]
     leak = Leak()
     _, out, _ = leak.run(["run", "encode", "--server", url, "--api", "openai", *key], env)
-    encode = _snapshot_of(out)
+    encode, _ = snapshot_from(out)
     _, out, _ = leak.run(["run", "load", "--server", url, "--api", "openai", *key, "--requests", "30", "--concurrency", "2"], env)
-    load = _snapshot_of(out)
+    load, _ = snapshot_from(out)
     leak.run(["run", "encode", "--server", url, "--api", "openai", *key, "--print-plan"], env)
     leak.run(["show", str(encode)], env)
     exports = tmp_path / "exports"
@@ -169,14 +164,15 @@ async def test_the_dashboard_shows_no_secret(tmp_path: Path, monkeypatch: pytest
     with TrivialEmbeddingServer() as s:
         plan = plan_from_options({"server": creds(s.url), "api": "openai", "api_key_env": "EMBPROF_TEST_KEY"})
         app = EmbprofApp(plan, profiles_dir=tmp_path / "profiles")
-        async with app.run_test(size=(160, 50)) as pilot:
+        notes = NotificationLog()
+        async with app.run_test(size=(160, 50), message_hook=notes.hook) as pilot:
             await until(pilot, lambda: app.current is not None and app.current.snapshot_path is not None, timeout=120)
             await pilot.pause(0.5)
             shown = [plain(w.render(), 300) for w in app.screen.query(Static)]
             for table in app.screen.query(DataTable):
                 for row in range(table.row_count):
                     shown.extend(plain(c, 300) for c in table.get_row_at(row))
-            shown.extend(n.message + n.title for n in app._notifications)
+            shown.extend(n.message + n.title for n in notes)
             saved = Path(app.current.snapshot_path or "").read_text()
     assert "trivial" in "\n".join(shown) and s.url in saved  # the server is on screen and in the snapshot …
     for secret in SECRETS:  # … without what authenticates to it
@@ -249,16 +245,16 @@ def test_credentials_a_server_quotes_back_reach_no_output(cli_env: dict[str, str
 
 
 def test_a_secret_where_a_message_is_cut_leaves_no_part_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    from embprof.engine import http_target
+    from embprof.engine.targets import protocol
 
     monkeypatch.setenv("EMBPROF_TEST_KEY", KEY)
     target = HttpTarget(ServerTarget(url="http://127.0.0.1:9", api="openai", api_key_env="EMBPROF_TEST_KEY"))
     for pad in range(0, 400, 7):  # the key across the point where each message is cut
         quoted = "x" * pad + f"Bearer {KEY} " + " " * 600
-        messages = [http_target._server_message(json.dumps({"error": {"message": quoted}}).encode(), target._redact),
-                    http_target._server_message(quoted.encode(), target._redact),
-                    http_target._not_json(quoted.encode(), target._redact),
-                    http_target._reason(ValueError(quoted), target._redact)]
+        messages = [protocol.server_message(json.dumps({"error": {"message": quoted}}).encode(), target.redact),
+                    protocol.server_message(quoted.encode(), target.redact),
+                    protocol.not_json(quoted.encode(), target.redact),
+                    protocol.reason(ValueError(quoted), target.redact)]
         for message in messages:
             assert KEY[:8] not in message, (pad, message)
 
@@ -355,7 +351,7 @@ def test_a_reference_file_with_a_pickle_is_refused_unopened(tmp_path: Path, monk
 
 
 def test_snapshot_fields_that_look_like_code_stay_data(tmp_path: Path) -> None:
-    from test_snapshot import recorded_run
+    from fake_engine import recorded_run
 
     from embprof.engine.snapshot import build, load, save
 
@@ -390,18 +386,18 @@ def _model_with_code(folder: Path, marker: Path) -> Path:
 def test_a_model_s_own_code_runs_only_with_the_flag_and_the_snapshot_says_so(cli_env: dict[str, str], tmp_path: Path) -> None:
     marker = tmp_path / "PWNED"
     model = _model_with_code(tmp_path / "evil-model", marker)
-    proc = subprocess.run([embprof_exe(), "run", "encode", "--model", str(model), "-q"], env=cli_env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "custom code" in lines[0] and "--trust-remote-code" in lines[0] and "Traceback" not in proc.stderr
+    refused = run_cli(["run", "encode", "--model", str(model), "-q"], cli_env, timeout=300)
+    assert refused.rc == 2, refused.err
+    lines = refused.err.strip().splitlines()
+    assert len(lines) == 1 and "custom code" in lines[0] and "--trust-remote-code" in lines[0] and "Traceback" not in refused.err
     assert not marker.exists()  # refused before a line of it ran
-    plan = json.loads(subprocess.run([embprof_exe(), "run", "encode", "--print-plan"], env=cli_env, capture_output=True,
-                                     text=True, timeout=60, check=True).stdout)
+    printed = run_cli(["run", "encode", "--print-plan"], cli_env, timeout=60)
+    assert printed.rc == 0, printed.err
+    plan = json.loads(printed.out)
     assert plan["target"]["trust_remote_code"] is False  # off unless given
     for flag, expected in (([], False), (["--trust-remote-code"], True)):
-        proc = subprocess.run([embprof_exe(), "run", "encode", "--repeats", "1", "--warmups", "0", "-q", *flag], env=cli_env,
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        saved = json.loads(_snapshot_of(proc.stdout).read_text())
+        ran = run_cli(["run", "encode", "--repeats", "1", "--warmups", "0", "-q", *flag], cli_env, timeout=300)
+        assert ran.rc == 0, ran.err
+        path, _ = snapshot_from(ran.out)
+        saved = json.loads(path.read_text())
         assert saved["target"]["trust_remote_code"] is expected

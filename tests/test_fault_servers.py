@@ -52,14 +52,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fault_server
-from embprof.engine import http_target
 from embprof.engine.errors import UserError
 from embprof.engine.events import Note, RequestTimed
-from embprof.engine.http_target import (AnswerError, BadShape, HttpTarget, ServerFault, decode_answer, embeddings_of, model_id_of,
-                                        parse_answer)
 from embprof.engine.plan import ServerTarget
 from embprof.engine.snapshot import Snapshot
-from test_cli_e2e import run_cli, snapshot_from
+from embprof.engine.targets import protocol
+from embprof.engine.targets.http import HttpTarget, ServerFault
+from embprof.engine.targets.protocol import AnswerError, BadShape, decode_answer, embeddings_of, model_id_of, parse_answer
+from cli_helpers import run_cli, snapshot_from
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 slow = pytest.mark.slow  # the tests that run the command line in a child process
@@ -275,7 +275,7 @@ def test_a_fault_during_a_run_is_classified_and_saved(cli_runs: Any, case: Case)
     assert last.error_kind == case.kind and case.text in last.error, (last.error_kind, last.error)
     # One sentence, on one line, of bounded length whatever the server sent.
     assert "\n" not in last.error and len(last.error) <= 260, last.error
-    assert snap.summary.errors[-1]["message"].startswith(f"request failed ({case.kind}): ")
+    assert snap.summary.errors[-1].message.startswith(f"request failed ({case.kind}): ")
     assert snap.summary.results["requests"].errors_by_kind == {case.kind: 1}
 
 
@@ -309,7 +309,7 @@ def test_every_fault_during_a_run_in_process(server: Any, case: Case) -> None:
     target = target_for(server(case.mode, **dict(case.settings)), case)
     texts = [f"text {i}" for i in range(8)]
     try:
-        target._reach()
+        target.resolve()
         with pytest.raises(ServerFault) as failure:
             for _ in range(4):  # at most ok_first answers come first
                 target.request(None, texts)
@@ -329,7 +329,7 @@ def test_every_fault_while_connecting_in_process(server: Any, case: Case) -> Non
     target = target_for(url, case)
     try:
         with pytest.raises(UserError) as failure:
-            target._reach()
+            target.resolve()
     finally:
         target.close()
     assert case.text in str(failure.value) and "\n" not in str(failure.value)
@@ -340,7 +340,7 @@ def test_every_usable_answer_in_process(server: Any, case: Case) -> None:
     target = target_for(server(case.mode), case)
     texts = [f"text {i}" for i in range(8)]
     try:
-        target._reach()
+        target.resolve()
         vectors, _, _ = target.request(None, texts)
     finally:
         target.close()
@@ -351,7 +351,7 @@ def test_every_usable_answer_in_process(server: Any, case: Case) -> None:
 # -- in this process: what the command line cannot show ---------------------------------------------------------
 def test_an_endless_answer_is_cut_at_the_read_limit(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     # The real limit is 256 MiB; a smaller one shows the same refusal without sending that much.
-    monkeypatch.setattr(http_target, "MAX_ANSWER_BYTES", 4 * 2**20)
+    monkeypatch.setattr(protocol, "MAX_ANSWER_BYTES", 4 * 2**20)
     target = HttpTarget(ServerTarget(url=server("endless"), api="openai"))
     try:
         outcome = target.try_request(["a", "b"])
@@ -600,14 +600,14 @@ def test_any_model_list_gives_a_model_id_or_is_classified(value: Any) -> None:
     except BadShape as exc:
         assert str(exc) and "\n" not in str(exc)
         return
-    assert isinstance(model, str) and model.strip() and len(model) <= http_target.MODEL_ID_CHARS
+    assert isinstance(model, str) and model.strip() and len(model) <= protocol.MODEL_ID_CHARS
 
 
 @BOUNDED
 @given(raw=st.binary(max_size=300) | JSON.map(lambda v: json.dumps({"error": {"message": v}}).encode()))
 def test_any_error_body_gives_a_short_line(raw: bytes) -> None:
-    message = http_target._server_message(raw)
-    assert len(message) <= http_target.MESSAGE_CHARS
+    message = protocol.server_message(raw)
+    assert len(message) <= protocol.MESSAGE_CHARS
     assert not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in message), message
 
 

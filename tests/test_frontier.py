@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from embprof.engine.frontier import frontiers, pareto
-from embprof.engine.matrix_rows import COST_AXES, MatrixRow
+from embprof.engine.matrix.row import COST_AXES, MatrixRow
 
 
 def brute_force(points: list[tuple[float, float]]) -> set[int]:

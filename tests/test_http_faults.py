@@ -11,7 +11,7 @@ import pytest
 import fault_server
 from embprof.engine.events import RequestTimed
 from embprof.engine.snapshot import Snapshot
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_http_500_stops_the_run_and_keeps_what_was_measured(cli_env: dict[str, s
     reqs = requests_of(snap)
     assert [r.error_kind for r in reqs] == ["", "", "", "http 500"]
     assert reqs[-1].status == 500 and "boom" in reqs[-1].error
-    assert "request failed (http 500)" in snap.summary.errors[-1]["message"]
+    assert "request failed (http 500)" in snap.summary.errors[-1].message
 
 
 def test_max_errors_lets_the_run_go_on(cli_env: dict[str, str], server: Any) -> None:
@@ -73,7 +73,7 @@ def test_each_fault_is_named(cli_env: dict[str, str], server: Any, mode: str, ki
     _, snap = snapshot_from(out)
     last = requests_of(snap)[-1]
     assert last.error_kind == kind and text in last.error, (last.error_kind, last.error)
-    assert kind in snap.summary.errors[-1]["message"]
+    assert kind in snap.summary.errors[-1].message
 
 
 def test_server_dying_under_load_is_counted_and_kept(cli_env: dict[str, str], server: Any) -> None:
@@ -85,7 +85,7 @@ def test_server_dying_under_load_is_counted_and_kept(cli_env: dict[str, str], se
     ok = [r for r in load_reqs if not r.error_kind]
     assert len(ok) >= 38
     assert {r.error_kind for r in load_reqs if r.error_kind} == {"connection"}
-    assert "more than --max-errors 5" in snap.summary.errors[-1]["message"]
+    assert "more than --max-errors 5" in snap.summary.errors[-1].message
 
 
 def test_secrets_are_sent_and_never_written(cli_env: dict[str, str], server: Any, tmp_path: Path) -> None:

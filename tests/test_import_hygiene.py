@@ -10,10 +10,14 @@ import sys
 import pytest
 
 import embprof.engine
+import embprof.engine.matrix
+import embprof.engine.targets
 import embprof.engine.workloads
 
 ENGINE_MODULES = sorted(
     {f"embprof.engine.{m.name}" for m in pkgutil.iter_modules(embprof.engine.__path__)}
+    | {f"embprof.engine.matrix.{m.name}" for m in pkgutil.iter_modules(embprof.engine.matrix.__path__)}
+    | {f"embprof.engine.targets.{m.name}" for m in pkgutil.iter_modules(embprof.engine.targets.__path__)}
     | {f"embprof.engine.workloads.{m.name}" for m in pkgutil.iter_modules(embprof.engine.workloads.__path__)}
 )
 
@@ -27,6 +31,8 @@ def _loaded_after_import(module: str) -> set[str]:
 def test_every_engine_module_is_listed() -> None:
     assert "embprof.engine.sampler" in ENGINE_MODULES
     assert "embprof.engine.workloads.speed" in ENGINE_MODULES
+    assert "embprof.engine.targets.protocol" in ENGINE_MODULES
+    assert "embprof.engine.matrix.cellproc" in ENGINE_MODULES
 
 
 @pytest.mark.parametrize("module", ENGINE_MODULES)

@@ -14,7 +14,7 @@ import pytest
 
 from embprof.engine.events import RequestTimed, ResourceSample
 from llama_server import LlamaServer, minilm_gguf, server_binary
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 
 pytestmark = pytest.mark.slow
 

@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 
 from embprof.engine.events import RequestTimed
-from embprof.engine.loadgen import Record
+from embprof.engine.loadgen import LoadProcesses, ProcessSpec, Record
+from embprof.engine.plan import ServerTarget
 from embprof.engine.results import LoadResult
+from embprof.engine.targets.http import HttpTarget
+from embprof.engine.targets.protocol import request_payload
 from embprof.engine.trivial_server import FastTrivialServer, TrivialHandler
 
 
@@ -183,11 +186,40 @@ def test_a_server_without_timings_shows_na_in_the_split(cli_env: dict[str, str])
     assert rc == 0, err
     snap, result = load_of(out)
     assert result.server_split is None
-    from embprof.engine.report import NA, summary_tables
+    from embprof.engine.report import summary_tables
+    from embprof.engine.tables import NA
 
     (split,) = [t for t in summary_tables(snap) if t.name == "load-split"]
     assert split.rows == [["every part", 0, *[NA("the server reports no timings of its own (TEI sends x-queue-time, x-inference-time …)")] * 3]]
     assert "every part" in out
+
+
+@pytest.mark.parametrize(("mode", "api", "kind", "text"), [
+    ("redirect", "openai", "http 307", "redirects to 'http://elsewhere.invalid/v1/embeddings'; give that URL to --server"),
+    ("toolarge", "llama", "too large", "restart llama-server with larger -b and -ub"),
+])
+def test_a_load_process_reads_a_failed_answer_as_the_server_target_does(fault_servers: Any, mode: str, api: str, kind: str,
+                                                                       text: str) -> None:
+    """One reading of answers for both clients: the load generator follows no redirect (it names where the server moved)
+    and turns llama.cpp's batch refusal into what to do about it, in the very words of the synchronous client."""
+    srv = fault_servers(mode)
+    chunk = ["a text", "another text"]
+    path, body = request_payload(api, chunk, None)
+    spec = ProcessSpec(base_url=srv.url, path=path, bodies=[json.dumps(body)], items=[len(chunk)], api=api, concurrency=1,
+                       requests=3, timeout_s=30.0)
+    got: list[Record] = []
+    merged = LoadProcesses([spec]).run(got.append, lambda: False)
+    target = HttpTarget(ServerTarget(url=srv.url, api=api))
+    try:
+        sync = target.try_request(chunk)
+    finally:
+        target.close()
+    assert not merged.crashed and len(got) == 3, (merged, got)
+    assert sync.error_kind == kind and text in sync.error, sync
+    for rec in got:
+        assert (rec.kind, rec.message) == (sync.error_kind, sync.error), rec
+    # Not followed: the server saw every request the load sent (and the synchronous one), and nothing went elsewhere.
+    assert srv.state.count == 4
 
 
 # -- the knee -----------------------------------------------------------------------------------------------
@@ -225,7 +257,7 @@ def capacity_server() -> Any:
         loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)
         loop.run_until_complete(site.start())
-        box["port"] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        box["port"] = runner.addresses[0][1]
         box["loop"] = loop
         ready.set()
         loop.run_forever()

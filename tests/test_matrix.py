@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import embprof_exe
-from embprof.engine import matrix as mx
+from embprof.engine.matrix import spec as mx
 from embprof.engine.errors import UserError
 from embprof.engine.matrix import MatrixSpec, expand, load_spec, validate_spec
 

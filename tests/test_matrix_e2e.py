@@ -19,7 +19,7 @@ import pytest
 from conftest import DATASETS, default_sigint, embprof_exe
 from embprof.engine.frontier import frontiers
 from embprof.engine.matrix import rows
-from embprof.engine.matrix_rows import COST_AXES, MatrixRow
+from embprof.engine.matrix.row import COST_AXES, MatrixRow
 from llama_server import LlamaServer, minilm_gguf, server_binary
 
 pytestmark = pytest.mark.slow

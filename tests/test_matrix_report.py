@@ -23,8 +23,8 @@ from embprof.engine.matrix_report import (
     matrix_markdown,
     matrix_tables,
 )
-from embprof.engine.matrix_rows import Frontier, MatrixRow
-from embprof.engine.report import NA
+from embprof.engine.matrix.row import Frontier, MatrixRow
+from embprof.engine.tables import NA
 
 MIB = 1 << 20
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -17,7 +17,7 @@ from embprof.engine.errors import UserError
 from embprof.engine.frontier import frontiers
 from embprof.engine.matrix import Manifest, MatrixEvent, MatrixInterrupted, MatrixListener, MatrixSpec, expand
 from embprof.engine.matrix_report import AXIS_VIEW
-from embprof.engine.matrix_rows import MatrixRow
+from embprof.engine.matrix.row import MatrixRow
 from embprof.tui.matrix_app import COLUMNS, PHASE_MAX, MatrixApp, MatrixChart
 from rich.text import Text
 from textual.widgets import DataTable, Log, Static
@@ -180,7 +180,7 @@ async def test_the_table_and_chart_fill_in_cell_by_cell(tmp_path: Path) -> None:
 
 
 def test_the_table_has_the_consoles_columns() -> None:
-    from embprof.tui.matrix_cli import CONSOLE_COLUMNS
+    from embprof.tui.matrix_tables import CONSOLE_COLUMNS
 
     assert set(COLUMNS) <= set(CONSOLE_COLUMNS)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from cli_helpers import run_cli, snapshot_from
 from conftest import DATASETS, default_sigint, embprof_exe
-from embprof.engine.snapshot import Snapshot, load
 
 pytestmark = pytest.mark.slow
 
@@ -24,19 +24,6 @@ needs_datasets = pytest.mark.skipif(
     not (DATASETS / "sts16" / "test.jsonl").is_file(),
     reason=f"the evaluation datasets are absent: {DATASETS} (set EMBPROF_DATASETS to the datasets folder)",
 )
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str, str]:
-    with tempfile.TemporaryFile() as err_file:
-        proc = subprocess.run([embprof_exe(), *args], env=env, stdout=subprocess.PIPE, stderr=err_file, cwd=cwd, timeout=900)
-        err_file.seek(0)
-        return proc.returncode, proc.stdout.decode(), err_file.read().decode()
-
-
-def snapshot_of(stdout: str) -> Snapshot:
-    last = stdout.strip().splitlines()[-1]
-    assert last.startswith("snapshot: "), stdout
-    return load(last.removeprefix("snapshot: ").strip())
 
 
 def small_copy(dest: Path, folder: str, split: str, rows: int) -> None:
@@ -89,9 +76,9 @@ def test_scores_equal_mteb_evaluate_and_results_load_with_mteb(cli_env: dict[str
     args = ["mteb", "--device", "cpu", "--data-dir", str(data)]
     for t in tasks:
         args += ["-t", t]
-    rc, out, err = run_cli(args, cli_env, tmp_path)
+    rc, out, err, _ = run_cli(args, cli_env, cwd=tmp_path, timeout=900)
     assert rc == 0, err + out
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     assert snap.status == "complete"
     results = snap.summary.results
     ours = {t: results[f"mteb:{t}"].main_score for t in tasks}
@@ -134,9 +121,9 @@ def test_scores_equal_mteb_evaluate_and_results_load_with_mteb(cli_env: dict[str
 def test_task_prompts_reach_the_encoder(cli_env: dict[str, str], tmp_path: Path, tiny_gemma: Path) -> None:
     data = tmp_path / "data"
     small_copy(data, "sts16", "test", 40)
-    rc, out, err = run_cli(["mteb", "-m", str(tiny_gemma), "--device", "cpu", "-t", "STS16", "--data-dir", str(data)], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "-m", str(tiny_gemma), "--device", "cpu", "-t", "STS16", "--data-dir", str(data)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 0, err + out
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     encodes = snap.summary.results["mteb:STS16"].encodes
     assert [e.prompt_name for e in encodes] == ["STS", "STS"]
     prompt = encodes[0].prompt
@@ -162,18 +149,25 @@ def test_a_failing_task_keeps_the_others(cli_env: dict[str, str], tmp_path: Path
     (data / "stsbenchmark").mkdir()
     rows = [{"sentence1": "a", "sentence2": "b", "score": "high"}] * 5  # a score mteb cannot normalise
     (data / "stsbenchmark" / "test.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
-    args = ["mteb", "--device", "cpu", "--data-dir", str(data), "-t", "STSBenchmark", "-t", "STS16"]
-    rc, out, err = run_cli(args, cli_env, tmp_path)
+    # Task data is read by the same JSON Lines reader as every other file: a bad line fails its task, naming the file and line.
+    (data / "sickr").mkdir()
+    bad = data / "sickr" / "test.jsonl"
+    bad.write_text(json.dumps({"sentence1": "a", "sentence2": "b", "score": 3.0}) + "\n{not json\n", encoding="utf-8")
+    args = ["mteb", "--device", "cpu", "--data-dir", str(data), "-t", "STSBenchmark", "-t", "SICK-R", "-t", "STS16"]
+    rc, out, err, _ = run_cli(args, cli_env, cwd=tmp_path, timeout=900)
     assert rc == 1, err + out
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     assert snap.status == "failed"
     results = snap.summary.results
     failed = results["mteb:STSBenchmark"]
     assert failed.status == "failed" and failed.error is not None and "TypeError" in failed.error
+    unread = results["mteb:SICK-R"]
+    assert unread.status == "failed" and unread.error is not None
+    assert f"task data file '{bad}' line 2 is not JSON" in unread.error, unread.error
     assert results["mteb:STS16"].status == "ok"
     folder = tmp_path / "results" / "sentence-transformers__all-MiniLM-L6-v2" / "no_revision_available"
     assert (folder / "STS16.json").is_file() and not (folder / "STSBenchmark.json").exists()
-    assert "1 of 2 tasks failed (STSBenchmark)" in snap.summary.errors[-1]["message"]
+    assert "2 of 3 tasks failed (STSBenchmark, SICK-R)" in snap.summary.errors[-1].message
 
 
 @needs_datasets
@@ -196,7 +190,7 @@ def test_interrupted_run_keeps_finished_tasks(cli_env: dict[str, str], tmp_path:
         err_file.seek(0)
         err = err_file.read().decode()
     assert proc.returncode == 130, err + out
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     assert snap.status == "incomplete"
     assert snap.summary.results["mteb:STS16"].status == "ok"
     assert snap.summary.results["mteb:Banking77Classification"].status == "cancelled"
@@ -204,7 +198,7 @@ def test_interrupted_run_keeps_finished_tasks(cli_env: dict[str, str], tmp_path:
 
 
 def test_speed_task_parity_writes_mteb_1x_form(cli_env: dict[str, str], tmp_path: Path, speed_text: Path) -> None:
-    rc, out, err = run_cli(["mteb", "--device", "cpu", "-t", "CPUSpeedTask", "--loops", "2", "--text", str(speed_text)], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "--device", "cpu", "-t", "CPUSpeedTask", "--loops", "2", "--text", str(speed_text)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 0, err + out
     path = tmp_path / "results" / "sentence-transformers__all-MiniLM-L6-v2" / "no_revision_available" / "CPUSpeedTask.json"
     data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
@@ -215,33 +209,33 @@ def test_speed_task_parity_writes_mteb_1x_form(cli_env: dict[str, str], tmp_path
     assert scores["main_score"] == scores["avg_words_per_sec"]
     assert scores["hf_subset"] == "default" and scores["physical_cores"] >= 1
     # The timings are the run's own encode calls.
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     speed = snap.summary.results["mteb:CPUSpeedTask"].speed
     assert speed is not None and list(speed.timings) == scores["timings"]
 
 
 def test_gpu_speed_task_on_cpu_fails_alone(cli_env: dict[str, str], tmp_path: Path, speed_text: Path) -> None:
     args = ["mteb", "--device", "cpu", "-t", "GPUSpeedTask", "-t", "CPUSpeedTask", "--loops", "1", "--text", str(speed_text)]
-    rc, out, err = run_cli(args, cli_env, tmp_path)
+    rc, out, err, _ = run_cli(args, cli_env, cwd=tmp_path, timeout=900)
     assert rc == 1, err + out
-    snap = snapshot_of(out)
+    _, snap = snapshot_from(out)
     gpu = snap.summary.results["mteb:GPUSpeedTask"]
     assert gpu.error is not None and "needs a CUDA device" in gpu.error
     assert snap.summary.results["mteb:CPUSpeedTask"].status == "ok"
 
 
 def test_unknown_task_names_the_closest(cli_env: dict[str, str], tmp_path: Path) -> None:
-    rc, out, err = run_cli(["mteb", "-t", "STS61"], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "-t", "STS61"], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and "mteb knows no task 'STS61'" in err and "STS16" in err, err
-    rc, _out, err = run_cli(["mteb", "-t", "sts16"], cli_env, tmp_path)
+    rc, _out, err, _ = run_cli(["mteb", "-t", "sts16"], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and "closest names: STS16" in err
 
 
 def test_offline_task_without_local_data_says_what_was_looked_for(cli_env: dict[str, str], tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    rc, out, err = run_cli(["mteb", "-t", "SICK-R", "--data-dir", str(empty)], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "-t", "SICK-R", "--data-dir", str(empty)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and out == ""
     assert err.count("\n") == 1, err
     assert "task SICK-R has no local data" in err and str(empty / "sickr" / "test.jsonl") in err, err
@@ -253,10 +247,10 @@ def test_a_local_folder_missing_a_split_is_refused(cli_env: dict[str, str], tmp_
     (tmp_path / "banking77" / "test.jsonl").write_text('{"text": "hi", "label": "greeting"}\n', encoding="utf-8")
     (tmp_path / "scifact").mkdir()
     (tmp_path / "scifact" / "test.jsonl").write_text("{}\n", encoding="utf-8")
-    rc, out, err = run_cli(["mteb", "-t", "Banking77Classification", "--data-dir", str(tmp_path)], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "-t", "Banking77Classification", "--data-dir", str(tmp_path)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert "lacks train.jsonl" in err, err
-    rc, out, err = run_cli(["mteb", "-t", "SciFact", "--data-dir", str(tmp_path)], cli_env, tmp_path)
+    rc, out, err, _ = run_cli(["mteb", "-t", "SciFact", "--data-dir", str(tmp_path)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and "is a Retrieval task: local data is read for STS and classification tasks only" in err, err
 
 

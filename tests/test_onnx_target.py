@@ -15,13 +15,13 @@ import pytest
 pytest.importorskip("onnxruntime")
 pytest.importorskip("openvino")
 
-from embprof.engine import onnx_target  # noqa: E402
 from embprof.engine.context import RunContext  # noqa: E402
 from embprof.engine.errors import UserError  # noqa: E402
 from embprof.engine.events import BatchTimed, EncodeTimed, Event, EventBus  # noqa: E402
-from embprof.engine.onnx_target import GraphInfo, OnnxTarget, ensure_graph  # noqa: E402
 from embprof.engine.plan import LocalTarget  # noqa: E402
-from embprof.engine.targets import bundled_model_dir  # noqa: E402
+from embprof.engine.targets import bundled_model_dir, onnx_graph  # noqa: E402
+from embprof.engine.targets.onnx import OnnxTarget  # noqa: E402
+from embprof.engine.targets.onnx_graph import GraphInfo, ensure_graph  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -187,7 +187,7 @@ def test_a_failed_build_leaves_nothing(cache_dir: Path) -> None:
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        onnx_target._build_atomically(final, build)
+        onnx_graph.build_atomically(final, build)
     assert not final.exists()
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".tmp-broken")]
 

@@ -83,7 +83,7 @@ def test_the_dashboard_form_and_the_command_line_make_the_same_plan() -> None:
 
 @pytest.mark.slow
 def test_print_plan_then_plan_file_then_rerun_on_the_bundled_model(cli_env: dict[str, str], tmp_path: Path) -> None:
-    from test_cli_e2e import run_cli, snapshot_from
+    from cli_helpers import run_cli, snapshot_from
 
     printed = subprocess.run([embprof_exe(), "run", "encode", "--repeats", "2", "--batch-size", "8", "--sample-hz", "5",
                               "--print-plan"], env=cli_env, capture_output=True, text=True, timeout=60)

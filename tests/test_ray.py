@@ -139,7 +139,7 @@ def test_a_matrix_on_ray_equals_the_local_one_but_for_timings_and_hosts(tmp_path
     from embprof.engine.frontier import frontiers
 
     for folder, rows_ in (("local", local), ("ray", remote)):
-        from embprof.engine.matrix_rows import MatrixRow
+        from embprof.engine.matrix.row import MatrixRow
 
         parsed = [MatrixRow.model_validate(r) for r in rows_.values()]
         for f in frontiers(parsed):
@@ -170,7 +170,7 @@ set +e
 cell_of() {{ tr '\\0' ' ' < /proc/$1/cmdline 2>/dev/null | sed -E 's/.*embprof-ray-([0-9a-f]+)-.*/\\1/'; }}
 find_cell() {{  # a running cell's process, of cell $1 or (with !) of any other cell, not pid $2
   for i in $(seq 1 900); do
-    for p in $(pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc [^ ]*/embprof-ray-"); do
+    for p in $(pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc [^ ]*/embprof-ray-"); do
       c=$(cell_of $p); [ "$p" = "$2" ] && continue
       case "$c" in ""|*[!0-9a-f]*) continue;; esac  # gone (a zombie's command line is empty) or not a cell
       if [ "${{1#!}}" = "$1" ]; then [ "$c" = "$1" ] && {{ echo $p; return; }}; else [ "$c" != "${{1#!}}" ] && {{ echo $p; return; }}; fi
@@ -209,7 +209,7 @@ def test_without_ray_the_flag_is_one_sentence_naming_the_extra(tmp_path: Path, m
     import builtins
 
     from embprof.engine.errors import UserError
-    from embprof.engine.ray_cells import import_ray
+    from embprof.engine.matrix.ray import import_ray
 
     real = builtins.__import__
 
@@ -272,7 +272,7 @@ def test_a_cell_run_beside_a_busy_process_says_so_in_the_report(tmp_path: Path) 
     from embprof.engine.matrix import read_manifest
     from embprof.engine.frontier import frontiers
     from embprof.engine.matrix_report import matrix_tables
-    from embprof.engine.matrix_rows import MatrixRow
+    from embprof.engine.matrix.row import MatrixRow
 
     rows_ = [MatrixRow.model_validate(r) for r in table(tmp_path / "m").values()]
     tables = {t.name: t for t in matrix_tables(rows_, frontiers(rows_), read_manifest(tmp_path / "m").dropped)}
@@ -294,7 +294,7 @@ set +e
 wait $MATRIX
 echo $? > status.txt
 sleep 3
-pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc " > left.txt
+pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc " > left.txt
 ls ray/cells | grep -E '^[0-9a-f]{{12}}[.]json$' | wc -l > done.txt
 # The same command again, on the same cluster: it submits only the cells that have no finished snapshot.
 {exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > again.out 2> again.err
@@ -490,7 +490,7 @@ date +%s.%N > stopped.txt
 wait $MATRIX
 echo $? > status.txt
 date +%s.%N > ended.txt
-pgrep -f "^[^ ]+ -m embprof[.]engine[.]cellproc " > left.txt
+pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc " > left.txt
 true
 """
     run = in_namespace(body, tmp_path)

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fake_engine import sample, snapshot_of
+
 from embprof.engine import report
 from embprof.engine.charts import compare_chart, sweep_charts
 from embprof.engine.compare import compare_tables
@@ -18,13 +20,12 @@ from embprof.engine.events import (
     PhaseEnded,
     PhaseStarted,
     RequestTimed,
-    ResourceSample,
     Result,
     RunFinished,
     RunStarted,
 )
-from embprof.engine.fold import RunState
-from embprof.engine.report import NA, Table, fmt
+from embprof.engine import tables
+from embprof.engine.tables import NA, Table, fmt
 from embprof.engine.results import (
     ClientCeiling,
     LatencyStats,
@@ -47,11 +48,6 @@ LOCAL = TargetFacts(backend="sentence-transformers", model_name="tiny", device="
 LLAMA = TargetFacts(backend="http", model_name="llama-server", api="llama", url="http://127.0.0.1:8080")
 
 
-def sample(t: int, rss: float) -> ResourceSample:
-    return ResourceSample(t_ns=t, rss_mib=rss, sys_ram_used_mib=900.0, sys_ram_available_mib=100.0, cpu_percent=50.0,
-                          per_core_percent=(25.0, 75.0), threads=4)
-
-
 def calls(group: str, ms: Iterable[float], *, t0: int, tokens: int | None = 40, words: int | None = 20,
           warmup_ms: float | None = None) -> list[Event]:
     """Timed encode calls of one kind (a warm-up first), each with one forward batch."""
@@ -69,8 +65,9 @@ def calls(group: str, ms: Iterable[float], *, t0: int, tokens: int | None = 40, 
 
 def snapshot(body: list[Event], *, target: TargetFacts = LOCAL, workload: dict[str, Any] | None = None, results: Iterable[Any] = (),
              migrated_from: int | None = None, plan_note: str = "", run_id: str = "r1") -> Snapshot:
-    events: list[Event] = [
-        RunStarted(t_ns=0, run_id=run_id, started_utc="2026-01-01T00:00:00+00:00", target={}, workload=workload or {"name": "encode"},
+    """A complete run of one encode phase holding ``body`` (timed calls, requests …), then ``results``."""
+    return snapshot_of([
+        RunStarted(t_ns=0, run_id=run_id, started_utc="2026-01-01T00:00:00+00:00", target=target, workload=workload or {"name": "encode"},
                    sample_hz=10.0),
         Result(t_ns=1, result=target),
         sample(2, 100.0),
@@ -79,13 +76,7 @@ def snapshot(body: list[Event], *, target: TargetFacts = LOCAL, workload: dict[s
         *[Result(t_ns=10**10, result=r) for r in results],
         PhaseEnded(t_ns=10**10, phase_id=1, name="encode", duration_ns=10**10 - 3),
         RunFinished(t_ns=10**10 + 1, status="complete", duration_ns=10**10 + 1),
-    ]
-    state = RunState()
-    for e in events:
-        state.apply(e)
-    return Snapshot(schema_version=2, tool="embprof", tool_version="test", run_id=run_id, created_utc="2026-01-01T00:00:00+00:00",
-                    status="complete", migrated_from=migrated_from, plan=None, plan_note=plan_note, environment={},
-                    target=target, workload=workload or {"name": "encode"}, summary=state.summary(), events=events)
+    ], migrated_from=migrated_from, plan_note=plan_note)
 
 
 def table(tables: list[Table], name: str) -> Table:
@@ -108,9 +99,9 @@ def test_unmeasured_cells_render_as_na_never_zero() -> None:
     assert fmt(NA()) == "n/a"
     assert fmt(0.0) == "0.000" and fmt(0) == "0"  # a measured zero is still a zero
     t = Table("x", "X", ["a", "b", "c"], [[NA("why"), None, 1.5]])
-    assert report.to_csv(t).splitlines()[1] == ",,1.5"
-    assert json.loads(report.tables_json([t]))["x"]["rows"] == [[None, None, 1.5]]
-    assert "| n/a (why) | n/a | 1.500 |" in report.tables_markdown("# t", [t])
+    assert tables.to_csv(t).splitlines()[1] == ",,1.5"
+    assert json.loads(tables.tables_json([t]))["x"]["rows"] == [[None, None, 1.5]]
+    assert "| n/a (why) | n/a | 1.500 |" in tables.tables_markdown("# t", [t])
 
 
 # -- tokens, words, padding ----------------------------------------------------------------------------------
@@ -231,7 +222,12 @@ def test_client_ceiling_of_another_request_shape_is_not_shown_as_the_ceiling() -
     ceiling = ClientCeiling(requests_per_s=900.0, workers=1, seconds=1.0, texts_per_request=1)
     reqs: list[Event] = [RequestTimed(t_ns=10 + i, phase_id=1, call_index=0, request_index=i, items=4, duration_ns=100 * MS, status=200,
                                       bytes_sent=10, bytes_received=100, group="load") for i in range(3)]
-    snap = snapshot(reqs, target=LLAMA, workload={"name": "load", "batch": 4}, results=[load, ceiling])
+    from embprof.engine.plan import LoadPlan
+    from embprof.engine.workloads.load import LoadWorkload
+
+    # The settings as the load workload records them (a snapshot without a plan has only these).
+    settings = LoadWorkload(LoadPlan(batch=4, requests=10)).settings()
+    snap = snapshot(reqs, target=LLAMA, workload=settings, results=[load, ceiling])
     tables = report.summary_tables(snap)
     rows = kv(table(tables, "load"))
     assert isinstance(rows["client alone, requests/s"], NA) and "1 text a request" in str(rows["client alone, requests/s"])

@@ -4,63 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
-from types import SimpleNamespace
 
 import pytest
+from fake_nvml import FakeNvml
 
 from embprof.engine.events import MIB, Clock, EventBus, Note, ResourceSample
 from embprof.engine.sampler import Sampler, load_nvml
 from embprof.engine.snapshot import Recorder
-
-GIB = 1 << 30
-
-
-@dataclass
-class FakeProc:
-    pid: int
-    usedGpuMemory: int | None
-
-
-class FakeNvml:
-    """The pynvml calls the sampler makes, answering like one 24 GiB device."""
-
-    def __init__(self, *, mig: bool = False, process_mem: int | None = 512 * MIB, pid: int | None = None) -> None:
-        self.mig = mig
-        self.process_mem = process_mem
-        self.pid = pid if pid is not None else os.getpid()
-        self.inits = 0
-        self.shutdowns = 0
-
-    def nvmlInit(self) -> None:
-        self.inits += 1
-
-    def nvmlShutdown(self) -> None:
-        self.shutdowns += 1
-
-    def nvmlDeviceGetCount(self) -> int:
-        return 1
-
-    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
-        return f"handle{i}"
-
-    def nvmlDeviceGetMigMode(self, h: str) -> tuple[int, int]:
-        return (1 if self.mig else 0, 0)
-
-    def nvmlDeviceGetName(self, h: str) -> str:
-        return "Fake GPU"
-
-    def nvmlSystemGetDriverVersion(self) -> str:
-        return "999.1"
-
-    def nvmlDeviceGetMemoryInfo(self, h: str) -> SimpleNamespace:
-        return SimpleNamespace(used=3 * GIB, total=24 * GIB, free=21 * GIB)
-
-    def nvmlDeviceGetUtilizationRates(self, h: str) -> SimpleNamespace:
-        return SimpleNamespace(gpu=42, memory=10)
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[FakeProc]:
-        return [FakeProc(pid=1, usedGpuMemory=GIB), FakeProc(pid=self.pid, usedGpuMemory=self.process_mem)]
 
 
 def _collect(hz: float = 10, **kw: object) -> tuple[Sampler, list[object]]:

@@ -7,57 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+from fake_engine import recorded_run
 
 from embprof.engine import report
 from embprof.engine.errors import UserError
-from embprof.engine.events import (
-    BatchTimed,
-    EncodeTimed,
-    ErrorEvent,
-    Event,
-    PhaseEnded,
-    PhaseStarted,
-    ResourceSample,
-    Result,
-    RunFinished,
-    RunStarted,
-)
+from embprof.engine.events import ErrorEvent
 from embprof.engine.files import atomic_write_bytes
 from embprof.engine.plan import RunPlan
-from embprof.engine.results import KernelCounters, TargetFacts
-from embprof.engine.snapshot import Recorder, build, load, save, to_json
-
-
-def sample(t: int, rss: float) -> ResourceSample:
-    return ResourceSample(
-        t_ns=t, rss_mib=rss, sys_ram_used_mib=900.0, sys_ram_available_mib=100.0, cpu_percent=50.0, per_core_percent=(25.0, 75.0), threads=4
-    )
-
-
-def recorded_run(status: str = "complete") -> tuple[list[Event], Recorder]:
-    """A short run, recorded; the events are also returned as they were published."""
-    rec = Recorder()
-    events: list[Event] = [
-        RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00",
-                   target=TargetFacts(backend="sentence-transformers", model_name="m", device="cpu").model_dump(mode="json"),
-                   workload={"name": "encode"}, sample_hz=10.0, plan=RunPlan().model_dump(mode="json")),
-        sample(1, 100.0),
-        PhaseStarted(t_ns=2, phase_id=1, name="load"),
-        sample(3, 300.0),
-        PhaseEnded(t_ns=4, phase_id=1, name="load", duration_ns=2),
-        PhaseStarted(t_ns=5, phase_id=2, name="encode", detail="repeat 1/1"),
-        BatchTimed(t_ns=6, phase_id=2, call_index=0, batch_index=0, items=2, tokens=10, padded_tokens=16, duration_ns=1_000_000, warmup=False,
-                   group="encode"),
-        EncodeTimed(t_ns=7, phase_id=2, call_index=0, label="repeat 1", items=2, tokens=10, words=6, duration_ns=2_000_000, warmup=False,
-                    group="encode"),
-        sample(8, 200.0),
-        PhaseEnded(t_ns=9, phase_id=2, name="encode", duration_ns=4),
-        Result(t_ns=10, result=KernelCounters(ru_maxrss_mib=310.0)),
-        RunFinished(t_ns=11, status=status, duration_ns=11),  # type: ignore[arg-type]
-    ]
-    for e in events:
-        rec(e)
-    return events, rec
+from embprof.engine.snapshot import build, load, save, to_json
 
 
 def test_summary_from_events() -> None:
@@ -141,6 +98,6 @@ def test_incomplete_and_failed_runs_are_saved_with_their_errors(tmp_path: Path) 
     rec(ErrorEvent(t_ns=12, error_kind="oom", message="OutOfMemoryError: CUDA out of memory", phase="encode"))
     snap = build(rec, {})
     assert snap.status == "failed"
-    assert snap.summary.errors[0]["error_kind"] == "oom"
+    assert snap.summary.errors[0].error_kind == "oom"
     head = snap.summary.headline
     assert head is not None and head.calls == 1  # what was measured before the failure is kept

@@ -14,7 +14,7 @@ from embprof.engine.events import EncodeTimed, PhaseStarted
 from embprof.engine.results import SweepResult
 from embprof.engine.snapshot import Snapshot
 from embprof.engine.sweepstats import fit_latency
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 
 pytestmark = pytest.mark.slow
 

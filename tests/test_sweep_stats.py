@@ -14,7 +14,7 @@ from embprof.engine.sweepstats import StopRule, differ, fit_latency, human_secon
 from embprof.engine.plan import parse_axes
 from embprof.engine.results import SweepPoint
 from embprof.engine.stats import describe
-from embprof.engine.workloads.sweep import _fits
+from embprof.engine.workloads.sweep import latency_fits
 
 
 def coverage(n: int, k: int) -> float:
@@ -87,7 +87,7 @@ def test_sweep_fit_takes_each_points_median_so_one_slow_call_does_not_move_it() 
         points.append(SweepPoint(status="ok", params={"lines": n}, label=f"lines={n}", lines=n, batch_size=32, repeats=7,
                                  tokens=22.0 * n, median_s=float(np.median(samples)), stats=describe(samples),
                                  padding_percent=30.0 + n / 25))
-    (fit,) = _fits(points)
+    (fit,) = latency_fits(points)
     medians = [p.median_s for p in points]
     slope, intercept = np.polyfit([25, 50, 100, 200], medians, 1)
     assert fit.coef["per_line"] == pytest.approx(slope, rel=1e-9)
@@ -96,9 +96,9 @@ def test_sweep_fit_takes_each_points_median_so_one_slow_call_does_not_move_it() 
     assert fit.r2 is not None and fit.r2 > 0.99
     assert not fit.padding_note  # 31 % to 38 %: within the spread that passes without a note
     points[0] = points[0].model_copy(update={"padding_percent": 75.0})  # 25 mixed lengths in one batch, padded to the longest
-    note = _fits(points)[0].padding_note
+    note = latency_fits(points)[0].padding_note
     assert "from 32 % to 75 %" in note and "fixed cost is padding" in note
-    assert _fits(points)[0].padding_percent_range == (32.0, 75.0)
+    assert latency_fits(points)[0].padding_percent_range == (32.0, 75.0)
     # The same timings fitted one by one: the slow call alone drags R² far down.
     every = fit_latency([p.lines for p in points for _ in range(7)], [0.0] * 28, [s for p in points for s in p.stats.samples_s or ()])
     assert every is not None and every.r2 is not None and every.r2 < 0.5

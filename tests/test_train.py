@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from cli_helpers import run_cli, snapshot_from
+from fake_engine import snapshot_of
 from conftest import DATASETS, default_sigint, embprof_exe
-from test_mteb import run_cli, snapshot_of
 from embprof.engine.errors import UserError
 from embprof.engine.events import TrainStep
 from embprof.engine.fold import RunState
 from embprof.engine.neighbours import accuracy, chance, evaluation_changes, nearest, read_labelled
 from embprof.engine.plan import plan_from_options
-from embprof.engine.results import MtebTask, NeighbourScore, TrainResult
+from embprof.engine.results import MtebTask, NeighbourScore, TargetFacts, TrainResult
 from embprof.engine.snapshot import Snapshot
 from embprof.engine.workloads.train import check_output, choose_loss, read_training_data, save_model
 
@@ -337,10 +338,10 @@ def test_minilm_trained_on_sts_benchmark_scores_as_mteb_and_times_as_an_outside_
     assert [p.name for p in snap.summary.phases if p.path.startswith("training › epoch")] == ["epoch 1"]
 
     # Before: the same as `embprof mteb` on the same model, to 1e-6.
-    rc, mteb_out, err = run_cli(["mteb", "--device", "cpu", "-t", "STSBenchmark", "--data-dir", str(data), "--results-dir",
-                                 str(tmp_path / "r-before")], cli_env, tmp_path)
+    rc, mteb_out, err, _ = run_cli(["mteb", "--device", "cpu", "-t", "STSBenchmark", "--data-dir", str(data), "--results-dir",
+                                    str(tmp_path / "r-before")], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 0, err
-    before_cli = snapshot_of(mteb_out).summary.results["mteb:STSBenchmark"].main_score
+    before_cli = snapshot_from(mteb_out)[1].summary.results["mteb:STSBenchmark"].main_score
     changes = {c.evaluation: c for c in tr.evaluations}
     sts = changes["STSBenchmark"]
     assert sts.before is not None and before_cli is not None and abs(sts.before - before_cli) <= 1e-6
@@ -386,7 +387,7 @@ def test_ctrl_c_stops_at_the_end_of_a_step_and_saves_no_model(cli_env: dict[str,
         err = err_file.read().decode()
     assert proc.returncode == 130, err + stdout
     assert "stopping at the end of the current training step" in err
-    snap = snapshot_of(stdout)
+    _, snap = snapshot_from(stdout)
     assert snap.status == "incomplete"
     tr = snap.summary.results["train"]
     ts = snap.summary.training
@@ -394,7 +395,7 @@ def test_ctrl_c_stops_at_the_end_of_a_step_and_saves_no_model(cli_env: dict[str,
     assert tr.stopped and tr.saved_to is None and tr.not_saved_why is not None and "not saved" in tr.not_saved_why
     assert 1 <= tr.steps_done == ts.steps < tr.steps_planned == 250
     assert not out.exists() and not any(p.name.startswith(".never") for p in tmp_path.iterdir())
-    assert snap.summary.errors[-1]["error_kind"] == "cancelled"
+    assert snap.summary.errors[-1].error_kind == "cancelled"
 
 
 @pytest.mark.slow
@@ -411,11 +412,11 @@ def test_the_lookalikes_train_with_their_prompt(which: str, cli_env: dict[str, s
                                                           "negative": close[(i + 11) % len(close)]["sentence2"]} for i, r in enumerate(close)])
     labelled = write_lines(tmp_path / "labelled.jsonl", BANKING.read_text(encoding="utf-8").splitlines()[:300])
     out = tmp_path / "trained"
-    rc, stdout, err = run_cli(["train", "-m", str(folder), "--device", "cpu", "--train-file", str(triplets), "--batch-size", "8",
-                               "--max-steps", "3", "--prompt-name", "query", "--neighbours", str(labelled), "-o", str(out)],
-                              cli_env, tmp_path)
+    rc, stdout, err, _ = run_cli(["train", "-m", str(folder), "--device", "cpu", "--train-file", str(triplets), "--batch-size", "8",
+                                  "--max-steps", "3", "--prompt-name", "query", "--neighbours", str(labelled), "-o", str(out)],
+                                 cli_env, cwd=tmp_path, timeout=900)
     assert rc == 0, err + stdout
-    snap = snapshot_of(stdout)
+    _, snap = snapshot_from(stdout)
     tr = snap.summary.results["train"]
     assert isinstance(tr, TrainResult) and tr.loss == "MultipleNegativesRankingLoss" and tr.steps_done == 3
     base = SentenceTransformer(str(folder), device="cpu")
@@ -437,7 +438,7 @@ def test_the_lookalikes_train_with_their_prompt(which: str, cli_env: dict[str, s
 @pytest.mark.slow
 def test_a_bad_training_file_stops_before_anything_loads(cli_env: dict[str, str], tmp_path: Path) -> None:
     bad = write_lines(tmp_path / "bad.jsonl", ['{"anchor": "a", "positive": "b"}', "{oops"])
-    rc, stdout, err = run_cli(["train", "--train-file", str(bad)], cli_env, tmp_path)
+    rc, stdout, err, _ = run_cli(["train", "--train-file", str(bad)], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2 and stdout == ""
     lines = err.strip().splitlines()
     assert lines == [f"embprof: error: training file '{bad}' line 2 is not JSON: each line holds one example, "
@@ -448,32 +449,33 @@ def test_a_bad_training_file_stops_before_anything_loads(cli_env: dict[str, str]
 # -- tables ----------------------------------------------------------------------------------------------------
 def made_training_snapshot(lr: float, after: float) -> Snapshot:
     """A training run's snapshot from test-made events (figures chosen here, not measured)."""
-    from embprof.engine import snapshot as snap_mod
-    from embprof.engine.events import Result, RunFinished, RunStarted
+    from embprof.engine.events import Event, Result, RunFinished, RunStarted
+    from embprof.engine.snapshot import fold
 
-    rec = snap_mod.Recorder()
     plan = plan_from_options({"workload": "train", "train_file": "t.jsonl", "learning_rate": lr})
-    rec(RunStarted(t_ns=0, run_id=f"run-{lr}", started_utc="2026-11-30T00:00:00+00:00", target={"model_name": "m", "backend": "st"},
-                   workload={"name": "train"}, sample_hz=10.0, plan=plan.model_dump(mode="json")))
+    events: list[Event] = [RunStarted(t_ns=0, run_id=f"run-{lr}", started_utc="2026-11-30T00:00:00+00:00",
+                                      target=TargetFacts(model_name="m", backend="st"), workload={"name": "train"}, sample_hz=10.0,
+                                      plan=plan)]
     for i in range(4):
-        rec(TrainStep(t_ns=(i + 1) * 10**9, phase_id=1, step=i + 1, steps_planned=4, epoch=(i + 1) / 4, samples=8, tokens=100,
-                      loss=4.0 - i, learning_rate=lr, duration_ns=10**9, data_ns=10**7, forward_ns=3 * 10**8, backward_ns=6 * 10**8,
-                      optimizer_ns=9 * 10**7, rss_mib=900.0 + i))
+        events.append(TrainStep(t_ns=(i + 1) * 10**9, phase_id=1, step=i + 1, steps_planned=4, epoch=(i + 1) / 4, samples=8, tokens=100,
+                                loss=4.0 - i, learning_rate=lr, duration_ns=10**9, data_ns=10**7, forward_ns=3 * 10**8,
+                                backward_ns=6 * 10**8, optimizer_ns=9 * 10**7, rss_mib=900.0 + i))
     for stage, score in (("before", 0.8), ("after", after)):
-        rec(Result(t_ns=5 * 10**9, result=MtebTask(task="STS16", status="ok", main_score=score, main_score_name="cosine_spearman",
-                                                   stage=stage)))  # type: ignore[arg-type]
-    rec(Result(t_ns=5 * 10**9, result=TrainResult(
+        events.append(Result(t_ns=5 * 10**9, result=MtebTask(task="STS16", status="ok", main_score=score,
+                                                             main_score_name="cosine_spearman", stage=stage)))  # type: ignore[arg-type]
+    events.append(Result(t_ns=5 * 10**9, result=TrainResult(
         train_file="t.jsonl", data_format="pairs", columns=("anchor", "positive"), rows_in_file=32, examples=32,
         loss="MultipleNegativesRankingLoss", loss_chosen="to fit the data", batch_sampler="no_duplicates", epochs=1.0, max_steps=None,
         steps_planned=4, steps_done=4, epochs_done=1.0, batch_size=8, learning_rate=lr, warmup_ratio=0.1, seed=42, prompt=None,
-        saved_to="out", evaluations=tuple(evaluation_changes(rec.state.results)))))
-    rec(RunFinished(t_ns=6 * 10**9, status="complete", duration_ns=6 * 10**9))
-    return snap_mod.build(rec, {})
+        saved_to="out", evaluations=tuple(evaluation_changes(fold(events).results)))))
+    events.append(RunFinished(t_ns=6 * 10**9, status="complete", duration_ns=6 * 10**9))
+    return snapshot_of(events)
 
 
 def test_the_report_and_compare_show_a_training_run() -> None:
     from embprof.engine.compare import compare_tables
-    from embprof.engine.report import fmt, summary_tables
+    from embprof.engine.report import summary_tables
+    from embprof.engine.tables import fmt
 
     a, b = made_training_snapshot(2e-5, 0.85), made_training_snapshot(5e-6, 0.78)
     tables = {t.name: t for t in summary_tables(b)}
@@ -650,6 +652,6 @@ def test_where_a_stop_lands_decides_what_is_saved_and_the_snapshot_says_so(
 @pytest.mark.slow
 def test_an_unknown_prompt_name_is_one_sentence_once_the_model_says_its_prompts(cli_env: dict[str, str], tmp_path: Path) -> None:
     train = write_lines(tmp_path / "pairs.jsonl", [{"anchor": "a b", "positive": "c d"}] * 4)
-    rc, stdout, err = run_cli(["train", "--device", "cpu", "--train-file", str(train), "--prompt-name", "nosuch"], cli_env, tmp_path)
+    rc, stdout, err, _ = run_cli(["train", "--device", "cpu", "--train-file", str(train), "--prompt-name", "nosuch"], cli_env, cwd=tmp_path, timeout=900)
     assert rc == 2, err
     assert err.strip().splitlines()[-1].startswith("embprof: error: unknown prompt name 'nosuch'"), err

@@ -9,7 +9,7 @@ from typing import Any
 
 import fake_engine
 import pytest
-from pilot_helpers import plain, until
+from pilot_helpers import NotificationLog, finished, make_app, text_of, until
 from embprof.engine.plan import RunPlan, plan_from_options
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import PhaseBands, StatusBar
@@ -17,31 +17,9 @@ from embprof.tui.screens import RunForm
 from textual.widgets import DataTable, Static
 
 
-def make_app(tmp_path: Path, **kw: Any) -> EmbprofApp:
-    fake = {k: kw.pop(k) for k in ("gpu", "similarity", "fail_load", "hold", "mteb", "sweep", "server", "llama") if k in kw}
-    return EmbprofApp(
-        kw.pop("plan", None) or RunPlan(),
-        profiles_dir=tmp_path / "profiles",
-        clock=lambda: 100.0,
-        runner_factory=fake_engine.factory(**fake),
-        **kw,
-    )
-
-
-def text_of(app: EmbprofApp, selector: str, width: int = 200) -> str:
-    return plain(app.screen.query_one(selector, Static).content, width)
-
-
 def latency_groups(app: EmbprofApp) -> list[Any]:
     assert app.current is not None
     return app.current.run.call_groups()
-
-
-async def finished(app: EmbprofApp, pilot: Any, saved: bool = True) -> None:
-    await until(pilot, lambda: app.current is not None and app.current.finished)
-    if saved:
-        await until(pilot, lambda: app.current is not None and app.current.snapshot_path is not None)
-    await pilot.pause(0.3)
 
 
 async def test_latency_panel_shows_the_recorded_statistics(tmp_path: Path) -> None:
@@ -189,7 +167,8 @@ async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
     from embprof.tui.app import CompareScreen
 
     app = make_app(tmp_path)
-    async with app.run_test(size=(160, 50)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(160, 50), message_hook=notes.hook) as pilot:
         await finished(app, pilot)
         await until(pilot, lambda: bool(app.current and app.current.snapshot_path))
         first = app.current
@@ -203,7 +182,7 @@ async def test_compare_screen_from_two_marked_runs(tmp_path: Path) -> None:
         app.query_one("#runs-table", DataTable).focus()
         await pilot.press("m", "down", "m")
         await pilot.pause(0.2)
-        assert len(app.marked) == 2, [n.message for n in app._notifications]
+        assert len(app.marked) == 2, [n.message for n in notes]
         await pilot.press("c")
         await pilot.pause(0.5)
         await until(pilot, lambda: isinstance(app.screen, CompareScreen))
@@ -285,15 +264,16 @@ def test_the_tui_builds_no_run_itself() -> None:
 
 async def test_failure_is_shown_recorded_and_the_app_runs_on(tmp_path: Path) -> None:
     app = make_app(tmp_path, fail_load=True)
-    async with app.run_test(size=(100, 30)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(100, 30), message_hook=notes.hook) as pilot:
         await finished(app, pilot)
         first = app.current
         assert first is not None and first.state == "failed"
-        assert any("could not load model" in n.message for n in app._notifications)
+        assert any("could not load model" in n.message for n in notes)
         saved = Path(first.snapshot_path or "")
         from embprof.engine.snapshot import load
 
-        assert load(saved).summary.errors[0]["error_kind"] == "input"  # recorded in the run's snapshot
+        assert load(saved).summary.errors[0].error_kind == "input"  # recorded in the run's snapshot
         app.runner_factory = fake_engine.factory()
         await pilot.press("r")
         await until(pilot, lambda: app.current is not first and app.current is not None and app.current.state == "done")
@@ -337,9 +317,10 @@ async def test_bad_workload_input_is_refused_with_one_sentence(tmp_path: Path) -
 
     app = make_app(tmp_path, autostart=False)
     app.runner_factory = refuse
-    async with app.run_test(size=(100, 30)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(100, 30), message_hook=notes.hook) as pilot:
         app.start_run(plan_from_options({"input": str(tmp_path / "missing.txt")}))
-        await until(pilot, lambda: any("does not exist" in n.message for n in app._notifications))
+        await until(pilot, lambda: any("does not exist" in n.message for n in notes))
         assert app.current is None
 
 
@@ -363,12 +344,13 @@ async def test_a_snapshot_that_does_not_parse(tmp_path: Path) -> None:
     bad.parent.mkdir(parents=True)
     bad.write_text("{ half a file")
     app = make_app(tmp_path, autostart=False)
-    async with app.run_test(size=(100, 30)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(100, 30), message_hook=notes.hook) as pilot:
         await pilot.press("o")
         table = app.query_one("#runs-table", DataTable)
         await until(pilot, lambda: table.row_count == 1)
         await pilot.press("enter")
-        await until(pilot, lambda: any("not valid JSON" in n.message for n in app._notifications))
+        await until(pilot, lambda: any("not valid JSON" in n.message for n in notes))
         assert app.current is None
 
 
@@ -415,16 +397,17 @@ async def test_events_arrive_coalesced_and_in_order(tmp_path: Path) -> None:
 
 async def test_export_writes_beside_the_snapshot(tmp_path: Path) -> None:
     app = make_app(tmp_path)
-    async with app.run_test(size=(100, 30)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(100, 30), message_hook=notes.hook) as pilot:
         await finished(app, pilot)
         await pilot.press("e")
         await pilot.pause()
         await pilot.click("#md")
         snap = Path(app.current.snapshot_path or "")  # type: ignore[union-attr]
         report = snap.with_suffix(".md")
-        await until(pilot, lambda: any(str(report) in n.message for n in app._notifications))
+        await until(pilot, lambda: any(str(report) in n.message for n in notes))
         assert report.is_file() and report.read_text().startswith("# embprof profile: encode")
-        assert any(str(report) in n.message for n in app._notifications)
+        assert any(str(report) in n.message for n in notes)
 
 
 async def test_a_redraw_queued_at_exit_is_dropped(tmp_path: Path) -> None:
@@ -433,8 +416,8 @@ async def test_a_redraw_queued_at_exit_is_dropped(tmp_path: Path) -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.pause()
     assert not app.screen_stack
-    app._redraw()
-    app._apply_layout()
+    app.redraw()
+    app.on_resize()
 
 
 async def test_command_palette_offers_the_controls(tmp_path: Path) -> None:
@@ -513,7 +496,8 @@ async def test_run_again_on_a_snapshot_without_a_plan_says_so(tmp_path: Path) ->
     from embprof.tui.view import RunView
 
     app = make_app(tmp_path, autostart=False)
-    async with app.run_test(size=(120, 40)) as pilot:
+    notes = NotificationLog()
+    async with app.run_test(size=(120, 40), message_hook=notes.hook) as pilot:
         view = RunView(key="old", source="snapshot", plan=None, plan_note="migrated from schema 1")
         view.apply_all(fake_engine.scripted_run())
         app.views[view.key] = view
@@ -522,7 +506,7 @@ async def test_run_again_on_a_snapshot_without_a_plan_says_so(tmp_path: Path) ->
         await pilot.press("r")
         await pilot.pause(0.2)
         assert len(fake_engine.FakeRunner.instances) == runs
-        assert any("no plan" in n.message and "migrated from schema 1" in n.message for n in app._notifications)
+        assert any("no plan" in n.message and "migrated from schema 1" in n.message for n in notes)
 
 
 async def test_large_layout_gives_runs_the_wide_cell_without_scores(tmp_path: Path) -> None:

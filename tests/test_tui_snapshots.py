@@ -10,23 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import fake_engine
 import pytest
-from embprof.engine.plan import RunPlan
+from pilot_helpers import make_app
+
 from embprof.tui.app import EmbprofApp
 
 pytestmark = pytest.mark.slow
 
 
 def app_with(tmp_path: Path, **fake: Any) -> EmbprofApp:
-    return EmbprofApp(
-        RunPlan(),
-        profiles_dir=tmp_path / "profiles",
-        clock=lambda: 100.0,
-        runner_factory=fake_engine.factory(**fake),
-        save_snapshots=False,
-        cursor_blink=False,
-    )
+    """The dashboard on the fake engine as the screenshots take it: nothing saved, no blinking cursor."""
+    return make_app(tmp_path, save_snapshots=False, cursor_blink=False, **fake)
 
 
 def settle(*keys: str):  # type: ignore[no-untyped-def]
@@ -40,7 +34,7 @@ def settle(*keys: str):  # type: ignore[no-untyped-def]
         for key in keys:
             await pilot.press(key)
             await pilot.pause(0.2)
-            app._redraw(force=True)  # draw the new panel now rather than at the next tick
+            app.redraw(force=True)  # draw the new panel now rather than at the next tick
             await pilot.pause(0.3)
         app.clear_notifications()
         await pilot.pause(0.3)

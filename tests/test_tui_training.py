@@ -15,7 +15,7 @@ from typing import Any
 import fake_engine
 import pytest
 from fake_engine import MS, sample, target_facts
-from pilot_helpers import plain, until
+from pilot_helpers import finished, text_of, until
 from embprof.engine.events import (
     Event,
     Note,
@@ -28,7 +28,7 @@ from embprof.engine.events import (
     TrainStep,
 )
 from embprof.engine.plan import RunPlan, TrainPlan, plan_from_options
-from embprof.engine.results import KernelCounters, MtebRun, MtebTask, NeighbourScore, TrainResult
+from embprof.engine.results import KernelCounters, MtebRun, MtebTask, NeighbourScore, TargetFacts, TrainResult
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import TrainingPanel
 from embprof.tui.screens import RunForm
@@ -101,7 +101,7 @@ def scripted_training(planned: int | None = STEPS, stopped_at: int | None = None
     stopped the run after that step (no evaluation after, no model saved)."""
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-train1", started_utc="2026-01-01T00:00:00+00:00",
-                   target={"model_name": "fake/minilm", "backend": "sentence-transformers", "device": "cpu", "dtype": "float32"},
+                   target=TargetFacts(model_name="fake/minilm", backend="sentence-transformers", device="cpu", dtype="float32"),
                    workload={"name": "train", "max_steps": STEPS}, sample_hz=10.0),
         Note(t_ns=1, text="host-only sampling: NVML unavailable (fake); GPU columns are N/A"),
         PhaseStarted(t_ns=10 * MS, phase_id=1, name="load", detail="fake/minilm"),
@@ -125,34 +125,20 @@ def scripted_training(planned: int | None = STEPS, stopped_at: int | None = None
     return ev, pause
 
 
-class GatedRunner(fake_engine.FakeRunner):
-    """Plays the training run; with ``gate`` it waits at the pause until released (the run still going on)."""
-
-    def __init__(self, subscribers: list[Subscriber], plan: RunPlan, gate: threading.Event | None, stopped_at: int | None = None) -> None:
-        # Gated, the steps do not say how many are planned: the panel takes the run's max steps.
-        events, self.pause = scripted_training(None if gate is not None else STEPS, stopped_at)
-        super().__init__(events, subscribers, plan=plan)
-        self.gate = gate
-
-    def run(self) -> None:
-        try:
-            for i, e in enumerate(self.events):
-                if i == self.pause and self.gate is not None:
-                    while not (self.gate.is_set() or self.cancelled.is_set()):
-                        self.gate.wait(0.01)
-                self._emit(e)
-        finally:
-            self._done.set()
+def training_runner(subscribers: list[Subscriber], plan: RunPlan, gate: threading.Event | None,
+                    stopped_at: int | None = None) -> fake_engine.FakeRunner:
+    """Plays the training run; with ``gate`` it holds at the pause until the test sets the gate (the run still
+    going on)."""
+    # Gated, the steps do not say how many are planned: the panel takes the run's max steps.
+    events, pause = scripted_training(None if gate is not None else STEPS, stopped_at)
+    return fake_engine.FakeRunner(events, subscribers, hold=gate is not None, plan=plan, hold_at=pause, release=gate)
 
 
-def make_app(tmp_path: Path, *, plan: RunPlan | None = None, gate: threading.Event | None = None, stopped_at: int | None = None,
-             **kw: Any) -> EmbprofApp:
+def training_app(tmp_path: Path, *, plan: RunPlan | None = None, gate: threading.Event | None = None, stopped_at: int | None = None,
+                 **kw: Any) -> EmbprofApp:
+    """The dashboard whose runs play the scripted training run (pilot_helpers.make_app's play an encode run)."""
     return EmbprofApp(plan or train_plan(), profiles_dir=tmp_path / "profiles", clock=lambda: 100.0,
-                      runner_factory=lambda p, subs: GatedRunner(subs, p, gate, stopped_at), **kw)
-
-
-def text_of(app: EmbprofApp, selector: str, width: int = 200) -> str:
-    return plain(app.screen.query_one(selector, Static).content, width)
+                      runner_factory=lambda p, subs: training_runner(subs, p, gate, stopped_at), **kw)
 
 
 def line_of(text: str, start: str) -> str:
@@ -161,16 +147,10 @@ def line_of(text: str, start: str) -> str:
     return found[0]
 
 
-async def finished(app: EmbprofApp, pilot: Any) -> None:
-    await until(pilot, lambda: app.current is not None and app.current.finished and app.current.snapshot_path is not None)
-    app._redraw(force=True)
-    await pilot.pause(0.3)
-
-
 async def test_a_training_run_opens_on_its_tab_with_its_figures(tmp_path: Path) -> None:
-    app = make_app(tmp_path)
+    app = training_app(tmp_path)
     async with app.run_test(size=(120, 40)) as pilot:
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         assert app.query_one("#tab-training", Tab).label.plain == "Training"
         assert app.active_panel == "training"
         assert [p.id for p in app.query("#panels > Panel") if p.display] == ["training"]
@@ -194,9 +174,9 @@ async def test_a_training_run_opens_on_its_tab_with_its_figures(tmp_path: Path) 
 
 
 async def test_the_before_after_table_marks_the_regression(tmp_path: Path) -> None:
-    app = make_app(tmp_path)
+    app = training_app(tmp_path)
     async with app.run_test(size=(160, 40)) as pilot:
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         table = text_of(app, "#training-evals", width=160)
         sts = line_of(table, "STSBenchmark")
         assert "cosine_spearman" in sts and "0.8123" in sts and "0.8456" in sts and "+0.0333" in sts and "▲ better" in sts
@@ -220,12 +200,12 @@ async def test_the_before_after_table_marks_the_regression(tmp_path: Path) -> No
 
 async def test_while_the_run_goes_on_an_unmeasured_side_is_pending(tmp_path: Path) -> None:
     gate = threading.Event()
-    app = make_app(tmp_path, gate=gate)
+    app = training_app(tmp_path, gate=gate)
     async with app.run_test(size=(160, 40)) as pilot:
         await until(pilot, lambda: app.current is not None and app.current.run.training is not None
                     and app.current.run.training.steps == STEPS)
         await pilot.pause(0.5)
-        app._redraw(force=True)
+        app.redraw(force=True)
         await pilot.pause(0.2)
         assert app.active_panel == "training"
         # No training result yet: the steps planned come from the run's settings (max steps).
@@ -235,15 +215,15 @@ async def test_while_the_run_goes_on_an_unmeasured_side_is_pending(tmp_path: Pat
         assert "0.7012" in jsts and "…" in jsts and "n/a" not in jsts and "regressed" not in jsts
         assert "model" not in text_of(app, "#training-foot")  # not saved yet, and not said to be unsaved
         gate.set()
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         table = text_of(app, "#training-evals", width=160)
         assert "…" not in table and "▼ regressed" in line_of(table, "JSTS")
 
 
 async def test_a_stopped_run_says_why_its_model_was_not_saved(tmp_path: Path) -> None:
-    app = make_app(tmp_path, stopped_at=5)
+    app = training_app(tmp_path, stopped_at=5)
     async with app.run_test(size=(160, 40)) as pilot:
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         assert app.current is not None and app.current.state == "stopped"
         assert "step 5/8" in text_of(app, "#training-head")
         foot = text_of(app, "#training-foot")
@@ -258,16 +238,16 @@ async def test_a_stopped_run_says_why_its_model_was_not_saved(tmp_path: Path) ->
 
 
 async def test_a_training_snapshot_opens_on_the_training_tab(tmp_path: Path) -> None:
-    app = make_app(tmp_path)
+    app = training_app(tmp_path)
     async with app.run_test(size=(160, 40)) as pilot:
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         live = app.current
         assert live is not None
         live_head, live_table = text_of(app, "#training-head"), text_of(app, "#training-evals")
         await pilot.press("1")
         app.open_snapshot(Path(live.snapshot_path or ""))
         await until(pilot, lambda: app.current is not live and app.current is not None)
-        app._redraw(force=True)
+        app.redraw(force=True)
         await pilot.pause(0.3)
         assert app.current is not None and app.current.source == "snapshot"
         assert app.active_panel == "training"
@@ -276,9 +256,9 @@ async def test_a_training_snapshot_opens_on_the_training_tab(tmp_path: Path) -> 
 
 
 async def test_wide_layout_gives_a_training_run_the_latency_cell(tmp_path: Path) -> None:
-    app = make_app(tmp_path)
+    app = training_app(tmp_path)
     async with app.run_test(size=(200, 50)) as pilot:
-        await finished(app, pilot)
+        await finished(app, pilot, redraw=True)
         await pilot.pause(0.2)
         assert app.screen.has_class("wide") and app.screen.has_class("-training")
         shown = {p.id for p in app.query("#panels > Panel") if p.display}
@@ -310,7 +290,7 @@ async def test_other_runs_keep_the_layout_and_the_tab_says_how_to_train(tmp_path
 
 
 async def test_form_builds_a_train_plan(tmp_path: Path) -> None:
-    app = make_app(tmp_path, plan=RunPlan(), autostart=False)
+    app = training_app(tmp_path, plan=RunPlan(), autostart=False)
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("n")
         await pilot.pause(0.2)
@@ -355,7 +335,7 @@ async def test_form_builds_a_train_plan(tmp_path: Path) -> None:
 
 
 async def test_form_fills_from_a_train_plan_and_its_fields_stay_out_of_other_workloads(tmp_path: Path) -> None:
-    app = make_app(tmp_path, plan=train_plan(prompt="query: ", epochs=3.0), autostart=False)
+    app = training_app(tmp_path, plan=train_plan(prompt="query: ", epochs=3.0), autostart=False)
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("n")
         await pilot.pause(0.2)
@@ -375,7 +355,7 @@ async def test_form_fills_from_a_train_plan_and_its_fields_stay_out_of_other_wor
 
 @pytest.mark.parametrize("size", [(80, 24)])
 async def test_the_train_form_fits_a_small_terminal_by_scrolling(tmp_path: Path, size: tuple[int, int]) -> None:
-    app = make_app(tmp_path, autostart=False)
+    app = training_app(tmp_path, autostart=False)
     async with app.run_test(size=size) as pilot:
         await pilot.press("n")
         await pilot.pause(0.3)
@@ -389,7 +369,7 @@ async def test_the_train_form_fits_a_small_terminal_by_scrolling(tmp_path: Path,
 
 async def test_the_form_never_offers_the_last_runs_output_folder(tmp_path: Path) -> None:
     # That folder holds the last run's model now: offered again, the next run would be refused at once.
-    app = make_app(tmp_path, plan=train_plan(output="trained/last"), autostart=False)
+    app = training_app(tmp_path, plan=train_plan(output="trained/last"), autostart=False)
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("n")
         await pilot.pause(0.2)

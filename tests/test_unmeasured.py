@@ -12,7 +12,7 @@ import pytest
 
 from conftest import DATASETS
 from embprof.engine.events import BatchTimed, EncodeTimed
-from test_cli_e2e import run_cli, snapshot_from
+from cli_helpers import run_cli, snapshot_from
 from test_llama_server import llama  # noqa: F401 - the module's server fixture
 
 pytestmark = pytest.mark.slow

@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 from embprof.engine.errors import UserError
-from embprof.engine.events import ErrorEvent, RunFinished, Subscriber
+from embprof.engine.events import ErrorEvent, RunFinished
 from embprof.engine.plan import RunPlan
+from embprof.engine.session import RunnerFactory, RunnerLike, Session, engine_runner
 from embprof.engine.text import clean, one_line, printable
 from textual import on
 from textual.app import App, ComposeResult, SystemCommand
@@ -79,26 +80,6 @@ DRAIN_S = 0.25
 # Runs held in full (their figures and chart buffers, each up to a few MiB): older saved ones are read
 # back from their snapshots when opened again.
 MAX_VIEWS = 12
-
-
-class RunnerLike(Protocol):
-    def run(self) -> None: ...
-    def cancel(self, reason: str = ...) -> None: ...
-    def wait(self, timeout: float | None = None) -> bool: ...
-    @property
-    def finished(self) -> bool: ...
-
-
-RunnerFactory = Callable[[RunPlan, list[Subscriber]], RunnerLike]
-
-
-def engine_runner(plan: RunPlan, subscribers: list[Subscriber]) -> RunnerLike:
-    """The engine's one entry point: it alone turns a plan into a target and a workload. Called on
-    the run's worker thread: preparing reads files and may reach a server. Bad input raises UserError."""
-    from embprof.engine import execute
-
-    runner: RunnerLike = execute.prepare(plan).runner(subscribers)
-    return runner
 
 
 class EmbprofApp(App[None]):
@@ -186,7 +167,7 @@ class EmbprofApp(App[None]):
         # One timer for the panels and the status bar's clock: one wake-up a tick, not two.
         self.set_interval(1 / self.refresh_hz, self._tick)
         self.list_snapshots()
-        self._redraw(force=True)
+        self.redraw(force=True)
         if self.autostart:
             # After the first frame: the import of torch is then a phase on screen, not a frozen terminal.
             self.call_after_refresh(self.start_run, self.plan)
@@ -202,7 +183,7 @@ class EmbprofApp(App[None]):
         # The wide cell of the bottom row goes where the data is: the Scores tables when the run on
         # display has scores, the Runs list (and its model names) otherwise.
         self._set_layout_classes(self.current)
-        self._redraw(force=True)
+        self.redraw(force=True)
 
     def _set_layout_classes(self, view: RunView | None) -> None:
         self.screen.set_class(not has_scores(view), "-no-scores")
@@ -220,7 +201,7 @@ class EmbprofApp(App[None]):
         if tabs.active != f"tab-{panel_id}":
             tabs.active = f"tab-{panel_id}"
         # First the switch itself, from what the panel drew last; then whatever changed meanwhile.
-        self.call_after_refresh(self._redraw)
+        self.call_after_refresh(self.redraw)
 
     @on(Tabs.TabActivated)
     def _tab(self, event: Tabs.TabActivated) -> None:
@@ -239,11 +220,14 @@ class EmbprofApp(App[None]):
                 yield panel
 
     def _tick(self) -> None:
-        self._redraw()
+        self.redraw()
         if self.screen_stack:
             self._status.tick()
 
-    def _redraw(self, force: bool = False) -> None:
+    def redraw(self, force: bool = False) -> None:
+        """Draw the visible panels and the status bar from the run on display: each one whose figures changed
+        since its last draw (while a run goes on, a panel at most every live_interval_s), or, ``force``, all
+        of them now. The tick calls it; so may anything that wants the screen up to date at once."""
         # A resize can arrive before the mount; a queued redraw (a timer tick, a panel switch's
         # after-refresh) can arrive after the last screen is gone at exit.
         if not self._panels or not self.screen_stack:
@@ -273,7 +257,7 @@ class EmbprofApp(App[None]):
     def show_view(self, view: RunView) -> None:
         self.current = view
         self._set_layout_classes(view)
-        self._redraw(force=True)
+        self.redraw(force=True)
 
     # -- runs --------------------------------------------------------------------------------------
     def start_run(self, plan: RunPlan) -> None:
@@ -293,28 +277,31 @@ class EmbprofApp(App[None]):
             self._idle.set()
 
     def _run_and_save(self, key: str, plan: RunPlan) -> None:
-        from embprof.engine import environment
         from embprof.engine import snapshot as snap_mod
 
         view = RunView(key=key, plan=plan)
         bridge = Bridge(self, key)
-        recorder = snap_mod.Recorder()
         try:
-            runner = self.runner_factory(plan, [recorder, bridge])
+            session = Session(plan, [bridge], runner_factory=self.runner_factory)
         except UserError as exc:  # a missing file, an unknown model, a server that cannot be reached
             self.post_message(RunRefused(str(exc)))
             return
         self.post_message(RunStarting(view, bridge))
-        self.runner = runner
-        runner.run()
+        self.runner = session.runner
+        session.run()
         if not self.save_snapshots:
             return
+        folder = self.profiles_dir
         try:
-            snap = snap_mod.build(recorder, environment.capture())
-            path = snap_mod.save(snap, self.profiles_dir)
-            self.post_message(RunSaved(key, str(path), None))
+            # A run that failed on its input is shown and kept here, as any failed run is.
+            outcome = session.finish(lambda snap: (snap_mod.save(snap, folder), None), refuse_input_errors=False)
         except Exception as exc:  # noqa: BLE001 - the run's data stays on screen even if the disk refuses it
             self.post_message(RunSaved(key, None, f"snapshot not saved: {exc}"))
+            return
+        if outcome.save_error is not None:
+            self.post_message(RunSaved(key, None, f"snapshot not saved: {outcome.save_error}"))
+        else:
+            self.post_message(RunSaved(key, str(outcome.path), None))
 
     @on(RunStarting)
     def _on_run_starting(self, message: RunStarting) -> None:
@@ -355,7 +342,7 @@ class EmbprofApp(App[None]):
                 )
             elif isinstance(e, RunFinished):
                 self._fill_runs()
-                self._redraw(force=view is self.current)  # the final figures at once, not at the next tick
+                self.redraw(force=view is self.current)  # the final figures at once, not at the next tick
         if view is self.current and (has_scores(view) != scored or has_training(view) != training):
             self._set_layout_classes(view)
             if has_training(view) and not training:
@@ -424,7 +411,9 @@ class EmbprofApp(App[None]):
             shown = list(cells)
             shown[-2] = ("✓ " if path in self.marked else "") + shown[-2]
             rows.append((f"file:{path}", shown))
-        self.query_one(RunsPanel).fill(rows)
+        # A listing that arrives while the app is closing finds no panel to fill: nothing is left to show it on.
+        for panel in self.query(RunsPanel):
+            panel.fill(rows)
 
     @on(DataTable.RowSelected, "#runs-table")
     def _open_row(self, event: DataTable.RowSelected) -> None:

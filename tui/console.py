@@ -16,7 +16,7 @@ from embprof.engine.events import (
 )
 from collections.abc import Iterable
 
-from embprof.engine.report import Table, fmt
+from embprof.engine.tables import Table, fmt
 from embprof.engine.text import clean, printable
 from rich.console import Console
 from rich.markup import escape
@@ -105,9 +105,9 @@ class ConsoleProgress:
         c = self.console
         if isinstance(e, RunStarted):
             t = e.target
-            where = f"device {t.get('device')} · {t.get('dtype')}" if t.get("device") else f"server ({t.get('api')})"
+            where = f"device {t.device} · {t.dtype}" if t.device else f"server ({t.api})"
             c.print(
-                f"[bold]embprof[/] {escape(str(e.workload.get('name')))} · {escape(str(t.get('model_name')))} · {escape(where)} · "
+                f"[bold]embprof[/] {escape(str(e.workload.get('name')))} · {escape(t.model_name)} · {escape(where)} · "
                 f"sampling at {e.sample_hz:g} Hz",
                 highlight=False,
             )

@@ -21,20 +21,22 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 from embprof.engine.errors import UserError
-from embprof.engine.ray_cells import ClusterLost  # no Ray import: that happens only when a matrix runs with --ray
 from embprof.engine.frontier import frontiers
 from embprof.engine.matrix import (
+    COST_AXES,
+    ClusterLost,
+    Frontier,
     Manifest,
     MatrixEvent,
     MatrixInterrupted,
     MatrixListener,
+    MatrixRow,
     MatrixSpec,
     expand,
     run_matrix,
 )
 from embprof.engine.matrix_report import AXIS_VIEW, chart_points, frontier_axes, matrix_tables
-from embprof.engine.matrix_rows import COST_AXES, Frontier, MatrixRow
-from embprof.engine.report import NA, fmt
+from embprof.engine.tables import NA, fmt
 from rich.text import Text
 from textual import on
 from textual.app import App, ComposeResult
@@ -45,7 +47,7 @@ from textual.widgets import DataTable, Footer, Log, Static, Tab, Tabs
 from textual.worker import Worker, WorkerState
 
 from . import shutdown
-from .matrix_cli import CONSOLE_COLUMNS
+from .matrix_tables import CONSOLE_COLUMNS
 from .panels.base import Plot
 
 
@@ -56,7 +58,7 @@ class MatrixRunner(Protocol):
                  cancel: Callable[[], bool] = ...) -> Manifest: ...
 
 
-# The table's columns: the console's (tui.matrix_cli.CONSOLE_COLUMNS) less the per-task scores, which
+# The table's columns: the console's (tui.matrix_tables.CONSOLE_COLUMNS) less the per-task scores, which
 # vary with the matrix. The frontier comes right after quality: all the columns do not fit 160
 # terminal columns, and what a decision needs first should not be the part scrolled off the right.
 COLUMNS: tuple[str, ...] = (*CONSOLE_COLUMNS[:3], "frontier", *(c for c in CONSOLE_COLUMNS[3:] if c != "frontier"))
@@ -548,7 +550,7 @@ def print_final_table(folder: Path) -> None:
     from embprof.engine.matrix import rows
 
     from .console import output_console
-    from .matrix_cli import print_tables
+    from .matrix_tables import print_tables
 
     if not (folder / "matrix.json").is_file():  # the matrix never started (bad input): nothing to show
         return

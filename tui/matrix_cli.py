@@ -154,11 +154,11 @@ def spec_of(args: argparse.Namespace) -> Any:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    from embprof.engine.matrix import MatrixInterrupted, check_placements, expand, rows, run_matrix
-    from embprof.engine.ray_cells import ClusterLost
+    from embprof.engine.matrix import ClusterLost, MatrixInterrupted, check_placements, expand, rows, run_matrix
 
     from . import shutdown
     from .console import error_console, output_console
+    from .matrix_tables import print_tables
 
     spec = spec_of(args)
     folder = Path(args.out)
@@ -217,7 +217,7 @@ def _expand_on_cluster(spec: Any, folder: Path, address: str) -> Any:
     import tempfile
 
     from embprof.engine.matrix import expand
-    from embprof.engine.ray_cells import RayRun
+    from embprof.engine.matrix.ray import RayRun
 
     with tempfile.TemporaryDirectory(prefix="embprof-ray-list-") as tmp:
         run = RayRun(address, Path(tmp), 1, log_path=Path(tmp) / "ray-driver.log")
@@ -230,7 +230,7 @@ def _expand_on_cluster(spec: Any, folder: Path, address: str) -> Any:
 
 def progress_printer(err: Any, quiet: bool) -> Any:
     from embprof.engine.matrix import MatrixEvent
-    from embprof.engine.report import fmt
+    from embprof.engine.tables import fmt
 
     def listener(e: MatrixEvent) -> None:
         if quiet and e.kind != "note":
@@ -252,50 +252,6 @@ def progress_printer(err: Any, quiet: bool) -> Any:
     return listener
 
 
-# The terminal's table: what a decision needs at a glance; `embprof export DIR --format md|html` has every column.
-CONSOLE_COLUMNS = ("cell", "status", "quality", "agreement mean", "top-k overlap", "p50 ms", "items/s", "peak RSS MiB", "load s",
-                   "energy J/1k", "frontier")
-
-
-def print_tables(out: Any, manifest: Any, table_rows: list[Any]) -> None:
-    from embprof.engine.frontier import frontiers
-    from embprof.engine.matrix_report import matrix_tables
-    from embprof.engine.report import NA, Table
-
-    from .console import render_table
-
-    tables = matrix_tables(table_rows, frontiers(table_rows), [])
-    main = tables[0]
-    tasks = list(manifest.spec.tasks)
-    keep = [i for i, c in enumerate(main.columns) if c in CONSOLE_COLUMNS or c in tasks]
-    reasons: dict[str, int] = {}
-    compact = Table(main.name, main.title, [main.columns[i] for i in keep])
-    for row in main.rows:
-        cells: list[Any] = []
-        for i in keep:
-            v = row[i]
-            if isinstance(v, NA) and v.reason and main.columns[i] != "cell":
-                # A reason shared by a column is said once under the table, by number, not in every cell.
-                n = reasons.setdefault(v.reason, len(reasons) + 1)
-                v = f"n/a ({n})"
-            cells.append(v)
-        compact.rows.append(cells)
-    render_table(out, compact)
-    for reason, n in reasons.items():
-        out.print(f"  ({n}) {reason}", markup=False, soft_wrap=True)
-    by_reason: dict[str, list[str]] = {}
-    for d in manifest.dropped:
-        by_reason.setdefault(d.reason, []).append(d.label)
-    for reason, labels in by_reason.items():
-        out.print(f"dropped {len(labels)}: {reason}: {'; '.join(labels)}", markup=False, soft_wrap=True)
-    for table in tables[1:]:
-        if table.name.startswith("frontier") and table.rows and isinstance(table.rows[0][0], NA):
-            out.print(f"{table.title}", markup=False, soft_wrap=True)
-            continue
-        if table.name.startswith("frontier"):
-            render_table(out, table)
-
-
 def export_matrix(args: argparse.Namespace) -> int:
     """A matrix's folder as md (charts beside the file), html (one self-contained file), csv or json."""
     import json
@@ -304,7 +260,7 @@ def export_matrix(args: argparse.Namespace) -> int:
     from embprof.engine.frontier import frontiers
     from embprof.engine.matrix import rows
     from embprof.engine.matrix_report import matrix_charts, matrix_html, matrix_markdown, matrix_tables
-    from embprof.engine.report import tables_json, to_csv
+    from embprof.engine.tables import tables_json, to_csv
 
     folder = Path(args.file)
     manifest, table_rows = rows(folder)

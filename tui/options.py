@@ -3,12 +3,12 @@ parsed, in one sentence, before any engine module is imported or any model loade
 
 Each converter states its bounds (``least`` and ``most``) and either returns a value inside them or
 raises ``argparse.ArgumentTypeError`` with a phrase that starts with a verb ("must be …", "takes …");
-the parser puts the option's name in front of it. The bounds of each option live in ``LIMITS``, and
-the run plan (which is also read from files, where the command line never saw the values) refuses
-the same values in the same words: ``embprof.engine.plan`` keeps the same numbers, and the tests hold
-the two to each other.
+the parser puts the option's name in front of it. The bounds and the wording are the run plan's own
+(``embprof.engine.bounds``): each converter holds the very bound object the plan checks its field
+against, so a value the command line takes is one the plan takes. ``LIMITS`` lists every bounded
+option by its name on the command line.
 
-Only argparse and ``embprof.engine.text`` (the standard library's ``re`` underneath) are imported here:
+Only argparse and ``embprof.engine.bounds`` (the standard library underneath) are imported here:
 ``embprof --help`` must stay cheap.
 """
 
@@ -18,59 +18,54 @@ import argparse
 import math
 from dataclasses import dataclass
 
-# The wording's pieces, shared with engine.plan; engine.text imports only the standard library.
-from embprof.engine.text import fmt_bound, shown
-
-
-# -- the wording (engine.plan's checks say the same words, and the tests compare the two) ---------------------
-def count_refusal(least: int, most: int, value: int | None, as_shown: str) -> str:
-    """Why a count is refused, as a phrase to follow the option's name; ``value`` None: not a whole number."""
-    if value is not None and value < least:
-        return f"must be at least {least}, not {as_shown}"
-    if value is not None and value > most:
-        return f"must be at most {most}, not {as_shown}"
-    return f"must be a whole number from {least} to {most}, not {as_shown}"
-
-
-def number_refusal(least: float, most: float, unit: str, value: object) -> str:
-    """Why a number is refused: a phrase to follow the option's name."""
-    return f"must be a positive number between {fmt_bound(least)} and {fmt_bound(most)}{' ' + unit if unit else ''}, not {value}"
-
-
-def empty_refusal(hint: str = "") -> str:
-    return "cannot be empty" + (f": {hint}" if hint else "")
+from embprof.engine import bounds as b
+from embprof.engine.bounds import NumberRange, WholeRange, count_refusal, empty_refusal, number_refusal
+from embprof.engine.text import shown
 
 
 # -- converters ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Count:
-    """A whole number from ``least`` to ``most``, both included."""
+    """A whole number inside ``bound``."""
 
-    least: int
-    most: int
+    bound: WholeRange
+
+    @property
+    def least(self) -> int:
+        return self.bound.least
+
+    @property
+    def most(self) -> int:
+        return self.bound.most
 
     def __call__(self, text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             # int() refuses "1e3", "nan", "" and digit strings too long to convert: all are "not a whole number".
-            raise argparse.ArgumentTypeError(count_refusal(self.least, self.most, None, f"'{shown(text)}'")) from None
+            raise argparse.ArgumentTypeError(count_refusal(self.bound, None, f"'{shown(text)}'")) from None
         if not self.least <= value <= self.most:
-            raise argparse.ArgumentTypeError(count_refusal(self.least, self.most, value, shown(text.strip())))
+            raise argparse.ArgumentTypeError(count_refusal(self.bound, value, shown(text.strip())))
         return value
 
     @property
     def range_text(self) -> str:
-        return f"{self.least}–{self.most}"
+        return self.bound.range_text
 
 
 @dataclass(frozen=True)
 class Number:
-    """A finite number from ``least`` to ``most``, both included, in ``unit``."""
+    """A finite number inside ``bound``, in its unit."""
 
-    least: float
-    most: float
-    unit: str
+    bound: NumberRange
+
+    @property
+    def least(self) -> float:
+        return self.bound.least
+
+    @property
+    def most(self) -> float:
+        return self.bound.most
 
     def __call__(self, text: str) -> float:
         try:
@@ -79,12 +74,12 @@ class Number:
             value = math.nan
         # NaN fails both comparisons; ±inf fails one of them, since both bounds are finite.
         if not self.least <= value <= self.most:
-            raise argparse.ArgumentTypeError(number_refusal(self.least, self.most, self.unit, f"'{shown(text)}'"))
+            raise argparse.ArgumentTypeError(number_refusal(self.bound, f"'{shown(text)}'"))
         return value
 
     @property
     def range_text(self) -> str:
-        return f"{fmt_bound(self.least)}–{fmt_bound(self.most)}"
+        return self.bound.range_text
 
 
 @dataclass(frozen=True)
@@ -125,49 +120,40 @@ class DimList:
         return items
 
 
-# -- the bounds of every numeric option ---------------------------------------------------------------------------
-# Why each upper bound: far past any real use, and small enough that nothing later overflows (a socket
-# timeout, a sleep until the next Poisson arrival, a list of requests or texts built in memory).
-MAX_DIMENSIONS = 65_536  # the widest embedding models have a few thousand dimensions
-MAX_BATCH = 65_536  # texts per forward pass or per request
-MAX_PID = 2_147_483_647  # pid_t is a signed 32-bit number everywhere psutil runs
-MAX_SECONDS = 86_400  # a day: per request, per sweep point
-MAX_DURATION = 604_800  # a week of load
-MAX_LOAD_WORKERS = 512  # the load workload's thread pool (engine.plan.MAX_LOAD_WORKERS)
-
-SAMPLE_HZ = Number(1.0, 100.0, "Hz")
-TIMEOUT = Number(0.001, MAX_SECONDS, "seconds")
-MAX_ERRORS = Count(0, 1_000_000)
-SERVER_PID = Count(1, MAX_PID)  # 0 would mean "this process group" to os.kill
-TRUNCATE_DIM = Count(1, MAX_DIMENSIONS)
-LOOPS = Count(1, 100_000)
-CELL_LOOPS = Count(2, 100_000)  # a matrix cell needs two timed encodes for a spread
-BATCH_SIZE = Count(1, MAX_BATCH)
-WARMUPS = Count(0, 10_000)  # zero: no warm-up pass
-REPEATS = Count(1, 100_000)
-TARGET_CI = Number(0.01, 99.0, "percent")
-BUDGET = Number(0.01, MAX_SECONDS, "seconds per point")
-RAM_CEILING = Number(1.0, 16_777_216.0, "MiB")  # 16 TiB
-REQUESTS = Count(1, 100_000_000)
-DURATION = Number(0.01, MAX_DURATION, "seconds")
-CONCURRENCY = Count(1, MAX_LOAD_WORKERS)
-RATE = Number(0.001, 100_000.0, "requests per second")  # the least: one request in about 17 minutes
-LOAD_BATCH = Count(1, MAX_BATCH)
-LOAD_PROCESSES = Count(1, 64)
-SLO_P99 = Number(0.01, 3_600_000.0, "milliseconds")
-SLO_ERRORS = Number(0.0, 100.0, "percent")
-STEP_DURATION = Number(0.5, 3600.0, "seconds")
-TEXT_TOKENS = Count(1, 32_768)
-TOP_K = Count(1, 10_000)
-ENERGY_WINDOW = Number(0.001, 3_600.0, "seconds")
-EPOCHS = Number(0.01, 10_000.0, "epochs")
-MAX_STEPS = Count(1, 100_000_000)
-MAX_EXAMPLES = Count(1, 100_000_000)
-LEARNING_RATE = Number(1e-10, 1.0, "")
-WARMUP = Number(0.0, 1.0, "(a share of the steps)")
-SEED = Count(0, 2**32 - 1)
-RAY_CPUS = Count(1, 1_024)  # CPUs a matrix cell asks a Ray cluster for
-MATRIX_TRUNCATE_DIMS = DimList(1, MAX_DIMENSIONS)
+# -- every numeric option, built from the plan's bounds --------------------------------------------------------
+SAMPLE_HZ = Number(b.SAMPLE_HZ)
+TIMEOUT = Number(b.TIMEOUT_S)
+MAX_ERRORS = Count(b.MAX_ERRORS)
+SERVER_PID = Count(b.SERVER_PID)
+TRUNCATE_DIM = Count(b.TRUNCATE_DIM)
+LOOPS = Count(b.LOOPS)
+CELL_LOOPS = Count(b.CELL_LOOPS)
+BATCH_SIZE = Count(b.BATCH_SIZE)
+WARMUPS = Count(b.WARMUPS)
+REPEATS = Count(b.REPEATS)
+TARGET_CI = Number(b.TARGET_CI)
+BUDGET = Number(b.BUDGET_S)
+RAM_CEILING = Number(b.RAM_CEILING_MIB)
+REQUESTS = Count(b.REQUESTS)
+DURATION = Number(b.DURATION_S)
+CONCURRENCY = Count(b.CONCURRENCY)
+RATE = Number(b.RATE)
+LOAD_BATCH = Count(b.BATCH_SIZE)
+LOAD_PROCESSES = Count(b.LOAD_PROCESSES)
+SLO_P99 = Number(b.SLO_P99_MS)
+SLO_ERRORS = Number(b.SLO_ERRORS)
+STEP_DURATION = Number(b.STEP_S)
+TEXT_TOKENS = Count(b.TEXT_TOKENS)
+TOP_K = Count(b.TOP_K)
+ENERGY_WINDOW = Number(b.ENERGY_WINDOW_S)
+EPOCHS = Number(b.EPOCHS)
+MAX_STEPS = Count(b.MAX_STEPS)
+MAX_EXAMPLES = Count(b.MAX_EXAMPLES)
+LEARNING_RATE = Number(b.LEARNING_RATE)
+WARMUP = Number(b.WARMUP_RATIO)
+SEED = Count(b.SEED)
+RAY_CPUS = Count(b.RAY_CPUS)
+MATRIX_TRUNCATE_DIMS = DimList(b.TRUNCATE_DIM.least, b.TRUNCATE_DIM.most)
 
 # Every bounded option, by its name on the command line: the tests check each against the plan.
 LIMITS: dict[str, Count | Number] = {

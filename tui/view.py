@@ -143,4 +143,4 @@ class RunView:
 
     @property
     def model_name(self) -> str:
-        return str(self.run.target.get("model_name") or "")
+        return self.run.target.model_name if self.run.target is not None else ""

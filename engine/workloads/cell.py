@@ -78,7 +78,8 @@ class Precision:
             starts = self.ranges[0]
             steps = (self.ranges[1] - starts) / 255
             steps = np.where(steps == 0, 1, steps)
-            return ((stored + 128.0) + 0.5) * steps + starts
+            restored: np.ndarray = ((stored + 128.0) + 0.5) * steps + starts
+            return restored
         return stored
 
 

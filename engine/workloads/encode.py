@@ -11,10 +11,10 @@ from ..context import RunContext
 from ..errors import UserError
 from ..events import Result
 from ..files import read_lines
-from ..plan import EncodePlan
+from ..plan import EncodePlan, LocalTarget
 from ..results import Agreement, EncodeResult, TokenLengths
 from ..stats import describe
-from ..targets import Target
+from ..targets import Target, TargetFactory
 
 
 def sample_corpus() -> list[str]:
@@ -26,8 +26,9 @@ def sample_corpus() -> list[str]:
 class EncodeWorkload:
     name = "encode"
 
-    def __init__(self, plan: EncodePlan) -> None:
+    def __init__(self, plan: EncodePlan, make_target: TargetFactory) -> None:
         self.plan = plan
+        self.make_target = make_target  # --compare-model's local model
         self._lines: list[str] = []
 
     def prepare(self) -> None:
@@ -138,12 +139,9 @@ class EncodeWorkload:
     def _agreement(self, ctx: RunContext, lines: list[str], served: np.ndarray, prompt: str | None) -> None:
         """The same texts, with the same prompt, embedded locally: the cosine between the two per text
         (an f16 GGUF agrees with torch to about 1e-3; quantised files less)."""
-        from ..execute import make_target
-        from ..plan import LocalTarget
-
         model = self.plan.compare_model
         spec = LocalTarget(model=None if model == "bundled" else model, device="cpu")
-        local = make_target(spec)
+        local = self.make_target(spec)
         local.load(ctx)
         try:
             with ctx.phase("compare", f"{len(lines)} texts locally"):

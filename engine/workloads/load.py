@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import orjson
 
@@ -35,15 +35,14 @@ from ..errors import UserError
 from ..events import Note, RequestTimed, Result
 from ..files import read_lines
 from ..loadgen import LoadProcesses, ProcessSpec, Record, split
-from ..plan import MAX_LOAD_WORKERS as MAX_WORKERS
+from ..bounds import MAX_LOAD_WORKERS as MAX_WORKERS
 from ..plan import LoadPlan, strip_credentials
 from ..results import ClientCeiling, KneeResult, KneeStep, LoadResult
 from ..stats import LatencySeries
 from ..targets import Target
+from ..targets.http import HttpTarget, ServerFault
+from ..targets.protocol import auth_header, basic_auth
 from .encode import sample_corpus
-
-if TYPE_CHECKING:
-    from ..http_target import HttpTarget
 
 T = TypeVar("T")
 
@@ -132,10 +131,8 @@ class _Tally:
         self.index = 0
 
     def add(self, rec: Record) -> None:
-        from ..http_target import ServerFault
-
         target = self.target
-        message = target._redact(rec.message) if rec.message else ""
+        message = target.redact(rec.message) if rec.message else ""
         self.ctx.emit(RequestTimed(t_ns=self.ctx.now(), phase_id=self.ctx.phase_id, call_index=0, request_index=self.index,
                                    items=rec.items, duration_ns=rec.latency_ns, status=rec.status, bytes_sent=rec.sent_bytes,
                                    bytes_received=rec.received_bytes, tokens=rec.tokens, error_kind=rec.kind, error=message,
@@ -299,23 +296,18 @@ class LoadWorkload:
 
     def _specs(self, target: HttpTarget, shape: Shape, workers: int, *, concurrency: int | None, rate: float | None,
                requests: int | None, duration_s: float | None, seed: int, records: str | None) -> list[ProcessSpec]:
-        headers: dict[str, str] = {}
-        key = target._api_key()
-        if key is not None:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = auth_header(target.spec)
         n = shape.processes
         shares = split(concurrency, n) if concurrency else split(workers, n)
         counts = split(requests, n)
         return [ProcessSpec(base_url=strip_credentials(target.base), path=shape.path, bodies=shape.bodies, items=shape.items,
                             api=target.spec.api, concurrency=max(1, shares[k] or 1), rate=None if rate is None else rate / n,
                             seed=seed * 1000 + k, requests=counts[k], duration_s=duration_s, timeout_s=target.spec.timeout_s,
-                            headers=headers, basic_auth=target._basic_auth(), index=k,
+                            headers=headers, basic_auth=basic_auth(target.spec), index=k,
                             records_file=None if records is None else f"{records}/process-{k + 1}.jsonl")
                 for k in range(n)]
 
     def run(self, ctx: RunContext, target: Target) -> None:
-        from ..http_target import HttpTarget
-
         if not isinstance(target, HttpTarget):
             raise UserError("the load workload drives a server: give --server URL")
         if not self._texts:
@@ -534,8 +526,6 @@ class LoadWorkload:
     def _warm_up(self, ctx: RunContext, target: HttpTarget, chunk: list[str]) -> None:
         """One request that is not counted, retried while --max-errors allows (as HttpTarget.request does); each
         try on a thread of its own, so that a stop does not wait for a server that does not answer."""
-        from ..http_target import ServerFault
-
         tries = 0
         while True:
             outcome = _stoppable(ctx, lambda: target.try_request(chunk), "embprof-load-warm-up")

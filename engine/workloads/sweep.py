@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..context import RunContext
+from ..crash import is_out_of_memory
 from ..errors import UserError
 from ..events import BatchTimed, Event, Note, ResourceSample, Result
 from ..files import read_lines
@@ -27,7 +28,7 @@ from ..stats import describe, known_sum
 from ..plan import AXES, OOM_AXES, SweepPlan
 from ..results import LatencyFit, MemoryLimit, MemoryPoint, SweepPoint, SweepResult
 from ..sweepstats import StopRule, fit_latency, median_ci, relative_half_width
-from ..targets import SentenceTransformerTarget, Target
+from ..targets import SentenceTransformerTarget, Target, TargetFactory
 from .encode import sample_corpus
 
 SPEC_AXES = ("device", "dtype", "truncate_dim")  # a new value means loading the model again
@@ -54,17 +55,12 @@ class PointWatcher:
             self.padded = known_sum(self.padded, e.padded_tokens)
 
 
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 class SweepWorkload:
     name = "sweep"
 
-    def __init__(self, plan: SweepPlan) -> None:
+    def __init__(self, plan: SweepPlan, make_target: TargetFactory) -> None:
         self.plan = plan
+        self.make_target = make_target  # a device, dtype or truncate_dim axis's other settings of the model
         self.axes: dict[str, tuple[Any, ...]] = dict(plan.axes)
         self.batch_size = plan.effective_batch_size
         self._texts: list[str] = []
@@ -148,7 +144,7 @@ class SweepWorkload:
                 first = points[0].params[grow_axis] if points else None
                 ctx.emit(Note(t_ns=ctx.now(), text=f"nothing fits: {grow_axis} {first}, the first point, already failed ({stop_reason})", level="warning"))
         ctx.emit(Result(t_ns=ctx.now(), result=SweepResult(axes=self.axes, points=tuple(points), parameters=target.describe().parameters,
-                                                           fits=tuple(_fits(points)), memory_limit=memory_limit)))
+                                                           fits=tuple(latency_fits(points)), memory_limit=memory_limit)))
 
     def _points(self, ctx: RunContext, target: Target, loaded: dict[tuple[Any, ...], Target], grid: list[dict[str, Any]],
                 grow_axis: str | None, rule: StopRule, base_threads: int, points: list[SweepPoint]) -> str:
@@ -203,7 +199,7 @@ class SweepWorkload:
             _release(loaded.pop(k))
         gc.collect()
         _empty_cuda_cache()
-        t = first.variant(**changes)
+        t = self.make_target(first.spec.model_copy(update=changes))
         t.load(ctx)
         loaded[key] = t
         return t
@@ -247,7 +243,7 @@ class SweepWorkload:
             point["status"] = "ok"
             point["stop"] = stop
         except Exception as exc:
-            if not _is_oom(exc):
+            if not is_out_of_memory(exc):
                 raise
             point["status"] = "oom"
             ctx.failed_phase = ""  # an expected end of a memory search, not the run's failure
@@ -298,8 +294,9 @@ def _setting(target: Target, name: str) -> Any:
 PADDING_SPREAD = 15.0  # percentage points of padding between a group's points that get a note
 
 
-def _fits(points: list[SweepPoint]) -> list[LatencyFit]:
-    """One latency fit per combination of the axes other than lines and tokens.
+def latency_fits(points: list[SweepPoint]) -> list[LatencyFit]:
+    """The sweep's latency fits (SweepResult.fits): one per combination of the axes other than lines and
+    tokens, over the points measured in full (status ok, with a median and a token count).
 
     Each point enters once, as its median. The model describes the typical call: fitted to every
     timing, one slow call on a busy machine would pull the line and R² would measure the machine's

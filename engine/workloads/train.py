@@ -369,7 +369,7 @@ def make_callback(probe: StepProbe) -> Any:
     """The probe as a transformers ``TrainerCallback`` (built here: transformers is imported with the trainer)."""
     from transformers import TrainerCallback
 
-    class EmbprofCallback(TrainerCallback):  # type: ignore[misc]
+    class EmbprofCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             probe.train_begin(state)
 
@@ -465,9 +465,11 @@ class TrainWorkload:
         data = self.data
         assert data is not None
         device = str(target.device or "cpu")
-        if device.startswith("cuda") and target._torch.cuda.device_count() > 1:
+        import torch  # already imported by the target's load: only the name is bound here
+
+        if device.startswith("cuda") and torch.cuda.device_count() > 1:
             # The trainer would spread each batch over every visible GPU (DataParallel): a batch of 16 would be 16 a GPU.
-            raise UserError(f"torch sees {target._torch.cuda.device_count()} GPUs and the trainer would use them all: "
+            raise UserError(f"torch sees {torch.cuda.device_count()} GPUs and the trainer would use them all: "
                             "show it one (CUDA_VISIBLE_DEVICES=N embprof train … --device cuda)")
         if p.prompt_name:
             check_prompt_name(p.prompt_name, target.prompts)
@@ -579,6 +581,8 @@ class TrainWorkload:
     # -- training ------------------------------------------------------------------------------------
     def _train(self, ctx: RunContext, target: SentenceTransformerTarget, data: TrainingData, prompt: str | None,
                outcome: dict[str, Any]) -> None:
+        import torch  # already imported by the target's load: only the name is bound here
+
         p = self.plan
         with ctx.phase("import", "datasets + transformers' Trainer + accelerate"):
             try:
@@ -601,7 +605,7 @@ class TrainWorkload:
         sampler = BatchSamplers.NO_DUPLICATES if self.loss == "mnrl" else BatchSamplers.BATCH_SAMPLER
         outcome["batch_sampler"] = str(getattr(sampler, "value", sampler))
         steps_per_epoch = math.ceil(data.examples / p.batch_size)
-        probe = StepProbe(ctx, target._torch, device, epochs_planned=max(1, math.ceil(p.epochs)) if not p.max_steps
+        probe = StepProbe(ctx, torch, device, epochs_planned=max(1, math.ceil(p.epochs)) if not p.max_steps
                           else math.ceil(p.max_steps / steps_per_epoch))
         hooks = [loss.register_forward_pre_hook(probe.forward_started, with_kwargs=True),
                  loss.register_forward_hook(probe.forward_done, with_kwargs=True)]
@@ -667,4 +671,4 @@ class TrainWorkload:
             # after, so that its memory is the model's, as it was before training.
             gc.collect()
             if device.startswith("cuda"):
-                target._torch.cuda.empty_cache()
+                torch.cuda.empty_cache()

@@ -11,27 +11,27 @@ from ..events import Result
 from ..results import VersusResult
 from ..stats import describe
 from ..sweepstats import paired_ratio
-from ..targets import SentenceTransformerTarget, Target, check_prompt_name
+from ..plan import LocalTarget
+from ..targets import SentenceTransformerTarget, Target, TargetFactory, check_prompt_name
 from .encode import EncodeWorkload
 from .speed import SpeedWorkload
 
 
 class VersusWorkload:
-    def __init__(self, inner: EncodeWorkload | SpeedWorkload, other_model: str | None, pairs: int) -> None:
+    def __init__(self, inner: EncodeWorkload | SpeedWorkload, other_model: str | None, pairs: int,
+                 make_target: TargetFactory) -> None:
         self.inner = inner
         self.other_model = other_model  # None: the bundled all-MiniLM-L6-v2
         self.pairs = pairs
+        self.make_target = make_target
 
     @property
     def name(self) -> str:
         return f"{self.inner.name}-vs"
 
     def prepare(self) -> None:
-        from ..execute import make_target
-        from ..plan import LocalTarget
-
         self.inner.prepare()
-        make_target(LocalTarget(model=self.other_model)).resolve()  # a bad name fails now, not after the first load
+        self.make_target(LocalTarget(model=self.other_model)).resolve()  # a bad name fails now, not after the first load
 
     def prompt_names(self) -> list[str]:
         return self.inner.prompt_names()
@@ -48,7 +48,8 @@ class VersusWorkload:
     def run(self, ctx: RunContext, target: Target) -> None:
         if not isinstance(target, SentenceTransformerTarget):
             raise UserError("--vs compares two local models")
-        other = target.variant(model=self.other_model)
+        # The same settings (device, dtype …) as the run's target, another model: not loaded yet.
+        other = self.make_target(target.spec.model_copy(update={"model": self.other_model}))
         other.resolve()
         other.load(ctx)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Hashable
 from typing import Any
 
@@ -72,12 +73,17 @@ class Panel(Vertical):
         raise NotImplementedError
 
 
+# The shape each Static was last given, kept beside the widget rather than on it (a widget's attributes
+# are Textual's); weak, so a widget that is removed takes its entry with it.
+_SHAPES: weakref.WeakKeyDictionary[Static, Hashable] = weakref.WeakKeyDictionary()
+
+
 def put(widget: Static, content: Any, shape: Hashable) -> None:
     """Update a Static, asking for a layout pass only when its shape (the number and kind of rows it
     holds, as the caller describes it) changed: a layout pass recomposes the whole screen, and a line
     of figures that only changes its digits needs none. A resize lays everything out anyway."""
-    layout = getattr(widget, "_embprof_shape", None) != shape
-    widget._embprof_shape = shape  # type: ignore[attr-defined]
+    layout = widget not in _SHAPES or _SHAPES[widget] != shape
+    _SHAPES[widget] = shape
     widget.update(content, layout=layout)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from embprof.engine import report
 from embprof.engine.fold import CallGroup, RequestGroup
-from embprof.engine.report import fmt
+from embprof.engine.tables import fmt
 from embprof.engine.results import LoadResult
 from rich.table import Table as RichTable
 from rich.text import Text
@@ -20,7 +20,7 @@ BAR_CELLS = 12  # the longest call's bar: short enough to leave its value room i
 
 
 def tokens_na_reason(view: RunView) -> str:
-    return report.tokens_missing(server=view.run.target.get("backend") == "http").reason
+    return report.tokens_missing(server=view.run.target is not None and view.run.target.backend == "http").reason
 
 
 def words_na_reason(view: RunView) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from embprof.engine.report import fmt
+from embprof.engine.tables import fmt
 from embprof.engine.text import printable
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,7 +23,7 @@ def live_row(view: RunView, marked: bool) -> list[str]:
     return [
         view.model_name,
         view.workload_name,
-        str(view.run.target.get("device_resolved") or view.run.target.get("device") or ""),
+        str((t.device_resolved or t.device or "") if (t := view.run.target) is not None else ""),
         view.state_text,
         fmt(head.stats.mean_s, 4) if head is not None and head.stats.mean_s is not None else "",
         f"{rss[0]:,.0f} MiB" if rss else "",
@@ -33,33 +33,20 @@ def live_row(view: RunView, marked: bool) -> list[str]:
 
 
 def snapshot_row(path: Path) -> list[str]:
-    """A saved snapshot's headline, read without validating it (on a worker thread): listing stays
-    quick, and a file that does not parse is only refused, with its reason, when it is opened."""
-    from embprof.engine.errors import UserError
-    from embprof.engine.files import read_json_file
+    """A saved snapshot's cells (read on a worker thread); a file that cannot be read says so in its row."""
+    from embprof.engine.listing import snapshot_row as row_of
 
-    try:
-        data = read_json_file(path, "snapshot")
-        target, summary = data.get("target", {}), data.get("summary", {})
-        calls = summary.get("calls")
-        if calls is not None:  # schema 2: one kind of call is the run's headline, several have none
-            stats = calls[0].get("stats", {}) if len(calls) == 1 else {}
-        else:  # schema 1
-            stats = summary.get("encode", {}).get("stats", {})
-        rss = (summary.get("peaks", {}).get("rss_mib") or {}).get("sampled")
-        mean = stats.get("mean_s")
-        return [
-            str(target.get("model_name", "")),
-            str(data.get("workload", {}).get("name", "")),
-            str(target.get("device_resolved") or target.get("device") or ""),
-            str(data.get("status", "")),
-            f"{mean:.4f}" if isinstance(mean, (int, float)) else "",
-            f"{rss:,.0f} MiB" if rss else "",
-            "saved",
-            path.name,
-        ]
-    except (UserError, OSError, ValueError, AttributeError, TypeError, KeyError, IndexError):
-        return ["", "", "", "unreadable", "", "", "saved", path.name]
+    row = row_of(path)
+    return [
+        row.model,
+        row.workload,
+        row.device,
+        row.status,
+        f"{row.mean_s:.4f}" if row.mean_s is not None else "",
+        f"{row.peak_rss_mib:,.0f} MiB" if row.peak_rss_mib else "",
+        "saved",
+        row.file,
+    ]
 
 
 # A snapshot's row by path, with the file's size and modification time it was read at: the list is

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from embprof.engine import report
-from embprof.engine.report import fmt
+from embprof.engine.tables import fmt
 from embprof.engine.results import (
     KneeResult,
     LatencyFit,

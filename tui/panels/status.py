@@ -52,8 +52,8 @@ class StatusBar(Static):
         if v is None:
             return Text.from_markup("[b]embprof[/b]  no run yet · press [b]n[/b] for a new run, [b]r[/b] to run the default")
         t = v.run.target
-        target = " · ".join(str(x) for x in (t.get("model_name") or "?", t.get("backend"), t.get("device_resolved") or t.get("device"),
-                                             t.get("dtype")) if x)
+        facts = (t.model_name or "?", t.backend, t.device_resolved or t.device, t.dtype) if t is not None else ("?",)
+        target = " · ".join(str(x) for x in facts if x)
         colour = {"done": "green", "failed": "red", "stopped": "yellow"}.get(v.state, "cyan")
         src = " (snapshot)" if v.source == "snapshot" else ""
         # State and time first: on a narrow terminal the long model name is what gets cut.

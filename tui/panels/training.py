@@ -46,8 +46,9 @@ def steps_planned(view: RunView, result: TrainResult | None) -> int | None:
     if result is not None:
         return result.steps_planned
     last = view.steps[-1] if view.steps else None
-    if last is not None and getattr(last, "steps_planned", None) is not None:
-        return int(last.steps_planned)
+    planned = getattr(last, "steps_planned", None) if last is not None else None
+    if isinstance(planned, int):
+        return planned
     for workload in (view.run.workload, view.plan.workload.model_dump() if view.plan is not None else {}):
         if workload.get("name") == "train" and isinstance(workload.get("max_steps"), int):
             return int(workload["max_steps"])

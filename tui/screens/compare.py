@@ -49,7 +49,7 @@ class CompareScreen(ModalScreen[None]):
 
         from embprof.engine.charts import compare_chart
         from embprof.engine.files import atomic_write_bytes
-        from embprof.engine.report import tables_markdown
+        from embprof.engine.tables import tables_markdown
 
         stem = "compare-" + datetime.now().strftime("%Y%m%dT%H%M%S")
         try:

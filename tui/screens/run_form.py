@@ -36,7 +36,10 @@ def _number(value: Any) -> str:
 def _initial(plan: RunPlan) -> dict[str, str]:
     """The form's fields filled from a plan (the last run's), by option name."""
     t, w = plan.target, plan.workload
-    get = lambda name: getattr(w, name, None)
+
+    def get(name: str) -> Any:
+        return getattr(w, name, None)
+
     count = get("repeats") or get("loops") or get("requests")
     file_ = get("input") or get("docs") or get("text")
     axes = get("axes") or {}
@@ -191,8 +194,12 @@ class RunForm(ModalScreen[RunPlan | None]):
         """The fields by the command line's option names. A field serves whichever option the chosen
         workload reads (the file is an encode's input, a similarity's documents, a speed run's text);
         ``plan_from_options`` takes only the options of that workload."""
-        v = lambda i: self.query_one(f"#{i}", Input).value.strip()
-        sel = lambda i: str(self.query_one(f"#{i}", Select).value)
+
+        def v(i: str) -> str:
+            return self.query_one(f"#{i}", Input).value.strip()
+
+        def sel(i: str) -> str:
+            return str(self.query_one(f"#{i}", Select).value)
 
         def number(i: str, kind: type[int | float], what: str) -> Any:
             try:

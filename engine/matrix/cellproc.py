@@ -1,8 +1,12 @@
-"""A matrix cell's own process: ``python -m embprof.engine.cellproc PLAN.json SNAPSHOT.json``.
+"""A matrix cell's own process: ``python -m embprof.engine.matrix.cellproc PLAN.json SNAPSHOT.json``.
 
 It runs one plan exactly as ``embprof run --plan`` does (the same runner, sampler and recorder) and
 saves the snapshot atomically at the path the matrix chose. Each phase that starts is one JSON line
 on standard output, for the matrix's progress; errors are one sentence on standard error.
+
+Where it ran is its own to say: its host, its pid, the load the rest of the machine put on it and,
+on a Ray cluster, the worker and attempt its launcher handed it (``launch.Place``) go into the
+snapshot's environment, and, once the snapshot is saved, out as one JSON line of ``Provenance``.
 
 ``--export TARGET_JSON`` builds (or finds cached) the exported graph of a local target, alone in
 this process, and prints its facts as one JSON line: the export's time is reported apart from the
@@ -17,16 +21,18 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from ..errors import UserError
+from .launch import PLACE_ENV, TIE_ENV, OthersLoad, Place, Provenance, tie_to_parent
 
 
 def _export(target_json: str) -> int:
-    from .onnx_target import ensure_graph
-    from .plan import LocalTarget
+    from ..plan import LocalTarget
+    from ..targets.onnx_graph import ensure_graph
 
     target = LocalTarget.model_validate_json(target_json)
     info = ensure_graph(target)
@@ -35,49 +41,54 @@ def _export(target_json: str) -> int:
     return 0
 
 
-def _run(plan_file: str, out_file: str) -> int:
-    from . import environment, execute
-    from . import snapshot as snap_mod
-    from .events import Event, PhaseStarted
-    from .files import atomic_write_bytes
-    from .plan import load_plan
+def _run(plan_file: str, out_file: str, place: Place) -> int:
+    from .. import environment
+    from .. import snapshot as snap_mod
+    from ..events import Event, PhaseStarted
+    from ..files import atomic_write_bytes
+    from ..plan import load_plan
+    from ..session import Session
 
     plan = load_plan(plan_file)
-    prepared = execute.prepare(plan)
-    recorder = snap_mod.Recorder()
 
     def progress(e: Event) -> None:
         if isinstance(e, PhaseStarted):
             sys.stdout.write(json.dumps({"phase": f"{e.name} {e.detail}".strip()}) + "\n")
             sys.stdout.flush()
 
+    provenance: list[Provenance] = []
+
+    def cell_environment(events: list[Event]) -> dict[str, Any]:
+        env = environment.capture()
+        # What else ran on the machine: a cell slower than its neighbours may only have shared the CPU.
+        env.update(pid=os.getpid(), neighbours_before=before, neighbours_after=neighbours(), load_average=list(os.getloadavg()),
+                   others_during_run=others_during_run(events, gpus_before, gpu_neighbours()))
+        provenance.append(_provenance(env, place))
+        return env
+
+    def save(snapshot: snap_mod.Snapshot) -> tuple[Path, str | None]:
+        path = Path(out_file)
+        atomic_write_bytes(path, snap_mod.to_json(snapshot).encode("utf-8"))
+        return path, None
+
+    session = Session(plan, [progress], environment=cell_environment)  # bad input: UserError, exit 2
     before = neighbours()
     gpus_before = gpu_neighbours()
-    runner = prepared.runner([recorder, progress])
-    stop: list[Any] = []
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        stop.append(signum)
-        runner.cancel()
+    def on_signal(_signum: int, _frame: Any) -> None:
+        # Any stop is 130 to the launcher, which reads the snapshot for the rest.
+        session.cancel()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    runner.start()
-    while not runner.finished:
-        runner.wait(0.2)
-    runner.join()
-    error = runner.error
-    if error is not None and error.error_kind == "input":
-        raise UserError(error.message)
-    env = environment.capture()
-    # What else ran on the machine: a cell slower than its neighbours may only have shared the CPU.
-    env.update(pid=os.getpid(), neighbours_before=before, neighbours_after=neighbours(), load_average=list(os.getloadavg()),
-               others_during_run=others_during_run(recorder.events(), gpus_before, gpu_neighbours()))
-    snapshot = snap_mod.build(recorder, env)
-    atomic_write_bytes(Path(out_file), snap_mod.to_json(snapshot).encode("utf-8"))
-    if stop or snapshot.status == "incomplete":
-        return 130
-    return 0 if snapshot.status == "complete" else 1
+    session.start()
+    while not session.finished:
+        session.wait(0.2)
+    outcome = session.finish(save)
+    if outcome.save_error is not None:
+        raise outcome.save_error
+    _announce(provenance[-1])
+    return outcome.exit_status
 
 
 def neighbours(window_s: float = 0.3, top: int = 5) -> list[dict[str, Any]]:
@@ -109,7 +120,7 @@ def neighbours(window_s: float = 0.3, top: int = 5) -> list[dict[str, Any]]:
 def gpu_neighbours() -> list[dict[str, Any]] | None:
     """Other processes holding memory on this machine's NVIDIA GPUs (NVML's compute-process list);
     None where NVML cannot say (no GPU, no driver, the package missing)."""
-    from .sampler import load_nvml
+    from ..sampler import load_nvml
 
     nvml = load_nvml()
     if nvml is None:
@@ -136,11 +147,11 @@ def gpu_neighbours() -> list[dict[str, Any]] | None:
 
 
 def others_during_run(events: list[Any], gpus_before: list[dict[str, Any]] | None,
-                      gpus_after: list[dict[str, Any]] | None) -> dict[str, Any]:
+                      gpus_after: list[dict[str, Any]] | None) -> OthersLoad:
     """What the rest of the machine did while the cell ran, from the run's own samples: every core's
     busy share added up, less this process's own (in percent of one core), and the other processes on
     the GPUs when it began and ended. A shared node shows here rather than as an unexplained cost."""
-    from .events import ResourceSample
+    from ..events import ResourceSample
 
     others = [max(0.0, sum(e.per_core_percent) - e.cpu_percent) for e in events if isinstance(e, ResourceSample)]
     gpu = None
@@ -155,19 +166,35 @@ def others_during_run(events: list[Any], gpus_before: list[dict[str, Any]] | Non
     }
 
 
+def _provenance(env: dict[str, Any], place: Place) -> Provenance:
+    """Where this cell ran, written into its snapshot's environment by the cell itself: on a cluster the
+    ``ray`` entry ``compare`` and the matrix's rows read (the rest, host, pid and others' load, is there already)."""
+    provenance = Provenance(socket.gethostname(), os.getpid(), place.attempt, place.worker, env.get("others_during_run"))
+    ray = provenance.ray_json()
+    if ray is not None:
+        env["ray"] = ray
+    return provenance
+
+
+def _announce(provenance: Provenance) -> None:
+    """The provenance as one JSON line, for the launcher, once the snapshot that holds it is saved."""
+    sys.stdout.write(json.dumps({"provenance": provenance.to_json()}) + "\n")
+    sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    tie = os.environ.pop("EMBPROF_TIE_TO_PARENT", None)  # a cell on a Ray worker: it dies with the worker
+    tie = os.environ.pop(TIE_ENV, None)  # a cell on a Ray worker: it dies with the worker
     if tie and tie.isdigit():
-        from .ray_cells import tie_to_parent
-
         tie_to_parent(signal.SIGKILL, int(tie))
+    # Popped, as the tie is: whatever the cell starts in turn is no cell of a matrix.
+    place = Place.from_env(os.environ.pop(PLACE_ENV, None))
     try:
         if len(args) == 2 and args[0] == "--export":
             return _export(args[1])
         if len(args) == 2:
-            return _run(args[0], args[1])
-        sys.stderr.write("usage: python -m embprof.engine.cellproc PLAN.json SNAPSHOT.json | --export TARGET_JSON\n")
+            return _run(args[0], args[1], place)
+        sys.stderr.write("usage: python -m embprof.engine.matrix.cellproc PLAN.json SNAPSHOT.json | --export TARGET_JSON\n")
         return 2
     except UserError as exc:
         sys.stderr.write(f"embprof: error: {exc}\n")

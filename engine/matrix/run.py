@@ -1,0 +1,182 @@
+"""Running a matrix: the cells that have no snapshot yet, each launched in a process of its own.
+
+``run_matrix`` expands the spec, writes the manifest, and launches what is missing: here, one cell
+at a time (``ProcessLauncher``: allocator state and imports do not leak from one cell into the next,
+and no cell measures beside another), interleaved across models so that a machine's drift does not
+favour one; or, with ``--ray``, on a cluster through the Ray driver process (``ray.RayRun``, whose
+``RayLauncher`` launches each cell as a Ray task). Either way each cell's row is then read from what
+it left in the folder (``row.row_of``), as ``export`` will read it later.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserError
+from ..files import ensure_writable_dir, folder_lock
+from ..plan import LocalTarget
+from ..text import one_line
+from .folder import Manifest, MatrixEvent, MatrixInterrupted, MatrixListener, read_manifest, write_manifest
+from .launch import CELL_MODULE, CellOutcome, Launcher, ProcessLauncher, Progress, ProgressKind
+from .paths import manifest_path
+from .row import MatrixRow, finished, row_of
+from .spec import Cell, MatrixSpec, expand, graph_key
+
+if TYPE_CHECKING:  # only for the annotations: the Ray side is imported when a matrix runs with --ray
+    from .ray import RayRun
+
+
+def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
+               cancel: Callable[[], bool] = lambda: False, ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
+    """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C.
+
+    One matrix run at a time per folder: two would run the same cells side by side, each measuring the
+    other's load, and race on the manifest."""
+    ensure_writable_dir(folder, "matrix folder")
+    with folder_lock(folder, "matrix folder"):
+        return _run_matrix(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_address=ray_address,
+                           ray_cpus=ray_cpus)
+
+
+def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool,
+                cancel: Callable[[], bool], ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
+    (folder / "cells").mkdir(exist_ok=True)
+    check_placements(spec, ray_address)
+    if ray_address is None:
+        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=None, have_cuda=None)
+    from .ray import RayRun
+
+    ray_run = RayRun(ray_address, folder, ray_cpus)
+    try:
+        cluster = ray_run.survey(cancel)  # before expanding: the cluster's GPUs decide which CUDA cells can run, not this machine's
+        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=ray_run, have_cuda=cluster.has_gpu)
+    finally:
+        ray_run.close()
+
+
+def _run_cells(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool, cancel: Callable[[], bool],
+               ray_run: RayRun | None, have_cuda: bool | None) -> Manifest:
+    exp = expand(spec, folder) if ray_run is None else expand(spec, folder, have_cuda=have_cuda, where="any node of the Ray cluster")
+    # The cells as they will run (on a cluster its GPUs, not this machine's, decided which exist).
+    listener(MatrixEvent("listed", cells=tuple((c.cell_id, c.label, c.reference) for c in exp.cells)))
+    previous = read_manifest(folder).exports if manifest_path(folder).is_file() else {}
+    exports: dict[str, Any] = dict(previous)
+    write_manifest(folder, spec, exp, exports)
+    for d in exp.dropped:
+        listener(MatrixEvent("note", label=d.label, text=f"dropped: {d.reason}"))
+    for n in exp.notes:
+        listener(MatrixEvent("note", text=n))
+    # Each cell's snapshot is read once here: it says both whether the cell runs and, if not, its row.
+    table: dict[str, MatrixRow] = {c.cell_id: row_of(folder, c, exports, i) for i, c in enumerate(exp.cells)}
+    todo = [c for c in exp.cells if not finished(table[c.cell_id], retry_failed)]
+    if todo:
+        check_inputs(todo[0])
+    total = len(exp.cells)
+    index = {c.cell_id: i for i, c in enumerate(exp.cells)}
+    for i, c in enumerate(exp.cells):
+        if c not in todo:
+            listener(MatrixEvent("skip", c.cell_id, c.label, i + 1, total, "finished in an earlier run", table[c.cell_id]))
+    manifest = Manifest(spec, exp.cells, exp.dropped, exp.notes, exports)
+
+    def ended(outcome: CellOutcome) -> None:
+        c = exp.cells[index[outcome.cell_id]]
+        table[c.cell_id] = row_of(folder, c, exports, index[c.cell_id])
+        listener(MatrixEvent("end", c.cell_id, c.label, index[c.cell_id] + 1, total, row=table[c.cell_id]))
+
+    if todo and ray_run is not None:
+        # On a cluster each cell runs where Ray places it: an exported graph a worker lacks is built in the
+        # cell's own process, in an "export" phase of its own (still apart from its load time).
+        ray_run.run(todo, exp.cells, listener, cancel, ended)
+    elif todo:
+        _run_here(ProcessLauncher(folder), todo, exp.cells, exports, listener, cancel, ended,
+                  lambda: write_manifest(folder, spec, exp, exports))
+    manifest.rows = list(table.values())
+    return manifest
+
+
+def _run_here(launcher: Launcher, todo: list[Cell], cells: list[Cell], exports: dict[str, Any], listener: MatrixListener,
+              cancel: Callable[[], bool], ended: Callable[[CellOutcome], None], save_exports: Callable[[], None]) -> None:
+    """The cells on this machine: the models' files read once, the graphs exported, then each cell in turn."""
+    total = len(cells)
+    try:
+        prewarm(todo)
+        for c in todo:  # the graphs first, each once, in its own process: export time is not load time
+            if cancel():
+                raise MatrixInterrupted()
+            key = graph_key(c.target) if isinstance(c.target, LocalTarget) else None
+            if key is None or key in exports:
+                continue
+            listener(MatrixEvent("export", c.cell_id, c.label, text=f"exporting {key}"))
+            exports[key] = _export(c)
+            if "error" in exports[key]:
+                listener(MatrixEvent("note", c.cell_id, c.label, text=f"export failed: {exports[key]['error']}"))
+            save_exports()
+        for c in todo:
+            if cancel():
+                raise MatrixInterrupted()
+            ended(launcher.launch(c, _progress(listener, c, cells.index(c) + 1, total), cancel))
+        if cancel():  # the stop came during the last cell, which it cut short: the matrix did not finish
+            raise MatrixInterrupted()
+    except KeyboardInterrupt:
+        raise MatrixInterrupted() from None
+
+
+def _progress(listener: MatrixListener, cell: Cell, index: int, total: int) -> Progress:
+    def report(kind: ProgressKind, text: str) -> None:
+        listener(MatrixEvent(kind, cell.cell_id, cell.label, index, total, text))
+
+    return report
+
+
+def check_placements(spec: MatrixSpec, ray_address: str | None) -> None:
+    """A pinned cell has nowhere to run on one machine: refused before anything starts, not run unpinned."""
+    if ray_address is None and spec.placements:
+        raise UserError(f"the matrix pins cells to placements ({', '.join(one_line(p.name) for p in spec.placements)}), which only a "
+                        "Ray cluster can honour: run it with --ray")
+
+
+def check_inputs(cell: Cell) -> None:
+    """What every cell reads (the cost text, the tasks' data) is checked once, here, before any cell
+    starts: bad input is one sentence, not a column of failed cells."""
+    from ..execute import make_workload
+
+    make_workload(cell.cell.model_copy(update={"reference": None, "write_reference": None})).prepare()
+
+
+def _export(cell: Cell) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-m", CELL_MODULE, "--export", cell.target.model_dump_json()], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = (proc.stderr or "").strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def prewarm(cells: list[Cell]) -> None:
+    """Read each local model's files once before the cells run, so every cell of a model loads from
+    the same warm page cache (the first cell would otherwise pay the disk alone)."""
+    from ..targets import SentenceTransformerTarget, model_folder
+
+    done: set[str] = set()
+    for cell in cells:
+        t = cell.target
+        if not isinstance(t, LocalTarget) or cell.model_key in done:
+            continue
+        done.add(cell.model_key)
+        try:
+            st = SentenceTransformerTarget(t)
+            st.resolve()
+            folder = model_folder(st.location)
+        except UserError:
+            folder = None
+        if folder is not None:
+            for f in sorted(folder.rglob("*")):
+                if f.is_file():
+                    with open(f, "rb") as fh:
+                        while fh.read(1 << 23):
+                            pass
