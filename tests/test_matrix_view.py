@@ -47,7 +47,7 @@ def rows_for(folder: Path) -> list[MatrixRow]:
     ]
 
 
-class GatedRunner:
+class SteppedMatrixRunner:
     """A fake ``run_matrix``: emits one step each time the test opens the gate."""
 
     def __init__(self, rows: list[MatrixRow]) -> None:
@@ -90,7 +90,7 @@ def status_line(app: MatrixApp) -> str:
 
 async def test_the_table_and_chart_fill_in_cell_by_cell(tmp_path: Path) -> None:
     rows = rows_for(tmp_path)
-    runner = GatedRunner(rows)
+    runner = SteppedMatrixRunner(rows)
     app = MatrixApp(SPEC, tmp_path, retry_failed=True, runner=runner)
     async with app.run_test(size=(160, 48)) as pilot:
         table = app.query_one("#matrix-table", DataTable)
