@@ -1,7 +1,9 @@
 """A saved snapshot's row in a list of runs: `embprof list` and the dashboard's Runs panel read it here.
 
-Read through ``snapshot.load``, so a schema-1 file is migrated and a damaged one is refused with the
-same sentence it gets when opened; a list never guesses a file's keys.
+Read through ``snapshot.load_head``: a schema-1 file is migrated and a damaged one refused with the
+sentence it gets when opened, a list never guesses a file's keys, and the events (most of a file's
+validation time) are left unread, so a dashboard that lists its folder while a run starts takes
+little from that run.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .snapshot import load
+from .snapshot import load_head
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,7 @@ class SnapshotRow:
 def snapshot_row(path: Path) -> SnapshotRow:
     """The row of one snapshot file, or a row that says why it cannot be read."""
     try:
-        snap = load(path)
+        snap = load_head(path)
     except (UserError, OSError) as exc:
         return SnapshotRow(path.name, "", "", "", "unreadable", None, None, unreadable=str(exc))
     head = snap.summary.headline

@@ -11,7 +11,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,8 +33,11 @@ MAX_NOTES = 1_000  # mteb can be chatty over a long task list: the first thousan
 THINNED_KINDS = ("resource_sample", "batch_timed", "encode_timed", "request_timed", "train_step")
 
 
-class Snapshot(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SnapshotHead(BaseModel):
+    """A snapshot without its events: what a list of runs reads (``load_head``). Validating thousands of
+    events is most of a load's time, and a list needs none of them."""
+
+    model_config = ConfigDict(extra="ignore")
     schema_version: Literal[2]
     tool: Literal["embprof"]
     tool_version: str
@@ -48,6 +51,10 @@ class Snapshot(BaseModel):
     target: TargetFacts
     workload: dict[str, Any]
     summary: Summary
+
+
+class Snapshot(SnapshotHead):
+    model_config = ConfigDict(extra="forbid")
     events: list[Annotated[Event, Field(discriminator="kind")]]
 
 
@@ -212,6 +219,9 @@ def save_or_keep(snapshot: Snapshot, directory: Path) -> tuple[Path, str | None]
         return path, f"{first}; the snapshot was saved to '{one_line(path)}' instead"
 
 
+_M = TypeVar("_M", bound=SnapshotHead)
+
+
 def to_json(snapshot: Snapshot) -> str:
     return snapshot.model_dump_json(indent=1) + "\n"
 
@@ -220,6 +230,15 @@ def load(path: str | Path) -> Snapshot:
     """A snapshot file, validated, or one sentence why not: nothing in the file is ever executed (it is
     JSON read into pydantic models), and a file that is too large, too deep, of another schema or
     damaged is refused whole rather than half-read."""
+    return _validated(path, Snapshot)
+
+
+def load_head(path: str | Path) -> SnapshotHead:
+    """A snapshot file's everything but its events, checked as ``load`` checks it (schema, migration, plan)."""
+    return _validated(path, SnapshotHead)
+
+
+def _validated(path: str | Path, model: type[_M]) -> _M:
     data = read_json_file(path, "snapshot")
     path = one_line(path)
     if not isinstance(data, dict) or data.get("tool") != "embprof":
@@ -241,7 +260,7 @@ def load(path: str | Path) -> Snapshot:
             f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 and {SCHEMA_VERSION}"
         )
     try:
-        return Snapshot.model_validate(data)
+        return model.model_validate(data)
     except UserError as exc:  # the plan it holds fails one of the plan's own checks
         raise UserError(f"snapshot '{path}' is damaged: its plan: {exc}") from None
     except ValidationError as exc:
