@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import sys
 import tempfile
@@ -44,6 +45,11 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or exc.__class__.__name__).lower()
 
 
+# The signals that stop embprof; pthread_sigmask is POSIX only (elsewhere nothing is held).
+_STOP_SIGNALS = ({s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None}
+                 if hasattr(signal, "pthread_sigmask") else set())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, fsync it, then rename over: readers never see half a file.
 
@@ -52,12 +58,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path and the reason. The file gets the permissions any new file would (0666 less the umask):
     mkstemp's own 0600 would hide snapshots from the rest of a team sharing the folder.
     """
+    tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise OutputError(f"cannot write '{one_line(path)}' ({_reason(exc)})", path) from exc
-    try:
+        # A stop signal between the temporary file's creation and its name being known here would leave the file
+        # behind: the stop signals are held for that instant, and acted on once the name is known.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS) if _STOP_SIGNALS else None
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        finally:
+            if held is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(data)
@@ -65,10 +76,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write '{one_line(path)}' ({_reason(exc)})", path) from exc
         raise

@@ -19,6 +19,7 @@ from .results import KernelCounters, SamplerFacts
 from .sampler import Sampler, cuda_index_for_nvml
 from .targets import Target
 from .workloads import Workload
+from .text import first_line
 
 
 def kernel_counters(torch_carry: dict[str, float] | None = None) -> KernelCounters:
@@ -155,7 +156,7 @@ class Runner:
         except BaseException as exc:  # the run must end with a snapshot whatever happened
             status = "failed"
             kind = "oom" if is_out_of_memory(exc) else "runtime"
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            first = first_line(exc)
             self._error(ctx, kind, f"{exc.__class__.__name__}: {first}", traceback.format_exc(limit=8))
         finally:
             try:

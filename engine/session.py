@@ -99,16 +99,11 @@ class Session:
     ) -> None:
         self.plan = plan
         self.recorder = Recorder()
-        self._errors: list[ErrorEvent] = []
         self._environment = environment
         self._stopped_by: int | None = None
         self._thread: threading.Thread | None = None
         # The recorder first: a subscriber that fails (a closed terminal) must not cost the record.
-        self.runner = runner_factory(plan, [self.recorder, self._catch_error, *subscribers])
-
-    def _catch_error(self, event: Event) -> None:
-        if isinstance(event, ErrorEvent):
-            self._errors.append(event)
+        self.runner = runner_factory(plan, [self.recorder, *subscribers])
 
     def run(self) -> None:
         self.runner.run()
@@ -151,7 +146,8 @@ class Session:
         self.runner.wait()
         if self._thread is not None:
             self._thread.join()
-        error = self._errors[-1] if self._errors else None
+        errors = self.recorder.state.errors  # the fold keeps every ErrorEvent of the run
+        error = errors[-1] if errors else None
         if refuse_input_errors and error is not None and error.error_kind == "input":
             raise RunRefused(error.message)
         snapshot = build(self.recorder, self._environment(self.recorder.events()))

@@ -157,7 +157,8 @@ def build(recorder: Recorder, environment: dict[str, Any]) -> Snapshot:
     if start is None:
         raise ValueError("no run_started event: nothing was run")
     finish = next((e for e in reversed(events) if isinstance(e, RunFinished)), None)
-    target = state.target if state.target is not None else start.target
+    target = state.target
+    assert target is not None  # RunStarted carries the target's facts, and there is one
     return Snapshot(
         schema_version=SCHEMA_VERSION,
         tool="embprof",

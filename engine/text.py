@@ -93,3 +93,10 @@ def shown(value: object) -> str:
 def fmt_bound(x: float) -> str:
     """A bound as people write it: 86400, not 86400.0; 0.001, not 1e-03."""
     return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line, or its class's name when it says nothing: a library's error, in one
+    sentence (the rest of a loader's message is a traceback's worth of advice)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else exc.__class__.__name__

@@ -295,11 +295,11 @@ class EmbprofApp(App[None]):
         try:
             # A run that failed on its input is shown and kept here, as any failed run is.
             outcome = session.finish(lambda snap: (snap_mod.save(snap, folder), None), refuse_input_errors=False)
+            failure: BaseException | None = outcome.save_error
         except Exception as exc:  # noqa: BLE001 - the run's data stays on screen even if the disk refuses it
-            self.post_message(RunSaved(key, None, f"snapshot not saved: {exc}"))
-            return
-        if outcome.save_error is not None:
-            self.post_message(RunSaved(key, None, f"snapshot not saved: {outcome.save_error}"))
+            failure = exc
+        if failure is not None:
+            self.post_message(RunSaved(key, None, f"snapshot not saved: {failure}"))
         else:
             self.post_message(RunSaved(key, str(outcome.path), None))
 

@@ -15,7 +15,6 @@ EXIT_FAILED = 1
 EXIT_INPUT = 2
 EXIT_OUTPUT = 3
 EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
 
 
 def fail(message: str, status: int) -> int:

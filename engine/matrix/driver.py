@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..text import one_line
+from ..text import first_line, one_line
 from .folder import ClusterLost, read_manifest
 from .launch import CellOutcome, Launcher, tie_to_parent
 from .paths import crash_path
@@ -70,7 +70,7 @@ def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Cell], say: Cal
                 for d in held.pop(c.cell.write_reference or "", []):
                     start(d)
     except ray.exceptions.RayError as exc:  # the head, the tracker or the connection went away, not one cell
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         raise ClusterLost(f"the Ray cluster stopped answering ({exc.__class__.__name__}: {one_line(first)[:160]}); the finished "
                           "cells are kept: run the same matrix again to go on") from None
     finally:  # Ctrl-C (KeyboardInterrupt) among them: each launch still waiting cancels its task, its cell's process stopped
@@ -126,7 +126,7 @@ def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str)
         import traceback
 
         traceback.print_exc()  # to ray-driver.log
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         say("error", text=f"the Ray driver failed: {exc.__class__.__name__}: {one_line(first)[:200]}")
         return 2
 

@@ -56,7 +56,7 @@ from typing import Any
 from ..errors import UserError
 from ..files import atomic_write_bytes
 from ..plan import LocalTarget
-from ..text import one_line
+from ..text import first_line, one_line
 from .folder import ClusterLost, MatrixEvent, MatrixInterrupted, MatrixListener
 from .launch import (
     TIE_ENV,
@@ -105,7 +105,7 @@ def connect(address: str) -> Any:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR", configure_logging=False, namespace="embprof")
     except Exception as exc:  # Ray's own errors (AuthenticationError, ConnectionError …) have no common base
         where = "RAY_ADDRESS or a local cluster" if address == "auto" else f"'{one_line(address)}'"
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         if "authentication" in (exc.__class__.__name__ + first).lower():
             raise UserError(f"the Ray cluster at {where} asks for a token this driver does not have: set RAY_AUTH_MODE=token and "
                             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as the cluster's nodes have them") from None
@@ -320,7 +320,7 @@ class RayLauncher:
             back: WorkerReturn = self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:  # the cell's task, not the cluster: it died on every attempt, or could not run
             self._ended(cell, wrote_reference=False)
-            first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+            first = first_line(exc)
             died = isinstance(exc, (self._ray.exceptions.WorkerCrashedError, self._ray.exceptions.NodeDiedError))
             reason = (f"the cell's Ray worker died twice (retried once): {exc.__class__.__name__}: {one_line(first)[:200]}" if died else
                       f"Ray could not run the cell: {exc.__class__.__name__}: {one_line(first)[:200]}")

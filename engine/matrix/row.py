@@ -211,7 +211,7 @@ def _mib_bytes(mib: float | None) -> int | None:
 def row_of(folder: Path, cell: Cell, exports: Mapping[str, Any], order: int = 0) -> MatrixRow:
     """A cell's row, from its snapshot alone (or its crash record, or nothing yet: pending)."""
     from ..results import CellResult, KernelCounters, MtebTask
-    from ..snapshot import load
+    from ..snapshot import load_head
 
     columns = CellColumns.of(cell, exports, order)
     snap_file = snapshot_path(folder, cell)
@@ -224,7 +224,7 @@ def row_of(folder: Path, cell: Cell, exports: Mapping[str, Any], order: int = 0)
             return columns.row("incomplete", f"{exc}; runs again next time")
         return columns.row("oom" if record.oom else "failed", record.reason)
     try:
-        snap = load(snap_file)
+        snap = load_head(snap_file)  # a row reads the summary, never the events
     except UserError as exc:
         return columns.row("incomplete", f"{exc}; runs again next time")
     t, cp, s, facts = cell.target, cell.cell, snap.summary, snap.target

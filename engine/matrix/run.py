@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..crash import process_end
 from ..errors import UserError
 from ..files import ensure_writable_dir, folder_lock
 from ..plan import LocalTarget
@@ -151,8 +152,7 @@ def check_inputs(cell: Cell) -> None:
 def _export(cell: Cell) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", CELL_MODULE, "--export", cell.target.model_dump_json()], capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = (proc.stderr or "").strip().splitlines()
-        return {"error": lines[-1] if lines else f"exit status {proc.returncode}"}
+        return {"error": process_end(proc.returncode, proc.stderr or "").reason}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
 

@@ -30,11 +30,9 @@ from ..plan import (
     ServerTarget,
     strip_credentials,
 )
-from ..text import one_line
+from ..text import first_line, one_line
 
 MATRIX_VERSION: Literal[1] = 1
-BACKENDS = ("torch", "onnx", "openvino")
-QUANTIZE = ("none", "int8")
 
 
 class ServerCell(BaseModel):
@@ -178,7 +176,7 @@ def load_spec(path: str) -> MatrixSpec:
     except UserError:
         raise
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+        first = first_line(exc)
         raise UserError(f"matrix file '{path}' is not valid {suffix.lstrip('.').upper()}: {one_line(first)}") from None
     if json_depth_exceeds(data):
         raise UserError(f"matrix file '{path}' is nested too deeply to be a matrix")

@@ -182,8 +182,3 @@ def model_disk_bytes(location: str) -> int | None:
     return sum(f.stat().st_size for f in chosen) if chosen else None
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception's first line, or its class's name when it says nothing: a library's error, in one
-    sentence of a UserError (the rest of a loader's message is a traceback's worth of advice)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else exc.__class__.__name__

@@ -18,7 +18,7 @@ from ..events import BatchTimed
 from ..files import expand_path
 from ..plan import EncodeMode, LocalTarget
 from ..results import TargetFacts
-from ..text import one_line
+from ..text import first_line, one_line
 from .base import (
     CallTiming,
     Capabilities,
@@ -26,7 +26,6 @@ from .base import (
     bundled_model_dir,
     check_prompt_name,
     default_prompt_name,
-    first_line,
     model_disk_bytes,
     prompts_added_at_load,
     resolve_prompt_text,

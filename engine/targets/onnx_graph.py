@@ -33,7 +33,8 @@ from ..errors import UserError
 from ..files import cache_dir
 from ..plan import LocalTarget
 from ..versions import library_version
-from .base import WEIGHT_SUFFIXES, first_line, model_folder
+from ..text import first_line
+from .base import WEIGHT_SUFFIXES, model_folder
 from .local import SentenceTransformerTarget
 
 __all__ = ["GraphInfo", "GraphSteps", "build_atomically", "cache_root", "check_extras", "ensure_graph", "graph_steps",
