@@ -61,7 +61,7 @@ def main() -> int:
             snap = load(folder / r.snapshot)
             top = [p for p in snap.summary.phases if p.parent_id == 0]
             named = {p.name: sum(q.duration_s or 0 for q in top if q.name == p.name) for p in top}
-            work = sum(v for k, v in named.items() if k in WORK_PHASES or k in spec.tasks)
+            work = sum(v for k, v in named.items() if k in WORK_PHASES or k in spec.base.workload.tasks)
             start = walls[r.cell_id] - snap.summary.duration_s
             fixed = start + named.get("import", 0.0) + named.get("load", 0.0)
             sums[0] += fixed

@@ -87,6 +87,7 @@ def load_stream(hours: float, rate: float, seed: int = 1) -> tuple[int, Callable
     from embprof.engine.events import PhaseEnded, PhaseStarted, RequestTimed, Result, RunFinished, RunStarted
     from embprof.engine.plan import LoadPlan, RunPlan, ServerTarget
     from embprof.engine.results import ClientCeiling, KernelCounters, LatencyStats, LoadResult, SamplerFacts, TargetFacts
+    from embprof.engine.workload_facts import LoadFacts
 
     seconds = hours * 3600.0
     requests = int(round(seconds * rate))
@@ -103,7 +104,7 @@ def load_stream(hours: float, rate: float, seed: int = 1) -> tuple[int, Callable
         end_ns = start_ns + int(seconds * 1e9)
         yield [
             RunStarted(t_ns=0, run_id="20250101T000000Z-synthe", started_utc="2025-01-01T00:00:00+00:00",
-                       target=target, workload={"name": "load", "rate": rate, "duration_s": seconds},
+                       target=target, workload=LoadFacts(arrivals="poisson"),
                        sample_hz=10.0, plan=plan),
             Result(t_ns=1_000_000_000, result=target),
             PhaseStarted(t_ns=1_500_000_000, phase_id=1, name="warm-up", detail="1 request"),
@@ -180,6 +181,7 @@ def mteb_stream(hours: float, batches: int, seed: int = 2) -> tuple[int, Callabl
     )
     from embprof.engine.plan import LocalTarget, MtebPlan, RunPlan
     from embprof.engine.results import MtebTask, SamplerFacts, TargetFacts
+    from embprof.engine.workload_facts import MtebFacts
 
     seconds = hours * 3600.0
     samples = int(round(seconds * 10))
@@ -204,7 +206,7 @@ def mteb_stream(hours: float, batches: int, seed: int = 2) -> tuple[int, Callabl
         pending_sample = next(sample_t, None)
         head: list[Any] = [
             RunStarted(t_ns=0, run_id="20250101T000000Z-synthm", started_utc="2025-01-01T00:00:00+00:00",
-                       target=target, workload={"name": "mteb", "tasks": list(MTEB_TASKS)},
+                       target=target, workload=MtebFacts(tasks=tuple(MTEB_TASKS)),
                        sample_hz=10.0, plan=plan),
             Result(t_ns=1_000_000_000, result=target),
         ]

@@ -81,6 +81,7 @@ def ui_thread_cost(size: tuple[int, int], seconds: float = 20.0) -> tuple[float,
     )
     from embprof.engine.plan import RunPlan
     from embprof.engine.results import TargetFacts
+    from embprof.engine.workload_facts import SpeedFacts
     from embprof.tui.app import EmbprofApp
 
     class Stream:
@@ -99,7 +100,7 @@ def ui_thread_cost(size: tuple[int, int], seconds: float = 20.0) -> tuple[float,
                 return time.perf_counter_ns() - t0
 
             self.emit(RunStarted(t_ns=0, run_id="bench", started_utc="", target=TargetFacts(model_name="scripted", backend="sentence-transformers"),
-                                 workload={"name": "speed"}, sample_hz=10.0))
+                                 workload=SpeedFacts(), sample_hz=10.0))
             self.emit(Result(t_ns=now(), result=TargetFacts(backend="sentence-transformers", model_name="scripted", device_resolved="cpu")))
             self.emit(PhaseStarted(t_ns=now(), phase_id=1, name="encode", detail="1/1"))
             due = {"sample": 0.0, "batch": 0.0, "call": 0.0}
@@ -140,7 +141,10 @@ def ui_thread_cost(size: tuple[int, int], seconds: float = 20.0) -> tuple[float,
             while app.current is None:
                 await asyncio.sleep(0.01)
             c0, w0 = time.thread_time(), time.perf_counter()
+            deadline = time.monotonic() + seconds + 60
             while not app.current.finished:
+                if time.monotonic() > deadline:  # the stream stopped or the app failed: say so, never wait forever
+                    raise SystemExit("the scripted stream did not finish in the dashboard")
                 await asyncio.sleep(0.05)
             return time.thread_time() - c0, time.perf_counter() - w0
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from .errors import UserError
 from .report import HISTOGRAM_QUANTILES, no_tokens
-from .tables import NA, Cell, Table
 from .results import MtebTask, SpeedResult, SweepResult, TrainResult
 from .snapshot import Snapshot
 from .sweepstats import differ
+from .tables import NA, Cell, Table
 
 ENV_KEYS = (
     ("hostname", "host"),
@@ -72,15 +72,27 @@ def _number(v: Cell) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def _setting(s: Snapshot, key: str) -> Any:
+    """A workload's setting or fact by name: the facts first (the input as found, the lines read, the
+    batch a sweep used), then the plan, then what a migrated file without a plan recorded."""
+    facts = s.workload
+    for source in (getattr(facts, "inner", None), facts):
+        if source is not None and getattr(source, key, None) is not None:
+            return getattr(source, key)
+    if s.plan is not None and getattr(s.plan.workload, key, None) is not None:
+        value = getattr(s.plan.workload, key)
+        return {k: list(v) for k, v in value.items()} if isinstance(value, dict) else list(value) if isinstance(value, tuple) else value
+    return (facts.recorded or {}).get(key)
+
+
 def _workload_key(s: Snapshot) -> tuple[Any, ...]:
-    w = s.workload
-    return (w.get("name"), w.get("input"), w.get("lines"), w.get("mode"), w.get("prompt_name"), w.get("prompt"), w.get("batch_size"),
-            str(w.get("axes")), str(w.get("tasks")), w.get("vs_model"))
+    return (s.workload.name, *(str(_setting(s, k)) if k in ("axes", "tasks") else _setting(s, k)
+                               for k in ("input", "lines", "mode", "prompt_name", "prompt", "batch_size", "axes", "tasks", "vs_model")))
 
 
 def comparable(snaps: list[Snapshot]) -> tuple[bool, str]:
     """Whether the runs' latencies can be compared, and if not, the one sentence that says why."""
-    names = [str(s.workload.get("name")) for s in snaps]
+    names = [s.workload.name for s in snaps]
     if len(set(names)) > 1:
         return False, (
             f"these snapshots ran different workloads ({', '.join(names)}): their latencies measure different work, "
@@ -124,7 +136,7 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     letters = [_letter(i) for i in range(len(snaps))]
     runs = Table("compare-runs", "Runs compared", ["", "snapshot", "workload", "model", "device", "dtype", "status"])
     for letter, name, s in zip(letters, names, snaps):
-        runs.rows.append([letter, name, s.workload.get("name"), s.target.model_name,
+        runs.rows.append([letter, name, s.workload.name, s.target.model_name,
                           s.target.device_resolved or s.target.device, s.target.dtype, s.status])
     tables = [runs]
 
@@ -156,7 +168,7 @@ def compare_tables(snaps: list[Snapshot], names: list[str] | None = None) -> lis
     if notes:
         tables.append(Table("compare-notes", "Why some figures are not compared", ["note"], [[n] for n in notes]))
 
-    if all(s.summary.training is not None or s.workload.get("name") == "train" for s in snaps):
+    if all(s.summary.training is not None or s.workload.name == "train" for s in snaps):
         tables.append(_training_table(snaps, letters))
     sweeps_compared = ok and all(isinstance(s.summary.results.get("sweep"), SweepResult) for s in snaps)
     if sweeps_compared:

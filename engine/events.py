@@ -12,10 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Literal, Union
 
 from .plan import RunPlan
 from .results import AnyResult, TargetFacts, result_key
+from .workload_facts import WorkloadFacts
 
 MIB = 1 << 20
 
@@ -29,7 +30,7 @@ class RunStarted:
     run_id: str
     started_utc: str
     target: TargetFacts  # what the target says of itself before it is loaded; a Result with its loaded facts follows
-    workload: dict[str, Any]
+    workload: WorkloadFacts  # what the workload learned of its inputs; its settings are the plan's
     sample_hz: float
     plan: RunPlan | None = None  # what ran: what `embprof rerun` runs again (credentials never serialised)
     kind: Literal["run_started"] = "run_started"

@@ -39,6 +39,7 @@ from .events import (
 from .plan import RunPlan
 from .results import AnyResult, KernelCounters, LatencyStats, SamplerFacts, TargetFacts
 from .stats import LatencySeries, known_sum
+from .workload_facts import WorkloadFacts
 
 MAX_WARMUPS_KEPT = 100  # per group: a warm-up list is for reading, not for statistics
 MAX_NOTES = 1_000
@@ -205,7 +206,7 @@ class PhaseState:
 
 
 class _Calls:
-    __slots__ = ("latency", "warmups", "warmup_calls", "items", "tokens", "words", "seconds", "batches", "batch_tokens", "padded")
+    __slots__ = ("batch_tokens", "batches", "items", "latency", "padded", "seconds", "tokens", "warmup_calls", "warmups", "words")
 
     def __init__(self) -> None:
         self.latency = LatencySeries()
@@ -221,7 +222,7 @@ class _Calls:
 
 
 class _Requests:
-    __slots__ = ("latency", "count", "answered", "failed", "kinds", "sent", "received", "tokens")
+    __slots__ = ("answered", "count", "failed", "kinds", "latency", "received", "sent", "tokens")
 
     def __init__(self) -> None:
         self.latency = LatencySeries()
@@ -331,7 +332,7 @@ class RunState:
         self.started_utc = ""
         self.plan: RunPlan | None = None
         self.target: TargetFacts | None = None  # the latest the target said of itself
-        self.workload: dict[str, Any] = {}
+        self.workload: WorkloadFacts | None = None
         self.sample_hz = 0.0
         self.status: RunStatus | None = None
         self.duration_s: float | None = None
@@ -354,8 +355,7 @@ class RunState:
     def apply(self, e: Event) -> None:
         self.events_seen[e.kind] = self.events_seen.get(e.kind, 0) + 1
         t_s = e.t_ns / 1e9
-        if t_s > self.last_t_s:
-            self.last_t_s = t_s
+        self.last_t_s = max(self.last_t_s, t_s)
         if isinstance(e, ResourceSample):
             self._sample(e)
         elif isinstance(e, BatchTimed):
@@ -403,7 +403,7 @@ class RunState:
             self.run_id, self.started_utc = e.run_id, e.started_utc
             self.plan = e.plan
             self.target = e.target
-            self.workload = dict(e.workload)
+            self.workload = e.workload
             self.sample_hz = e.sample_hz
         elif isinstance(e, ErrorEvent):
             self.errors.append(e)

@@ -38,7 +38,7 @@ def snapshot_row(path: Path) -> SnapshotRow:
     return SnapshotRow(
         file=path.name,
         model=snap.target.model_name,
-        workload=str(snap.workload.get("name", "")),
+        workload=snap.workload.name,
         device=str(snap.target.device_resolved or snap.target.device or "server"),
         status=snap.status,
         mean_s=head.stats.mean_s if head is not None else None,

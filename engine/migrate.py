@@ -1,4 +1,12 @@
-"""Reading old snapshots: schema version 1 (results as free dicts, no run plan) migrated to version 2.
+"""Reading old snapshots: schema version 1 (results as free dicts, no run plan) and version 2 (the
+workload's settings as a free dict) migrated to version 3.
+
+Version 2 to 3: the ``workload`` dict (each workload's settings and what it learned of its inputs,
+under names of its own) becomes the typed facts of ``workload_facts``; the settings themselves are
+the plan's, which version 2 already carries. A file without a plan keeps its recorded settings in
+the facts' ``recorded``, so its report still says how it ran.
+
+Version 1 to 3:
 
 The migration is a function of the file alone. Results become their typed models; figures that
 version 1 wrote as 0 where nothing was measured (tokens through llama.cpp's native API, words in
@@ -20,6 +28,7 @@ from . import results as R
 from .errors import UserError
 from .events import Event
 from .fold import RunState
+from .workload_facts import NAMES
 
 _NUMBERED = re.compile(r"\s+\d+$")
 
@@ -190,8 +199,71 @@ def _plan(target: dict[str, Any], workload: dict[str, Any], sample_hz: float) ->
     return plan.model_dump(mode="json"), "rebuilt from the settings of a schema-1 snapshot"
 
 
+# Each workload's facts by the names versions 1 and 2 wrote them under (old name -> fact name).
+_FACT_KEYS: dict[str, dict[str, str]] = {
+    "encode": {"input": "input", "lines": "lines"},
+    "speed": {k: k for k in ("protocol", "warmups", "text_path", "text_source", "text_sha256", "text_is_canonical", "paragraphs", "words")},
+    "similarity": {"source": "source", "queries": "queries", "documents": "documents"},
+    "sweep": {"input": "input", "batch_size": "batch_size"},
+    "load": {"input": "input", "arrivals": "arrivals", "latency_from": "latency_from"},
+    "mteb": {"tasks": "tasks", "loops": "speed_loops"},
+    "train": {"data_format": "data_format", "examples": "examples", "loss": "loss_class"},
+    "cell": {"cost": "cost", "text_sha256": "text_sha256"},
+}
+_VS_KEYS = {"vs_model": "vs_model", "pairs": "pairs", "order": "order"}
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return value
+
+
+def workload_facts(settings: dict[str, Any], has_plan: bool) -> dict[str, Any]:
+    """A version-1 or -2 ``workload`` dict as version 3's facts (JSON). ``has_plan``: the file's plan
+    holds the settings; without one, the settings that are not facts are kept as ``recorded``."""
+    name = str(settings.get("name"))
+    if name not in NAMES:
+        raise ValueError(f"its workload '{name}' is not one this embprof knows")
+    base = name.removesuffix("-vs")
+    keys = _FACT_KEYS[base]
+    taken = {"name", *keys}
+
+    def pick(names: dict[str, str]) -> dict[str, Any]:
+        return {new: settings[old] for old, new in names.items() if settings.get(old) is not None}
+
+    facts: dict[str, Any] = {"name": base, **pick(keys)}
+    if name != base:
+        facts = {"name": name, "inner": facts, **pick(_VS_KEYS)}
+        taken |= set(_VS_KEYS)
+    if not has_plan:
+        recorded = {k: _scalar(v) for k, v in settings.items() if k not in taken}
+        if recorded:
+            facts["recorded"] = recorded
+    return facts
+
+
+def from_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 snapshot's JSON as version 3's."""
+    has_plan = data.get("plan") is not None
+    out = dict(data)
+    out["schema_version"] = 3
+    out["migrated_from"] = data.get("migrated_from") or 2
+    out["workload"] = workload_facts(dict(data["workload"]), has_plan)
+    events = []
+    for e in data.get("events") or []:
+        if isinstance(e, dict) and e.get("kind") == "run_started" and isinstance(e.get("workload"), dict):
+            e = {**e, "workload": workload_facts(e["workload"], has_plan)}
+        events.append(e)
+    if "events" in data:
+        out["events"] = events
+    return out
+
+
 def from_v1(data: dict[str, Any]) -> dict[str, Any]:
-    """A version-1 snapshot's JSON as version 2's."""
+    """A version-1 snapshot's JSON as version 3's."""
     target = dict(data["target"])
     workload = dict(data["workload"])
     name = str(workload.get("name"))
@@ -242,9 +314,11 @@ def from_v1(data: dict[str, Any]) -> dict[str, Any]:
             e["group"] = "load" if name == "load" else call_group.get(e["call_index"], "")
         out_events.append(e)
     plan, note = _plan(target, workload, sample_hz)
+    facts = workload_facts(workload, plan is not None)
     for e in out_events:
         if e.get("kind") == "run_started":
             e["plan"] = plan
+            e["workload"] = facts
     # The events validate as version 2's, then fold into the summary as a new snapshot's would.
     adapter: TypeAdapter[Any] = TypeAdapter(list[Annotated[Event, Field(discriminator="kind")]])
     try:
@@ -258,7 +332,7 @@ def from_v1(data: dict[str, Any]) -> dict[str, Any]:
     old_summary = data.get("summary") or {}
     summary = state.summary(timeline_stride=int(old_summary.get("timeline_stride") or 1))
     return {
-        "schema_version": 2,
+        "schema_version": 3,
         "tool": "embprof",
         "tool_version": data.get("tool_version", "unknown"),
         "run_id": data["run_id"],
@@ -269,7 +343,7 @@ def from_v1(data: dict[str, Any]) -> dict[str, Any]:
         "plan_note": note,
         "environment": data.get("environment") or {},
         "target": state.target.model_dump(mode="json") if state.target is not None else _target(target),
-        "workload": workload,
+        "workload": facts,
         "summary": summary.model_dump(),
         "events": out_events,
     }

@@ -55,6 +55,7 @@ from .bounds import (
     check_number,
 )
 from .errors import UserError
+from .fields import OPTION, OPTIONS, option_name
 from .text import one_line
 from .text import shown as _shown
 
@@ -75,6 +76,13 @@ def check_text(value: str | None, option: str, hint: str = "") -> None:
     """An empty string names no file, folder, model, server or prompt."""
     if value is not None and not value.strip():
         raise UserError(f"{option} cannot be empty" + (f": {hint}" if hint else ""))
+
+
+def check_texts(plan: BaseModel, part: str, *names: str) -> None:
+    """Each of the plan's named text fields says something, or the sentence naming the option that fills
+    it (``part``: "target" or "workload", where the run options' table finds the field)."""
+    for name in names:
+        check_text(getattr(plan, name), option_name(f"{part}.{name}"))
 
 
 def strip_credentials(url: str) -> str:
@@ -112,8 +120,8 @@ class LocalTarget(_Plan):
         base = self.device.split(":", 1)[0]
         if base not in DEVICES or (":" in self.device and (base != "cuda" or not self.device.split(":", 1)[1].isdigit())):
             raise UserError(f"unknown device '{_shown(self.device)}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
-        check_text(self.model, "--model", "leave the option out for the bundled model")
-        check_count(self.truncate_dim, TRUNCATE_DIM, "--truncate-dim")
+        check_text(self.model, option_name("target.model"), OPTION["model"].hint)
+        check_count(self.truncate_dim, TRUNCATE_DIM, option_name("target.truncate_dim"))
         why = backend_refusal(self.backend, self.device, self.dtype, self.quantize)
         if why:
             raise UserError(why)
@@ -188,12 +196,10 @@ class ServerTarget(_Plan):
             port = 0
         if port == 0:
             raise UserError(f"--server '{shown(self.url)}' has no valid port (1–65535)")
-        check_number(self.timeout_s, TIMEOUT_S, "--timeout")
-        check_count(self.max_errors, MAX_ERRORS, "--max-errors")
-        check_count(self.server_pid, SERVER_PID, "--server-pid")
-        for value, option in ((self.server_model, "--server-model"), (self.prompts_from, "--prompts-from"),
-                              (self.api_key_env, "--api-key-env")):
-            check_text(value, option)
+        check_number(self.timeout_s, TIMEOUT_S, option_name("target.timeout_s"))
+        check_count(self.max_errors, MAX_ERRORS, option_name("target.max_errors"))
+        check_count(self.server_pid, SERVER_PID, option_name("target.server_pid"))
+        check_texts(self, "target", "server_model", "prompts_from", "api_key_env")
         return self
 
     @field_serializer("url")
@@ -224,13 +230,11 @@ class EncodePlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> EncodePlan:
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        check_count(self.repeats, REPEATS, "--repeats")
-        check_count(self.warmups, WARMUPS, "--warmups")
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_count(self.repeats, REPEATS, option_name("workload.repeats"))
+        check_count(self.warmups, WARMUPS, option_name("workload.warmups"))
         # An empty --prompt is meaningful (no prompt at all, not even the model's default); the names are not.
-        for value, option in ((self.input, "--input"), (self.prompt_name, "--prompt-name"), (self.compare_model, "--compare-model"),
-                              (self.vs, "--vs")):
-            check_text(value, option)
+        check_texts(self, "workload", "input", "prompt_name", "compare_model", "vs")
         if self.prompt is not None and self.prompt_name is not None:
             raise UserError("give either --prompt-name or --prompt, not both")
         if self.input is not None and self.texts is not None:
@@ -251,10 +255,9 @@ class SpeedPlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> SpeedPlan:
-        check_count(self.loops, LOOPS, "--loops")
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        check_text(self.text, "--text")
-        check_text(self.vs, "--vs")
+        check_count(self.loops, LOOPS, option_name("workload.loops"))
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_texts(self, "workload", "text", "vs")
         if self.vs is not None and self.loops < 2:
             raise UserError(f"--vs needs at least 2 pairs, not {self.loops}")
         return self
@@ -275,10 +278,8 @@ class SimilarityPlan(_Plan):
             raise UserError("give both --query and --docs, or neither for the built-in example")
         if any(not q.strip() for q in self.queries):
             raise UserError("--query cannot be empty")
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        for value, option in ((self.docs, "--docs"), (self.prompt_name, "--prompt-name"), (self.query_prompt_name, "--query-prompt-name"),
-                              (self.doc_prompt_name, "--doc-prompt-name")):
-            check_text(value, option)
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_texts(self, "workload", "docs", "prompt_name", "query_prompt_name", "doc_prompt_name")
         return self
 
 
@@ -304,13 +305,12 @@ class SweepPlan(_Plan):
         check_axes(self.axes)
         if "batch" in self.axes and self.batch_size is not None:
             raise UserError("batch is both an axis and --batch-size: give one of them")
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        check_count(self.warmups, WARMUPS, "--warmups")
-        check_number(self.target_ci_percent, TARGET_CI, "--target-ci")
-        check_number(self.budget_s, BUDGET_S, "--budget")
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_count(self.warmups, WARMUPS, option_name("workload.warmups"))
+        check_number(self.target_ci_percent, TARGET_CI, option_name("workload.target_ci_percent"))
+        check_number(self.budget_s, BUDGET_S, option_name("workload.budget_s"))
         check_count(self.max_repeats, MAX_REPEATS, "max_repeats")
-        check_text(self.input, "--input")
-        check_text(self.prompt_name, "--prompt-name")
+        check_texts(self, "workload", "input", "prompt_name")
         if self.until_oom:
             grow = [a for a in OOM_AXES if a in self.axes]
             if len(grow) != 1:
@@ -320,7 +320,7 @@ class SweepPlan(_Plan):
         if self.ram_ceiling_mib is not None:
             if not self.until_oom:
                 raise UserError("--ram-ceiling goes with --until-oom")
-            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, "--ram-ceiling")
+            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, option_name("workload.ram_ceiling_mib"))
         return self
 
     @property
@@ -367,18 +367,18 @@ class LoadPlan(_Plan):
     def _check(self) -> LoadPlan:
         if self.requests is not None and self.duration_s is not None:
             raise UserError("give --requests or --duration, not both")
-        check_count(self.requests, REQUESTS, "--requests")
-        check_number(self.duration_s, DURATION_S, "--duration")
+        check_count(self.requests, REQUESTS, option_name("workload.requests"))
+        check_number(self.duration_s, DURATION_S, option_name("workload.duration_s"))
         if self.concurrency is not None and self.rate is not None:
             raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
-        check_count(self.concurrency, CONCURRENCY, "--concurrency")
-        check_number(self.rate, RATE, "--rate")
-        check_count(self.batch, BATCH_SIZE, "--batch")
-        check_count(self.processes, LOAD_PROCESSES, "--load-processes")
-        check_number(self.slo_p99_ms, SLO_P99_MS, "--slo-p99")
-        check_number(self.slo_errors_percent, SLO_ERRORS, "--slo-errors")
-        check_number(self.step_s, STEP_S, "--step-duration")
-        check_number(self.max_rate, RATE, "--max-rate")
+        check_count(self.concurrency, CONCURRENCY, option_name("workload.concurrency"))
+        check_number(self.rate, RATE, option_name("workload.rate"))
+        check_count(self.batch, BATCH_SIZE, option_name("workload.batch"))
+        check_count(self.processes, LOAD_PROCESSES, option_name("workload.processes"))
+        check_number(self.slo_p99_ms, SLO_P99_MS, option_name("workload.slo_p99_ms"))
+        check_number(self.slo_errors_percent, SLO_ERRORS, option_name("workload.slo_errors_percent"))
+        check_number(self.step_s, STEP_S, option_name("workload.step_s"))
+        check_number(self.max_rate, RATE, option_name("workload.max_rate"))
         if self.find_knee and self.concurrency is not None:
             raise UserError("--find-knee steps an open-loop rate: give --rate R to start from (or nothing), not --concurrency")
         if self.find_knee and (self.requests is not None or self.duration_s is not None):
@@ -387,10 +387,8 @@ class LoadPlan(_Plan):
             raise UserError("--max-rate goes with --find-knee")
         if self.find_knee and self.rate is not None and self.max_rate is not None and self.max_rate < self.rate:
             raise UserError(f"--max-rate {self.max_rate:g} is below the starting --rate {self.rate:g}")
-        check_text(self.input, "--input")
-        check_text(self.prompt_name, "--prompt-name")
-        check_text(self.records, "--records")
-        check_count(self.text_tokens, TEXT_TOKENS, "--text-tokens")
+        check_texts(self, "workload", "input", "prompt_name", "records")
+        check_count(self.text_tokens, TEXT_TOKENS, option_name("workload.text_tokens"))
         if sum(x is not None and x != () for x in (self.input, self.text_tokens, self.mix or None)) > 1:
             raise UserError("give one of --input, --text-tokens and --mix (a mix names its own sources)")
         for source, weight in self.mix:
@@ -422,14 +420,13 @@ class MtebPlan(_Plan):
             raise UserError("no task given: name one or more with -t TASK (e.g. -t STS16 -t Banking77Classification)")
         seen: set[str] = set()
         for name in self.tasks:
-            check_text(name, "--task")
+            check_text(name, option_name("workload.tasks"))
             if name in seen:
                 raise UserError(f"task '{_shown(name)}' is named twice")
             seen.add(name)
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        check_count(self.loops, LOOPS, "--loops")
-        for value, option in ((self.data_dir, "--data-dir"), (self.results_dir, "--results-dir"), (self.text, "--text")):
-            check_text(value, option)
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_count(self.loops, LOOPS, option_name("workload.loops"))
+        check_texts(self, "workload", "data_dir", "results_dir", "text")
         return self
 
 
@@ -460,22 +457,20 @@ class TrainPlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> TrainPlan:
-        check_text(self.train_file, "--train-file")
-        check_count(self.max_examples, MAX_EXAMPLES, "--max-examples")
-        check_number(self.epochs, EPOCHS, "--epochs")
-        check_count(self.max_steps, MAX_STEPS, "--max-steps")
-        check_count(self.batch_size, BATCH_SIZE, "--batch-size")
-        check_count(self.eval_batch_size, BATCH_SIZE, "--eval-batch-size")
-        check_number(self.learning_rate, LEARNING_RATE, "--learning-rate")
-        check_number(self.warmup_ratio, WARMUP_RATIO, "--warmup")
-        check_count(self.seed, SEED, "--seed")
-        check_count(self.top_k, TOP_K, "--top-k")
+        check_text(self.train_file, option_name("workload.train_file"))
+        check_count(self.max_examples, MAX_EXAMPLES, option_name("workload.max_examples"))
+        check_number(self.epochs, EPOCHS, option_name("workload.epochs"))
+        check_count(self.max_steps, MAX_STEPS, option_name("workload.max_steps"))
+        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_count(self.eval_batch_size, BATCH_SIZE, option_name("workload.eval_batch_size"))
+        check_number(self.learning_rate, LEARNING_RATE, option_name("workload.learning_rate"))
+        check_number(self.warmup_ratio, WARMUP_RATIO, option_name("workload.warmup_ratio"))
+        check_count(self.seed, SEED, option_name("workload.seed"))
+        check_count(self.top_k, TOP_K, option_name("workload.top_k"))
         if self.prompt is not None and self.prompt_name is not None:
             raise UserError("give either --prompt-name or --prompt, not both")
-        for value, option in ((self.prompt_name, "--prompt-name"), (self.output, "--output"), (self.data_dir, "--data-dir"),
-                              (self.results_dir, "--results-dir")):
-            check_text(value, option)
-        for names, option in ((self.tasks, "--task"), (self.neighbours, "--neighbours")):
+        check_texts(self, "workload", "prompt_name", "output", "data_dir", "results_dir")
+        for names, option in ((self.tasks, option_name("workload.tasks")), (self.neighbours, option_name("workload.neighbours"))):
             for name in names:
                 check_text(name, option)
             if len(set(names)) != len(names):
@@ -576,7 +571,7 @@ class Recording(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> Recording:
-        check_number(self.sample_hz, SAMPLE_HZ, "--sample-hz")
+        check_number(self.sample_hz, SAMPLE_HZ, option_name("recording.sample_hz"))
         return self
 
 
@@ -702,71 +697,43 @@ def parse_mix(text: str) -> tuple[tuple[str, float], ...]:
 def plan_from_options(o: dict[str, Any]) -> RunPlan:
     """A plan from the options the command line and the dashboard's form share, by their names
     (``model``, ``server``, ``workload``, ``batch_size`` …; absent or None: the default). The one
-    place where options become a run."""
+    place where options become a run: each option fills the plan field the run options' table
+    (``fields.OPTIONS``) names, for the target kind and the workload it applies to."""
     get = o.get
     workload = get("workload") or "encode"
     if workload not in WORKLOADS:
         raise UserError(f"unknown workload '{_shown(workload)}': use one of {', '.join(WORKLOADS)}")
-    target: dict[str, Any]
-    if get("server"):
-        if get("model"):
-            raise UserError("give --model (a local model) or --server (a server), not both")
-        target = {"kind": "server", "url": get("server"), "api": get("api") or "llama", "server_model": get("server_model"),
-                  "prompts_from": get("prompts_from"), "api_key_env": get("api_key_env"), "server_pid": get("server_pid")}
-        if get("timeout") is not None:
-            target["timeout_s"] = get("timeout")
-        if get("max_errors") is not None:
-            target["max_errors"] = get("max_errors")
-    else:
-        target = {"kind": "local", "model": get("model") or None, "device": get("device") or "auto",
-                  "dtype": get("dtype") or "float32", "truncate_dim": get("truncate_dim"),
-                  "trust_remote_code": bool(get("trust_remote_code"))}
-    w: dict[str, Any] = {"name": workload}
-
-    def take(*names: str, **renamed: str) -> None:
-        for n in names:
-            if get(n) is not None:
-                w[n] = get(n)
-        for field_name, option in renamed.items():
-            if get(option) is not None:
-                w[field_name] = get(option)
-
-    if workload == "encode":
-        if get("input") == "-":
-            from .files import read_lines
-
-            w["texts"] = tuple(read_lines("-"))
+    if get("server") and get("model"):
+        raise UserError("give --model (a local model) or --server (a server), not both")
+    if workload == "train" and not get("train_file"):
+        raise UserError("the train workload needs a training file: embprof train --train-file FILE, or the dashboard's form (n)")
+    kind = "server" if get("server") else "local"
+    parts: dict[str, tuple[dict[str, Any], str]] = {
+        "target": ({"kind": kind}, kind), "workload": ({"name": workload}, workload), "recording": ({}, "")}
+    for opt in OPTIONS:
+        if opt.field is None or opt.field == "workload.name":  # the workload is chosen above, from the same option
+            continue
+        part, _, name = opt.field.partition(".")
+        into, chosen = parts[part]
+        if opt.applies and chosen not in opt.applies:
+            continue  # an option of another workload (the form gives one set for all) or of the other kind of target
+        value = get(opt.key)
+        if opt.shape == "many":
+            into[name] = tuple(value or ())
+        elif opt.shape == "axes":
+            into[name] = parse_axes(list(value or ()))
+        elif value is None or (opt.blank_is_default and not value):
+            continue  # the field's default
+        elif opt.shape == "mix" and isinstance(value, str):  # the text of --mix; a plan's own pairs pass as they are
+            into[name] = parse_mix(value)
         else:
-            take("input")
-        take("mode", "prompt_name", "prompt", "batch_size", "warmups", "repeats", "compare_model", "vs")
-    elif workload == "speed":
-        take("text", "loops", "batch_size", "vs")
-    elif workload == "similarity":
-        take("docs", "prompt_name", "query_prompt_name", "doc_prompt_name", "batch_size")
-        w["queries"] = tuple(get("query") or ())
-    elif workload == "sweep":
-        w["axes"] = parse_axes(list(get("axis") or ()))
-        take("input", "mode", "prompt_name", "batch_size", "warmups", "until_oom", target_ci_percent="target_ci",
-             budget_s="budget", ram_ceiling_mib="ram_ceiling")
-    elif workload == "load":
-        mix = get("mix")
-        if mix is not None:
-            w["mix"] = parse_mix(mix) if isinstance(mix, str) else mix
-        take("requests", "concurrency", "rate", "batch", "input", "prompt_name", "records", "find_knee", "max_rate", "text_tokens",
-             duration_s="duration",
-             processes="load_processes", slo_p99_ms="slo_p99", slo_errors_percent="slo_errors", step_s="step_duration")
-    elif workload == "train":
-        if not get("train_file"):
-            raise UserError("the train workload needs a training file: embprof train --train-file FILE, or the dashboard's form (n)")
-        w["tasks"] = tuple(get("tasks") or ())
-        w["neighbours"] = tuple(get("neighbours") or ())
-        take("train_file", "max_examples", "loss", "epochs", "max_steps", "batch_size", "learning_rate", "prompt", "prompt_name", "seed",
-             "output", "data_dir", "results_dir", "top_k", "distance", "eval_batch_size", warmup_ratio="warmup")
-    else:
-        w["tasks"] = tuple(get("tasks") or ())
-        take("data_dir", "results_dir", "batch_size", "loops", "text")
-    recording = {"sample_hz": get("sample_hz")} if get("sample_hz") is not None else {}
-    return validate_plan({"target": target, "workload": w, "recording": recording})
+            into[name] = value
+    w = parts["workload"][0]
+    if workload == "encode" and w.get("input") == "-":  # standard input, read now: the plan holds the lines themselves
+        from .files import read_lines
+
+        w["texts"] = tuple(read_lines(w.pop("input")))
+    return validate_plan({"target": parts["target"][0], "workload": w, "recording": parts["recording"][0]})
 
 
 def validate_plan(data: Any, where: str = "") -> RunPlan:

@@ -14,8 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import BaseModel
+
 from .errors import UserError
-from .text import one_line
 from .events import (
     BatchTimed,
     EncodeTimed,
@@ -26,12 +27,13 @@ from .events import (
     TrainStep,
 )
 from .fold import CallGroup, RequestGroup, Summary
+from .plan import LoadPlan
 from .results import (
     Agreement,
     ClientCeiling,
     EncodeResult,
-    LatencyStats,
     KneeResult,
+    LatencyStats,
     LoadResult,
     MemoryLimit,
     MtebRun,
@@ -47,7 +49,7 @@ from .results import (
 )
 from .snapshot import Snapshot, to_json
 from .tables import NA, Cell, Table, kv_table, or_na, tables_markdown, to_csv
-
+from .text import one_line
 
 PEAK_LABELS = {
     "rss_mib": "process RSS MiB",
@@ -91,7 +93,7 @@ def no_tokens(snap: Snapshot) -> NA:
 
 
 def no_words(snap: Snapshot) -> NA:
-    return words_missing(snap.workload.get("name"))
+    return words_missing(snap.workload.name)
 
 
 def _group_label(g: CallGroup | RequestGroup) -> str:
@@ -127,10 +129,22 @@ def _spread(st: LatencyStats, value: float | None) -> Cell:
 # -- the summary ------------------------------------------------------------------------------------------
 
 
+def workload_rows(snap: Snapshot) -> list[tuple[str, Any]]:
+    """How the workload ran: the plan's settings that were given (lists and the texts themselves left
+    out), then what it learned of its inputs (lines, the speed text's digest, the training format)."""
+    rows: list[tuple[str, Any]] = []
+    if snap.plan is not None:
+        for key, value in snap.plan.workload:
+            if key != "name" and value is not None and not isinstance(value, (tuple, list, dict, BaseModel)):
+                rows.append((key, value))
+    given = {k for k, _ in rows}
+    rows += [(k, v) for k, v in snap.workload.rows() if v is not None and k not in given]
+    return rows
+
+
 def summary_tables(snap: Snapshot) -> list[Table]:
     s = snap.summary
     t = snap.target
-    w = snap.workload
     env = snap.environment
     sampler = s.results.get("sampler")
     run_rows: list[tuple[str, Any]] = [
@@ -138,7 +152,7 @@ def summary_tables(snap: Snapshot) -> list[Table]:
         ("status", snap.status),
         ("started (UTC)", snap.created_utc),
         ("duration s", s.duration_s),
-        ("workload", w.get("name")),
+        ("workload", snap.workload.name),
         ("model", t.model_name),
         ("backend", t.backend),
         ("device", t.device_resolved or t.device),
@@ -157,7 +171,7 @@ def summary_tables(snap: Snapshot) -> list[Table]:
         run_rows.append(("plan", NA(snap.plan_note or "not recorded")))
     elif snap.plan_note:
         run_rows.append(("plan", snap.plan_note))
-    run_rows += [(f"workload {k}", v) for k, v in w.items() if k != "name" and not isinstance(v, (list, dict, tuple))]
+    run_rows += [(f"workload {k}", v) for k, v in workload_rows(snap)]
     tables: list[Table] = [
         kv_table("run", "Run", run_rows),
         kv_table(
@@ -449,11 +463,11 @@ def _server_split_table(load: LoadResult, metrics: Any = None, warmups: int = 0)
 def _load_batch(snap: Snapshot) -> int | None:
     """Texts per request the load sent (the plan's, else the recorded settings': the load workload
     records it as ``texts_per_request``)."""
-    workload = getattr(snap.plan, "workload", None)
-    batch = getattr(workload, "batch", None) if getattr(workload, "name", None) == "load" else None
-    if batch is None:
-        batch = snap.workload.get("texts_per_request")
-    return batch if isinstance(batch, int) else None
+    workload = snap.plan.workload if snap.plan is not None else None
+    if isinstance(workload, LoadPlan):
+        return workload.batch
+    recorded = (snap.workload.recorded or {}).get("texts_per_request")  # a migrated file without a plan
+    return recorded if isinstance(recorded, int) else None
 
 
 REQUEST_COLUMNS = ("kind of call", "requests", "answered", "failed", "failed by kind", "mean s", "p50 s", "p90 s", "p99 s",
@@ -806,7 +820,7 @@ def all_tables(snap: Snapshot) -> dict[str, Table]:
 
 
 def to_markdown(snap: Snapshot, images: list[str] | None = None) -> str:
-    title = f"# embprof profile: {snap.workload.get('name')} on {snap.target.model_name}"
+    title = f"# embprof profile: {snap.workload.name} on {snap.target.model_name}"
     return tables_markdown(title, summary_tables(snap), images)
 
 

@@ -133,7 +133,7 @@ class Runner:
                 run_id=self.run_id,
                 started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 target=self.target.describe(),
-                workload=self.workload.settings(),
+                workload=self.workload.facts(),
                 sample_hz=self.sample_hz,
                 plan=self.plan,
             )

@@ -2,7 +2,8 @@
 
 A snapshot is written atomically and validated on load by its pydantic model, so a file that
 does not parse or does not fit the schema is refused with one sentence instead of half-read.
-Version-1 files (before the run plan and typed results) are migrated on read (``migrate.py``).
+Files of schema 1 (before the run plan and typed results) and 2 (the workload's settings as a free
+dict) are migrated on read (``migrate.py``).
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .versions import library_version
 from .errors import OutputError, UserError
 from .events import Event, Note, Result, RunFinished, RunStarted, RunStatus
 from .files import atomic_write_bytes, read_json_file
-from .text import one_line
 from .fold import RunState, Summary
 from .plan import RunPlan
 from .results import TargetFacts
+from .text import one_line
+from .versions import library_version
+from .workload_facts import WorkloadFacts
 
-SCHEMA_VERSION: Literal[2] = 2
+SCHEMA_VERSION: Literal[3] = 3
 DEFAULT_MAX_SAMPLES = 36_000  # one hour at 10 Hz before the timeline is thinned
 # Timed calls, batches and requests kept as events before they are thinned the same way: an hour of
 # `run load` sends millions of requests, and the summary's figures come from the fold, not from these.
@@ -38,7 +40,7 @@ class SnapshotHead(BaseModel):
     events is most of a load's time, and a list needs none of them."""
 
     model_config = ConfigDict(extra="ignore")
-    schema_version: Literal[2]
+    schema_version: Literal[3]
     tool: Literal["embprof"]
     tool_version: str
     run_id: str
@@ -49,7 +51,7 @@ class SnapshotHead(BaseModel):
     plan_note: str = ""  # why there is no plan, or how it was reconstructed
     environment: dict[str, Any]
     target: TargetFacts
-    workload: dict[str, Any]
+    workload: WorkloadFacts  # what the inputs turned out to be; the settings are the plan's
     summary: Summary
 
 
@@ -61,7 +63,7 @@ class Snapshot(SnapshotHead):
 class _Thinned:
     """One kind of event, kept in full up to a bound, then every other one (every fourth …)."""
 
-    __slots__ = ("limit", "items", "stride", "seen")
+    __slots__ = ("items", "limit", "seen", "stride")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -169,7 +171,7 @@ def build(recorder: Recorder, environment: dict[str, Any]) -> Snapshot:
         plan=start.plan,
         environment=environment,
         target=target,
-        workload=dict(start.workload),
+        workload=start.workload,
         summary=recorder.summary(),
         events=events,
     )
@@ -189,7 +191,7 @@ def _slug(text: str) -> str:
 
 def default_filename(snapshot: Snapshot) -> str:
     model = str(snapshot.target.model_name or "model").replace(" (bundled)", "")
-    return f"{snapshot.run_id}-{snapshot.workload.get('name', 'run')}-{_slug(model.split('/')[-1])}.json"
+    return f"{snapshot.run_id}-{snapshot.workload.name}-{_slug(model.split('/')[-1])}.json"
 
 
 def save(snapshot: Snapshot, directory: Path) -> Path:
@@ -246,19 +248,19 @@ def _validated(path: str | Path, model: type[_M]) -> _M:
         raise UserError(f"'{path}' is not an embprof snapshot")
     version = data.get("schema_version")
     if isinstance(version, bool):  # JSON's true is not version 1, though Python finds True == 1
-        raise UserError(f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 and {SCHEMA_VERSION}")
-    if version == 1:
-        from .migrate import from_v1
+        raise UserError(f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 to {SCHEMA_VERSION}")
+    if version in (1, 2):
+        from .migrate import from_v1, from_v2
 
         try:
-            data = from_v1(data)
+            data = from_v1(data) if version == 1 else from_v2(data)
         except KeyError as exc:
-            raise UserError(f"snapshot '{path}' is damaged: its schema-1 field {exc} is missing") from None
+            raise UserError(f"snapshot '{path}' is damaged: its schema-{version} field {exc} is missing") from None
         except (AttributeError, TypeError, ValueError) as exc:
             raise UserError(f"snapshot '{path}' is damaged: {one_line(str(exc).splitlines()[0]) if str(exc) else exc.__class__.__name__}") from None
     elif version != SCHEMA_VERSION:
         raise UserError(
-            f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 and {SCHEMA_VERSION}"
+            f"snapshot '{path}' has schema version {version!r}; this embprof reads versions 1 to {SCHEMA_VERSION}"
         )
     try:
         return model.model_validate(data)

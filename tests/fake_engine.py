@@ -41,6 +41,12 @@ from embprof.engine.results import (
     TargetFacts,
 )
 from embprof.engine.snapshot import Recorder, Snapshot, build
+from embprof.engine.workload_facts import (
+    EncodeFacts,
+    MtebFacts,
+    SimilarityFacts,
+    SweepFacts,
+)
 
 MS = 1_000_000
 S = 1_000_000_000
@@ -89,7 +95,7 @@ def recorded_run(status: str = "complete") -> tuple[list[Event], Recorder]:
     events: list[Event] = [
         RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00",
                    target=TargetFacts(backend="sentence-transformers", model_name="m", device="cpu"),
-                   workload={"name": "encode"}, sample_hz=10.0, plan=RunPlan()),
+                   workload=EncodeFacts(), sample_hz=10.0, plan=RunPlan()),
         sample(1, 100.0),
         PhaseStarted(t_ns=2, phase_id=1, name="load"),
         sample(3, 300.0),
@@ -194,7 +200,7 @@ def scripted_run(*, gpu: bool = False, similarity: bool = False, fail_load: bool
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-fake01", started_utc="2026-01-01T00:00:00+00:00",
                    target=start_target,
-                   workload={"name": "mteb" if mteb else "sweep" if sweep else "similarity" if similarity else "encode"},
+                   workload=MtebFacts() if mteb else SweepFacts() if sweep else SimilarityFacts() if similarity else EncodeFacts(),
                    sample_hz=10.0),
     ]
     if not gpu:

@@ -13,6 +13,7 @@ import pytest
 from cli_helpers import run_cli, snapshot_from
 from conftest import default_sigint, embprof_exe
 from embprof.engine.events import BatchTimed, EncodeTimed
+from embprof.engine.workload_facts import SpeedFacts
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_speed_protocol_through_the_cli(cli_env: dict[str, str], speed_text: Pat
     assert speed.task_name == "CPUSpeedTask"
     assert len(speed.timings) == 3 and speed.words == 3633
     assert speed.avg_words_per_sec == pytest.approx(3633 / speed.time_mean)
-    assert snap.workload["paragraphs"] == 43 and snap.workload["text_is_canonical"] is True
+    assert isinstance(snap.workload, SpeedFacts) and snap.workload.paragraphs == 43 and snap.workload.text_is_canonical is True
     loops = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
     assert [e.duration_ns / 1e9 for e in loops] == list(speed.timings)
     assert all(e.items == 43 for e in loops)

@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 from cli_helpers import run_cli_in_process
-from fake_engine import recorded_run
-from pilot_helpers import NotificationLog, finished, make_app, plain, until
-
 from embprof.engine.events import Note, RunStarted
 from embprof.engine.results import TargetFacts
 from embprof.engine.snapshot import build, save
 from embprof.engine.text import clean, one_line, printable
+from embprof.engine.workload_facts import EncodeFacts
 from embprof.tui.console import ConsoleProgress, SafeConsole
+from fake_engine import recorded_run
+from pilot_helpers import NotificationLog, finished, make_app, plain, until
 
 EVIL = "evil\x1b[2J\x1b]0;owned\x07\r\x9b31m\u202e[/b][bold]name"
 RAW = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -45,7 +45,7 @@ def test_clean_copies_only_what_changed() -> None:
     quiet = Note(t_ns=1, text="fine", level="info")
     assert clean(quiet) is quiet
     loud = clean(RunStarted(t_ns=0, run_id="r", started_utc="t", target=TargetFacts(model_name=EVIL, backend="http"),
-                            workload={"name": "encode"}, sample_hz=10.0, plan=None))
+                            workload=EncodeFacts(), sample_hz=10.0, plan=None))
     no_raw_control(loud.target.model_dump_json())
     assert "\\x1b[2J" in loud.target.model_name
 
@@ -55,7 +55,7 @@ def test_the_console_escapes_what_it_prints_and_keeps_its_own_styles() -> None:
     console = SafeConsole(file=buf, force_terminal=True, color_system="standard", width=200)
     progress = ConsoleProgress(console)
     progress(RunStarted(t_ns=0, run_id="r", started_utc="t", target=TargetFacts(model_name=EVIL, backend="sentence-transformers", device="cpu", dtype="float32"),
-                        workload={"name": "encode"}, sample_hz=10.0, plan=None))
+                        workload=EncodeFacts(), sample_hz=10.0, plan=None))
     progress(Note(t_ns=2, text=f"the server said {EVIL}", level="warning"))
     out = buf.getvalue()
     assert "\\x1b[2J" in out and "\\x07" in out and "\\x9b" in out and "\\r" in out  # shown, not dropped

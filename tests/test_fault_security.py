@@ -28,17 +28,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fault_server
 import numpy as np
 import pytest
 from cli_helpers import run_cli, snapshot_from
 from conftest import REPO
-from pilot_helpers import NotificationLog, plain, until
-
-import fault_server
 from embprof.engine.errors import UserError
-from embprof.engine.targets.http import HttpTarget, ServerFault
 from embprof.engine.plan import ServerTarget
+from embprof.engine.targets.http import HttpTarget, ServerFault
 from embprof.engine.trivial_server import TrivialEmbeddingServer, TrivialHandler
+from pilot_helpers import NotificationLog, plain, until
 
 KEY = "sk-planted-7f3a9c2e51"
 PASSWORD = "pw-planted-0d8b6e4a"
@@ -125,10 +124,10 @@ def test_a_planted_secret_reaches_no_output(cli_env: dict[str, str], server: Tri
 class _Refusing(TrivialHandler):
     """A server that refuses every credential (HTTP 401) and quotes them back in its message."""
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._refuse()
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._refuse()
 
     def _refuse(self) -> None:
@@ -154,10 +153,9 @@ def _closed_port() -> int:
 async def test_the_dashboard_shows_no_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real engine against a local server, in the dashboard: the screen, the notifications and the
     snapshot it saves hold neither the key nor the URL's credentials."""
-    from textual.widgets import DataTable, Static
-
     from embprof.engine.plan import plan_from_options
     from embprof.tui.app import EmbprofApp
+    from textual.widgets import DataTable, Static
 
     monkeypatch.setenv("EMBPROF_TEST_KEY", KEY)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -351,9 +349,8 @@ def test_a_reference_file_with_a_pickle_is_refused_unopened(tmp_path: Path, monk
 
 
 def test_snapshot_fields_that_look_like_code_stay_data(tmp_path: Path) -> None:
-    from fake_engine import recorded_run
-
     from embprof.engine.snapshot import build, load, save
+    from fake_engine import recorded_run
 
     _, rec = recorded_run()
     path = save(build(rec, {"hostname": "h"}), tmp_path)
@@ -362,10 +359,16 @@ def test_snapshot_fields_that_look_like_code_stay_data(tmp_path: Path) -> None:
     payload = {"__class__": "os.system", "py/object": "os.system", "!!python/object/apply:os.system": [f"touch {marker}"],
                "__reduce__": ["os.system", [f"touch {marker}"]]}
     data["environment"] = {"hostname": "h", **payload}
-    data["workload"] = {**data["workload"], **payload}
+    data["workload"] = {**data["workload"], "recorded": {k: json.dumps(v) for k, v in payload.items()}}
     path.write_text(json.dumps(data))
     snap = load(path)
     assert snap.environment["__reduce__"] == ["os.system", [f"touch {marker}"]]
+    assert snap.workload.recorded is not None and snap.workload.recorded["__class__"] == '"os.system"'
+    # The workload's facts are typed: a field they do not have is refused, in one sentence, never looked up.
+    data["workload"] = {**data["workload"], **payload}
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="is damaged: workload"):
+        load(path)
     assert not marker.exists()
 
 

@@ -356,7 +356,7 @@ def test_a_mix_sends_each_source_in_its_share_and_reports_latency_by_source(cli_
     assert result.by_source is not None and set(result.by_source) == {"queries.txt", "docs.txt"}
     assert result.by_source["queries.txt"].count + result.by_source["docs.txt"].count == 400
     assert result.by_source["docs.txt"].count == long
-    assert snap.workload["mix"] == [f"{queries}:0.8", f"{docs}:0.2"]
+    assert snap.plan is not None and getattr(snap.plan.workload, "mix", None) == ((str(queries), 0.8), (str(docs), 0.2))
     assert "Latency by the source of the texts" in out
 
 

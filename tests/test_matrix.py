@@ -3,6 +3,7 @@ the command line's refusals. (Running cells for real: test_matrix_e2e.py.)"""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from conftest import embprof_exe
 from embprof.engine.matrix import spec as mx
 from embprof.engine.errors import UserError
 from embprof.engine.matrix import MatrixSpec, expand, load_spec, validate_spec
+from embprof.engine.plan import LocalTarget
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +117,62 @@ def test_bad_spec_files_are_one_sentence(tmp_path: Path, content: str, suffix: s
 
 def test_spec_defaults() -> None:
     spec = MatrixSpec()
-    assert spec.tasks == ("STS16", "JSTS") and spec.batch_size == 32 and spec.cost == "speed" and spec.models == ("bundled",)
+    w = spec.base.workload
+    assert w.tasks == ("STS16", "JSTS") and w.batch_size == 32 and w.cost == "speed" and spec.models == ("bundled",)
+
+
+# --print-spec as it was before the base plan: flat fields. Files and manifests written so still load.
+OLD_FLAT_SPEC = {
+    "matrix_version": 1, "models": ["bundled"], "devices": ["cpu"], "dtypes": ["float32"], "backends": ["torch", "onnx"],
+    "quantize": ["none", "int8"], "quantize_mode": "per-tensor", "truncate_dims": [None], "precisions": ["float32"], "servers": [],
+    "cells": [], "cost": "encode", "cost_input": "lines.txt", "text": None, "loops": 5, "batch_size": 16, "tasks": ["STS16"],
+    "data_dir": "d", "top_k": 4, "energy_min_window_s": 2.0, "sample_hz": 5.0, "trust_remote_code": True, "placements": [],
+}
+
+
+def test_the_base_plan_holds_what_every_cell_shares(tmp_path: Path) -> None:
+    spec = validate_spec(OLD_FLAT_SPEC)
+    assert spec.base.workload.input == "lines.txt" and spec.base.workload.loops == 5 and spec.base.recording.sample_hz == 5.0
+    assert spec.base.target.quantize_mode == "per-tensor" and spec.base.target.trust_remote_code
+    # --print-spec writes the base plan nested, without what each cell sets; it loads back as the same matrix.
+    printed = json.loads(spec.to_json())
+    assert set(printed["base"]) == {"target", "workload", "recording"}
+    assert printed["base"]["target"] == {"quantize_mode": "per-tensor", "trust_remote_code": True}
+    assert not {"precision", "placement", "results_dir", "reference", "write_reference", "name"} & set(printed["base"]["workload"])
+    assert validate_spec(printed) == spec and MatrixSpec.model_validate(OLD_FLAT_SPEC) == spec
+    # Every cell's plan is the base plan with the cell's axis values.
+    for c in expand(spec, tmp_path).cells:
+        assert c.plan.recording == spec.base.recording
+        assert c.cell.model_dump(exclude={"precision", "placement", "results_dir", "reference", "write_reference"}) == \
+            spec.base.workload.model_dump(exclude={"precision", "placement", "results_dir", "reference", "write_reference"})
+        assert isinstance(c.target, LocalTarget) and c.target.trust_remote_code
+    # A flat setting goes over the base plan's (as the command line's options go over a file).
+    assert validate_spec({**printed, "loops": 7}).base.workload.loops == 7
+
+
+def test_a_nested_matrix_file(tmp_path: Path) -> None:
+    toml = tmp_path / "m.toml"
+    toml.write_text('backend = ["torch", "onnx"]\n[base.workload]\nloops = 3\ntasks = []\n[base.recording]\nsample_hz = 2.0\n'
+                    '[base.target]\nquantize_mode = "per-tensor"\n')
+    assert load_spec(str(toml)) == validate_spec({"backends": ["torch", "onnx"], "loops": 3, "tasks": [], "sample_hz": 2.0,
+                                                  "quantize_mode": "per-tensor"})
+
+
+@pytest.mark.parametrize("data, says", [
+    ({"loops": "many"}, "matrix field 'loops': Input should be a valid integer"),
+    ({"base": {"workload": {"loops": "many"}}}, "matrix field 'base.workload.loops': Input should be a valid integer"),
+    ({"cost_input": 3}, "matrix field 'cost_input': Input should be a valid string"),
+    ({"input": "x"}, "matrix field 'input': Extra inputs are not permitted"),
+    ({"tasks": ["STS16", "STS16"]}, "matrix field 'tasks': a value is given twice"),
+    ({"sample_hz": 0}, "--sample-hz"),
+    ({"cost": "encode"}, "--cost-workload encode needs a file of lines"),
+    ({"base": {"target": {"device": "cuda"}}}, "matrix field 'base': target.device is each cell's own, an axis of the matrix (devices)"),
+    ({"base": {"workload": {"results_dir": "x"}}}, "workload.results_dir is each cell's own, a file in the matrix's folder"),
+])
+def test_bad_base_settings_are_one_sentence(data: dict[str, object], says: str) -> None:
+    with pytest.raises(UserError) as info:
+        validate_spec(data)
+    assert says in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -148,3 +205,48 @@ def test_list_cells_names_every_dropped_combination(tmp_path: Path) -> None:
     assert "1. all-MiniLM-L6-v2 · torch · float32 · cpu (reference)" in out
     assert "onnx · int8 per-channel · cpu" in out
     assert "dropped: all-MiniLM-L6-v2 · torch · float32 · int8 weights · cpu: int8 weights run through ONNX Runtime or OpenVINO" in out
+
+
+PLACEMENTS = [{"name": "h100", "accelerator_type": "H100"}, {"name": "host-a", "resources": {"host-a": 1}}]
+# Cell ids as the matrix has always computed them: a matrix run again must find the cells it already has.
+PINNED_IDS: list[tuple[dict[str, object], dict[str, str]]] = [
+    ({}, {"all-MiniLM-L6-v2 · torch · float32 · cpu": "f846520db4d3"}),
+    ({"devices": ["cpu", "cuda"], "dtypes": ["float32", "bfloat16"], "backends": ["torch", "onnx"], "quantize": ["none", "int8"],
+      "precisions": ["float32", "binary"], "truncate_dims": [None, 128], "tasks": ["STS16"], "loops": 5, "batch_size": 16,
+      "data_dir": "d", "top_k": 4, "quantize_mode": "per-tensor", "trust_remote_code": True, "cost": "encode", "cost_input": "lines.txt",
+      "text": "t.txt", "energy_min_window_s": 2.0, "sample_hz": 5.0},
+     {"all-MiniLM-L6-v2 · onnx · int8 per-tensor · cpu · dim 128 · binary vectors": "4ab2444598fb",
+      "all-MiniLM-L6-v2 · torch · bfloat16 · cuda": "4a453cc225c2",
+      "all-MiniLM-L6-v2 · onnx · float32 · cuda · dim 128": "2f4c21b85452"}),
+    ({"cells": [{"backend": "onnx", "quantize": "int8", "quantize_mode": "per-tensor"}, {"truncate_dim": 128, "device": "cuda:1"},
+                {"model": "org/x", "dtype": "float16"}], "tasks": ["STS16", "JSTS", "STS12"], "loops": 3},
+     {"all-MiniLM-L6-v2 · torch · float32 · cpu": "0c9ccd5fe94e", "all-MiniLM-L6-v2 · onnx · int8 per-tensor · cpu": "47fbad359e7f",
+      "all-MiniLM-L6-v2 · torch · float32 · cuda:1 · dim 128": "140617f8a48d", "x · torch · float32 · cpu": "9a3e980fb101",
+      "x · torch · float16 · cpu": "57d4f0425447"}),
+    ({"placements": PLACEMENTS, "backends": ["torch", "onnx"], "tasks": []},
+     {"all-MiniLM-L6-v2 · torch · float32 · cpu @ h100": "9ff277266e58", "all-MiniLM-L6-v2 · onnx · float32 · cpu @ host-a": "97d061e248e2"}),
+    ({"models": [], "servers": [{"url": "http://u:p@127.0.0.1:9/", "of": "bundled", "name": "q8"},
+                                {"url": "http://127.0.0.1:10/", "api": "openai", "server_model": "m", "api_key_env": "K"}],
+      "precisions": ["float32", "binary"], "tasks": ["STS16"]},
+     {"all-MiniLM-L6-v2 · torch · float32 · cpu": "4f1b32f0f78c", "q8 · llama · binary vectors": "aff515332fba",
+      "http://127.0.0.1:10/ · openai": "2762896cc0ef"}),
+]
+
+
+@pytest.mark.parametrize("data, ids", PINNED_IDS)
+def test_cell_ids_stay_what_they_were(data: dict[str, object], ids: dict[str, str], tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec  # the ids do not depend on whether this machine has the backends' extras
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name in ("onnxruntime", "onnx", "openvino") else real(name, *a))
+    got = {c.label: c.cell_id for c in expand(validate_spec(data), tmp_path, have_cuda=True).cells}
+    assert {label: got.get(label) for label in ids} == ids
+
+
+def test_what_is_not_measured_leaves_the_ids_alone(tmp_path: Path) -> None:
+    """The energy window and the sample rate change how a cell is recorded, not what it measures."""
+    plain = expand(validate_spec({"precisions": ["float32", "int8"], "tasks": []}), tmp_path)
+    other = expand(validate_spec({"precisions": ["float32", "int8"], "tasks": [], "energy_min_window_s": 3.0, "sample_hz": 2.0}), tmp_path)
+    assert [c.cell_id for c in plain.cells] == [c.cell_id for c in other.cells]
+    assert other.cells[1].cell.energy_min_window_s == 3.0 and other.cells[1].plan.recording.sample_hz == 2.0

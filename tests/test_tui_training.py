@@ -14,8 +14,6 @@ from typing import Any
 
 import fake_engine
 import pytest
-from fake_engine import MS, sample, target_facts
-from pilot_helpers import finished, text_of, until
 from embprof.engine.events import (
     Event,
     Note,
@@ -28,10 +26,20 @@ from embprof.engine.events import (
     TrainStep,
 )
 from embprof.engine.plan import RunPlan, TrainPlan, plan_from_options
-from embprof.engine.results import KernelCounters, MtebRun, MtebTask, NeighbourScore, TargetFacts, TrainResult
+from embprof.engine.results import (
+    KernelCounters,
+    MtebRun,
+    MtebTask,
+    NeighbourScore,
+    TargetFacts,
+    TrainResult,
+)
+from embprof.engine.workload_facts import TrainFacts
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import TrainingPanel
 from embprof.tui.screens import RunForm
+from fake_engine import MS, sample, target_facts
+from pilot_helpers import finished, text_of, until
 from textual.widgets import Input, Select, Static, Tab
 
 MARKUP_FILE = "[red]x[/red].jsonl"  # a labelled file whose name is Rich markup
@@ -102,7 +110,7 @@ def scripted_training(planned: int | None = STEPS, stopped_at: int | None = None
     ev: list[Event] = [
         RunStarted(t_ns=0, run_id="20260101T000000Z-train1", started_utc="2026-01-01T00:00:00+00:00",
                    target=TargetFacts(model_name="fake/minilm", backend="sentence-transformers", device="cpu", dtype="float32"),
-                   workload={"name": "train", "max_steps": STEPS}, sample_hz=10.0),
+                   workload=TrainFacts(), sample_hz=10.0, plan=train_plan()),
         Note(t_ns=1, text="host-only sampling: NVML unavailable (fake); GPU columns are N/A"),
         PhaseStarted(t_ns=10 * MS, phase_id=1, name="load", detail="fake/minilm"),
         sample(200 * MS, 450.0),

@@ -355,7 +355,7 @@ def cmd_app(args: argparse.Namespace) -> int:
             raise UserError("give --plan FILE or the run's own options (--model, --server, --workload), not both")
         plan = load_plan(args.plan)
     else:
-        plan = plan_from_options({**vars(args), "tasks": list(args.task)})
+        plan = plan_from_options(vars(args))
     if not sys.stdout.isatty() or not sys.stdin.isatty():
         raise UserError("the dashboard needs a terminal; for scripts use `embprof run …` (see embprof --help)")
     from .app import EmbprofApp

@@ -107,7 +107,7 @@ class ConsoleProgress:
             t = e.target
             where = f"device {t.device} · {t.dtype}" if t.device else f"server ({t.api})"
             c.print(
-                f"[bold]embprof[/] {escape(str(e.workload.get('name')))} · {escape(t.model_name)} · {escape(where)} · "
+                f"[bold]embprof[/] {escape(e.workload.name)} · {escape(t.model_name)} · {escape(where)} · "
                 f"sampling at {e.sample_hz:g} Hz",
                 highlight=False,
             )

@@ -86,8 +86,10 @@ def spec_of(args: argparse.Namespace) -> Any:
     from embprof.engine.errors import UserError
     from embprof.engine.matrix import MatrixSpec, load_spec, validate_spec
 
-    base = load_spec(args.spec) if args.spec else MatrixSpec()
-    data: dict[str, Any] = base.model_dump(mode="json")
+    loaded = load_spec(args.spec) if args.spec else MatrixSpec()
+    # The options override the file: the axes by name, and the base plan's settings given flat (loops,
+    # cost_input, sample_hz …), which the spec puts into its base plan over what the file's says.
+    data: dict[str, Any] = loaded.model_dump(mode="json")
     explicit_models = args.model is not None
     if explicit_models:
         data["models"] = args.model
@@ -275,7 +277,7 @@ def export_matrix(args: argparse.Namespace) -> int:
     elif args.format == "html":
         meta = {"cells": len(table_rows), "finished": sum(r.status != "pending" for r in table_rows),
                 "cost workload": next((r.cost_workload for r in table_rows if r.cost_workload), None),
-                "tasks": ", ".join(manifest.spec.tasks), "matrix": str(folder)}
+                "tasks": ", ".join(manifest.spec.base.workload.tasks), "matrix": str(folder)}
         text = matrix_html(title, table_rows, fr, manifest.dropped, meta)
     elif args.format == "csv":
         text = to_csv(matrix_tables(table_rows, fr, manifest.dropped)[0])

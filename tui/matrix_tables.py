@@ -23,7 +23,7 @@ def print_tables(out: Any, manifest: Manifest, table_rows: list[MatrixRow]) -> N
 
     tables = matrix_tables(table_rows, frontiers(table_rows), [])
     main = tables[0]
-    tasks = list(manifest.spec.tasks)
+    tasks = list(manifest.spec.base.workload.tasks)
     keep = [i for i, c in enumerate(main.columns) if c in CONSOLE_COLUMNS or c in tasks]
     reasons: dict[str, int] = {}
     compact = Table(main.name, main.title, [main.columns[i] for i in keep])

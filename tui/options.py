@@ -120,6 +120,11 @@ class DimList:
         return items
 
 
+def converter(bound: WholeRange | NumberRange) -> Count | Number:
+    """The converter of an option bounded by ``bound`` (the run options' table, engine.fields, holds the bounds)."""
+    return Count(bound) if isinstance(bound, WholeRange) else Number(bound)
+
+
 # -- every numeric option, built from the plan's bounds --------------------------------------------------------
 SAMPLE_HZ = Number(b.SAMPLE_HZ)
 TIMEOUT = Number(b.TIMEOUT_S)

@@ -132,14 +132,14 @@ class RunView:
 
     @property
     def workload_name(self) -> str:
-        return str(self.run.workload.get("name", ""))
+        return self.run.workload.name if self.run.workload is not None else ""
 
     @property
     def training(self) -> bool:
         """A training run: it has steps, or its workload (as run, or as planned before the run has said) is train."""
         if self.run.training is not None or self.workload_name == "train":
             return True
-        return not self.run.workload and self.plan is not None and self.plan.workload.name == "train"
+        return self.run.workload is None and self.plan is not None and self.plan.workload.name == "train"
 
     @property
     def model_name(self) -> str:

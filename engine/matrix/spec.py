@@ -1,9 +1,15 @@
 """What a matrix measures and the cells it expands into.
 
-The matrix is data (``MatrixSpec``, from the command line or a TOML/YAML file). ``expand`` turns it
-into cells, each a ``RunPlan`` with a ``CellPlan`` workload, in run order, and says for every
-combination it drops why. A cell's id is a digest of what makes it a different measurement, so a
-matrix run again finds the cells it already has.
+The matrix is data (``MatrixSpec``, from the command line or a TOML/YAML file): a base plan (``BasePlan``:
+the ``CellPlan`` workload, the ``Recording`` and the local target's settings that are no axis) and the
+axes, or chosen cells that each set some of them. ``expand`` turns it into cells, each a ``RunPlan``:
+the base plan with that cell's axis values applied, in run order, and says for every combination it
+drops why. A cell's id is a digest of what makes it a different measurement, so a matrix run again
+finds the cells it already has.
+
+Files and the command line may give the base plan's settings flat (``loops = 5``, ``cost_input``,
+``sample_hz``, ``quantize_mode`` …), as matrices have always been written; each is the base plan's
+field of that name (``cost_input``: the workload's ``input``), so no plan field is restated here.
 """
 
 from __future__ import annotations
@@ -13,9 +19,18 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import UserError
 from ..files import MAX_JSON_BYTES, expand_path, json_depth_exceeds, read_file_bytes, read_json_file
@@ -33,6 +48,28 @@ from ..plan import (
 from ..text import first_line, one_line
 
 MATRIX_VERSION: Literal[1] = 1
+
+# The axes: the plan field each sets in a cell (as a chosen cell and a file name it), and the matrix's
+# list of its values. In this order every combination is made (the last varies fastest).
+AXES: dict[str, str] = {"model": "models", "device": "devices", "dtype": "dtypes", "backend": "backends", "quantize": "quantize",
+                        "truncate_dim": "truncate_dims", "precision": "precisions", "placement": "placements"}
+# The base plan's settings a chosen cell may change besides the axes.
+CELL_SETTINGS = ("quantize_mode",)
+# What each cell's plan has of its own: its axis values, and its files in the matrix's folder.
+_PER_CELL = frozenset(AXES) | {"kind", "name", "results_dir", "reference", "write_reference"}
+_SECTIONS: dict[str, type[BaseModel]] = {"target": LocalTarget, "workload": CellPlan, "recording": Recording}
+# The flat name of a base setting is its field's name, but for the workload's input: the cost workload's file.
+_FLAT_RENAMED = {("workload", "input"): "cost_input"}
+_FLAT: dict[str, tuple[str, str]] = {_FLAT_RENAMED.get((section, name), name): (section, name)
+                                     for section, cls in _SECTIONS.items() for name in cls.model_fields if name not in _PER_CELL}
+_FLAT_NAME = {where: flat for flat, where in _FLAT.items()}
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _applied(model: _M, update: dict[str, Any]) -> _M:
+    """``model`` with ``update`` applied, and checked as the plan checks it (``model_copy`` alone runs no validator)."""
+    return type(model).model_validate(dict(model.model_copy(update=update)))
 
 
 class ServerCell(BaseModel):
@@ -53,39 +90,84 @@ class ServerCell(BaseModel):
         """The manifest and --print-spec never hold a URL's user:password@ (a plan's URL does not either)."""
         return strip_credentials(url)
 
+    def target(self) -> ServerTarget:
+        """The server as a plan's target: its fields of the same names (the URL with its credentials, for the run)."""
+        return ServerTarget.model_validate({k: v for k, v in dict(self).items() if k in ServerTarget.model_fields})
+
+
+class BasePlan(BaseModel):
+    """What every cell of a matrix shares: the cell workload, the recording, and the local target's
+    settings that are no axis. A cell's plan is this with the cell's axis values applied; what each
+    cell sets (the axes, its files in the matrix's folder) is left at the plan's default here and
+    is not written out."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    target: LocalTarget = Field(default_factory=LocalTarget)
+    workload: CellPlan = Field(default_factory=CellPlan)
+    recording: Recording = Field(default_factory=Recording)
+
+    @model_validator(mode="after")
+    def _shared_only(self) -> BasePlan:
+        for section in ("target", "workload"):
+            part: BaseModel = getattr(self, section)
+            default = type(part)()
+            for name in sorted(_PER_CELL & set(type(part).model_fields)):
+                if getattr(part, name) != getattr(default, name):
+                    whose = f"an axis of the matrix ({AXES[name]})" if name in AXES else "a file in the matrix's folder"
+                    raise ValueError(f"{section}.{name} is each cell's own, {whose}, not a setting of the base plan")
+        return self
+
+    @field_serializer("target", "workload")
+    def _without_per_cell(self, part: BaseModel, info: SerializationInfo) -> dict[str, Any]:
+        return part.model_dump(mode=info.mode, exclude=set(_PER_CELL))
+
+
+def _nest(data: Any) -> Any:
+    """The base plan's settings given flat (``loops``, ``cost_input``, ``sample_hz`` …: files, the command
+    line, manifests written before the base plan) moved into it, each over what ``base`` says."""
+    if not isinstance(data, dict) or not any(k in _FLAT for k in data):
+        return data
+    base = data.get("base", {})
+    if not isinstance(base, (dict, BasePlan)):
+        return data  # not a base plan at all: said as such by its validation
+    out = {k: v for k, v in data.items() if k not in _FLAT}
+    nested: dict[str, Any] = dict(base)
+    for flat, (section, name) in _FLAT.items():
+        if flat in data:
+            part = nested.get(section, {})
+            part = dict(part) if isinstance(part, (dict, BaseModel)) else {}
+            nested[section] = {**part, name: data[flat]}
+    out["base"] = nested
+    return out
+
 
 class MatrixSpec(BaseModel):
-    """What a matrix measures. Lists are the axes; every combination of the local axes is a cell."""
+    """What a matrix measures: a base plan, and the axes; every combination of the local axes is a cell."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     matrix_version: Literal[1] = MATRIX_VERSION
+    base: BasePlan = Field(default_factory=BasePlan)
     models: tuple[str, ...] = ("bundled",)  # Hub ids or folders; "bundled": the bundled all-MiniLM-L6-v2
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[Literal["float32", "float16", "bfloat16"], ...] = ("float32",)
     backends: tuple[Literal["torch", "onnx", "openvino"], ...] = ("torch",)
     quantize: tuple[Literal["none", "int8"], ...] = ("none",)
-    quantize_mode: Literal["per-channel", "per-tensor"] = "per-channel"
     truncate_dims: tuple[int | None, ...] = (None,)  # None: the model's full dimension ("full")
     precisions: tuple[Literal["float32", "int8", "binary"], ...] = ("float32",)
     servers: tuple[ServerCell, ...] = ()
     # Chosen cells instead of every combination: each names the settings it changes; the rest are
-    # the first value of each axis ({"backend": "onnx", "quantize": "int8"}).
+    # the first value of each axis, and the base plan's ({"backend": "onnx", "quantize": "int8"}).
     cells: tuple[dict[str, Any], ...] = ()
-    cost: Literal["speed", "encode"] = "speed"
-    cost_input: str | None = None  # cost "encode": the file of lines
-    text: str | None = None  # cost "speed": the_ugly_duckling.txt (default: $EMBPROF_SPEED_TEXT, the cache, a checked download)
-    loops: int = 10
-    batch_size: int = 32
-    tasks: tuple[str, ...] = ("STS16", "JSTS")
-    data_dir: str | None = None
-    top_k: int = 3
-    energy_min_window_s: float = 1.0
-    sample_hz: float = 10.0
-    trust_remote_code: bool = False
     # Hosts or GPU types of a Ray cluster: every combination runs once on each (an axis), or a chosen
     # cell names its own. Empty: a cell runs wherever there is room, as on one machine.
     placements: tuple[Placement, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_settings(cls, data: Any) -> Any:
+        return _nest(data)
 
     @field_validator("truncate_dims", mode="before")
     @classmethod
@@ -94,7 +176,7 @@ class MatrixSpec(BaseModel):
             return tuple(None if v in (None, "full", "none", 0) else v for v in value)
         return value
 
-    @field_validator("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", "tasks", mode="after")
+    @field_validator("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", mode="after")
     @classmethod
     def _no_repeats(cls, value: tuple[Any, ...]) -> tuple[Any, ...]:
         if len(set(value)) != len(value):
@@ -105,16 +187,34 @@ class MatrixSpec(BaseModel):
         return self.model_dump_json(indent=1) + "\n"
 
 
+def _field_name(loc: tuple[Any, ...], data: Any) -> str:
+    """Where a refused value is, as the input named it: a base setting given flat by its flat name."""
+    if len(loc) >= 3 and loc[0] == "base" and isinstance(data, dict):
+        flat = _FLAT_NAME.get((str(loc[1]), str(loc[2])))
+        if flat is not None and flat in data:
+            loc = (flat, *loc[3:])
+    return ".".join(str(x) for x in loc)
+
+
 def validate_spec(data: Any, where: str = "") -> MatrixSpec:
+    """A matrix from its fields (flat or with a base plan); bad input is one sentence (UserError).
+
+    The base plan's own checks (loops, batch, top-k, the cost workload …) run as it is read, once,
+    before anything runs."""
+    prefix = f"{where}: " if where else ""
+    nested = _nest(data)
+    workload = nested.get("base", {}).get("workload", {}) if isinstance(nested, dict) and isinstance(nested.get("base"), dict) else {}
+    tasks = workload.get("tasks") if isinstance(workload, dict) else None
+    if isinstance(tasks, (list, tuple)) and len({json.dumps(t, sort_keys=True, default=str) for t in tasks}) != len(tasks):
+        raise UserError(f"{prefix}matrix field 'tasks': a value is given twice")
     try:
-        spec = MatrixSpec.model_validate(data)
+        spec = MatrixSpec.model_validate(nested)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        prefix = f"{where}: " if where else ""
+        loc = _field_name(tuple(first.get("loc", ())), data)
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         raise UserError(f"{prefix}matrix field '{one_line(loc)}': {one_line(msg)}") from None
-    allowed = {"model", "device", "dtype", "backend", "quantize", "quantize_mode", "truncate_dim", "precision", "placement"}
+    allowed = {*AXES, *CELL_SETTINGS}
     names = [p.name for p in spec.placements]
     if len(set(names)) != len(names):
         raise UserError("matrix field 'placements': a placement's name is given twice")
@@ -133,22 +233,18 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
     if not spec.models and not spec.servers:
         raise UserError("the matrix has no model and no server: give --model or --server")
     if spec.models:  # an empty axis would silently make no cell of any model
-        for axis, values in (("devices", spec.devices), ("dtypes", spec.dtypes), ("backends", spec.backends), ("quantize", spec.quantize),
-                             ("truncate_dims", spec.truncate_dims), ("precisions", spec.precisions)):
-            if not values:
+        for axis in ("devices", "dtypes", "backends", "quantize", "truncate_dims", "precisions"):
+            if not getattr(spec, axis):
                 raise UserError(f"matrix field '{axis}' is empty: give at least one value (or leave it out for the default)")
     for d in spec.truncate_dims:
         if isinstance(d, bool) or (d is not None and d < 1):
             raise UserError(f"--truncate-dim takes full or a positive number of dimensions, not {one_line(d)}")
-    # One cell's plan checks the rest (loops, batch, top-k, tasks …), once, before anything runs.
-    CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size, tasks=spec.tasks,
-             data_dir=spec.data_dir, top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s)
-    Recording(sample_hz=spec.sample_hz)
     return spec
 
 
 def load_spec(path: str) -> MatrixSpec:
-    """A matrix from a TOML or YAML file (the same fields as ``--print-spec`` writes, axes as lists)."""
+    """A matrix from a TOML, YAML or JSON file: the axes as lists, and the base plan's settings flat
+    (``loops = 5``) or nested under ``base`` as ``--print-spec`` writes them."""
     p = expand_path(path, "matrix file")
     suffix = p.suffix.lower()
     if suffix == ".json":
@@ -278,13 +374,23 @@ def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: st
     return _label(target.model, target.backend, [weights], target.device, target.truncate_dim, precision)
 
 
-def _cell_id(target: LocalTarget | ServerTarget, precision: str, spec: MatrixSpec, placement: Placement | None = None) -> str:
-    # What makes a cell a different measurement; the folder's paths do not.
-    ident: dict[str, Any] = {"target": target.model_dump(mode="json"), "precision": precision, "cost": spec.cost, "cost_input": spec.cost_input,
-                             "text": spec.text, "loops": spec.loops, "batch": spec.batch_size, "tasks": list(spec.tasks),
-                             "data_dir": spec.data_dir, "top_k": spec.top_k}
-    if placement is not None:  # only when pinned, so that the cells of every matrix made before keep their ids
-        ident["placement"] = placement.model_dump(mode="json")
+# What a cell's workload measures, under the names its id has always given them; a workload field that is
+# not here counts once it differs from its default (a pinned placement), so that the cells of every
+# matrix made before keep their ids.
+_ID_NAMES = {"cost": "cost", "input": "cost_input", "text": "text", "loops": "loops", "batch_size": "batch", "tasks": "tasks",
+             "data_dir": "data_dir", "top_k": "top_k", "precision": "precision"}
+# Not what a cell measures: its files in the matrix's folder, and how its energy is windowed.
+_NOT_MEASURED = frozenset({"name", "results_dir", "reference", "write_reference", "energy_min_window_s"})
+
+
+def _cell_id(target: LocalTarget | ServerTarget, workload: CellPlan) -> str:
+    """What makes a cell a different measurement: its target and its workload; the folder's paths do not,
+    nor how it is recorded."""
+    ident: dict[str, Any] = {"target": target.model_dump(mode="json")}
+    default = CellPlan().model_dump(mode="json")
+    for name, value in workload.model_dump(mode="json", exclude=set(_NOT_MEASURED)).items():
+        if name in _ID_NAMES or value != default.get(name):
+            ident[_ID_NAMES.get(name, name)] = value
     return hashlib.sha1(json.dumps(ident, sort_keys=True).encode("utf-8")).hexdigest()[:12]
 
 
@@ -314,45 +420,69 @@ def _have_cuda() -> bool:
         return False
 
 
+def _choices(spec: MatrixSpec) -> list[dict[str, Any]]:
+    """Each cell the axes (every combination) or the chosen cells ask for: the plan fields it sets, by
+    name (a placement by its name; None: the bundled model, no placement)."""
+    values: dict[str, list[Any]] = {axis: list(getattr(spec, plural)) for axis, plural in AXES.items()}
+    values["model"] = [_model_arg(m) for m in spec.models]
+    values["placement"] = [p.name for p in spec.placements] or [None]
+    if not spec.cells:
+        return [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    firsts = {axis: vs[0] if vs else None for axis, vs in values.items()}  # no model: the bundled one
+    out = []
+    for chosen in spec.cells:
+        choice = {**firsts, **chosen}
+        if "model" in chosen:
+            choice["model"] = _model_arg(str(chosen["model"]))
+        for name in ("device", "dtype", "backend", "quantize", "precision", *CELL_SETTINGS):
+            if name in chosen:
+                choice[name] = str(chosen[name])
+        out.append(choice)
+    return out
+
+
 def expand(spec: MatrixSpec, folder: Path, have_cuda: bool | None = None, where: str = "this machine") -> Expansion:
     """The cells of a matrix in run order, and every combination dropped with its reason.
 
-    ``have_cuda``: whether CUDA cells can run at all; None: this machine's NVIDIA GPUs say (a Ray
-    cluster's driver passes whether any node of the cluster has a GPU)."""
+    Each cell's plan is the spec's base plan with the cell's axis values applied. ``have_cuda``: whether
+    CUDA cells can run at all; None: this machine's NVIDIA GPUs say (a Ray cluster's driver passes
+    whether any node of the cluster has a GPU)."""
     out = Expansion()
+    base = spec.base
+    choices = _choices(spec)
     if have_cuda is None:
-        have_cuda = _have_cuda() if any(d.startswith("cuda") for d in spec.devices) else False
+        have_cuda = _have_cuda() if any(str(c["device"]).startswith("cuda") for c in choices) else False
     placements = {p.name: p for p in spec.placements}
     by_model: dict[str, list[Cell]] = {}
     references: dict[str, Cell] = {}
     seen: set[str] = set()
 
-    combos: list[tuple[str | None, str, str, str, str, int | None, str, str, str | None]] = []
-
     def add(target: LocalTarget | ServerTarget, precision: str, key: str, *, reference: bool = False,
             server_name: str | None = None, added: str | None = None, placement: Placement | None = None) -> None:
-        cid = _cell_id(target, precision, spec, placement)
+        workload = _applied(base.workload, {"precision": precision, "placement": placement})
+        cid = _cell_id(target, workload)
         if cid in seen:
             return
         seen.add(cid)
         # A model's cells compare with its reference's vectors; a server serving no named model has none.
         ref_path = str(folder / "references" / f"{key}.npz") if reference or key in references else None
-        cp = CellPlan(cost=spec.cost, input=spec.cost_input, text=spec.text, loops=spec.loops, batch_size=spec.batch_size,
-                      tasks=spec.tasks, data_dir=spec.data_dir, results_dir=str(folder / "results" / cid),
-                      precision=precision,  # type: ignore[arg-type]
-                      reference=None if reference else ref_path, write_reference=ref_path if reference else None,
-                      top_k=spec.top_k, energy_min_window_s=spec.energy_min_window_s, placement=placement)
-        plan = RunPlan(target=target, workload=cp, recording=Recording(sample_hz=spec.sample_hz))
+        workload = _applied(workload, {"results_dir": str(folder / "results" / cid), "reference": None if reference else ref_path,
+                                       "write_reference": ref_path if reference else None})
+        plan = RunPlan(target=target, workload=workload, recording=base.recording)
         cell = Cell(cid, label_of(target, precision, server_name, placement), key, plan, reference=reference, added=added)
         if reference:
             references[key] = cell
         else:
             by_model.setdefault(key, []).append(cell)
 
+    # The reference: the model's float32 torch target on the first CPU (else GPU) device, every other
+    # setting a cell sets at the plan's default (int8's weight scales too: it has no int8 weights).
+    reference_reset = {name: f.default for name, f in LocalTarget.model_fields.items() if name in _PER_CELL or name in CELL_SETTINGS}
+
     def reference_target(model: str | None) -> LocalTarget:
         device = next((d for d in spec.devices if d.split(":")[0] == "cpu"), None) or next(
             (d for d in spec.devices if d.startswith("cuda") and have_cuda), "cpu")
-        return LocalTarget(model=model, device=device, dtype="float32", backend="torch", trust_remote_code=spec.trust_remote_code)
+        return _applied(base.target, {**reference_reset, "model": model, "device": device})
 
     def ensure_reference(model: str | None, why: str) -> None:
         key = model_key(model)
@@ -361,39 +491,26 @@ def expand(spec: MatrixSpec, folder: Path, have_cuda: bool | None = None, where:
         target = reference_target(model)
         # Pinned matrices pin their references too, to the first placement: the cells run nowhere else.
         first = spec.placements[0] if spec.placements else None
-        asked = any(c[0] == model and c[1] == target.device and c[2:7] == ("float32", "torch", "none", None, "float32")
-                    and c[8] == (first.name if first else None) for c in combos)
+        asked = any(all(c[name] == getattr(target, name) for name in AXES if name in LocalTarget.model_fields)
+                    and c["precision"] == "float32" and c["placement"] == (first.name if first else None) for c in choices)
         add(target, "float32", key, reference=True, added=None if asked else why, placement=first)
 
-    if spec.cells:
-        for chosen in spec.cells:
-            m = chosen.get("model", spec.models[0] if spec.models else "bundled")
-            combos.append((_model_arg(str(m)), str(chosen.get("device", spec.devices[0])), str(chosen.get("dtype", spec.dtypes[0])),
-                           str(chosen.get("backend", spec.backends[0])), str(chosen.get("quantize", spec.quantize[0])),
-                           chosen.get("truncate_dim", spec.truncate_dims[0]), str(chosen.get("precision", spec.precisions[0])),
-                           str(chosen.get("quantize_mode", spec.quantize_mode)),
-                           chosen.get("placement", spec.placements[0].name if spec.placements else None)))
-    else:
-        place_names: list[str | None] = [p.name for p in spec.placements] or [None]
-        for model_name, device, dtype_, backend_, quant_, dim_, precision_, place in itertools.product(
-                spec.models, spec.devices, spec.dtypes, spec.backends, spec.quantize, spec.truncate_dims, spec.precisions, place_names):
-            combos.append((_model_arg(model_name), device, dtype_, backend_, quant_, dim_, precision_, spec.quantize_mode, place))
-    for model, device, dtype, backend, quant, dim, precision, mode, place in combos:
+    for choice in choices:
+        model, precision = choice["model"], str(choice["precision"])
         key = model_key(model)
         ensure_reference(model, "added: the float32 torch reference that the other cells' agreement is measured against")
-        probe = {"model": model, "device": device, "dtype": dtype, "backend": backend, "quantize": quant, "truncate_dim": dim}
         try:
-            target = LocalTarget(quantize_mode=mode, trust_remote_code=spec.trust_remote_code, **probe)  # type: ignore[arg-type]
+            target = _applied(base.target, {k: v for k, v in choice.items() if k in LocalTarget.model_fields})
         except UserError as exc:
-            out.dropped.append(Dropped(_probe_label(probe, precision), str(exc)))
+            out.dropped.append(Dropped(_probe_label(choice, precision), str(exc)))
             continue
         except ValidationError as exc:  # a value the target does not take at all (--cell backend=tensorflow)
             first = exc.errors()[0]
             field_name = ".".join(str(x) for x in first.get("loc", ()))
-            out.dropped.append(Dropped(_probe_label(probe, precision),
+            out.dropped.append(Dropped(_probe_label(choice, precision),
                                        f"{one_line(field_name)} {one_line(first.get('input'))!s}: {one_line(first.get('msg', 'invalid'))}"))
             continue
-        placement = placements[place] if place is not None else None
+        placement = placements[choice["placement"]] if choice["placement"] is not None else None
         why = _machine_refusal(target, have_cuda, where)
         if why:
             out.dropped.append(Dropped(label_of(target, precision, placement=placement), why))
@@ -401,8 +518,7 @@ def expand(spec: MatrixSpec, folder: Path, have_cuda: bool | None = None, where:
         add(target, precision, key, placement=placement)
     for server in spec.servers:
         try:
-            server_target = ServerTarget(url=server.url, api=server.api, server_model=server.server_model, api_key_env=server.api_key_env,
-                                  prompts_from=server.prompts_from)
+            server_target = server.target()
         except UserError as exc:
             out.dropped.append(Dropped(server.name or strip_credentials(server.url), str(exc)))
             continue

@@ -4,10 +4,11 @@ before any model is loaded, and does its work in ``run()`` on the runner thread.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..context import RunContext
 from ..targets import Target, check_prompt_name
+from ..workload_facts import WorkloadFacts
 
 
 class Workload(Protocol):
@@ -15,7 +16,7 @@ class Workload(Protocol):
     def name(self) -> str: ...
 
     def prepare(self) -> None: ...
-    def settings(self) -> dict[str, Any]: ...
+    def facts(self) -> WorkloadFacts: ...
     def run(self, ctx: RunContext, target: Target) -> None: ...
     def prompt_names(self) -> list[str]: ...
 

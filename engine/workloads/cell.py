@@ -16,7 +16,6 @@ In order, in the cell's own process:
 from __future__ import annotations
 
 import zipfile
-
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,13 @@ from ..context import RunContext
 from ..errors import UserError
 from ..events import Note, Result
 from ..files import atomic_write_bytes, read_lines
-from ..text import one_line
 from ..plan import CellPlan, MtebPlan
 from ..results import CellResult
 from ..speedtext import SpeedText, resolve_speed_text
 from ..stats import describe
 from ..targets import Target
+from ..text import one_line
+from ..workload_facts import CellFacts
 from .mteb_tasks import MtebWorkload
 from .similarity import builtin_example
 from .speed import timed_loops
@@ -152,23 +152,10 @@ class CellWorkload:
     def prompt_names(self) -> list[str]:
         return []
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> CellFacts:
         if not self._texts:
             self.prepare()
-        p = self.plan
-        return {
-            "name": self.name,
-            "cost": self.cost_workload,
-            "loops": p.loops,
-            "batch_size": p.batch_size,
-            "tasks": list(p.tasks),
-            "data_dir": p.data_dir,
-            "precision": p.precision,
-            "reference": p.reference,
-            "write_reference": p.write_reference,
-            "top_k": p.top_k,
-            "text_sha256": self._speed.sha256 if self._speed is not None else None,
-        }
+        return CellFacts(cost=self.cost_workload, text_sha256=self._speed.sha256 if self._speed is not None else None)
 
     @property
     def cost_workload(self) -> str:

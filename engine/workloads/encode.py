@@ -15,6 +15,7 @@ from ..plan import EncodePlan, LocalTarget
 from ..results import Agreement, EncodeResult, TokenLengths
 from ..stats import describe
 from ..targets import Target, TargetFactory
+from ..workload_facts import EncodeFacts
 
 
 def sample_corpus() -> list[str]:
@@ -51,21 +52,10 @@ class EncodeWorkload:
     def prompt_names(self) -> list[str]:
         return [self.plan.prompt_name] if self.plan.prompt_name else []
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> EncodeFacts:
         p = self.plan
         source = p.input if p.input is not None else "standard input" if p.texts is not None else "built-in sample corpus"
-        return {
-            "name": self.name,
-            "input": source,
-            "lines": len(self.lines),
-            "mode": p.mode,
-            "prompt_name": p.prompt_name,
-            "prompt": p.prompt,
-            "batch_size": p.batch_size,
-            "warmups": p.warmups,
-            "repeats": p.repeats,
-            "compare_model": p.compare_model,
-        }
+        return EncodeFacts(input=source, lines=len(self.lines))
 
     def run(self, ctx: RunContext, target: Target) -> None:
         p = self.plan

@@ -30,18 +30,19 @@ from typing import Any, TypeVar, cast
 
 import orjson
 
+from ..bounds import MAX_LOAD_WORKERS as MAX_WORKERS
 from ..context import RunContext
 from ..errors import UserError
 from ..events import Note, RequestTimed, Result
 from ..files import read_lines
 from ..loadgen import LoadProcesses, ProcessSpec, Record, split
-from ..bounds import MAX_LOAD_WORKERS as MAX_WORKERS
 from ..plan import LoadPlan, strip_credentials
 from ..results import ClientCeiling, KneeResult, KneeStep, LoadResult
 from ..stats import LatencySeries
 from ..targets import Target
 from ..targets.http import HttpTarget, ServerFault
 from ..targets.protocol import auth_header, basic_auth
+from ..workload_facts import LoadFacts
 from .encode import sample_corpus
 
 T = TypeVar("T")
@@ -241,26 +242,13 @@ class LoadWorkload:
     def prompt_names(self) -> list[str]:
         return [self.plan.prompt_name] if self.plan.prompt_name else []
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> LoadFacts:
         p = self.plan
-        return {
-            "name": self.name,
-            "requests": p.requests,
-            "duration_s": p.duration_s,
-            "concurrency": p.concurrency,
-            "rate_per_s": p.rate,
-            "arrivals": "poisson" if p.rate is not None or p.find_knee else "closed loop",
-            "find_knee": p.find_knee,
-            **({"objective_p99_ms": p.slo_p99_ms, "objective_errors_percent": p.slo_errors_percent, "step_s": p.step_s,
-                "max_rate_per_s": p.max_rate} if p.find_knee else {}),
-            "latency_from": "when each request was due" if p.rate is not None else "each request's send",
-            "texts_per_request": p.batch,
-            "load_processes": p.processes,
-            "input": p.input if p.input is not None else None if (p.mix or p.text_tokens) else "built-in sample corpus",
-            "text_tokens": p.text_tokens,
-            "mix": [f"{src}:{share:g}" for src, share in p.mix] or None,
-            "prompt_name": p.prompt_name,
-        }
+        return LoadFacts(
+            input=p.input if p.input is not None else None if (p.mix or p.text_tokens) else "built-in sample corpus",
+            arrivals="poisson" if p.rate is not None or p.find_knee else "closed loop",
+            latency_from="when each request was due" if p.rate is not None else "each request's send",
+        )
 
     def _shape(self, ctx: RunContext, target: HttpTarget) -> Shape:
         prefix = target.prompt_text("plain", self.plan.prompt_name, None) or ""

@@ -12,21 +12,31 @@ import logging
 import platform
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import psutil
 
+from .. import mteb_data
 from ..context import RunContext
 from ..errors import PartialFailure, RunCancelled, UserError
 from ..events import Note, Result
 from ..files import ensure_writable_dir, expand_path
+from ..mteb_bridge import (
+    TaskSession,
+    make_encoder,
+    monotonic_pair,
+    reconcile,
+    tap_task,
+    write_speed_result,
+    write_task_result,
+)
 from ..plan import MtebPlan, SpeedPlan
 from ..results import MtebRun, MtebTask
 from ..targets import Target
-from .. import mteb_data
-from ..mteb_bridge import TaskSession, make_encoder, monotonic_pair, reconcile, tap_task, write_speed_result, write_task_result
+from ..workload_facts import MtebFacts
 from .speed import SpeedWorkload
 
 
@@ -89,16 +99,8 @@ class MtebWorkload:
     def prompt_names(self) -> list[str]:
         return []
 
-    def settings(self) -> dict[str, Any]:
-        p = self.plan
-        return {
-            "name": self.name,
-            "tasks": list(self.tasks),
-            "data_dir": p.data_dir,
-            "results_dir": p.results_dir,
-            "batch_size": p.batch_size,
-            "loops": p.loops if self._speed is not None else None,
-        }
+    def facts(self) -> MtebFacts:
+        return MtebFacts(tasks=tuple(self.tasks), speed_loops=self.plan.loops if self._speed is not None else None)
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self, ctx: RunContext, target: Target) -> None:

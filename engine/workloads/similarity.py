@@ -15,6 +15,7 @@ from ..files import read_lines
 from ..plan import SimilarityPlan
 from ..results import SimilarityResult
 from ..targets import Target
+from ..workload_facts import SimilarityFacts
 
 
 def builtin_example() -> dict[str, Any]:
@@ -49,20 +50,10 @@ class SimilarityWorkload:
         p = self.plan
         return [n for n in (p.prompt_name, p.query_prompt_name, p.doc_prompt_name) if n]
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> SimilarityFacts:
         if not self._documents:
             self.prepare()
-        p = self.plan
-        return {
-            "name": self.name,
-            "source": self._source,
-            "queries": len(self.queries),
-            "documents": len(self._documents),
-            "prompt_name": p.prompt_name,
-            "query_prompt_name": p.query_prompt_name,
-            "doc_prompt_name": p.doc_prompt_name,
-            "batch_size": p.batch_size,
-        }
+        return SimilarityFacts(source=self._source, queries=len(self.queries), documents=len(self._documents))
 
     def run(self, ctx: RunContext, target: Target) -> None:
         if not self._documents:

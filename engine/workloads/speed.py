@@ -4,7 +4,6 @@ then ``loops`` timed encodes of the 43 paragraphs of "The Ugly Duckling"."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -15,6 +14,7 @@ from ..results import SpeedResult
 from ..speedtext import SpeedText, resolve_speed_text
 from ..stats import describe
 from ..targets import Target
+from ..workload_facts import SpeedFacts
 
 
 class SpeedWorkload:
@@ -41,21 +41,10 @@ class SpeedWorkload:
     def prompt_names(self) -> list[str]:
         return []
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> SpeedFacts:
         t = self.text
-        return {
-            "name": self.name,
-            "protocol": "MTEB v1 SpeedTask",
-            "loops": self.plan.loops,
-            "batch_size": self.plan.batch_size,
-            "warmups": 1,
-            "text_path": t.path,
-            "text_source": t.source,
-            "text_sha256": t.sha256,
-            "text_is_canonical": t.canonical,
-            "paragraphs": len(t.paragraphs),
-            "words": t.words,
-        }
+        return SpeedFacts(text_path=t.path, text_source=t.source, text_sha256=t.sha256, text_is_canonical=t.canonical,
+                          paragraphs=len(t.paragraphs), words=t.words)
 
     def run(self, ctx: RunContext, target: Target) -> None:
         ctx.emit(Result(t_ns=ctx.now(), result=self.measure(ctx, target)))

@@ -24,11 +24,12 @@ from ..crash import is_out_of_memory
 from ..errors import UserError
 from ..events import BatchTimed, Event, Note, ResourceSample, Result
 from ..files import read_lines
-from ..stats import describe, known_sum
 from ..plan import AXES, OOM_AXES, SweepPlan
 from ..results import LatencyFit, MemoryLimit, MemoryPoint, SweepPoint, SweepResult
+from ..stats import describe, known_sum
 from ..sweepstats import StopRule, fit_latency, median_ci, relative_half_width
 from ..targets import SentenceTransformerTarget, Target, TargetFactory
+from ..workload_facts import SweepFacts
 from .encode import sample_corpus
 
 SPEC_AXES = ("device", "dtype", "truncate_dim")  # a new value means loading the model again
@@ -71,21 +72,9 @@ class SweepWorkload:
     def prompt_names(self) -> list[str]:
         return [self.plan.prompt_name] if self.plan.prompt_name else []
 
-    def settings(self) -> dict[str, Any]:
+    def facts(self) -> SweepFacts:
         p = self.plan
-        return {
-            "name": self.name,
-            "axes": {k: list(v) for k, v in self.axes.items()},
-            "input": p.input if p.input is not None else "built-in sample corpus",
-            "mode": p.mode,
-            "prompt_name": p.prompt_name,
-            "batch_size": self.batch_size,
-            "warmups": p.warmups,
-            "target_ci_percent": p.target_ci_percent,
-            "budget_s_per_point": p.budget_s,
-            "until_oom": p.until_oom,
-            "ram_ceiling_mib": p.ram_ceiling_mib,
-        }
+        return SweepFacts(input=p.input if p.input is not None else "built-in sample corpus", batch_size=self.batch_size)
 
     # -- the grid ---------------------------------------------------------------------------------
     def _grid(self) -> list[dict[str, Any]]:

@@ -48,6 +48,7 @@ from ..plan import MtebPlan, TrainPlan
 from ..results import NeighbourScore, TrainResult
 from ..targets import SentenceTransformerTarget, Target, check_prompt_name
 from ..text import one_line
+from ..workload_facts import TrainFacts
 from .mteb_tasks import MtebWorkload, TasksFailed
 
 # The three shapes of training data sentence-transformers' losses take, by their columns (in the
@@ -433,27 +434,10 @@ class TrainWorkload:
     def prompt_names(self) -> list[str]:
         return [self.plan.prompt_name] if self.plan.prompt_name else []
 
-    def settings(self) -> dict[str, Any]:
-        p = self.plan
+    def facts(self) -> TrainFacts:
         data = self.data
-        return {
-            "name": self.name,
-            "train_file": p.train_file,
-            "data_format": data.shape if data else None,
-            "examples": data.examples if data else None,
-            "loss": LOSS_CLASSES.get(self.loss, self.loss) or None,
-            "epochs": p.epochs,
-            "max_steps": p.max_steps,
-            "batch_size": p.batch_size,
-            "learning_rate": p.learning_rate,
-            "warmup_ratio": p.warmup_ratio,
-            "seed": p.seed,
-            "output": p.output,
-            "tasks": list(p.tasks),
-            "neighbours": list(p.neighbours),
-            "top_k": p.top_k if p.neighbours else None,
-            "distance": p.distance if p.neighbours else None,
-        }
+        return TrainFacts(data_format=data.shape if data else None, examples=data.examples if data else None,
+                          loss_class=LOSS_CLASSES.get(self.loss, self.loss) or None)
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self, ctx: RunContext, target: Target) -> None:
@@ -587,7 +571,10 @@ class TrainWorkload:
         with ctx.phase("import", "datasets + transformers' Trainer + accelerate"):
             try:
                 import datasets
-                from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+                from sentence_transformers import (
+                    SentenceTransformerTrainer,
+                    SentenceTransformerTrainingArguments,
+                )
 
                 try:
                     from sentence_transformers.base.sampler import BatchSamplers
@@ -640,7 +627,10 @@ class TrainWorkload:
                 train_set = datasets.Dataset.from_dict({c: data.values[c] for c in data.columns})
                 trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_set, loss=loss,
                                                      callbacks=[make_callback(probe)])
-                from transformers.trainer_callback import PrinterCallback, ProgressCallback
+                from transformers.trainer_callback import (
+                    PrinterCallback,
+                    ProgressCallback,
+                )
 
                 for quiet in (PrinterCallback, ProgressCallback):  # they print to the terminal the run draws on
                     trainer.remove_callback(quiet)

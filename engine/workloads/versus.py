@@ -3,16 +3,22 @@ drift cancels. Pairs run in ABBA order (A B, B A, A B, …): a slow drift adds a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from ..context import RunContext
 from ..errors import UserError
 from ..events import Result
+from ..plan import LocalTarget
 from ..results import VersusResult
 from ..stats import describe
 from ..sweepstats import paired_ratio
-from ..plan import LocalTarget
-from ..targets import SentenceTransformerTarget, Target, TargetFactory, check_prompt_name
+from ..targets import (
+    SentenceTransformerTarget,
+    Target,
+    TargetFactory,
+    check_prompt_name,
+)
+from ..workload_facts import VersusFacts
 from .encode import EncodeWorkload
 from .speed import SpeedWorkload
 
@@ -36,9 +42,10 @@ class VersusWorkload:
     def prompt_names(self) -> list[str]:
         return self.inner.prompt_names()
 
-    def settings(self) -> dict[str, Any]:
-        return {**self.inner.settings(), "name": self.name, "vs_model": self.other_model or "bundled all-MiniLM-L6-v2",
-                "pairs": self.pairs, "order": "ABBA"}
+    def facts(self) -> VersusFacts:
+        name: Literal["encode-vs", "speed-vs"] = "encode-vs" if isinstance(self.inner, EncodeWorkload) else "speed-vs"
+        return VersusFacts(name=name, inner=self.inner.facts(), vs_model=self.other_model or "bundled all-MiniLM-L6-v2",
+                           pairs=self.pairs)
 
     def _texts(self) -> list[str]:
         if isinstance(self.inner, SpeedWorkload):

@@ -13,7 +13,12 @@ from typing import Any, ClassVar
 
 from embprof.engine.events import TrainStep
 from embprof.engine.fold import TrainingSummary
-from embprof.engine.neighbours import evaluation_changes, planned_evaluations, training_result
+from embprof.engine.neighbours import (
+    evaluation_changes,
+    planned_evaluations,
+    training_result,
+)
+from embprof.engine.plan import TrainPlan
 from embprof.engine.results import EvalChange, MtebTask, NeighbourScore, TrainResult
 from embprof.engine.text import one_line
 from rich.table import Table as RichTable
@@ -49,17 +54,18 @@ def steps_planned(view: RunView, result: TrainResult | None) -> int | None:
     planned = getattr(last, "steps_planned", None) if last is not None else None
     if isinstance(planned, int):
         return planned
-    for workload in (view.run.workload, view.plan.workload.model_dump() if view.plan is not None else {}):
-        if workload.get("name") == "train" and isinstance(workload.get("max_steps"), int):
-            return int(workload["max_steps"])
-    return None
+    train = _train_plan(view)
+    return train.max_steps if train is not None else None
 
 
 def epochs_planned(view: RunView) -> float | None:
-    for workload in (view.run.workload, view.plan.workload.model_dump() if view.plan is not None else {}):
-        if workload.get("name") == "train" and workload.get("max_steps") is None and isinstance(workload.get("epochs"), (int, float)):
-            return float(workload["epochs"])
-    return None
+    train = _train_plan(view)
+    return train.epochs if train is not None and train.max_steps is None else None
+
+
+def _train_plan(view: RunView) -> TrainPlan | None:
+    plan = view.plan or view.run.plan
+    return plan.workload if plan is not None and isinstance(plan.workload, TrainPlan) else None
 
 
 def read(attr: str, scale: float = 1.0) -> Callable[[TrainStep], float | None]:
@@ -181,7 +187,8 @@ class TrainingPanel(Panel):
         # Planned evaluations not yet measured on either side: a row each, so the table says what is to come.
         seen = {r.evaluation for r in rows}
         planned = list(planned_evaluations(results))
-        files = view.plan.workload.model_dump().get("neighbours", ()) if view.plan is not None else ()
+        train = _train_plan(view)
+        files = train.neighbours if train is not None else ()
         planned += [f"neighbours {name}" for name in files]
         for name in planned:
             if name not in seen:

@@ -1,23 +1,21 @@
 """The new-run form: its fields become the same options the command line takes, and the engine's
-``plan_from_options`` turns them into the run's plan (or the one sentence saying what is wrong)."""
+``plan_from_options`` turns them into the run's plan (or the one sentence saying what is wrong).
+
+Each field's label, kind (a menu, a whole number, a number, text) and menu come from the run options'
+table (``engine.fields``), the one the command line's parser is built from; the form is filled from a
+plan by the plan field each of its options fills."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, get_args
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
+from embprof.engine.bounds import WholeRange
 from embprof.engine.errors import UserError
+from embprof.engine.fields import OPTION, RunOption
+from embprof.engine.plan import RunPlan, plan_from_options
 from embprof.engine.text import one_line
-from embprof.engine.plan import (
-    DEVICES,
-    DTYPES,
-    LOSSES,
-    WORKLOADS,
-    LocalTarget,
-    RunPlan,
-    ServerTarget,
-    TrainPlan,
-    plan_from_options,
-)
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
@@ -26,54 +24,116 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static
 
-DISTANCES: tuple[str, ...] = get_args(TrainPlan.model_fields["distance"].annotation)
+
+@dataclass(frozen=True)
+class FormField:
+    """One field of the form: the run options it fills (the table's keys, engine.fields), its widget's id
+    and placeholder, and when it shows. Its label, its kind (a menu, a number, text) and its bounds are
+    the option's own, from the table; several options share a field when each workload reads one of them
+    (the file is an encode's input, a similarity's documents, a speed run's text)."""
+
+    id: str
+    keys: tuple[str, ...]
+    placeholder: str = ""
+    only: Literal["train-only", "not-train", ""] = ""  # the CSS class: a training run's own field, or one it never reads
+    # A repeatable option's values: joined by ``sep`` to be shown, split where ``splits`` (a pattern) matches
+    # when read back; "" reads one value (and shows the plan's only if it has just one).
+    sep: str = " "
+    splits: str = r"\s+"
 
 
-def _number(value: Any) -> str:
-    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+FIELDS: tuple[FormField, ...] = (
+    FormField("f-model", ("model",), "HF id or folder (empty: bundled all-MiniLM-L6-v2)"),
+    FormField("f-server", ("server",), "instead of a model, e.g. http://127.0.0.1:8080"),
+    FormField("f-api", ("api",), only="not-train"),
+    FormField("f-device", ("device",)),
+    FormField("f-dtype", ("dtype",)),
+    FormField("f-workload", ("workload",)),
+    FormField("f-train-file", ("train_file",), "JSON Lines: sentence1/sentence2/score or anchor/positive[/negative]", only="train-only"),
+    FormField("f-loss", ("loss",), only="train-only"),
+    FormField("f-epochs", ("epochs",), "default 1", only="train-only"),
+    FormField("f-max-steps", ("max_steps",), "stop after this many steps (empty: the epochs)", only="train-only"),
+    FormField("f-max-examples", ("max_examples",), "the file's first N rows (empty: all)", only="train-only"),
+    FormField("f-lr", ("learning_rate",), "default 2e-5", only="train-only"),
+    FormField("f-train-prompt", ("prompt",), "text put before every text (or a prompt name below)", only="train-only"),
+    FormField("f-output", ("output",), "the trained model (empty: trained/<model>-<time>)", only="train-only"),
+    FormField("f-mode", ("mode",), only="not-train"),
+    FormField("f-batch", ("batch_size",), "default 32 (train 16)"),
+    FormField("f-repeats", ("repeats", "loops", "requests"), "encode 3, speed 7, load 200 requests", only="not-train"),
+    FormField("f-file", ("input", "docs", "text"), "encode: lines · similarity: documents · speed: the text", only="not-train"),
+    FormField("f-prompt", ("prompt_name",), "e.g. query, STS (see `embprof prompts`)"),
+    FormField("f-query", ("query",), "similarity: a query (with a docs file)", only="not-train", splits=""),
+    FormField("f-tasks", ("tasks",), "mteb: e.g. STS16 JSTS Banking77Classification", splits=r"[\s,]+"),
+    FormField("f-data", ("data_dir",), "mteb: local JSON Lines (empty: the Hub)"),
+    FormField("f-neighbours", ("neighbours",), "neighbour accuracy before/after: a.jsonl, b.jsonl", only="train-only", sep=", ",
+              splits=","),  # a file's name may hold a space
+    FormField("f-top-k", ("top_k",), "neighbours counted per text (default 5)", only="train-only"),
+    FormField("f-distance", ("distance",), only="train-only"),
+    FormField("f-axes", ("axis",), "sweep: e.g. lines=25,50,100 threads=1,2", only="not-train"),
+    FormField("f-hz", ("sample_hz",)),
+)
+
+
+def option_of(f: FormField) -> RunOption:
+    """The option that gives a field its label, kind and bounds: the first it fills (they share them)."""
+    return OPTION[f.keys[0]]
+
+
+def menu_of(opt: RunOption) -> tuple[str, ...]:
+    return opt.choices or opt.menu
+
+
+def _values(text: str, splits: str) -> list[str] | None:
+    """A repeatable option's values as a field holds them; None when it holds none."""
+    if not splits:
+        return [text] if text else None
+    return [part.strip() for part in re.split(splits, text) if part.strip()] or None
+
+
+def _text(value: Any, sep: str) -> str:
+    """A plan field's value (its JSON form) as a field shows it."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return sep.join(str(v) for v in value)
+    return str(value)
 
 
 def _initial(plan: RunPlan) -> dict[str, str]:
-    """The form's fields filled from a plan (the last run's), by option name."""
-    t, w = plan.target, plan.workload
+    """The form's fields filled from a plan (the last run's), by the plan field each option fills.
 
-    def get(name: str) -> Any:
-        return getattr(w, name, None)
-
-    count = get("repeats") or get("loops") or get("requests")
-    file_ = get("input") or get("docs") or get("text")
-    axes = get("axes") or {}
-    return {
-        "model": (t.model or "") if isinstance(t, LocalTarget) else "",
-        # Shown without credentials: never on screen (type them again to change the server).
-        "server": t.model_dump(mode="json")["url"] if isinstance(t, ServerTarget) else "",
-        "api": t.api if isinstance(t, ServerTarget) else "llama",
-        "device": t.device.split(":")[0] if isinstance(t, LocalTarget) else "auto",
-        "dtype": t.dtype if isinstance(t, LocalTarget) else "float32",
-        "workload": w.name,
-        "mode": str(get("mode") or "plain"),
-        "batch_size": str(get("batch_size") or ""),
-        "count": str(count or ""),
-        "file": str(file_ or ""),
-        "prompt_name": str(get("prompt_name") or ""),
-        "query": " ".join(get("queries") or ())[:200] if len(get("queries") or ()) == 1 else "",
-        "tasks": " ".join(get("tasks") or ()),
-        "data_dir": str(get("data_dir") or ""),
-        "axes": " ".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in axes.items()),
-        "sample_hz": f"{plan.recording.sample_hz:g}",
-        # A training run's own fields: filled from the last plan only when it trained.
-        "train_file": str(get("train_file") or ""),
-        "max_examples": _number(get("max_examples")),
-        "loss": str(get("loss") or "auto") if w.name == "train" else "auto",
-        "epochs": _number(get("epochs")),
-        "max_steps": _number(get("max_steps")),
-        "learning_rate": _number(get("learning_rate")),
-        "train_prompt": str(get("prompt") or "") if w.name == "train" else "",
-        "output": "",  # the last run's output folder holds its model now: a new run is never offered it
-        "neighbours": ", ".join(get("neighbours") or ()),
-        "top_k": _number(get("top_k")) if w.name == "train" else "",
-        "distance": str(get("distance") or "cosine"),
-    }
+    The plan is read in its JSON form, which holds a server's URL without its credentials: they are
+    never on screen (type them again to change the server). A field the plan's target or workload does
+    not have shows the option's default; a training run's own fields are filled from a training plan only."""
+    data = plan.model_dump(mode="json")
+    chosen = {"target": plan.target.kind, "workload": plan.workload.name, "recording": ""}
+    shown: dict[str, str] = {}
+    for f in FIELDS:
+        value: Any = None
+        for key in f.keys:
+            opt = OPTION[key]
+            assert opt.field is not None  # the tests check every field of the form fills a plan field
+            part, _, name = opt.field.partition(".")
+            if (opt.applies and chosen[part] not in opt.applies) or (f.only == "train-only" and plan.workload.name != "train"):
+                continue
+            value = data[part].get(name)
+            if value is not None:
+                break
+        if f.id == "f-output":
+            value = None  # the last run's output folder holds its model now: a new run is never offered it
+        elif f.id == "f-device" and value is not None:
+            value = value.split(":")[0]  # the menu lists kinds of device: cuda:1 shows as cuda
+        elif option_of(f).repeatable and not f.splits and value is not None:
+            value = value[0][:200] if len(value) == 1 else None  # a field of one value: the plan's only one, if so
+        elif option_of(f).shape == "axes" and value is not None:
+            value = " ".join(f"{k}={','.join(str(v) for v in vs)}" for k, vs in value.items())
+        opt = option_of(f)
+        if value is None and menu_of(opt):
+            value = opt.default
+        shown[f.id] = _text(value, f.sep)
+    return shown
 
 
 class RunForm(ModalScreen[RunPlan | None]):
@@ -94,72 +154,16 @@ class RunForm(ModalScreen[RunPlan | None]):
         with Vertical(id="form"):
             yield Label("New run", id="form-title")
             with Grid(id="form-grid"):
-                yield Label("model")
-                yield Input(compact=True, value=c["model"], placeholder="HF id or folder (empty: bundled all-MiniLM-L6-v2)", id="f-model")
-                yield Label("server URL")
-                yield Input(compact=True, value=c["server"], placeholder="instead of a model, e.g. http://127.0.0.1:8080", id="f-server")
-                yield Label("server API", classes="not-train")
-                yield Select([(a, a) for a in ("llama", "openai")], compact=True, value=c["api"], allow_blank=False, id="f-api",
-                             classes="not-train")
-                yield Label("device")
-                yield Select([(d, d) for d in DEVICES], compact=True, value=c["device"], allow_blank=False, id="f-device")
-                yield Label("dtype")
-                yield Select([(d, d) for d in DTYPES], compact=True, value=c["dtype"], allow_blank=False, id="f-dtype")
-                yield Label("workload")
-                yield Select([(w, w) for w in WORKLOADS], compact=True, value=c["workload"], allow_blank=False, id="f-workload")
-                yield Label("training file", classes="train-only")
-                yield Input(compact=True, value=c["train_file"], placeholder="JSON Lines: sentence1/sentence2/score or anchor/positive[/negative]",
-                            id="f-train-file", classes="train-only")
-                yield Label("loss", classes="train-only")
-                yield Select([(x, x) for x in LOSSES], compact=True, value=c["loss"], allow_blank=False, id="f-loss", classes="train-only")
-                yield Label("epochs", classes="train-only")
-                yield Input(compact=True, value=c["epochs"], type="number", placeholder="default 1", id="f-epochs", classes="train-only")
-                yield Label("max steps", classes="train-only")
-                yield Input(compact=True, value=c["max_steps"], type="integer", placeholder="stop after this many steps (empty: the epochs)",
-                            id="f-max-steps", classes="train-only")
-                yield Label("max examples", classes="train-only")
-                yield Input(compact=True, value=c["max_examples"], type="integer", placeholder="the file's first N rows (empty: all)",
-                            id="f-max-examples", classes="train-only")
-                yield Label("learning rate", classes="train-only")
-                yield Input(compact=True, value=c["learning_rate"], type="number", placeholder="default 2e-5", id="f-lr", classes="train-only")
-                yield Label("training prompt", classes="train-only")
-                yield Input(compact=True, value=c["train_prompt"], placeholder="text put before every text (or a prompt name below)",
-                            id="f-train-prompt", classes="train-only")
-                yield Label("output folder", classes="train-only")
-                yield Input(compact=True, value=c["output"], placeholder="the trained model (empty: trained/<model>-<time>)", id="f-output",
-                            classes="train-only")
-                yield Label("encode as", classes="not-train")
-                yield Select([(m, m) for m in ("plain", "query", "document")], compact=True, value=c["mode"], allow_blank=False, id="f-mode",
-                             classes="not-train")
-                yield Label("batch size")
-                yield Input(compact=True, value=c["batch_size"], type="integer", placeholder="default 32 (train 16)", id="f-batch")
-                yield Label("repeats / loops", classes="not-train")
-                yield Input(compact=True, value=c["count"], type="integer", placeholder="encode 3, speed 7, load 200 requests", id="f-repeats",
-                            classes="not-train")
-                yield Label("file", classes="not-train")
-                yield Input(compact=True, value=c["file"], placeholder="encode: lines · similarity: documents · speed: the text", id="f-file",
-                            classes="not-train")
-                yield Label("prompt name")
-                yield Input(compact=True, value=c["prompt_name"], placeholder="e.g. query, STS (see `embprof prompts`)", id="f-prompt")
-                yield Label("query", classes="not-train")
-                yield Input(compact=True, value=c["query"], placeholder="similarity: a query (with a docs file)", id="f-query", classes="not-train")
-                yield Label("MTEB tasks")
-                yield Input(compact=True, value=c["tasks"], placeholder="mteb: e.g. STS16 JSTS Banking77Classification", id="f-tasks")
-                yield Label("MTEB data dir")
-                yield Input(compact=True, value=c["data_dir"], placeholder="mteb: local JSON Lines (empty: the Hub)", id="f-data")
-                yield Label("labelled files", classes="train-only")
-                yield Input(compact=True, value=c["neighbours"], placeholder="neighbour accuracy before/after: a.jsonl, b.jsonl",
-                            id="f-neighbours", classes="train-only")
-                yield Label("top-k", classes="train-only")
-                yield Input(compact=True, value=c["top_k"], type="integer", placeholder="neighbours counted per text (default 5)", id="f-top-k",
-                            classes="train-only")
-                yield Label("distance", classes="train-only")
-                yield Select([(d, d) for d in DISTANCES], compact=True, value=c["distance"], allow_blank=False, id="f-distance",
-                             classes="train-only")
-                yield Label("sweep axes", classes="not-train")
-                yield Input(compact=True, value=c["axes"], placeholder="sweep: e.g. lines=25,50,100 threads=1,2", id="f-axes", classes="not-train")
-                yield Label("sample Hz")
-                yield Input(compact=True, value=c["sample_hz"], type="number", id="f-hz")
+                for f in FIELDS:
+                    opt = option_of(f)
+                    yield Label(opt.label or "", classes=f.only)
+                    if menu_of(opt):
+                        yield Select([(x, x) for x in menu_of(opt)], compact=True, value=c[f.id], allow_blank=False, id=f.id,
+                                     classes=f.only)
+                    else:
+                        kind: Literal["integer", "number", "text"] = (
+                            "text" if opt.bound is None else "integer" if isinstance(opt.bound, WholeRange) else "number")
+                        yield Input(compact=True, value=c[f.id], type=kind, placeholder=f.placeholder, id=f.id, classes=f.only)
             yield Static("", id="form-error")
             with Horizontal(id="form-buttons"):
                 yield Button("Run", variant="primary", id="f-run", compact=True)
@@ -198,54 +202,31 @@ class RunForm(ModalScreen[RunPlan | None]):
         def v(i: str) -> str:
             return self.query_one(f"#{i}", Input).value.strip()
 
-        def sel(i: str) -> str:
-            return str(self.query_one(f"#{i}", Select).value)
-
         def number(i: str, kind: type[int | float], what: str) -> Any:
             try:
                 return kind(v(i)) if v(i) else None
             except ValueError:
                 raise UserError(f"{what} must be a number, not '{v(i)}'") from None
 
-        count = number("f-repeats", int, "repeats / loops")
-        options: dict[str, Any] = {
-            "model": v("f-model") or None,
-            "server": v("f-server") or None,
-            "api": sel("f-api"),
-            "device": sel("f-device"),
-            "dtype": sel("f-dtype"),
-            "workload": sel("f-workload"),
-            "mode": sel("f-mode"),
-            "batch_size": number("f-batch", int, "batch size"),
-            "repeats": count,
-            "loops": count,
-            "requests": count,
-            "input": v("f-file") or None,
-            "docs": v("f-file") or None,
-            "text": v("f-file") or None,
-            "prompt_name": v("f-prompt") or None,
-            "query": [v("f-query")] if v("f-query") else None,
-            "tasks": v("f-tasks").replace(",", " ").split() or None,
-            "data_dir": v("f-data") or None,
-            "axis": v("f-axes").split() or None,
-            "sample_hz": number("f-hz", float, "sample Hz"),
-        }
-        if options["workload"] == "train":
-            # Read only for a training run: a training prompt left in a hidden field must not reach an encode.
-            options.update({
-                "train_file": v("f-train-file") or None,
-                "max_examples": number("f-max-examples", int, "max examples"),
-                "loss": sel("f-loss"),
-                "epochs": number("f-epochs", float, "epochs"),
-                "max_steps": number("f-max-steps", int, "max steps"),
-                "learning_rate": number("f-lr", float, "learning rate"),
+        workload = str(self.query_one("#f-workload", Select).value)
+        options: dict[str, Any] = {}
+        for f in FIELDS:
+            if f.only == "train-only" and workload != "train":
+                continue  # read only for a training run: a training prompt left in a hidden field must not reach an encode
+            opt = option_of(f)
+            value: Any
+            if menu_of(opt):
+                value = str(self.query_one(f"#{f.id}", Select).value)
+            elif opt.bound is not None:
+                value = number(f.id, int if isinstance(opt.bound, WholeRange) else float, opt.label or f.id)
+            elif opt.kind == "raw":
                 # Not stripped: a prompt's closing space is part of it ("task: search result | query: ").
-                "prompt": self.query_one("#f-train-prompt", Input).value if v("f-train-prompt") else None,
-                "output": v("f-output") or None,
-                "neighbours": [name.strip() for name in v("f-neighbours").split(",") if name.strip()] or None,
-                "top_k": number("f-top-k", int, "top-k"),
-                "distance": sel("f-distance"),
-            })
+                value = self.query_one(f"#{f.id}", Input).value if v(f.id) else None
+            elif opt.repeatable:
+                value = _values(v(f.id), f.splits)
+            else:
+                value = v(f.id) or None
+            options.update(dict.fromkeys(f.keys, value))
         return options
 
     def plan(self) -> RunPlan:
