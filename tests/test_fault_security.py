@@ -24,7 +24,9 @@ import ast
 import base64
 import json
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +56,12 @@ class Leak:
 
     def __init__(self) -> None:
         self.outputs: list[tuple[str, str]] = []
+        self._lock = threading.Lock()  # commands may run side by side (each is its own process)
 
     def run(self, args: list[str], env: dict[str, str], expect: int | None = 0) -> tuple[int, str, str]:
         rc, out, err, _ = run_cli(args, env, timeout=600)
-        self.outputs += [(f"stdout of {args[:2]}", out), (f"stderr of {args[:2]}", err)]
+        with self._lock:
+            self.outputs += [(f"stdout of {args[:2]}", out), (f"stderr of {args[:2]}", err)]
         if expect is not None:
             assert rc == expect, (args, rc, err[-2000:])
         assert "Traceback" not in err
@@ -93,30 +97,38 @@ def test_a_planted_secret_reaches_no_output(cli_env: dict[str, str], server: Tri
     encode, _ = snapshot_from(out)
     _, out, _ = leak.run(["run", "load", "--server", url, "--api", "openai", *key, "--requests", "30", "--concurrency", "2"], env)
     load, _ = snapshot_from(out)
-    leak.run(["run", "encode", "--server", url, "--api", "openai", *key, "--print-plan"], env)
-    leak.run(["show", str(encode)], env)
     exports = tmp_path / "exports"
-    for fmt in ("md", "csv", "json"):
-        leak.run(["export", str(load), "--format", fmt, "-o", str(exports / f"load.{fmt}")], env)
-        leak.run(["compare", str(encode), str(load), "--format", fmt, "-o", str(exports / f"compare.{fmt}")], env)
-    leak.run(["compare", str(encode), str(load)], env)
-    leak.run(["rerun", str(load), "--print-plan"], env)
-    leak.run(["list"], env)
     matrix = tmp_path / "matrix"
     data = str(Path(speed_text).parent.parent)
     spec = tmp_path / "matrix.toml"  # a server's key variable is a field of the matrix file
     spec.write_text(f'tasks = []\ndata_dir = {data!r}\nloops = 2\n\n'
                     f'[[server]]\nurl = {url!r}\napi = "openai"\napi_key_env = "EMBPROF_TEST_KEY"\n')
-    leak.run(["matrix", "--spec", str(spec), "-o", str(matrix)], env)
-    leak.run(["matrix", "--spec", str(spec), "-o", str(matrix), "--print-spec"], env)
-    leak.run(["matrix", "--server", url, "--api", "openai", "-o", str(tmp_path / "m2"), "--list-cells"], env)
-    for fmt in ("md", "html", "csv", "json"):
-        leak.run(["export", str(matrix), "--format", fmt, "-o", str(exports / f"matrix.{fmt}")], env)
+
+    def the_matrix() -> None:  # its commands in order: each reads what the one before wrote
+        leak.run(["matrix", "--spec", str(spec), "-o", str(matrix)], env)
+        leak.run(["matrix", "--spec", str(spec), "-o", str(matrix), "--print-spec"], env)
+        for fmt in ("md", "html", "csv", "json"):
+            leak.run(["export", str(matrix), "--format", fmt, "-o", str(exports / f"matrix.{fmt}")], env)
+
+    def refused_by_the_server() -> None:
+        with TrivialEmbeddingServer(_Refusing) as refusing:
+            leak.run(["run", "encode", "--server", creds(refusing.url), "--api", "openai", *key], env, expect=2)
+
     # Failures quote the URL they could not use: without its credentials.
     closed = creds(f"http://127.0.0.1:{_closed_port()}")
-    leak.run(["run", "encode", "--server", closed, "--api", "openai", *key], env, expect=2)
-    with TrivialEmbeddingServer(_Refusing) as refusing:
-        leak.run(["run", "encode", "--server", creds(refusing.url), "--api", "openai", *key], env, expect=2)
+    readers = [["run", "encode", "--server", url, "--api", "openai", *key, "--print-plan"], ["show", str(encode)],
+               *[["export", str(load), "--format", fmt, "-o", str(exports / f"load.{fmt}")] for fmt in ("md", "csv", "json")],
+               *[["compare", str(encode), str(load), "--format", fmt, "-o", str(exports / f"compare.{fmt}")] for fmt in ("md", "csv", "json")],
+               ["compare", str(encode), str(load)], ["rerun", str(load), "--print-plan"], ["list"],
+               ["matrix", "--server", url, "--api", "openai", "-o", str(tmp_path / "m2"), "--list-cells"]]
+    # Two at a time: each command is a process of its own that reads or writes only its own files, and the
+    # checks below read every output and file whatever the order.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = [pool.submit(the_matrix), pool.submit(refused_by_the_server),
+                pool.submit(leak.run, ["run", "encode", "--server", closed, "--api", "openai", *key], env, 2),
+                *[pool.submit(leak.run, args, env) for args in readers]]
+        for job in jobs:
+            job.result()
     files = leak.check(Path(env["EMBPROF_PROFILES_DIR"]), exports, matrix, Path(env["XDG_CACHE_HOME"]))
     assert files >= 20  # the grep saw the snapshots, exports and the matrix's files, not an empty folder
 

@@ -40,8 +40,11 @@ STAGE_LINES = {
     "load": r"^\s+load\s+…",
     "run": r"^\s+encode\s+\d+\.\d+ s\s+repeat 1\b",
 }
-# 200 passes over the sample corpus: far longer than any test waits, so the signal always lands mid-run.
-RUN = ["run", "encode", "--repeats", "200"]
+# Passes over four short lines, as many as embprof allows: a pass takes milliseconds (the sample corpus's take
+# seconds on two busy cores, and the run stage waits for a warm-up and a pass), and all of them far longer than
+# any test waits, so the signal always lands mid-run.
+SHORT_LINES = Path(__file__).resolve().parent / "fixtures" / "four_short_lines.txt"
+RUN = ["run", "encode", "--input", str(SHORT_LINES), "--repeats", "100000"]
 
 
 def snapshots(folder: Path) -> list[Path]:

@@ -1,10 +1,11 @@
 """The Textual dashboard: `embprof` with no subcommand.
 
 Attributes go down, messages come up: a run is a ``RunPlan``; the engine runs it on a worker thread,
-and its events arrive through a Bridge that coalesces them into one EventsReady message at a time.
-The app folds them into the RunView on display (the engine's own fold plus bounded chart buffers),
-and a timer redraws only the visible panels whose data changed, charts at most once a second while
-the run goes on. File work (listing, opening, exporting, comparing snapshots) runs on worker threads
+and its events arrive through a Bridge that holds them for the UI's once-a-second tick (only the first
+event after a quiet spell, the run's end and an error wake the UI at once). The app folds them into the
+RunView on display (the engine's own fold plus bounded chart buffers), and the same tick redraws only the
+visible panels whose data changed, each at most every live_interval_s while the run goes on. File work
+(listing, opening, exporting, comparing snapshots) runs on worker threads
 that end in a message: the UI thread never waits on the disk.
 """
 
@@ -73,10 +74,6 @@ PANELS: tuple[tuple[str, str], ...] = (
 WIDE_MIN = (150, 40)  # at least this many columns and rows: every panel at once
 # In that layout a training run's panel takes the cells of these (see app.tcss); other runs hide it.
 WIDE_HIDDEN_TRAINING = ("latency", "scores")
-# While events keep coming, the UI takes them at most this often: every wake-up of the UI thread
-# takes the GIL from the run's own Python thread (10 samples a second would otherwise be 10 wake-ups).
-# The panels redraw every second or two anyway; a finished or saved run is taken at once.
-DRAIN_S = 0.25
 # Runs held in full (their figures and chart buffers, each up to a few MiB): older saved ones are read
 # back from their snapshots when opened again.
 MAX_VIEWS = 12
@@ -130,6 +127,10 @@ class EmbprofApp(App[None]):
         self.current: RunView | None = None
         self.runner: RunnerLike | None = None
         self._bridges: dict[str, Bridge] = {}
+        # Bridges held after a drain: while events keep coming the tick takes them, once a second, just
+        # before it redraws (the panels redraw every second or two anyway); the end of a run and an error
+        # still wake the UI at once (messages.URGENT), and a saved run is taken when its RunSaved arrives.
+        self._held: set[str] = set()
         self._started_at: dict[str, float] = {}
         self._drawn: dict[str, Any] = {}
         self._drawn_at: dict[str, float] = {}  # time.monotonic of each panel's last draw (not self.clock: tests freeze that)
@@ -220,6 +221,8 @@ class EmbprofApp(App[None]):
                 yield panel
 
     def _tick(self) -> None:
+        for key in list(self._held):
+            self._drain(key)
         self.redraw()
         if self.screen_stack:
             self._status.tick()
@@ -241,10 +244,11 @@ class EmbprofApp(App[None]):
             if not force and self._drawn.get(pid) == stamp:
                 continue
             # A chart rebuilt for every batch costs the run its throughput: while the run goes on, a
-            # visible panel redraws at most every live_interval_s. A panel just switched to has no
-            # recent draw, so it is drawn at once.
+            # visible panel redraws every live_interval_s. A panel just switched to has no recent draw,
+            # so it is drawn at once. Half a tick of slack: the ticks come a little late by varying
+            # amounts, and without it a panel due every 2 s would wait 3 whenever its last tick was later.
             if not force and running and self._drawn.get(pid, (None,))[0] == stamp[0] \
-                    and now - self._drawn_at.get(pid, 0.0) < panel.live_interval_s:
+                    and now - self._drawn_at.get(pid, 0.0) < panel.live_interval_s - 0.5 / self.refresh_hz:
                 continue
             self._drawn[pid] = stamp
             self._drawn_at[pid] = now
@@ -323,12 +327,14 @@ class EmbprofApp(App[None]):
         view = self.views.get(key)
         bridge = self._bridges.get(key)
         if view is None or bridge is None:
+            self._held.discard(key)
             return
         events = bridge.drain(hold=True)
         if not events:
+            self._held.discard(key)  # the hold has ended: the next event posts EventsReady again
             return
-        # Held: what arrives meanwhile is taken in one batch at the next poll, not one message each.
-        self.set_timer(DRAIN_S, lambda: self._drain(key))
+        # Held: what arrives meanwhile is taken in one batch at the next tick, not one message each.
+        self._held.add(key)
         scored, training = has_scores(view), has_training(view)
         view.apply_all(events)
         for e in events:
@@ -360,6 +366,7 @@ class EmbprofApp(App[None]):
         elif message.error:
             self.notify(message.error, severity="error", timeout=10)
         self._bridges.pop(message.key, None)  # drained for the last time: the run sends nothing more
+        self._held.discard(message.key)
         self._trim_views()
         self.list_snapshots()
 

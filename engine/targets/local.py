@@ -204,7 +204,7 @@ class SentenceTransformerTarget:
             try:  # transformers' own weight-loading bar would interleave with embprof's output
                 import transformers
 
-                transformers.utils.logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
+                transformers.utils.logging.disable_progress_bar()
             except Exception:
                 pass
         ctx.check_cancel()

@@ -370,7 +370,7 @@ def make_callback(probe: StepProbe) -> Any:
     """The probe as a transformers ``TrainerCallback`` (built here: transformers is imported with the trainer)."""
     from transformers import TrainerCallback
 
-    class EmbprofCallback(TrainerCallback):
+    class EmbprofCallback(TrainerCallback):  # type: ignore[misc]  # transformers is not analysed (pyproject.toml)
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             probe.train_begin(state)
 

@@ -76,12 +76,24 @@ class Panel(Vertical):
 # The shape each Static was last given, kept beside the widget rather than on it (a widget's attributes
 # are Textual's); weak, so a widget that is removed takes its entry with it.
 _SHAPES: weakref.WeakKeyDictionary[Static, Hashable] = weakref.WeakKeyDictionary()
+# What each Static was last given to show, where its caller says (``figures``); same weak keeping.
+_FIGURES: weakref.WeakKeyDictionary[Static, object] = weakref.WeakKeyDictionary()
+_NONE = object()
 
 
-def put(widget: Static, content: Any, shape: Hashable) -> None:
+def put(widget: Static, content: Any, shape: Hashable, figures: object = _NONE) -> None:
     """Update a Static, asking for a layout pass only when its shape (the number and kind of rows it
     holds, as the caller describes it) changed: a layout pass recomposes the whole screen, and a line
-    of figures that only changes its digits needs none. A resize lays everything out anyway."""
+    of figures that only changes its digits needs none. A resize lays everything out anyway.
+
+    ``figures``, when given, is everything the content is drawn from: equal to what it was at the last
+    update, the widget keeps its picture (Textual would re-render an equal one, line by line)."""
+    if figures is not _NONE:
+        if widget in _FIGURES and widget in _SHAPES and _SHAPES[widget] == shape and _FIGURES[widget] == figures:
+            return
+        _FIGURES[widget] = figures
+    else:
+        _FIGURES.pop(widget, None)
     layout = widget not in _SHAPES or _SHAPES[widget] != shape
     _SHAPES[widget] = shape
     widget.update(content, layout=layout)

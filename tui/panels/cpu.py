@@ -15,7 +15,8 @@ from .base import Panel, put
 class CpuPanel(Panel):
     panel_title = "CPU"
     depends_on = ("samples",)
-    live_interval_s = 1.0
+    # As the other live panels: its picture is two sparklines and a bar a core, a frame's worth of work.
+    live_interval_s = 2.0
     DEFAULT_CSS = """
     CpuPanel #cpu-summary { height: auto; }
     CpuPanel #cores { height: auto; max-height: 50%; }
@@ -35,8 +36,8 @@ class CpuPanel(Panel):
         summary = self.query_one("#cpu-summary", Static)
         cores = self.query_one("#cores", Static)
         if view is None or not view.samples:
-            summary.update(Text("No resource sample yet.", style="dim"))
-            cores.update("")
+            put(summary, Text("No resource sample yet.", style="dim"), "one line")
+            put(cores, "", 0)
             return
         last = view.samples[-1]
         # Rich's progress bar renderable, one row a core: drawn in the same frame as the numbers
@@ -47,18 +48,17 @@ class CpuPanel(Panel):
         grid.add_column(width=5, justify="right")
         for i, pct in enumerate(last.per_core_percent):
             grid.add_row(f"core {i}", RichProgressBar(total=100, completed=pct), f"{pct:.0f}%")
-        put(cores, grid, len(last.per_core_percent))
+        # Keyed by the figures: a machine at a steady load shows the same bars from sample to sample.
+        put(cores, grid, len(last.per_core_percent), figures=last.per_core_percent)
         threads_max = view.run.peaks.get("threads", (float(last.threads), 0))[0]
-        put(summary, 
-            Text.assemble(
-                ("process CPU ", "dim"),
-                (f"{last.cpu_percent:.0f}%", "bold"),
-                (f" of {len(last.per_core_percent) * 100}%   threads ", "dim"),
-                (str(last.threads), "bold"),
-                (f" (max {threads_max:.0f})", "dim"),
-            ),
-            "one line",
+        line = Text.assemble(
+            ("process CPU ", "dim"),
+            (f"{last.cpu_percent:.0f}%", "bold"),
+            (f" of {len(last.per_core_percent) * 100}%   threads ", "dim"),
+            (str(last.threads), "bold"),
+            (f" (max {threads_max:.0f})", "dim"),
         )
+        put(summary, line, "one line", figures=line)
         # A sparkline draws one cell per bucket: the last few hundred samples are all it can show.
         n = 4 * max(20, self.size.width)
         recent = list(view.samples)[-n:]

@@ -25,14 +25,28 @@ class PhaseBands(Widget):
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
         self.view: RunView | None = None
+        self._picture: tuple[int, Text] | None = None  # the last picture drawn, and the width it was drawn for
 
     def draw(self, view: RunView | None) -> None:
         self.view = view
+        # Most redraws of a run leave the bands as they were (one phase running the whole width):
+        # an equal picture is not rendered again.
+        width = self.size.width
+        if self._picture is not None and self._picture == (width, self.picture(width)):
+            return
+        self._picture = None
         self.refresh()
 
     def render(self) -> Text:
+        width = self.size.width
+        if self._picture is None or self._picture[0] != width:
+            self._picture = (width, self.picture(width))
+        return self._picture[1]
+
+    def picture(self, width: int) -> Text:
+        """The bands and their legend at ``width`` cells."""
         view = self.view
-        width = max(10, self.size.width)
+        width = max(10, width)
         if view is None or not view.run.phases:
             return Text("")
         phases = view.run.phases
