@@ -19,6 +19,7 @@ from embprof.engine.targets import SentenceTransformerTarget, bundled_model_dir,
 from embprof.engine.workloads.encode import EncodeWorkload
 from embprof.engine.workloads.similarity import SimilarityWorkload
 from embprof.engine.workloads.speed import SpeedWorkload
+from embprof.engine.workload_facts import EncodeFacts
 
 pytestmark = pytest.mark.slow
 
@@ -103,8 +104,8 @@ class Exploding:
     def prompt_names(self) -> list[str]:
         return []
 
-    def settings(self) -> dict[str, Any]:
-        return {"name": self.name}
+    def facts(self) -> EncodeFacts:
+        return EncodeFacts(input="two lines", lines=2)
 
     def run(self, ctx: RunContext, target: Any) -> None:
         with ctx.phase("encode", "before the fault"):
