@@ -28,7 +28,17 @@ from . import results as R
 from .errors import UserError
 from .events import Event
 from .fold import RunState
-from .workload_facts import NAMES
+from .workload_facts import (
+    NAMES,
+    CellFacts,
+    EncodeFacts,
+    LoadFacts,
+    MtebFacts,
+    SimilarityFacts,
+    SpeedFacts,
+    SweepFacts,
+    TrainFacts,
+)
 
 _NUMBERED = re.compile(r"\s+\d+$")
 
@@ -199,16 +209,13 @@ def _plan(target: dict[str, Any], workload: dict[str, Any], sample_hz: float) ->
     return plan.model_dump(mode="json"), "rebuilt from the settings of a schema-1 snapshot"
 
 
+# Versions 1 and 2 wrote each fact under its own name, but two that a plan field now also has: (workload, fact) -> old name.
+_OLD_NAME = {("mteb", "speed_loops"): "loops", ("train", "loss_class"): "loss"}
 # Each workload's facts by the names versions 1 and 2 wrote them under (old name -> fact name).
 _FACT_KEYS: dict[str, dict[str, str]] = {
-    "encode": {"input": "input", "lines": "lines"},
-    "speed": {k: k for k in ("protocol", "warmups", "text_path", "text_source", "text_sha256", "text_is_canonical", "paragraphs", "words")},
-    "similarity": {"source": "source", "queries": "queries", "documents": "documents"},
-    "sweep": {"input": "input", "batch_size": "batch_size"},
-    "load": {"input": "input", "arrivals": "arrivals", "latency_from": "latency_from"},
-    "mteb": {"tasks": "tasks", "loops": "speed_loops"},
-    "train": {"data_format": "data_format", "examples": "examples", "loss": "loss_class"},
-    "cell": {"cost": "cost", "text_sha256": "text_sha256"},
+    name: {_OLD_NAME.get((name, fact), fact): fact for fact in model.model_fields if fact not in ("name", "recorded")}
+    for model in (EncodeFacts, SpeedFacts, SimilarityFacts, SweepFacts, LoadFacts, MtebFacts, TrainFacts, CellFacts)
+    for name in (model.model_fields["name"].default,)
 }
 _VS_KEYS = {"vs_model": "vs_model", "pairs": "pairs", "order": "order"}
 

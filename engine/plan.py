@@ -19,43 +19,20 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
 
 from .bounds import (
+    NumberRange,
+    WholeRange,
     BATCH_SIZE,
-    BUDGET_S,
     CELL_LOOPS,
-    CONCURRENCY,
-    DURATION_S,
     ENERGY_WINDOW_S,
-    EPOCHS,
     INT_AXIS_MOST,
-    LEARNING_RATE,
-    LOAD_PROCESSES,
-    LOOPS,
-    MAX_ERRORS,
-    MAX_EXAMPLES,
     MAX_REPEATS,
-    MAX_STEPS,
-    RAM_CEILING_MIB,
-    RATE,
-    REPEATS,
-    REQUESTS,
-    SAMPLE_HZ,
-    SEED,
-    SERVER_PID,
-    SLO_ERRORS,
-    SLO_P99_MS,
-    STEP_S,
-    TARGET_CI,
     TEXT_TOKENS,
-    TIMEOUT_S,
     TOP_K,
-    TRUNCATE_DIM,
-    WARMUP_RATIO,
-    WARMUPS,
     check_count,
     check_number,
 )
 from .errors import UserError
-from .fields import OPTION, OPTIONS, option_name
+from .fields import BY_FIELD, OPTION, OPTIONS, option_name
 from .text import one_line
 from .text import shown as _shown
 
@@ -83,6 +60,19 @@ def check_texts(plan: BaseModel, part: str, *names: str) -> None:
     it (``part``: "target" or "workload", where the run options' table finds the field)."""
     for name in names:
         check_text(getattr(plan, name), option_name(f"{part}.{name}"))
+
+
+def check_bounds(plan: BaseModel, part: str, *names: str) -> None:
+    """Each of the plan's named number fields inside the bound of the option that fills it, in order: the
+    bound and the option's name both come from the run options' table, so neither is restated here."""
+    for name in names:
+        option = BY_FIELD[f"{part}.{name}"]
+        bound = option.bound
+        if isinstance(bound, WholeRange):
+            check_count(getattr(plan, name), bound, option.name)
+        else:
+            assert isinstance(bound, NumberRange), option.key  # tests/test_fields_table.py: every field checked here has one
+            check_number(getattr(plan, name), bound, option.name)
 
 
 def strip_credentials(url: str) -> str:
@@ -121,7 +111,7 @@ class LocalTarget(_Plan):
         if base not in DEVICES or (":" in self.device and (base != "cuda" or not self.device.split(":", 1)[1].isdigit())):
             raise UserError(f"unknown device '{_shown(self.device)}': use one of {', '.join(DEVICES)} (cuda:N for a given GPU)")
         check_text(self.model, option_name("target.model"), OPTION["model"].hint)
-        check_count(self.truncate_dim, TRUNCATE_DIM, option_name("target.truncate_dim"))
+        check_bounds(self, "target", "truncate_dim")
         why = backend_refusal(self.backend, self.device, self.dtype, self.quantize)
         if why:
             raise UserError(why)
@@ -196,9 +186,7 @@ class ServerTarget(_Plan):
             port = 0
         if port == 0:
             raise UserError(f"--server '{shown(self.url)}' has no valid port (1–65535)")
-        check_number(self.timeout_s, TIMEOUT_S, option_name("target.timeout_s"))
-        check_count(self.max_errors, MAX_ERRORS, option_name("target.max_errors"))
-        check_count(self.server_pid, SERVER_PID, option_name("target.server_pid"))
+        check_bounds(self, "target", "timeout_s", "max_errors", "server_pid")
         check_texts(self, "target", "server_model", "prompts_from", "api_key_env")
         return self
 
@@ -230,9 +218,7 @@ class EncodePlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> EncodePlan:
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
-        check_count(self.repeats, REPEATS, option_name("workload.repeats"))
-        check_count(self.warmups, WARMUPS, option_name("workload.warmups"))
+        check_bounds(self, "workload", "batch_size", "repeats", "warmups")
         # An empty --prompt is meaningful (no prompt at all, not even the model's default); the names are not.
         check_texts(self, "workload", "input", "prompt_name", "compare_model", "vs")
         if self.prompt is not None and self.prompt_name is not None:
@@ -255,8 +241,7 @@ class SpeedPlan(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> SpeedPlan:
-        check_count(self.loops, LOOPS, option_name("workload.loops"))
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_bounds(self, "workload", "loops", "batch_size")
         check_texts(self, "workload", "text", "vs")
         if self.vs is not None and self.loops < 2:
             raise UserError(f"--vs needs at least 2 pairs, not {self.loops}")
@@ -278,7 +263,7 @@ class SimilarityPlan(_Plan):
             raise UserError("give both --query and --docs, or neither for the built-in example")
         if any(not q.strip() for q in self.queries):
             raise UserError("--query cannot be empty")
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
+        check_bounds(self, "workload", "batch_size")
         check_texts(self, "workload", "docs", "prompt_name", "query_prompt_name", "doc_prompt_name")
         return self
 
@@ -305,10 +290,7 @@ class SweepPlan(_Plan):
         check_axes(self.axes)
         if "batch" in self.axes and self.batch_size is not None:
             raise UserError("batch is both an axis and --batch-size: give one of them")
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
-        check_count(self.warmups, WARMUPS, option_name("workload.warmups"))
-        check_number(self.target_ci_percent, TARGET_CI, option_name("workload.target_ci_percent"))
-        check_number(self.budget_s, BUDGET_S, option_name("workload.budget_s"))
+        check_bounds(self, "workload", "batch_size", "warmups", "target_ci_percent", "budget_s")
         check_count(self.max_repeats, MAX_REPEATS, "max_repeats")
         check_texts(self, "workload", "input", "prompt_name")
         if self.until_oom:
@@ -320,7 +302,7 @@ class SweepPlan(_Plan):
         if self.ram_ceiling_mib is not None:
             if not self.until_oom:
                 raise UserError("--ram-ceiling goes with --until-oom")
-            check_number(self.ram_ceiling_mib, RAM_CEILING_MIB, option_name("workload.ram_ceiling_mib"))
+            check_bounds(self, "workload", "ram_ceiling_mib")
         return self
 
     @property
@@ -367,18 +349,10 @@ class LoadPlan(_Plan):
     def _check(self) -> LoadPlan:
         if self.requests is not None and self.duration_s is not None:
             raise UserError("give --requests or --duration, not both")
-        check_count(self.requests, REQUESTS, option_name("workload.requests"))
-        check_number(self.duration_s, DURATION_S, option_name("workload.duration_s"))
+        check_bounds(self, "workload", "requests", "duration_s")
         if self.concurrency is not None and self.rate is not None:
             raise UserError("give --concurrency (closed loop) or --rate (Poisson arrivals), not both")
-        check_count(self.concurrency, CONCURRENCY, option_name("workload.concurrency"))
-        check_number(self.rate, RATE, option_name("workload.rate"))
-        check_count(self.batch, BATCH_SIZE, option_name("workload.batch"))
-        check_count(self.processes, LOAD_PROCESSES, option_name("workload.processes"))
-        check_number(self.slo_p99_ms, SLO_P99_MS, option_name("workload.slo_p99_ms"))
-        check_number(self.slo_errors_percent, SLO_ERRORS, option_name("workload.slo_errors_percent"))
-        check_number(self.step_s, STEP_S, option_name("workload.step_s"))
-        check_number(self.max_rate, RATE, option_name("workload.max_rate"))
+        check_bounds(self, "workload", "concurrency", "rate", "batch", "processes", "slo_p99_ms", "slo_errors_percent", "step_s", "max_rate")
         if self.find_knee and self.concurrency is not None:
             raise UserError("--find-knee steps an open-loop rate: give --rate R to start from (or nothing), not --concurrency")
         if self.find_knee and (self.requests is not None or self.duration_s is not None):
@@ -388,7 +362,7 @@ class LoadPlan(_Plan):
         if self.find_knee and self.rate is not None and self.max_rate is not None and self.max_rate < self.rate:
             raise UserError(f"--max-rate {self.max_rate:g} is below the starting --rate {self.rate:g}")
         check_texts(self, "workload", "input", "prompt_name", "records")
-        check_count(self.text_tokens, TEXT_TOKENS, option_name("workload.text_tokens"))
+        check_bounds(self, "workload", "text_tokens")
         if sum(x is not None and x != () for x in (self.input, self.text_tokens, self.mix or None)) > 1:
             raise UserError("give one of --input, --text-tokens and --mix (a mix names its own sources)")
         for source, weight in self.mix:
@@ -424,8 +398,7 @@ class MtebPlan(_Plan):
             if name in seen:
                 raise UserError(f"task '{_shown(name)}' is named twice")
             seen.add(name)
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
-        check_count(self.loops, LOOPS, option_name("workload.loops"))
+        check_bounds(self, "workload", "batch_size", "loops")
         check_texts(self, "workload", "data_dir", "results_dir", "text")
         return self
 
@@ -458,15 +431,7 @@ class TrainPlan(_Plan):
     @model_validator(mode="after")
     def _check(self) -> TrainPlan:
         check_text(self.train_file, option_name("workload.train_file"))
-        check_count(self.max_examples, MAX_EXAMPLES, option_name("workload.max_examples"))
-        check_number(self.epochs, EPOCHS, option_name("workload.epochs"))
-        check_count(self.max_steps, MAX_STEPS, option_name("workload.max_steps"))
-        check_count(self.batch_size, BATCH_SIZE, option_name("workload.batch_size"))
-        check_count(self.eval_batch_size, BATCH_SIZE, option_name("workload.eval_batch_size"))
-        check_number(self.learning_rate, LEARNING_RATE, option_name("workload.learning_rate"))
-        check_number(self.warmup_ratio, WARMUP_RATIO, option_name("workload.warmup_ratio"))
-        check_count(self.seed, SEED, option_name("workload.seed"))
-        check_count(self.top_k, TOP_K, option_name("workload.top_k"))
+        check_bounds(self, "workload", "max_examples", "epochs", "max_steps", "batch_size", "eval_batch_size", "learning_rate", "warmup_ratio", "seed", "top_k")
         if self.prompt is not None and self.prompt_name is not None:
             raise UserError("give either --prompt-name or --prompt, not both")
         check_texts(self, "workload", "prompt_name", "output", "data_dir", "results_dir")
@@ -571,7 +536,7 @@ class Recording(_Plan):
 
     @model_validator(mode="after")
     def _check(self) -> Recording:
-        check_number(self.sample_hz, SAMPLE_HZ, option_name("recording.sample_hz"))
+        check_bounds(self, "recording", "sample_hz")
         return self
 
 
