@@ -420,6 +420,28 @@ async def test_a_redraw_queued_at_exit_is_dropped(tmp_path: Path) -> None:
     app.on_resize()
 
 
+async def test_a_tick_while_the_screens_are_taken_down_draws_nothing(tmp_path: Path) -> None:
+    """At exit the screens' widgets are removed before the screen stack is emptied; the interval timer
+    can fire in between, with the panels still listed but their children gone."""
+    app = make_app(tmp_path)
+    ticked: list[bool] = []
+    close_all = app._close_all
+
+    async def close_with_a_tick_between() -> None:
+        for stack in app._screen_stacks.values():
+            for screen in reversed(stack):
+                await app._prune(screen)
+        assert app.screen_stack  # the window this test is about: screens gone, stack not yet cleared
+        app._tick()
+        ticked.append(True)
+        await close_all()
+
+    app._close_all = close_with_a_tick_between  # type: ignore[method-assign]
+    async with app.run_test(size=(160, 45)) as pilot:
+        await finished(app, pilot)
+    assert ticked == [True]
+
+
 async def test_command_palette_offers_the_controls(tmp_path: Path) -> None:
     app = make_app(tmp_path, autostart=False)
     async with app.run_test(size=(100, 30)) as pilot:

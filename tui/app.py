@@ -224,7 +224,7 @@ class EmbprofApp(App[None]):
         for key in list(self._held):
             self._drain(key)
         self.redraw()
-        if self.screen_stack:
+        if self.screen_stack and self.is_running:
             self._status.tick()
 
     def redraw(self, force: bool = False) -> None:
@@ -232,8 +232,10 @@ class EmbprofApp(App[None]):
         since its last draw (while a run goes on, a panel at most every live_interval_s), or, ``force``, all
         of them now. The tick calls it; so may anything that wants the screen up to date at once."""
         # A resize can arrive before the mount; a queued redraw (a timer tick, a panel switch's
-        # after-refresh) can arrive after the last screen is gone at exit.
-        if not self._panels or not self.screen_stack:
+        # after-refresh) can arrive after the last screen is gone at exit. Shutdown clears is_running
+        # first, then removes the screens' widgets while the stack still lists them: a tick in between
+        # would find a panel without its children.
+        if not self._panels or not self.screen_stack or not self.is_running:
             return
         view = self.current
         now = time.monotonic()
