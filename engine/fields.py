@@ -142,7 +142,7 @@ OPTIONS: tuple[RunOption, ...] = (
               field="target.prompts_from", applies=SERVER, metavar="MODEL"),
     RunOption("server_pid", ("--server-pid",), f"sample this server process, {RANGE} (default: found by the URL's port when local)",
             bound=b.SERVER_PID, field="target.server_pid", applies=SERVER, metavar="PID"),
-    RunOption("timeout", ("--timeout",), f"seconds per request, {RANGE} (default 60)", bound=b.TIMEOUT_S, field="target.timeout_s",
+    RunOption("timeout", ("--timeout",), f"seconds a request may take, from its connect to its last byte, {RANGE} (default 60)", bound=b.TIMEOUT_S, field="target.timeout_s",
             applies=SERVER, default=60.0, metavar="S"),
     RunOption("max_errors", ("--max-errors",), f"failed requests tolerated (retried) before the run stops, {RANGE} (default 0)",
             bound=b.MAX_ERRORS, field="target.max_errors", applies=SERVER, default=0, metavar="N"),

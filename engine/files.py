@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import codecs
+import functools
 import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, UserError
-from .text import one_line
+from .text import first_line, one_line, shown
 
 # What embprof reads whole into memory. A snapshot is a few MB (its recorder is bounded), a plan or a
 # matrix file a few KB; an input of texts can be large. Past these sizes the file is refused in one
@@ -176,21 +179,54 @@ def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
 
 
 def decode_text(raw: bytes, name: str, encoding: str = "utf-8") -> str:
-    """UTF-8 text with something in it, or one sentence naming ``name``: not UTF-8, or empty."""
+    """UTF-8 text with something in it, or one sentence naming ``name``: not UTF-8, or empty.
+
+    A leading byte-order mark is accepted and dropped, in every file read through here as in ``read_lines``
+    (Windows editors write one; JSON's RFC 8259 lets a parser ignore it); the offset of a bad byte counts it."""
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
     try:
-        text = raw.decode(encoding)
+        text = raw[bom:].decode(encoding)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{name} is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+        raise UserError(f"{name} is not UTF-8 text (undecodable byte at offset {bom + exc.start})") from None
     if not text.strip():
         raise UserError(f"{name} is empty")
     return text
 
 
+class _RepeatedKey(Exception):
+    def __init__(self, key: object, line: int | None = None) -> None:
+        super().__init__(key)
+        self.key = key
+        self.line = line
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every key is given once: json (and orjson) keep the last of two silently, so a
+    plan could say ``"repeats": 3`` and run with the ``"repeats": 300`` further down."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return out
+
+
+def repeated_key(name: str, key: object, where: str = "") -> UserError:
+    """The one sentence for a key given twice, whatever the file's format or the option it is in (``where``:
+    the line, or the two spellings, when they are known)."""
+    return UserError(f"{name} gives the key '{shown(key)}' twice" + (f" ({where})" if where else "") + ": give each key once")
+
+
 def parse_json_bytes(raw: bytes, name: str) -> Any:
-    """JSON from bytes, or one sentence naming ``name`` and why not (not UTF-8, not JSON, nested too deeply)."""
+    """JSON from bytes, or one sentence naming ``name`` and why not (not UTF-8, not JSON, a key given twice,
+    nested too deeply)."""
     text = decode_text(raw, name)
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_object)
+    except _RepeatedKey as exc:
+        raise repeated_key(name, exc.key) from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{name} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
@@ -205,33 +241,122 @@ def read_json_file(path: str | Path, what: str, limit: int = MAX_JSON_BYTES) -> 
     return parse_json_bytes(read_file_bytes(path, what, limit), f"{what} '{one_line(path)}'")
 
 
+# TOML refuses a key given twice itself; its message names the line (or the table), not always the key.
+_TOML_AT = re.compile(r"\(at line (\d+), column \d+\)")
+_TOML_DECLARED = re.compile(r"Cannot declare \((.*)\) twice")
+_TOML_INLINE = re.compile(r"Duplicate inline table key '(.*)' \(at")
+
+
+def _toml_repeated_key(message: str, text: str) -> tuple[str, int | None] | None:
+    """The key and line of tomllib's refusal of a key given twice, or None for any other refusal."""
+    at = _TOML_AT.search(message)
+    line = int(at.group(1)) if at else None
+    declared, inline = _TOML_DECLARED.match(message), _TOML_INLINE.match(message)
+    if declared:
+        return ".".join(re.findall(r"'((?:[^'\\]|\\.)*)'", declared.group(1))), line
+    if inline:
+        return inline.group(1), line
+    if not message.startswith("Cannot overwrite a value"):
+        return None
+    lines = text.splitlines()
+    if line is None:  # "at end of document": the last line that says something
+        line = next((i + 1 for i in range(len(lines) - 1, -1, -1) if lines[i].strip()), None)
+    if line is None or line > len(lines) or "=" not in lines[line - 1]:
+        return None
+    return lines[line - 1].split("=", 1)[0].strip().strip("\"'"), line
+
+
+def parse_toml(text: str, name: str) -> Any:
+    """TOML, or one sentence naming ``name``: not TOML, or a key given twice (named, as everywhere)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except Exception as exc:  # tomllib's own error, or a RecursionError of a deeply nested file: never a traceback
+        found = _toml_repeated_key(first_line(exc), text)
+        if found is not None:
+            key, line = found
+            raise repeated_key(name, key, f"line {line}" if line is not None else "") from None
+        raise UserError(f"{name} is not valid TOML: {one_line(first_line(exc))}") from None
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's safe loader (no tag constructs an object or runs anything), refusing a key given twice in a
+    mapping, which it would otherwise keep the last of silently. Made once, when YAML is first read."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML has no type information
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    # A merge (<<) may be overridden by the mapping's own keys: that is YAML's meaning, not a repeat.
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node)
+                    if key in seen:
+                        raise _RepeatedKey(key, key_node.start_mark.line + 1)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """YAML read safely, or one sentence naming ``name``: not YAML, a tag, or a key given twice (named, as everywhere)."""
+    loader = _yaml_loader()(text)
+    try:
+        return loader.get_single_data()
+    except _RepeatedKey as exc:
+        raise repeated_key(name, exc.key, f"line {exc.line}") from None
+    except Exception as exc:  # PyYAML's errors, a tag refused, a RecursionError: one sentence, never a traceback
+        raise UserError(f"{name} is not valid YAML: {one_line(first_line(exc))}") from None
+    finally:
+        loader.dispose()
+
+
 def json_lines(path: str, what: str, shape: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """The objects of a JSON Lines file with their line numbers, blank lines skipped, read through the
     bounded reader; a line that is not a JSON object is one sentence naming it (``shape``: what each
     line should hold, said with it)."""
-    shown = one_line(path)
-    raw = decode_text(read_file_bytes(path, what, MAX_INPUT_BYTES), f"{what} '{shown}'")
+    name = one_line(path)
+    raw = decode_text(read_file_bytes(path, what, MAX_INPUT_BYTES), f"{what} '{name}'")
     for number, line in enumerate(raw.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_object)
+        except _RepeatedKey as exc:
+            raise repeated_key(f"{what} '{name}'", exc.key, f"line {number}") from None
         except ValueError:
-            raise UserError(f"{what} '{shown}' line {number} is not JSON: each line holds {shape}") from None
+            raise UserError(f"{what} '{name}' line {number} is not JSON: each line holds {shape}") from None
         if not isinstance(row, dict):
-            raise UserError(f"{what} '{shown}' line {number} is not a JSON object: each line holds {shape}")
+            raise UserError(f"{what} '{name}' line {number} is not a JSON object: each line holds {shape}")
         yield number, row
 
 
 def ensure_writable_dir(path: Path, what: str) -> Path:
-    """Fail before any work is done when results could not be saved at the end."""
+    """Fail before any work is done when results could not be saved at the end, and create nothing.
+
+    A check that passes may still be followed by one that refuses the command (a missing input, a model
+    that is not found), and a refused command leaves no trace: the folder is made by whatever first
+    writes into it (``atomic_write_bytes``, ``folder_lock``). What is probed is the folder itself when it
+    exists, else the nearest folder above it that does: that is where the first write creates it."""
     if str(path) == "":
         raise UserError(f"the {what} path is empty")
     if path.exists() and not path.is_dir():
         raise UserError(f"{what} '{one_line(path)}' is a file, not a folder")
+    probe_in = path
+    while not probe_in.exists():
+        # A dangling link stops here as well: creating through it fails, and the probe below says so.
+        if probe_in.is_symlink() or probe_in.parent == probe_in:
+            break
+        probe_in = probe_in.parent
+    if probe_in.exists() and not probe_in.is_dir():
+        raise UserError(f"{what} '{one_line(path)}' cannot be written to ('{one_line(probe_in)}' is a file, not a folder)")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".embprof-probe.", dir=path)
+        fd, probe = tempfile.mkstemp(prefix=".embprof-probe.", dir=probe_in)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
@@ -275,6 +400,7 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
 
     lock_path = folder / ".embprof.lock"
     try:
+        folder.mkdir(parents=True, exist_ok=True)  # the folder is made here, once every check has passed (ensure_writable_dir makes none)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as exc:
         raise UserError(f"{what} '{one_line(folder)}' cannot be locked ({_reason(exc)})") from None

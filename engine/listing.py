@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .snapshot import load_head
+from .text import one_line
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ def snapshot_row(path: Path) -> SnapshotRow:
     try:
         snap = load_head(path)
     except (UserError, OSError) as exc:
-        return SnapshotRow(path.name, "", "", "", "unreadable", None, None, unreadable=str(exc))
+        # Said on one line in a table's cell, the dashboard's list and its notifications alike.
+        return SnapshotRow(path.name, "", "", "", "unreadable", None, None, unreadable=one_line(exc))
     head = snap.summary.headline
     rss = snap.summary.peaks.get("rss_mib")
     return SnapshotRow(

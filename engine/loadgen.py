@@ -128,8 +128,10 @@ class _Sender:
         self.copy = open(spec.records_file, "w", encoding="utf-8") if spec.records_file else None  # noqa: SIM115 - closed in flush(last=True)
 
     def record(self, rec: Record) -> None:
-        if self.deadline_ns is not None and rec.done_ns > self.deadline_ns:
-            return  # answered after the end: outside the measured window, as an answer after a stop is
+        # Answered after the end, or cut off by a stop (the session closing under it): outside the measured window.
+        # Counted as recorded it would be neither in the records nor among the requests still out.
+        if self.stopped.is_set() or (self.deadline_ns is not None and rec.done_ns > self.deadline_ns):
+            return
         self.recorded += 1
         self.pending.append(rec.row())
 
@@ -169,12 +171,12 @@ class _Sender:
             # somewhere else than --server names would be no measure of that server.
             async with session.post(spec.path, data=body, allow_redirects=False) as r:
                 status = r.status
-                server = _server_timings(r.headers)
+                server = server_timings(r.headers)
                 if 200 <= r.status < 300:
                     raw = await _read(r, spec.max_answer_bytes)
                 else:
                     raw = await _read(r, protocol.MAX_ERROR_BYTES, cut=True)
-                phrase, location = r.reason or "", r.headers.get("Location", "")
+                phrase, location, answered = r.reason or "", r.headers.get("Location", ""), r.url.path
         except _TooLong as exc:
             done(protocol.BadBody.kind, str(exc))
             return
@@ -188,7 +190,8 @@ class _Sender:
             done("connection", exc.strerror or exc.__class__.__name__)
             return
         # Unredacted: the records go to embprof's process, which redacts before anything is kept.
-        answer = protocol.classify_answer(status, raw, n, spec.api, reason_phrase=phrase, location=location, width=self.width)
+        answer = protocol.classify_answer(status, raw, n, spec.api, reason_phrase=phrase, location=location, path=answered,
+                                          width=self.width)
         if isinstance(answer, Failure):
             done(answer.kind, answer.message)
             return
@@ -269,7 +272,7 @@ async def _read(response: Any, limit: int, cut: bool = False) -> bytes:
     return b"".join(parts)
 
 
-def _server_timings(headers: Any) -> dict[str, float] | None:
+def server_timings(headers: Any) -> dict[str, float] | None:
     """TEI's timing headers (milliseconds) as seconds by part; None when the server sends none."""
     out: dict[str, float] = {}
     for header, part in TEI_HEADERS:
@@ -285,7 +288,7 @@ def _server_timings(headers: Any) -> dict[str, float] | None:
     return out or None
 
 
-async def _process_main(spec: ProcessSpec) -> None:
+async def process_main(spec: ProcessSpec) -> None:
     import aiohttp
 
     loop = asyncio.get_running_loop()
@@ -313,6 +316,9 @@ async def _process_main(spec: ProcessSpec) -> None:
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=spec.concurrency, ttl_dns_cache=300,
                                      enable_cleanup_closed=True)
+    # total: --timeout bounds each request from its connect to its last byte, whatever the server sends meanwhile
+    # (1xx answers without end, a byte now and then), as the synchronous client's bound does; such a request is a
+    # "timeout" record (tests/test_fault_deadlines.py).
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s, connect=min(10.0, spec.timeout_s))
     headers = {**protocol.BASE_HEADERS, **spec.headers}
     auth = aiohttp.BasicAuth(*spec.basic_auth) if spec.basic_auth else None
@@ -353,9 +359,9 @@ def main() -> int:
     try:
         import uvloop
 
-        uvloop.run(_process_main(spec))
+        uvloop.run(process_main(spec))
     except ImportError:  # uvloop is for Linux and macOS: elsewhere asyncio's own loop does the same, more slowly
-        asyncio.run(_process_main(spec))
+        asyncio.run(process_main(spec))
     return 0
 
 

@@ -32,6 +32,7 @@ AXIS_VIEW: dict[str, tuple[str, str, float, str]] = {
 }
 
 ChartFormat = Literal["svg", "png"]
+AGAIN_COLUMN = "measured again because"
 
 
 class DroppedCell(Protocol):
@@ -148,6 +149,11 @@ def matrix_tables(
         "p50 ms", "p95 ms", "items/s", "peak RSS MiB", "load s", "export s", "disk MiB", "weights MiB",
         "energy J/1k", "frontier",
     ]
+    # A finished cell is reused only while what it read is unchanged; one measured again says why (a column of
+    # its own only when there is one: a plain run again has nothing to say). Kept before the frontier, the last column.
+    again = any(r.ran_again for r in rows)
+    if again:
+        columns.insert(len(columns) - 1, AGAIN_COLUMN)
     main = Table("matrix", "Matrix: cost and quality per cell (quality = mean of the MTEB main scores)", columns)
     for r in _sorted(rows):
         bad = _not_ok(r)
@@ -169,6 +175,7 @@ def matrix_tables(
             _scaled(r.disk_bytes, 1 / MIB, bad),
             _scaled(r.weights_bytes, 1 / MIB, bad),
             _figure(r.energy_j_per_1000, r.energy_why, bad),
+            *([r.ran_again or ""] if again else []),
             # Not on any frontier is a fact, not a missing figure: an empty cell, not n/a.
             ", ".join(on.get(r.cell_id, [])),
         ])

@@ -28,8 +28,9 @@ from types import TracebackType
 from typing import Any, Callable
 
 from .context import RunContext
+from .errors import UserError
 from .files import atomic_write_bytes
-from .results import MtebEncode, MtebPhase
+from .results import MtebEncode, MtebPhase, finite_or_null
 from .plan import BUNDLED_MODEL_ID
 from .targets import SentenceTransformerTarget
 from .versions import library_version
@@ -232,6 +233,7 @@ def make_encoder(target: Any, session_of: Any, transform: Transform | None = Non
                     )
             if transform is not None:
                 out = transform(out)
+            check_finite(out, hf_split)
             session.encodes.append(
                 MtebEncode(
                     phase_id=phase_id,
@@ -290,9 +292,29 @@ def _generic_encoder(target: Any, session_of: Any, transform: Transform | None) 
             session.encodes.append(MtebEncode(phase_id=phase_id, phase=name, split=hf_split, subset=hf_subset, texts=len(texts),
                                               prompt_type=ptype, prompt_name=prompt_name, prompt=prompt,
                                               seconds=out.duration_ns / 1e9, tokens=out.tokens, batches=out.batches))
-            return out.embeddings if transform is None else transform(out.embeddings)
+            vectors = out.embeddings if transform is None else transform(out.embeddings)
+            check_finite(vectors, hf_split)
+            return vectors
 
     return ServerEncoder()
+
+
+def check_finite(vectors: Any, split: str) -> None:
+    """Refuse vectors that hold NaN or infinite values (a diverged model's) before mteb scores them: its
+    scorers would fail deep inside scikit-learn ("Input contains NaN"), or score NaN."""
+    import numpy as np
+
+    if hasattr(vectors, "detach"):  # a torch tensor (bfloat16 has no numpy type)
+        vectors = vectors.detach().float().cpu().numpy()
+    values = np.asarray(vectors)
+    if values.dtype.kind not in "fc":
+        return  # integers (a quantized output) are finite
+    flat = values.reshape(-1)
+    chunk = 1 << 22  # a task's vectors can be gigabytes: the mask is made a slice at a time
+    bad = sum(int(len(part) - np.count_nonzero(np.isfinite(part))) for part in (flat[i:i + chunk] for i in range(0, flat.size, chunk)))
+    if bad:
+        raise UserError(f"{bad:,} of the {values.size:,} embedding values the model gave for the {split} texts "
+                        "are NaN or infinite: mteb cannot score them, and no results file was written")
 
 
 def results_identity(target: SentenceTransformerTarget, meta: Any) -> tuple[str, str]:
@@ -309,9 +331,17 @@ def results_folder(results_dir: Path, meta: Any) -> Path:
     return results_dir / str(meta.model_name_as_path()) / str(meta.revision or "no_revision_available")
 
 
-def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
+def strict_json(data: Any, indent: int) -> tuple[bytes, list[str]]:
+    """``data`` as strict JSON (no bare NaN or Infinity: a non-finite number is null), and where each
+    null stands for one (``results.finite_or_null``)."""
+    clean, nulled = finite_or_null(data)
+    return json.dumps(clean, default=str, indent=indent, allow_nan=False).encode("utf-8"), nulled
+
+
+def write_task_result(result: Any, meta: Any, results_dir: Path) -> tuple[Path, list[str]]:
     """``<results>/<org__model>/<revision>/<Task>.json`` and ``model_meta.json``, in mteb's own
-    serialisation (TaskResult.to_disk, ModelMeta.to_dict), each written atomically."""
+    serialisation (TaskResult.to_disk, ModelMeta.to_dict), each written atomically; and the scores
+    written as null because they were not finite (mteb's own writer would leave a bare ``NaN``)."""
     folder = results_folder(results_dir, meta)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{result.task_name}.json"
@@ -322,11 +352,14 @@ def write_task_result(result: Any, meta: Any, results_dir: Path) -> Path:
     tmp = Path(name)
     try:
         result.to_disk(tmp)  # mteb's own serialisation, then an atomic rename into place
-        atomic_write_bytes(path, tmp.read_bytes())
+        raw = tmp.read_bytes()
     finally:
         tmp.unlink(missing_ok=True)
-    atomic_write_bytes(folder / "model_meta.json", json.dumps(meta.to_dict(), default=str, indent=4).encode("utf-8"))
-    return path
+    # Python's json reads the NaN it wrote; only a file that holds one is written again, in mteb's own layout.
+    written, nulled = strict_json(json.loads(raw), indent=2)
+    atomic_write_bytes(path, written if nulled else raw)
+    atomic_write_bytes(folder / "model_meta.json", strict_json(meta.to_dict(), indent=4)[0])
+    return path, nulled
 
 
 def write_speed_result(task_name: str, scores: dict[str, Any], evaluation_time: float, meta: Any, results_dir: Path) -> Path:
@@ -341,8 +374,8 @@ def write_speed_result(task_name: str, scores: dict[str, Any], evaluation_time: 
         "kg_co2_emissions": None,
     }
     path = folder / f"{task_name}.json"
-    atomic_write_bytes(path, json.dumps(data, indent=2).encode("utf-8"))
-    atomic_write_bytes(folder / "model_meta.json", json.dumps(meta.to_dict(), default=str, indent=4).encode("utf-8"))
+    atomic_write_bytes(path, strict_json(data, indent=2)[0])
+    atomic_write_bytes(folder / "model_meta.json", strict_json(meta.to_dict(), indent=4)[0])
     return path
 
 

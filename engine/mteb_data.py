@@ -10,6 +10,7 @@ several subsets), STS rows ``{"sentence1", "sentence2", "score"}`` and classific
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ def find_local(task: Any, data_dir: Path) -> tuple[LocalData | None, list[Path]]
                 return _local(task, LocalData(folder, {"default": paths})), []
             if folder.is_dir():
                 raise UserError(
-                    f"{task.metadata.name}: the local folder {folder} lacks {', '.join(p.name for p in missing)} "
+                    f"{task.metadata.name}: the local folder '{one_line(folder)}' lacks {', '.join(p.name for p in missing)} "
                     f"(it needs {', '.join(f'{sp}.jsonl' for sp in splits)})"
                 )
             looked.extend(missing)
@@ -182,10 +183,44 @@ def _required_columns(task: Any) -> list[str]:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     # Through the one JSON Lines reader: bounded, a byte-order mark and a bad line said the same as in every file embprof reads.
-    rows = [row for _number, row in json_lines(str(path), "task data file", "one row of the task as a JSON object")]
+    rows = []
+    for number, row in json_lines(str(path), "task data file", "one row of the task as a JSON object"):
+        for key, value in row.items():
+            # Python's JSON reader takes NaN and Infinity, which JSON itself does not have: a NaN gold score
+            # would make the task's correlation NaN, and its results file no longer JSON.
+            if isinstance(value, float) and not math.isfinite(value):
+                literal = "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"
+                raise UserError(f"task data file '{one_line(path)}' line {number}: \"{one_line(key)}\" is {literal}, "
+                                "which JSON does not allow: every value must be a finite number")
+        rows.append(row)
     if not rows:
         raise UserError(f"task data file '{one_line(path)}' has no rows")
     return rows
+
+
+def check_degenerate(task: Any, file: Path, ds: Any) -> None:
+    """Refuse a split whose score could only be undefined or meaningless: one row, gold scores that
+    never vary (a correlation with a constant is NaN), or labels of one class (nothing to tell apart)."""
+    name = task.metadata.name
+    shown = f"task data file '{one_line(file)}'"
+    if len(ds) < 2:
+        raise UserError(f"{shown} has {len(ds)} row{'s' if len(ds) != 1 else ''}: {name} needs at least 2 in each split")
+    if _is_classification(task):
+        column = task.label_column_name
+        classes = {str(v) for v in ds[column]} if column in ds.column_names else set()
+        if len(classes) == 1:
+            raise UserError(f"{shown}: every \"{one_line(column)}\" is {one_line(repr(next(iter(classes))))}: "
+                            f"{name} needs at least 2 classes to tell apart")
+        return
+    if "score" not in ds.column_names:
+        return
+    scores = ds["score"]
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores):
+        if any(not math.isfinite(float(v)) for v in scores):  # a transform's own arithmetic can make one
+            raise UserError(f"{shown}: a gold score is not a finite number")
+        if len({float(v) for v in scores}) == 1:
+            raise UserError(f"{shown}: every gold score is {float(scores[0]):g}: a correlation with scores that "
+                            f"never vary is undefined, so {name} would score NaN")
 
 
 def load_local(task: Any, data: LocalData) -> list[str]:
@@ -216,7 +251,7 @@ def load_local(task: Any, data: LocalData) -> list[str]:
         in_mteb_form = all(set(required) <= set(ds.column_names) for dd in per_subset.values() for ds in dd.values())
         if not (required and in_mteb_form):
             raise UserError(
-                f"{task.metadata.name}'s own dataset_transform failed on the local data in {data.folder}: "
+                f"{task.metadata.name}'s own dataset_transform failed on the local data in '{one_line(data.folder)}': "
                 f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             ) from None
         install()
@@ -229,9 +264,10 @@ def load_local(task: Any, data: LocalData) -> list[str]:
             missing = [c for c in required if c not in ds.column_names]
             if missing:
                 raise UserError(
-                    f"{data.files[sub][split]} lacks the column{'s' if len(missing) > 1 else ''} "
+                    f"task data file '{one_line(data.files[sub][split])}' lacks the column{'s' if len(missing) > 1 else ''} "
                     f"{', '.join(repr(m) for m in missing)} that {task.metadata.name} reads"
                 )
+            check_degenerate(task, data.files[sub][split], ds)
             data.rows.setdefault(sub, {})[split] = len(ds)
     task.data_loaded = True
     return notes

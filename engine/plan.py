@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Union
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .bounds import (
     NumberRange,
@@ -87,8 +88,42 @@ def strip_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def as_tuples(value: Any) -> Any:
+    """JSON, TOML and YAML arrays as the tuples a plan holds, all the way down (a plan is frozen, so its
+    sequences are tuples): strict validation takes a tuple only, and an array is the one thing files have.
+
+    Each list or table is converted once, however often it is referred to: YAML's aliases share one list
+    among many places ("billion laughs": 10^9 of them from a few lines), and converting each place would
+    never end. One that holds itself is left as it is, for validation to refuse."""
+    done: dict[int, Any] = {}
+    busy: set[int] = set()
+
+    def convert(v: Any) -> Any:
+        if not isinstance(v, (list, dict)):
+            return v
+        key = id(v)
+        if key in done:
+            return done[key]
+        if key in busy:  # a list that holds itself (YAML allows it): no plan value is one
+            return v
+        busy.add(key)
+        out = tuple(convert(x) for x in v) if isinstance(v, list) else {k: convert(x) for k, x in v.items()}
+        busy.discard(key)
+        done[key] = out
+        return out
+
+    return convert(value)
+
+
 class _Plan(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict: a value of the declared type only. "yes" does not switch trust_remote_code on, "3" and true are
+    # no repeat count, 3.5 is no batch size; a whole number is still a float field's value (JSON writes 10.0 as 10).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays(cls, data: Any) -> Any:
+        return as_tuples(data) if isinstance(data, dict) else data
 
 
 # -- targets ------------------------------------------------------------------------------------------
@@ -550,6 +585,11 @@ class RunPlan(_Plan):
     workload: WorkloadPlan = Field(default_factory=EncodePlan)
     recording: Recording = Field(default_factory=Recording)
 
+    @field_validator("plan_version", mode="before")
+    @classmethod
+    def _version_is_a_whole_number(cls, value: Any) -> Any:
+        return exact_version(value, PLAN_VERSION)
+
     @model_validator(mode="after")
     def _check(self) -> RunPlan:
         w, server = self.workload, isinstance(self.target, ServerTarget)
@@ -701,6 +741,57 @@ def plan_from_options(o: dict[str, Any]) -> RunPlan:
     return validate_plan({"target": parts["target"][0], "workload": w, "recording": parts["recording"][0]})
 
 
+# -- refusing a value of the wrong type ----------------------------------------------------------------------
+def exact_version(value: Any, version: int) -> Any:
+    """A format's version as a whole number: a Literal takes true and 1.0 as 1 (they compare equal), a file must not."""
+    if type(value) is not int:
+        raise ValueError(f"Input should be {version}, not {given(value)}")
+    return value
+
+
+def given(value: Any) -> str:
+    """A refused value as the file spelled it (JSON's spelling, which TOML and YAML share for these): "3" is
+    text and 3 a number, true a boolean, so the sentence says which the file gave."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return f'"{_shown(value)}"'
+    if isinstance(value, (int, float)):
+        return _shown(value)
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table of fields"
+    return _shown(value)
+
+
+# The errors that mean "a value of another type": their sentence says what was given.
+_TYPE_ERRORS = frozenset({"bool_type", "bool_parsing", "int_type", "int_parsing", "int_from_float", "float_type", "float_parsing",
+                          "string_type", "tuple_type", "list_type", "dict_type", "model_type", "model_attributes_type",
+                          "literal_error", "finite_number", "enum"})
+# The members of a union that pydantic adds to a location (axes take int or str): they name no field.
+_UNION_MEMBERS = frozenset({"int", "str", "float", "bool"})
+
+
+def error_location(error: ErrorDetails) -> tuple[str, ...]:
+    """Where pydantic found a refused value, as fields (a validator's or a union member's own name left out)."""
+    loc = [str(x) for x in error.get("loc", ()) if not str(x).startswith("function-")]
+    while loc and loc[-1] in _UNION_MEMBERS:
+        loc.pop()
+    return tuple(loc)
+
+
+def field_refusal(error: ErrorDetails) -> str:
+    """Pydantic's reason for refusing a field's value as one plain phrase, with the value given when its
+    type was the fault ("Input should be a valid boolean, not "yes"")."""
+    msg = one_line(str(error.get("msg", "invalid")).removeprefix("Value error, "))
+    if error.get("type") in _TYPE_ERRORS and "input" in error:
+        msg += f", not {given(error['input'])}"
+    return msg
+
+
 def validate_plan(data: Any, where: str = "") -> RunPlan:
     """A plan from its JSON form; bad input is one sentence (UserError)."""
     prefix = f"{where}: " if where else ""
@@ -712,9 +803,9 @@ def validate_plan(data: Any, where: str = "") -> RunPlan:
         raise UserError(f"{prefix}{exc}") from None
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()) if not str(x).startswith("function-"))
+        loc = ".".join(error_location(first))
         # A field name from a file is outside text: an unknown key is shown escaped, as any other.
-        raise UserError(f"{prefix}plan field '{_shown(loc)}': {one_line(first.get('msg', 'invalid'))}") from None
+        raise UserError(f"{prefix}plan field '{_shown(loc)}': {field_refusal(first)}") from None
 
 
 def load_plan(path: str) -> RunPlan:
@@ -725,6 +816,7 @@ def load_plan(path: str) -> RunPlan:
     path = one_line(path)
     if not isinstance(data, dict):
         raise UserError(f"plan file '{path}' does not hold a plan (a JSON object)")
-    if data.get("plan_version", PLAN_VERSION) != PLAN_VERSION:
-        raise UserError(f"plan file '{path}' has plan version {data.get('plan_version')!r}; this embprof reads version {PLAN_VERSION}")
+    version = data.get("plan_version", PLAN_VERSION)
+    if type(version) is not int or version != PLAN_VERSION:  # true is not version 1, though Python finds True == 1
+        raise UserError(f"plan file '{path}' has plan version {given(version)}; this embprof reads version {PLAN_VERSION}")
     return validate_plan(data, f"plan file '{path}'")

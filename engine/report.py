@@ -49,7 +49,7 @@ from .results import (
 )
 from .snapshot import Snapshot, to_json
 from .tables import NA, Cell, Table, kv_table, or_na, tables_markdown, to_csv
-from .text import one_line
+from .text import json_text, one_line
 
 PEAK_LABELS = {
     "rss_mib": "process RSS MiB",
@@ -403,6 +403,7 @@ def _kinds(by_kind: Mapping[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())) or "none"
 
 
+LLAMA_PROMPT_SECONDS = "llamacpp:prompt_seconds_total"
 SPLIT_PARTS = (("queue", "queue (server)"), ("tokenization", "tokenization (server)"), ("inference", "inference (server)"),
                ("server_total", "the server's total"), ("network_client", "network and client (the rest)"))
 
@@ -431,33 +432,77 @@ def knee_tables(knee: KneeResult) -> list[Table]:
     return [head, steps]
 
 
-def _server_split_table(load: LoadResult, metrics: Any = None, warmups: int = 0) -> Table:
+def _server_split_table(load: LoadResult, metrics: Any = None, warmups: int = 0, *, llama: bool = False,
+                        counted_from_here: bool = False) -> Table:
     """Where each answered request's time went, as the server itself timed it (TEI's x-*-time headers), or,
-    for llama.cpp, the mean its /metrics totals give over the whole run (an estimate, said as one)."""
+    for llama.cpp, the mean its /metrics totals give over the timed requests (an estimate, said as one).
+
+    ``counted_from_here``: the run read llama.cpp's start counters again after its warm-up (so its totals
+    cover the timed requests alone); a run written before that counted from the connect, its warm-ups
+    included, and divides by them too."""
     table = Table("load-split", "Where the time went (the server's own timings, per answered request)",
                   ["part", "requests", "mean s", "p50 s", "p99 s"])
     split = load.server_split or {}
     none = NA("the server reports no timings of its own (TEI sends x-queue-time, x-inference-time …)")
-    if not split:
-        seconds = metrics.delta.get("llamacpp:prompt_seconds_total") if isinstance(metrics, ServerMetrics) else None
-        served = load.requests_sent + warmups
-        if seconds is not None and seconds > 0 and served and load.latency.mean_s is not None:
-            totals = NA("llama.cpp's /metrics count totals, not each request")
-            mean = seconds / served
-            table.rows.append(["inference (llama.cpp /metrics: the run's prompt seconds over its requests, an estimate; requests "
-                               "batched together share theirs)", served, mean, totals, totals])
-            table.rows.append(["the rest: queue, network and client (mean latency less that, an estimate)", load.ok,
-                               max(0.0, load.latency.mean_s - mean), totals, totals])
-            return table
+    if split:
+        for key, label in SPLIT_PARTS:
+            st = split.get(key)
+            if st is None:
+                table.rows.append([label, 0, none, none, none])
+            else:
+                table.rows.append([label, st.count, st.mean_s, st.p50_s, st.p99_s])
+        return table
+    if not llama or not isinstance(metrics, ServerMetrics) or LLAMA_PROMPT_SECONDS not in metrics.end:
+        # No llama.cpp counters (llama-server without --metrics, or another server on its API).
         table.rows.append(["every part", 0, none, none, none])
         return table
-    for key, label in SPLIT_PARTS:
-        st = split.get(key)
-        if st is None:
-            table.rows.append([label, 0, none, none, none])
-        else:
-            table.rows.append([label, st.count, st.mean_s, st.p50_s, st.p99_s])
+    served = load.requests_sent + (0 if counted_from_here else warmups)
+    estimate = _llama_inference_mean(load, metrics, served)
+    over = "the timed requests' prompt seconds over their number" if counted_from_here else \
+        "the run's prompt seconds over its requests, the warm-up among them"
+    inference_label = f"inference (llama.cpp /metrics: {over}, an estimate; requests batched together share theirs)"
+    rest_label = "the rest: queue, network and client (mean latency less that, an estimate)"
+    if isinstance(estimate, NA):
+        table.rows.append([inference_label, served, estimate, estimate, estimate])
+        table.rows.append([rest_label, load.ok, estimate, estimate, estimate])
+        return table
+    totals = NA("llama.cpp's /metrics count totals, not each request")
+    table.rows.append([inference_label, served, estimate, totals, totals])
+    latency = load.latency.mean_s
+    rest: Cell = NA("no request answered") if latency is None else latency - estimate
+    if isinstance(rest, float) and rest < 0:
+        # Not clamped to 0: a negative rest says the totals do not divide by request here.
+        rest = NA(f"the server's prompt seconds per request ({estimate:.4g} s) exceed the mean latency ({latency:.4g} s): "
+                  "requests processed together each count the time they shared")
+    table.rows.append([rest_label, load.ok, rest, totals, totals])
     return table
+
+
+def _llama_inference_mean(load: LoadResult, metrics: ServerMetrics, served: int) -> float | NA:
+    """The mean prompt seconds a request of the load, from llama.cpp's /metrics totals over ``served``
+    requests, or why there is none."""
+    key = LLAMA_PROMPT_SECONDS
+    if key not in metrics.start or key not in metrics.delta:
+        return NA("llama.cpp's /metrics had no prompt_seconds_total when the load began")
+    seconds = metrics.delta[key]
+    if seconds < 0:
+        return NA("llama.cpp's prompt seconds went down during the run (was the server restarted?)")
+    if load.requests_sent == 0:
+        return NA("no request was sent")
+    if load.requests_done < load.requests_sent:
+        in_flight = load.requests_sent - load.requests_done
+        return NA(f"{in_flight} of {load.requests_sent} requests were still in flight when the load ended: "
+                  "the server's totals may or may not count them")
+    if seconds == 0:
+        return NA(f"llama.cpp counted no prompt time for {served} requests")
+    return seconds / served
+
+
+def _counted_from_here(s: Summary) -> bool:
+    """Whether the run read llama.cpp's start counters again after its warm-up (its own phase says so)."""
+    from .targets.http import COUNTERS_PHASE  # here: the server target's module is not the report's to load
+
+    return any(p.name == COUNTERS_PHASE for p in s.phases)
 
 
 def _load_batch(snap: Snapshot) -> int | None:
@@ -547,7 +592,8 @@ def server_tables(snap: Snapshot) -> list[Table]:
             rows.append(("client alone, measured against", ceiling.endpoint))
         out.append(kv_table("load", "Load", rows))
         warmups = sum(1 for e in snap.events if isinstance(e, RequestTimed) and e.warmup)
-        out.append(_server_split_table(load, s.results.get("server_metrics"), warmups))
+        out.append(_server_split_table(load, s.results.get("server_metrics"), warmups, llama=snap.target.api == "llama",
+                                       counted_from_here=_counted_from_here(s)))
         if load.by_source:
             by = Table("load-sources", "Latency by the source of the texts (answered requests)", ["source", "requests", "p50 s", "p90 s",
                                                                                                  "p99 s"])
@@ -831,7 +877,7 @@ CSV_TABLES = ("summary", "run", "phases", "timings", "throughput", "peaks", "spe
 
 def export(snap: Snapshot, fmt_name: str, table: str = "summary", images: list[str] | None = None) -> str:
     if fmt_name == "json":
-        return to_json(snap)
+        return json_text(to_json(snap))  # read in a terminal too: no raw C1 control or bidirectional override
     if fmt_name == "md":
         return to_markdown(snap, images)
     tables = all_tables(snap)

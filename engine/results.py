@@ -8,6 +8,8 @@ seconds, and both say so in the field name.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -372,6 +374,26 @@ class MtebPhase(_Frozen):
     start_s: float | None = None
     live_seconds: float | None = None
     difference_ms: float | None = None
+
+
+def finite_or_null(value: Any, where: str = "") -> tuple[Any, list[str]]:
+    """``value`` (JSON's kinds: objects, lists, numbers, text) with every NaN or infinite number made None,
+    and where each was (``test[0].pearson``): JSON has no NaN, and a figure that is not a number was
+    not measured. A strict reader (JavaScript's, jq, orjson) refuses a file that holds a bare ``NaN``."""
+    found: list[str] = []
+
+    def walk(v: Any, at: str) -> Any:
+        if isinstance(v, dict):
+            return {k: walk(x, f"{at}.{k}" if at else str(k)) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            items = [walk(x, f"{at}[{i}]") for i, x in enumerate(v)]
+            return tuple(items) if isinstance(v, tuple) else items
+        if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and not math.isfinite(float(v)):
+            found.append(at or "the value")
+            return None
+        return v
+
+    return walk(value, where), found
 
 
 class MtebTask(_Frozen):

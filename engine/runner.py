@@ -13,13 +13,13 @@ from typing import Any
 from .context import RunContext
 from .crash import is_out_of_memory
 from .errors import PartialFailure, RunCancelled, UserError
-from .events import MIB, Clock, ErrorEvent, EventBus, Result, RunFinished, RunStarted, RunStatus, Subscriber
+from .events import MIB, Clock, ErrorEvent, EventBus, Note, Result, RunFinished, RunStarted, RunStatus, Subscriber
 from .plan import RunPlan
 from .results import KernelCounters, SamplerFacts
 from .sampler import Sampler, cuda_index_for_nvml
 from .targets import Target
 from .workloads import Workload
-from .text import first_line
+from .text import first_line, one_line
 
 
 def kernel_counters(torch_carry: dict[str, float] | None = None) -> KernelCounters:
@@ -46,7 +46,8 @@ class Runner:
     """One run: target load + workload, sampled from start to end.
 
     ``start()`` returns at once; every fact arrives through the subscribers. ``cancel()`` asks the
-    workload to stop at the next batch boundary; what was measured until then is kept.
+    workload to stop at the next batch boundary, and a server's request under way ends at once (within
+    the HTTP target's STOP_POLL_S); what was measured until then is kept.
     """
 
     def __init__(
@@ -81,7 +82,8 @@ class Runner:
         self._thread.start()
 
     def cancel(self, reason: str = "the user") -> None:
-        """Stop at the next batch boundary; ``reason`` (who stopped it: "the user", "SIGTERM") goes into the snapshot."""
+        """Stop at the next batch boundary (a server's request under way ends at once); ``reason`` (who stopped it:
+        "the user", "SIGTERM") goes into the snapshot."""
         if not self.cancel_event.is_set():
             self.cancel_reason = reason
         self.cancel_event.set()
@@ -161,8 +163,8 @@ class Runner:
         finally:
             try:
                 self.target.finish(ctx)
-            except Exception:
-                pass
+            except Exception as exc:  # the run's record stands without the target's end facts; a note says they are missing
+                self._finish_failed(ctx, exc)
             sampler.stop()
             try:
                 self.target.close()
@@ -184,6 +186,17 @@ class Runner:
             self.status = status
             bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
             self._done.set()
+
+    def _finish_failed(self, ctx: RunContext, exc: Exception) -> None:
+        """A target whose end of run failed: what it would have added from there on (a server's end counters) is
+        missing, and the run's notes say so and why (a target's own redaction first: the failure may quote a server)."""
+        text = f"{exc.__class__.__name__}: {first_line(exc)}"
+        redact = getattr(self.target, "redact", None)
+        if callable(redact):
+            text = str(redact(text))
+        ctx.emit(Note(t_ns=ctx.now(), level="warning",
+                      text=f"the target's end of the run failed, so what it adds then (a server's end counters) may be missing: "
+                           f"{one_line(text)[:300]}"))
 
     def _error(self, ctx: RunContext, kind: str, message: str, detail: str = "") -> None:
         event = ErrorEvent(t_ns=ctx.now(), error_kind=kind, message=message, phase=ctx.failed_phase or ctx.phase_name, detail=detail)  # type: ignore[arg-type]

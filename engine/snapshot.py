@@ -18,10 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import OutputError, UserError
 from .events import Event, Note, Result, RunFinished, RunStarted, RunStatus
-from .files import atomic_write_bytes, read_json_file
+from .files import MAX_JSON_BYTES, atomic_write_bytes, parse_json_bytes, read_file_bytes
 from .fold import RunState, Summary
 from .plan import RunPlan
-from .results import TargetFacts
+from .results import TargetFacts, finite_or_null
 from .text import one_line
 from .versions import library_version
 from .workload_facts import WorkloadFacts
@@ -242,8 +242,17 @@ def load_head(path: str | Path) -> SnapshotHead:
 
 
 def _validated(path: str | Path, model: type[_M]) -> _M:
-    data = read_json_file(path, "snapshot")
+    raw = read_file_bytes(path, "snapshot", MAX_JSON_BYTES)
+    data = parse_json_bytes(raw, f"snapshot '{one_line(path)}'")
     path = one_line(path)
+    # Python's JSON reader takes NaN and Infinity, which JSON does not have and embprof never writes (a figure
+    # not measured is null): a file holding one was made or changed elsewhere, and its NaN would reach every
+    # export as a bare NaN. The walk runs only when the bytes hold one of the two words.
+    if b"NaN" in raw or b"Infinity" in raw:
+        _clean, found = finite_or_null(data)
+        if found:
+            raise UserError(f"snapshot '{path}' is damaged: {one_line(found[0])} is NaN or infinite, which JSON does not allow "
+                            "(embprof writes a figure it did not measure as null)")
     if not isinstance(data, dict) or data.get("tool") != "embprof":
         raise UserError(f"'{path}' is not an embprof snapshot")
     version = data.get("schema_version")

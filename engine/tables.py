@@ -80,7 +80,8 @@ def or_na(value: Any, missing: NA) -> Any:
 
 # Markdown and CSV are read in terminals (`cat report.md`, a CSV piped to `column`) as much as in
 # editors: their text has its control characters escaped (text.printable), as on the console; a
-# Markdown cell is one line. The JSON export is the snapshot itself, where JSON's own escapes keep every byte.
+# Markdown cell and a CSV record are one line (line-oriented tools, `grep`, `wc -l`, read a record a line).
+# The JSON export is the snapshot itself, where JSON's own escapes keep every byte (text.json_text).
 def _md_cell(value: Any) -> str:
     return printable(fmt(value)).replace("|", "\\|").replace("\n", " ")
 
@@ -88,7 +89,7 @@ def _md_cell(value: Any) -> str:
 def tables_markdown(title: str, tables: list[Table], images: list[str] | None = None) -> str:
     lines = [one_line(title), ""]
     for image in images or []:
-        lines += [f"![{image}]({image})", ""]
+        lines += [f"![{one_line(image)}]({one_line(image)})", ""]
     for table in tables:
         lines += [f"## {one_line(table.title)}", ""]
         lines.append("| " + " | ".join(_md_cell(c) for c in table.columns) + " |")
@@ -102,7 +103,12 @@ def tables_markdown(title: str, tables: list[Table], images: list[str] | None = 
 def to_csv(table: Table) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([printable(c) for c in table.columns])
+    writer.writerow([one_line(c) for c in table.columns])
     for row in table.rows:
-        writer.writerow(["" if c is None or isinstance(c, NA) else printable(c) if isinstance(c, str) else c for c in row])
+        writer.writerow(["" if c is None or isinstance(c, NA) else one_line(c) if isinstance(c, str) else c for c in row])
     return buf.getvalue()
+
+
+def tables_csv(tables: list[Table]) -> str:
+    """Several tables in one CSV text, each under a ``# title`` line of its own."""
+    return "".join(f"# {one_line(t.title)}\n{to_csv(t)}\n" for t in tables)

@@ -80,6 +80,26 @@ def clean(value: Any) -> Any:
     return value
 
 
+# Machine-readable output read in a terminal as often as by a program (`embprof prompts --tsv`, `--print-plan`,
+# `export --format json`): each keeps its own format's rules and still carries no raw control character.
+def tsv_field(value: object) -> str:
+    """``value`` as one field of a tab-separated record: a backslash doubled, then tab, newline and CR as
+    ``\\t``, ``\\n``, ``\\r`` and every other control character escaped, so that each record is one line,
+    each field is whole, and a reader that undoes the escapes gets the text back exactly."""
+    return one_line(str(value).replace("\\", "\\\\"))
+
+
+# JSON escapes C0 controls inside its strings, but leaves DEL, the C1 controls, U+2028/U+2029 and the
+# bidirectional overrides raw; none of them may stand outside a string in valid JSON.
+_JSON_RAW = re.compile("[\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def json_text(text: str) -> str:
+    """JSON text with the characters a terminal acts on that JSON encoders leave raw written as ``\\uXXXX``:
+    the same JSON value, every byte of it kept, and nothing in it a terminal takes as a command."""
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
+
+
 # A value refused in an error is echoed back, but a pasted file must not become the error line.
 SHOWN_CHARS = 40
 

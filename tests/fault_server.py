@@ -1,8 +1,9 @@
 """A small local embedding server that misbehaves on purpose, for the fault tests.
 
 It answers llama.cpp's and the OpenAI shapes like engine/trivial_server.py, except as told:
-``mode`` says how each request (after ``ok_first`` good ones) goes wrong, and ``every`` makes only
-every n-th request fail. It records the Authorization header it was sent. Each server started has
+``mode`` says how each request (after ``ok_first`` good ones) goes wrong, ``every`` makes only
+every n-th request fail, and ``ok_at`` names requests (counted from 1) that are answered well.
+It records the Authorization header it was sent. Each server started has
 its own State (``server.state``), so that several can run at once; ``STATE`` is the latest one's.
 
 The modes, by what goes wrong:
@@ -11,6 +12,10 @@ The modes, by what goes wrong:
   ``die`` (closes and stops serving: later connects are refused), ``trickle`` (a byte now and
   then, each in time for a read timeout), ``hugebody`` (declares 300 MiB), ``endless`` (a chunked
   answer that does not end before 64 MiB);
+* the stall, each going on until the client leaves (STALL_MODES): ``endless1xx`` (an informational
+  ``102 Processing`` answer after another), ``dribble`` (header lines one after another, never the
+  blank line that ends them), ``drip`` (a body one byte at a time), ``endless-status`` (a status line
+  one byte at a time, never finished); each piece comes in time for any read timeout;
 * the status: any three digits (``401``, ``429``, ``503`` … with a JSON error), ``toolarge``
   (llama.cpp's batch message), ``html502``, ``empty503``, ``huge500`` (a 4 MiB message),
   ``ctrl500`` (terminal control characters in the message), ``redirect``;
@@ -21,7 +26,9 @@ The modes, by what goes wrong:
   ``noindex``, ``dupindex``, ``outofrange``, ``negindex``, ``floatindex``, ``strindex``,
   ``fewer``, ``more``; and three that are well-formed: ``allnoindex``, ``shuffled`` and ``zeros``
   (every vector all zeros, whose cosine is undefined);
-* what the server says of itself, before any embedding (GET_MODES): ``models-html``,
+* what the server says of itself, before any embedding (GET_MODES): ``health-404`` (llama.cpp's
+  /health answers 404), ``metrics-nan`` (llama.cpp's /metrics with a rate over no time yet: NaN and
+  Inf beside a number), ``models-html``,
   ``models-nodata``, ``models-empty``, ``models-noid``, ``models-badid``, ``models-notobject``,
   ``models-401``, ``models-huge``, ``props-list``, ``props-odd`` (well-formed JSON with odd
   values, which is tolerated), ``get-drop``;
@@ -81,11 +88,18 @@ _TOPS: dict[str, Any] = {
 }
 ANSWER_MODES = (*_SHAPES, *_TOPS, "itemnotobject", "noembedding", "pertoken")
 GET_ECHO_MODES = ("models-echo", "props-echo", "get-echostatus")
-GET_MODES = ("models-html", "models-nodata", "models-empty", "models-noid", "models-badid", "models-notobject", "models-401",
+# The stalling modes send a piece every STALL_S until the client has gone (or STALL_MAX_S have passed).
+STALL_MODES = ("endless1xx", "dribble", "drip", "endless-status")
+STALL_S = 0.05
+STALL_MAX_S = 120.0
+METRICS_NAN = (b"# HELP llamacpp:prompt_tokens_seconds a rate\nllamacpp:prompt_tokens_seconds nan\n"
+               b"llamacpp:predicted_tokens_seconds inf\nllamacpp:requests_processing 0\n")
+GET_MODES = ("health-404", "metrics-nan",
+             "models-html", "models-nodata", "models-empty", "models-noid", "models-badid", "models-notobject", "models-401",
              "models-huge", "props-list", "props-odd", "get-drop", *GET_ECHO_MODES)
 ECHO_MODES = ("echo400", "echo401", "echo500", "echotext", "echostatus", *GET_ECHO_MODES)
 MODES = ("ok", "500", "slow", "drop", "notjson", "badshape", "toolarge", "die", "trickle", "hugebody", "endless", "html502",
-         "empty503", "huge500", "ctrl500", "redirect", "truncated", "empty", *ANSWER_MODES, *GET_MODES, *ECHO_MODES)
+         "empty503", "huge500", "ctrl500", "redirect", "truncated", "empty", *STALL_MODES, *ANSWER_MODES, *GET_MODES, *ECHO_MODES)
 STATUS_MESSAGES = {
     401: "Incorrect API key provided",
     403: "This key may not use this model",
@@ -103,10 +117,12 @@ class State:
         self.mode = "ok"
         self.every = 1
         self.ok_first = 0
+        self.ok_at: tuple[int, ...] = ()
         self.slow_s = 2.0
         self.count = 0
         self.auth: list[str] = []
         self.bodies: list[Any] = []
+        self.stalls: list[float] = []  # when each stalling answer began (time.monotonic)
         self.lock = threading.Lock()
         self.server: TrivialEmbeddingServer | None = None
 
@@ -159,6 +175,10 @@ class FaultHandler(TrivialHandler):
             self.connection.close()
         elif mode == "get-echostatus":
             self._broken_status(auth)
+        elif mode == "health-404" and self.path == "/health":
+            self._send(404, b"File Not Found", "text/plain")
+        elif mode == "metrics-nan" and self.path == "/metrics":
+            self._send(200, METRICS_NAN, "text/plain")
         elif mode.startswith("models-") and on_models:
             self._models(mode)
         elif mode == "props-echo" and self.path == "/props":
@@ -189,7 +209,7 @@ class FaultHandler(TrivialHandler):
             st.count += 1
             n = st.count
             st.auth.append(self.headers.get("Authorization", ""))
-        failing = st.mode not in ("ok", *GET_MODES) and n > st.ok_first and (n - st.ok_first) % st.every == 0
+        failing = st.mode not in ("ok", *GET_MODES) and n > st.ok_first and (n - st.ok_first) % st.every == 0 and n not in st.ok_at
         body = self._body()
         with st.lock:
             st.bodies.append(body)
@@ -244,6 +264,8 @@ class FaultHandler(TrivialHandler):
             self._declare_and_close(200, 300 * 2**20)
         elif mode == "endless":
             self._endless()
+        elif mode in STALL_MODES:
+            self._stall(mode)
         elif mode == "notjson":
             self._send(200, b"<html>proxy error</html>", "text/html")
         elif mode == "truncated":
@@ -296,6 +318,25 @@ class FaultHandler(TrivialHandler):
             self.wfile.write(b" ")
             self.wfile.flush()
             time.sleep(0.05)
+
+    def _stall(self, mode: str) -> None:
+        """An answer that never ends, a piece every STALL_S: each read of the client's comes in time."""
+        self.close_connection = True
+        first, piece = {
+            "endless1xx": (b"", b"HTTP/1.1 102 Processing\r\n\r\n"),
+            "dribble": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n", b"X-Stall: x\r\n"),
+            "drip": (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n", b" "),
+            "endless-status": (b"HTTP/1.1 200 ", b"O"),
+        }[mode]
+        self.wfile.write(first)
+        self.wfile.flush()
+        with self.state.lock:
+            self.state.stalls.append(time.monotonic())
+        until = time.monotonic() + STALL_MAX_S
+        while time.monotonic() < until:
+            self.wfile.write(piece)  # an OSError once the client has gone ends the handler
+            self.wfile.flush()
+            time.sleep(STALL_S)
 
     def _endless(self) -> None:
         """A chunked answer without a declared length that goes on to 64 MiB."""

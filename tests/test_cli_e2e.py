@@ -33,6 +33,13 @@ def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> N
     sampled = snap.summary.peaks["rss_mib"].sampled
     assert sampled is not None
     assert abs(sampled - child_maxrss_mib) / child_maxrss_mib < 0.05, (sampled, child_maxrss_mib)
+    # The snapshot's counter is the kernel's high-water mark of this same process (ru_maxrss, which embprof reads as its
+    # run ends), and wait4 gives the same counter at the process's exit: a high-water mark never falls, so the snapshot's
+    # figure is at most the kernel's, and below it only by what the process grew after its run (the report and the save),
+    # a few MiB. A figure in the wrong unit (KiB taken for bytes, or bytes for KiB) is 1,024 times off.
+    peak = snap.summary.peaks["rss_mib"]
+    assert peak.counter_source == "ru_maxrss" and peak.counter is not None
+    assert 0.95 * child_maxrss_mib <= peak.counter <= child_maxrss_mib, (peak.counter, child_maxrss_mib)
     # Tokens per timed call add up from the per-batch events.
     encodes = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
     for call in encodes:

@@ -30,6 +30,18 @@ from embprof.engine.snapshot import Snapshot, load
 from embprof.engine.workloads import load as load_module
 from embprof.engine.workloads.load import LoadWorkload
 
+# The faults this file tries, by kind, and the tests that try each (tests/test_reliability_doc.py counts them for
+# docs/reliability.md): ``{}`` is one kind for each text it stands for in the tests' names.
+FAULT_KINDS = {
+    "an open-loop rate so slow nothing arrives within --duration": "test_a_duration_ends_a_rate_too_slow_to_send_anything",
+    "{} during a wait between Poisson arrivals": "test_a_signal_stops_a_poisson_wait[{}]",
+    "a server that never answers, stopped during the {}": "test_a_signal_stops_a_load_whose_server_does_not_answer[{}]",
+    "--concurrency 512": "test_the_largest_concurrency_prints_no_thread_traceback",
+    "a load process killed in the {} step": "test_a_load_process_that_dies_is_the_runs_one_error[{}]",
+    "a stop during the client-ceiling step": "test_a_stop_ends_the_ceiling_probe_at_once",
+    "a client-ceiling step whose every request fails": "test_a_probe_whose_requests_all_fail_says_it_measured_nothing",
+}
+
 LOAD_LINE = r"^\s+load\s+… (concurrency|Poisson)"  # the load phase has begun (tui/console.py ConsoleProgress)
 STOP_BOUND_S = 10.0  # a stop, from the signal to the process's end: the snapshot saved, the summary printed
 

@@ -23,6 +23,36 @@ from embprof.engine.plan import CellPlan, load_plan, plan_from_options
 from embprof.tui import options as o
 from embprof.tui.parser import build_parser
 
+# The faults this file tries, by kind, and the tests that try each (tests/test_reliability_doc.py counts them for
+# docs/reliability.md): ``*`` any text, ``{}`` one kind for each text it stands for in the tests' names.
+FAULT_KINDS = {
+    "{}": ("test_every_numeric_option_refuses_hostile_values[{}: *]", "test_argparse_errors_are_one_line[{}]"),
+    "NaN": "test_the_console_script_says_one_line_and_exits_2[NaN]",
+    "huge": "test_the_console_script_says_one_line_and_exits_2[huge]",
+    "infinity": "test_the_console_script_says_one_line_and_exits_2[infinity]",
+    "below its least": "test_the_console_script_says_one_line_and_exits_2[below its least*]",
+    "a value at its stated bounds": "test_every_numeric_option_takes_its_stated_bounds",
+    "an empty text option": ("test_an_empty_string_is_refused[empty-*]", "test_the_console_script_says_one_line_and_exits_2[an empty text option]"),
+    "a blank text option": "test_an_empty_string_is_refused[blank-*]",
+    "an empty file argument": "test_an_empty_file_argument_is_refused",
+    "an empty --prompt, which means no prompt": "test_an_empty_raw_prompt_is_kept",
+    "a plan holding the values the command line refuses": "test_the_plan_refuses_the_same_values_in_the_same_words",
+    "a plan file holding them": "test_a_plan_file_meets_the_same_checks",
+    "a plan file holding the JSON literal {}": "test_a_plan_file_with_json_nan_or_infinity_is_refused[{}]",
+    "an escape in a plan field's name": "test_a_plan_fields_name_from_a_file_is_escaped",
+    "each option type given any text": ("test_a_converter_returns_a_value_inside_its_bounds_or_refuses",
+                                        "test_the_parser_takes_or_refuses_any_timeout_in_one_line"),
+    "model name: {}": "test_a_name_that_is_no_model_is_one_sentence[{}]",
+    "model name: a space": "test_the_console_script_says_one_line_and_exits_2[model name: a space]",
+    "model name: a terminal escape": "test_the_console_script_says_one_line_and_exits_2[model name: a terminal escape]",
+    "model name: 200 characters": "test_the_console_script_says_one_line_and_exits_2[model name: 200 characters]",
+    "an unknown prompt name": "test_prompt_names_checked_before_loading_agree_with_embprof_prompts",
+    "--truncate-dim wider than the model": "test_a_truncate_dim_wider_than_the_model_is_refused_once_it_loads",
+}
+# Tests of this file that check what is right rather than a fault.
+NOT_FAULTS = ("test_help_is_unchanged_in_form", "test_every_bounded_option_has_a_plan_check",
+              "test_the_command_line_takes_its_bounds_from_the_plans_table", "test_the_converters_are_all_found")
+
 # Derandomized, so the same examples run every time: a failure is never a matter of luck; no example database is kept.
 PROPERTY = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 SERVER = "http://127.0.0.1:9"
@@ -76,24 +106,49 @@ NUMERIC: list[tuple[tuple[str, ...], str, o.Count | o.Number]] = [
 ]
 
 
-def bad_values(conv: o.Count | o.Number) -> list[str]:
-    """What each option must refuse: not numbers, not finite, out of its bounds on either side."""
-    values = ["nan", "NaN", "inf", "-inf", "Infinity", "abc", "", " ", "0x10", "1,5", "\x1b[2J"]
+def bad_values(conv: o.Count | o.Number) -> dict[str, str]:
+    """What each option must refuse (not numbers, not finite, out of its bounds on either side), each value with the
+    kind of fault it is. A value two kinds would give (the least less one is -1 or 0 where the least is 0 or 1) is
+    tried once, under the first."""
+    values: dict[str, str] = {}
+
+    def add(kind: str, *texts: str) -> None:
+        for text in texts:
+            values.setdefault(text, kind)
+
+    add("NaN", "nan", "NaN")
+    add("infinity", "inf", "Infinity")
+    add("negative infinity", "-inf")
+    add("not a number", "abc", "0x10", "1,5")
+    add("an empty number", "")
+    add("a blank number", " ")
+    add("a terminal escape for a number", "\x1b[2J")
     if isinstance(conv, o.Count):
-        values += ["1.5", "1e3", str(conv.least - 1), str(conv.most + 1), "-1", "9" * 30, "9" * 5000]
+        add("a fraction", "1.5")
+        add("an exponent", "1e3")
+        add("below its least", str(conv.least - 1))
+        add("above its most", str(conv.most + 1))
+        add("negative", "-1")
+        add("30 digits", "9" * 30)
+        add("5,000 digits", "9" * 5000)
         if conv.least > 0:
-            values.append("0")
+            add("zero", "0")
     else:
-        values += ["-1", "1e300", "-1e300", repr(conv.most * 10)]
+        add("negative", "-1")
+        add("huge", "1e300")
+        add("hugely negative", "-1e300")
+        add("above its most", repr(conv.most * 10))
         if conv.least > 0:  # below the least, where nought is not allowed
-            values += ["1e-300", "0", "-0.0"]
+            add("below its least", "1e-300")
+            add("zero", "0")
+            add("negative zero", "-0.0")
     return values
 
 
 def numeric_cases() -> Iterator[Any]:
     for cmd, opt, conv in NUMERIC:
-        for value in bad_values(conv):
-            yield pytest.param(cmd, opt, value, id=f"{' '.join(cmd) or 'dashboard'} {opt}={value[:12]!r}")
+        for value, kind in bad_values(conv).items():
+            yield pytest.param(cmd, opt, value, id=f"{kind}: {' '.join(cmd) or 'dashboard'} {opt}={value[:12]!r}")
 
 
 def refusal(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -176,7 +231,7 @@ EMPTY: list[tuple[tuple[str, ...], str]] = [
 
 
 @pytest.mark.parametrize("cmd, opt", [pytest.param(c, opt, id=f"{' '.join(c) or 'dashboard'} {opt}") for c, opt in EMPTY])
-@pytest.mark.parametrize("value", ["", "   "])
+@pytest.mark.parametrize("value", ["", "   "], ids=["empty", "blank"])
 def test_an_empty_string_is_refused(cmd: tuple[str, ...], opt: str, value: str, capsys: pytest.CaptureFixture[str]) -> None:
     said = refusal([*cmd, f"{opt}={value}"], capsys)
     assert said.startswith(f"{opt} cannot be empty"), said
@@ -197,15 +252,17 @@ def test_an_empty_raw_prompt_is_kept() -> None:
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["run", "sprint"], "WORKLOAD: invalid choice: 'sprint'"),
-    (["run", "encode", "--bogus"], "unrecognized arguments: --bogus"),
-    (["run", "encode", "--timeout"], "--timeout: expected one argument"),
-    (["run", "encode", "--dtype", "int3"], "--dtype: invalid choice: 'int3'"),
-    (["\x1b[2J"], "invalid choice: '\\x1b[2J'"),
-    (["run", "encode", "\x1b]0;pwned\x07"], "unrecognized arguments: \\x1b]0;pwned\\x07"),
-    (["matrix", "--truncate-dim", "full,abc"], "--truncate-dim takes full or whole numbers from 1 to 65536, not 'abc'"),
-    (["matrix", "--truncate-dim", "full,0"], "--truncate-dim takes full or whole numbers"),
-    (["matrix", "--truncate-dim", ","], "--truncate-dim takes full or whole numbers of dimensions, and has no values"),
+    pytest.param(["run", "sprint"], "WORKLOAD: invalid choice: 'sprint'", id="an unknown workload"),
+    pytest.param(["run", "encode", "--bogus"], "unrecognized arguments: --bogus", id="an unknown option"),
+    pytest.param(["run", "encode", "--timeout"], "--timeout: expected one argument", id="an option without its value"),
+    pytest.param(["run", "encode", "--dtype", "int3"], "--dtype: invalid choice: 'int3'", id="a choice that is none of them"),
+    pytest.param(["\x1b[2J"], "invalid choice: '\\x1b[2J'", id="a terminal escape for a command"),
+    pytest.param(["run", "encode", "\x1b]0;pwned\x07"], "unrecognized arguments: \\x1b]0;pwned\\x07", id="a terminal escape for an argument"),
+    pytest.param(["matrix", "--truncate-dim", "full,abc"], "--truncate-dim takes full or whole numbers from 1 to 65536, not 'abc'",
+                 id="a list of widths holding a word"),
+    pytest.param(["matrix", "--truncate-dim", "full,0"], "--truncate-dim takes full or whole numbers", id="a list of widths holding zero"),
+    pytest.param(["matrix", "--truncate-dim", ","], "--truncate-dim takes full or whole numbers of dimensions, and has no values",
+                 id="a list of widths holding none"),
 ])
 def test_argparse_errors_are_one_line(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
     said = refusal(argv, capsys)
@@ -406,11 +463,14 @@ def test_the_parser_takes_or_refuses_any_timeout_in_one_line(text: str) -> None:
 
 
 # -- model names, prompts and the model's width ------------------------------------------------------------------------
-BAD_MODEL_NAMES = ["a b", "\x1b[2Jx", "a..b", "a--b", "a" * 200, "org/a b", "-lead", "trail.", "org/", "x\ty", "日本語", "a.git",
-                   "x\x00y", "a" * 300, "a\u2028b", "~no-such-user-here/model", "./no/such/folder"]
+BAD_MODEL_NAMES = {"a space": "a b", "a terminal escape": "\x1b[2Jx", "two dots": "a..b", "two dashes": "a--b", "200 characters": "a" * 200,
+                   "a space after its owner": "org/a b", "a leading dash": "-lead", "a trailing dot": "trail.", "an owner alone": "org/",
+                   "a tab": "x\ty", "letters outside ASCII": "日本語", "a .git suffix": "a.git", "NUL": "x\x00y", "300 characters": "a" * 300,
+                   "a line separator": "a\u2028b", "a user's home that does not exist": "~no-such-user-here/model",
+                   "a folder that does not exist": "./no/such/folder"}
 
 
-@pytest.mark.parametrize("name", BAD_MODEL_NAMES, ids=[repr(n[:12]) for n in BAD_MODEL_NAMES])
+@pytest.mark.parametrize("name", list(BAD_MODEL_NAMES.values()), ids=list(BAD_MODEL_NAMES))
 def test_a_name_that_is_no_model_is_one_sentence(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from embprof.engine.plan import LocalTarget
     from embprof.engine.targets import SentenceTransformerTarget
@@ -446,16 +506,21 @@ def assert_one_line_refusal(run: ChildRun, *says: str) -> None:
         assert s in lines[0], lines[0]
 
 
+# Each case's id is the kind of fault it is, as the tests above name it: the same faults through the installed command.
 @pytest.mark.parametrize("args, says", [
-    (["run", "load", "--server", SERVER, "--timeout=nan"], ["--timeout must be a positive number", "(see embprof run load --help)"]),
-    (["run", "load", "--server", SERVER, "--timeout=1e300"], ["--timeout must be a positive number between 0.001 and 86400"]),
-    (["matrix", "--top-k=-1"], ["--top-k must be at least 1, not -1"]),
-    (["--repeats=inf"], ["--repeats must be a whole number", "(see embprof --help)"]),
-    (["run", "encode", "--model="], ["--model cannot be empty"]),
-    (["run", "encode", "--truncate-dim=0"], ["--truncate-dim must be at least 1, not 0"]),
-    (["run", "encode", "--model", "a b"], ["model 'a b' is neither a folder here nor a Hugging Face Hub id"]),
-    (["run", "encode", "--model", "\x1b[2Jx"], ["model '\\x1b[2Jx'"]),
-    (["run", "encode", "--model", "a" * 200], ["is neither a folder here nor a Hugging Face Hub id"]),
+    pytest.param(["run", "load", "--server", SERVER, "--timeout=nan"], ["--timeout must be a positive number", "(see embprof run load --help)"],
+                 id="NaN"),
+    pytest.param(["run", "load", "--server", SERVER, "--timeout=1e300"], ["--timeout must be a positive number between 0.001 and 86400"],
+                 id="huge"),
+    pytest.param(["matrix", "--top-k=-1"], ["--top-k must be at least 1, not -1"], id="below its least: --top-k"),
+    pytest.param(["--repeats=inf"], ["--repeats must be a whole number", "(see embprof --help)"], id="infinity"),
+    pytest.param(["run", "encode", "--model="], ["--model cannot be empty"], id="an empty text option"),
+    pytest.param(["run", "encode", "--truncate-dim=0"], ["--truncate-dim must be at least 1, not 0"], id="below its least: --truncate-dim"),
+    pytest.param(["run", "encode", "--model", "a b"], ["model 'a b' is neither a folder here nor a Hugging Face Hub id"],
+                 id="model name: a space"),
+    pytest.param(["run", "encode", "--model", "\x1b[2Jx"], ["model '\\x1b[2Jx'"], id="model name: a terminal escape"),
+    pytest.param(["run", "encode", "--model", "a" * 200], ["is neither a folder here nor a Hugging Face Hub id"],
+                 id="model name: 200 characters"),
 ])
 def test_the_console_script_says_one_line_and_exits_2(cli_env: dict[str, str], args: list[str], says: list[str]) -> None:
     assert_one_line_refusal(run_cli(args, cli_env, timeout=120), *says)

@@ -119,3 +119,32 @@ def test_frontier_with_energy() -> None:
     energy = {f.axis: f for f in frontiers(rows)}["energy_j_per_1000"]
     assert energy.why is None
     assert energy.cells == ("b", "a") and energy.considered == ("b", "c", "a")
+
+
+def test_equal_costs_are_considered_best_first_whatever_their_order() -> None:
+    rows = [_row("worse", 0, quality=0.5, p50_s=0.02), _row("better", 1, quality=0.9, p50_s=0.02), _row("cheap", 2, quality=0.1, p50_s=0.01)]
+    lat = {f.axis: f for f in frontiers(rows)}["p50_s"]
+    assert lat.considered == ("cheap", "better", "worse") and lat.cells == ("cheap", "better")
+
+
+def test_cells_whose_figures_are_not_finite_place_none_and_say_why() -> None:
+    rows = [_row("a", 0, quality=float("nan"), p50_s=0.01), _row("b", 1, quality=0.5, p50_s=float("inf"))]
+    lat = {f.axis: f for f in frontiers(rows)}["p50_s"]
+    assert lat.considered == ("a", "b") and lat.cells == ()
+    assert lat.why == "no cell has both a quality score and p50 latency"
+
+
+def test_only_the_energy_axis_says_why_no_cell_measured_energy() -> None:
+    # Every cell says why it has no energy figure, and none has a quality score either: the latency axis says what
+    # it lacks, not the energy reason.
+    rows = [_row("a", 0, quality=None, p50_s=0.01, energy_why="no RAPL"), _row("b", 1, quality=None, p50_s=0.02, energy_why="no NVML")]
+    fr = {f.axis: f for f in frontiers(rows)}
+    assert fr["p50_s"].why == "no cell has both a quality score and p50 latency"
+    assert fr["energy_j_per_1000"].why == "no cell measured energy: no RAPL; no NVML"
+    # One cell without a reason: no reason is every cell's, so the general sentence.
+    rows[1] = _row("b", 1, quality=0.5, p50_s=0.02)
+    assert {f.axis: f for f in frontiers(rows)}["energy_j_per_1000"].why == "no cell has both a quality score and energy per 1,000 texts"
+    # A cell that measured energy (with a note beside it) but has no quality score: energy was measured.
+    measured = [_row("c", 0, quality=None, energy_j_per_1000=50.0, energy_source="rapl package", energy_why="package only")]
+    assert {f.axis: f for f in frontiers(measured)}["energy_j_per_1000"].why == \
+        "no cell has both a quality score and energy per 1,000 texts"

@@ -9,10 +9,17 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from embprof.engine.events import RequestTimed, ResourceSample
+from embprof.engine.events import Event, PhaseEnded, PhaseStarted, RequestTimed, ResourceSample, Result, RunFinished, RunStarted
+from embprof.engine.report import summary_tables
+from embprof.engine.results import LatencyStats, LoadResult, ServerMetrics, TargetFacts
+from embprof.engine.tables import NA, Table
+from embprof.engine.targets.http import COUNTERS_PHASE
+from embprof.engine.workload_facts import LoadFacts
+from fake_engine import snapshot_of
 from llama_server import LlamaServer, minilm_gguf, server_binary
 from cli_helpers import run_cli, snapshot_from
 
@@ -115,18 +122,87 @@ def test_texts_of_a_stated_token_length_are_counted_by_the_servers_tokenizer(cli
     counted = int(notes[0].split(" words each, ")[1].split(" tokens")[0])
     assert abs(counted - 64) <= 3, notes[0]
     assert snap.summary.results["load"].ok == 20
-    # Where the time went: llama.cpp sends no timings with an answer, but its /metrics total the prompt seconds.
-    from embprof.engine.report import summary_tables
-
+    # Where the time went: llama.cpp sends no timings with an answer, but its /metrics total the prompt seconds,
+    # read again after the warm-up (its own phase) so that they cover the 20 timed requests alone.
+    phases = [p.name for p in snap.summary.phases]
+    assert phases.index("warm-up") < phases.index(COUNTERS_PHASE) < phases.index("load"), phases
     (split,) = [t for t in summary_tables(snap) if t.name == "load-split"]
     seconds = snap.summary.results["server_metrics"].delta["llamacpp:prompt_seconds_total"]
-    assert str(split.rows[0][0]).startswith("inference (llama.cpp /metrics") and split.rows[0][1] == 21  # the warm-up and 20
-    assert split.rows[0][2] == pytest.approx(seconds / 21)
-    # The server's inference is inside each request's time on the client: over the same 21 requests (the
-    # warm-up, often the slowest, among them) the server's total is below the client's.
-    sent = [e for e in snap.events if getattr(e, "kind", "") == "request_timed" and e.group == "load"]
-    assert len(sent) == 21 and sum(e.warmup for e in sent) == 1
-    assert 0 < seconds < sum(e.duration_ns for e in sent) / 1e9
+    assert str(split.rows[0][0]).startswith("inference (llama.cpp /metrics: the timed requests'") and split.rows[0][1] == 20
+    assert split.rows[0][2] == pytest.approx(seconds / 20)
+    # The server's inference is inside each request's time on the client: over the same 20 requests the
+    # server's total is below the client's, and the rest is what the client saw beyond it.
+    timed = [e for e in snap.events if getattr(e, "kind", "") == "request_timed" and e.group == "load" and not e.warmup]
+    assert len(timed) == 20
+    assert 0 < seconds < sum(e.duration_ns for e in timed) / 1e9
+    rest = split.rows[1][2]
+    assert isinstance(rest, float) and rest == pytest.approx(snap.summary.results["load"].latency.mean_s - seconds / 20)
+
+
+# -- the split from llama.cpp's totals, where they cannot give one ---------------------------------------------
+
+LLAMA = TargetFacts(backend="http", model_name="llama-server", api="llama", url="http://127.0.0.1:8080")
+MS = 1_000_000
+
+
+def load_run(*, seconds_start: float | None, seconds_end: float, sent: int = 20, done: int = 20, latency_s: float = 0.010,
+             counters_phase: bool = True) -> Table:
+    """The split table of a load run against llama.cpp, one warm-up then ``sent`` timed requests (``done`` answered),
+    whose /metrics read ``seconds_start`` (None: no such counter then) and ``seconds_end`` prompt seconds; ``counters_phase``: the start counters
+    were read after the warm-up, as a run now reads them (a run written before read them at the connect)."""
+    def request(i: int, warm: bool) -> RequestTimed:
+        return RequestTimed(t_ns=10 * MS + i, phase_id=2 if warm else 4, call_index=0, request_index=i, items=1,
+                            duration_ns=int(latency_s * 1e9), status=200, bytes_sent=10, bytes_received=100, warmup=warm, group="load")
+
+    t = 20 * MS
+    events: list[Event] = [
+        RunStarted(t_ns=0, run_id="r1", started_utc="2026-01-01T00:00:00+00:00", target=LLAMA, workload=LoadFacts(), sample_hz=10.0),
+        Result(t_ns=1, result=LLAMA),
+        PhaseStarted(t_ns=2, phase_id=2, name="warm-up", detail="1 request"), request(0, True),
+        PhaseEnded(t_ns=t, phase_id=2, name="warm-up", duration_ns=t - 2),
+    ]
+    if counters_phase:
+        events += [PhaseStarted(t_ns=t, phase_id=3, name=COUNTERS_PHASE), PhaseEnded(t_ns=t + 1, phase_id=3, name=COUNTERS_PHASE, duration_ns=1)]
+    stats = LatencyStats(count=done, mean_s=latency_s) if done else LatencyStats(count=0)
+    load = LoadResult(requests_sent=sent, requests_done=done, ok=done, errors=0, errors_by_kind={}, wall_s=1.0, requests_per_s=float(done),
+                      items_per_s=float(done), tokens_per_s=None, latency=stats, client_ceiling_per_s=None, client_share_percent=None)
+    key = "llamacpp:prompt_seconds_total"
+    start = {} if seconds_start is None else {key: seconds_start}
+    # As the server target takes the difference: a counter missing at the start counts from 0.
+    metrics = ServerMetrics(start=start, end={key: seconds_end}, delta={key: seconds_end - start.get(key, 0.0)})
+    events += [PhaseStarted(t_ns=t + 2, phase_id=4, name="load", detail="concurrency 1"), *[request(i, False) for i in range(1, done + 1)],
+               Result(t_ns=t + 3, result=load), PhaseEnded(t_ns=t + 4, phase_id=4, name="load", duration_ns=2),
+               Result(t_ns=t + 5, result=metrics), RunFinished(t_ns=t + 6, status="complete", duration_ns=t + 6)]
+    (split,) = [tab for tab in summary_tables(snapshot_of(events)) if tab.name == "load-split"]
+    return split
+
+
+def test_the_split_divides_the_counters_read_after_the_warm_up_by_the_timed_requests() -> None:
+    split = load_run(seconds_start=3.0, seconds_end=3.1)  # the warm-up's seconds are in the start
+    assert split.rows[0][1] == 20 and split.rows[0][2] == pytest.approx(0.1 / 20)
+    assert split.rows[1][1] == 20 and split.rows[1][2] == pytest.approx(0.010 - 0.1 / 20)
+    # A run written before the counters were read after the warm-up: its totals hold it, and divide by it too.
+    old = load_run(seconds_start=0.0, seconds_end=0.105, counters_phase=False)
+    assert str(old.rows[0][0]).startswith("inference (llama.cpp /metrics: the run's prompt seconds over its requests, the warm-up among")
+    assert old.rows[0][1] == 21 and old.rows[0][2] == pytest.approx(0.105 / 21)
+
+
+@pytest.mark.parametrize(("fault", "kw", "why"), [pytest.param(*case, id=case[0]) for case in [
+    ("a mean above the latency", {"seconds_start": 0.0, "seconds_end": 0.4},
+     "the server's prompt seconds per request (0.02 s) exceed the mean latency (0.01 s)"),
+    ("a counter that went down", {"seconds_start": 5.0, "seconds_end": 0.1}, "llama.cpp's prompt seconds went down during the run"),
+    ("requests in flight", {"seconds_start": 0.0, "seconds_end": 0.1, "done": 18},
+     "2 of 20 requests were still in flight when the load ended"),
+    ("no prompt time", {"seconds_start": 1.0, "seconds_end": 1.0}, "llama.cpp counted no prompt time for 20 requests"),
+    ("a counter missing at the start", {"seconds_start": None, "seconds_end": 0.1},
+     "llama.cpp's /metrics had no prompt_seconds_total when the load began"),
+]])
+def test_a_split_the_counters_cannot_give_is_na_with_why_never_0(fault: str, kw: dict[str, Any], why: str) -> None:
+    split = load_run(**kw)
+    cells = [cell for row in split.rows for cell in row[2:]]
+    wanted = [split.rows[1][2]] if fault == "a mean above the latency" else cells  # its p50 and p99: totals have none
+    assert all(isinstance(c, NA) and why in str(c) for c in wanted), split.rows
+    assert not any(c == 0 for c in cells), split.rows
 
 
 def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaServer) -> None:

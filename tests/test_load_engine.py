@@ -19,9 +19,10 @@ import pytest
 from cli_helpers import run_cli, snapshot_from
 
 from embprof.engine.events import RequestTimed
-from embprof.engine.loadgen import LoadProcesses, ProcessSpec, Record
+from embprof.engine.loadgen import LoadProcesses, ProcessSpec, Record, split
 from embprof.engine.plan import ServerTarget
 from embprof.engine.results import LoadResult
+from embprof.engine.stats import LatencySeries
 from embprof.engine.targets.http import HttpTarget
 from embprof.engine.targets.protocol import request_payload
 from embprof.engine.trivial_server import FastTrivialServer, TrivialHandler
@@ -76,18 +77,28 @@ def test_the_client_alone_sends_thousands_a_second_and_says_what_served_it(cli_e
     assert "client alone, measured against" in out
 
 
+def test_a_count_is_shared_among_the_processes_as_evenly_as_it_goes() -> None:
+    assert split(10, 3) == [4, 3, 3] and split(9, 3) == [3, 3, 3] and split(2, 4) == [1, 1, 0, 0]
+    assert all(isinstance(n, int) for n in split(10, 3)) and split(None, 2) == [None, None]
+
+
 class _Stalling(TrivialHandler):
-    """Answers at once, except that from the first request's time + 1 s to + 2 s nothing is answered:
-    every request that arrives then waits until the stall ends."""
+    """Answers at once, except that from the load's first request's arrival + 1 s to + 2 s nothing is answered:
+    every request that arrives then waits until the stall ends. The first ``skip`` requests (a run's warm-up) are
+    answered and not counted, so that the stall falls inside the load however long the steps before it took.
+    Each request's arrival, on this process's monotonic clock, is kept in ``arrivals``."""
 
     state: dict[str, float] = {}
+    arrivals: list[float] = []
+    skip = 0
     lock = threading.Lock()
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         body = self._body()
         now = time.monotonic()
         with self.lock:
-            first = self.state.setdefault("first", now)
+            self.arrivals.append(now)
+            first = self.state.setdefault("first", now) if len(self.arrivals) > self.skip else now + 3600.0
         start, end = first + 1.0, first + 2.0
         if start <= now < end:
             time.sleep(end - now)
@@ -96,7 +107,7 @@ class _Stalling(TrivialHandler):
 
 @pytest.fixture
 def stalling() -> Any:
-    _Stalling.state = {}
+    _Stalling.state, _Stalling.arrivals, _Stalling.skip = {}, [], 0
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Stalling)
     httpd.daemon_threads = True
     httpd.request_queue_size = 1024
@@ -107,34 +118,83 @@ def stalling() -> Any:
     httpd.server_close()
 
 
+def _stall_ns() -> tuple[int, int]:
+    """The stall's start and end on the monotonic clock, in ns (the server's clock is the load processes' clock)."""
+    end = int((_Stalling.state["first"] + 2.0) * 1e9)
+    return end - int(1e9), end
+
+
 def test_an_open_loop_counts_a_servers_stall_in_every_request_due_during_it(cli_env: dict[str, str], tmp_path: Path,
                                                                             stalling: Any) -> None:
     url = f"http://127.0.0.1:{stalling.server_address[1]}"
+    _Stalling.skip = 1  # the warm-up
     rc, out, err, _ = run_cli(["run", "load", "--server", url, "--rate", "100", "--duration", "3.5", "--records", str(tmp_path / "open")],
                               cli_env)
     assert rc == 0, err
     _, result = load_of(out)
     assert result.latency_from == "due" and result.send_lag is not None
-    stall_end_ns = int((_Stalling.state["first"] + 2.0) * 1e9)  # the server's clock is the load processes' clock
-    stall_start_ns = stall_end_ns - int(1e9)
-    during = [r for r in records(tmp_path / "open") if stall_start_ns + 20e6 <= (r.due_ns or 0) < stall_end_ns - 20e6]
+    stall_start_ns, stall_end_ns = _stall_ns()
+    own = records(tmp_path / "open")
+    during = [r for r in own if r.due_ns is not None and stall_start_ns + 20e6 <= r.due_ns < stall_end_ns - 20e6]
     assert len(during) > 50, len(during)  # about 100 a second were due
     for r in during:  # each waited for the stall's end, and its latency (from when it was due) says so
         assert r.done_ns >= stall_end_ns and r.latency_ns >= stall_end_ns - (r.due_ns or 0), r
+    # The snapshot's figures are each request's answer less its due time, and its lag its send less its due time,
+    # from the processes' own fields: a latency timed from the send would differ by each request's lag.
+    assert result.latency.samples_s is not None and result.send_lag.samples_s is not None
+    assert sorted(result.latency.samples_s) == sorted((r.done_ns - (r.due_ns or 0)) / 1e9 for r in own)
+    assert sorted(result.send_lag.samples_s) == sorted(max(0, r.sent_ns - (r.due_ns or 0)) / 1e9 for r in own)
     # The snapshot's own figures carry it: every request due in the stall's first half is slower than 0.5 s.
-    slow = [r for r in records(tmp_path / "open") if r.latency_ns > 0.5e9]
+    slow = [r for r in own if r.latency_ns > 0.5e9]
     assert len(slow) >= sum(1 for r in during if (r.due_ns or 0) < stall_end_ns - 0.5e9) > 10
-    assert result.latency.max_s is not None and result.latency.max_s > 0.9 and result.latency.count == len(records(tmp_path / "open"))
+    assert result.latency.max_s is not None and result.latency.max_s > 0.9 and result.latency.count == len(own)
     assert "latency from" in out and "when each request was due (open loop)" in out
 
     # The closed loop against the same stall: one request waits, and the rest are never sent during it.
-    _Stalling.state = {}
+    _Stalling.state, _Stalling.arrivals = {}, []
     rc, out, err, _ = run_cli(["run", "load", "--server", url, "--concurrency", "1", "--duration", "3.5", "--records",
                                str(tmp_path / "closed")], cli_env)
     assert rc == 0, err
     _, closed = load_of(out)
     assert closed.latency_from == "send" and closed.send_lag is None
     assert sum(r.latency_ns > 0.5e9 for r in records(tmp_path / "closed")) == 1
+
+
+def test_an_open_loop_request_sent_late_counts_its_wait_from_when_it_was_due(stalling: Any) -> None:
+    """Sends that fall behind schedule: one request at a time (max_in_flight 1) against a server that stalls for a
+    second, so that the arrivals due during the stall are sent only after it. The server's own log of arrivals shows
+    that they were sent late; each one's latency must still run from when it was due, the wait included (timed
+    from its send, it would be the few milliseconds of its answer: coordinated omission)."""
+    url = f"http://127.0.0.1:{stalling.server_address[1]}"
+    path, body = request_payload("llama", ["a text"], None)
+    spec = ProcessSpec(base_url=url, path=path, bodies=[json.dumps(body)], items=[1], api="llama", concurrency=1, rate=50.0, seed=3,
+                       duration_s=4.0, timeout_s=30.0, max_in_flight=1)
+    got: list[Record] = []
+    merged = LoadProcesses([spec]).run(got.append, lambda: False)
+    assert not merged.crashed and all(r.kind == "" for r in got), merged
+    stall_start_ns, stall_end_ns = _stall_ns()
+    # The schedule does not stop for the stall: about 50 arrivals were due in it (and answered in the two seconds left
+    # after it, one at a time) ...
+    during = [r for r in got if r.due_ns is not None and stall_start_ns + 20e6 <= r.due_ns < stall_end_ns - 20e6]
+    assert len(during) > 25, len(during)
+    # ... while the server saw none arrive but the one it held (its clock, not the load process's records).
+    arrived = [t for t in _Stalling.arrivals if stall_start_ns + 20e6 <= t * 1e9 < stall_end_ns - 20e6]
+    assert len(arrived) <= 1, arrived
+    for r in during:
+        assert r.due_ns is not None and r.latency_ns == r.done_ns - r.due_ns >= stall_end_ns - r.due_ns, r
+    # All but the one the server held were sent only once the stall had ended: late by the whole wait, which their
+    # latency holds beside the time from their send to their answer.
+    late = [r for r in during if r.sent_ns >= stall_end_ns]
+    assert len(late) >= len(during) - 1, (len(late), len(during))
+    for r in late:
+        assert r.due_ns is not None and r.lag_ns == r.sent_ns - r.due_ns >= stall_end_ns - r.due_ns, r
+        assert r.latency_ns == r.lag_ns + (r.done_ns - r.sent_ns), r
+    # Folded as the load workload folds them, the figures keep the wait.
+    series = LatencySeries()
+    for r in got:
+        series.add(r.latency_ns / 1e9)
+    worst_wait = max(stall_end_ns - (r.due_ns or 0) for r in during) / 1e9
+    assert series.stats().max_s is not None and series.stats().max_s >= worst_wait > 0.9
 
 
 class _Tei(TrivialHandler):
@@ -365,3 +425,151 @@ def test_a_mix_is_refused_in_one_sentence_when_its_spec_is_wrong(cli_env: dict[s
                        ("tokens=x:0.5,tokens=4:0.5", "--mix takes tokens=N"), ("a.txt:-1,b.txt:1", "must be a positive number")):
         rc, out, err, _ = run_cli(["run", "load", "--server", "http://127.0.0.1:9", "--mix", spec], cli_env)
         assert rc == 2 and said in err and "Traceback" not in err, (spec, err)
+
+
+# -- the load process's sender, run in this process ------------------------------------------------------------------
+# `python -m embprof.engine.loadgen` as embprof drives it (its settings, then `go START DEADLINE` on stdin; JSON lines
+# out), but here in this process, so that what it sends, times and writes is checked line by line.
+
+
+def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s: float = 0.05, duration_s: float | None = None,
+               stop_after_s: float | None = None) -> tuple[int, list[dict[str, Any]]]:
+    """The load process's own loop on ``spec``: the common start it was given (monotonic ns), and the lines it wrote."""
+    import asyncio
+    import io
+    import os
+
+    from embprof.engine import loadgen
+
+    read_end, write_end = os.pipe()
+    stdin = os.fdopen(read_end, "r")
+    stdout = io.StringIO()
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    start = time.monotonic_ns() + int(start_in_s * 1e9)
+    deadline = "-" if duration_s is None else str(start + int(duration_s * 1e9))
+    os.write(write_end, f"go {start} {deadline}\n".encode())
+    timer = threading.Timer(stop_after_s, lambda: os.write(write_end, b"stop\n")) if stop_after_s is not None else None
+    if timer is not None:
+        timer.start()
+    try:
+        asyncio.run(loadgen.process_main(spec))
+    finally:
+        if timer is not None:
+            timer.cancel()
+        os.close(write_end)
+        stdin.close()
+    return start, [json.loads(line) for line in stdout.getvalue().splitlines()]
+
+
+def rows_of(lines: list[dict[str, Any]]) -> list[Record]:
+    return [Record.of_row(row) for line in lines if line["kind"] == "records" for row in line["rows"]]
+
+
+def sender_spec(url: str, **kw: Any) -> ProcessSpec:
+    path, body = request_payload("llama", ["a text", "another text"], None)
+    settings: dict[str, Any] = dict(base_url=url, path=path, bodies=[json.dumps(body)], items=[2], api="llama", concurrency=1,
+                                    timeout_s=10.0, index=3)
+    settings.update(kw)
+    return ProcessSpec(**settings)
+
+
+def test_the_sender_sends_a_count_and_says_what_each_request_did(fault_servers: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    srv = fault_servers("ok")
+    bodies = [json.dumps(request_payload("llama", texts, None)[1]) for texts in (["a"], ["b", "c", "d"])]
+    copy = tmp_path / "process-4.jsonl"
+    spec = sender_spec(srv.url, bodies=bodies, items=[1, 3], requests=7, concurrency=2, records_file=str(copy))
+    start, lines = run_sender(spec, monkeypatch)
+    assert lines[0] == {"kind": "ready"} and lines[-1] == {"kind": "end", "sent": 7, "in_flight": 0}
+    got = rows_of(lines)
+    assert sorted(r.index for r in got) == list(range(7)) and srv.state.count == 7
+    for r in got:
+        k = r.index % 2
+        assert (r.process, r.due_ns, r.status, r.kind, r.message, r.items, r.dim) == (3, None, 200, "", "", [1, 3][k], 4), r
+        assert r.sent_bytes == len(bodies[k].encode()) and r.received_bytes > 0 and start <= r.sent_ns <= r.done_ns, r
+        assert r.latency_ns == r.done_ns - r.sent_ns and r.lag_ns is None
+    # Its own copy of the records is the same rows, as it measured them.
+    assert sorted((json.loads(line) for line in copy.read_text().splitlines()), key=lambda row: row[1]) == \
+        sorted((r.row() for r in got), key=lambda row: row[1])
+
+
+def test_the_sender_keeps_its_poisson_schedule(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open loop: request i is due at the start plus the first i + 1 gaps of the seeded exponential draws (the
+    schedule is the seed's, whatever the server does), and none is sent before it is due."""
+    import random
+
+    srv = fault_servers("ok")
+    start, lines = run_sender(sender_spec(srv.url, rate=200.0, seed=11, requests=25, concurrency=4), monkeypatch)
+    got = sorted(rows_of(lines), key=lambda r: r.index)
+    draws, due = random.Random(11), float(start)
+    schedule = []
+    for _ in range(25):
+        due += draws.expovariate(200.0) * 1e9
+        schedule.append(int(due))
+    assert [r.index for r in got] == list(range(25)) and [r.due_ns for r in got] == schedule
+    assert all(r.lag_ns is not None and 0 <= r.lag_ns and r.latency_ns == r.done_ns - (r.due_ns or 0) for r in got)
+    assert lines[-1] == {"kind": "end", "sent": 25, "in_flight": 0}
+
+
+def test_the_sender_counts_nothing_answered_after_its_deadline(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = fault_servers("slow", slow_s=0.3)
+    start, lines = run_sender(sender_spec(srv.url, concurrency=2), monkeypatch, duration_s=0.5)
+    got = rows_of(lines)
+    deadline = start + int(0.5e9)
+    # Two workers, each answered after 0.3 s: one answer each within the half second, the second ones cut off.
+    assert len(got) == 2 and all(r.done_ns <= deadline for r in got)
+    assert lines[-1]["kind"] == "end" and lines[-1]["sent"] == 4 and lines[-1]["in_flight"] == 2
+
+
+@pytest.mark.parametrize("mode, settings, kind, says", [
+    ("slow", {"slow_s": 2.0}, "timeout", "no answer within 0.3 s (--timeout)"),
+    ("500", {}, "http 500", "boom"),
+    ("hugebody", {}, "bad body", "declares 300 MiB"),
+    ("drop", {}, "connection", ""),
+])
+def test_the_sender_names_each_failure(fault_servers: Any, monkeypatch: pytest.MonkeyPatch, mode: str, settings: dict[str, Any],
+                                       kind: str, says: str) -> None:
+    srv = fault_servers(mode, **settings)
+    _, lines = run_sender(sender_spec(srv.url, requests=2, timeout_s=0.3), monkeypatch)
+    got = rows_of(lines)
+    assert len(got) == 2 and all(r.kind == kind and says in r.message and r.dim is None for r in got), got
+    assert all(len(r.message) <= 400 for r in got)
+
+
+def test_a_refused_connection_is_a_connection_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, lines = run_sender(sender_spec(f"http://127.0.0.1:{port}", requests=1), monkeypatch)
+    (r,) = rows_of(lines)
+    assert r.kind == "connection" and r.status is None and r.message, r
+
+
+def test_an_endless_answer_is_cut_at_the_read_limit(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = fault_servers("endless")
+    _, lines = run_sender(sender_spec(srv.url, requests=1, max_answer_bytes=1 << 20), monkeypatch)
+    (r,) = rows_of(lines)
+    assert r.kind == "bad body" and "1 MiB" in r.message, r
+
+
+def test_a_stop_ends_the_sender_at_once_and_counts_what_was_out(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    srv = fault_servers("slow", slow_s=30.0)
+    began = time.monotonic()
+    _, lines = run_sender(sender_spec(srv.url, rate=50.0, concurrency=8), monkeypatch, stop_after_s=0.5)
+    assert time.monotonic() - began < 5.0
+    # Every request sent is still out: none was answered, and none of those the stop cut off is counted as recorded.
+    assert rows_of(lines) == [] and lines[-1]["kind"] == "end" and lines[-1]["sent"] == lines[-1]["in_flight"] > 5, lines[-1]
+
+
+def test_a_servers_own_timings_are_read_from_its_headers() -> None:
+    from embprof.engine.loadgen import server_timings
+
+    got = server_timings({"x-queue-time": "3", "x-tokenization-time": "0.5", "x-inference-time": "12", "x-total-time": "15.5"})
+    assert got == {"queue": 0.003, "tokenization": 0.0005, "inference": 0.012, "server_total": 0.0155}
+    # A header that is no figure (negative, not finite, not a number) is not one: the others are kept.
+    assert server_timings({"x-queue-time": "-1", "x-tokenization-time": "nan", "x-inference-time": "inf", "x-total-time": "abc"}) is None
+    assert server_timings({"x-queue-time": "0", "x-total-time": "x"}) == {"queue": 0.0}
+    assert server_timings({}) is None

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
-from fake_nvml import FakeNvml
+from fake_nvml import GIB, FakeNvml, FakeProc, NVMLError, NVMLError_NotSupported
 
 from embprof.engine.events import MIB, Clock, EventBus, Note, ResourceSample
-from embprof.engine.sampler import Sampler, load_nvml
+from embprof.engine.sampler import GpuProbe, Sampler, cuda_index_for_nvml, load_nvml
 from embprof.engine.snapshot import Recorder
 
 
@@ -173,3 +176,227 @@ def test_server_process_is_sampled_beside_this_one() -> None:
     finally:
         if child.poll() is None:
             child.kill()
+
+
+class TwoGpus(FakeNvml):
+    """Two devices that differ (GPU k: 3 + k GiB used of 24 (k + 1) GiB, 42 + k % busy, this process at (k + 1) × 256 MiB),
+    and each handle checked as real NVML checks it: a reading with another device's handle, or with none, is wrong
+    figures or an error, never the right device's figures by chance."""
+
+    def __init__(self, *, mig_error: bool = False, mig: bool = False, as_bytes: bool = False) -> None:
+        super().__init__(devices=2, mig=mig)
+        self.mig_error, self.as_bytes = mig_error, as_bytes
+
+    def _device(self, h: object) -> int:
+        if h not in ("handle0", "handle1"):
+            raise NVMLError(f"invalid argument: {h!r}")
+        return int(str(h)[-1])
+
+    def nvmlDeviceGetHandleByIndex(self, i: int) -> str:
+        if not isinstance(i, int) or not 0 <= i < self.devices:
+            raise NVMLError(f"invalid argument: {i!r}")
+        return f"handle{i}"
+
+    def nvmlDeviceGetMigMode(self, h: str) -> tuple[int, int]:
+        self._device(h)
+        if self.mig_error:
+            raise NVMLError_NotSupported("Not Supported")
+        return (1 if self.mig else 0, 0)
+
+    def nvmlDeviceGetName(self, h: str) -> str | bytes:  # type: ignore[override]
+        name = f"Fake GPU {self._device(h)}"
+        return name.encode() if self.as_bytes else name  # older nvidia-ml-py answers bytes
+
+    def nvmlSystemGetDriverVersion(self) -> str | bytes:  # type: ignore[override]
+        return b"999.1" if self.as_bytes else "999.1"
+
+    def nvmlDeviceGetMemoryInfo(self, h: str) -> SimpleNamespace:
+        k = self._device(h)
+        return SimpleNamespace(used=(3 + k) * GIB, total=24 * (k + 1) * GIB, free=0)
+
+    def nvmlDeviceGetUtilizationRates(self, h: str) -> SimpleNamespace:
+        return SimpleNamespace(gpu=42 + self._device(h), memory=10)
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[FakeProc]:
+        k = self._device(h)
+        return [FakeProc(pid=1, usedGpuMemory=(k + 1) * GIB), FakeProc(pid=self.pid, usedGpuMemory=(k + 1) * 256 * MIB)]
+
+
+@pytest.mark.parametrize("mig_error, as_bytes", [(False, False), (True, True)])
+def test_a_probe_reads_its_own_device(mig_error: bool, as_bytes: bool) -> None:
+    probe = GpuProbe(TwoGpus(mig_error=mig_error, as_bytes=as_bytes), 1)
+    # A device that cannot say whether it is in MIG mode is read as not in it: its per-process figures are read.
+    assert probe.mig is False
+    assert probe.describe() == {"index": 1, "name": "Fake GPU 1", "driver": "999.1", "memory_total_mib": 48 * 1024, "mig": False}
+    assert probe.read() == {"gpu_used_mib": 4 * 1024, "gpu_total_mib": 48 * 1024, "gpu_process_mib": 512, "gpu_util_percent": 43}
+    assert probe.process_mib(1) == 2 * 1024 and probe.process_mib(-5) is None
+    # In MIG mode the driver reports no process's memory: N/A, never another figure.
+    mig = GpuProbe(TwoGpus(mig=True), 1)
+    assert mig.mig is True and mig.read()["gpu_process_mib"] is None and mig.process_mib(1) is None
+    assert mig.read()["gpu_used_mib"] == 4 * 1024
+
+
+@pytest.mark.parametrize("device, visible, index", [
+    ("cpu", None, 0), ("cuda", None, 0), ("cuda:1", None, 1), ("cuda:x", None, 0), ("cuda:1:2", None, 0),
+    ("cuda:1", "2,3", 3), ("cuda", " 4 , 5 ", 4), ("cuda:5", "2,3", 5), ("cuda:0", "GPU-3f2a,1", 0), ("cuda:1", "", 1),
+])
+def test_a_torch_device_maps_to_its_nvml_index(device: str, visible: str | None, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA_VISIBLE_DEVICES renumbers the devices torch sees: cuda:1 under "2,3" is NVML's device 3. An ordinal past
+    the list, a list of UUIDs, an unset or empty list: the ordinal as it is; an unreadable ordinal: 0."""
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert cuda_index_for_nvml(device) == index
+
+
+def test_the_rate_defaults_to_ten_a_second_and_takes_its_bounds() -> None:
+    from embprof.engine.sampler import MAX_HZ, MIN_HZ
+
+    assert (Sampler(EventBus()).hz, Sampler(EventBus()).interval_s) == (10.0, 0.1)
+    for hz in (MIN_HZ, MAX_HZ):
+        assert Sampler(EventBus(), hz).interval_s == 1.0 / hz
+    with pytest.raises(ValueError, match=f"sample rate must be between {MIN_HZ:g} and {MAX_HZ:g} Hz, not 0.5"):
+        Sampler(EventBus(), 0.5)
+
+
+def _meminfo_mib() -> tuple[float, float]:
+    """The kernel's own MemTotal and MemAvailable, in MiB."""
+    fields = {line.split(":")[0]: int(line.split()[1]) for line in open("/proc/meminfo", encoding="ascii")}
+    return fields["MemTotal"] / 1024, fields["MemAvailable"] / 1024
+
+
+def test_a_sample_holds_the_kernels_figures_at_the_runs_clock() -> None:
+    import psutil
+
+    sampler, seen = _collect(nvml=None, gpu_index=0)
+    before = sampler.bus.clock.now()
+    costs = []
+    for _ in range(10):
+        t0 = time.thread_time_ns()
+        s = sampler.sample_once()
+        costs.append((time.thread_time_ns() - t0, sampler.cpu_time_ns))
+    after = sampler.bus.clock.now()
+    assert isinstance(s.t_ns, int) and before <= s.t_ns <= after and seen[-1] is s
+    total, available = _meminfo_mib()
+    assert s.sys_ram_available_mib == pytest.approx(available, rel=0.05)
+    assert s.sys_ram_used_mib == pytest.approx(total - available, rel=0.2, abs=256)
+    assert isinstance(s.cpu_percent, float) and s.cpu_percent >= 0
+    assert len(s.per_core_percent) == psutil.cpu_count() and s.threads >= 1
+    # The sampler's own CPU time: each sample's share added up, never more than the calls took.
+    assert sampler.samples_taken == 10
+    shares = [c for _, c in costs]
+    assert all(0 < a < b for a, b in zip(shares, shares[1:])) and shares[-1] <= sum(d for d, _ in costs)
+
+
+@pytest.mark.parametrize("gpu_index, nvml, reason", [
+    (None, FakeNvml(), "no GPU device in use"),
+    (0, None, "nvidia-ml-py is not installed"),
+    (0, FakeNvml(devices=0), "NVML sees no GPU"),
+    (2, FakeNvml(devices=2), "NVML sees 2 GPU(s), not index 2"),
+    (0, FakeNvml(init_error=RuntimeError("no driver")), "NVML unavailable (RuntimeError)"),
+])
+def test_host_only_sampling_says_why_once(gpu_index: int | None, nvml: FakeNvml | None, reason: str) -> None:
+    sampler, seen = _collect(nvml=nvml, gpu_index=gpu_index)
+    sampler.start()
+    sampler.stop()
+    assert sampler.gpu is None and sampler.host_only_reason == reason
+    notes = [e for e in seen if isinstance(e, Note)]
+    assert [n.text for n in notes] == [f"host-only sampling: {reason}; GPU columns are N/A"] and isinstance(notes[0].t_ns, int)
+    if nvml is not None:
+        assert nvml.shutdowns == 0  # no device was opened: nothing to close
+
+
+def test_a_mig_device_is_said_once_and_the_second_gpu_is_read_when_asked_for() -> None:
+    sampler, seen = _collect(nvml=FakeNvml(mig=True), gpu_index=0)
+    sampler.start()
+    sampler.stop()
+    notes = [e for e in seen if isinstance(e, Note)]
+    assert [n.text for n in notes] == ["GPU is in MIG mode: per-process GPU memory is N/A"] and isinstance(notes[0].t_ns, int)
+    sampler, _ = _collect(nvml=TwoGpus(), gpu_index=1)
+    sampler.start()
+    s = sampler.sample_once()
+    sampler.stop()
+    assert (s.gpu_used_mib, s.gpu_total_mib, s.gpu_process_mib, s.gpu_util_percent) == (4 * 1024, 48 * 1024, 512, 43)
+
+
+def test_the_sampler_runs_on_a_daemon_thread_of_its_own_and_ends_with_a_sample() -> None:
+    sampler, seen = _collect(hz=20, nvml=None, gpu_index=0)
+    sampler.stop()  # never started: nothing to stop, nothing sampled
+    assert sampler.samples_taken == 0
+    sampler, seen = _collect(hz=20, nvml=None, gpu_index=0)
+    sampler.start()
+    (thread,) = [t for t in threading.enumerate() if t.name == "embprof-sampler"]
+    assert thread.daemon
+    time.sleep(1.0)
+    ticks = sampler.samples_taken
+    sampler.poke()
+    time.sleep(0.02)
+    sampler.stop()
+    assert not thread.is_alive()
+    samples = [e for e in seen if isinstance(e, ResourceSample)]
+    # About 20 ticks in the second (a busy machine may skip some), the poke's sample, and the closing one.
+    assert 5 <= ticks and len(samples) == sampler.samples_taken >= ticks + 1
+    assert [s.t_ns for s in samples] == sorted(s.t_ns for s in samples)
+
+
+def test_torchs_own_counters_are_read_once_the_workload_has_started_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    started = {"yes": False}
+    cuda = SimpleNamespace(is_initialized=lambda: started["yes"], memory_allocated=lambda: 100 * MIB, memory_reserved=lambda: 200 * MIB,
+                           max_memory_allocated=lambda: 300 * MIB, max_memory_reserved=lambda: 400 * MIB)
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    sampler, _ = _collect(nvml=None, gpu_index=0)
+    s = sampler.sample_once()
+    assert (s.torch_allocated_mib, s.torch_reserved_mib, s.torch_max_allocated_mib, s.torch_max_reserved_mib) == (None, None, None, None)
+    started["yes"] = True
+    s = sampler.sample_once()
+    assert (s.torch_allocated_mib, s.torch_reserved_mib, s.torch_max_allocated_mib, s.torch_max_reserved_mib) == (100, 200, 300, 400)
+    monkeypatch.delitem(sys.modules, "torch")
+    assert sampler.sample_once().torch_allocated_mib is None  # never imported: never read (the sampler does not import it)
+
+
+class ServerOnGpu(FakeNvml):
+    """NVML listing the embedding server's process, with 2 GiB."""
+
+    def __init__(self, server_pid: int) -> None:
+        super().__init__()
+        self.server_pid = server_pid
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h: str) -> list[FakeProc]:
+        return [*super().nvmlDeviceGetComputeRunningProcesses(h), FakeProc(pid=self.server_pid, usedGpuMemory=2 * GIB)]
+
+
+def test_the_servers_gpu_memory_cpu_and_end_are_sampled() -> None:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sampler, seen = _collect(nvml=ServerOnGpu(child.pid), gpu_index=0, server_pid=child.pid)
+        sampler.start()
+        s = sampler.sample_once()
+        assert s.server_gpu_mib == 2048 and isinstance(s.server_cpu_percent, float) and not sampler.server_gone
+        child.kill()
+        child.wait()
+        assert sampler.sample_once().server_rss_mib is None and sampler.server_gone is True
+        sampler.stop()
+        (note,) = [e for e in seen if isinstance(e, Note)]
+        assert (note.text, note.level) == (f"the server process {child.pid} is gone", "warning") and isinstance(note.t_ns, int)
+        # A server gone before the sampler started, or before it was made: sampled as gone from the start.
+        late, _ = _collect(nvml=None, gpu_index=0, server_pid=child.pid)
+        assert late.server_gone is True and late.sample_once().server_rss_mib is None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_a_server_that_ends_before_the_sampler_starts_is_gone_from_its_start() -> None:
+    import subprocess
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    sampler, _ = _collect(nvml=None, gpu_index=0, server_pid=child.pid)
+    child.kill()
+    child.wait()
+    sampler.start()
+    sampler.stop()
+    assert sampler.server_gone is True

@@ -14,6 +14,9 @@ from embprof.engine.plan import RunPlan, plan_from_options
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import PhaseBands, StatusBar
 from embprof.tui.screens import RunForm
+from textual.events import Unmount
+from textual.message import Message
+from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
 
@@ -422,23 +425,21 @@ async def test_a_redraw_queued_at_exit_is_dropped(tmp_path: Path) -> None:
 
 async def test_a_tick_while_the_screens_are_taken_down_draws_nothing(tmp_path: Path) -> None:
     """At exit the screens' widgets are removed before the screen stack is emptied; the interval timer
-    can fire in between, with the panels still listed but their children gone."""
+    can fire in between, with the panels still listed but their children gone. The tick here comes at
+    the moment the Latency panel, its children already gone, is itself unmounted."""
     app = make_app(tmp_path)
     ticked: list[bool] = []
-    close_all = app._close_all
+    panel: list[Widget] = []
 
-    async def close_with_a_tick_between() -> None:
-        for stack in app._screen_stacks.values():
-            for screen in reversed(stack):
-                await app._prune(screen)
-        assert app.screen_stack  # the window this test is about: screens gone, stack not yet cleared
-        app._tick()
-        ticked.append(True)
-        await close_all()
+    def tick_in_the_window(message: Message) -> None:
+        if isinstance(message, Unmount) and panel and not panel[0].children and not ticked:
+            assert app.screen_stack  # the window this test is about: the stack still lists the screen
+            ticked.append(True)
+            app.tick()
 
-    app._close_all = close_with_a_tick_between  # type: ignore[method-assign]
-    async with app.run_test(size=(160, 45)) as pilot:
+    async with app.run_test(size=(160, 45), message_hook=tick_in_the_window) as pilot:
         await finished(app, pilot)
+        panel.append(app.query_one("#latency"))
     assert ticked == [True]
 
 

@@ -26,11 +26,12 @@ from embprof.engine.events import ErrorEvent, RunFinished
 from embprof.engine.plan import RunPlan
 from embprof.engine.session import RunnerFactory, RunnerLike, Session, engine_runner
 from embprof.engine.text import clean, one_line, printable
-from textual import on
+from textual import events, on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.notifications import SeverityLevel
 from textual.binding import Binding, BindingType
 from textual.containers import Grid
+from textual.geometry import Size
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Tab, Tabs
 from textual.worker import Worker, WorkerState
@@ -77,6 +78,16 @@ WIDE_HIDDEN_TRAINING = ("latency", "scores")
 # Runs held in full (their figures and chart buffers, each up to a few MiB): older saved ones are read
 # back from their snapshots when opened again.
 MAX_VIEWS = 12
+
+
+class PanelTabs(Tabs):
+    """The tabs of the one-panel layout, which hold the keyboard focus as a dashboard starts (arrows switch panels)."""
+
+    def on_show(self) -> None:
+        # Hidden in the all-panels layout, the tabs lost the focus (Textual moves it off a widget that is
+        # hidden, here to nothing): a terminal made small again gets them back as a dashboard started small has them.
+        if self.screen.focused is None:
+            self.focus()
 
 
 class EmbprofApp(App[None]):
@@ -135,6 +146,7 @@ class EmbprofApp(App[None]):
         self._drawn: dict[str, Any] = {}
         self._drawn_at: dict[str, float] = {}  # time.monotonic of each panel's last draw (not self.clock: tests freeze that)
         self._status: StatusBar
+        self._main_screen: Screen[Any] | None = None
         self._panels: dict[str, Panel] = {}
         self._keys = itertools.count(1)
         self.active_panel = "latency"
@@ -144,7 +156,7 @@ class EmbprofApp(App[None]):
     # -- layout --------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
         yield StatusBar(clock=self.clock, id="status")
-        yield Tabs(*[Tab(title, id=f"tab-{pid}") for pid, title in PANELS], id="tabs")
+        yield PanelTabs(*[Tab(title, id=f"tab-{pid}") for pid, title in PANELS], id="tabs")
         with Grid(id="panels"):
             # First in the grid: in the all-panels layout a training run's panel takes the Latency panel's
             # cell (and the Scores panel's below it, which a training run does not fill); other runs hide it.
@@ -162,33 +174,51 @@ class EmbprofApp(App[None]):
         shutdown.on_event_loop(self._stop_signal)
         # References held, not queried on every tick: a timer can fire while the DOM is torn down.
         self._status = self.query_one(StatusBar)
+        # The screen that holds the panels: the layout classes go on it, never on a dialog (the new-run
+        # form, help, compare) that is on top when the terminal is resized or a run's figures arrive.
+        self._main_screen = self.screen
         self._panels = {pid: self.query_one(f"#{pid}", Panel) for pid, _ in PANELS}
         self._apply_layout()
         self.action_show_panel("latency")
         # One timer for the panels and the status bar's clock: one wake-up a tick, not two.
-        self.set_interval(1 / self.refresh_hz, self._tick)
+        self.set_interval(1 / self.refresh_hz, self.tick)
         self.list_snapshots()
         self.redraw(force=True)
         if self.autostart:
             # After the first frame: the import of torch is then a phase on screen, not a frozen terminal.
             self.call_after_refresh(self.start_run, self.plan)
 
-    def on_resize(self) -> None:
-        self._apply_layout()
+    def on_resize(self, event: events.Resize | None = None) -> None:
+        # The event's size: this handler runs before Textual's own (App._on_resize) has stored it, so
+        # self.size here is still the size before this resize.
+        self._apply_layout(event.size if event is not None else None)
 
-    def _apply_layout(self) -> None:
-        if not self.screen_stack:  # the last screen is already gone: the app is closing
+    def _apply_layout(self, size: Size | None = None) -> None:
+        main = self._main_screen
+        if main is None or not self.screen_stack:  # not mounted yet, or the last screen is gone: the app is closing
             return
-        wide = self.size.width >= WIDE_MIN[0] and self.size.height >= WIDE_MIN[1]
-        self.screen.set_class(wide, "wide")
+        width, height = size if size is not None else self.size
+        main.set_class(width >= WIDE_MIN[0] and height >= WIDE_MIN[1], "wide")
         # The wide cell of the bottom row goes where the data is: the Scores tables when the run on
         # display has scores, the Runs list (and its model names) otherwise.
         self._set_layout_classes(self.current)
-        self.redraw(force=True)
+        # Not forced: the panels are not laid out at the new size yet. Each one that changes size draws
+        # again once it has (Panel.Resized); this takes what changed while a panel was hidden.
+        self.redraw()
 
     def _set_layout_classes(self, view: RunView | None) -> None:
-        self.screen.set_class(not has_scores(view), "-no-scores")
-        self.screen.set_class(has_training(view), "-training")
+        main = self._main_screen
+        if main is None:
+            return
+        main.set_class(not has_scores(view), "-no-scores")
+        main.set_class(has_training(view), "-training")
+
+    @on(Panel.Resized)
+    def _panel_resized(self, message: Panel.Resized) -> None:
+        # What a panel drew was fitted to its old size (a chart's points thinned to its width, a
+        # sparkline's samples to its cells): it draws again, at once, at the size it now has.
+        self._drawn.pop(message.panel.id or "", None)
+        self.redraw()
 
     def _first_panel(self, view: RunView | None) -> str:
         """The panel a run opens on: a training run's own, else the latency."""
@@ -213,14 +243,17 @@ class EmbprofApp(App[None]):
 
     # -- drawing ---------------------------------------------------------------------------------
     def _visible_panels(self) -> Iterable[Panel]:
-        wide = self.screen.has_class("wide")
+        main = self._main_screen
+        if main is None:
+            return
+        wide = main.has_class("wide")
         # Read from the classes, not from the computed display: a class just set is styled at the next refresh.
-        hidden = WIDE_HIDDEN_TRAINING if self.screen.has_class("-training") else ("training",)
+        hidden = WIDE_HIDDEN_TRAINING if main.has_class("-training") else ("training",)
         for pid, panel in self._panels.items():
             if (wide and pid not in hidden) or pid == self.active_panel:
                 yield panel
 
-    def _tick(self) -> None:
+    def tick(self) -> None:
         for key in list(self._held):
             self._drain(key)
         self.redraw()
@@ -420,7 +453,10 @@ class EmbprofApp(App[None]):
             shown = list(cells)
             shown[-2] = ("✓ " if path in self.marked else "") + shown[-2]
             rows.append((f"file:{path}", shown))
-        # A listing that arrives while the app is closing finds no panel to fill: nothing is left to show it on.
+        # A listing (or a run's end) that arrives while the app is closing finds no panel to fill, or one
+        # whose table is already taken down (is_running is cleared first): nothing is left to show it on.
+        if not self.is_running:
+            return
         for panel in self.query(RunsPanel):
             panel.fill(rows)
 
@@ -541,8 +577,8 @@ class EmbprofApp(App[None]):
         if self.runner is not None and not self.runner.finished:
             self.runner.cancel()
             # self.plan is the plan of the run in progress (start_run set it).
-            where = "the end of the current training step" if self.plan.workload.name == "train" else "the next batch boundary"
-            self.notify(f"stopping at {where}; what was measured is kept")
+            where = shutdown.stop_point(self.plan.workload.name, self.plan.target.kind == "server")
+            self.notify(f"{where}; what was measured is kept")
         else:
             self.notify("nothing is running")
 

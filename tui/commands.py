@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .exits import EXIT_OK, stdout_gone
+from .exits import EXIT_OK, stdout_gone, write_stdout
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -41,7 +41,9 @@ def _plan_of(args: argparse.Namespace) -> RunPlan:
 def cmd_run(args: argparse.Namespace) -> int:
     plan = _plan_of(args)
     if getattr(args, "print_plan", False):
-        sys.stdout.write(plan.to_json())
+        from embprof.engine.text import json_text
+
+        write_stdout(json_text(plan.to_json()))
         return EXIT_OK
     return execute_plan(plan, args)
 
@@ -54,7 +56,9 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     if snap.plan is None:
         raise UserError(f"snapshot '{args.file}' holds no run plan to run again: {snap.plan_note or 'it was not recorded'}")
     if args.print_plan:
-        sys.stdout.write(snap.plan.to_json())
+        from embprof.engine.text import json_text
+
+        write_stdout(json_text(snap.plan.to_json()))  # the plan as the snapshot file holds it: outside text
         return EXIT_OK
     return execute_plan(snap.plan, args)
 
@@ -73,6 +77,7 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
     from embprof.engine.report import summary_tables
     from embprof.engine.results import MtebTask
     from embprof.engine.session import Session
+    from embprof.engine.text import one_line
 
     from . import shutdown
     from .console import ConsoleProgress, error_console, output_console, render_table
@@ -88,8 +93,8 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
         except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP (shutdown.Stopped): all stop the run the same way
             signum = exc.signum if isinstance(exc, shutdown.Stopped) else None
             if session.stopped_by is None:
-                where = "the end of the current training step" if plan.workload.name == "train" else "the next batch boundary"
-                _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): stopping at {where}; "
+                where = shutdown.stop_point(plan.workload.name, plan.target.kind == "server")
+                _quietly(err.print, f"embprof: interrupted ({shutdown.name(signum)}): {where}; "
                                     "the snapshot keeps what was measured")
             session.cancel(shutdown.name(signum), signum)
     # Saved before anything is printed: after SIGHUP the terminal is gone and printing can fail, the
@@ -104,6 +109,7 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
         wanted -= {"latency", "throughput"}  # the sweep table has each point's figures already
     if plan.workload.name == "train":
         wanted -= {"latency", "latency-by-kind", "throughput"}  # the evaluations' encodes: in `embprof show`
+    unshown: OutputError | None = None
     try:
         for table in summary_tables(snapshot):
             if table.name in wanted or table.name.startswith("similarity"):
@@ -111,21 +117,41 @@ def execute_plan(plan: RunPlan, args: argparse.Namespace) -> int:
         files = sorted({r.results_file for r in snapshot.summary.results.values()
                         if isinstance(r, MtebTask) and r.results_file})
         for f in files:
-            out.print(f"results: {f}", soft_wrap=True, markup=False)
+            out.print(f"results: {one_line(f)}", soft_wrap=True, markup=False)
         out.print(f"status: {snapshot.status}")
         if outcome.path is not None:
-            out.print(f"snapshot: {outcome.path}", soft_wrap=True, markup=False)
+            # The last line, read by scripts: one line whatever the profiles folder's name holds.
+            out.print(f"snapshot: {one_line(outcome.path)}", soft_wrap=True, markup=False)
     except BrokenPipeError:  # `embprof run … | head`: the snapshot is saved; the exit status still tells how the run went
         stdout_gone()
+    except OutputError as exc:  # stdout itself cannot be written (a full disk behind `>`): the run and its snapshot stand
+        unshown = exc
     if outcome.save_error is not None:
         raise outcome.save_error
     if outcome.moved is not None:
         raise OutputError(outcome.moved)
+
+    def say(line: str) -> None:
+        err.print(line, markup=False)  # a message quotes outside text: never markup
+
+    if args.quiet:
+        # No progress lines, but a task's failure is not progress: why it failed is said (its note is not printed).
+        for r in snapshot.summary.results.values():
+            if isinstance(r, MtebTask) and r.status == "failed":
+                _quietly(say, f"embprof: {one_line(r.task)}{' (' + r.stage + ')' if r.stage else ''} failed: "
+                              f"{one_line(r.error or 'no reason recorded')}")
     if snapshot.status == "failed" and error is not None:
         # The run's failure as the last line on stderr, as every other failure is (its detail is in the snapshot).
-        where = f" during {error.phase}" if error.phase else ""
-        _quietly(err.print, f"embprof: error: the run failed ({error.error_kind}{where}): {error.message}; "
-                            "its snapshot keeps what was measured")
+        where = f" during {one_line(error.phase)}" if error.phase else ""
+        _quietly(say, f"embprof: error: the run failed ({error.error_kind}{where}): {one_line(error.message)}; "
+                      "its snapshot keeps what was measured")
+    if unshown is not None:
+        saved = f"its snapshot was saved: {one_line(outcome.path)}" if outcome.path is not None else "its snapshot was not saved"
+        line = f"embprof: error: {unshown}: the run's summary could not be shown; {saved}"
+        if outcome.stopped_by is not None:  # a stop signal's exit status stands
+            _quietly(say, line)
+            return outcome.exit_status
+        raise OutputError(line.removeprefix("embprof: error: "), unshown.path)
     return outcome.exit_status
 
 
@@ -141,7 +167,9 @@ def cmd_mteb(args: argparse.Namespace) -> int:
     if args.list_tasks:
         from embprof.engine.mteb_data import all_task_names
 
-        sys.stdout.write("\n".join(all_task_names()) + "\n")
+        from embprof.engine.text import one_line
+
+        write_stdout("".join(one_line(name) + "\n" for name in all_task_names()))  # mteb's names: a name a line
         return EXIT_OK
     args.workload = "mteb"
     return cmd_run(args)
@@ -175,25 +203,28 @@ def cmd_prompts(args: argparse.Namespace) -> int:
         name = target.default_prompt_for(mode)  # type: ignore[arg-type]
         if name:
             roles.setdefault(name, []).append(role)
+    from embprof.engine.text import one_line, tsv_field
+
     if args.tsv:
-        sys.stdout.write("name\trole\tprompt\n")
-        for name, text in prompts.items():
-            sys.stdout.write(f"{name}\t{', '.join(roles.get(name, []))}\t{text}\n")
+        # A model's prompts are its own text (Qwen3's query prompt holds a newline): escaped, a prompt a line.
+        write_stdout("name\trole\tprompt\n" + "".join(
+            f"{tsv_field(name)}\t{tsv_field(', '.join(roles.get(name, [])))}\t{tsv_field(text)}\n" for name, text in prompts.items()))
         return EXIT_OK
+    from rich.markup import escape
     from rich.table import Table
 
     name = target.describe().model_name
-    table = Table(title=f"Prompts of {name}", title_justify="left")
+    table = Table(title=f"Prompts of {escape(one_line(name))}", title_justify="left")
     table.add_column("name")
     table.add_column("role")
     table.add_column("prompt")
-    for name, text in prompts.items():
-        table.add_row(name, ", ".join(roles.get(name, [])), repr(text))
+    for key, text in prompts.items():
+        table.add_row(escape(one_line(key)), ", ".join(roles.get(key, [])), escape(repr(text)))
     console = output_console()
     if prompts:
         console.print(table)
     else:
-        console.print(f"{name} has no built-in prompts.", markup=False)
+        console.print(f"{one_line(name)} has no built-in prompts.", markup=False)
     return EXIT_OK
 
 
@@ -293,7 +324,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
     else:
-        sys.stdout.write(text)
+        write_stdout(text)
     return EXIT_OK
 
 
@@ -302,7 +333,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from embprof.engine.compare import compare_tables
     from embprof.engine.errors import UserError
     from embprof.engine.files import atomic_write_bytes, check_output_path
-    from embprof.engine.tables import tables_json, tables_markdown, to_csv
+    from embprof.engine.tables import tables_csv, tables_json, tables_markdown
     from embprof.engine.snapshot import load
     from .console import SafeConsole, output_console, render_table
 
@@ -333,13 +364,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             images = [p.name for p in compare_chart(snaps, names, out.parent, out.stem, args.charts, avoid=list(args.files))]
         text = tables_markdown("# embprof comparison", tables, images)
     elif args.format == "csv":
-        text = "".join(f"# {t.title}\n{to_csv(t)}\n" for t in tables)
+        text = tables_csv(tables)
     else:
         text = tables_json(tables)
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
     else:
-        sys.stdout.write(text)
+        write_stdout(text)
     return EXIT_OK
 
 
@@ -380,5 +411,5 @@ def cmd_schema(_args: argparse.Namespace) -> int:
 
     from embprof.engine.snapshot import json_schema
 
-    sys.stdout.write(json.dumps(json_schema(), indent=1) + "\n")
+    write_stdout(json.dumps(json_schema(), indent=1) + "\n")
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 from embprof.engine.events import (
@@ -15,13 +16,16 @@ from embprof.engine.events import (
     TrainStep,
 )
 from collections.abc import Iterable
+from typing import Any
 
 from embprof.engine.tables import Table, fmt
-from embprof.engine.text import clean, printable
+from embprof.engine.text import clean, one_line, printable
 from rich.console import Console
 from rich.markup import escape
 from rich.segment import Segment
 from rich.table import Table as RichTable
+
+from .exits import stdout_error
 
 SLOW_PHASES = ("import", "load")
 TRAINING_PHASES = ("training", "saving", "epoch ", "evaluation ")  # a training run's own phases (by name or its start)
@@ -55,6 +59,31 @@ class SafeConsole(Console):
         raise BrokenPipeError()
 
 
+class StdoutFile:
+    """Standard output as the result consoles write to it: whatever ``sys.stdout`` is at the time (a test's
+    capture too), with a write that fails (a full disk behind ``>``) raised as the OutputError that names
+    standard output (exit 3) instead of an OSError naming no file. A reader gone away stays BrokenPipeError."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stdout.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise stdout_error(exc) from None
+
+    def flush(self) -> None:
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise stdout_error(exc) from None
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, encoding …: the stream's own
+        return getattr(sys.stdout, name)
+
+
 def error_console() -> Console:
     """stderr, for progress lines and messages: never folded (soft wrap), so that a message is one line
     however narrow the terminal or the log it goes to."""
@@ -68,7 +97,7 @@ MIN_COLUMNS = 20
 
 def output_console() -> Console:
     """A console for results: the terminal's width on a terminal; PIPED_WIDTH on a pipe unless COLUMNS says otherwise."""
-    console = SafeConsole(highlight=False)
+    console = SafeConsole(highlight=False, file=StdoutFile())  # type: ignore[arg-type]  # a text stream by duck typing
     columns = os.environ.get("COLUMNS", "")
     usable = columns.isdigit() and int(columns) >= MIN_COLUMNS
     if not console.is_terminal and not usable:
@@ -107,14 +136,14 @@ class ConsoleProgress:
             t = e.target
             where = f"device {t.device} · {t.dtype}" if t.device else f"server ({t.api})"
             c.print(
-                f"[bold]embprof[/] {escape(e.workload.name)} · {escape(t.model_name)} · {escape(where)} · "
+                f"[bold]embprof[/] {escape(one_line(e.workload.name))} · {escape(one_line(t.model_name))} · {escape(one_line(where))} · "
                 f"sampling at {e.sample_hz:g} Hz",
                 highlight=False,
             )
         elif isinstance(e, PhaseStarted) and (e.name in SLOW_PHASES or e.name.startswith(TRAINING_PHASES)):
-            c.print(f"  {e.name:<8} … {e.detail}", style="dim", highlight=False, markup=False)
+            c.print(f"  {one_line(e.name):<8} … {one_line(e.detail)}", style="dim", highlight=False, markup=False)
         elif isinstance(e, PhaseEnded) and (e.name in SLOW_PHASES or e.name.startswith(TRAINING_PHASES)):
-            c.print(f"  {e.name:<8} {e.duration_ns / 1e9:8.3f} s", highlight=False, markup=False)
+            c.print(f"  {one_line(e.name):<8} {e.duration_ns / 1e9:8.3f} s", highlight=False, markup=False)
         elif isinstance(e, TrainStep):
             last = e.steps_planned is not None and e.step >= e.steps_planned
             if self._step_printed_ns is not None and e.t_ns - self._step_printed_ns < STEP_LINE_EVERY_S * 1e9 and not last:
@@ -122,14 +151,15 @@ class ConsoleProgress:
             self._step_printed_ns = e.t_ns
             c.print("  " + step_line(e), highlight=False, markup=False)
         elif isinstance(e, EncodeTimed):
-            tag = "warm-up (not counted)" if e.warmup else e.label
+            tag = "warm-up (not counted)" if e.warmup else one_line(e.label)
             tokens = f"{e.tokens:>7} tokens" if e.tokens is not None else "    n/a tokens (not reported)"
             c.print(
                 f"  {'encode':<8} {e.duration_ns / 1e9:8.3f} s  {tag:<22} {e.items:>5} texts {tokens}",
                 highlight=False, markup=False,
             )
         elif isinstance(e, Note):
-            c.print(f"  note: {e.text}", style="yellow" if e.level == "warning" else "dim", highlight=False, markup=False)
+            # A note quotes a server, a loader or mteb: one line each, so that none can pass for embprof's own.
+            c.print(f"  note: {one_line(e.text)}", style="yellow" if e.level == "warning" else "dim", highlight=False, markup=False)
         # A run's error is said once, by the command, as the last line (`embprof: error: the run failed …`,
         # or the `embprof: interrupted …` notice at the signal): not here as well.
 

@@ -18,10 +18,14 @@ EXIT_INTERNAL = 70
 
 
 def fail(message: str, status: int) -> int:
+    """``message`` as the command's last line on stderr, and ``status``. The line is one line whatever it
+    quotes: a control character, a newline among them, is shown escaped (text.one_line)."""
     if sys.stderr is None:  # started with stderr closed: the exit status alone says it
         return status
+    from embprof.engine.text import one_line
+
     try:
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(one_line(message) + "\n")
         sys.stderr.flush()
     except OSError:  # no terminal left to say it on (SIGHUP): the exit status still says it
         pass
@@ -36,3 +40,29 @@ def stdout_gone() -> None:
         os.dup2(devnull, sys.stdout.fileno())
     except (OSError, AttributeError, ValueError):
         pass
+
+
+STDOUT = "standard output"
+
+
+def stdout_error(exc: OSError) -> OSError:
+    """A failed write to stdout as the error that says so: ``embprof show … > /dev/full`` names standard
+    output, not an unnamed file, and the exit status is 3 (OutputError). Standard output is then pointed
+    at /dev/null, so that what is left in its buffer does not fail again at exit."""
+    from embprof.engine.errors import OutputError
+
+    reason = (exc.strerror or exc.__class__.__name__).lower()
+    stdout_gone()
+    return OutputError(f"cannot write to {STDOUT} ({reason})", STDOUT)
+
+
+def write_stdout(text: str) -> None:
+    """``text`` on stdout, flushed: a reader gone away is BrokenPipeError, as ever; any other failure
+    (a full disk behind ``>``) is an OutputError naming standard output."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise stdout_error(exc) from None

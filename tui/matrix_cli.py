@@ -84,7 +84,9 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
 
 def spec_of(args: argparse.Namespace) -> Any:
     from embprof.engine.errors import UserError
+    from embprof.engine.files import repeated_key
     from embprof.engine.matrix import MatrixSpec, load_spec, validate_spec
+    from embprof.engine.text import one_line
 
     loaded = load_spec(args.spec) if args.spec else MatrixSpec()
     # The options override the file: the axes by name, and the base plan's settings given flat (loops,
@@ -116,7 +118,11 @@ def spec_of(args: argparse.Namespace) -> Any:
                 k = k.strip().replace("-", "_")
                 if not sep or not v.strip():
                     raise UserError(f"--cell takes KEY=VALUE pairs separated by commas, not '{text}'")
-                chosen[k] = (None if v == "full" else int(v)) if k == "truncate_dim" and (v == "full" or v.isdigit()) else v.strip()
+                if k in chosen:  # backend=torch,backend=onnx: which one was meant cannot be known
+                    raise repeated_key(f"--cell '{one_line(text)}'", k)
+                # ASCII digits only: "²" passes isdigit() and is no number int() reads; as text it is refused by its type.
+                whole = v.isascii() and v.isdigit()
+                chosen[k] = (None if v == "full" else int(v)) if k == "truncate_dim" and (v == "full" or whole) else v.strip()
             cells.append(chosen)
         data["cells"] = cells
     if args.quantize_mode:
@@ -157,30 +163,41 @@ def spec_of(args: argparse.Namespace) -> Any:
 
 def cmd_matrix(args: argparse.Namespace) -> int:
     from embprof.engine.matrix import ClusterLost, MatrixInterrupted, check_placements, expand, rows, run_matrix
+    from embprof.engine.matrix.folder import check_folder, check_inputs_of
+
+    from embprof.engine.errors import OutputError
+    from embprof.engine.text import json_text, one_line
 
     from . import shutdown
     from .console import error_console, output_console
+    from .exits import write_stdout
     from .matrix_tables import print_tables
 
     spec = spec_of(args)
     folder = Path(args.out)
     if args.print_spec:
-        sys.stdout.write(spec.to_json())
+        write_stdout(json_text(spec.to_json()))  # model names and paths are outside text
         return 0
     out = output_console()
     if args.list_cells:
+        # A cell a line, read by scripts: a label, a reason or a note quoting a newline stays on its line.
         exp = expand(spec, folder) if not args.ray else _expand_on_cluster(spec, folder, args.ray)
         for i, c in enumerate(exp.cells, 1):
-            out.print(f"{i:>3}. {c.label}" + (" (reference)" if c.reference else "") + f"  [{c.cell_id}]", markup=False,
+            out.print(f"{i:>3}. {one_line(c.label)}" + (" (reference)" if c.reference else "") + f"  [{c.cell_id}]", markup=False,
                       soft_wrap=True)
         for d in exp.dropped:
-            out.print(f"  dropped: {d.label}: {d.reason}", markup=False, soft_wrap=True)
+            out.print(f"  dropped: {one_line(d.label)}: {one_line(d.reason)}", markup=False, soft_wrap=True)
         for n in exp.notes:
-            out.print(f"  note: {n}", markup=False, soft_wrap=True)
+            out.print(f"  note: {one_line(n)}", markup=False, soft_wrap=True)
         return 0
-    check_placements(spec, args.ray)
     if args.dashboard:
         from embprof.engine.errors import UserError
+
+        # run_matrix makes every check that can refuse the matrix before it writes anything; the
+        # dashboard makes them once more first, so that a refusal is a line here and not a screen.
+        check_placements(spec, args.ray)
+        check_folder(folder)
+        check_inputs_of(spec, folder)
 
         if not sys.stdout.isatty() or not sys.stdin.isatty():
             raise UserError("the dashboard needs a terminal; without --dashboard the matrix runs headless")
@@ -204,10 +221,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     except ClusterLost as exc:  # only with --ray: the cluster went away mid-matrix
         interrupted, lost = False, str(exc)
         manifest, table_rows = rows(folder)
-    print_tables(out, manifest, table_rows)
-    out.print(f"matrix: {folder}", markup=False, soft_wrap=True)
+    try:
+        print_tables(out, manifest, table_rows)
+        out.print(f"matrix: {one_line(folder)}", markup=False, soft_wrap=True)
+    except OutputError as exc:  # stdout cannot be written (a full disk behind `>`): the cells are on disk all the same
+        said = f"{exc}: the matrix's table could not be shown; its cells are saved in {one_line(folder)}"
+        if not interrupted and lost is None:
+            raise OutputError(said, exc.path) from None
+        err.print(f"embprof: error: {said}", markup=False, soft_wrap=True)  # a stop's or a lost cluster's line and status follow
     if lost is not None:
-        err.print(f"embprof: error: {lost}", markup=False, soft_wrap=True)
+        err.print(f"embprof: error: {one_line(lost)}", markup=False, soft_wrap=True)
         return 1
     if interrupted:
         return shutdown.exit_status(shutdown.received())
@@ -233,22 +256,25 @@ def _expand_on_cluster(spec: Any, folder: Path, address: str) -> Any:
 def progress_printer(err: Any, quiet: bool) -> Any:
     from embprof.engine.matrix import MatrixEvent
     from embprof.engine.tables import fmt
+    from embprof.engine.text import one_line
 
     def listener(e: MatrixEvent) -> None:
         if quiet and e.kind != "note":
             return
+        # A label, a phase or a reason (a cell's last words, Ray's) quoting a newline stays on its cell's line.
+        label, text = one_line(e.label), one_line(e.text)
         if e.kind == "note":
-            err.print(f"{e.label + ': ' if e.label else ''}{e.text}", markup=False, soft_wrap=True)
+            err.print(f"{label + ': ' if label else ''}{text}", markup=False, soft_wrap=True)
         elif e.kind == "export":
-            err.print(f"export: {e.text}", markup=False, soft_wrap=True)
+            err.print(f"export: {text}", markup=False, soft_wrap=True)
         elif e.kind == "start":
-            err.print(f"[{e.index}/{e.total}] {e.label}" + (f" {e.text}" if e.text else ""), markup=False, soft_wrap=True)
+            err.print(f"[{e.index}/{e.total}] {label}" + (f" {text}" if text else ""), markup=False, soft_wrap=True)
         elif e.kind == "skip":
-            err.print(f"[{e.index}/{e.total}] {e.label}: {e.text}", markup=False, soft_wrap=True)
+            err.print(f"[{e.index}/{e.total}] {label}: {text}", markup=False, soft_wrap=True)
         elif e.kind == "end" and e.row is not None:
             r = e.row
             figures = f"quality {fmt(r.quality, 4)} · p50 {fmt(r.p50_s, 4)} s · status {r.status}"
-            err.print(f"[{e.index}/{e.total}] {e.label}: {figures}" + (f" ({r.reason})" if r.reason else ""), markup=False,
+            err.print(f"[{e.index}/{e.total}] {label}: {figures}" + (f" ({one_line(r.reason)})" if r.reason else ""), markup=False,
                       soft_wrap=True)
 
     return listener
@@ -289,5 +315,7 @@ def export_matrix(args: argparse.Namespace) -> int:
     if args.output:
         atomic_write_bytes(Path(args.output), text.encode("utf-8"))
     else:
-        sys.stdout.write(text)
+        from .exits import write_stdout
+
+        write_stdout(text)
     return 0

@@ -45,6 +45,9 @@ def print_tables(out: Any, manifest: Manifest, table_rows: list[MatrixRow]) -> N
         by_reason.setdefault(d.reason, []).append(d.label)
     for reason, labels in by_reason.items():
         out.print(f"dropped {len(labels)}: {reason}: {'; '.join(labels)}", markup=False, soft_wrap=True)
+    for r in sorted(table_rows, key=lambda r: r.order):
+        if r.ran_again:  # its earlier figures were not reused: what it read had changed
+            out.print(f"measured again: {r.label}: {r.ran_again}", markup=False, soft_wrap=True)
     for table in tables[1:]:
         if table.name.startswith("frontier") and table.rows and isinstance(table.rows[0][0], NA):
             out.print(f"{table.title}", markup=False, soft_wrap=True)

@@ -122,7 +122,7 @@ class Bridge:
     """An engine subscriber on the run's threads; hands events to the UI thread in batches.
 
     One EventsReady wakes the UI for the first event after a quiet spell; the UI then holds the bridge and
-    takes what arrives meanwhile on its own tick (App._tick), once a second: every wake-up of the UI thread
+    takes what arrives meanwhile on its own tick (App.tick), once a second: every wake-up of the UI thread
     takes the GIL from the run's threads, and every message posted from here costs the run's thread too.
     """
 

@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prompts", help="list a model's built-in prompts", formatter_class=Formatter,
                         epilog="examples:\n  embprof prompts\n  embprof prompts --model google/embeddinggemma-300m --tsv > prompts.tsv\n")
     add_run_options(pr, "prompts")
-    pr.add_argument("--tsv", action="store_true", help="tab-separated: name, role, prompt")
+    pr.add_argument("--tsv", action="store_true", help="tab-separated: name, role, prompt; a backslash, tab, line end or control character in a field is written as a backslash escape (\\\\, \\t, \\n, \\xNN), so each prompt is one line")
 
     ls = sub.add_parser("list", help="list saved snapshots", formatter_class=Formatter,
                         epilog="examples:\n  embprof list\n  embprof list --profiles-dir runs/\n")

@@ -93,3 +93,11 @@ def name(signum: int | None) -> str:
 def exit_status(signum: int | None) -> int:
     """128 + the signal's number, as a shell reports it; 130 (SIGINT) when none is known."""
     return 128 + (signum if signum is not None else int(signal.SIGINT))
+
+
+def stop_point(workload: str, server: bool) -> str:
+    """Where a stop takes effect, as the line that acknowledges it says: a training step is not cut; a
+    request to a server under way is ended at once; a local encode finishes its batch."""
+    if workload == "train":
+        return "stopping at the end of the current training step"
+    return "stopping now (the request under way is ended)" if server else "stopping at the next batch boundary"

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..text import first_line, one_line
 from .folder import ClusterLost, read_manifest
 from .launch import CellOutcome, Launcher, tie_to_parent
 from .paths import crash_path
-from .ray import POLL_S, Cluster, RayLauncher, connect, live_nodes, submission_order
+from .ray import POLL_S, Cluster, RayLauncher, connect, live_nodes, ray_said, submission_order
 from .spec import Cell
 
 
@@ -70,8 +69,7 @@ def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Cell], say: Cal
                 for d in held.pop(c.cell.write_reference or "", []):
                     start(d)
     except ray.exceptions.RayError as exc:  # the head, the tracker or the connection went away, not one cell
-        first = first_line(exc)
-        raise ClusterLost(f"the Ray cluster stopped answering ({exc.__class__.__name__}: {one_line(first)[:160]}); the finished "
+        raise ClusterLost(f"the Ray cluster stopped answering ({exc.__class__.__name__}: {ray_said(exc, 160)}); the finished "
                           "cells are kept: run the same matrix again to go on") from None
     finally:  # Ctrl-C (KeyboardInterrupt) among them: each launch still waiting cancels its task, its cell's process stopped
         stopping.set()
@@ -126,8 +124,7 @@ def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str)
         import traceback
 
         traceback.print_exc()  # to ray-driver.log
-        first = first_line(exc)
-        say("error", text=f"the Ray driver failed: {exc.__class__.__name__}: {one_line(first)[:200]}")
+        say("error", text=f"the Ray driver failed: {exc.__class__.__name__}: {ray_said(exc)}")
         return 2
 
 

@@ -16,12 +16,48 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from ..errors import UserError
-from ..files import atomic_write_bytes, read_json_file
+from ..files import atomic_write_bytes, ensure_writable_dir, read_json_file
 from ..plan import RunPlan
 from ..text import one_line
 from .paths import manifest_path
 from .row import MatrixRow, row_of
 from .spec import MATRIX_VERSION, Cell, Dropped, Expansion, MatrixSpec
+
+
+# -- before anything is written ------------------------------------------------------------------------------
+# What a matrix keeps in its folder, and what a run stopped before its first manifest may have left there.
+_OWN_NAMES = frozenset({"matrix.json", "cells", "references", "results", "inputs", ".embprof.lock", "ray-driver.log"})
+
+
+def check_folder(folder: Path) -> None:
+    """The matrix's folder, before anything is written in it: a new folder, an empty one, or a matrix's own
+    (one that holds its matrix.json). A folder of other files is refused: the matrix would write its lock,
+    cells and manifest among them (``-o /``, ``-o .``, ``-o ~``). Creates nothing; one sentence, exit 2."""
+    shown = one_line(folder)
+    if str(folder) == "":
+        raise UserError("the matrix folder path is empty")
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"matrix folder '{shown}' is a file, not a folder")
+    if folder.is_dir() and not manifest_path(folder).is_file():
+        try:
+            # A hidden ".matrix.json.XXXX.tmp" is a manifest's write cut short by SIGKILL: the matrix's too.
+            other = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_NAMES and not p.name.startswith(".matrix.json."))
+        except OSError as exc:
+            raise UserError(f"matrix folder '{shown}' cannot be read ({(exc.strerror or exc.__class__.__name__).lower()})") from None
+        if other:
+            more = f" and {len(other) - 1} more" if len(other) > 1 else ""
+            raise UserError(f"matrix folder '{shown}' already holds files that are not a matrix's ('{one_line(other[0])}'{more}): "
+                            "give -o a new or empty folder, or a matrix's own")
+    ensure_writable_dir(folder, "matrix folder")
+
+
+def check_inputs_of(spec: MatrixSpec, folder: Path) -> None:
+    """What every cell reads (the cost text or lines, the tasks' data), checked before the folder is touched:
+    a refused matrix leaves no manifest, lock or cells behind. Each cell's workload is the base plan's with
+    only its own files changed, so checking the base plan's is checking every cell's."""
+    from ..execute import make_workload
+
+    make_workload(spec.base.workload.model_copy(update={"results_dir": str(folder / "results")})).prepare()
 
 
 def write_manifest(folder: Path, spec: MatrixSpec, exp: Expansion, exports: dict[str, Any]) -> None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,6 +81,27 @@ DRIVER_MODULE = "embprof.engine.matrix.driver"
 POLL_S = 0.5
 TAIL_BYTES = 4_000  # of a cell's standard error, sent back: its last line is the reason it failed
 
+# Ray's messages give advice in the words of Ray's own command line ("setting `--address` flag"): embprof
+# has no such flag. The address advice is said as embprof takes it; a sentence naming any other flag of
+# Ray's is left out (Ray's message is in ray-driver.log whole). A `ray …` command quoted as one stays.
+OWN_FLAGS = ("--ray", "--ray-cpus")
+_ADDRESS_ADVICE = re.compile(r"by setting (?:the )?`?--address`?\s+flag(?:\s+or\s+(?:the\s+)?`?RAY_ADDRESS`?\s+environment variable)?",
+                             re.IGNORECASE)
+_RAY_COMMAND = re.compile(r"`ray [^`]*`")
+_FLAG = re.compile(r"(?<![\w-])--[A-Za-z][\w-]*")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def ray_said(exc: BaseException | str, limit: int = 200) -> str:
+    """What Ray said, as one of embprof's lines quotes it: its first line, escaped, with advice only in
+    embprof's own flags, cut to ``limit`` characters."""
+    text = one_line(first_line(exc) if isinstance(exc, BaseException) else exc)
+    text = _ADDRESS_ADVICE.sub("with --ray ADDRESS or the RAY_ADDRESS environment variable", text)
+    kept = [s for s in _SENTENCE_END.split(text)
+            if all(flag in OWN_FLAGS for flag in _FLAG.findall(_RAY_COMMAND.sub("", s)))]
+    said = " ".join(kept) or (exc.__class__.__name__ if isinstance(exc, BaseException) else "")
+    return said if len(said) <= limit else said[: limit - 1] + "…"
+
 
 def import_ray() -> Any:
     try:
@@ -109,7 +131,7 @@ def connect(address: str) -> Any:
         if "authentication" in (exc.__class__.__name__ + first).lower():
             raise UserError(f"the Ray cluster at {where} asks for a token this driver does not have: set RAY_AUTH_MODE=token and "
                             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) as the cluster's nodes have them") from None
-        raise UserError(f"no Ray cluster at {where}: {one_line(first)[:200]} (start one with `ray start --head`)") from None
+        raise UserError(f"no Ray cluster at {where}: {ray_said(exc)} (start one with `ray start --head`)") from None
     return ray
 
 
@@ -320,10 +342,9 @@ class RayLauncher:
             back: WorkerReturn = self._ray.get(ref)
         except self._ray.exceptions.RayError as exc:  # the cell's task, not the cluster: it died on every attempt, or could not run
             self._ended(cell, wrote_reference=False)
-            first = first_line(exc)
             died = isinstance(exc, (self._ray.exceptions.WorkerCrashedError, self._ray.exceptions.NodeDiedError))
-            reason = (f"the cell's Ray worker died twice (retried once): {exc.__class__.__name__}: {one_line(first)[:200]}" if died else
-                      f"Ray could not run the cell: {exc.__class__.__name__}: {one_line(first)[:200]}")
+            reason = (f"the cell's Ray worker died twice (retried once): {exc.__class__.__name__}: {ray_said(exc)}" if died else
+                      f"Ray could not run the cell: {exc.__class__.__name__}: {ray_said(exc)}")
             with self._lock:
                 started = self._started.get(cell.cell_id)
             return record_crash(self._folder, CrashRecord(cell.cell_id, reason,
@@ -468,7 +489,7 @@ class RayRun:
                 return Cluster(tuple({str(k): float(v) for k, v in n.items()} for n in msg["nodes"]))
             if isinstance(msg, dict) and msg.get("kind") == "error":
                 self._wait()
-                raise UserError(str(msg.get("text")))
+                raise UserError(one_line(msg.get("text")))
             if msg is _EOF:
                 raise UserError(f"could not join the Ray cluster: {self._ended()}")
 
@@ -519,10 +540,10 @@ class RayRun:
                     return
                 elif kind == "lost":
                     self._wait()
-                    raise ClusterLost(str(msg.get("text")))
+                    raise ClusterLost(one_line(msg.get("text")))
                 elif kind == "error":
                     self._wait()
-                    raise UserError(str(msg.get("text")))
+                    raise UserError(one_line(msg.get("text")))
         except (KeyboardInterrupt, MatrixInterrupted):
             self.stop()
             raise MatrixInterrupted() from None

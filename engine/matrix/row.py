@@ -4,22 +4,34 @@ A row is built from a cell's saved snapshot (``row_of``), or its crash record, n
 process, so the table, the frontier, the export and the dashboard's Matrix view all read the same
 figures. A figure the cell did not measure is None (shown "n/a"), with the reason beside it where one
 is known.
+
+Beside each cell's row is its record of inputs (``inputs/ID.json``): what the cell read, as digests of
+its model's files, its tasks' data, its cost text and its plan. A matrix run again reuses a finished
+cell only while those are unchanged (``why_not_reused``), and the row says why a cell was measured again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserError
+from ..files import atomic_write_bytes, read_json_file
 from ..plan import BUNDLED_MODEL_ID, LocalTarget, strip_credentials
+from ..text import one_line
 from .launch import Provenance, read_crash
 from .paths import crash_path, snapshot_path
 from .spec import Cell, graph_key, int8_mode
+
+if TYPE_CHECKING:  # the digests' cache is imported when a matrix runs, not when its rows are read
+    from ..targets.fingerprint import FileHashes
 
 CellStatus = Literal["ok", "unstable", "oom", "failed", "incomplete", "pending", "running"]
 
@@ -88,6 +100,7 @@ class MatrixRow(BaseModel):
     snapshot: str | None = None  # the cell's snapshot file, relative to the matrix folder
     beside: str | None = None  # other work on the machine during the cell (its costs may be inflated); None: none seen
     host: str | None = None  # where a cluster ran it (Ray); None: here
+    ran_again: str | None = None  # why it was measured again rather than reused: its inputs had changed since it last ran
 
 
 class Frontier(BaseModel):
@@ -209,7 +222,19 @@ def _mib_bytes(mib: float | None) -> int | None:
 
 
 def row_of(folder: Path, cell: Cell, exports: Mapping[str, Any], order: int = 0) -> MatrixRow:
-    """A cell's row, from its snapshot alone (or its crash record, or nothing yet: pending)."""
+    """A cell's row, from its snapshot alone (or its crash record, or nothing yet: pending), with why it
+    was measured again if its record of inputs says so."""
+    row = _measured_row(folder, cell, exports, order)
+    try:
+        record = read_inputs(folder, cell.cell_id)
+    except UserError:
+        record = None  # a damaged record: the next run says so, and measures the cell again
+    if record is None or record.ran_again is None or row.status == "pending":
+        return row
+    return row.model_copy(update={"ran_again": record.ran_again})
+
+
+def _measured_row(folder: Path, cell: Cell, exports: Mapping[str, Any], order: int) -> MatrixRow:
     from ..results import CellResult, KernelCounters, MtebTask
     from ..snapshot import load_head
 
@@ -292,3 +317,238 @@ def row_of(folder: Path, cell: Cell, exports: Mapping[str, Any], order: int = 0)
     err = s.errors[0] if s.errors else None
     oom = err is not None and err.error_kind == "oom"
     return columns.row("oom" if oom else "failed", (err.message if err is not None else "") or "failed", measured)
+
+
+# -- what a cell's measurement depended on ---------------------------------------------------------------------
+# A finished cell is reused only while what it read is what it read then: its model's files, its tasks' data,
+# its cost text and its plan, each kept as a digest in the cell's record of inputs (``inputs/ID.json``), written
+# as the cell ends. A cell with no such record (a folder from before these records) cannot be checked, and is
+# measured again; so is one whose inputs cannot be fingerprinted now (a Hub model not in the local cache).
+INPUTS_VERSION: Literal[1] = 1
+INPUTS_MAX_BYTES = 1024 * 1024
+HASHES_NAME = "file-hashes.json"  # beside the records: the files' digests by their stat, so unchanged weights are not hashed again
+# The inputs, in the order a reason names them: (field of CellInputs, what a reason calls it).
+INPUT_NAMES: tuple[tuple[str, str], ...] = (("model", "model files"), ("tasks", "task data"), ("cost_text", "cost text"), ("plan", "plan"))
+NO_RECORD = "recorded before fingerprints: what it ran on cannot be checked"
+
+
+def inputs_path(folder: Path, cid: str) -> Path:
+    return folder / "inputs" / f"{cid}.json"
+
+
+def hashes_path(folder: Path) -> Path:
+    return folder / "inputs" / HASHES_NAME
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """One input as a digest; None when it cannot be checked, and ``why`` says why."""
+
+    digest: str | None
+    why: str | None = None
+
+    def to_json(self) -> dict[str, str | None]:
+        return {"digest": self.digest, "why": self.why}
+
+    @classmethod
+    def from_json(cls, data: object) -> Fingerprint:
+        if not isinstance(data, dict) or not isinstance(data.get("digest"), (str, type(None))):
+            raise ValueError("not a fingerprint")
+        why = data.get("why")
+        return cls(data["digest"], why if isinstance(why, str) else None)
+
+
+@dataclass(frozen=True)
+class CellInputs:
+    """What a cell reads, fingerprinted (see ``fingerprint_inputs``)."""
+
+    model: Fingerprint
+    tasks: Fingerprint
+    cost_text: Fingerprint
+    plan: Fingerprint
+
+    def changed_from(self, before: CellInputs) -> tuple[str, ...]:
+        """The inputs (INPUT_NAMES' fields) whose digest differs from ``before``'s, where both could be taken."""
+        return tuple(key for key, _ in INPUT_NAMES
+                     if getattr(before, key).digest is not None and getattr(before, key).digest != getattr(self, key).digest)
+
+
+@dataclass(frozen=True)
+class InputsRecord:
+    """A cell's record of inputs: what it read, as it ended; what changed while it ran (its figures then
+    belong to no one state of its files); and why this run measured it again, if it did."""
+
+    inputs: CellInputs
+    changed_while_running: tuple[str, ...] = ()
+    ran_again: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs_version": INPUTS_VERSION, **{key: getattr(self.inputs, key).to_json() for key, _ in INPUT_NAMES},
+                "changed_while_running": list(self.changed_while_running), "ran_again": self.ran_again}
+
+
+def write_inputs(folder: Path, cid: str, record: InputsRecord) -> None:
+    atomic_write_bytes(inputs_path(folder, cid), (json.dumps(record.to_json(), indent=1) + "\n").encode("utf-8"))
+
+
+def read_inputs(folder: Path, cid: str) -> InputsRecord | None:
+    """A cell's record of inputs; None if it has none; UserError if the file is damaged."""
+    path = inputs_path(folder, cid)
+    if not path.is_file():
+        return None
+    data = read_json_file(path, "cell's record of inputs", INPUTS_MAX_BYTES)
+    try:
+        if not isinstance(data, dict) or data.get("inputs_version") != INPUTS_VERSION:
+            raise ValueError("not a record this embprof reads")
+        inputs = CellInputs(**{key: Fingerprint.from_json(data.get(key)) for key, _ in INPUT_NAMES})
+        changed = data.get("changed_while_running") or []
+        ran_again = data.get("ran_again")
+        return InputsRecord(inputs, tuple(str(c) for c in changed if c in dict(INPUT_NAMES)) if isinstance(changed, list) else (),
+                            ran_again if isinstance(ran_again, str) else None)
+    except ValueError as exc:
+        raise UserError(f"the record of inputs '{one_line(path)}' is damaged ({exc})") from None
+
+
+def why_not_reused(record: InputsRecord | None, now: CellInputs) -> str | None:
+    """Why a finished cell must be measured again, in one sentence; None: what it read is unchanged."""
+    if record is None:
+        return NO_RECORD
+    names = dict(INPUT_NAMES)
+    reasons: list[str] = []
+    if record.changed_while_running:
+        reasons.append(f"its {' and '.join(names[k] for k in record.changed_while_running)} changed while it ran")
+    for key, what in INPUT_NAMES:
+        was, found = getattr(record.inputs, key), getattr(now, key)
+        if key in record.changed_while_running:
+            continue
+        if found.digest is None:
+            reasons.append(f"its {what} cannot be checked ({found.why or 'unreadable'})")
+        elif was.digest is None:
+            reasons.append(f"its {what} could not be checked when it ran ({was.why or 'unreadable'})")
+        elif was.digest != found.digest:
+            reasons.append(f"its {what} changed since it ran")
+    return "; ".join(reasons) or None
+
+
+def _sha256(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _folder_may_hold(task: str, name: str) -> bool:
+    """Whether a folder of this name under --data-dir may be the task's (``mteb_data.folder_candidates``:
+    the name, lowered, stripped to letters and digits, or that less the task type's suffix). Read
+    without importing mteb for the task's type: a folder taken for a task it is not only costs a rerun."""
+    plain = re.sub(r"[^0-9a-z]", "", task.lower())
+    return name in (task, task.lower()) or (re.fullmatch(r"[0-9a-z]+", name) is not None and plain.startswith(name))
+
+
+class Fingerprints:
+    """The inputs of a matrix's cells, each worked out once per pass (cells share a model, tasks and a text).
+
+    The files' digests come from ``hashes`` (kept in the matrix's folder), so a model's weights are read
+    again only once they have changed."""
+
+    def __init__(self, folder: Path, hashes: FileHashes) -> None:
+        self.folder = folder
+        self.hashes = hashes
+        self._models: dict[str | None, Fingerprint] = {}
+        self._tasks: dict[tuple[tuple[str, ...], str | None], Fingerprint] = {}
+        self._texts: dict[tuple[str, str | None, str | None], Fingerprint] = {}
+
+    def of(self, cell: Cell) -> CellInputs:
+        t, cp = cell.target, cell.cell
+        if isinstance(t, LocalTarget):
+            if t.model not in self._models:
+                self._models[t.model] = self._model(t.model)
+            model = self._models[t.model]
+        else:
+            # A server's model files are the server's own: what is asked of it (URL, model name) is in the plan.
+            model = Fingerprint(_sha256("served by", strip_credentials(t.url)))
+        tasks_key = (cp.tasks, cp.data_dir)
+        if tasks_key not in self._tasks:
+            self._tasks[tasks_key] = self._task_data(cp.tasks, cp.data_dir)
+        text_key = (cp.cost, cp.text, cp.input)
+        if text_key not in self._texts:
+            self._texts[text_key] = self._cost_text(cp.cost, cp.text, cp.input)
+        return CellInputs(model, self._tasks[tasks_key], self._texts[text_key], self._plan(cell))
+
+    def _model(self, name: str | None) -> Fingerprint:
+        """The files sentence-transformers loads: the folder's, or the Hub snapshot's in this machine's cache."""
+        from ..files import expand_path
+        from ..targets import bundled_model_dir, model_folder
+        from ..targets.fingerprint import NOT_LOADED
+
+        folder: Path | None
+        if name is None:
+            folder = Path(bundled_model_dir())
+        else:
+            try:
+                path: Path | None = expand_path(name, "model folder")
+            except UserError:
+                path = None
+            folder = path if path is not None and path.is_dir() else model_folder(name)
+        if folder is None:
+            return Fingerprint(None, f"'{one_line(name)}' is not a folder here, nor in this machine's Hugging Face cache")
+        try:
+            return Fingerprint(self.hashes.tree(folder, NOT_LOADED).digest)
+        except OSError as exc:
+            return Fingerprint(None, f"its files cannot be read: {one_line(exc.strerror or exc)}")
+
+    def _task_data(self, tasks: tuple[str, ...], data_dir: str | None) -> Fingerprint:
+        """Each task's local folders under --data-dir by their files; a task read from the Hub by the mteb that pins
+        its dataset's revision; a speed task by its text."""
+        from ..files import expand_path
+        from ..mteb_data import SPEED_TASKS
+        from ..speedtext import resolve_speed_text
+        from ..versions import library_version
+
+        parts: list[str] = []
+        folders: list[Path] = []
+        if data_dir is not None:
+            try:
+                root = expand_path(data_dir, "data folder")
+                folders = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            except (UserError, OSError):
+                return Fingerprint(None, f"the data folder '{one_line(data_dir)}' cannot be read")
+        try:
+            for task in tasks:
+                if task in SPEED_TASKS:
+                    parts.append(f"{task}: speed text {resolve_speed_text(None).sha256}")
+                    continue
+                mine = [d for d in folders if _folder_may_hold(task, d.name)]
+                parts.extend(f"{task}: {d.name} {self.hashes.tree(d).digest}" for d in mine)
+                if not mine:
+                    parts.append(f"{task}: the Hub's data, as mteb {library_version('mteb')} pins it")
+        except UserError as exc:
+            return Fingerprint(None, str(exc))
+        except OSError as exc:
+            return Fingerprint(None, f"its files cannot be read: {one_line(exc.strerror or exc)}")
+        return Fingerprint(_sha256(*parts))
+
+    def _cost_text(self, cost: str, text: str | None, lines: str | None) -> Fingerprint:
+        from ..files import expand_path
+        from ..speedtext import resolve_speed_text
+
+        try:
+            if cost == "speed":
+                return Fingerprint(resolve_speed_text(text).sha256)
+            assert lines is not None  # the plan's own check: cost "encode" names its file
+            return Fingerprint(self.hashes.digest(expand_path(lines, "cost input")))
+        except UserError as exc:
+            return Fingerprint(None, str(exc))
+        except OSError as exc:
+            return Fingerprint(None, f"'{one_line(lines)}' cannot be read: {one_line(exc.strerror or exc)}")
+
+    def _plan(self, cell: Cell) -> Fingerprint:
+        """The plan's canonical JSON, its files in the matrix's folder named from the folder: a folder moved or
+        named another way is the same plan."""
+        data = json.loads(cell.plan.model_dump_json())
+        workload = data.get("workload", {})
+        for key in ("results_dir", "reference", "write_reference"):
+            value = workload.get(key)
+            if isinstance(value, str):
+                try:
+                    workload[key] = Path(value).relative_to(self.folder).as_posix()
+                except ValueError:
+                    pass
+        return Fingerprint(_sha256(json.dumps(data, sort_keys=True)))

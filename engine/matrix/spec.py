@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from ..errors import UserError
-from ..files import MAX_JSON_BYTES, expand_path, json_depth_exceeds, read_file_bytes, read_json_file
+from ..files import MAX_JSON_BYTES, decode_text, expand_path, json_depth_exceeds, parse_toml, parse_yaml, read_file_bytes, read_json_file, repeated_key
 from ..plan import (
     BUNDLED_MODEL_ID,
     PRECISIONS,
@@ -43,9 +43,14 @@ from ..plan import (
     Recording,
     RunPlan,
     ServerTarget,
+    as_tuples,
+    error_location,
+    exact_version,
+    field_refusal,
+    given,
     strip_credentials,
 )
-from ..text import first_line, one_line
+from ..text import one_line
 
 MATRIX_VERSION: Literal[1] = 1
 
@@ -75,7 +80,7 @@ def _applied(model: _M, update: dict[str, Any]) -> _M:
 class ServerCell(BaseModel):
     """An embedding server in the matrix: a GGUF on llama-server, or any OpenAI-compatible server."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # strict as the plan is: "yes" is no name, 8080 no URL
 
     url: str
     api: Literal["llama", "openai"] = "llama"
@@ -101,7 +106,7 @@ class BasePlan(BaseModel):
     cell sets (the axes, its files in the matrix's folder) is left at the plan's default here and
     is not written out."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     target: LocalTarget = Field(default_factory=LocalTarget)
     workload: CellPlan = Field(default_factory=CellPlan)
@@ -145,7 +150,9 @@ def _nest(data: Any) -> Any:
 class MatrixSpec(BaseModel):
     """What a matrix measures: a base plan, and the axes; every combination of the local axes is a cell."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Strict, as the plan is: a value of the declared type only (true is no dimension, "3" no count); the
+    # arrays of TOML, YAML and JSON are taken as the tuples the matrix holds.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     matrix_version: Literal[1] = MATRIX_VERSION
     base: BasePlan = Field(default_factory=BasePlan)
@@ -167,13 +174,20 @@ class MatrixSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _flat_settings(cls, data: Any) -> Any:
-        return _nest(data)
+        return as_tuples(_nest(data))
+
+    @field_validator("matrix_version", mode="before")
+    @classmethod
+    def _version_is_a_whole_number(cls, value: Any) -> Any:
+        return exact_version(value, MATRIX_VERSION)
 
     @field_validator("truncate_dims", mode="before")
     @classmethod
     def _full(cls, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
-            return tuple(None if v in (None, "full", "none", 0) else v for v in value)
+            # By type, not by equality: false == 0 in Python, and false is not "full".
+            return tuple(None if v is None or (type(v) is str and v in ("full", "none")) or (type(v) is int and v == 0) else v
+                         for v in value)
         return value
 
     @field_validator("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", mode="after")
@@ -205,31 +219,43 @@ def validate_spec(data: Any, where: str = "") -> MatrixSpec:
     nested = _nest(data)
     workload = nested.get("base", {}).get("workload", {}) if isinstance(nested, dict) and isinstance(nested.get("base"), dict) else {}
     tasks = workload.get("tasks") if isinstance(workload, dict) else None
-    if isinstance(tasks, (list, tuple)) and len({json.dumps(t, sort_keys=True, default=str) for t in tasks}) != len(tasks):
+    # Names only: a task that is no text is refused by its type below (and a YAML alias may share one list a
+    # billion times over, which no dump of it would finish).
+    task_names = [t for t in tasks if type(t) is str] if isinstance(tasks, (list, tuple)) else []
+    if len(set(task_names)) != len(task_names):
         raise UserError(f"{prefix}matrix field 'tasks': a value is given twice")
     try:
         spec = MatrixSpec.model_validate(nested)
     except ValidationError as exc:
         first = exc.errors()[0]
-        loc = _field_name(tuple(first.get("loc", ())), data)
-        msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
-        raise UserError(f"{prefix}matrix field '{one_line(loc)}': {one_line(msg)}") from None
+        loc = _field_name(error_location(first), data)
+        raise UserError(f"{prefix}matrix field '{one_line(loc)}': {field_refusal(first)}") from None
     allowed = {*AXES, *CELL_SETTINGS}
     names = [p.name for p in spec.placements]
     if len(set(names)) != len(names):
         raise UserError("matrix field 'placements': a placement's name is given twice")
-    for chosen in spec.cells:
-        if "placement" in chosen and chosen["placement"] not in names:
-            raise UserError(f"a cell names placement '{one_line(chosen['placement'])}', which the matrix does not define"
-                            + (f" (it defines {', '.join(names)})" if names else " (give it under [[placements]])"))
+    seen: dict[str, int] = {}
+    for i, chosen in enumerate(spec.cells):
         unknown = sorted(set(chosen) - allowed)
         if unknown:
             raise UserError(f"a cell names '{unknown[0]}': a cell sets {', '.join(sorted(allowed))}")
+        for key, value in chosen.items():
+            # A cell's values are typed as the axes' are: a name is text, a dimension a whole number (None: full).
+            if key == "truncate_dim":
+                if value is not None and (type(value) is not int or value < 1):
+                    raise UserError(f"{prefix}matrix field 'cells.{i}.truncate_dim': a cell's truncate_dim is a positive number of "
+                                    f"dimensions, not {given(value)}")
+            elif type(value) is not str:
+                raise UserError(f"{prefix}matrix field 'cells.{i}.{one_line(key)}': Input should be a valid string, not {given(value)}")
+        if "placement" in chosen and chosen["placement"] not in names:
+            raise UserError(f"a cell names placement '{one_line(chosen['placement'])}', which the matrix does not define"
+                            + (f" (it defines {', '.join(names)})" if names else " (give it under [[placements]])"))
         if chosen.get("precision", "float32") not in PRECISIONS:
-            raise UserError(f"a cell's precision is float32, int8 or binary, not '{chosen['precision']}'")
-        dim = chosen.get("truncate_dim")
-        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool) or dim < 1):
-            raise UserError(f"a cell's truncate_dim is a positive number of dimensions, not '{dim}'")
+            raise UserError(f"a cell's precision is float32, int8 or binary, not '{one_line(chosen['precision'])}'")
+        # Two cells alike would be one cell measured once (its id is the same): said, as a value given twice on an axis is.
+        same = seen.setdefault(json.dumps(chosen, sort_keys=True), i)
+        if same != i:
+            raise UserError(f"{prefix}matrix field 'cells': a value is given twice (cells {same + 1} and {i + 1} are the same)")
     if not spec.models and not spec.servers:
         raise UserError("the matrix has no model and no server: give --model or --server")
     if spec.models:  # an empty axis would silently make no cell of any model
@@ -248,32 +274,18 @@ def load_spec(path: str) -> MatrixSpec:
     p = expand_path(path, "matrix file")
     suffix = p.suffix.lower()
     if suffix == ".json":
-        data: Any = read_json_file(path, "matrix file")
+        data: Any = read_json_file(path, "matrix file")  # a key given twice is refused there, as in a plan file
         path = one_line(path)
     else:
-        try:
-            raw = read_file_bytes(path, "matrix file", MAX_JSON_BYTES).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"matrix file '{one_line(path)}' is not UTF-8 text (undecodable byte at offset {exc.start})") from None
+        # decode_text: a byte-order mark is accepted here as in every file embprof reads.
+        raw = decode_text(read_file_bytes(path, "matrix file", MAX_JSON_BYTES), f"matrix file '{one_line(path)}'")
         path = one_line(path)
-    try:
         if suffix == ".toml":
-            import tomllib
-
-            data = tomllib.loads(raw)
+            data = parse_toml(raw, f"matrix file '{path}'")
         elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            data = yaml.safe_load(raw)  # safe_load: a YAML tag never constructs an object or runs anything
-        elif suffix == ".json":
-            pass
+            data = parse_yaml(raw, f"matrix file '{path}'")  # safe: a YAML tag never constructs an object or runs anything
         else:
             raise UserError(f"matrix file '{path}' must end in .toml, .yaml, .yml or .json")
-    except UserError:
-        raise
-    except Exception as exc:
-        first = first_line(exc)
-        raise UserError(f"matrix file '{path}' is not valid {suffix.lstrip('.').upper()}: {one_line(first)}") from None
     if json_depth_exceeds(data):
         raise UserError(f"matrix file '{path}' is nested too deeply to be a matrix")
     if not isinstance(data, dict):
@@ -281,7 +293,15 @@ def load_spec(path: str) -> MatrixSpec:
     # Files name the axes in the singular or the plural, as the command line's options do.
     singular = {"cell": "cells", "model": "models", "device": "devices", "dtype": "dtypes", "backend": "backends", "precision": "precisions",
                 "truncate_dim": "truncate_dims", "server": "servers", "task": "tasks", "placement": "placements"}
-    data = {singular.get(k.replace("-", "_"), k.replace("-", "_")): v for k, v in data.items()}
+    spelled: dict[str, str] = {}
+    named: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")  # a YAML key may be a number: an unknown field, said as such below
+        name = singular.get(name, name)
+        if name in named:  # "model" and "models", "cost-input" and "cost_input": one key in two spellings
+            raise repeated_key(f"matrix file '{path}'", name, f"as '{one_line(spelled[name])}' and '{one_line(key)}'")
+        spelled[name], named[name] = str(key), value
+    data = named
     for key in ("models", "devices", "dtypes", "backends", "quantize", "precisions", "truncate_dims", "tasks"):
         if isinstance(data.get(key), (str, int)):
             data[key] = [data[key]]

@@ -8,22 +8,40 @@ client-side, as sentence-transformers applies them for a local model. What is se
 is read and how secrets are kept out of every message is the server protocol's (protocol.py),
 shared with the load generator's asynchronous client; this module is the synchronous client.
 No answer is read past a size limit.
+
+--timeout bounds a whole request, from its connect to its last byte, whatever the server sends
+meanwhile (informational answers without end, header lines or a body a byte at a time, a status line
+never finished); a stop of the run ends a request within STOP_POLL_S. httpx's own timeouts hold for
+each read alone, and a blocked read cannot be woken from another thread, so the client's sockets are
+its own (a network backend for httpcore's pool): each wait on a socket lasts no longer than what is
+left of its request, and no longer than STOP_POLL_S where a stop may come. Connections are still
+kept alive between requests.
 """
 
 from __future__ import annotations
 
+import errno
+import math
 import os
+import re
+import select
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+import httpcore
 
 import numpy as np
 import orjson
 
 from ..context import RunContext
-from ..errors import PartialFailure, UserError
+from ..errors import PartialFailure, RunCancelled, UserError
 from ..events import BatchTimed, EncodeTimed, Note, RequestTimed, Result
 from ..plan import EncodeMode, ServerTarget, strip_credentials
 from ..results import RequestErrors, ServerMetrics, TargetFacts
@@ -32,6 +50,7 @@ from . import protocol
 from .base import Capabilities, EncodeOutcome, default_prompt_name, resolve_prompt_text
 from .local import declared_prompts_of
 from .protocol import (
+    MESSAGE_CHARS,
     MODEL_ID_CHARS,
     BadBody,
     BadShape,
@@ -74,7 +93,7 @@ def _classify(exc: Exception) -> str:
     if isinstance(exc, _Oversize):
         return BadBody.kind
     # Anything else that stops an answer arriving (refused, reset, closed mid-body) is the connection's.
-    return "timeout" if isinstance(exc, (httpx.TimeoutException, _Deadline)) else "connection"
+    return "timeout" if isinstance(exc, httpx.TimeoutException) else "connection"
 
 
 class _Oversize(Exception):
@@ -84,26 +103,16 @@ class _Oversize(Exception):
         super().__init__(protocol.oversize_message(limit, declared))
 
 
-class _Deadline(Exception):
-    """The whole request took longer than --timeout (each read alone came in time: a trickling server)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__(f"the answer was still arriving after {timeout_s:g} s (--timeout)")
-
-
-def _read_capped(response: Any, limit: int, t0_ns: int | None = None, timeout_s: float | None = None, *,
-                 cut: bool = False) -> bytes:
+def _read_capped(response: Any, limit: int, *, cut: bool = False) -> bytes:
     """The body of a streamed response, never more than ``limit`` bytes of it.
 
     Past the limit the answer is refused (_Oversize) or, with ``cut``, its start is kept and the
     rest left unread (the connection then closes). A declared length over the limit is refused
-    before anything is read. httpx's timeout holds for each read, so a server that sends a byte
-    now and then would never time out: with ``t0_ns`` and ``timeout_s`` the whole answer is bounded.
+    before anything is read. How long the body may take is the request's bound (_Bound).
     """
     declared = protocol.declared_length(response.headers.get("content-length"))
     if not cut and declared is not None and declared > limit:
         raise _Oversize(limit, declared)
-    deadline = t0_ns + int(timeout_s * 1e9) if t0_ns is not None and timeout_s is not None else None
     parts: list[bytes] = []
     size = 0
     for part in response.iter_bytes():
@@ -114,9 +123,287 @@ def _read_capped(response: Any, limit: int, t0_ns: int | None = None, timeout_s:
             parts.append(part[: len(part) - (size - limit)])
             break
         parts.append(part)
-        if deadline is not None and time.perf_counter_ns() > deadline:
-            raise _Deadline(timeout_s or 0.0)
     return b"".join(parts)
+
+
+# -- one request's bound, on the sockets that carry it --------------------------------------------------------------
+# How long a wait on a socket lasts at most before it looks at the run's stop flag again: a stop ends a
+# request well within the 2 s a stop may take, and a wake-up every 50 ms costs nothing beside a request.
+STOP_POLL_S = 0.05
+# llama.cpp's end counters (/metrics) at the end of a run, and after a stop: a stop ends the run within
+# 2 s, and a server that stalls must not take that time.
+METRICS_S = 5.0
+STOPPED_METRICS_S = 0.5
+# The phase in which llama.cpp's start counters are read again after a warm-up (count_from_here): a run
+# that has it counted its /metrics totals from there; one without, from the connect.
+COUNTERS_PHASE = "server counters"
+# httpcore's trace events (its module's name, then the step's) and the part of the request each begins.
+_STAGES = {"connection.connect_tcp": "connect", "connection.start_tls": "connect", "http11.send_request_headers": "send",
+           "http11.send_request_body": "send", "http11.receive_response_headers": "head", "http11.receive_response_body": "body"}
+_INFORMATIONAL = re.compile(rb"HTTP/\d(?:\.\d)? 1\d\d\b")
+
+_local = threading.local()  # the bound of the request this thread is sending, if any
+
+
+class _Bound:
+    """One request's limits: its deadline (--timeout from its start) and, where a stop may end it, the run's
+    stop flag. The sockets read it from the thread that sends the request (httpx's synchronous client does
+    all of a request's I/O on its caller's thread); httpcore's trace events say which part is under way."""
+
+    __slots__ = ("deadline", "head", "received", "stage", "stop", "timeout_s")
+
+    def __init__(self, timeout_s: float, stop: threading.Event | None, start: float | None = None) -> None:
+        self.timeout_s = timeout_s
+        self.deadline = (time.perf_counter() if start is None else start) + timeout_s
+        self.stop = stop
+        self.stage = "connect"
+        self.received = 0
+        self.head = b""  # the answer's first bytes: an informational (1xx) status says why no answer came
+
+    def trace(self, event: str, _info: dict[str, Any]) -> None:
+        step, _, moment = event.rpartition(".")
+        if moment == "started" and step in _STAGES:
+            self.stage = _STAGES[step]
+
+    def took(self, data: bytes) -> None:
+        if len(self.head) < 16:
+            self.head += data[: 16 - len(self.head)]
+        self.received += len(data)
+
+    def wait(self, op_end: float | None, expired: type[Exception], op_message: str) -> float:
+        """How long the next wait on a socket may last: to the request's deadline, to the operation's own
+        timeout (``op_end``), and, where a stop may come, STOP_POLL_S. Raises RunCancelled once the run is
+        stopped, ``expired`` (one sentence) once the deadline or the operation's timeout has passed."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunCancelled()
+        now = time.perf_counter()
+        left = self.deadline - now
+        if left <= 0:
+            raise expired(self.message())
+        if op_end is not None:
+            if op_end <= now:
+                raise expired(op_message)
+            left = min(left, op_end - now)
+        return min(left, STOP_POLL_S) if self.stop is not None else left
+
+    def message(self) -> str:
+        """Why the request was given up, as far as it had come."""
+        t = f"{self.timeout_s:g} s (--timeout)"
+        if self.stage == "connect":
+            return f"no connection within {t}"
+        if self.stage == "send":
+            return f"the request was still being sent after {t}"
+        if self.stage == "body":
+            return f"the answer was still arriving after {t}"
+        if not self.received:
+            return f"no answer within {t}"
+        if _INFORMATIONAL.match(self.head):
+            return f"only informational (1xx) answers came within {t}, no final one"
+        return (f"the answer's status line and headers were still arriving after {self.timeout_s:g} s "
+                f"(--timeout; {self.received:,} bytes had come)")
+
+
+def _current() -> _Bound | None:
+    bound: _Bound | None = getattr(_local, "bound", None)
+    return bound
+
+
+@contextmanager
+def _bounded(bound: _Bound) -> Iterator[_Bound]:
+    """``bound`` holds for what this thread sends meanwhile."""
+    previous = _current()
+    _local.bound = bound
+    try:
+        yield bound
+    finally:
+        _local.bound = previous
+
+
+def _op_end(timeout: float | None) -> float | None:
+    return None if timeout is None else time.perf_counter() + timeout
+
+
+def _ready(sock: socket.socket, write: bool, timeout: float | None) -> bool:
+    """Whether ``sock`` can be written (``write``) or read within ``timeout`` seconds (None: no limit). poll
+    where there is one: a descriptor past 1023 is fine, and a poll object costs no system call to make."""
+    if not hasattr(select, "poll"):  # Windows
+        ready = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
+        return any(ready)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
+
+
+def _readable(sock: socket.socket) -> bool:
+    """Whether a kept-alive connection has something to read (or is closed): the server closed it, or sent
+    what was not asked for; either way it is not reused (httpcore asks before it sends on one)."""
+    return sock.fileno() == -1 or _ready(sock, False, 0)
+
+
+class _Stream(httpcore.NetworkStream):
+    """A connection's socket for httpcore, each wait on it held to the sending thread's bound (none:
+    httpcore's own timeout for the operation, as its own stream does)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        bound = _current()
+        op_end = _op_end(timeout)
+        while True:
+            wait = timeout if bound is None else bound.wait(op_end, httpcore.ReadTimeout, "timed out")
+            try:
+                self._sock.settimeout(wait)
+                data = self._sock.recv(max_bytes)
+            except TimeoutError:  # socket.timeout: nothing came in this wait
+                if bound is None:
+                    raise httpcore.ReadTimeout("timed out") from None
+                continue
+            except OSError as exc:
+                raise httpcore.ReadError(str(exc)) from exc
+            if bound is not None:
+                bound.took(data)
+            return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        bound = _current()
+        op_end = _op_end(timeout)
+        view = memoryview(buffer)
+        while view:
+            wait = timeout if bound is None else bound.wait(op_end, httpcore.WriteTimeout, "timed out")
+            try:
+                self._sock.settimeout(wait)
+                sent = self._sock.send(view)
+            except TimeoutError:
+                if bound is None:
+                    raise httpcore.WriteTimeout("timed out") from None
+                continue
+            except OSError as exc:
+                raise httpcore.WriteError(str(exc)) from exc
+            view = view[sent:]
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        bound = _current()
+        op_end = _op_end(timeout)
+        try:
+            sock = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname, do_handshake_on_connect=False)
+            while True:  # the handshake, in waits as short as the bound asks: a stop is seen during it too
+                slow = "the TLS handshake timed out"
+                sock.settimeout(timeout if bound is None else bound.wait(op_end, httpcore.ConnectTimeout, slow))
+                try:
+                    sock.do_handshake()
+                    break
+                except TimeoutError:
+                    if bound is None:
+                        raise httpcore.ConnectTimeout(slow) from None
+        except OSError as exc:  # ssl.SSLError among them
+            self._sock.close()
+            raise httpcore.ConnectError(str(exc)) from exc
+        except BaseException:
+            self._sock.close()
+            raise
+        return _Stream(sock)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":  # asked for the protocol it agreed (ALPN), which an SSLSocket answers itself
+            return self._sock if isinstance(self._sock, ssl.SSLSocket) else None
+        if info == "client_addr":
+            return self._sock.getsockname()
+        if info == "server_addr":
+            return self._sock.getpeername()
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _readable(self._sock)
+        return None
+
+
+class _Backend(httpcore.NetworkBackend):
+    """httpcore's connections, made as its synchronous backend makes them (TCP_NODELAY, the pool's socket
+    options), with the connect held to the sending thread's bound too."""
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        bound = _current()
+        op_end = _op_end(timeout)
+        message = f"no connection within {timeout:g} s" if timeout is not None else "no connection"
+
+        def wait() -> float | None:
+            if bound is not None:
+                return bound.wait(op_end, httpcore.ConnectTimeout, message)
+            left = None if op_end is None else op_end - time.perf_counter()
+            if left is not None and left <= 0:
+                raise httpcore.ConnectTimeout(message)
+            return left
+
+        try:
+            sock = _connect(host, port, local_address, wait)
+        except OSError as exc:  # refused, unreachable, a name that does not resolve
+            raise httpcore.ConnectError(str(exc)) from exc
+        try:
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except BaseException:
+            sock.close()
+            raise
+        return _Stream(sock)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("embprof connects to servers over TCP only")
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+# What a non-blocking connect answers while its handshake is under way (WSAEWOULDBLOCK: Windows).
+_CONNECTING = frozenset(c for c in (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY, errno.EINTR, errno.EWOULDBLOCK,
+                                    getattr(errno, "WSAEWOULDBLOCK", None)) if c is not None)
+
+
+def _connect(host: str, port: int, local_address: str | None, wait: Callable[[], float | None]) -> socket.socket:
+    """A TCP connection to the first of the host's addresses that takes one, as socket.create_connection
+    makes it, except that it waits for each in steps of ``wait()`` (which raises once it must not go on)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if local_address:
+                sock.bind((local_address, 0))
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            while code in _CONNECTING:
+                if _ready(sock, True, wait()):
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.setblocking(True)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise error if error is not None else OSError(f"{host} has no address to connect to")
+
+
+def _transport(limits: Any) -> Any:
+    """httpx's transport with the pool's connections made by _Backend. httpx takes no network backend, so
+    the pool it made is replaced by httpcore's own, built as httpx builds it (its default TLS settings)."""
+    import httpx
+
+    transport = httpx.HTTPTransport(limits=limits)
+    transport._pool = httpcore.ConnectionPool(  # the one way to give httpx's pool a backend (a declared foreign private)
+        ssl_context=httpx.create_ssl_context(), max_connections=limits.max_connections,
+        max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+        network_backend=_Backend())
+    return transport
 
 
 class HttpTarget:
@@ -134,6 +421,8 @@ class HttpTarget:
         self.errors = 0
         self.errors_by_kind: dict[str, int] = {}
         self._client: Any = None
+        # The run's stop flag (from load()): a request under way when it is set ends within STOP_POLL_S.
+        self._stop: threading.Event | None = None
         self._prompts: dict[str, str] | None = None
         self._last_prompt: str | None = None
         self._props: dict[str, Any] = {}
@@ -192,12 +481,14 @@ class HttpTarget:
     def _new_client(self) -> Any:
         import httpx
 
+        limits = httpx.Limits(max_keepalive_connections=64, max_connections=256)
         return httpx.Client(
             base_url=strip_credentials(self.base),
             headers={**protocol.BASE_HEADERS, **protocol.auth_header(self.spec)},
             auth=protocol.basic_auth(self.spec),
             timeout=httpx.Timeout(self.spec.timeout_s, connect=min(10.0, self.spec.timeout_s)),
-            limits=httpx.Limits(max_keepalive_connections=64, max_connections=256),
+            limits=limits,
+            transport=_transport(limits),
         )
 
     @property
@@ -208,14 +499,30 @@ class HttpTarget:
 
     def load(self, ctx: RunContext) -> None:
         """Reach the server once (its health or model list), learn what it says of itself."""
+        self._stop = ctx.cancel_event
         with ctx.phase("connect", self.url):
             self._reach()
-        self._metrics_start = self._metrics()
+        self._metrics_start = self.read_counters()
 
-    def _get(self, path: str, limit: int = protocol.MAX_INFO_BYTES, **kwargs: Any) -> tuple[int, bytes]:
-        """A GET's status and body, read to no more than ``limit`` bytes."""
-        with self.client.stream("GET", path, **kwargs) as r:
-            return r.status_code, _read_capped(r, limit)
+    def count_from_here(self, ctx: RunContext) -> None:
+        """Read llama.cpp's start counters again, now: the run's /metrics totals (ServerMetrics) then cover
+        what follows, not what came before it (a warm-up), so that they divide by the timed requests alone."""
+        if self._metrics_start is None:  # no /metrics at the connect: there is nothing to count
+            return
+        with ctx.phase(COUNTERS_PHASE, "llama.cpp /metrics: the totals count from here, after the warm-up"):
+            self._metrics_start = self.read_counters(stoppable=True)  # a stop then leaves the run without totals
+
+    def _bound(self, timeout_s: float | None = None, *, stoppable: bool = True) -> _Bound:
+        """A request's bound: --timeout (or ``timeout_s``) from now, and the run's stop unless ``stoppable`` is False."""
+        return _Bound(self.spec.timeout_s if timeout_s is None else timeout_s, self._stop if stoppable else None)
+
+    def _get(self, path: str, limit: int = protocol.MAX_INFO_BYTES, bound: _Bound | None = None) -> tuple[int, bytes, str]:
+        """A GET's status, its body read to no more than ``limit`` bytes, and the URL path that answered,
+        all within ``bound`` (by default --timeout, ended by a stop)."""
+        client = self.client  # made before the bound starts: a new client's setup (httpx's import) is not the request
+        bound = bound or self._bound()
+        with _bounded(bound), client.stream("GET", path, extensions={"trace": bound.trace}) as r:
+            return r.status_code, _read_capped(r, limit), r.url.path
 
     def _reach(self) -> None:
         """One sentence (a UserError) for every way the server can fail to be one, before anything is measured."""
@@ -231,15 +538,18 @@ class HttpTarget:
         where = "/health" if llama else "/v1/models"
         try:
             if llama:
-                status, _ = self._get(where)
+                status, _, answered = self._get(where)
                 if status == 503:
                     raise UserError(f"the server at {self.url} is still loading its model (/health says 503); try again")
+                if status == 404:  # llama.cpp answers its health: a 404 is another server, or a URL with a path too many
+                    raise UserError(f"{clip(self.redact(answered), MESSAGE_CHARS)} answered 404 (Not Found): the server at {self.url} "
+                                    "is not llama.cpp's, or the URL is not its root (an OpenAI-compatible server takes --api openai)")
                 where = "/props"
-                props_status, props = self._get(where)
+                props_status, props, _ = self._get(where)
                 if props_status == 200:
                     self._props = props_of(decode_answer(props))
             else:
-                status, models = self._get(where)
+                status, models, _ = self._get(where)
                 # The list is read only for the name to send; a name given on the command line needs none.
                 if status == 200 and self._model_name is None:
                     self._model_name = model_id_of(decode_answer(models))
@@ -247,8 +557,8 @@ class HttpTarget:
                 raise UserError(f"the server at {self.url} refused the credentials (HTTP {status}); see --api-key-env")
         except httpx.ConnectError as exc:
             raise UserError(f"cannot connect to {self.url}: {reason(exc, self.redact)} (is the server running?)") from None
-        except httpx.TimeoutException:
-            raise UserError(f"{self.url} did not answer within {self.spec.timeout_s:g} s") from None
+        except httpx.TimeoutException as exc:
+            raise UserError(f"{self.url}{where} did not answer in time ({reason(exc, self.redact)})") from None
         except (UnicodeError, httpx.InvalidURL) as exc:  # a host name no resolver takes (IDNA: an empty or long label)
             raise UserError(f"cannot connect to {self.url}: its host name is not valid ({reason(exc, self.redact)})") from None
         except httpx.HTTPError as exc:  # closed without answering, a broken HTTP answer …
@@ -262,12 +572,16 @@ class HttpTarget:
             hint = "" if llama else " (--server-model NAME names the model without the list)"
             raise UserError(f"{self.url}{where} is not what an embedding server answers ({exc}): is it {kind} server?{hint}") from None
 
-    def _metrics(self) -> dict[str, float] | None:
-        """llama.cpp's own counters from /metrics (started with --metrics); None when it is off."""
+    def read_counters(self, *, stoppable: bool = False) -> dict[str, float] | None:
+        """llama.cpp's own counters from /metrics (started with --metrics); None when it is off. Asked at the
+        run's start and end, and at the end even after a stop (briefly: a stop ends the run within 2 s);
+        ``stoppable``: asked mid-run, where a stop ends the wait at once."""
         if self.spec.api != "llama":
             return None
+        stopped = self._stop is not None and self._stop.is_set()
+        limit = min(STOPPED_METRICS_S if stopped else METRICS_S, self.spec.timeout_s)
         try:
-            status, body = self._get("/metrics", timeout=5.0)
+            status, body, _ = self._get("/metrics", bound=self._bound(limit, stoppable=stoppable))
         except Exception:  # the counters are extra facts: a server that fails them fails nothing else
             return None
         if status != 200:
@@ -278,9 +592,13 @@ class HttpTarget:
                 continue
             name, _, value = line.rpartition(" ")
             try:
-                out[name.strip()] = float(value)
+                number = float(value)
             except ValueError:
                 continue
+            # A rate over no time yet reads NaN or Inf; JSON holds neither, and a snapshot holding one as null
+            # could not be read back: a counter without a number is left out.
+            if math.isfinite(number):
+                out[name.strip()] = number
         return out
 
     # -- facts ---------------------------------------------------------------------------------------------
@@ -390,7 +708,9 @@ class HttpTarget:
         return protocol.request_payload(self.spec.api, chunk, self._model_name)
 
     def try_request(self, chunk: list[str]) -> RequestOutcome:
-        """One request, never raising: the vectors, or the failure's kind and one sentence."""
+        """One request, never raising for what the server or the connection did: the vectors, or the failure's
+        kind and one sentence (a request past --timeout is a "timeout"). A stop of the run while it is under
+        way raises RunCancelled within STOP_POLL_S: the request is then no one's failure and is not counted."""
         path, body = self.payload(chunk)
         data = orjson.dumps(body)
         client = self.client  # made before the clock starts: a new client's setup is not the request
@@ -403,20 +723,24 @@ class HttpTarget:
                                   status=status, error_kind=kind, error=self.redact(message))
 
         t0 = time.perf_counter_ns()
+        # --timeout from here, for the connect (if one is needed), the sending and every byte of the answer.
+        bound = _Bound(self.spec.timeout_s, self._stop, t0 / 1e9)  # perf_counter_ns and perf_counter: one clock
         try:
-            with client.stream("POST", path, content=data) as r:
+            with _bounded(bound), client.stream("POST", path, content=data, extensions={"trace": bound.trace}) as r:
                 status = r.status_code
                 # Of an error answer only the start is read, and read to its limit without refusing it.
                 if 200 <= status < 300:
-                    raw = _read_capped(r, protocol.MAX_ANSWER_BYTES, t0, self.spec.timeout_s)
+                    raw = _read_capped(r, protocol.MAX_ANSWER_BYTES)
                 else:
-                    raw = _read_capped(r, protocol.MAX_ERROR_BYTES, t0, self.spec.timeout_s, cut=True)
-                phrase, location = r.reason_phrase or "", r.headers.get("location", "")
+                    raw = _read_capped(r, protocol.MAX_ERROR_BYTES, cut=True)
+                phrase, location, answered = r.reason_phrase or "", r.headers.get("location", ""), r.url.path
             received = time.perf_counter_ns() - t0
+        except RunCancelled:  # the run was stopped while this request was under way: it is no failure of the server's
+            raise
         except Exception as exc:  # whatever stopped the answer arriving is this request's failure, not the run's crash
             return failed(_classify(exc), reason(exc, self.redact))
         answer = protocol.classify_answer(status, raw, len(chunk), self.spec.api, reason_phrase=phrase, location=location,
-                                          width=self._width, redact=self.redact)
+                                          path=answered, width=self._width, redact=self.redact)
         if isinstance(answer, Failure):
             return failed(answer.kind, answer.message)
         return RequestOutcome(duration_ns=time.perf_counter_ns() - t0, items=len(chunk), sent=len(data), received=len(raw),
@@ -435,10 +759,15 @@ class HttpTarget:
         if self.spec.api != "llama" or len(texts) > 2000:
             return []
         out = []
+        client = self.client
         for t in texts:
+            bound = self._bound()
             try:
-                with self.client.stream("POST", "/tokenize", json={"content": (prompt or "") + t, "add_special": True}) as r:
+                with _bounded(bound), client.stream("POST", "/tokenize", json={"content": (prompt or "") + t, "add_special": True},
+                                                    extensions={"trace": bound.trace}) as r:
                     tokens = orjson.loads(_read_capped(r, protocol.MAX_INFO_BYTES))["tokens"]
+            except RunCancelled:
+                raise
             except Exception:  # token counts are extra facts: without them the run reports none
                 return []
             if not isinstance(tokens, list):
@@ -465,16 +794,17 @@ class HttpTarget:
             return np.asarray(a @ b.T)
 
     def finish(self, ctx: RunContext) -> None:
-        """What the server counted while the run went on (its /metrics), and the request errors."""
+        """The request errors (first: they are this client's own count, and nothing the server does at the end
+        may cost them), and what the server counted while the run went on (its /metrics)."""
+        ctx.emit(Result(t_ns=ctx.now(), result=RequestErrors(errors=self.errors, errors_by_kind=dict(self.errors_by_kind))))
         if self._zero_vectors:
             ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
                 f"the server sent {self._zero_vectors} vector(s) of all zeros: a zero vector's cosine similarity is "
                 "undefined, and its scores read 0 (as sentence-transformers scores it); its ranking means nothing")))
-        end = self._metrics()
+        end = self.read_counters()
         if self._metrics_start is not None and end is not None:
             delta = {k: end[k] - self._metrics_start.get(k, 0.0) for k in end if k.startswith("llamacpp:")}
             ctx.emit(Result(t_ns=ctx.now(), result=ServerMetrics(start=self._metrics_start, end=end, delta=delta)))
-        ctx.emit(Result(t_ns=ctx.now(), result=RequestErrors(errors=self.errors, errors_by_kind=dict(self.errors_by_kind))))
 
     def close(self) -> None:
         if self._client is not None:

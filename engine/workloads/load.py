@@ -304,6 +304,7 @@ class LoadWorkload:
             from ..files import ensure_writable_dir
 
             ensure_writable_dir(Path(self.plan.records), "--records folder")
+            Path(self.plan.records).mkdir(parents=True, exist_ok=True)  # the check creates nothing; each load process writes a file here
         shape = self._shape(ctx, target)
         # Open loop: connections enough for the arrivals that overlap (more wait: their latency counts it).
         workers = self.concurrency or min(MAX_WORKERS, max(8, int((self.rate or 1) * 2)))
@@ -318,6 +319,8 @@ class LoadWorkload:
 
         with ctx.phase("warm-up", "1 request"):
             self._warm_up(ctx, target, shape.first)
+        # The server's own totals (llama.cpp's /metrics) cover the timed requests alone, not the warm-up.
+        target.count_from_here(ctx)
 
         if self.plan.find_knee:
             self._find_knee(ctx, target, shape)

@@ -9,6 +9,7 @@ failed run keeps every finished task.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 import warnings
@@ -34,7 +35,7 @@ from ..mteb_bridge import (
     write_task_result,
 )
 from ..plan import MtebPlan, SpeedPlan
-from ..results import MtebRun, MtebTask
+from ..results import MtebRun, MtebTask, finite_or_null
 from ..targets import Target
 from ..workload_facts import MtebFacts
 from .speed import SpeedWorkload
@@ -198,14 +199,28 @@ class MtebWorkload:
         if not result.task_results:  # mteb returns an error instead of raising for a private dataset it cannot reach
             raise UserError(str(result.exceptions[0].exception) if result.exceptions else "mteb returned no result")
         tr = result.task_results[0]
-        out["main_score"] = float(tr.get_score())
-        out["scores"] = {split: tuple(dict(s) for s in rows) for split, rows in tr.scores.items()}
+        main = float(tr.get_score())
+        if not math.isfinite(main):
+            # A score that is not a number is no result: the task fails, saying why, and no results file
+            # is written (mteb's own would hold a bare NaN, which is not JSON).
+            raise UserError(f"mteb's main score ({task.metadata.main_score}) is {'NaN' if math.isnan(main) else 'infinite'}: "
+                            "the model's similarities never varied across the texts, and a correlation with a constant "
+                            "is undefined; no results file was written")
+        out["main_score"] = main
+        scores, nulled = finite_or_null({split: tuple(dict(s) for s in rows) for split, rows in tr.scores.items()})
+        out["scores"] = scores
         out["evaluation_time"] = tr.evaluation_time
         out["mteb_phases"] = reconcile(session, tr.evaluation_phases, mono_ref, ns_ref)
         unseen = [p.name for p in out["mteb_phases"] if not p.seen_live]
         if unseen:
             ctx.emit(Note(t_ns=ctx.now(), text=f"{planned.name}: mteb reported phases not seen live: {', '.join(unseen)}"))
-        out["results_file"] = str(write_task_result(tr, meta, results_dir))
+        path, _ = write_task_result(tr, meta, results_dir)
+        out["results_file"] = str(path)
+        if nulled:
+            shown = ", ".join(nulled[:5]) + (f" and {len(nulled) - 5} more" if len(nulled) > 5 else "")
+            ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
+                f"{planned.name}: mteb gave {len(nulled)} score{'s' if len(nulled) > 1 else ''} that {'are' if len(nulled) > 1 else 'is'} "
+                f"not a number ({shown}); {'they are' if len(nulled) > 1 else 'it is'} null in the snapshot and the results file")))
         if task.data_loaded:
             task.unload_data()  # a long task list should not hold every dataset at once
         return out

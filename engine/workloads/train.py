@@ -140,6 +140,27 @@ def choose_loss(asked: str, shape: str, batch_size: int) -> str:
     return loss
 
 
+def check_learnable(data: TrainingData, loss: str, max_examples: int | None) -> None:
+    """Refuse data the loss can learn nothing from: its loss would be 0 at every step, and the "trained"
+    model saved as if something had changed. CoSENT learns from which of two pairs scores higher:
+    scores that never differ (or a single pair) give it no order; MultipleNegativesRanking takes a
+    batch's other rows as negatives: a single example has none."""
+    kept = f" (the first {max_examples:,} that --max-examples keeps)" if max_examples is not None and data.rows_in_file > max_examples else ""
+    shown = f"training file '{one_line(data.file)}'"
+    n = data.examples
+    if loss == "cosent":
+        scores = data.values["score"]
+        if n < 2:
+            raise UserError(f"{shown} has {n} scored pair{kept}: CoSENTLoss learns from which of two pairs scores higher; "
+                            "give at least 2 with different scores")
+        if len(set(scores)) == 1:
+            raise UserError(f"{shown}: every \"score\" is {scores[0]:g}{kept}: CoSENTLoss learns from which of two pairs "
+                            "scores higher, and these never differ (its loss would be 0 at every step)")
+    elif loss == "mnrl" and n < 2:
+        raise UserError(f"{shown} has {n} example{kept}: MultipleNegativesRankingLoss takes the other rows of a batch as "
+                        "negatives, and one example has none; give at least 2")
+
+
 def default_output(model_name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_name.replace(" (bundled)", "").split("/")[-1]).strip("-")[:60] or "model"
     return str(Path("trained") / f"{slug}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}")
@@ -415,6 +436,7 @@ class TrainWorkload:
         p = self.plan
         self.data = read_training_data(p.train_file, p.max_examples)
         self.loss = choose_loss(p.loss, self.data.shape, p.batch_size)
+        check_learnable(self.data, self.loss, p.max_examples)
         if p.output is not None:
             self.output = check_output(p.output)
         self.labelled = [read_labelled(f) for f in p.neighbours]

@@ -8,7 +8,9 @@ from typing import Any
 
 from rich.table import Table as RichTable
 from rich.text import Text
+from textual import events
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
@@ -58,13 +60,25 @@ class Panel(Vertical):
     # batch would cost the run more than it shows. A finished run, a switch or a resize draws at once.
     live_interval_s = 0.0
 
+    class Resized(Message):
+        """A panel was laid out at a new size: what it drew was fitted to the old one."""
+
+        def __init__(self, panel: Panel) -> None:
+            super().__init__()
+            self.panel = panel
+
     def on_mount(self) -> None:
         self.border_title = self.panel_title
 
+    def on_resize(self, event: events.Resize) -> None:
+        # Sent once the layout has given the panel (and its charts) the new size, not before: a
+        # redraw then fits the figures to it. A panel shown again at the size it had sends nothing.
+        self.post_message(self.Resized(self))
+
     def stamp(self, view: RunView | None) -> tuple[Any, ...]:
         """What this panel's picture depends on: equal stamps, nothing to redraw."""
-        # Not the size: a resize re-renders the plots from their own cache key, and a panel that is
-        # hidden has no size, so its size would force a rebuild on every switch.
+        # Not the size: a panel laid out at a new size draws again through Panel.Resized, and a panel
+        # that is hidden has no size, so its size would force a rebuild on every switch.
         if view is None:
             return (None,)
         return (view.key, view.snapshot_path, *(view.versions[k] for k in self.depends_on))
