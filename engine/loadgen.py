@@ -173,11 +173,11 @@ class _Sender:
                 status = r.status
                 server = server_timings(r.headers)
                 if 200 <= r.status < 300:
-                    raw = await _read(r, spec.max_answer_bytes)
+                    raw = await read_capped(r, spec.max_answer_bytes)
                 else:
-                    raw = await _read(r, protocol.MAX_ERROR_BYTES, cut=True)
+                    raw = await read_capped(r, protocol.MAX_ERROR_BYTES, cut=True)
                 phrase, location, answered = r.reason or "", r.headers.get("Location", ""), r.url.path
-        except _TooLong as exc:
+        except AnswerTooLong as exc:
             done(protocol.BadBody.kind, str(exc))
             return
         except (asyncio.TimeoutError, TimeoutError):
@@ -250,22 +250,22 @@ class _Sender:
         return self.stopped.is_set() or (self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns)
 
 
-class _TooLong(Exception):
+class AnswerTooLong(Exception):
     pass
 
 
-async def _read(response: Any, limit: int, cut: bool = False) -> bytes:
+async def read_capped(response: Any, limit: int, cut: bool = False) -> bytes:
     """The body, never more than ``limit`` bytes: past it the answer is refused (or, with ``cut``, its start kept)."""
     declared = protocol.declared_length(response.headers.get("content-length"))
     if not cut and declared is not None and declared > limit:
-        raise _TooLong(protocol.oversize_message(limit, declared))
+        raise AnswerTooLong(protocol.oversize_message(limit, declared))
     parts: list[bytes] = []
     size = 0
     async for part in response.content.iter_any():
         size += len(part)
         if size > limit:
             if not cut:
-                raise _TooLong(protocol.oversize_message(limit))
+                raise AnswerTooLong(protocol.oversize_message(limit))
             parts.append(part[: len(part) - (size - limit)])
             break
         parts.append(part)

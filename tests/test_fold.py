@@ -181,13 +181,14 @@ def test_a_runs_phases_peaks_counters_errors_and_notes_are_its_events() -> None:
                    sample_hz=4.0, plan=plan),
         sample(S // 2, 100.0),
         PhaseStarted(t_ns=1 * S, phase_id=1, name="load"),
-        sample(3 * S // 2, 290.0, threads=12),
+        sample(3 * S // 2, 290.0, threads=12, gpu=True),  # NVML and torch read once (their fields: see fake_engine.sample)
         PhaseStarted(t_ns=2 * S, phase_id=2, name="encode", detail="repeat 1/1", parent_id=1),
         sample(5 * S // 2, 300.0),
         sample(3 * S, 300.0, cpu=250.0),
         PhaseEnded(t_ns=7 * S // 2, phase_id=2, name="encode", duration_ns=3 * S // 2, ok=False),
         sample(4 * S, 350.0),
         sample(9 * S // 2, 350.0),  # as high again, later: the peak is when it was first reached
+        sample(19 * S // 4, 320.0),  # lower again before the phase ends: its peak stays
         PhaseEnded(t_ns=5 * S, phase_id=1, name="load", duration_ns=4 * S),
         sample(11 * S // 2, 200.0),
         Result(t_ns=6 * S, result=KernelCounters(ru_maxrss_mib=360.0, torch_max_memory_allocated_mib=400.0,
@@ -208,23 +209,25 @@ def test_a_runs_phases_peaks_counters_errors_and_notes_are_its_events() -> None:
 
     s = state.summary()
     assert s.duration_s == 7.25  # the run's own duration, not its last event's time
-    assert s.samples == 7 and s.timeline_stride == 1
-    kinds = {"run_started": 1, "resource_sample": 7, "phase_started": 2, "phase_ended": 2, "result": 1, "error": 1,
+    assert s.samples == 8 and s.timeline_stride == 1 and state.summary(timeline_stride=4).timeline_stride == 4
+    kinds = {"run_started": 1, "resource_sample": 8, "phase_started": 2, "phase_ended": 2, "result": 1, "error": 1,
              "note": MAX_NOTES + 1, "run_finished": 1}
     assert s.events_seen == kinds and s.events_kept == kinds
     load, enc = s.phases
     assert (load.phase_id, load.name, load.detail, load.parent_id, load.path) == (1, "load", "", 0, "load")
-    assert (load.start_s, load.end_s, load.duration_s, load.ok, load.samples, load.rss_before_mib) == (1.0, 5.0, 4.0, True, 5, 100.0)
+    assert (load.start_s, load.end_s, load.duration_s, load.ok, load.samples, load.rss_before_mib) == (1.0, 5.0, 4.0, True, 6, 100.0)
     assert (enc.parent_id, enc.path, enc.start_s, enc.end_s, enc.duration_s, enc.ok) == (1, "load › encode", 2.0, 3.5, 1.5, False)
-    assert (enc.samples, enc.rss_before_mib, enc.gpu_process_before_mib) == (2, 290.0, None)
+    assert (enc.samples, enc.rss_before_mib, enc.gpu_process_before_mib) == (2, 290.0, 580.0)
     assert load.peaks["rss_mib"] == 350.0 and enc.peaks["rss_mib"] == 300.0 and enc.peaks["cpu_percent"] == 250.0
     rss = s.peaks["rss_mib"]
     assert (rss.sampled, rss.at_s, rss.phase, rss.counter, rss.counter_source) == (350.0, 4.0, "load", 360.0, "ru_maxrss")
     assert (s.peaks["threads"].sampled, s.peaks["threads"].at_s) == (12.0, 1.5)
-    assert s.peaks["cpu_percent"].sampled == 250.0 and "gpu_used_mib" not in s.peaks  # no GPU sampled: no peak, not 0
-    for field, counter, source in (("torch_reserved_mib", 500.0, "torch.cuda.max_memory_reserved"),
-                                   ("torch_allocated_mib", 400.0, "torch.cuda.max_memory_allocated")):
-        assert s.peaks[field].sampled is None and (s.peaks[field].counter, s.peaks[field].counter_source) == (counter, source)
+    assert s.peaks["cpu_percent"].sampled == 250.0 and "server_rss_mib" not in s.peaks  # no server sampled: no peak, not 0
+    # torch's own high-water marks beside what the samples saw of its allocator.
+    for field, sampled, counter, source in (("torch_reserved_mib", 435.0, 500.0, "torch.cuda.max_memory_reserved"),
+                                            ("torch_allocated_mib", 290.0, 400.0, "torch.cuda.max_memory_allocated")):
+        peak = s.peaks[field]
+        assert (peak.sampled, peak.at_s, peak.counter, peak.counter_source) == (sampled, 1.5, counter, source)
     (err,) = s.errors
     assert (err.t_ns, err.error_kind, err.message, err.phase, err.detail) == (13 * S // 2, "runtime", "boom", "encode", "where")
     assert len(s.notes) == MAX_NOTES and s.notes[-1] == f"note {MAX_NOTES - 1}"
@@ -239,9 +242,19 @@ def test_a_run_still_going_lasts_until_its_latest_event() -> None:
 
 
 def test_failures_of_one_kind_are_counted_together_and_latency_is_exact() -> None:
+    # Seconds, not milliseconds: pytest.approx's absolute floor (1e-12) would hide a nanosecond's error in a small figure.
     state = fold([request(0, 1.5, sent=1, received=1, error="timeout"), request(1, 2.5, sent=1, received=1, error="timeout"),
-                  request(2, 0.25, sent=1, received=1), request(3, 0.75, sent=1, received=1)])
+                  request(2, 250.0, sent=1, received=1), request(3, 750.0, sent=1, received=1)])
     (r,) = state.request_groups()
-    assert r.failed_by_kind == {"timeout": 2} and r.stats.mean_s == pytest.approx(0.0005, rel=1e-12)
-    (g,) = fold([batch(1, 0.125, tokens=1, padded=1), encode(1, 1.0)]).call_groups()
-    assert g.batch_stats.mean_s == pytest.approx(0.000125, rel=1e-12)
+    assert r.failed_by_kind == {"timeout": 2} and r.stats.mean_s == pytest.approx(0.5, rel=1e-12)
+    (g,) = fold([batch(1, 125.0, tokens=1, padded=1), encode(1, 1000.0)]).call_groups()
+    assert g.batch_stats.mean_s == pytest.approx(0.125, rel=1e-12)
+
+
+def test_a_peak_at_the_moment_a_phase_begins_is_that_phases() -> None:
+    from embprof.engine.events import PhaseStarted
+    from fake_engine import sample
+
+    state = fold([PhaseStarted(t_ns=S, phase_id=1, name="load"), sample(2 * S, 100.0), PhaseStarted(t_ns=7 * S, phase_id=2, name="encode"),
+                  sample(7 * S, 500.0)])
+    assert state.summary().peaks["rss_mib"].phase == "encode"

@@ -9,7 +9,9 @@ the load processes share with this one).
 from __future__ import annotations
 
 import json
+import math
 import threading
+from types import SimpleNamespace
 import time
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -525,6 +527,9 @@ def test_the_sender_counts_nothing_answered_after_its_deadline(fault_servers: An
 @pytest.mark.parametrize("mode, settings, kind, says", [
     ("slow", {"slow_s": 2.0}, "timeout", "no answer within 0.3 s (--timeout)"),
     ("500", {}, "http 500", "boom"),
+    ("huge500", {}, "http 500", "AAAA"),  # a 4 MiB message: its start kept, not refused as too long
+    ("html502", {}, "http 502", "HTTP 502 (Bad Gateway)"),  # the reason phrase
+    ("redirect", {}, "http 307", "redirects to 'http://elsewhere.invalid/v1/embeddings'"),  # not followed; where it points, said
     ("hugebody", {}, "bad body", "declares 300 MiB"),
     ("drop", {}, "connection", ""),
 ])
@@ -545,7 +550,95 @@ def test_a_refused_connection_is_a_connection_failure(monkeypatch: pytest.Monkey
         port = s.getsockname()[1]
     _, lines = run_sender(sender_spec(f"http://127.0.0.1:{port}", requests=1), monkeypatch)
     (r,) = rows_of(lines)
-    assert r.kind == "connection" and r.status is None and r.message, r
+    # The client's own first line, naming where it could not connect (not only the exception's class).
+    assert r.kind == "connection" and r.status is None and f"127.0.0.1:{port}" in r.message and "\n" not in r.message, r
+
+
+def test_the_sender_reads_tokens_and_keeps_one_width(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, body = request_payload("openai", ["a", "b", "c"], None)
+    srv = fault_servers("ok")
+    _, lines = run_sender(sender_spec(srv.url, api="openai", path=path, bodies=[json.dumps(body)], items=[3], requests=2), monkeypatch)
+    assert [(r.tokens, r.dim) for r in rows_of(lines)] == [(3, 4), (3, 4)]  # the trivial server's usage: a token a text
+    # Vectors that grow after the first answer: the process keeps one width for all its answers.
+    srv = fault_servers("dimchange", ok_first=1)
+    _, lines = run_sender(sender_spec(srv.url, requests=2), monkeypatch)
+    first, second = sorted(rows_of(lines), key=lambda r: r.index)
+    assert first.kind == "" and second.kind == "bad shape" and "the server's earlier ones 4" in second.message, second
+
+
+def test_the_sender_passes_its_credentials_and_headers(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import base64
+
+    srv = fault_servers("ok")
+    run_sender(sender_spec(srv.url, requests=1, headers={"Authorization": "Bearer k-123"}), monkeypatch)
+    run_sender(sender_spec(srv.url, requests=1, basic_auth=("alice", "p@ss")), monkeypatch)
+    assert srv.state.auth == ["Bearer k-123", "Basic " + base64.b64encode(b"alice:p@ss").decode()]
+
+
+def test_the_sender_holds_its_connections_to_its_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open loop at 100 a second against answers that take 0.2 s: without a cap some 20 would be out at once; the
+    process's connections are its share of the concurrency (2), and the server never sees more at once."""
+    active, most = [0], [0]
+    lock = threading.Lock()
+
+    class Counting(TrivialHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self._body()
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.2)
+            with lock:
+                active[0] -= 1
+            self._answer(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Counting)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        _, lines = run_sender(sender_spec(f"http://127.0.0.1:{httpd.server_address[1]}", rate=100.0, concurrency=2), monkeypatch,
+                              duration_s=1.0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert most[0] == 2 and len(rows_of(lines)) >= 2, (most, len(rows_of(lines)))
+
+
+def test_the_sender_ends_at_its_deadline_whatever_is_out(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests out at the deadline are not waited for; with none out, the process still stays until its deadline
+    (answers within it count); and its records go out as they come, not only at the end."""
+    srv = fault_servers("slow", slow_s=3.0)
+    began = time.monotonic()
+    _, lines = run_sender(sender_spec(srv.url, concurrency=2), monkeypatch, duration_s=0.2)
+    assert time.monotonic() - began < 1.0 and rows_of(lines) == []
+    fast = fault_servers("ok")
+    began = time.monotonic()
+    _, lines = run_sender(sender_spec(fast.url, rate=20.0), monkeypatch, duration_s=0.6)
+    assert time.monotonic() - began >= 0.6 and lines[-1]["kind"] == "end"
+    _, lines = run_sender(sender_spec(fast.url, concurrency=1), monkeypatch, duration_s=0.4)
+    assert sum(1 for line in lines if line["kind"] == "records") >= 3  # every 50 ms or so
+
+
+def test_a_body_is_read_up_to_its_limit_and_no_further() -> None:
+    import asyncio
+
+    from embprof.engine.loadgen import AnswerTooLong, read_capped
+
+    def response(chunks: list[bytes], declared: int | None) -> Any:
+        async def iter_any() -> Any:
+            for c in chunks:
+                yield c
+        headers = {} if declared is None else {"content-length": str(declared)}
+        return SimpleNamespace(headers=headers, content=SimpleNamespace(iter_any=iter_any))
+
+    read = asyncio.run
+    assert read(read_capped(response([b"ab", b"cd"], 4), 4)) == b"abcd"  # exactly the limit: whole
+    assert read(read_capped(response([b"ab", b"cd"], None), 4)) == b"abcd"
+    with pytest.raises(AnswerTooLong, match="declares"):
+        read(read_capped(response([b"abcde"], 5), 4))  # refused from its declared length, before a byte is read
+    with pytest.raises(AnswerTooLong):
+        read(read_capped(response([b"abc", b"de"], None), 4))
+    assert read(read_capped(response([b"abc", b"def"], 6), 4, cut=True)) == b"abcd"  # an error message: its start kept
 
 
 def test_an_endless_answer_is_cut_at_the_read_limit(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -572,4 +665,68 @@ def test_a_servers_own_timings_are_read_from_its_headers() -> None:
     # A header that is no figure (negative, not finite, not a number) is not one: the others are kept.
     assert server_timings({"x-queue-time": "-1", "x-tokenization-time": "nan", "x-inference-time": "inf", "x-total-time": "abc"}) is None
     assert server_timings({"x-queue-time": "0", "x-total-time": "x"}) == {"queue": 0.0}
+    assert server_timings({"x-inference-time": "12"}) == {"inference": 0.012}  # one part alone, the others not sent
+    assert server_timings({"x-queue-time": "abc", "x-total-time": "5"}) == {"server_total": 0.005}
     assert server_timings({}) is None
+
+
+# -- the processes, driven from embprof's side ---------------------------------------------------------------------
+
+
+def test_load_processes_share_one_start_and_say_how_the_load_ended(fault_servers: Any) -> None:
+    import os
+    import signal
+
+    srv = fault_servers("ok")
+    specs = [sender_spec(srv.url, requests=5, index=k) for k in range(2)]
+    got: list[Record] = []
+    merged = LoadProcesses(specs).run(got.append, lambda: False)
+    assert (merged.processes, merged.ended, merged.sent, merged.in_flight, merged.crashed) == (2, "done", 10, 0, [])
+    assert sorted((r.process, r.index) for r in got) == [(k, i) for k in range(2) for i in range(5)]
+    # A count ends with its last answer: the load's time runs from the common start to it (asyncio may wake a
+    # process up to a millisecond before that start: its clock's resolution).
+    span = (max(r.done_ns for r in got) - min(r.sent_ns for r in got)) / 1e9
+    assert 0 < merged.wall_s < 10 and merged.wall_s >= span - 0.002, (merged.wall_s, span)
+
+    merged = LoadProcesses([sender_spec(srv.url, concurrency=1, duration_s=0.3)]).run(lambda r: None, lambda: False)
+    assert (merged.ended, merged.wall_s) == ("deadline", 0.3)  # to the deadline, exactly
+
+    # A stop: seen within a poll, the processes told at once; each in a session of its own (a Ctrl-C at the terminal
+    # reaches embprof, which stops them in order), read by a daemon thread of its own.
+    slow = fault_servers("slow", slow_s=30.0)
+    lp = LoadProcesses([sender_spec(slow.url, concurrency=2, index=k) for k in range(2)])
+    seen: dict[str, Any] = {}
+    stop_at = math.inf
+
+    def should_stop() -> bool:
+        nonlocal stop_at
+        if stop_at == math.inf and slow.state.count >= 2:  # both are sending: stop a little later
+            seen["sids"] = {os.getsid(p.pid) for p in lp.procs}
+            seen["threads"] = {t.name: t.daemon for t in threading.enumerate() if t.name.startswith("embprof-load-")}
+            stop_at = time.monotonic() + 0.3
+        return time.monotonic() >= stop_at
+
+    merged = lp.run(lambda r: None, should_stop)
+    late = time.monotonic() - stop_at
+    assert merged.ended == "stopped" and merged.crashed == [] and 0 < merged.wall_s < 1.3 and late < 0.6, (merged, late)
+    assert os.getsid(0) not in seen["sids"] and len(seen["sids"]) == 2
+    assert seen["threads"] == {"embprof-load-0": True, "embprof-load-1": True}
+
+    # A process that dies is the load's end, and says how it died.
+    victim = LoadProcesses([sender_spec(slow.url, concurrency=1, index=k) for k in range(2)])
+    killed: list[int] = []
+
+    def kill_one() -> bool:
+        if not killed and slow.state.count >= 6:  # both sending: 4 requests from the run above, one from each of these
+            killed.append(victim.procs[0].pid)
+            os.kill(victim.procs[0].pid, signal.SIGKILL)
+        return False
+
+    merged = victim.run(lambda r: None, kill_one)
+    assert merged.ended == "stopped" and merged.crashed == ["load process 1 ended unexpectedly (killed by signal 9)"], merged
+
+
+def test_a_load_process_that_cannot_start_says_why_in_its_own_words() -> None:
+    merged = LoadProcesses([sender_spec("not a URL", requests=1)]).run(lambda r: None, lambda: False)
+    (why,) = merged.crashed
+    assert why.startswith("load process 1 ended unexpectedly (exit status 1): ") and "Error" in why and len(why) < 300, why

@@ -238,7 +238,7 @@ def test_a_probe_reads_its_own_device(mig_error: bool, as_bytes: bool) -> None:
 
 @pytest.mark.parametrize("device, visible, index", [
     ("cpu", None, 0), ("cuda", None, 0), ("cuda:1", None, 1), ("cuda:x", None, 0), ("cuda:1:2", None, 0),
-    ("cuda:1", "2,3", 3), ("cuda", " 4 , 5 ", 4), ("cuda:5", "2,3", 5), ("cuda:0", "GPU-3f2a,1", 0), ("cuda:1", "", 1),
+    ("cuda:1", "2,3", 3), ("cuda", " 4 , 5 ", 4), ("cuda:5", "2,3", 5), ("cuda:2", "2,3", 2), ("cuda:0", "GPU-3f2a,1", 0), ("cuda:1", "", 1),
 ])
 def test_a_torch_device_maps_to_its_nvml_index(device: str, visible: str | None, index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """CUDA_VISIBLE_DEVICES renumbers the devices torch sees: cuda:1 under "2,3" is NVML's device 3. An ordinal past
