@@ -192,7 +192,8 @@ class PhaseState:
     end_s: float | None = None
     duration_s: float | None = None
     ok: bool | None = None
-    peaks: dict[str, tuple[float, int]] = field(default_factory=dict)  # field -> (value, t_ns)
+    # field -> the highest value sampled while the phase was open; when it came is the run's peak's concern, not the phase's.
+    peaks: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     before: ResourceSample | None = None
 
@@ -201,8 +202,7 @@ class PhaseState:
         return f"{self.name} {self.detail}".strip()
 
     def peak(self, name: str) -> float | None:
-        found = self.peaks.get(name)
-        return found[0] if found else None
+        return self.peaks.get(name)
 
 
 class _Calls:
@@ -242,6 +242,8 @@ class _Training:
     """A training run's steps, folded in constant memory (the latency series bound themselves)."""
 
     def __init__(self) -> None:
+        # RunState makes one at a run's first step and adds that step at once, so the Nones below are never
+        # what a summary reads; they are the types' empty values, not figures.
         self.steps = 0
         self.first_step: int | None = None
         self.last_step: int | None = None
@@ -302,7 +304,7 @@ class _Training:
         total = self.seconds
         return TrainingSummary(
             steps=self.steps, first_step=self.first_step, last_step=self.last_step, epoch=self.epoch,
-            samples=self.samples, tokens=self.tokens if self.steps else None, seconds=total,
+            samples=self.samples, tokens=self.tokens, seconds=total,
             samples_per_s=_rate(self.samples, total), tokens_per_s=_rate(self.tokens, total),
             step=self.step.stats(),
             parts=tuple(StepPart(part=name, stats=series.stats(),
@@ -431,8 +433,8 @@ class RunState:
                 self.peaks[name] = (float(value), s.t_ns)
             for p in self._open:
                 found = p.peaks.get(name)
-                if found is None or value > found[0]:
-                    p.peaks[name] = (float(value), s.t_ns)
+                if found is None or value > found:
+                    p.peaks[name] = float(value)
         for p in self._open:
             p.samples += 1
 

@@ -57,6 +57,10 @@ def _no_frontier_why(rows: Sequence[MatrixRow], field: str, label: str) -> str:
         reasons = list(dict.fromkeys(r.energy_why for r in rows if r.energy_why))
         if reasons and all(r.energy_why for r in rows):
             return f"no cell measured energy: {'; '.join(reasons)}"
+    return _no_figure_why(label)
+
+
+def _no_figure_why(label: str) -> str:
     return f"no cell has both a quality score and {label}"
 
 
@@ -82,8 +86,9 @@ def frontiers(rows: Sequence[MatrixRow]) -> tuple[Frontier, ...]:
                 axis=field,
                 cells=tuple(candidates[i][2].cell_id for i in on),
                 considered=tuple(r.cell_id for _, _, r in candidates),
-                # Every candidate non-finite: no frontier, and the one sentence every view shows.
-                why=None if on else _no_frontier_why(rows, field, label),
+                # Every candidate non-finite: no frontier, and the one sentence every view shows. Not the energy
+                # sentence: a candidate here has an energy figure, so not every cell lacks one.
+                why=None if on else _no_figure_why(label),
             )
         )
     return tuple(out)

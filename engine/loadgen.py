@@ -34,7 +34,9 @@ waited for nor counted.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import math
 import random
 import sys
 import time
@@ -121,7 +123,7 @@ class _Sender:
         self.pending: list[list[Any]] = []
         self.stopped = asyncio.Event()
         self.width = Width()  # every vector of this process's answers as long as the first one's
-        self.bodies = [b.encode("utf-8") for b in spec.bodies]
+        self.bodies = [b.encode() for b in spec.bodies]  # str.encode is always UTF-8
         self.sent = self.recorded = 0
         self.start_ns = 0
         self.deadline_ns: int | None = None
@@ -199,7 +201,8 @@ class _Sender:
 
     async def closed(self, session: Any) -> None:
         spec = self.spec
-        counter = iter(range(spec.requests if spec.requests is not None else 1 << 62))
+        # One counter shared by the workers: each request index is taken once, by whichever worker is free.
+        counter = iter(range(spec.requests)) if spec.requests is not None else itertools.count()
 
         async def worker() -> None:
             for i in counter:
@@ -209,10 +212,9 @@ class _Sender:
 
         await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
-    async def open(self, session: Any) -> None:
+    async def open(self, session: Any, rate: float) -> None:
         spec = self.spec
         rnd = random.Random(spec.seed)
-        rate = spec.rate or 1.0
         gate = asyncio.Semaphore(spec.max_in_flight)
         tasks: set[asyncio.Task[None]] = set()
         due = float(self.start_ns)
@@ -233,18 +235,18 @@ class _Sender:
                     await asyncio.wait_for(self.stopped.wait(), wait)
                 except (asyncio.TimeoutError, TimeoutError):
                     pass
-            if self.stopped.is_set():
-                break
+            if self.stopped.is_set():  # a stop: nothing more is sent, nothing still out is waited for
+                return
             t = asyncio.get_running_loop().create_task(go(i, int(due)))
             tasks.add(t)
             t.add_done_callback(tasks.discard)
             i += 1
-        # A count ends with its last answer; a duration runs to its end, answers counted until then.
-        while not self.over() and (tasks or self.deadline_ns is not None):
-            if tasks:
-                await asyncio.wait(set(tasks), timeout=0.05)
-            else:
-                await asyncio.sleep(min(0.05, max(0.0, ((self.deadline_ns or 0) - time.monotonic_ns()) / 1e9)))
+        # A count ends with its last answer; a duration runs to its end, answers counted until then. No request is
+        # added from here on, and process_main ends this wait at the deadline or at a stop, whichever comes first.
+        if tasks:
+            await asyncio.wait(set(tasks))
+        if self.deadline_ns is not None:
+            await self.stopped.wait()
 
     def over(self) -> bool:
         return self.stopped.is_set() or (self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns)
@@ -283,7 +285,7 @@ def server_timings(headers: Any) -> dict[str, float] | None:
             ms = float(value)
         except ValueError:
             continue
-        if ms >= 0 and ms == ms and ms != float("inf"):
+        if ms >= 0 and math.isfinite(ms):  # a time: no negative, NaN or infinite one
             out[part] = ms / 1e3
     return out or None
 
@@ -314,26 +316,26 @@ async def process_main(spec: ProcessSpec) -> None:
         loop.remove_reader(sys.stdin.fileno())
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
-    connector = aiohttp.TCPConnector(limit=spec.concurrency, limit_per_host=spec.concurrency, ttl_dns_cache=300,
-                                     enable_cleanup_closed=True)
+    # One host (redirects are not followed), so the pool's limit is the limit on connections to the server.
+    connector = aiohttp.TCPConnector(limit=spec.concurrency, ttl_dns_cache=300, enable_cleanup_closed=True)
     # total: --timeout bounds each request from its connect to its last byte, whatever the server sends meanwhile
     # (1xx answers without end, a byte now and then), as the synchronous client's bound does; such a request is a
     # "timeout" record (tests/test_fault_deadlines.py).
     timeout = aiohttp.ClientTimeout(total=spec.timeout_s, connect=min(10.0, spec.timeout_s))
     headers = {**protocol.BASE_HEADERS, **spec.headers}
-    auth = aiohttp.BasicAuth(*spec.basic_auth) if spec.basic_auth else None
-    async with aiohttp.ClientSession(base_url=spec.base_url, connector=connector, timeout=timeout, headers=headers, auth=auth,
-                                     auto_decompress=False, raise_for_status=False) as session:
+    if spec.basic_auth:  # never beside an API key's bearer header (protocol.basic_auth)
+        headers["Authorization"] = protocol.basic_auth_header(spec.basic_auth)
+    async with aiohttp.ClientSession(base_url=spec.base_url, connector=connector, timeout=timeout, headers=headers,
+                                     auto_decompress=False) as session:  # a status is classified, never raised (the default)
         out(json.dumps({"kind": "ready"}))
         await go.wait()
-        wait = (sender.start_ns - time.monotonic_ns()) / 1e9
-        if wait > 0 and not sender.stopped.is_set():
-            try:
-                await asyncio.wait_for(sender.stopped.wait(), wait)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
+        # Until the common start, or a stop; a start already past (or a stop already read) times out, or returns, at once.
+        try:
+            await asyncio.wait_for(sender.stopped.wait(), (sender.start_ns - time.monotonic_ns()) / 1e9)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
         flusher = loop.create_task(sender.flusher())
-        body = loop.create_task(sender.closed(session) if spec.rate is None else sender.open(session))
+        body = loop.create_task(sender.closed(session) if spec.rate is None else sender.open(session, spec.rate))
         stop = loop.create_task(sender.stopped.wait())
         deadline = None if sender.deadline_ns is None else max(0.0, (sender.deadline_ns - time.monotonic_ns()) / 1e9)
         await asyncio.wait({body, stop}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
@@ -480,8 +482,8 @@ class LoadProcesses:
                     on_record(rec)
             elif kind == "end":
                 ended_ok[k] = True
-                merged.sent += int(msg.get("sent", 0))
-                merged.in_flight += int(msg.get("in_flight", 0))
+                merged.sent += msg["sent"]  # an end line always says both (process_main)
+                merged.in_flight += msg["in_flight"]
         if not started:
             return merged
         if merged.ended == "stopped":
@@ -500,14 +502,14 @@ class LoadProcesses:
         except Exception:
             rc = None
         err.seek(0)
-        lines = err.read().decode("utf-8", "replace").strip().splitlines()
+        lines = err.read().decode(errors="replace").strip().splitlines()  # UTF-8, whatever the process wrote
         how = (f"killed by signal {-rc}" if rc is not None and rc < 0 else f"exit status {rc}")
         return f"load process {k + 1} ended unexpectedly ({how})" + (f": {lines[-1][:200]}" if lines else "")
 
     @staticmethod
     def _send(p: Any, line: str) -> None:
         try:
-            p.stdin.write(line.encode("utf-8") + b"\n")
+            p.stdin.write(line.encode() + b"\n")  # str.encode is always UTF-8
             p.stdin.flush()
         except (OSError, ValueError):
             pass

@@ -39,7 +39,7 @@ class GpuProbe:
         self.handle = nvml.nvmlDeviceGetHandleByIndex(index)
         self.index = index
         self.pid = os.getpid()
-        self.mig = False
+        # Both ways out of the try set the flag, so it has no default beforehand.
         try:
             current, _pending = nvml.nvmlDeviceGetMigMode(self.handle)
             self.mig = bool(current)
@@ -125,6 +125,19 @@ def _torch_cuda_reading() -> dict[str, float | None]:
         return none
 
 
+def next_tick(due: float, now: float, interval_s: float) -> float:
+    """When the tick after the one due at ``due`` falls, that tick being taken at ``now`` (perf_counter seconds).
+
+    On the fixed grid (``due + interval_s``) so the schedule does not drift with the time each sample takes; when
+    that is already past, the machine was starved for longer than a tick: the missed ticks are skipped, not bunched,
+    and the grid restarts one interval from now. A tick that falls due exactly now is taken, not skipped.
+    """
+    following = due + interval_s
+    if following < now:
+        return now + interval_s
+    return following
+
+
 def cuda_index_for_nvml(device: str) -> int:
     """Map a torch device string to an NVML index, honouring CUDA_VISIBLE_DEVICES when it lists numbers."""
     ordinal = 0
@@ -133,7 +146,9 @@ def cuda_index_for_nvml(device: str) -> int:
             ordinal = int(device.split(":", 1)[1])
         except ValueError:
             ordinal = 0
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    # Unset and blank both mean every device in NVML's order: blank entries are dropped below, so neither needs a
+    # default or a strip of its own.
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
         parts = [p.strip() for p in visible.split(",") if p.strip()]
         if ordinal < len(parts) and parts[ordinal].isdigit():
@@ -184,16 +199,19 @@ class Sampler:
         self.host_only_reason = ""
         self.samples_taken = 0
         self.cpu_time_ns = 0  # the sampler thread's own CPU time, for the overhead figure
+        # What a sample taken before the first CPU reading (a poke before the first tick) repeats: nothing measured
+        # yet, so 0 %, one figure per core as in every later reading: psutil's per-core figures are one per entry
+        # of cpu_times(percpu=True), which has no "unknown" case (cpu_count() may answer None).
         self._last_cpu = 0.0
-        self._last_cores: tuple[float, ...] = tuple(0.0 for _ in range(psutil.cpu_count() or 1))
+        self._last_cores: tuple[float, ...] = tuple(0.0 for _ in psutil.cpu_times(percpu=True))
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         self._open_gpu()
         # psutil's CPU percentages are deltas since the previous call: prime them here so the
-        # first real sample measures a real interval instead of reporting 0.
+        # first real sample measures a real interval instead of reporting 0. A Process keeps its
+        # own baseline, whichever thread calls it; the per-core baseline is primed in _loop.
         self._proc.cpu_percent(None)
-        psutil.cpu_percent(None, percpu=True)
         if self._server is not None:
             try:
                 self._server.cpu_percent(None)
@@ -250,41 +268,43 @@ class Sampler:
             )
 
     def _loop(self) -> None:
-        next_t = time.perf_counter() + self.interval_s
+        # psutil (since 5.9.6) keeps the system-wide per-core baseline per calling thread: primed in
+        # start() it would be the starting thread's, and this thread's first tick would measure the
+        # microseconds between two reads of /proc/stat. Primed here, it measures its interval.
+        psutil.cpu_percent(percpu=True)
+        due = time.perf_counter() + self.interval_s
         while not self._stop.is_set():
-            timeout = next_t - time.perf_counter()
+            timeout = due - time.perf_counter()
+            # A tick already due is taken before a pending poke; the poke gets its sample right after.
             woken = self._wake.wait(timeout) if timeout > 0 else False
             if self._stop.is_set():
                 break
             if woken:
                 self._wake.clear()
-                self.sample_once(cpu=False)
-                continue
+                self.sample_once(repeat_cpu=True)
             else:
-                next_t += self.interval_s
-                now = time.perf_counter()
-                if next_t < now:  # starved for longer than a tick: skip the missed ticks
-                    next_t = now + self.interval_s
-            self.sample_once()
-        self.sample_once(cpu=False)  # the closing state, so the timeline ends when the run ends
+                due = next_tick(due, time.perf_counter(), self.interval_s)
+                self.sample_once()
+        self.sample_once(repeat_cpu=True)  # the closing state, so the timeline ends when the run ends
 
-    def sample_once(self, cpu: bool = True) -> ResourceSample:
-        """Take one sample. ``cpu=False`` (a poke) repeats the last CPU figures instead of reading
-        new ones: psutil's CPU percentages over a few milliseconds are dominated by the 10 ms tick
-        of the kernel's CPU-time counters, and reading them would also shorten the next interval."""
+    def sample_once(self, *, repeat_cpu: bool = False) -> ResourceSample:
+        """Take one sample. ``repeat_cpu`` (a poke, the closing sample) repeats the last CPU figures
+        instead of reading new ones: psutil's CPU percentages over a few milliseconds are dominated by
+        the 10 ms tick of the kernel's CPU-time counters, and reading them would also shorten the next
+        interval. (Named for the exception, so that the flag is true where it is passed at all.)"""
         started = time.thread_time_ns()
         proc = self._proc
         with proc.oneshot():
             rss = proc.memory_info().rss
             threads = proc.num_threads()
-            if cpu:
+            if not repeat_cpu:
                 self._last_cpu = proc.cpu_percent(None)
         vm = psutil.virtual_memory()
-        if cpu:
-            self._last_cores = tuple(psutil.cpu_percent(None, percpu=True))
+        if not repeat_cpu:
+            self._last_cores = tuple(psutil.cpu_percent(percpu=True))
         gpu: dict[str, Any] = self.gpu.read() if self.gpu is not None else {}
         torch_cuda: dict[str, Any] = _torch_cuda_reading()
-        server: dict[str, Any] = self._server_reading(cpu)
+        server: dict[str, Any] = self._server_reading(repeat_cpu)
         sample = ResourceSample(
             t_ns=self.bus.clock.now(),
             rss_mib=rss / MIB,
@@ -303,20 +323,21 @@ class Sampler:
         self.cpu_time_ns += time.thread_time_ns() - started
         return sample
 
-    def _server_reading(self, cpu: bool) -> dict[str, Any]:
+    def _server_reading(self, repeat_cpu: bool) -> dict[str, Any]:
         """The server process's RSS, CPU and threads; once it has exited, nothing (and a note)."""
-        if self._server is None or self.server_gone:
+        server = self._server
+        if server is None or self.server_gone:
             return {}
         try:
-            with self._server.oneshot():
-                out: dict[str, Any] = {"server_rss_mib": self._server.memory_info().rss / MIB, "server_threads": self._server.num_threads()}
-                if cpu:
-                    self._server_cpu = self._server.cpu_percent(None)
+            with server.oneshot():
+                out: dict[str, Any] = {"server_rss_mib": server.memory_info().rss / MIB, "server_threads": server.num_threads()}
+                if not repeat_cpu:
+                    self._server_cpu = server.cpu_percent(None)
             out["server_cpu_percent"] = self._server_cpu
         except psutil.Error:
             self.server_gone = True
             self.bus.publish(Note(t_ns=self.bus.clock.now(), text=f"the server process {self.server_pid} is gone", level="warning"))
             return {}
-        if self.gpu is not None and self.server_pid is not None:
-            out["server_gpu_mib"] = self.gpu.process_mib(self.server_pid)
+        if self.gpu is not None:  # the PID is the Process's own: no second None check on server_pid
+            out["server_gpu_mib"] = self.gpu.process_mib(server.pid)
         return out

@@ -258,3 +258,19 @@ def test_a_peak_at_the_moment_a_phase_begins_is_that_phases() -> None:
     state = fold([PhaseStarted(t_ns=S, phase_id=1, name="load"), sample(2 * S, 100.0), PhaseStarted(t_ns=7 * S, phase_id=2, name="encode"),
                   sample(7 * S, 500.0)])
     assert state.summary().peaks["rss_mib"].phase == "encode"
+
+
+def test_what_a_target_says_of_itself_later_replaces_what_it_said_at_the_start() -> None:
+    # A server's model name and dimension are known only once it answers: the target states its facts again as a
+    # Result, and the run's record is that later statement, not the one made before loading.
+    from embprof.engine.events import Result, RunStarted
+    from embprof.engine.plan import RunPlan
+    from embprof.engine.results import TargetFacts
+    from embprof.engine.workload_facts import EncodeFacts
+
+    before = TargetFacts(backend="http", model_name="asked-for")
+    after = TargetFacts(backend="http", model_name="served", embedding_dim=384)
+    state = fold([RunStarted(t_ns=0, run_id="r", started_utc="2026-01-01T00:00:00+00:00", target=before, workload=EncodeFacts(),
+                             sample_hz=4.0, plan=RunPlan()),
+                  Result(t_ns=S, result=after)])
+    assert state.target == after and state.results["target"] == after

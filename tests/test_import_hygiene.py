@@ -3,6 +3,7 @@ start-up may not pull in torch (``embprof --help`` must not pay for it)."""
 
 from __future__ import annotations
 
+import functools
 import pkgutil
 import subprocess
 import sys
@@ -22,10 +23,11 @@ ENGINE_MODULES = sorted(
 )
 
 
-def _loaded_after_import(module: str) -> set[str]:
+@functools.cache  # both checks read one fresh interpreter's modules: one subprocess a module, not two
+def _loaded_after_import(module: str) -> frozenset[str]:
     code = f"import sys, {module}; print(' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return set(out.split())
+    return frozenset(out.split())
 
 
 def test_every_engine_module_is_listed() -> None:

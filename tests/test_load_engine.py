@@ -435,8 +435,9 @@ def test_a_mix_is_refused_in_one_sentence_when_its_spec_is_wrong(cli_env: dict[s
 
 
 def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s: float = 0.05, duration_s: float | None = None,
-               stop_after_s: float | None = None) -> tuple[int, list[dict[str, Any]]]:
-    """The load process's own loop on ``spec``: the common start it was given (monotonic ns), and the lines it wrote."""
+               stop_after_s: float | None = None, stdout: Any = None) -> tuple[int, list[dict[str, Any]]]:
+    """The load process's own loop on ``spec``: the common start it was given (monotonic ns), and the lines it wrote
+    (to ``stdout``, a StringIO, when given)."""
     import asyncio
     import io
     import os
@@ -445,7 +446,7 @@ def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s
 
     read_end, write_end = os.pipe()
     stdin = os.fdopen(read_end, "r")
-    stdout = io.StringIO()
+    stdout = io.StringIO() if stdout is None else stdout
     monkeypatch.setattr("sys.stdin", stdin)
     monkeypatch.setattr("sys.stdout", stdout)
     start = time.monotonic_ns() + int(start_in_s * 1e9)
@@ -496,9 +497,34 @@ def test_the_sender_sends_a_count_and_says_what_each_request_did(fault_servers: 
         sorted((r.row() for r in got), key=lambda row: row[1])
 
 
-def test_the_sender_keeps_its_poisson_schedule(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_senders_own_copy_of_its_records_is_whole_when_it_says_it_has_ended(fault_servers: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                               tmp_path: Path) -> None:
+    """The records file holds every row the process sent down the pipe, batch after batch, and is complete on disk by
+    the time the process writes ``end`` (after which embprof may end it): read here at that very moment."""
+    import io
+
+    srv = fault_servers("slow", slow_s=0.1)  # answers a tenth of a second apart: a batch or two of them every 50 ms
+    copy = tmp_path / "process-1.jsonl"
+    on_disk: list[str] = []
+
+    class Watching(io.StringIO):
+        def write(self, text: str) -> int:
+            if text.startswith('{"kind": "end"'):
+                on_disk.append(copy.read_text())
+            return super().write(text)
+
+    _, lines = run_sender(sender_spec(srv.url, concurrency=2, records_file=str(copy)), monkeypatch, duration_s=0.45, stdout=Watching())
+    rows = [r.row() for r in rows_of(lines)]
+    assert sum(1 for line in lines if line["kind"] == "records") >= 2 and len(rows) >= 2, lines[-1]  # several batches
+    assert len(on_disk) == 1 and [json.loads(line) for line in on_disk[0].splitlines()] == rows
+
+
+def test_the_sender_keeps_its_poisson_schedule(fault_servers: Any, monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     """Open loop: request i is due at the start plus the first i + 1 gaps of the seeded exponential draws (the
-    schedule is the seed's, whatever the server does), and none is sent before it is due."""
+    schedule is the seed's, whatever the server does), and none is sent before it is due. Its event loop reports no
+    error meanwhile (asyncio logs one for a callback or task that failed unseen)."""
+    import logging
     import random
 
     srv = fault_servers("ok")
@@ -512,6 +538,79 @@ def test_the_sender_keeps_its_poisson_schedule(fault_servers: Any, monkeypatch: 
     assert [r.index for r in got] == list(range(25)) and [r.due_ns for r in got] == schedule
     assert all(r.lag_ns is not None and 0 <= r.lag_ns and r.latency_ns == r.done_ns - (r.due_ns or 0) for r in got)
     assert lines[-1] == {"kind": "end", "sent": 25, "in_flight": 0}
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == []
+
+
+def poisson_dues(start: int, seed: int, rate: float, count: int) -> list[int]:
+    """The seed's schedule, drawn here apart from the sender: request i is due at the start plus the first i + 1 gaps."""
+    import random
+
+    draws, due, out = random.Random(seed), float(start), []
+    for _ in range(count):
+        due += draws.expovariate(rate) * 1e9
+        out.append(int(due))
+    return out
+
+
+def test_an_open_loop_with_a_duration_counts_every_request_due_before_its_end(fault_servers: Any,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Open loop for a duration: every arrival due before the deadline is sent, and (against a server that answers at
+    once) answered and counted; none due after it is sent. The seed is one whose last arrival before the end leaves a
+    quarter of a second for its answer, so that nothing here depends on the machine's speed."""
+    srv = fault_servers("ok")
+    rate, seconds = 20.0, 0.8
+    seed = next(s for s in range(1000) if 3 <= sum(1 for d in poisson_dues(0, s, rate, 40) if d < seconds * 1e9)
+                and max(d for d in poisson_dues(0, s, rate, 40) if d < seconds * 1e9) <= (seconds - 0.25) * 1e9)
+    start, lines = run_sender(sender_spec(srv.url, rate=rate, seed=seed, concurrency=4), monkeypatch, duration_s=seconds)
+    due = [d for d in poisson_dues(start, seed, rate, 40) if d < start + int(seconds * 1e9)]
+    got = sorted(rows_of(lines), key=lambda r: r.index)
+    assert [(r.index, r.due_ns, r.kind) for r in got] == [(i, d, "") for i, d in enumerate(due)], got
+    assert lines[-1] == {"kind": "end", "sent": len(due), "in_flight": 0} and srv.state.count == len(due)
+
+
+def test_an_open_loop_with_a_duration_ends_at_its_deadline_and_not_before(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An open loop whose schedule ends early (at 1 a second, the seed's first arrival falls after the 0.3 s): nothing
+    is sent, and the process still ends no earlier than its deadline (what runs beside the load, its samplers, takes
+    the duration as the load's window), by this test's own clock."""
+    srv = fault_servers("ok")
+    seed = next(s for s in range(1000) if poisson_dues(0, s, 1.0, 1)[0] > 2e9)  # the first arrival two seconds on
+    start, lines = run_sender(sender_spec(srv.url, rate=1.0, seed=seed), monkeypatch, duration_s=0.3)
+    assert time.monotonic_ns() >= start + int(0.3e9)
+    assert lines[-1] == {"kind": "end", "sent": 0, "in_flight": 0} and srv.state.count == 0
+
+
+def test_the_sender_records_the_servers_own_timings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that says how its time went (TEI's headers, in milliseconds): each record carries them, in seconds."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Tei)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        path, body = request_payload("openai", ["a text"], None)
+        _, lines = run_sender(sender_spec(f"http://127.0.0.1:{httpd.server_address[1]}", api="openai", path=path, bodies=[json.dumps(body)],
+                                          items=[1], requests=2), monkeypatch)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    got = rows_of(lines)
+    assert len(got) == 2 and all(r.kind == "" for r in got), got
+    for r in got:
+        assert r.server == {"queue": 0.003, "tokenization": 0.001, "inference": 0.012, "server_total": 0.016}, r
+
+
+def test_an_open_loop_whose_start_has_passed_sends_what_is_overdue_at_once(fault_servers: Any,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process told a start already a minute past (it read its `go` late): the arrivals due since are sent at once,
+    each still due when the seed's schedule says (to the nanosecond, over a schedule of some twenty seconds) and timed
+    from then: its lag is the wait since it was due, not hidden."""
+    srv = fault_servers("ok")
+    seed = next(s for s in range(1000) if poisson_dues(0, s, 1.0, 20)[-1] < 50e9)  # all twenty due within the minute past
+    began = time.monotonic_ns()
+    start, lines = run_sender(sender_spec(srv.url, rate=1.0, seed=seed, requests=20, concurrency=4), monkeypatch, start_in_s=-60.0)
+    got = sorted(rows_of(lines), key=lambda r: r.index)
+    assert [r.due_ns for r in got] == poisson_dues(start, seed, 1.0, 20) and all(r.kind == "" for r in got), got
+    for r in got:
+        assert r.sent_ns >= began and r.lag_ns == r.sent_ns - (r.due_ns or 0) > 0 and r.latency_ns == r.done_ns - (r.due_ns or 0), r
+    assert lines[-1] == {"kind": "end", "sent": 20, "in_flight": 0}
 
 
 def test_the_sender_counts_nothing_answered_after_its_deadline(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -552,6 +651,72 @@ def test_a_refused_connection_is_a_connection_failure(monkeypatch: pytest.Monkey
     (r,) = rows_of(lines)
     # The client's own first line, naming where it could not connect (not only the exception's class).
     assert r.kind == "connection" and r.status is None and f"127.0.0.1:{port}" in r.message and "\n" not in r.message, r
+    # Nothing came back: no bytes, no server timings, no tokens, no width.
+    assert (r.received_bytes, r.server, r.tokens, r.dim) == (0, None, None, None), r
+
+
+@pytest.mark.parametrize("mode", ["300", "404", "599"])
+def test_the_sender_reads_any_answer_outside_2xx_as_the_server_target_does(fault_servers: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                          mode: str) -> None:
+    """A 300 (a redirect that names nowhere), a 404 (whose message names the path that answered it) and a 599 (a status
+    line with no reason phrase): the load process's record says what the synchronous client (an independent reading of
+    the same server) says. Such an answer is an error
+    message, read to the error limit whatever the limit on answers: here an answer limit of 16 bytes, shorter than
+    the server's message, still gives the status, not "too long"."""
+    srv = fault_servers(mode)
+    _, lines = run_sender(sender_spec(srv.url, requests=1, max_answer_bytes=16), monkeypatch)
+    (r,) = rows_of(lines)
+    target = HttpTarget(ServerTarget(url=srv.url, api="llama"))
+    try:
+        sync = target.try_request(["a text", "another text"])
+    finally:
+        target.close()
+    assert sync.error_kind == f"http {mode}" and (r.status, r.kind, r.message) == (int(mode), sync.error_kind, sync.error), (r, sync)
+    assert r.received_bytes > 16, r  # the whole message read, past the answer limit
+
+
+def test_a_stop_or_the_end_of_stdin_before_the_start_ends_the_sender_with_nothing_sent(fault_servers: Any,
+                                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """embprof stops a load before its common start (a stop in the first moments, another process that failed): the
+    process ends at once, says it sent nothing, and the server sees no request. A line it cannot read (a `go` without
+    its deadline) is a stop too: a process that never hears a start it can use must not wait for one."""
+    import asyncio
+    import io
+    import os
+
+    from embprof.engine import loadgen
+
+    srv = fault_servers("ok")
+    for first in (b"stop\n", b"", b"go 5\n"):  # a stop, embprof's process gone (the end of stdin), a go it cannot read
+        read_end, write_end = os.pipe()
+        stdin = os.fdopen(read_end, "r")
+        stdout = io.StringIO()
+        monkeypatch.setattr("sys.stdin", stdin)
+        monkeypatch.setattr("sys.stdout", stdout)
+        if first:
+            os.write(write_end, first)
+        else:
+            os.close(write_end)
+        began = time.monotonic()
+        try:
+            asyncio.run(loadgen.process_main(sender_spec(srv.url, concurrency=2)))
+        finally:
+            if first:
+                os.close(write_end)
+            stdin.close()
+        lines = [json.loads(line) for line in stdout.getvalue().splitlines()]
+        assert lines == [{"kind": "ready"}, {"kind": "end", "sent": 0, "in_flight": 0}], (first, lines)
+        assert time.monotonic() - began < 5.0
+    assert srv.state.count == 0
+
+
+def test_a_failures_message_is_cut_at_400_characters(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A broken status line that quotes a 600-character credential back: the client's own message (its first line) is
+    longer than a record keeps; the record holds its first 400 characters (the parent redacts them)."""
+    srv = fault_servers("echostatus")
+    _, lines = run_sender(sender_spec(srv.url, requests=1, headers={"Authorization": "Bearer " + "k" * 600}), monkeypatch)
+    (r,) = rows_of(lines)
+    assert r.kind == "connection" and len(r.message) == 400 and r.message.endswith("k" * 100), r.message[:200]
 
 
 def test_the_sender_reads_tokens_and_keeps_one_width(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -566,13 +731,27 @@ def test_the_sender_reads_tokens_and_keeps_one_width(fault_servers: Any, monkeyp
     assert first.kind == "" and second.kind == "bad shape" and "the server's earlier ones 4" in second.message, second
 
 
+def test_a_request_of_no_texts_is_answered_with_no_width(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A body of no texts: its (empty) answer is a success, and no vector width is claimed from it (None, not 0)."""
+    srv = fault_servers("ok")
+    path, body = request_payload("llama", [], None)
+    _, lines = run_sender(sender_spec(srv.url, path=path, bodies=[json.dumps(body)], items=[0], requests=1), monkeypatch)
+    (r,) = rows_of(lines)
+    assert (r.status, r.kind, r.items, r.dim) == (200, "", 0, None), r
+
+
 def test_the_sender_passes_its_credentials_and_headers(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import base64
 
     srv = fault_servers("ok")
     run_sender(sender_spec(srv.url, requests=1, headers={"Authorization": "Bearer k-123"}), monkeypatch)
     run_sender(sender_spec(srv.url, requests=1, basic_auth=("alice", "p@ss")), monkeypatch)
-    assert srv.state.auth == ["Bearer k-123", "Basic " + base64.b64encode(b"alice:p@ss").decode()]
+    # Beyond ASCII, the bytes the single-request client (httpx) sends: UTF-8, where aiohttp's own BasicAuth wrote Latin-1.
+    run_sender(sender_spec(srv.url, requests=1, basic_auth=("zoë", "pässwörd€")), monkeypatch)
+    import httpx
+
+    flow = httpx.BasicAuth("zoë", "pässwörd€").auth_flow(httpx.Request("POST", srv.url))
+    assert srv.state.auth == ["Bearer k-123", "Basic " + base64.b64encode(b"alice:p@ss").decode(), next(flow).headers["Authorization"]]
 
 
 def test_the_sender_holds_its_connections_to_its_concurrency(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -648,13 +827,18 @@ def test_an_endless_answer_is_cut_at_the_read_limit(fault_servers: Any, monkeypa
     assert r.kind == "bad body" and "1 MiB" in r.message, r
 
 
-def test_a_stop_ends_the_sender_at_once_and_counts_what_was_out(fault_servers: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stop_ends_the_sender_at_once_and_counts_what_was_out(fault_servers: Any, monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
     srv = fault_servers("slow", slow_s=30.0)
     began = time.monotonic()
     _, lines = run_sender(sender_spec(srv.url, rate=50.0, concurrency=8), monkeypatch, stop_after_s=0.5)
     assert time.monotonic() - began < 5.0
     # Every request sent is still out: none was answered, and none of those the stop cut off is counted as recorded.
     assert rows_of(lines) == [] and lines[-1]["kind"] == "end" and lines[-1]["sent"] == lines[-1]["in_flight"] > 5, lines[-1]
+    # The stop is read once and its reader removed: the event loop reports no error (a callback that failed).
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == []
 
 
 def test_a_servers_own_timings_are_read_from_its_headers() -> None:
@@ -688,8 +872,11 @@ def test_load_processes_share_one_start_and_say_how_the_load_ended(fault_servers
     span = (max(r.done_ns for r in got) - min(r.sent_ns for r in got)) / 1e9
     assert 0 < merged.wall_s < 10 and merged.wall_s >= span - 0.002, (merged.wall_s, span)
 
-    merged = LoadProcesses([sender_spec(srv.url, concurrency=1, duration_s=0.3)]).run(lambda r: None, lambda: False)
+    timed: list[Record] = []
+    merged = LoadProcesses([sender_spec(srv.url, concurrency=1, duration_s=0.3)]).run(timed.append, lambda: False)
     assert (merged.ended, merged.wall_s) == ("deadline", 0.3)  # to the deadline, exactly
+    # The start waited for the process to be ready (its start-up takes longer than the 0.3 s): it sent, and was answered.
+    assert merged.sent >= 1 and len(timed) >= 1, (merged, len(timed))
 
     # A stop: seen within a poll, the processes told at once; each in a session of its own (a Ctrl-C at the terminal
     # reaches embprof, which stops them in order), read by a daemon thread of its own.
@@ -726,7 +913,49 @@ def test_load_processes_share_one_start_and_say_how_the_load_ended(fault_servers
     assert merged.ended == "stopped" and merged.crashed == ["load process 1 ended unexpectedly (killed by signal 9)"], merged
 
 
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_the_load_process_command_runs_a_load_and_exits_0_and_without_settings_exits_2(fault_servers: Any, tmp_path: Path,
+                                                                                      loop: str) -> None:
+    """``python -m embprof.engine.loadgen`` as embprof drives it, here by hand: its settings (credentials among them) as
+    one JSON line, ``ready``, ``go``, its records and ``end``, then exit status 0; with no settings at all (stdin closed
+    at once) it sends nothing and exits 2. Where uvloop cannot be imported (here a stand-in module that refuses to be),
+    asyncio's own loop does the same."""
+    import base64
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    if loop == "asyncio":
+        (tmp_path / "uvloop.py").write_text("raise ImportError('no uvloop here')\n")
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), *filter(None, [env.get("PYTHONPATH")])])
+    srv = fault_servers("ok")
+    spec = sender_spec(srv.url, requests=2, basic_auth=("alice", "p@ss"))
+    p = subprocess.Popen([sys.executable, "-m", "embprof.engine.loadgen"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=env)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        p.stdin.write(json.dumps(dataclasses.asdict(spec)) + "\n")
+        p.stdin.flush()
+        assert json.loads(p.stdout.readline()) == {"kind": "ready"}
+        p.stdin.write(f"go {time.monotonic_ns()} -\n")
+        p.stdin.flush()
+        lines = [json.loads(line) for line in p.stdout]
+        p.stdin.close()
+        rc = p.wait(timeout=30)
+    finally:
+        p.kill()
+        p.wait()
+    assert rc == 0 and lines[-1] == {"kind": "end", "sent": 2, "in_flight": 0} and len(rows_of(lines)) == 2, (rc, lines)
+    assert srv.state.auth == ["Basic " + base64.b64encode(b"alice:p@ss").decode()] * 2
+    empty = subprocess.run([sys.executable, "-m", "embprof.engine.loadgen"], stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+                           env=env)
+    assert (empty.returncode, empty.stdout) == (2, b""), empty
+
+
 def test_a_load_process_that_cannot_start_says_why_in_its_own_words() -> None:
     merged = LoadProcesses([sender_spec("not a URL", requests=1)]).run(lambda r: None, lambda: False)
     (why,) = merged.crashed
+    assert (merged.ended, merged.wall_s, merged.sent) == ("stopped", 0.0, 0), merged  # it never began: no time, nothing sent
     assert why.startswith("load process 1 ended unexpectedly (exit status 1): ") and "Error" in why and len(why) < 300, why

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 from fake_nvml import GIB, FakeNvml, FakeProc, NVMLError, NVMLError_NotSupported
 
 from embprof.engine.events import MIB, Clock, EventBus, Note, ResourceSample
-from embprof.engine.sampler import GpuProbe, Sampler, cuda_index_for_nvml, load_nvml
+from embprof.engine import sampler as sampler_module
+from embprof.engine.sampler import GpuProbe, Sampler, cuda_index_for_nvml, load_nvml, next_tick
 from embprof.engine.snapshot import Recorder
 
 
@@ -151,11 +157,6 @@ def test_recorder_timeline_is_bounded_and_keeps_the_peak() -> None:
 def test_server_process_is_sampled_beside_this_one() -> None:
     """The embedding server's process: its RSS from the kernel (psutil), its GPU memory from NVML's
     process list (fake here: NVML lists pid 1 with 1 GiB), and a note when it is gone."""
-    import subprocess
-    import sys
-
-    import psutil
-
     child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(64 << 20); time.sleep(30)"])
     try:
         time.sleep(0.5)
@@ -267,9 +268,8 @@ def _meminfo_mib() -> tuple[float, float]:
 
 
 def test_a_sample_holds_the_kernels_figures_at_the_runs_clock() -> None:
-    import psutil
-
     sampler, seen = _collect(nvml=None, gpu_index=0)
+    assert (sampler.samples_taken, sampler.cpu_time_ns) == (0, 0)  # nothing sampled, nothing spent
     before = sampler.bus.clock.now()
     costs = []
     for _ in range(10):
@@ -367,14 +367,12 @@ class ServerOnGpu(FakeNvml):
 
 
 def test_the_servers_gpu_memory_cpu_and_end_are_sampled() -> None:
-    import subprocess
-
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         sampler, seen = _collect(nvml=ServerOnGpu(child.pid), gpu_index=0, server_pid=child.pid)
         sampler.start()
         s = sampler.sample_once()
-        assert s.server_gpu_mib == 2048 and isinstance(s.server_cpu_percent, float) and not sampler.server_gone
+        assert s.server_gpu_mib == 2048 and isinstance(s.server_cpu_percent, float) and sampler.server_gone is False
         child.kill()
         child.wait()
         assert sampler.sample_once().server_rss_mib is None and sampler.server_gone is True
@@ -391,12 +389,271 @@ def test_the_servers_gpu_memory_cpu_and_end_are_sampled() -> None:
 
 
 def test_a_server_that_ends_before_the_sampler_starts_is_gone_from_its_start() -> None:
-    import subprocess
-
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    sampler, _ = _collect(nvml=None, gpu_index=0, server_pid=child.pid)
+    sampler, seen = _collect(hz=1, nvml=None, gpu_index=0, server_pid=child.pid)
+    assert sampler.server_gone is False
     child.kill()
     child.wait()
     sampler.start()
+    # start() itself finds it gone, before the first tick (a second away) could.
+    gone_at_start = sampler.server_gone
     sampler.stop()
-    assert sampler.server_gone is True
+    assert gone_at_start is True and sampler.server_gone is True
+    samples = [e for e in seen if isinstance(e, ResourceSample)]
+    assert samples and all(s.server_rss_mib is None and s.server_cpu_percent is None for s in samples)
+
+
+# -- CPU figures against the kernel's own counters, with a child process whose CPU time the test controls ----------
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """/proc/PID/stat from the state field on (the command name can hold spaces)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_s(pid: int) -> float:
+    """The process's user + system CPU time as the kernel counts it (utime, stime)."""
+    fields = _proc_stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _halt(pid: int) -> None:
+    """SIGSTOP, and wait until the kernel has it stopped: from then on its CPU time cannot move."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while _proc_stat(pid)[0] != "T":
+        assert time.monotonic() < deadline, "the child did not stop"
+        time.sleep(0.001)
+
+
+def _burn(pid: int, cpu_s: float) -> None:
+    """Let the stopped child spin until the kernel has counted ``cpu_s`` more seconds of its CPU time; stop it again."""
+    target = _cpu_s(pid) + cpu_s
+    os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60  # a busy machine gives it less than a core, never nothing
+    while _cpu_s(pid) < target:
+        assert time.monotonic() < deadline, "the child got no CPU"
+        time.sleep(0.01)
+    _halt(pid)
+
+
+@pytest.fixture
+def spinner() -> Iterator[subprocess.Popen[bytes]]:
+    """A child that spins on a CPU whenever it runs, stopped: it uses CPU only while a test lets it (_burn)."""
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        _halt(child.pid)
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _core_ticks() -> list[tuple[int, int]]:
+    """Each core's (busy, total) clock ticks from /proc/stat, counted as psutil counts them: guest time is already
+    inside user and nice, and idle and iowait are not busy."""
+    out = []
+    with open("/proc/stat", encoding="ascii") as fh:
+        for line in fh:
+            name, *values = line.split()
+            if name.startswith("cpu") and name != "cpu":
+                v = [int(x) for x in values[:8]]  # user nice system idle iowait irq softirq steal
+                out.append((sum(v) - v[3] - v[4], sum(v)))
+    return out
+
+
+def _assert_cores_within(got: tuple[float, ...], a: list[tuple[int, int]], a2: list[tuple[int, int]],
+                         b2: list[tuple[int, int]], b: list[tuple[int, int]]) -> None:
+    """Per core, a busy percentage measured from a moment between snapshots a and a2 to one between b2 and b lies
+    between the inner interval's busy ticks over the outer one's total and the outer busy over the inner total
+    (2 points of slack: psutil rounds to 0.1, and the kernel's idle and iowait counters may step back a tick)."""
+    assert len(got) == len(a)
+    for pct, (busy_a, tot_a), (busy_a2, tot_a2), (busy_b2, tot_b2), (busy_b, tot_b) in zip(got, a, a2, b2, b):
+        low = 100 * (busy_b2 - busy_a2) / (tot_b - tot_a)
+        high = 100 * (busy_b - busy_a) / (tot_b2 - tot_a2)
+        assert low - 2 <= pct <= high + 2, (got, low, high)
+
+
+def _assert_matches_the_kernels_view(s: ResourceSample, pid: int) -> None:
+    """RSS (statm) and threads (status) of a process stopped since the sample, from /proc: exact, as nothing could
+    change them in between."""
+    with open(f"/proc/{pid}/statm", encoding="ascii") as fh:
+        rss_mib = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+        threads = next(int(line.split()[1]) for line in fh if line.startswith("Threads:"))
+    assert (s.rss_mib, s.threads) == (rss_mib, threads)
+    assert (s.server_rss_mib, s.server_threads) == (rss_mib, threads)
+
+
+def test_a_sample_reads_cpu_figures_the_kernel_counted_and_a_repeat_keeps_the_last(spinner: subprocess.Popen[bytes]) -> None:
+    """The watched process (pid=) and the server are the stopped spinner: its CPU time moves only in _burn, so a
+    reading agrees with /proc to psutil's rounding, over an interval the test brackets by the monotonic clock."""
+    pid = spinner.pid
+    sampler, _ = _collect(nvml=None, gpu_index=None, pid=pid, server_pid=pid)
+    # Before any reading there is nothing to repeat: 0 %, and one figure per core that /proc/stat lists.
+    s0 = sampler.sample_once(repeat_cpu=True)
+    _assert_matches_the_kernels_view(s0, pid)
+    assert (s0.cpu_percent, s0.server_cpu_percent, s0.per_core_percent) == (0.0, 0.0, (0.0,) * len(_core_ticks()))
+    a, ta = _core_ticks(), time.monotonic()
+    s1 = sampler.sample_once()  # psutil's first reading of each process: its baseline
+    ta2, a2 = time.monotonic(), _core_ticks()
+    _assert_matches_the_kernels_view(s1, pid)
+    c0 = _cpu_s(pid)
+    _burn(pid, 0.2)
+    burned = _cpu_s(pid) - c0
+    s2 = sampler.sample_once(repeat_cpu=True)
+    _assert_matches_the_kernels_view(s2, pid)
+    assert (s2.cpu_percent, s2.server_cpu_percent, s2.per_core_percent) == (s1.cpu_percent, s1.server_cpu_percent, s1.per_core_percent)
+    b2, tb2 = _core_ticks(), time.monotonic()
+    s3 = sampler.sample_once()
+    tb, b = time.monotonic(), _core_ticks()
+    # psutil: the process's CPU seconds over the wall seconds between its readings, in % of one core.
+    for pct in (s3.cpu_percent, s3.server_cpu_percent):
+        assert 100 * burned / (tb - ta) - 0.1 <= pct <= 100 * burned / (tb2 - ta2) + 0.1
+    _assert_cores_within(s3.per_core_percent, a, a2, b2, b)
+    _assert_matches_the_kernels_view(s3, pid)
+    assert s3.server_gpu_mib is None and sampler.server_gone is False  # no GPU: nothing to ask NVML
+
+
+@pytest.mark.parametrize("due, now, following", [
+    (10.0, 10.0, 10.25),  # on time: one interval on
+    (10.0, 10.125, 10.25),  # late by less than a tick: the grid holds, so the schedule does not drift
+    (10.0, 10.25, 10.25),  # the next tick falls due exactly now: taken, not skipped
+    (10.0, 10.375, 10.625),  # starved past the next tick: it is skipped, and the grid restarts from now
+    (10.0, 11.0, 11.25),
+])
+def test_the_schedule_keeps_its_grid_and_skips_ticks_missed_while_starved(due: float, now: float, following: float) -> None:
+    assert next_tick(due, now, 0.25) == following
+
+
+class StillClock:
+    """perf_counter as the sampler's loop sees it: it stands still until the test moves it, so that a tick falls
+    due exactly when the test says (each wait still lasts, in real time, what the schedule asks)."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def perf_counter(self) -> float:
+        return self.t
+
+
+def test_a_tick_falling_due_with_a_poke_pending_reads_first_and_the_poke_repeats_it(
+        spinner: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tick 1 finds the stopped spinner idle (0 %). While it is published the spinner burns CPU, the clock moves to
+    exactly when tick 2 falls due, and a poke arrives: tick 2 is taken first and reads the burn, and the poke's
+    sample repeats tick 2's figure. Ticks go on after a poke: tick 3 (due at once) reads the idle spinner again.
+    The spinner then burns once more, and the closing sample after stop() repeats tick 3's figure, not the burn."""
+    clock = StillClock(100.0)  # binary fractions: 100 + 0.25 + 0.25 is exactly 100.5
+    monkeypatch.setattr(sampler_module, "time", SimpleNamespace(perf_counter=clock.perf_counter, thread_time_ns=time.thread_time_ns))
+    sampler, _ = _collect(hz=4, nvml=None, gpu_index=None, pid=spinner.pid)
+    samples: list[ResourceSample] = []
+    ticked = threading.Event()
+
+    def on_sample(e: object) -> None:
+        if not isinstance(e, ResourceSample):
+            return
+        samples.append(e)
+        if len(samples) == 1:
+            _burn(spinner.pid, 0.05)
+            clock.t = 100.5  # tick 1 was due at 100.25: tick 2 is due now
+            sampler.poke()
+        elif len(samples) == 3:
+            clock.t = 100.75  # tick 3 is due now
+        elif len(samples) == 4:
+            clock.t = -1000.0  # the next tick ~1100 s off: nothing more until stop()
+            ticked.set()
+
+    sampler.bus.subscribe(on_sample)
+    sampler.start()
+    try:
+        assert ticked.wait(60), samples
+        _burn(spinner.pid, 0.05)
+    finally:
+        before_stop = sampler.bus.clock.now()
+        sampler.stop()
+    assert len(samples) == sampler.samples_taken == 5
+    cpu = [s.cpu_percent for s in samples]
+    assert cpu[0] == 0.0 and cpu[1] > 0 and cpu[2] == cpu[1] and cpu[3] == cpu[4] == 0.0, cpu
+    assert samples[4].t_ns >= before_stop  # the closing sample: the timeline ends when the run ends
+
+
+class FirstCallHook:
+    """The real perf_counter, that runs a hook on its first call: the loop's first call comes just after it primes
+    psutil's per-core baseline."""
+
+    def __init__(self, hook: Callable[[], None]) -> None:
+        self.hook: Callable[[], None] | None = hook
+
+    def perf_counter(self) -> float:
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook()
+        return time.perf_counter()
+
+
+def _write_stat(path: Path, cores: list[tuple[int, int]]) -> None:
+    """A /proc/stat whose cores have spent (busy, idle) clock ticks, the busy ones as user time; written whole at once."""
+    lines = [f"cpu  {sum(b for b, _ in cores)} 0 0 {sum(i for _, i in cores)} 0 0 0 0 0 0"]
+    lines += [f"cpu{k} {busy} 0 0 {idle} 0 0 0 0 0 0" for k, (busy, idle) in enumerate(cores)]
+    tmp = path.with_suffix(".new")
+    tmp.write_text("\n".join(lines) + "\nintr 0\nctxt 0\n", encoding="ascii")
+    os.replace(tmp, path)
+
+
+def test_the_first_tick_comes_an_interval_after_start_and_measures_the_cores_over_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """psutil keeps its per-core baseline per calling thread, so the sampler's own thread must set it: the first
+    tick's per-core figures cover the stretch from that thread's start to the tick, not the microseconds between two
+    reads, nor the stretch since a baseline an earlier thread of the same id left. The kernel's counters are a fake
+    /proc/stat here (psutil.PROCFS_PATH, psutil's documented way to read a /proc mounted elsewhere): they read
+    `before` until the loop has started and `after` from then on, so the tick must report before -> after."""
+    ncores = len(_core_ticks())
+    sampler, _ = _collect(hz=2, nvml=None, gpu_index=None)  # made first: its Process keeps reading the real /proc
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "meminfo").symlink_to("/proc/meminfo")
+    stat = proc / "stat"
+    before = [(1000 * (k + 1), 5000) for k in range(ncores)]
+    busy = [(20 + 30 * k) % 100 for k in range(ncores)]  # each core's busy % over the stretch, 100 ticks long
+    after = [(b + d, i + 100 - d) for (b, i), d in zip(before, busy)]
+    _write_stat(stat, before)
+    monkeypatch.setattr(psutil, "PROCFS_PATH", str(proc))
+    hooked = FirstCallHook(lambda: _write_stat(stat, after))
+    monkeypatch.setattr(sampler_module, "time", SimpleNamespace(perf_counter=hooked.perf_counter, thread_time_ns=time.thread_time_ns))
+    first: list[tuple[float, ResourceSample]] = []
+    arrived = threading.Event()
+
+    def on_sample(e: object) -> None:
+        if isinstance(e, ResourceSample) and not first:
+            first.append((time.perf_counter(), e))
+            arrived.set()
+
+    sampler.bus.subscribe(on_sample)
+    t0 = time.perf_counter()
+    sampler.start()
+    try:
+        assert arrived.wait(60)
+    finally:
+        sampler.stop()
+    ((t, sample),) = first
+    assert t - t0 >= 0.5 - 0.001  # not at once: one interval (0.5 s at 2 Hz) after start, by the test's own clock
+    assert sample.per_core_percent == pytest.approx([float(d) for d in busy], abs=0.1)
+
+
+def test_by_default_it_opens_nvml_itself_and_reads_the_first_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """nvml="auto" (the default) loads nvidia-ml-py itself (here the fake, at the import boundary), and
+    gpu_index defaults to device 0; a device opened leaves no host-only reason."""
+    nvml = TwoGpus()
+    monkeypatch.setattr(sampler_module, "load_nvml", lambda: nvml)
+    sampler = Sampler(EventBus())
+    sampler.start()
+    s = sampler.sample_once()
+    sampler.stop()
+    assert (s.gpu_used_mib, s.gpu_total_mib, s.gpu_process_mib, s.gpu_util_percent) == (3 * 1024, 24 * 1024, 256, 42)
+    assert sampler.host_only_reason == "" and (nvml.inits, nvml.shutdowns) == (1, 1)
+    explicit = Sampler(EventBus(), nvml="auto", gpu_index=1)
+    explicit.start()
+    s = explicit.sample_once()
+    explicit.stop()
+    assert (s.gpu_used_mib, s.gpu_process_mib) == (4 * 1024, 512) and explicit.host_only_reason == ""

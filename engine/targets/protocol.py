@@ -133,6 +133,13 @@ def basic_auth(spec: ServerTarget) -> tuple[str, str] | None:
     return unquote(parts.username), unquote(parts.password or "")
 
 
+def basic_auth_header(user_password: tuple[str, str]) -> str:
+    """The Authorization value of basic auth as httpx writes it: base64 of the UTF-8 ``user:password``. The load
+    client writes this header itself (aiohttp's own BasicAuth is deprecated and writes Latin-1), so both clients
+    send the same bytes and ``secrets`` knows the token either sends."""
+    return "Basic " + base64.b64encode(":".join(user_password).encode()).decode("ascii")
+
+
 def secrets(spec: ServerTarget) -> list[str]:
     """Every text that would give away a credential: the API key and the Authorization value it
     makes, the URL's user and password as written and decoded, and the basic-auth token. Longest
@@ -146,10 +153,8 @@ def secrets(spec: ServerTarget) -> list[str]:
         if written:
             found.update((written, unquote(written)))
     if parts.username is not None:
-        user, password = unquote(parts.username), unquote(parts.password or "")
-        # As HTTP clients write basic auth: base64 of the UTF-8 user:password.
-        token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        found.update((token, f"Basic {token}"))
+        header = basic_auth_header((unquote(parts.username), unquote(parts.password or "")))
+        found.update((header, header.removeprefix("Basic ")))
     return sorted((s for s in found if s), key=len, reverse=True)
 
 
