@@ -12,9 +12,9 @@ It brings `lo` up, starts a Ray head node on 127.0.0.1 (two CPUs) and measures:
    started (psutil, summed over the head's process tree);
 2. the driver's connection (`ray.init`) and the first task's round trip (a new worker process);
 3. a warm task's round trip, over many calls (median and p95);
-4. one matrix cell (the bundled model, the encode cost on 24 lines, no task) run locally and on
-   Ray: the cell's own import and load (from its snapshot) and the wall clock from submission to
-   its snapshot on the driver's disk, so the difference is what Ray's scheduling and transfer add.
+4. four warm matrix cells (the bundled model at four widths, the encode cost on 24 lines, no task)
+   run locally and on Ray, one at a time: each cell's fixed cost from its process's start (the fork
+   from the warm parent) to its model's load, as the cell read it from /proc, and the command's wall.
 """
 
 from __future__ import annotations
@@ -81,16 +81,29 @@ def main() -> None:
         lines = work / "lines.txt"
         lines.write_text("\n".join(f"a short line to encode, number {i}" for i in range(24)) + "\n", encoding="utf-8")
         spec = work / "spec.toml"
-        spec.write_text(f'tasks = []\nloops = 2\ncost = "encode"\ncost_input = "{lines}"\n', encoding="utf-8")
+        spec.write_text(f'tasks = []\nloops = 2\ncost = "encode"\ncost_input = "{lines}"\n'
+                        'cells = [{}, {truncate_dim = 256}, {truncate_dim = 128}, {truncate_dim = 64}]\n', encoding="utf-8")
         from embprof.engine.matrix import rows
+        from embprof.engine.snapshot import load
 
-        for name, extra in (("local", []), ("ray", ["--ray", f"127.0.0.1:{PORT}"])):
+        fixed: dict[str, list[float]] = {}
+        # --ray-cpus 2: one cell at a time on the two CPUs, as the local matrix runs them.
+        for name, extra in (("local", []), ("ray", ["--ray", f"127.0.0.1:{PORT}", "--ray-cpus", "2"])):
             t0 = time.perf_counter()
-            subprocess.run([str(BIN / "embprof"), "matrix", "--spec", str(spec), "-o", str(work / name), "-q", *extra], env=env,
-                           check=True, capture_output=True)
+            done = subprocess.run([str(BIN / "embprof"), "matrix", "--spec", str(spec), "-o", str(work / f"m-{name}"), "-q", *extra], env=env,
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"ray_overhead: the {name} matrix failed: {done.stderr.strip()[-600:]}")
             wall = time.perf_counter() - t0
-            (row,) = rows(work / name)[1]
-            print(f"one cell, {name:<5}: the command {wall:.2f} s; the cell's import {row.import_s:.2f} s, load {row.load_s:.2f} s")
+            table = rows(work / f"m-{name}")[1]
+            starts = [load(work / f"m-{name}" / r.snapshot).environment["cell_start"] for r in table if r.snapshot]
+            fixed[name] = [float(st["to_load_s"]) for st in starts]
+            print(f"{len(table)} cells, {name:<5}: the command {wall:.2f} s; started {sorted({r.start or 'n/a' for r in table})}; "
+                  f"from each cell's fork to its model's load: {', '.join(f'{x:.3f}' for x in fixed[name])} s; "
+                  f"loads {', '.join(f'{r.load_s:.2f}' for r in table if r.load_s is not None)} s")
+        local, on_ray = statistics.median(fixed["local"]), statistics.median(fixed["ray"])
+        print(f"a warm cell's fixed cost (fork to load, median): local {local:.3f} s, on a Ray worker {on_ray:.3f} s "
+              f"(difference {on_ray - local:+.3f} s)")
     finally:
         subprocess.run([str(BIN / "ray"), "stop", "--force"], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)

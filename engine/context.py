@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from .errors import RunCancelled
 from .events import Event, EventBus, PhaseEnded, PhaseStarted
+from .highwater import HighWater
 
 
 class RunContext:
@@ -22,6 +23,8 @@ class RunContext:
         # torch's CUDA peak counters before a workload reset them (a training step's own peak): the
         # run's high-water marks are the larger of these and the counters at the end.
         self.torch_peak_carry: dict[str, float] = {}
+        # The kernel's exact RSS peak of each phase, and the run's as their running maximum (highwater.py).
+        self.highwater = HighWater()
 
     def now(self) -> int:
         return self.bus.clock.now()
@@ -47,6 +50,7 @@ class RunContext:
     @contextmanager
     def phase(self, name: str, detail: str = "") -> Iterator[int]:
         phase_id = next(self._phase_ids)
+        self.highwater.start_phase()
         start = self.now()
         self.emit(PhaseStarted(t_ns=start, phase_id=phase_id, name=name, detail=detail, parent_id=self.phase_id))
         self._phase_stack.append((phase_id, name))
@@ -59,4 +63,5 @@ class RunContext:
             if not ok and not self.failed_phase:
                 self.failed_phase = name
             end = self.now()
-            self.emit(PhaseEnded(t_ns=end, phase_id=phase_id, name=name, duration_ns=end - start, ok=ok))
+            hwm = self.highwater.end_phase()
+            self.emit(PhaseEnded(t_ns=end, phase_id=phase_id, name=name, duration_ns=end - start, ok=ok, rss_hwm_mib=hwm))

@@ -91,7 +91,21 @@ def capture() -> dict[str, Any]:
         env["torch_threads"] = torch.get_num_threads()
         env["torch_cuda"] = getattr(torch.version, "cuda", None)
         env["torch_cuda_available"] = bool(torch.cuda.is_available())
+    if "numpy" in sys.modules:
+        env["blas_threads"] = blas_threads()
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HF_HUB_OFFLINE"):
         if var in os.environ:
             env.setdefault("env_vars", {})[var] = os.environ[var]
     return env
+
+
+def blas_threads() -> dict[str, int] | None:
+    """The threads each loaded BLAS library would use, by library file (threadpoolctl's view): numpy's and
+    scipy's OpenBLAS run MTEB's scoring. None where threadpoolctl cannot say."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        return {os.path.basename(str(lib.get("filepath"))): int(lib["num_threads"]) for lib in threadpool_info()
+                if lib.get("user_api") == "blas"}
+    except Exception:
+        return None

@@ -53,6 +53,8 @@ class PhaseEnded:
     name: str
     duration_ns: int
     ok: bool = True
+    # The kernel's exact RSS peak over the phase (VmHWM, reset at its start); None: the kernel does not allow the reset.
+    rss_hwm_mib: float | None = None
     kind: Literal["phase_ended"] = "phase_ended"
 
 

@@ -64,6 +64,8 @@ class PhaseSummary(_Model):
     # The last sample before the phase began: with the phase's peak it says what the phase added.
     rss_before_mib: float | None = None
     gpu_process_before_mib: float | None = None
+    # The kernel's exact RSS peak over the phase (VmHWM, reset at its start), beside the sampled one; None: not measured.
+    rss_hwm_mib: float | None = None
 
 
 class Peak(_Model):
@@ -196,6 +198,7 @@ class PhaseState:
     peaks: dict[str, float] = field(default_factory=dict)
     samples: int = 0
     before: ResourceSample | None = None
+    rss_hwm_mib: float | None = None  # the kernel's exact peak over the phase; None: not measured
 
     @property
     def label(self) -> str:
@@ -394,7 +397,7 @@ class RunState:
         elif isinstance(e, PhaseEnded):
             ended = self._phase_by_id.get(e.phase_id)
             if ended is not None:
-                ended.end_s, ended.duration_s, ended.ok = t_s, e.duration_ns / 1e9, e.ok
+                ended.end_s, ended.duration_s, ended.ok, ended.rss_hwm_mib = t_s, e.duration_ns / 1e9, e.ok, e.rss_hwm_mib
                 if ended in self._open:
                     self._open.remove(ended)
         elif isinstance(e, Result):
@@ -530,6 +533,7 @@ class RunState:
                 peaks={name: p.peak(name) for name in PEAK_FIELDS}, samples=p.samples,
                 rss_before_mib=p.before.rss_mib if p.before is not None else None,
                 gpu_process_before_mib=p.before.gpu_process_mib if p.before is not None else None,
+                rss_hwm_mib=p.rss_hwm_mib,
             ))
         return out
 

@@ -193,11 +193,12 @@ def summary_tables(snap: Snapshot) -> list[Table]:
     phases = Table(
         "phases",
         "Phases",
-        ["phase", "detail", "start s", "duration s", "peak RSS MiB", "peak GPU process MiB", "peak CPU %", "samples"],
+        ["phase", "detail", "start s", "duration s", "peak RSS MiB", "peak RSS MiB (kernel, exact)", "peak GPU process MiB",
+         "peak CPU %", "samples"],
     )
     for p in s.phases:
         phases.rows.append(
-            [p.name, p.detail, p.start_s, p.duration_s, p.peaks.get("rss_mib"), p.peaks.get("gpu_process_mib"),
+            [p.name, p.detail, p.start_s, p.duration_s, p.peaks.get("rss_mib"), p.rss_hwm_mib, p.peaks.get("gpu_process_mib"),
              p.peaks.get("cpu_percent"), p.samples]
         )
     tables.append(phases)

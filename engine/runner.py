@@ -22,15 +22,17 @@ from .workloads import Workload
 from .text import first_line, one_line
 
 
-def kernel_counters(torch_carry: dict[str, float] | None = None) -> KernelCounters:
+def kernel_counters(torch_carry: dict[str, float] | None = None, hwm_mib: float | None = None) -> KernelCounters:
     """High-water marks the kernel and torch keep themselves: they see peaks between samples.
 
-    ``torch_carry``: torch's peaks from before a workload reset its counters (``RunContext.torch_peak_carry``)."""
+    ``torch_carry``: torch's peaks from before a workload reset its counters (``RunContext.torch_peak_carry``).
+    ``hwm_mib``: the run's RSS peak kept across the resets of the kernel's mark at each phase (``RunContext.highwater``):
+    a reset clears ``ru_maxrss`` too."""
     carry = torch_carry or {}
     usage = resource.getrusage(resource.RUSAGE_SELF)
     # ru_maxrss is KiB on Linux and bytes on macOS.
     maxrss_bytes = usage.ru_maxrss if sys.platform == "darwin" else usage.ru_maxrss * 1024
-    out: dict[str, Any] = {"ru_maxrss_mib": maxrss_bytes / MIB}
+    out: dict[str, Any] = {"ru_maxrss_mib": max(maxrss_bytes / MIB, hwm_mib or 0.0)}
     torch = sys.modules.get("torch")
     if torch is not None:
         try:
@@ -170,22 +172,25 @@ class Runner:
                 self.target.close()
             except Exception:
                 pass
-            bus.publish(
-                Result(
-                    t_ns=clock.now(),
-                    result=SamplerFacts(
-                        hz=self.sample_hz,
-                        samples=sampler.samples_taken,
-                        cpu_time_s=sampler.cpu_time_ns / 1e9,
-                        cpu_percent_of_one_core=100.0 * sampler.cpu_time_ns / max(1, clock.now()),
-                        host_only_reason=sampler.host_only_reason,
-                    ),
-                )
-            )
-            bus.publish(Result(t_ns=clock.now(), result=kernel_counters(ctx.torch_peak_carry)))
             self.status = status
-            bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
-            self._done.set()
+            try:
+                bus.publish(
+                    Result(
+                        t_ns=clock.now(),
+                        result=SamplerFacts(
+                            hz=self.sample_hz,
+                            samples=sampler.samples_taken,
+                            cpu_time_s=sampler.cpu_time_ns / 1e9,
+                            cpu_percent_of_one_core=100.0 * sampler.cpu_time_ns / max(1, clock.now()),
+                            host_only_reason=sampler.host_only_reason,
+                        ),
+                    )
+                )
+                bus.publish(Result(t_ns=clock.now(), result=kernel_counters(ctx.torch_peak_carry, ctx.highwater.whole_peak())))
+                bus.publish(RunFinished(t_ns=clock.now(), status=status, duration_ns=clock.now()))
+            finally:
+                # Whatever failed above, whoever waits for the run is released: a process must not wait for ever.
+                self._done.set()
 
     def _finish_failed(self, ctx: RunContext, exc: Exception) -> None:
         """A target whose end of run failed: what it would have added from there on (a server's end counters) is

@@ -381,7 +381,7 @@ def test_the_matrix_dashboard_stopped_by_a_signal_stops_its_running_cell(how: st
         wait_until(dashboard, 30, "the matrix dashboard's process", poll=0.1)
         proc = found[0]
         # The cell's process is timing its loops: its progress line says so ("timed loop" / "encode").
-        wait_until(lambda: "running" in _pane(session) and any("cellproc" in " ".join(c.cmdline()) for c in proc.children(recursive=True)),
+        wait_until(lambda: "running" in _pane(session) and any("embprof.engine.matrix." in " ".join(c.cmdline()) for c in proc.children(recursive=True)),
                    300, "a running cell", poll=0.2)
         wait_until(lambda: (folder / "cells").is_dir() and "loop" in _pane(session), 300, "the cell's timed loops", poll=0.2)
         if how == "SIGHUP":

@@ -110,9 +110,14 @@ def test_the_matrix_measures_every_cell(matrix: tuple[Path, list[str], subproces
         assert set(r.scores) == {"STS16", "JSTS"} and r.quality == pytest.approx(sum(r.scores.values()) / 2)  # type: ignore[arg-type]
     # The bfloat16 cell's latency is measured and shown, whatever this CPU makes of bfloat16.
     assert got["all-MiniLM-L6-v2 · torch · bfloat16 · cpu"].p50_s is not None
-    # Each cell ran in its own process.
-    pids = {json.loads((folder / r.snapshot).read_text())["environment"].get("pid") for r in table_rows if r.snapshot}
+    # Each cell ran in its own process, forked from the matrix's warm parent, and its row says so: its import was the
+    # parent's, once for all (not the cell's own, so n/a), its load its own.
+    envs = [json.loads((folder / r.snapshot).read_text())["environment"] for r in table_rows if r.snapshot]
+    pids = {e.get("pid") for e in envs}
     assert None not in pids and len(pids) == 8
+    assert all(r.start == "warm" and r.import_s is None for r in table_rows), [(r.label, r.start, r.import_s) for r in table_rows]
+    parents = {e["cell_start"]["parent_pid"] for e in envs}
+    assert len(parents) == 1 and not parents & pids
     assert manifest.notes == []
 
 

@@ -134,6 +134,8 @@ def test_a_matrix_on_ray_equals_the_local_one_but_for_timings_and_hosts(tmp_path
         ray = env["ray"]
         assert ray["host"] and ray["node_id"] and ray["worker_id"] and ray["attempt"] == 1 and ray["retried"] is False
         assert env["torch_threads"] == 1 == ray["cpus"]  # the CPUs asked for, not Ray's OMP_NUM_THREADS=1 by accident
+        # Forked from its worker's warm parent, which imported once for the cells that worker ran.
+        assert env["cell_start"]["warm"] is True and env["cell_start"]["parent_pid"] not in (env["pid"], ray["pid"])
         assert "ray" not in load(tmp_path / "local" / "cells" / f"{cid}.json").environment
     # The frontiers: over the same cells, each a true Pareto set of its own run's figures.
     from embprof.engine.frontier import frontiers
@@ -167,17 +169,21 @@ def test_a_worker_killed_mid_cell_is_retried_once_and_a_cell_killed_twice_fails_
 {exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > ray.out 2> ray.err &
 MATRIX=$!
 set +e
-cell_of() {{ tr '\\0' ' ' < /proc/$1/cmdline 2>/dev/null | sed -E 's/.*embprof-ray-([0-9a-f]+)-.*/\\1/'; }}
+# A cold cell names its cell in its command line (its folder); a warm one, forked from the worker's warm parent, in its name.
+cell_of() {{ case "$(tr '\\0' ' ' < /proc/$1/cmdline 2>/dev/null)" in *embprof-ray-*) tr '\\0' ' ' < /proc/$1/cmdline | sed -E 's/.*embprof-ray-([0-9a-f]+)-.*/\\1/';;
+  *) cat /proc/$1/comm 2>/dev/null;; esac; }}
+cells() {{ pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc [^ ]*/embprof-ray-"; for w in $(pgrep -f "^[^ ]+ -c import sys; from embprof[.]engine[.]matrix[.]warmproc "); do pgrep -P $w; done; }}
 find_cell() {{  # a running cell's process, of cell $1 or (with !) of any other cell, not pid $2
   for i in $(seq 1 900); do
-    for p in $(pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc [^ ]*/embprof-ray-"); do
+    for p in $(cells); do
       c=$(cell_of $p); [ "$p" = "$2" ] && continue
       case "$c" in ""|*[!0-9a-f]*) continue;; esac  # gone (a zombie's command line is empty) or not a cell
       if [ "${{1#!}}" = "$1" ]; then [ "$c" = "$1" ] && {{ echo $p; return; }}; else [ "$c" != "${{1#!}}" ] && {{ echo $p; return; }}; fi
     done; sleep 0.2
   done
 }}
-kill_worker() {{ sleep 1; kill -9 $(ps -o ppid= -p $1); }}
+worker_of() {{ w=$(ps -o ppid= -p $1 | tr -d ' '); case "$(tr '\\0' ' ' < /proc/$w/cmdline)" in *embprof.engine.matrix.warmproc*) w=$(ps -o ppid= -p $w | tr -d ' ');; esac; echo $w; }}
+kill_worker() {{ sleep 1; kill -9 $(worker_of $1); }}
 P=$(find_cell '!none' 0); TWICE=$(cell_of $P); echo $TWICE > twice.txt; kill_worker $P
 P2=$(find_cell $TWICE $P); kill_worker $P2
 P3=$(find_cell "!$TWICE" 0); cell_of $P3 > once.txt; kill_worker $P3
@@ -294,7 +300,7 @@ set +e
 wait $MATRIX
 echo $? > status.txt
 sleep 3
-pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc " > left.txt
+pgrep -f "^[^ ]+ (-m embprof[.]engine[.]matrix[.]cellproc |-c import sys; from embprof[.]engine[.]matrix[.]warmproc )" > left.txt
 ls ray/cells | grep -E '^[0-9a-f]{{12}}[.]json$' | wc -l > done.txt
 # The same command again, on the same cluster: it submits only the cells that have no finished snapshot.
 {exe} matrix --spec {spec} -o ray --ray 127.0.0.1:{PORT} > again.out 2> again.err
@@ -490,7 +496,7 @@ date +%s.%N > stopped.txt
 wait $MATRIX
 echo $? > status.txt
 date +%s.%N > ended.txt
-pgrep -f "^[^ ]+ -m embprof[.]engine[.]matrix[.]cellproc " > left.txt
+pgrep -f "^[^ ]+ (-m embprof[.]engine[.]matrix[.]cellproc |-c import sys; from embprof[.]engine[.]matrix[.]warmproc )" > left.txt
 true
 """
     run = in_namespace(body, tmp_path)

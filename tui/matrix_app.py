@@ -534,9 +534,9 @@ def cell_text(value: Any, digits: int = 3) -> Text:
 
 
 def run_matrix_app(spec: MatrixSpec, folder: Path, *, retry_failed: bool = False, ray_address: str | None = None,
-                   ray_cpus: int = 1) -> int:
+                   ray_cpus: int = 1, cold: bool = False) -> int:
     """Run the matrix in the dashboard; 0 if every cell is ok, 128 + N if stopped (130 by q), 1 otherwise."""
-    runner: MatrixRunner = functools.partial(run_matrix, ray_address=ray_address, ray_cpus=ray_cpus) if ray_address else run_matrix
+    runner: MatrixRunner = functools.partial(run_matrix, ray_address=ray_address, ray_cpus=ray_cpus, cold=cold)
     app = MatrixApp(spec, folder, retry_failed=retry_failed, runner=runner)
     result = app.run()
     print_final_table(folder)

@@ -69,6 +69,8 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
     g = mx.add_argument_group("the run")
     g.add_argument("-o", "--out", type=text, metavar="DIR", default="results/matrix", help="the matrix's folder (default results/matrix)")
     g.add_argument("--retry-failed", action="store_true", help="run failed cells again too")
+    g.add_argument("--cold", action="store_true",
+                   help="start every cell in a fresh interpreter, not forked from the warm parent that imported once (slower)")
     g.add_argument("--ray", nargs="?", const="auto", default=None, type=text, metavar="ADDRESS",
                    help="run the cells on a Ray cluster: RAY_ADDRESS or a local one (auto), or the head's ADDRESS "
                         "(needs the ray extra: pip install 'embprof[ray]')")
@@ -203,12 +205,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             raise UserError("the dashboard needs a terminal; without --dashboard the matrix runs headless")
         from .matrix_app import run_matrix_app
 
-        return run_matrix_app(spec, folder, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus)
+        return run_matrix_app(spec, folder, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus, cold=args.cold)
     err = error_console()
     listener = progress_printer(err, args.quiet)
     lost: str | None = None
     try:
-        manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus)
+        manifest = run_matrix(spec, folder, listener, retry_failed=args.retry_failed, ray_address=args.ray, ray_cpus=args.ray_cpus,
+                              cold=args.cold)
         interrupted, table_rows = False, manifest.rows
     except MatrixInterrupted:
         interrupted = True

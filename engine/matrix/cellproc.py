@@ -23,11 +23,13 @@ import os
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from .launch import PLACE_ENV, TIE_ENV, OthersLoad, Place, Provenance, tie_to_parent
+from .warm import START_ENV
 
 
 def _export(target_json: str) -> int:
@@ -41,7 +43,7 @@ def _export(target_json: str) -> int:
     return 0
 
 
-def _run(plan_file: str, out_file: str, place: Place) -> int:
+def _run(plan_file: str, out_file: str, place: Place, start: dict[str, Any]) -> int:
     from .. import environment
     from .. import snapshot as snap_mod
     from ..events import Event, PhaseStarted
@@ -51,7 +53,15 @@ def _run(plan_file: str, out_file: str, place: Place) -> int:
 
     plan = load_plan(plan_file)
 
+    # Other processes' CPU: "before" over the cell's own start (up to its run), "after" over its run. Read
+    # outside the run's phases, and with no pause of their own: a warm cell starts in a fraction of a second.
+    window = Neighbours()
+    window.prime()
+
     def progress(e: Event) -> None:
+        if isinstance(e, PhaseStarted) and e.name == "load" and e.parent_id == 0:
+            # The cell's fixed cost: from its process's start (the fork, warm or cold) to its model's load.
+            start["to_load_s"] = seconds_since_process_start()
         if isinstance(e, PhaseStarted):
             sys.stdout.write(json.dumps({"phase": f"{e.name} {e.detail}".strip()}) + "\n")
             sys.stdout.flush()
@@ -61,7 +71,7 @@ def _run(plan_file: str, out_file: str, place: Place) -> int:
     def cell_environment(events: list[Event]) -> dict[str, Any]:
         env = environment.capture()
         # What else ran on the machine: a cell slower than its neighbours may only have shared the CPU.
-        env.update(pid=os.getpid(), neighbours_before=before, neighbours_after=neighbours(), load_average=list(os.getloadavg()),
+        env.update(pid=os.getpid(), cell_start=start, neighbours_before=before, neighbours_after=window.read(), load_average=list(os.getloadavg()),
                    others_during_run=others_during_run(events, gpus_before, gpu_neighbours()))
         provenance.append(_provenance(env, place))
         return env
@@ -72,7 +82,6 @@ def _run(plan_file: str, out_file: str, place: Place) -> int:
         return path, None
 
     session = Session(plan, [progress], environment=cell_environment)  # bad input: UserError, exit 2
-    before = neighbours()
     gpus_before = gpu_neighbours()
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -81,6 +90,8 @@ def _run(plan_file: str, out_file: str, place: Place) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    before = window.read()
+    window.prime()
     session.start()
     while not session.finished:
         session.wait(0.2)
@@ -91,30 +102,38 @@ def _run(plan_file: str, out_file: str, place: Place) -> int:
     return outcome.exit_status
 
 
-def neighbours(window_s: float = 0.3, top: int = 5) -> list[dict[str, Any]]:
-    """The other processes using the most CPU over a short window, with their share of one core."""
-    import time
+class Neighbours:
+    """The other processes using the most CPU over a window, with their share of one core: ``prime`` opens
+    the window, ``read`` closes it."""
 
-    import psutil
+    def __init__(self, top: int = 5) -> None:
+        self.top = top
+        self.procs: list[Any] = []
 
-    procs = []
-    for p in psutil.process_iter(["pid", "name"]):
-        if p.pid == os.getpid():
-            continue
-        try:
-            p.cpu_percent(None)
-            procs.append(p)
-        except (psutil.Error, OSError):
-            pass
-    time.sleep(window_s)
-    seen = []
-    for p in procs:
-        try:
-            seen.append({"pid": p.pid, "name": p.info.get("name") or "", "cpu_percent": p.cpu_percent(None)})
-        except (psutil.Error, OSError):
-            pass
-    seen.sort(key=lambda d: -float(d["cpu_percent"]))
-    return [d for d in seen[:top] if d["cpu_percent"] > 0]
+    def prime(self) -> None:
+        import psutil
+
+        self.procs = []
+        for p in psutil.process_iter(["pid", "name"]):
+            if p.pid == os.getpid():
+                continue
+            try:
+                p.cpu_percent(None)
+                self.procs.append(p)
+            except (psutil.Error, OSError):
+                pass
+
+    def read(self) -> list[dict[str, Any]]:
+        import psutil
+
+        seen = []
+        for p in self.procs:
+            try:
+                seen.append({"pid": p.pid, "name": p.info.get("name") or "", "cpu_percent": p.cpu_percent(None)})
+            except (psutil.Error, OSError):
+                pass
+        seen.sort(key=lambda d: -float(d["cpu_percent"]))
+        return [d for d in seen[: self.top] if d["cpu_percent"] > 0]
 
 
 def gpu_neighbours() -> list[dict[str, Any]] | None:
@@ -166,6 +185,31 @@ def others_during_run(events: list[Any], gpus_before: list[dict[str, Any]] | Non
     }
 
 
+def seconds_since_process_start() -> float | None:
+    """Seconds since the kernel started this process (its fork): /proc's start time, in clock ticks since boot,
+    against the boot-time clock. None where /proc cannot say."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            fields = f.read().rpartition(")")[2].split()
+        started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of the whole line: starttime
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def cell_start(text: str | None) -> dict[str, Any]:
+    """How this cell's process started, as its launcher (and, warm, its parent) said: ``warm`` True for a
+    child forked by the warm parent (with the parent's pid and the seconds its imports took), False for a
+    process started cold (``why``: the reason it was not forked)."""
+    try:
+        data = json.loads(text) if text else None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("warm"), bool):
+        return {"warm": False, "why": "started by hand"}
+    return data
+
+
 def _provenance(env: dict[str, Any], place: Place) -> Provenance:
     """Where this cell ran, written into its snapshot's environment by the cell itself: on a cluster the
     ``ray`` entry ``compare`` and the matrix's rows read (the rest, host, pid and others' load, is there already)."""
@@ -189,11 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         tie_to_parent(signal.SIGKILL, int(tie))
     # Popped, as the tie is: whatever the cell starts in turn is no cell of a matrix.
     place = Place.from_env(os.environ.pop(PLACE_ENV, None))
+    start = cell_start(os.environ.pop(START_ENV, None))
     try:
         if len(args) == 2 and args[0] == "--export":
             return _export(args[1])
         if len(args) == 2:
-            return _run(args[0], args[1], place)
+            return _run(args[0], args[1], place, start)
         sys.stderr.write("usage: python -m embprof.engine.matrix.cellproc PLAN.json SNAPSHOT.json | --export TARGET_JSON\n")
         return 2
     except UserError as exc:

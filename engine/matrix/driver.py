@@ -27,14 +27,14 @@ from .ray import POLL_S, Cluster, RayLauncher, connect, live_nodes, ray_said, su
 from .spec import Cell
 
 
-def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Cell], say: Callable[..., None], cpus: int) -> None:
+def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Cell], say: Callable[..., None], cpus: int, cold: bool = False) -> None:
     """Launch every cell; say each one's news and, as it ends, its outcome.
 
     A cell compared with a reference that runs in this matrix is launched once that reference has
     ended, with its vectors (or without, if it failed: the cell then runs without agreement figures,
     as a local one does). Handing Ray the reference's task instead would make a failed reference fail
     every cell that waits for it."""
-    launcher = RayLauncher(ray, cluster, folder, cpus)
+    launcher = RayLauncher(ray, cluster, folder, cpus, cold=cold)
     launch: Launcher = launcher  # held to the protocol the local launcher keeps (mypy checks it here)
     stopping = threading.Event()
     # A thread per cell that may be in flight: each only waits on Ray, which decides how many run.
@@ -76,7 +76,7 @@ def _drive(ray: Any, cluster: Cluster, folder: Path, cells: list[Cell], say: Cal
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str) -> int:
+def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str, start: str = "warm") -> int:
     """Connect, say what the cluster has, read which cells to run, run them; every message a JSON line on
     file descriptor FD. PARENT: embprof's pid (the driver stops, as on Ctrl-C, when embprof is gone)."""
     import signal
@@ -109,7 +109,7 @@ def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str)
         manifest = read_manifest(Path(folder))
         by_id = {c.cell_id: c for c in manifest.cells}
         todo = [by_id[cid] for cid in todo_ids]
-        _drive(ray, cluster, Path(folder), todo, say, int(cpus))
+        _drive(ray, cluster, Path(folder), todo, say, int(cpus), cold=start == "cold")
         say("finished")
         return 0
     except KeyboardInterrupt:
@@ -129,7 +129,7 @@ def main(address: str, folder: str, cpus: str, channel_fd: str, parent_pid: str)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "--drive":
+    if len(sys.argv) == 8 and sys.argv[1] == "--drive":
         sys.exit(main(*sys.argv[2:]))
     sys.stderr.write("usage: python -m embprof.engine.matrix.driver --drive ADDRESS FOLDER CPUS FD PARENT (started by embprof matrix --ray)\n")
     sys.exit(2)

@@ -33,12 +33,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypedDict
+from typing import IO, Any, Literal, Protocol, TypedDict
 
 from ..crash import process_end
 from ..files import atomic_write_bytes, read_json_file
 from .paths import crash_path, plan_path, snapshot_path
 from .spec import Cell
+from .warm import START_ENV, WarmParent
 
 CELL_MODULE = "embprof.engine.matrix.cellproc"
 # A launcher's word to its cell's process: the Ray worker and attempt it runs as (JSON). Absent: here, first attempt.
@@ -67,7 +68,7 @@ class RayWorker:
 
     node_id: str
     worker_id: str
-    pid: int  # the worker's process: the cell's parent
+    pid: int  # the worker's process: the cell's parent (a cold cell's; a warm cell's parent is the worker's warm parent)
     gpu_ids: tuple[str, ...] = ()
     cpus: int | None = None  # the CPUs (and torch threads) the cell asked Ray for; None: a CUDA cell, which asks for a GPU
     placement: str | None = None  # the placement the cell was pinned to
@@ -249,15 +250,17 @@ class ProcessLauncher:
     """Each cell in a process of its own on this machine. One at a time: two side by side would each
     measure the other's load, so the matrix's run loop waits for one launch before the next."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, warm: WarmParent | None = None) -> None:
         self.folder = folder
+        self.warm = warm  # None: every cell starts cold
 
     def launch(self, cell: Cell, progress: Progress, cancel: Callable[[], bool]) -> CellOutcome:
         plan_file = plan_path(self.folder, cell.cell_id)
         progress("start", "")
         atomic_write_bytes(plan_file, cell.plan.to_json().encode("utf-8"))
         crash_path(self.folder, cell.cell_id).unlink(missing_ok=True)
-        run = run_cell_process(plan_file, snapshot_path(self.folder, cell), lambda text: progress("phase", text), cancel)
+        run = run_cell_process(plan_file, snapshot_path(self.folder, cell), lambda text: progress("phase", text), cancel, warm=self.warm,
+                               name=cell.cell_id)
         return settle(self.folder, cell.cell_id, run)
 
 
@@ -269,26 +272,42 @@ class ProcessRun:
     stderr: str
     seconds: float
     provenance: Provenance  # as the cell announced it; what its launcher knew if it ended before it could
+    warm: bool = False  # forked by a warm parent (True) or started cold
 
 
 def run_cell_process(plan_file: Path, out: Path, on_phase: Callable[[str], None], cancel: Callable[[], bool] | None = None, *,
-                     env: Mapping[str, str] | None = None, place: Place | None = None, grace_s: float = 120.0) -> ProcessRun:
+                     env: Mapping[str, str] | None = None, place: Place | None = None, grace_s: float = 120.0,
+                     warm: WarmParent | None = None, cold_why: str = "asked for", name: str | None = None) -> ProcessRun:
     """Run a cell's process to its end: ``PLAN`` in, its snapshot saved at ``out`` (by the cell, atomically).
 
     Its own session: a Ctrl-C reaches the launcher first, which then asks the cell to stop cleanly (as it
     does when ``cancel`` says so, or when anything else ends the wait); a cell that does not stop within
     ``grace_s`` is killed. ``env``: the process's environment (default: this one's); ``place``: where it
-    runs, when that is not simply here (the first attempt, on this machine)."""
+    runs, when that is not simply here (the first attempt, on this machine); ``warm``: the warm parent
+    that forks it (``warm.py``), or None for a process started cold (``cold_why`` says why, in its snapshot).
+    A cell the warm parent cannot fork starts cold, and its snapshot says why. ``name``: the cell's id, a warm
+    child's process name (its command line is its parent's)."""
     place = place or Place()
     child = dict(os.environ if env is None else env)
     child.pop(PLACE_ENV, None)
     if place != Place():
         child[PLACE_ENV] = place.to_env()
     started = time.perf_counter()
+    argv = [str(plan_file), str(out)]
     # Standard error goes to a file: a pipe read only at the end would stall a cell that writes much to it.
     with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as err_file:
-        proc = subprocess.Popen([sys.executable, "-m", CELL_MODULE, str(plan_file), str(out)], stdout=subprocess.PIPE, stderr=err_file,
-                                text=True, env=child, start_new_session=True)
+        proc: CellProcess | None = None
+        why_cold = cold_why if warm is None else None
+        if warm is not None:
+            forked = warm.spawn(argv, child, err_file.fileno(), name)
+            if isinstance(forked, str):
+                why_cold = forked
+            else:
+                proc = forked
+        if proc is None:
+            child[START_ENV] = json.dumps({"warm": False, "why": why_cold})
+            proc = subprocess.Popen([sys.executable, "-m", CELL_MODULE, *argv], stdout=subprocess.PIPE, stderr=err_file, text=True,
+                                    env=child, start_new_session=True)
         if cancel is not None:
             # A stop asked for without a signal (the dashboard's q, or its SIGTERM) reaches the cell as a Ctrl-C
             # would: it stops at its next batch boundary and saves what it measured, rather than running to its end.
@@ -296,7 +315,7 @@ def run_cell_process(plan_file: Path, out: Path, on_phase: Callable[[str], None]
         try:
             assert proc.stdout is not None
             announced = read_cell_output(proc.stdout, on_phase)
-            proc.wait()
+            returncode = proc.wait()
         except BaseException:  # Ctrl-C here, or Ray cancelling the task that waits: the cell's process goes too
             _interrupt(proc)
             try:
@@ -305,20 +324,40 @@ def run_cell_process(plan_file: Path, out: Path, on_phase: Callable[[str], None]
                 proc.kill()
                 proc.wait()
             raise
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
         err_file.seek(0)
         stderr = err_file.read()
     provenance = announced or Provenance(socket.gethostname(), proc.pid, place.attempt, place.worker)
-    return ProcessRun(proc.returncode, stderr, time.perf_counter() - started, provenance)
+    return ProcessRun(returncode, stderr, time.perf_counter() - started, provenance, warm=why_cold is None)
 
 
-def _interrupt(proc: subprocess.Popen[str]) -> None:
+class CellProcess(Protocol):
+    """What a launcher needs of a cell's process: a ``subprocess.Popen``, or a warm parent's forked child."""
+
+    pid: int
+
+    @property
+    def stdout(self) -> IO[str] | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, sig: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def _interrupt(proc: CellProcess) -> None:
     try:
         proc.send_signal(signal.SIGINT)
     except ProcessLookupError:
         pass
 
 
-def _stop_when_cancelled(proc: subprocess.Popen[str], cancel: Callable[[], bool]) -> None:
+def _stop_when_cancelled(proc: CellProcess, cancel: Callable[[], bool]) -> None:
     while proc.poll() is None:
         if cancel():
             _interrupt(proc)

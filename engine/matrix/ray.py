@@ -73,6 +73,7 @@ from .launch import (
 )
 from .paths import crash_path, snapshot_path
 from .spec import Cell
+from .warm import WarmParent
 
 RAY_EXTRA = "pip install 'embprof[ray]'"
 DRIVER_MODULE = "embprof.engine.matrix.driver"
@@ -195,7 +196,24 @@ class WorkerReturn:
     results: dict[str, bytes]  # its MTEB results, by their path under its results folder
 
 
-def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | None, cpus: int | None, tracker: Any) -> WorkerReturn:
+# The worker's warm parent (``warm.py``), kept from one task to the next: a Ray worker runs many cells in turn.
+_WARM: list[WarmParent] = []
+
+
+def _warm_parent(env: dict[str, str]) -> WarmParent:
+    """This worker's warm parent for cells with ``env``: the one it has, or a new one. The environment (the threads
+    a cell asked for among it) is what the parent's libraries read as they loaded: another needs another parent.
+    The parent dies with this worker (``tie``), and its cells with it."""
+    if _WARM and _WARM[0].serves(env):
+        return _WARM[0]
+    while _WARM:
+        _WARM.pop().close()
+    _WARM.append(WarmParent(env, tie=os.getpid()))
+    return _WARM[0]
+
+
+def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | None, cpus: int | None, tracker: Any,
+                       cold: bool = False) -> WorkerReturn:
     """The Ray task's body: the cell's own process, launched as a local matrix launches it."""
     import ray
 
@@ -233,7 +251,8 @@ def run_cell_in_worker(plan: dict[str, Any], cell_id: str, reference: bytes | No
         else:
             env.pop("OMP_NUM_THREADS", None)
         # Cancelled (ray.cancel raises KeyboardInterrupt here), the cell's process is stopped and goes too.
-        run = run_cell_process(plan_file, out, lambda text: tracker.phase.remote(cell_id, text), env=env, place=place, grace_s=30.0)
+        run = run_cell_process(plan_file, out, lambda text: tracker.phase.remote(cell_id, text), env=env, place=place, grace_s=30.0,
+                               warm=None if cold else _warm_parent(env), name=cell_id)
         results = work / "results"
         files = {str(f.relative_to(results)): f.read_bytes() for f in sorted(results.rglob("*")) if f.is_file()} if results.is_dir() else {}
         written = work / "written.npz"
@@ -302,8 +321,8 @@ class RayLauncher:
     Ray places them. A task's start and phases reach the tracker actor, which ``pump`` (the driver's
     main thread) reads and hands to each cell's ``progress``."""
 
-    def __init__(self, ray: Any, cluster: Cluster, folder: Path, cpus: int) -> None:
-        self._ray, self._cluster, self._folder, self._cpus = ray, cluster, folder, cpus
+    def __init__(self, ray: Any, cluster: Cluster, folder: Path, cpus: int, cold: bool = False) -> None:
+        self._ray, self._cluster, self._folder, self._cpus, self._cold = ray, cluster, folder, cpus, cold
         self._task = ray.remote(run_cell_in_worker)
         self._tracker = ray.remote(num_cpus=0)(_Tracker).remote()
         self._lock = threading.Lock()
@@ -332,7 +351,8 @@ class RayLauncher:
         progress("queued", "queued on the cluster")  # before it is submitted: its start must not be said before this
         cuda = _device(cell).startswith("cuda")
         ref = self._task.options(**self._options(cell)).remote(_absolute(cell.plan.model_dump(mode="json")), cell.cell_id,
-                                                               self._reference(cell), None if cuda else self._cpus, self._tracker)
+                                                               self._reference(cell), None if cuda else self._cpus, self._tracker,
+                                                               self._cold)
         # Ray failing here is the cluster's fault, not the cell's: it ends the driver (the cluster lost), not just this cell.
         while not self._ray.wait([ref], timeout=POLL_S)[0]:
             if cancel():
@@ -424,7 +444,7 @@ class RayRun:
 
     WAIT_S = 30.0  # for the driver to exit once told to (it cancels its tasks first)
 
-    def __init__(self, address: str, folder: Path, cpus: int, log_path: Path | None = None) -> None:
+    def __init__(self, address: str, folder: Path, cpus: int, log_path: Path | None = None, cold: bool = False) -> None:
         import queue
 
         import_ray()  # the extra's absence is one sentence, here, not a failure in the driver process
@@ -438,7 +458,7 @@ class RayRun:
         with open(self.log_path, "ab") as log:
             # Its own session: the terminal's Ctrl-C reaches embprof, which stops the driver once, in order.
             self.proc = subprocess.Popen([sys.executable, "-m", DRIVER_MODULE, "--drive", address, str(folder), str(cpus),
-                                          str(write_fd), str(os.getpid())], stdin=subprocess.PIPE, stdout=log, stderr=log,
+                                          str(write_fd), str(os.getpid()), "cold" if cold else "warm"], stdin=subprocess.PIPE, stdout=log, stderr=log,
                                          pass_fds=(write_fd,), env=env, start_new_session=True)
         os.close(write_fd)
         self.messages: queue.Queue[Any] = queue.Queue()

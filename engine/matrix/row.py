@@ -100,6 +100,7 @@ class MatrixRow(BaseModel):
     snapshot: str | None = None  # the cell's snapshot file, relative to the matrix folder
     beside: str | None = None  # other work on the machine during the cell (its costs may be inflated); None: none seen
     host: str | None = None  # where a cluster ran it (Ray); None: here
+    start: Literal["warm", "cold"] | None = None  # forked from the warm parent, or a fresh interpreter; None: not recorded
     ran_again: str | None = None  # why it was measured again rather than reused: its inputs had changed since it last ran
 
 
@@ -186,6 +187,7 @@ class Measured:
     snapshot: str
     beside: str | None = None
     host: str | None = None
+    start: Literal["warm", "cold"] | None = None
     disk_bytes: int | None = None
     weights_bytes: int | None = None
     import_s: float | None = None
@@ -274,13 +276,17 @@ def _measured_row(folder: Path, cell: Cell, exports: Mapping[str, Any], order: i
         scores[name] = r.main_score if isinstance(r, MtebTask) and r.status == "ok" else None
     scored = not unstable and bool(scores) and all(v is not None for v in scores.values())
     where = Provenance.of_environment(snap.environment)
+    start = snap.environment.get("cell_start")
+    warm = start.get("warm") if isinstance(start, dict) else None
     measured = Measured(
         snapshot=str(snap_file.relative_to(folder)),
         beside=beside_other_work(snap.environment),
         # Where a cluster ran it; a cell run here says nothing (its host is the matrix's own).
         host=None if where is None or where.worker is None else where.host + (" (retried)" if where.attempt > 1 else ""),
+        start=None if not isinstance(warm, bool) else "warm" if warm else "cold",
         disk_bytes=facts.disk_bytes, weights_bytes=facts.weights_bytes,
-        import_s=phases["import"].duration_s if "import" in phases else None,
+        # A warm cell's libraries were imported by its parent, once for every cell: not this cell's import time.
+        import_s=phases["import"].duration_s if "import" in phases and warm is not True else None,
         load_s=None if load_phase is None else load_phase.duration_s,
         load_rss_delta_bytes=load_rss_delta,
         peak_rss_bytes=None if rss is None else _mib_bytes(rss.counter if rss.counter is not None else rss.sampled),

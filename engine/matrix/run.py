@@ -15,6 +15,7 @@ it left as it ended. Otherwise it runs again, and the run and the reports say wh
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -44,14 +45,19 @@ from .row import (
     write_inputs,
 )
 from .spec import Cell, MatrixSpec, expand, graph_key
+from .warm import WarmParent
 
 if TYPE_CHECKING:  # only for the annotations: the Ray side is imported when a matrix runs with --ray
     from .ray import RayRun
 
 
 def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool = False,
-               cancel: Callable[[], bool] = lambda: False, ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
+               cancel: Callable[[], bool] = lambda: False, ray_address: str | None = None, ray_cpus: int = 1,
+               cold: bool = False) -> Manifest:
     """Run every cell that has no finished snapshot; returns the manifest. Raises MatrixInterrupted on Ctrl-C.
+
+    ``cold``: start each cell in a fresh interpreter, rather than forked from a warm parent that imported once
+    (``warm.py``; the figures are the same, the start is not).
 
     One matrix run at a time per folder: two would run the same cells side by side, each measuring the
     other's load, and race on the manifest."""
@@ -62,26 +68,27 @@ def run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
     check_inputs_of(spec, folder)
     with folder_lock(folder, "matrix folder"):
         return _run_matrix(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_address=ray_address,
-                           ray_cpus=ray_cpus)
+                           ray_cpus=ray_cpus, cold=cold)
 
 
 def _run_matrix(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool,
-                cancel: Callable[[], bool], ray_address: str | None = None, ray_cpus: int = 1) -> Manifest:
+                cancel: Callable[[], bool], ray_address: str | None = None, ray_cpus: int = 1, cold: bool = False) -> Manifest:
     (folder / "cells").mkdir(exist_ok=True)
     if ray_address is None:
-        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=None, have_cuda=None)
+        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=None, have_cuda=None, cold=cold)
     from .ray import RayRun
 
-    ray_run = RayRun(ray_address, folder, ray_cpus)
+    ray_run = RayRun(ray_address, folder, ray_cpus, cold=cold)
     try:
         cluster = ray_run.survey(cancel)  # before expanding: the cluster's GPUs decide which CUDA cells can run, not this machine's
-        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=ray_run, have_cuda=cluster.has_gpu)
+        return _run_cells(spec, folder, listener, retry_failed=retry_failed, cancel=cancel, ray_run=ray_run, have_cuda=cluster.has_gpu,
+                          cold=cold)
     finally:
         ray_run.close()
 
 
 def _run_cells(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retry_failed: bool, cancel: Callable[[], bool],
-               ray_run: RayRun | None, have_cuda: bool | None) -> Manifest:
+               ray_run: RayRun | None, have_cuda: bool | None, cold: bool = False) -> Manifest:
     exp = expand(spec, folder) if ray_run is None else expand(spec, folder, have_cuda=have_cuda, where="any node of the Ray cluster")
     # The cells as they will run (on a cluster its GPUs, not this machine's, decided which exist).
     listener(MatrixEvent("listed", cells=tuple((c.cell_id, c.label, c.reference) for c in exp.cells)))
@@ -144,8 +151,13 @@ def _run_cells(spec: MatrixSpec, folder: Path, listener: MatrixListener, *, retr
             begin(c)
         ray_run.run(todo, exp.cells, listener, cancel, ended)
     elif todo:
-        _run_here(ProcessLauncher(folder), todo, exp.cells, exports, listener, cancel, ended,
-                  lambda: write_manifest(folder, spec, exp, exports), begin, {cid: i.model.digest for cid, i in inputs.items()})
+        warm = None if cold else WarmParent(os.environ)  # started as the first cell launches, after the exports
+        try:
+            _run_here(ProcessLauncher(folder, warm), todo, exp.cells, exports, listener, cancel, ended,
+                      lambda: write_manifest(folder, spec, exp, exports), begin, {cid: i.model.digest for cid, i in inputs.items()})
+        finally:
+            if warm is not None:
+                warm.close()
     manifest.rows = list(table.values())
     return manifest
 
