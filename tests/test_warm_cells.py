@@ -49,46 +49,61 @@ def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _run(plan_file: Path, out: Path, warm: WarmParent | None) -> dict[str, object]:
-    run = run_cell_process(plan_file, out, lambda _text: None, warm=warm)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.warm is (warm is not None)
+# The pairs run from a launcher of a matrix's size, not from pytest: ru_maxrss counts the image a process
+# replaced at exec, so a cold cell started by a process larger than itself would report its launcher's peak.
+PAIRS = r"""
+import json, os, sys
+from pathlib import Path
+from embprof.engine.matrix.launch import run_cell_process
+from embprof.engine.matrix.warm import WarmParent
+from embprof.engine.snapshot import load
+
+plan_file, tmp = Path(sys.argv[1]), Path(sys.argv[2])
+
+def run(out, warm):
+    done = run_cell_process(plan_file, out, lambda _text: None, warm=warm)
+    assert done.returncode == 0, done.stderr[-2000:]
     snap = load(out)
-    cost = [p for p in snap.summary.phases if p.name == "cost"]
-    rss = snap.summary.peaks["rss_mib"]
-    return {"pid": snap.environment["pid"], "start": snap.environment["cell_start"], "peak_rss_mib": rss.counter,
-            "cost_s": sum(p.duration_s or 0.0 for p in cost), "blas": snap.environment.get("blas_threads"),
-            "import": [p.duration_s for p in snap.summary.phases if p.name == "import"]}
+    return {"warm": done.warm, "pid": snap.environment["pid"], "start": snap.environment["cell_start"],
+            "peak_rss_mib": snap.summary.peaks["rss_mib"].counter, "blas": snap.environment.get("blas_threads"),
+            "cost_s": sum(p.duration_s or 0.0 for p in snap.summary.phases if p.name == "cost")}
+
+parent = WarmParent(os.environ)
+try:
+    ready = parent.readiness()
+    pairs = [] if not ready.ready else [[run(tmp / f"warm{i}.json", parent), run(tmp / f"cold{i}.json", None)] for i in range(3)]
+finally:
+    parent.close()
+print(json.dumps({"ready": ready.ready, "why": ready.why, "pid": ready.pid, "pairs": pairs}))
+"""
 
 
 def test_warm_and_cold_cells_agree_on_peak_rss_and_latency_and_say_which_they_were(plan_file: Path, tmp_path: Path) -> None:
     """Three pairs, alternating: the kernel's whole-run peak within 2 % and the timed encodes within noise."""
-    parent = WarmParent(os.environ)
-    try:
-        ready = parent.readiness()
-        assert ready.ready, ready.why
-        warm, cold = [], []
-        for i in range(3):
-            warm.append(_run(plan_file, tmp_path / f"warm{i}.json", parent))
-            cold.append(_run(plan_file, tmp_path / f"cold{i}.json", None))
-    finally:
-        parent.close()
+    proc = subprocess.run([sys.executable, "-c", PAIRS, str(plan_file), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["ready"], got["why"]
+    warm = [w for w, _c in got["pairs"]]
+    cold = [c for _w, c in got["pairs"]]
     for w in warm:
-        assert w["start"]["warm"] is True and w["start"]["parent_pid"] == ready.pid  # type: ignore[index]
-        assert w["pid"] != ready.pid
-    assert all(c["start"] == {"warm": False, "why": "asked for"} for c in cold)
+        assert w["warm"] is True and w["start"]["warm"] is True and w["start"]["parent_pid"] == got["pid"]
+        assert w["pid"] != got["pid"]
+    assert all(c["warm"] is False and c["start"]["warm"] is False and c["start"]["why"] == "asked for" for c in cold)
     assert len({r["pid"] for r in warm + cold}) == 6, "each cell a process of its own"
     # A forked child's peak includes the pages it inherited, as a cold process's includes what it imported.
-    w_rss = statistics.median(float(r["peak_rss_mib"]) for r in warm)  # type: ignore[arg-type]
-    c_rss = statistics.median(float(r["peak_rss_mib"]) for r in cold)  # type: ignore[arg-type]
+    w_rss = statistics.median(float(r["peak_rss_mib"]) for r in warm)
+    c_rss = statistics.median(float(r["peak_rss_mib"]) for r in cold)
     assert abs(w_rss - c_rss) <= 0.02 * c_rss, (w_rss, c_rss)
-    w_cost = statistics.median(float(r["cost_s"]) for r in warm)  # type: ignore[arg-type]
-    c_cost = statistics.median(float(r["cost_s"]) for r in cold)  # type: ignore[arg-type]
+    w_cost = statistics.median(float(r["cost_s"]) for r in warm)
+    c_cost = statistics.median(float(r["cost_s"]) for r in cold)
     assert 0.75 < w_cost / c_cost < 1.33, (w_cost, c_cost)
     # OpenBLAS (MTEB's scoring) runs with the threads a cold process has, though the parent imported it with one.
     assert warm[0]["blas"] == cold[0]["blas"] and cold[0]["blas"], (warm[0]["blas"], cold[0]["blas"])
-    # The warm cell's import cost nothing in its own process: the parent's import is recorded, once, beside it.
-    assert float(warm[0]["start"]["parent_import_s"]) > 1.0  # type: ignore[index]
+    # The warm cell's import cost nothing in its own process: the parent's import is recorded, once, beside it; and
+    # each cell read its own fixed cost (from its process's start to its model's load) from /proc.
+    assert float(warm[0]["start"]["parent_import_s"]) > 1.0
+    assert max(float(w["start"]["to_load_s"]) for w in warm) < min(float(c["start"]["to_load_s"]) for c in cold)
 
 
 def test_a_warm_parent_with_a_thread_runs_its_cells_cold_and_they_say_why(plan_file: Path, tmp_path: Path) -> None:
@@ -108,7 +123,7 @@ def test_a_warm_parent_with_a_thread_runs_its_cells_cold_and_they_say_why(plan_f
         parent.close()
     assert run.returncode == 0 and not run.warm, run.stderr[-2000:]
     start = load(tmp_path / "out.json").environment["cell_start"]
-    assert start == {"warm": False, "why": ready.why}
+    assert start["warm"] is False and start["why"] == ready.why
 
 
 def test_a_cell_whose_environment_differs_from_the_parents_runs_cold(plan_file: Path, tmp_path: Path) -> None:
@@ -120,7 +135,8 @@ def test_a_cell_whose_environment_differs_from_the_parents_runs_cold(plan_file: 
     finally:
         parent.close()
     assert run.returncode == 0 and not run.warm
-    assert load(tmp_path / "out.json").environment["cell_start"] == {"warm": False, "why": "the cell's environment is not the warm parent's"}
+    start = load(tmp_path / "out.json").environment["cell_start"]
+    assert start["warm"] is False and start["why"] == "the cell's environment is not the warm parent's"
 
 
 def test_the_blas_threads_a_child_restores_are_a_cold_processs() -> None:
