@@ -56,6 +56,11 @@ def send_message(sock: socket.socket, message: Mapping[str, Any], fds: list[int]
         sock.sendall(data)
 
 
+def _shared(env: Mapping[str, str]) -> dict[str, str]:
+    """The part of a cell's environment its warm parent must share (all but what a launcher sets per cell)."""
+    return {k: v for k, v in env.items() if k not in PER_CELL_ENV}
+
+
 # -- the launcher's side ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Readiness:
@@ -107,17 +112,16 @@ class WarmParent:
     """One warm parent, started on first use with the environment its cells will have."""
 
     def __init__(self, env: Mapping[str, str], tie: int | None = None) -> None:
-        self.env = {k: v for k, v in env.items() if k not in PER_CELL_ENV}
+        self.env = _shared(env)
         self.tie = tie  # a pid the parent dies with (a Ray worker's), and its children with it
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready: Readiness | None = None
-        self._pending = b""
 
     def serves(self, env: Mapping[str, str]) -> bool:
         """Whether cells with ``env`` can be forked from this parent: its environment, and it still running."""
         alive = self._ready is None or (self._proc is not None and self._proc.poll() is None)
-        return alive and {k: v for k, v in env.items() if k not in PER_CELL_ENV} == self.env
+        return alive and _shared(env) == self.env
 
     def readiness(self) -> Readiness:
         if self._ready is None:
@@ -153,7 +157,7 @@ class WarmParent:
         self._sock.settimeout(timeout)
         try:
             data = self._sock.recv(MESSAGE_MAX)
-        except (socket.timeout, BlockingIOError):
+        except (socket.timeout, BlockingIOError):  # OSErrors too, but "not yet", not "gone": the caller's to judge
             raise
         except OSError:
             return None
@@ -164,7 +168,7 @@ class WarmParent:
 
     def spawn(self, argv: list[str], env: Mapping[str, str], stderr_fd: int, name: str | None = None) -> WarmChild | str:
         """A child for one cell (named ``name``, its cell's id), or why the cell runs cold instead."""
-        if {k: v for k, v in env.items() if k not in PER_CELL_ENV} != self.env:
+        if _shared(env) != self.env:
             return "the cell's environment is not the warm parent's"
         ready = self.readiness()
         if not ready.ready or self._sock is None:

@@ -42,12 +42,10 @@ class _Deferred(types.ModuleType):
         real = sys.modules.get(name)
         if real is self or real is None:
             del sys.modules[name]
-            spec = self.__spec__
             try:
                 real = importlib.import_module(name)
             except BaseException:
-                sys.modules[name] = self
-                self.__spec__ = spec
+                sys.modules[name] = self  # still deferred: the next use tries again, and says why
                 raise
         self.__dict__.update(real.__dict__)
         return getattr(real, attr)
@@ -195,9 +193,9 @@ def _child(sock: socket.socket, request: Mapping[str, Any], fds: list[int], impo
     try:
         sock.close()
         populate(pages)
-        os.setsid()
+        os.setsid()  # its own session, as a cold cell's: a Ctrl-C reaches the launcher, which asks the cell to stop
         if request.get("name"):
-            _set_name(str(request["name"]))  # its own session, as a cold cell's: a Ctrl-C reaches the launcher, which asks the cell to stop
+            _set_name(str(request["name"]))
         os.dup2(fds[0], 1)
         os.dup2(fds[1], 2)
         for fd in fds:
