@@ -163,6 +163,10 @@ class _Sender:
         server: dict[str, float] | None = None
         self.sent += 1
         sent = time.monotonic_ns()
+        # --timeout on the loop's clock, set late by that clock's slack (stamped after the send's stamp, so that
+        # the slack covers it): no request is given up before its time.
+        slack = timer_slack_s(asyncio.get_running_loop())
+        timeout = aiohttp.ClientTimeout(total=spec.timeout_s + slack, connect=min(10.0, spec.timeout_s) + slack)
 
         def done(kind: str = "", message: str = "", tokens: int | None = None, dim: int | None = None) -> None:
             self.record(Record(spec.index, i, due_ns, sent, time.monotonic_ns(), status, n, tokens, kind, message[:400], server,
@@ -171,7 +175,7 @@ class _Sender:
         try:
             # Redirects are not followed, as the synchronous client follows none: a load measured
             # somewhere else than --server names would be no measure of that server.
-            async with session.post(spec.path, data=body, allow_redirects=False) as r:
+            async with session.post(spec.path, data=body, allow_redirects=False, timeout=timeout) as r:
                 status = r.status
                 server = server_timings(r.headers)
                 if 200 <= r.status < 300:
@@ -229,12 +233,7 @@ class _Sender:
             due += rnd.expovariate(rate) * 1e9
             if self.deadline_ns is not None and due >= self.deadline_ns:
                 break
-            wait = (due - time.monotonic_ns()) / 1e9
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(self.stopped.wait(), wait)
-                except (asyncio.TimeoutError, TimeoutError):
-                    pass
+            await sleep_until(int(due), self.stopped)
             if self.stopped.is_set():  # a stop: nothing more is sent, nothing still out is waited for
                 return
             t = asyncio.get_running_loop().create_task(go(i, int(due)))
@@ -250,6 +249,33 @@ class _Sender:
 
     def over(self) -> bool:
         return self.stopped.is_set() or (self.deadline_ns is not None and time.monotonic_ns() >= self.deadline_ns)
+
+
+def timer_slack_s(loop: asyncio.AbstractEventLoop) -> float:
+    """How much later than asked a timer must be set on ``loop`` never to fire before the asked time on the
+    monotonic clock the records are stamped with.
+
+    uvloop's clock is libuv's count of milliseconds, read when the loop's iteration began (behind
+    time.monotonic by the iteration so far), and its timers are rounded to the millisecond: a 0.5 s
+    --timeout was seen to fire 499.9 ms after its request was sent, a request recorded as given up before
+    its time. asyncio's own loop reads time.monotonic, and the slack is then the millisecond alone. Both
+    clocks are CLOCK_MONOTONIC on Linux; a difference of a second or more says they are not the same clock,
+    and only the rounding is allowed for."""
+    behind = time.monotonic() - loop.time()
+    return (behind if 0.0 <= behind < 1.0 else 0.0) + 0.001
+
+
+async def sleep_until(at_ns: int, stopped: asyncio.Event) -> None:
+    """Until the monotonic clock reads ``at_ns`` or ``stopped`` is set, whichever comes first. The loop's timer may
+    wake it early (timer_slack_s): it then waits again for what is left, so that nothing is sent before it is due."""
+    while not stopped.is_set():
+        wait = (at_ns - time.monotonic_ns()) / 1e9
+        if wait <= 0:
+            return
+        try:
+            await asyncio.wait_for(stopped.wait(), wait)
+        except (asyncio.TimeoutError, TimeoutError):
+            pass
 
 
 class AnswerTooLong(Exception):
@@ -329,16 +355,16 @@ async def process_main(spec: ProcessSpec) -> None:
                                      auto_decompress=False) as session:  # a status is classified, never raised (the default)
         out(json.dumps({"kind": "ready"}))
         await go.wait()
-        # Until the common start, or a stop; a start already past (or a stop already read) times out, or returns, at once.
-        try:
-            await asyncio.wait_for(sender.stopped.wait(), (sender.start_ns - time.monotonic_ns()) / 1e9)
-        except (asyncio.TimeoutError, TimeoutError):
-            pass
+        # Until the common start, or a stop; a start already past (or a stop already read) returns at once.
+        await sleep_until(sender.start_ns, sender.stopped)
         flusher = loop.create_task(sender.flusher())
         body = loop.create_task(sender.closed(session) if spec.rate is None else sender.open(session, spec.rate))
         stop = loop.create_task(sender.stopped.wait())
-        deadline = None if sender.deadline_ns is None else max(0.0, (sender.deadline_ns - time.monotonic_ns()) / 1e9)
-        await asyncio.wait({body, stop}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        while True:  # again where the loop's timer ended the wait before the deadline (timer_slack_s)
+            deadline = None if sender.deadline_ns is None else max(0.0, (sender.deadline_ns - time.monotonic_ns()) / 1e9)
+            finished, _ = await asyncio.wait({body, stop}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+            if finished or sender.deadline_ns is None or time.monotonic_ns() >= sender.deadline_ns:
+                break
         # The end (a count sent, a duration over, a stop): requests still out are not waited for and not counted.
         sender.stopped.set()
         for t in (body, stop):

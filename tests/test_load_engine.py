@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from cli_helpers import run_cli, snapshot_from
+from fault_helpers import wait_until
 
 from embprof.engine.events import RequestTimed
 from embprof.engine.loadgen import LoadProcesses, ProcessSpec, Record, split
@@ -435,9 +436,11 @@ def test_a_mix_is_refused_in_one_sentence_when_its_spec_is_wrong(cli_env: dict[s
 
 
 def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s: float = 0.05, duration_s: float | None = None,
-               stop_after_s: float | None = None, stdout: Any = None) -> tuple[int, list[dict[str, Any]]]:
+               stop_after_s: float | None = None, stop_when: Any = None, stdout: Any = None,
+               uvloop: bool = False) -> tuple[int, list[dict[str, Any]]]:
     """The load process's own loop on ``spec``: the common start it was given (monotonic ns), and the lines it wrote
-    (to ``stdout``, a StringIO, when given)."""
+    (to ``stdout``, a StringIO, when given). A stop is sent ``stop_after_s`` after the call, or once ``stop_when()``
+    holds (polled; at the latest after 30 s)."""
     import asyncio
     import io
     import os
@@ -453,10 +456,21 @@ def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s
     deadline = "-" if duration_s is None else str(start + int(duration_s * 1e9))
     os.write(write_end, f"go {start} {deadline}\n".encode())
     timer = threading.Timer(stop_after_s, lambda: os.write(write_end, b"stop\n")) if stop_after_s is not None else None
+    if stop_when is not None:
+        def poll() -> None:
+            wait_until(stop_when, 30.0, "the condition for the stop")
+            os.write(write_end, b"stop\n")
+
+        timer = threading.Timer(0.0, poll)
     if timer is not None:
         timer.start()
     try:
-        asyncio.run(loadgen.process_main(spec))
+        if uvloop:  # the loop the load process runs where it is installed
+            import uvloop as uv
+
+            uv.run(loadgen.process_main(spec))
+        else:
+            asyncio.run(loadgen.process_main(spec))
     finally:
         if timer is not None:
             timer.cancel()
@@ -833,12 +847,29 @@ def test_a_stop_ends_the_sender_at_once_and_counts_what_was_out(fault_servers: A
 
     srv = fault_servers("slow", slow_s=30.0)
     began = time.monotonic()
-    _, lines = run_sender(sender_spec(srv.url, rate=50.0, concurrency=8), monkeypatch, stop_after_s=0.5)
+    # The stop once the server holds six requests, not after a fixed time: a loaded machine could spend that time
+    # starting the loop, and the stop would then arrive before anything was sent.
+    _, lines = run_sender(sender_spec(srv.url, rate=50.0, concurrency=8), monkeypatch, stop_when=lambda: srv.state.count >= 6)
     assert time.monotonic() - began < 5.0
     # Every request sent is still out: none was answered, and none of those the stop cut off is counted as recorded.
     assert rows_of(lines) == [] and lines[-1]["kind"] == "end" and lines[-1]["sent"] == lines[-1]["in_flight"] > 5, lines[-1]
     # The stop is read once and its reader removed: the event loop reports no error (a callback that failed).
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR] == []
+
+
+def test_no_request_is_given_up_before_its_timeout_on_uvloops_millisecond_clock(fault_servers: Any,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop's clock is the millisecond the loop's iteration began, and its timers are rounded to the millisecond:
+    a timeout of 50.4 ms set on it as asked fires about 50 ms after the loop's stale now, before 50.4 ms have passed
+    since the send. Each request is held to at least its --timeout on the clock the records are stamped with."""
+    srv = fault_servers("slow", slow_s=5.0)
+    _, lines = run_sender(sender_spec(srv.url, requests=12, concurrency=4, timeout_s=0.0504), monkeypatch, uvloop=True)
+    rows = rows_of(lines)
+    assert [r.kind for r in rows] == ["timeout"] * 12, [(r.kind, r.message) for r in rows]
+    early = [r.latency_ns for r in rows if r.latency_ns < 50_400_000]
+    assert early == [], early
+    # Late by the slack and the wake-up only (a busy machine's wake-up included), never by a second.
+    assert max(r.latency_ns for r in rows) < 1_050_400_000, [r.latency_ns for r in rows]
 
 
 def test_a_servers_own_timings_are_read_from_its_headers() -> None:

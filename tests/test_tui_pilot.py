@@ -100,6 +100,22 @@ async def test_similarity_panel_heat_map_and_ranking(tmp_path: Path) -> None:
             assert glued not in narrow.replace("\n", ""), narrow
 
 
+async def test_a_scores_table_is_drawn_whole_before_the_table_has_had_an_idle_turn(tmp_path: Path) -> None:
+    """A DataTable measures auto-width columns only when its queue is idle and caches its cells without their widths:
+    a frame painted before that (a busy machine) kept "STS1" for STS16 until the table was filled again. The panel
+    sets the widths as it fills the table, so the first frame is whole: drawn here with no await in between."""
+    app = make_app(tmp_path, mteb=True)
+    async with app.run_test(size=(200, 50)) as pilot:
+        await finished(app, pilot)
+        panel = app.query_one("#scores")
+        table = app.query_one("#scores-table", DataTable)
+        assert app.current is not None
+        panel.show(app.current)  # type: ignore[attr-defined]
+        lines = [table.render_line(y).text for y in range(3)]
+        assert "STS16 " in lines[1] and "cosine_spearman" in lines[1], lines
+        assert "Banking77Classification" in lines[2], lines
+
+
 async def test_scores_panel_shows_the_mteb_task_table(tmp_path: Path) -> None:
     app = make_app(tmp_path, mteb=True)
     async with app.run_test(size=(120, 40)) as pilot:

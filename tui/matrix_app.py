@@ -48,7 +48,7 @@ from textual.worker import Worker, WorkerState
 
 from . import shutdown
 from .matrix_tables import CONSOLE_COLUMNS
-from .panels.base import Plot
+from .panels.base import Plot, put_cell, widen
 
 
 class MatrixRunner(Protocol):
@@ -361,12 +361,14 @@ class MatrixApp(App[int]):
         if cid not in self.labels:
             self.order.append(cid)
             self.labels[cid] = label
-            table.add_row(self._label_text(cid), Text("pending", style=STATUS_STYLE["pending"]),
-                          *[Text("") for _ in COLUMNS[2:]], key=cid)
+            cells = [self._label_text(cid), Text("pending", style=STATUS_STYLE["pending"]), *[Text("") for _ in COLUMNS[2:]]]
+            for col, cell in zip(COLUMNS, cells):
+                widen(table, col, cell)
+            table.add_row(*cells, key=cid)
         elif label and label != self.labels[cid]:
             # The runner's label is the one its row and snapshot carry: show that one.
             self.labels[cid] = label
-            table.update_cell(cid, "cell", self._label_text(cid), update_width=True)
+            put_cell(table, cid, "cell", self._label_text(cid))
 
     def _label_text(self, cid: str) -> Text:
         text = Text(_cut(self.labels[cid], LABEL_MAX))
@@ -375,7 +377,7 @@ class MatrixApp(App[int]):
         return text
 
     def _set_status_cell(self, cid: str, value: Text) -> None:
-        self.query_one("#matrix-table", DataTable).update_cell(cid, "status", value, update_width=True)
+        put_cell(self.query_one("#matrix-table", DataTable), cid, "status", value)
 
     def _finish(self, row: MatrixRow) -> None:
         self.reference[row.cell_id] = row.reference
@@ -383,14 +385,14 @@ class MatrixApp(App[int]):
         self.done[row.cell_id] = row
         table = self.query_one("#matrix-table", DataTable)
         figures = row_figures(row)
-        table.update_cell(row.cell_id, "status", Text(row.status, style=STATUS_STYLE.get(row.status, "")), update_width=True)
+        put_cell(table, row.cell_id, "status", Text(row.status, style=STATUS_STYLE.get(row.status, "")))
         for col in FIGURES:
-            table.update_cell(row.cell_id, col, cell_text(figures[col], DIGITS.get(col, 3)), update_width=True)
+            put_cell(table, row.cell_id, col, cell_text(figures[col], DIGITS.get(col, 3)))
         # A new cell can push others off the frontier: every finished row's mark is recomputed.
         self.fronts = frontiers(list(self.done.values()))
         marks = frontier_axes(self.fronts)
         for cid in self.done:
-            table.update_cell(cid, "frontier", Text(", ".join(marks.get(cid, [])), style="bold red"), update_width=True)
+            put_cell(table, cid, "frontier", Text(", ".join(marks.get(cid, [])), style="bold red"))
         self._show_chart()
         self._show_detail()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from rich.table import Table as RichTable
@@ -11,7 +11,8 @@ from rich.text import Text
 from textual import events
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
+from textual.widgets.data_table import ColumnKey
 from textual_plotext import PlotextPlot
 
 from ..view import RunView
@@ -111,6 +112,43 @@ def put(widget: Static, content: Any, shape: Hashable, figures: object = _NONE) 
     layout = widget not in _SHAPES or _SHAPES[widget] != shape
     _SHAPES[widget] = shape
     widget.update(content, layout=layout)
+
+
+def cell_width(cell: Text | str) -> int:
+    """The cells a DataTable cell takes on its one line: a str is read as markup there, as the table reads it."""
+    text = cell if isinstance(cell, Text) else Text.from_markup(cell)
+    return max((line.cell_len for line in text.split("\n")), default=0)
+
+
+def fill_table(table: DataTable[Any], columns: Sequence[str], rows: Sequence[Sequence[Text | str]],
+               keys: Sequence[str] | None = None) -> None:
+    """Clear ``table`` (its columns too: a column only ever widens, and a width left from a transient state
+    would outlive it) and fill it, each column given the width of its widest cell here.
+
+    Why the widths are set rather than left to the table: a DataTable measures its auto-width columns
+    later, when its message queue is idle, and caches each cell it draws under a key that leaves the
+    widths out. A frame painted before that idle (a busy machine) keeps its cells cut to the headers'
+    widths ("STS1" for STS16) for as long as the table is not filled again."""
+    table.clear(columns=True)
+    for i, col in enumerate(columns):
+        width = max([cell_width(col), *(cell_width(r[i]) for r in rows if i < len(r))])
+        table.add_column(col, key=col, width=width)
+    for n, row in enumerate(rows):
+        table.add_row(*row, key=None if keys is None else keys[n])
+
+
+def put_cell(table: DataTable[Any], row: str, column: str, value: Text) -> None:
+    """Update one cell of a table that is filled as figures arrive, its column widened here first (never narrowed:
+    a column that shrank and grew again as cells changed would make the rows jump), for the reason fill_table
+    gives: a width left to the table's idle turn is one a frame painted before it does not have."""
+    widen(table, column, value)
+    table.update_cell(row, column, value)
+
+
+def widen(table: DataTable[Any], column: str, value: Text | str) -> None:
+    """Make ``column`` at least as wide as ``value`` now, before the table draws again."""
+    col = table.columns[ColumnKey(column)]
+    col.content_width = max(col.content_width, cell_width(value))
 
 
 def mib(v: float | None) -> str:

@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.widgets import DataTable, Static
 
 from ..view import RunView
-from .base import Panel
+from .base import Panel, fill_table
 
 # The model first: it is what a reader looks for, and what a narrow cell must not cut.
 COLUMNS = ("model", "workload", "device", "status", "mean", "peak RSS", "where", "file")
@@ -91,15 +91,9 @@ class RunsPanel(Panel):
         self.fill([])
 
     def fill(self, rows: list[tuple[str, list[str]]]) -> None:
-        table = self.query_one(DataTable)
-        # Columns too: a DataTable column only ever widens, and a width left over from a
-        # transient state ("running 3/3") would outlive it.
-        table.clear(columns=True)
-        for col in COLUMNS:
-            table.add_column(col, key=col)
-        for key, cells in rows:
-            # Text, not str: a str cell is read as markup, and a model or file name is data ('[' and ESC included).
-            table.add_row(*[Text(printable(c)) for c in cells], key=key)
+        # Text, not str: a str cell is read as markup, and a model or file name is data ('[' and ESC included).
+        fill_table(self.query_one(DataTable), COLUMNS, [[Text(printable(c)) for c in cells] for _, cells in rows],
+                   keys=[key for key, _ in rows])
 
     def show(self, view: RunView | None) -> None:  # the list does not depend on the run on display
         return

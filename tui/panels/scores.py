@@ -21,7 +21,7 @@ from textual.color import Color, Gradient
 from textual.widgets import DataTable, Static
 
 from ..view import RunView
-from .base import Panel, Plot, pairs
+from .base import Panel, Plot, fill_table, pairs
 
 HEAT = Gradient.from_colors(Color.parse("#1f3b73"), Color.parse("#5f6f7a"), Color.parse("#f2a541"), Color.parse("#e8523c"))
 SCORED = ("similarity", "sweep", "mteb", "knee")
@@ -85,19 +85,17 @@ class ScoresPanel(Panel):
         lo = min(min(r) for r in scores)
         hi = max(max(r) for r in scores)
         span = (hi - lo) or 1.0
-        table.add_column("#", key="doc")
-        for qi in range(len(sim.queries)):
-            table.add_column(f"q{qi + 1}", key=f"q{qi}")
-        table.add_column("document", key="text")
+        rows: list[list[Text | str]] = []
         for di, doc in enumerate(sim.documents):
-            cells: list[Any] = [str(di + 1)]
+            cells: list[Text | str] = [str(di + 1)]
             for qi in range(len(scores)):
                 v = scores[qi][di]
                 bg = HEAT.get_color((v - lo) / span)
                 fg = "black" if bg.brightness > 0.5 else "white"
                 cells.append(Text(f" {v:.4f} ", style=f"{fg} on {bg.hex}"))
             cells.append(Text(doc))  # a document is data: a str cell would be read as markup
-            table.add_row(*cells)
+            rows.append(cells)
+        fill_table(table, ["#", *(f"q{qi + 1}" for qi in range(len(sim.queries))), "document"], rows)
         # One cell per label and per value: wrapped or captured, "margin 0.0900" never runs into
         # the verdict ("3margin 0.0900right document first" was seen with plain text).
         grid = RichTable.grid(padding=(0, 1))
@@ -135,15 +133,15 @@ class ScoresPanel(Panel):
         cols = ["point", "status", "median s", "±% (95% CI)", "ended by", "repeats", "items/s", "peak RSS MiB"]
         if estimate:
             cols.append(report.GFLOPS_LABEL)
-        for col in cols:
-            table.add_column(col, key=col)
+        rows: list[list[Text | str]] = []
         for p in sweep.points:
             style = "green" if p.status == "ok" else "bold red"
-            row: list[Any] = [Text(p.label), Text(p.status, style=style), fmt(p.median_s, 4), fmt(p.ci_half_width_percent, 2),
-                              p.stop or "", str(p.repeats), fmt(p.items_per_s, 1), fmt(p.peak_rss_mib, 1)]
+            row: list[Text | str] = [Text(p.label), Text(p.status, style=style), fmt(p.median_s, 4), fmt(p.ci_half_width_percent, 2),
+                                     Text(p.stop or ""), str(p.repeats), fmt(p.items_per_s, 1), fmt(p.peak_rss_mib, 1)]
             if estimate:
                 row.append(fmt(p.gflops_estimate, 1))
-            table.add_row(*row)
+            rows.append(row)
+        fill_table(table, cols, rows)
         foot.update(Text("partial: the sweep is still running", style="dim italic") if sweep.partial else "")
         self._draw_sweep(sweep)
 
@@ -176,12 +174,12 @@ class ScoresPanel(Panel):
             ("objective", f"p99 ≤ {knee.objective_p99_s * 1e3:g} ms, failed ≤ {knee.objective_errors_percent:g} %"),
             ("latency from", "when each request was due"),
         ))
-        for col in ("step", "offered/s", "answered/s", "p50 ms", "p99 ms", "failed", "objective"):
-            table.add_column(col, key=col)
+        rows: list[list[Text | str]] = []
         for i, st in enumerate(knee.steps, 1):
             verdict = Text("holds", style="green") if st.passed else Text(f"breaks: {st.why}", style="bold red")
-            table.add_row(str(i), fmt(st.offered_per_s, 1), fmt(st.achieved_per_s, 1), fmt(None if st.p50_s is None else st.p50_s * 1e3, 1),
-                          fmt(None if st.p99_s is None else st.p99_s * 1e3, 1), str(st.errors), verdict)
+            rows.append([str(i), fmt(st.offered_per_s, 1), fmt(st.achieved_per_s, 1), fmt(None if st.p50_s is None else st.p50_s * 1e3, 1),
+                         fmt(None if st.p99_s is None else st.p99_s * 1e3, 1), str(st.errors), verdict])
+        fill_table(table, ["step", "offered/s", "answered/s", "p50 ms", "p99 ms", "failed", "objective"], rows)
         foot.update(Text(f"first rate: {knee.start_from}; each step {knee.step_s:g} s", style="dim"))
         self._draw_knee(knee)
 
@@ -213,8 +211,7 @@ class ScoresPanel(Panel):
         run = view.run
         rows = report.mteb_rows(run.results, run.phase_peak)
         open_tasks = {p.name: p for p in run.open_phases}
-        for col in report.MTEB_COLUMNS:
-            table.add_column(col, key=col)
+        shown: list[list[Text | str]] = []
         for row in rows:
             name, status = str(row[0]), str(row[1])
             if status == "not run" and name in open_tasks:
@@ -224,7 +221,8 @@ class ScoresPanel(Panel):
             style = {"ok": "green", "failed": "bold red", "running": "yellow", "cancelled": "yellow"}.get(status, "dim")
             cells = [Text(c if isinstance(c, str) else ("" if c is None and status != "ok" else fmt(c)), style=style if i == 1 else "")
                      for i, c in enumerate(row)]
-            table.add_row(*cells)
+            shown.append(list(cells))
+        fill_table(table, list(report.MTEB_COLUMNS), shown)
         failures = Text()
         for name in info.tasks:
             r = run.results.get(f"mteb:{name}")
