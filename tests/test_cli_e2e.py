@@ -33,13 +33,21 @@ def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> N
     sampled = snap.summary.peaks["rss_mib"].sampled
     assert sampled is not None
     assert abs(sampled - child_maxrss_mib) / child_maxrss_mib < 0.05, (sampled, child_maxrss_mib)
-    # The snapshot's counter is the kernel's high-water mark of this same process (ru_maxrss, which embprof reads as its
-    # run ends), and wait4 gives the same counter at the process's exit: a high-water mark never falls, so the snapshot's
-    # figure is at most the kernel's, and below it only by what the process grew after its run (the report and the save),
-    # a few MiB. A figure in the wrong unit (KiB taken for bytes, or bytes for KiB) is 1,024 times off.
+    # The snapshot's counter is the kernel's high-water mark of this same process, kept across the resets of the mark at
+    # each phase (docs/matrix.md). wait4 gives the mark at the process's exit, which a reset clears too: it covers the
+    # time since the last phase began (the last encode repeat, then the report and the save), not the whole run. This
+    # default run peaks in its encode repeats, which differ by a few MiB, so the two agree within 5 % either way (seen:
+    # 861.8 MiB in the snapshot, 849.2 MiB from wait4 for a peak in repeat 2 of 3). A figure in the wrong unit (KiB
+    # taken for bytes, or bytes for KiB) is 1,024 times off.
     peak = snap.summary.peaks["rss_mib"]
     assert peak.counter_source == "ru_maxrss" and peak.counter is not None
-    assert 0.95 * child_maxrss_mib <= peak.counter <= child_maxrss_mib, (peak.counter, child_maxrss_mib)
+    assert 0.95 * child_maxrss_mib <= peak.counter <= 1.05 * child_maxrss_mib, (peak.counter, child_maxrss_mib)
+    # And it is the largest exact mark of the phases (each read before the next reset), and the sampler's peak is no
+    # more than 1 % above it: the kernel's per-thread RSS counts reach the process's total in batches, and a sample
+    # (or the mark) can fall between two (seen: sampled 862.1 MiB, mark 861.8 MiB).
+    marks = [p.rss_hwm_mib for p in snap.summary.phases if p.rss_hwm_mib is not None]
+    assert marks and peak.counter >= max(marks) - 0.01, (peak.counter, marks)
+    assert peak.counter >= 0.99 * sampled, (peak.counter, sampled)
     # Tokens per timed call add up from the per-batch events.
     encodes = [e for e in snap.events if isinstance(e, EncodeTimed) and not e.warmup]
     for call in encodes:
