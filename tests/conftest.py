@@ -31,6 +31,19 @@ def embprof_exe() -> str:
     return str(exe)
 
 
+def sts16_slice(data_dir: Path, rows: int) -> Path:
+    """The first ``rows`` rows of the real STS16 test split, written where mteb's ``--data-dir`` looks for them
+    (``data_dir/sts16/test.jsonl``): a short run that mteb still scores with its own evaluator. Skips the test
+    where the datasets are absent, as the rest of the suite does. Returns ``data_dir``."""
+    source = DATASETS / "sts16" / "test.jsonl"
+    if not source.is_file():
+        pytest.skip(f"the STS16 data is absent: {source} (set EMBPROF_DATASETS to the datasets folder)")
+    (data_dir / "sts16").mkdir(parents=True, exist_ok=True)
+    kept = source.read_text(encoding="utf-8").splitlines()[:rows]
+    (data_dir / "sts16" / "test.jsonl").write_text("\n".join(kept) + "\n", encoding="utf-8")
+    return data_dir
+
+
 @pytest.fixture(scope="session")
 def speed_text() -> Path:
     if not SPEED_TEXT.is_file():

