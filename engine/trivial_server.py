@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -70,11 +71,22 @@ def answer_body(openai: bool, body: Any) -> bytes:
     return json.dumps(data).encode()
 
 
+class _Server(ThreadingHTTPServer):
+    """http.server's threading server, silent when a client goes away mid-request (a load client stopped at
+    its deadline, a test's client that gave up): that is the client's right, and the base class would print
+    a traceback for it on standard error."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class TrivialEmbeddingServer:
     """Runs a handler class on 127.0.0.1 on a free port, in a thread of this process."""
 
     def __init__(self, handler: type[BaseHTTPRequestHandler] = TrivialHandler) -> None:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd = _Server(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.port = int(self.httpd.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"

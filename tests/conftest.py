@@ -107,3 +107,15 @@ def fault_servers() -> Iterator[Callable[..., Any]]:
 def server(fault_servers: Callable[..., Any]) -> Callable[..., str]:
     """A misbehaving local server's URL, by mode (see fault_servers)."""
     return lambda mode="ok", **settings: str(fault_servers(mode, **settings).url)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """How the command-line runs of ``cli_helpers.run_cli`` started: forked from the warm parent, or cold and why."""
+    helpers = sys.modules.get("cli_helpers")
+    warm = getattr(helpers, "_warm", None) if helpers is not None else None
+    if warm is None:
+        return
+    cold = sum(warm.cold.values())
+    terminalreporter.write_line(f"embprof in a child process: {warm.warm} run(s) forked from the warm parent, {cold} cold")
+    for why, n in warm.cold.most_common():
+        terminalreporter.write_line(f"  cold, {n}x: {why}")

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_encode_default_run_agrees_with_the_kernel(cli_env: dict[str, str]) -> None:
-    rc, out, err, child_maxrss_mib = run_cli(["run", "encode"], cli_env)
+    rc, out, err, child_maxrss_mib = run_cli(["run", "encode"], cli_env, cold=True)
     assert rc == 0, err
     path, snap = snapshot_from(out)
     assert path.parent == Path(cli_env["EMBPROF_PROFILES_DIR"])

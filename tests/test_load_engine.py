@@ -992,3 +992,25 @@ def test_a_load_process_that_cannot_start_says_why_in_its_own_words() -> None:
     (why,) = merged.crashed
     assert (merged.ended, merged.wall_s, merged.sent) == ("stopped", 0.0, 0), merged  # it never began: no time, nothing sent
     assert why.startswith("load process 1 ended unexpectedly (exit status 1): ") and "Error" in why and len(why) < 300, why
+
+
+def test_a_client_that_resets_its_connection_prints_nothing_on_the_trivial_servers_side(capfd: pytest.CaptureFixture[str]) -> None:
+    """A load client stopped at its deadline resets the connections it had open: the server's thread must not
+    print a traceback for it (http.server's own handle_error would, on standard error)."""
+    import socket
+    import struct
+
+    from embprof.engine.trivial_server import TrivialEmbeddingServer
+
+    with TrivialEmbeddingServer() as srv:
+        for _ in range(3):
+            client = socket.create_connection(("127.0.0.1", srv.port))
+            client.sendall(b"POST /embedding HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")  # half a request
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset (RST)
+            client.close()
+        with socket.create_connection(("127.0.0.1", srv.port)) as ok:  # the server still answers
+            ok.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert ok.recv(100).startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)  # the reset requests' threads have finished with them
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err

@@ -123,7 +123,7 @@ def test_ram_ceiling_stops_the_batch_search(cli_env: dict[str, str], tmp_path: P
     ceiling = 900.0
     args = ["run", "sweep", "--device", "cpu", "--input", str(text), "--axis", "batch=8", "--until-oom", "--ram-ceiling", str(ceiling)]
     # Two compute threads whatever the cores: per-thread buffers are part of the RSS the ceiling is set against.
-    rc, out, err, child_maxrss = run_cli(args, {**cli_env, "OMP_NUM_THREADS": "2"})
+    rc, out, err, child_maxrss = run_cli(args, {**cli_env, "OMP_NUM_THREADS": "2"}, cold=True)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     sweep = sweep_of(snap)
