@@ -50,10 +50,14 @@ MESSAGE_MAX = 1 << 20
 # is read when polars loads, which in the parent is deferred to the child's first use (warm.DEFERRED).
 CALL_TIME = ("XDG_CACHE_HOME", "COLUMNS", "LINES", "PYTEST_CURRENT_TEST", "_RJEM_MALLOC_CONF")
 CALL_TIME_PREFIX = "EMBPROF_"
+# Values a library reads at import exactly as it reads the variable's absence. Ray's import sets RAY_CLIENT_MODE=0
+# in its own process (it turns client mode on only for "1"), so the test process has it once any test imports Ray.
+SAME_AS_UNSET = {"RAY_CLIENT_MODE": "0"}
 
 
 def _import_time_env(env: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k not in CALL_TIME and not k.startswith(CALL_TIME_PREFIX)}
+    return {k: v for k, v in env.items() if k not in CALL_TIME and not k.startswith(CALL_TIME_PREFIX)
+            and SAME_AS_UNSET.get(k) != v}
 
 
 class WarmCli:
