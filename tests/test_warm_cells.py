@@ -133,7 +133,7 @@ def test_a_cell_whose_environment_differs_from_the_parents_runs_cold(plan_file: 
         parent.close()
     assert run.returncode == 0 and not run.warm
     start = load(tmp_path / "out.json").environment["cell_start"]
-    assert start["warm"] is False and start["why"] == "the cell's environment is not the warm parent's"
+    assert start["warm"] is False and start["why"] == "its environment differs from the warm parent's in OMP_NUM_THREADS"
 
 
 def test_the_blas_threads_a_child_restores_are_a_cold_processs() -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.warm_cli import WarmCli
+from warm_cli import WarmCli
 
 
 @pytest.fixture(autouse=True)
@@ -29,12 +29,12 @@ def test_rays_own_client_mode_switch_at_its_default_is_no_difference() -> None:
 def test_rays_client_mode_switched_on_runs_cold() -> None:
     warm = _launcher()
     env = {**warm.env, "RAY_CLIENT_MODE": "1"}
-    assert warm.why_cold(["run", "encode"], env) == "its environment differs in RAY_CLIENT_MODE"
+    assert warm.why_cold(["run", "encode"], env) == "its environment differs from the warm parent's in RAY_CLIENT_MODE"
 
 
 def test_call_time_variables_differ_freely_and_others_do_not() -> None:
     warm = _launcher()
     assert warm.why_cold(["run", "encode"], {**warm.env, "EMBPROF_PROFILES_DIR": "/x", "COLUMNS": "77"}) is None
     assert warm.why_cold(["run", "encode"], {**warm.env, "TOKENIZERS_PARALLELISM": "odd"}) == \
-        "its environment differs in TOKENIZERS_PARALLELISM"
+        "its environment differs from the warm parent's in TOKENIZERS_PARALLELISM"
     assert warm.why_cold(["run", "encode", "--server", "http://127.0.0.1:1"], warm.env) is not None

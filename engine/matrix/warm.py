@@ -30,8 +30,8 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 # Not ``-m``: the parent's modules are imported as the package's, never a second time as __main__.
@@ -43,7 +43,16 @@ THREAD_KNOBS = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background
 # Modules that start threads as they load and that no cell needs before it runs: loaded in the child that first uses them.
 DEFERRED = ("polars",)
 MESSAGE_MAX = 1 << 20
-# Environment entries a launcher sets per cell (where it runs, which process it dies with): they may differ from the parent's.
+# What a child's environment may hold otherwise than its parent's: variables read when a command runs, never as a
+# library loads. embprof reads its own (EMBPROF_*: a launcher's per-cell entries, the profiles folder …) at call time,
+# the console its size (COLUMNS, LINES) when it prints; polars reads its allocator's setting (_RJEM_MALLOC_CONF, which
+# polars itself puts in a process's environment as it loads) as it loads, which a warm parent defers to the child.
+CALL_TIME = ("COLUMNS", "LINES", "_RJEM_MALLOC_CONF")
+CALL_TIME_PREFIX = "EMBPROF_"
+# Values a library reads at import exactly as it reads the variable's absence. Ray's import sets RAY_CLIENT_MODE=0 in
+# its own process (client mode is on only for "1"), so a process that imported Ray has it, and its children too.
+SAME_AS_UNSET = {"RAY_CLIENT_MODE": "0"}
+# Environment entries a launcher sets per cell (where it runs, which process it dies with): never the parent's own.
 PER_CELL_ENV = ("EMBPROF_CELL_PLACE", "EMBPROF_TIE_TO_PARENT", START_ENV)
 
 
@@ -56,9 +65,20 @@ def send_message(sock: socket.socket, message: Mapping[str, Any], fds: list[int]
         sock.sendall(data)
 
 
-def _shared(env: Mapping[str, str]) -> dict[str, str]:
-    """The part of a cell's environment its warm parent must share (all but what a launcher sets per cell)."""
-    return {k: v for k, v in env.items() if k not in PER_CELL_ENV}
+def import_time_env(env: Mapping[str, str], call_time: Collection[str] = ()) -> dict[str, str]:
+    """The part of an environment that libraries may read as they load (``call_time``: more names read only later)."""
+    later = {*CALL_TIME, *call_time}
+    return {k: v for k, v in env.items() if k not in later and not k.startswith(CALL_TIME_PREFIX) and SAME_AS_UNSET.get(k) != v}
+
+
+def env_differences(child: Mapping[str, str], parent: Mapping[str, str], set_at_import: Mapping[str, str],
+                    call_time: Collection[str] = ()) -> list[str]:
+    """The names in which a child's environment differs from its warm parent's where a library may read them as it loads.
+    ``set_at_import``: what the parent's own imports put in its environment (sklearn's KMP_* switches, torch's compiler
+    cache folder): a cold process's imports set the same, so the child having them too, or not, is no difference."""
+    ours, theirs = import_time_env(child, call_time), import_time_env(parent, call_time)
+    return sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)
+                  and not (k in set_at_import and ours.get(k) in (None, set_at_import[k])))
 
 
 # -- the launcher's side ----------------------------------------------------------------------------------------
@@ -70,12 +90,13 @@ class Readiness:
     why: str | None
     pid: int | None
     import_s: float | None
+    set_at_import: Mapping[str, str] = field(default_factory=dict)  # what its imports put in its environment
 
 
 class WarmChild:
     """A cell's forked process, as the launcher handles it: the same calls as a ``subprocess.Popen``'s."""
 
-    def __init__(self, parent: WarmParent, pid: int, stdout: IO[str]) -> None:
+    def __init__(self, parent: WarmParent, pid: int, stdout: IO[Any]) -> None:
         self.parent = parent
         self.pid = pid
         self.stdout = stdout
@@ -109,19 +130,31 @@ class WarmChild:
 
 
 class WarmParent:
-    """One warm parent, started on first use with the environment its cells will have."""
+    """One warm parent, started on first use with the environment its cells will have.
 
-    def __init__(self, env: Mapping[str, str], tie: int | None = None) -> None:
-        self.env = _shared(env)
+    ``command``: the parent's process without its socket's descriptor, which is appended (by default the cells' parent,
+    ``warmproc.main``; the test suite starts one for the command line the same way); ``call_time``: more variables,
+    beside ``CALL_TIME``, that its children read only when they run."""
+
+    def __init__(self, env: Mapping[str, str], tie: int | None = None, *, command: Sequence[str] | None = None,
+                 call_time: Collection[str] = ()) -> None:
+        self.env = dict(env)
         self.tie = tie  # a pid the parent dies with (a Ray worker's), and its children with it
+        self.command = list(command) if command is not None else [sys.executable, "-c", _ENTRY]
+        self.call_time = tuple(call_time)
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready: Readiness | None = None
 
+    def why_not_served(self, env: Mapping[str, str]) -> str | None:
+        """Why a child with ``env`` cannot share this parent's imports (None: it can)."""
+        differ = env_differences(env, self.env, self._ready.set_at_import if self._ready is not None else {}, self.call_time)
+        return f"its environment differs from the warm parent's in {', '.join(differ)}" if differ else None
+
     def serves(self, env: Mapping[str, str]) -> bool:
         """Whether cells with ``env`` can be forked from this parent: its environment, and it still running."""
         alive = self._ready is None or (self._proc is not None and self._proc.poll() is None)
-        return alive and _shared(env) == self.env
+        return alive and self.why_not_served(env) is None
 
     def readiness(self) -> Readiness:
         if self._ready is None:
@@ -131,11 +164,11 @@ class WarmParent:
     def _start(self) -> Readiness:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # The knobs are in the parent's environment from its first instruction: embprof's own package imports numpy.
-        env = {**self.env, **THREAD_KNOBS}
+        env = {**{k: v for k, v in self.env.items() if k not in PER_CELL_ENV}, **THREAD_KNOBS}
         if self.tie is not None:
             env["EMBPROF_TIE_TO_PARENT"] = str(self.tie)
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", _ENTRY, str(theirs.fileno())], pass_fds=[theirs.fileno()], env=env,
+            self._proc = subprocess.Popen([*self.command, str(theirs.fileno())], pass_fds=[theirs.fileno()], env=env,
                                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
         except OSError as exc:
             ours.close()
@@ -147,7 +180,8 @@ class WarmParent:
         if message is None:
             self.close()
             return Readiness(False, "the warm parent ended before it was ready", None, None)
-        ready = Readiness(bool(message.get("ready")), message.get("why"), message.get("pid"), message.get("import_s"))
+        ready = Readiness(bool(message.get("ready")), message.get("why"), message.get("pid"), message.get("import_s"),
+                          {k: v for k, v in (message.get("set_at_import") or {}).items() if k not in THREAD_KNOBS})
         if not ready.ready:
             self.close()
         return ready
@@ -166,16 +200,20 @@ class WarmParent:
         message: dict[str, Any] = json.loads(data)
         return message
 
-    def spawn(self, argv: list[str], env: Mapping[str, str], stderr_fd: int, name: str | None = None) -> WarmChild | str:
-        """A child for one cell (named ``name``, its cell's id), or why the cell runs cold instead."""
-        if _shared(env) != self.env:
-            return "the cell's environment is not the warm parent's"
-        ready = self.readiness()
+    def spawn(self, argv: list[str], env: Mapping[str, str], stderr_fd: int, name: str | None = None, *,
+              cwd: str | None = None, binary: bool = False) -> WarmChild | str:
+        """A child for one command (named ``name``, a cell's id), or why it runs cold instead. Its standard error goes to
+        ``stderr_fd``, its standard output to the child's ``stdout`` (text, or bytes with ``binary``); it runs in ``cwd``
+        (default: this process's)."""
+        ready = self.readiness()  # first: what the parent's imports set is part of the comparison below
         if not ready.ready or self._sock is None:
             return ready.why or "the warm parent is not running"
+        why = self.why_not_served(env)
+        if why is not None:
+            return why
         read_fd, write_fd = os.pipe()
         try:
-            send_message(self._sock, {"argv": argv, "env": dict(env), "cwd": os.getcwd(), "name": name}, [write_fd, stderr_fd])
+            send_message(self._sock, {"argv": argv, "env": dict(env), "cwd": cwd or os.getcwd(), "name": name}, [write_fd, stderr_fd])
         except OSError:
             os.close(read_fd)
             self.close()
@@ -189,7 +227,8 @@ class WarmParent:
                 self.close()
                 return "the warm parent is gone"
             return str(answer.get("refused") or "the warm parent refused the cell")
-        return WarmChild(self, int(answer["pid"]), os.fdopen(read_fd, "r", encoding="utf-8", errors="replace"))
+        stdout = os.fdopen(read_fd, "rb") if binary else os.fdopen(read_fd, "r", encoding="utf-8", errors="replace")
+        return WarmChild(self, int(answer["pid"]), stdout)
 
     def returncode(self, block: bool, timeout: float | None = None) -> int | None:
         """The running child's exit status, once the parent has reaped it (None: not yet)."""

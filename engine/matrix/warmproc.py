@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib.util
+import io
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import socket
 import sys
 import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .launch import TIE_ENV, tie_to_parent
@@ -143,21 +144,39 @@ def cold_blas_threads(env: Mapping[str, str]) -> int:
     return len(os.sched_getaffinity(0))
 
 
-def serve(sock: socket.socket) -> int:
-    """The parent's life: import, say whether it is ready, then one child per request until the launcher goes."""
+# A forked child's work: (the parent's socket, the request, its standard output and error's descriptors, what the
+# parent measured of itself) to the exit status. A cell's never returns (it ends in os._exit); another may return, to
+# end as its interpreter ends, through ``serve``'s caller.
+Child = Callable[[socket.socket, Mapping[str, Any], list[int], "Parent"], int]
+
+
+class Parent:
+    """What the warm parent knows of itself when it forks: its import's time, and its file pages (``populate``)."""
+
+    def __init__(self, import_s: float, pages: list[tuple[int, int]]) -> None:
+        self.import_s = import_s
+        self.pages = pages
+
+
+def serve(sock: socket.socket, load: Callable[[], None] | None = None, child: Child | None = None, *,
+          pages: bool = True) -> int:
+    """The parent's life: import (``load``, by default what cells need), say whether it is ready, then one child per
+    request (``child``, by default a cell's) until the launcher goes. ``pages``: note the file pages a child maps again.
+    Returns in the parent when the launcher is gone; in a child, what ``child`` returns."""
     started = time.perf_counter()
+    before = dict(os.environ)
     try:
-        imports()
+        (load or imports)()
         why = why_not_forkable()
     except Exception as exc:  # a library that does not import here: every cell runs cold, and says why
-        why = f"the warm parent could not import what cells need ({exc.__class__.__name__}: {str(exc)[:200]})"
+        why = f"the warm parent could not import what its children need ({exc.__class__.__name__}: {str(exc)[:200]})"
     # What the imports made, the children share: the garbage collector leaves it alone, so that a child does not
     # write to (and so copy) every page of it the first time it collects. Not collected first: a cold process
     # holds its imports' garbage too, until its own collector runs.
     gc.freeze()
-    pages = resident_file_pages() if why is None else []
-    import_s = time.perf_counter() - started
-    send_message(sock, {"ready": why is None, "why": why, "pid": os.getpid(), "import_s": import_s})
+    me = Parent(time.perf_counter() - started, resident_file_pages() if why is None and pages else [])
+    send_message(sock, {"ready": why is None, "why": why, "pid": os.getpid(), "import_s": me.import_s,
+                        "set_at_import": {k: v for k, v in os.environ.items() if before.get(k) != v}})
     if why is not None:
         return 0
     while True:
@@ -176,7 +195,7 @@ def serve(sock: socket.socket) -> int:
             continue
         pid = os.fork()
         if pid == 0:
-            _child(sock, request, fds, import_s, pages)  # never returns
+            return (child or _cell)(sock, request, fds, me)
         for fd in fds:
             os.close(fd)
         send_message(sock, {"pid": pid})
@@ -187,34 +206,56 @@ def serve(sock: socket.socket) -> int:
             return 0
 
 
-def _child(sock: socket.socket, request: Mapping[str, Any], fds: list[int], import_s: float, pages: list[tuple[int, int]]) -> None:
+def become_child(sock: socket.socket, request: Mapping[str, Any], fds: list[int], env: Mapping[str, str], argv0: str) -> None:
+    """What every forked child is made first, to be the process a cold start makes: without the parent's socket, its
+    standard output and error on the launcher's descriptors (the streams made again for them), ``env`` as its
+    environment, the request's working folder, the signals' default handlers, OpenBLAS's threads a cold process's
+    (``restore_blas``), and ``argv0`` with the request's arguments as its command line."""
+    sock.close()
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    for fd in fds:
+        os.close(fd)
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = _stdio(fd, getattr(sys, name))
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)  # as at a start: a console reads the originals
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(request["cwd"])
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    restore_blas(env)
+    sys.argv = [argv0, *request["argv"]]
+
+
+def _stdio(fd: int, was: Any) -> io.TextIOWrapper:
+    """A standard stream on ``fd`` made as the interpreter makes it at start: the parent's were made for /dev/null,
+    which can seek (a pipe cannot, and a stream keeps what it found: ``reconfigure`` would fail). The same encoding,
+    error handler and buffering as the parent's, which started with its children's environment."""
+    raw = io.FileIO(fd, "w", closefd=False)
+    binary: Any = raw if was.write_through else io.BufferedWriter(raw)
+    return io.TextIOWrapper(binary, encoding=was.encoding, errors=was.errors, line_buffering=was.line_buffering,
+                            write_through=was.write_through)
+
+
+def _cell(sock: socket.socket, request: Mapping[str, Any], fds: list[int], parent: Parent) -> int:
     """A cell's process, forked: made what a cold cell's process is, then the cell itself. Never returns."""
     code = 1
     try:
-        sock.close()
-        populate(pages)
+        populate(parent.pages)
         os.setsid()  # its own session, as a cold cell's: a Ctrl-C reaches the launcher, which asks the cell to stop
         if request.get("name"):
             _set_name(str(request["name"]))
-        os.dup2(fds[0], 1)
-        os.dup2(fds[1], 2)
-        for fd in fds:
-            os.close(fd)
         env = dict(request["env"])
         if env.get(TIE_ENV):
             # It dies with the warm parent, which dies with the launcher's process (a Ray worker).
             env[TIE_ENV] = str(os.getppid())
         start = json.loads(env.get(START_ENV) or "{}")
-        start.update(warm=True, parent_pid=os.getppid(), parent_import_s=import_s, deferred=list(DEFERRED),
+        start.update(warm=True, parent_pid=os.getppid(), parent_import_s=parent.import_s, deferred=list(DEFERRED),
                      knobs=sorted(THREAD_KNOBS))
         env[START_ENV] = json.dumps(start)
-        os.environ.clear()
-        os.environ.update(env)
-        os.chdir(request["cwd"])
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        restore_blas(env)
-        sys.argv = [sys.argv[0], *request["argv"]]
+        become_child(sock, request, fds, env, sys.argv[0])
         from .cellproc import main
 
         code = main(list(request["argv"]))
