@@ -34,10 +34,12 @@ tools:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$(echo $$missing | sed 's/g++/g++ make/') >/dev/null; } || \
 	  echo "could not install:$$missing (the tests that need them will say so)"
 
-# llama-server (for the server tests) builds from the llama-cpp-python sdist while the venv installs:
-# the build is compiler-bound, the install mostly disk-bound. Cached outside the project per version.
+# llama-server (for the server tests) builds from the llama-cpp-python sdist, and the infinity server installs into
+# a virtual environment of its own, while the venv installs: the build is compiler-bound, the installs mostly disk-bound.
+# Both are cached outside the project per version.
 test: tools
 	@( $(PYTHON) tests/llama_server.py --build-only > .llama-build.log 2>&1 || echo "llama-server build failed: see .llama-build.log" ) & \
+	  ( $(PYTHON) tests/infinity_server.py > .infinity-install.log 2>&1 || echo "infinity install failed: see .infinity-install.log" ) & \
 	  $(MAKE) --no-print-directory setup; wait
 	$(BIN)/python -m pytest -q
 
@@ -45,4 +47,4 @@ test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) build *.egg-info .llama-build.log
+	rm -rf $(VENV) build *.egg-info .llama-build.log .infinity-install.log

@@ -131,9 +131,10 @@ OPTIONS: tuple[RunOption, ...] = (
     RunOption("server", ("--server",), "an embedding server, e.g. http://127.0.0.1:8080 (llama-server --embeddings)",
               field="target.url", applies=SERVER, metavar="URL", label="server URL",
               shown={"dashboard": Shown("profile an embedding server instead of a local model")}),
-    RunOption("api", ("--api",), "llama: POST /embedding; openai: POST /v1/embeddings", field="target.api", applies=SERVER,
-              kind="choice", choices=("llama", "openai"), default="llama", blank_is_default=True, label="server API",
-              shown={"dashboard": Shown("the server's API (default llama)")}),
+    RunOption("api", ("--api",), "auto: ask the server which it serves; llama: POST /embedding; openai: POST /v1/embeddings "
+              "(or /embeddings below the URL); tei: POST /embed; ollama: POST /api/embed", field="target.api", applies=SERVER,
+              kind="choice", choices=("auto", "llama", "openai", "tei", "ollama"), default="auto", blank_is_default=True,
+              label="server API", shown={"dashboard": Shown("the server's API (default auto: asked on connect)")}),
     RunOption("api_key_env", ("--api-key-env",), "the environment variable holding the API key (sent as a bearer token)",
               field="target.api_key_env", applies=SERVER, metavar="VAR"),
     RunOption("server_model", ("--server-model",), "openai: the 'model' field (default: the server's first model)",

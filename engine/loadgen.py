@@ -62,7 +62,7 @@ class ProcessSpec:
     path: str  # /embedding or /v1/embeddings
     bodies: list[str]  # request bodies (JSON text), sent in turn: request i sends bodies[i % len]
     items: list[int]  # texts in each body
-    api: str  # llama, openai, tei: how an answer is read
+    api: str  # llama, openai, tei, ollama: how an answer is read (the API found on connect, never auto)
     concurrency: int  # closed loop: this process's workers; open loop: its connections at most
     rate: float | None = None  # open loop: this process's arrivals per second; None: closed loop
     seed: int = 0
@@ -178,6 +178,7 @@ class _Sender:
             async with session.post(spec.path, data=body, allow_redirects=False, timeout=timeout) as r:
                 status = r.status
                 server = server_timings(r.headers)
+                header_tokens = protocol.header_tokens(spec.api, r.headers)
                 if 200 <= r.status < 300:
                     raw = await read_capped(r, spec.max_answer_bytes)
                 else:
@@ -201,7 +202,7 @@ class _Sender:
         if isinstance(answer, Failure):
             done(answer.kind, answer.message)
             return
-        done(tokens=answer.tokens, dim=int(answer.matrix.shape[1]) if n else None)
+        done(tokens=answer.tokens if answer.tokens is not None else header_tokens, dim=int(answer.matrix.shape[1]) if n else None)
 
     async def closed(self, session: Any) -> None:
         spec = self.spec

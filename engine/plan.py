@@ -179,12 +179,12 @@ def backend_refusal(backend: str, device: str, dtype: str, quantize: str) -> str
 
 
 class ServerTarget(_Plan):
-    """An embedding server: llama.cpp's native API or an OpenAI-compatible one."""
+    """An embedding server: llama.cpp's native API, an OpenAI-compatible one, TEI's or Ollama's (auto: asked on connect)."""
 
     kind: Literal["server"] = "server"
     url: str
-    api: Literal["llama", "openai"] = "llama"
-    server_model: str | None = None  # the OpenAI "model" field; default: the server's first model
+    api: Literal["auto", "llama", "openai", "tei", "ollama"] = "auto"
+    server_model: str | None = None  # the OpenAI or Ollama "model" field; default: the server's first model
     prompts_from: str | None = None  # a model id or folder whose prompts are applied client-side
     api_key_env: str | None = None  # the variable's name; its value is never in a plan
     timeout_s: float = 60.0

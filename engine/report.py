@@ -43,6 +43,7 @@ from .results import (
     SimilarityResult,
     SpeedResult,
     SweepResult,
+    TokenCounts,
     TokenLengths,
     TrainResult,
     VersusResult,
@@ -74,9 +75,24 @@ HISTOGRAM_QUANTILES = "quantiles from a histogram"
 
 
 # The reasons are worded here once; the dashboard shows the same ones (``tokens_missing(...).reason``).
-def tokens_missing(server: bool) -> NA:
-    """Why tokens, tokens/s and padding are n/a: a server (llama.cpp's native API) reports no token counts."""
+def tokens_missing(server: bool, counts: TokenCounts | None = None) -> NA:
+    """Why tokens, tokens/s and padding are n/a: a server (llama.cpp's native API) reports no token counts, or what it
+    reports are not tokens (``counts``: its texts' characters or words)."""
+    if counts is not None and counts.counts != "tokens":
+        return NA(counts.label())
     return NA("the server reports no token counts" if server else "the target reports no token counts")
+
+
+def token_counts(snap: Snapshot) -> TokenCounts | None:
+    """What the server's counts were found to be, where it reported any."""
+    found = snap.summary.results.get("token_counts")
+    return found if isinstance(found, TokenCounts) else None
+
+
+def tokens_label(snap: Snapshot) -> str:
+    """The heading of the server's reported tokens: what they were found to be."""
+    found = token_counts(snap)
+    return f"tokens ({found.label()})" if found is not None else "tokens (server-reported)"
 
 
 def words_missing(workload_name: str | None) -> NA:
@@ -89,7 +105,7 @@ def _server(snap: Snapshot) -> bool:
 
 
 def no_tokens(snap: Snapshot) -> NA:
-    return tokens_missing(_server(snap))
+    return tokens_missing(_server(snap), token_counts(snap))
 
 
 def no_words(snap: Snapshot) -> NA:
@@ -409,6 +425,16 @@ SPLIT_PARTS = (("queue", "queue (server)"), ("tokenization", "tokenization (serv
                ("server_total", "the server's total"), ("network_client", "network and client (the rest)"))
 
 
+def _confirmation(knee: KneeResult) -> Cell:
+    """The confirmation step at the sustainable rate, in words."""
+    held = knee.confirmation
+    if held is None:
+        return NA("no rate held the objective" if knee.sustainable_per_s is None else "the run was stopped first")
+    p99 = "n/a" if held.p99_s is None else f"{held.p99_s * 1e3:.1f} ms"
+    return (f"{held.offered_per_s:.4g}/s for {held.sent:,} requests: p99 {p99}, "
+            + ("holds" if held.passed else f"breaks ({held.why})"))
+
+
 def knee_tables(knee: KneeResult) -> list[Table]:
     """The knee search: its answer and objective, then every step in the order it ran."""
     broke = next((st for st in knee.steps if not st.passed), None)
@@ -423,6 +449,9 @@ def knee_tables(knee: KneeResult) -> list[Table]:
         ("steps", f"{len(knee.steps)} of {knee.step_s:g} s"),
         ("first rate", knee.start_from),
         ("what broke it first", broke.why if broke is not None else NA("nothing broke it")),
+        ("held for longer", _confirmation(knee)),
+        ("p99 held for longer / in the search", or_na(knee.stability(), NA("no confirmation step" if knee.confirmation is None
+                                                                          else "a p99 is missing"))),
     ])
     steps = Table("knee-steps", "The knee's steps (in the order run)", ["step", "offered/s", "answered/s", "sent", "ok", "failed", "p50 s", "p99 s",
                                                                     "sends late p99 s", "objective"])
@@ -525,7 +554,7 @@ def server_tables(snap: Snapshot) -> list[Table]:
     s = snap.summary
     out: list[Table] = []
     groups = list(s.requests)
-    no_tok = tokens_missing(server=True)
+    no_tok = tokens_missing(server=True, counts=token_counts(snap))
     none_answered = NA("no request answered (warm-ups are not counted)")
     if len(groups) == 1:
         r = groups[0]
@@ -542,12 +571,12 @@ def server_tables(snap: Snapshot) -> list[Table]:
             ("latency p99 s", or_na(st.p99_s, none_answered)),
             ("bytes sent", r.bytes_sent),
             ("bytes received", r.bytes_received),
-            ("tokens (server-reported)", or_na(r.tokens, no_tok if r.answered else none_answered)),
+            (tokens_label(snap), or_na(r.tokens, no_tok if r.answered else none_answered)),
             ("server pid", snap.target.server_pid),
         ]))
     elif groups:
         table = Table("requests", "Requests to the server by kind of call (send to parsed response; latency: answered, not warm-up)",
-                      list(REQUEST_COLUMNS))
+                      [*REQUEST_COLUMNS[:-1], tokens_label(snap)])
         for r in groups:
             st = r.stats
             table.rows.append([_group_label(r), r.requests, r.answered, r.failed, _kinds(r.failed_by_kind), st.mean_s, st.p50_s, st.p90_s,

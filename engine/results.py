@@ -66,7 +66,10 @@ class TargetFacts(_Frozen):
     weights_bytes: int | None = None  # parameters and buffers as held in memory (torch: tensor sizes; onnx: initializers)
     graph_file: str | None = None  # onnx / openvino: the exported (and quantized) graph that ran
     # A server's side:
-    api: str | None = None
+    api: str | None = None  # the API spoken: llama, openai, tei, ollama (found on connect, or as --api said)
+    api_path: str | None = None  # the route embeddings were asked at ("/v1/embeddings", "/embeddings", "/embed" …)
+    api_found: str | None = None  # how the API was found: the server's answer that told (one sentence)
+    server_software: str | None = None  # which server it is, where it says so ("llama.cpp", "infinity", "vLLM" …)
     url: str | None = None  # never with credentials
     server_pid: int | None = None
     prompts_from: str | None = None
@@ -316,6 +319,21 @@ class KneeResult(_Frozen):
     sustainable_per_s: float | None
     bracket: tuple[float, float] | None  # the last rate that held and the first that broke, when both were seen
     start_from: str  # how the first rate was chosen
+    # A step CONFIRM_STEPS times as long at the sustainable rate, after the search: whether the answer holds when the
+    # server is held at it for longer. None: not run (no rate held, or the run was stopped first).
+    confirmation: KneeStep | None = None
+
+    def search_step(self) -> KneeStep | None:
+        """The search's step at the sustainable rate (the one the confirmation is held against)."""
+        return next((st for st in self.steps if st.passed and st.offered_per_s == self.sustainable_per_s), None)
+
+    def stability(self) -> float | None:
+        """The confirmation's p99 over the search's at the same rate: near 1, the answer reproduces; far above, the
+        search's short step flattered the server. None where either is unknown."""
+        search = self.search_step()
+        if self.confirmation is None or search is None or not search.p99_s or self.confirmation.p99_s is None:
+            return None
+        return self.confirmation.p99_s / search.p99_s
 
 
 class ServerMetrics(_Frozen):
@@ -325,6 +343,31 @@ class ServerMetrics(_Frozen):
     start: dict[str, float]
     end: dict[str, float]
     delta: dict[str, float]
+
+
+class TokenCounts(_Frozen):
+    """What a server's reported counts were found to be (``targets/token_counts.py``): tokens, or its texts' characters or
+    words (then no tokens/s is made of them); checked against a tokenizer of the served model where one was at hand."""
+
+    kind: Literal["token_counts"] = "token_counts"
+    counts: Literal["tokens", "characters", "words"]
+    requests: int  # answered requests that reported a count
+    matched: int = 0  # characters or words: how many requests' counts equalled their texts' characters or words
+    verified_by: str | None = None  # the tokenizer the counts were checked against; None: unverified
+    checked: int = 0
+    agreed: int = 0
+    first_differs: tuple[int, int] | None = None  # (the server's count, the tokenizer's) of the first that differed
+
+    def label(self) -> str:
+        """What the counts are, as the tables and the dashboard say it."""
+        if self.counts != "tokens":
+            return f"the server reports {self.counts}, not tokens"
+        if self.verified_by is None:
+            return "server-reported, unverified"
+        if self.agreed == self.checked:
+            return f"server-reported; {self.agreed} of {self.checked} checked agree with {self.verified_by}'s tokenizer"
+        said = f" (first: {self.first_differs[0]:,} against {self.first_differs[1]:,})" if self.first_differs else ""
+        return f"server-reported; {self.checked - self.agreed} of {self.checked} checked differ from {self.verified_by}'s tokenizer{said}"
 
 
 class RequestErrors(_Frozen):
@@ -542,6 +585,7 @@ AnyResult = Annotated[
         LoadResult,
         KneeResult,
         ServerMetrics,
+        TokenCounts,
         RequestErrors,
         MtebRun,
         MtebTask,

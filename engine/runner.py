@@ -127,21 +127,28 @@ class Runner:
         """Run on the calling thread (a UI's worker thread); ``start()`` runs it on a thread of its own."""
         bus = self.bus
         clock = bus.clock
-        sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml, server_pid=self.target.server_pid)
-        self.sampler = sampler
-        bus.subscribe(sampler)
-        ctx = RunContext(bus, self.cancel_event)
-        bus.publish(
-            RunStarted(
-                t_ns=clock.now(),
-                run_id=self.run_id,
-                started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                target=self.target.describe(),
-                workload=self.workload.facts(),
-                sample_hz=self.sample_hz,
-                plan=self.plan,
+        try:
+            sampler = Sampler(bus, self.sample_hz, gpu_index=self._gpu_index(), nvml=self._nvml, server_pid=self.target.server_pid)
+            self.sampler = sampler
+            bus.subscribe(sampler)
+            ctx = RunContext(bus, self.cancel_event)
+            bus.publish(
+                RunStarted(
+                    t_ns=clock.now(),
+                    run_id=self.run_id,
+                    started_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    target=self.target.describe(),
+                    workload=self.workload.facts(),
+                    sample_hz=self.sample_hz,
+                    plan=self.plan,
+                )
             )
-        )
+        except BaseException:
+            # Before the run began there is nothing to save; whoever waits for it is still released (join), and the
+            # failure goes on to the thread's own report.
+            self.status = "failed"
+            self._done.set()
+            raise
         status: RunStatus = "complete"
         sampler.start()
         try:

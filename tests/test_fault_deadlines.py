@@ -145,7 +145,7 @@ def test_a_stalling_answer_ends_at_the_deadline(mode: str, api: str, server: Any
 @pytest.mark.parametrize("stall", ["connect", "tls"])
 def test_a_connect_or_handshake_that_never_completes_ends_at_the_deadline(stall: str) -> None:
     with stalled_listener(0 if stall == "connect" else 8) as url:
-        target = HttpTarget(ServerTarget(url=url, timeout_s=0.5))
+        target = HttpTarget(ServerTarget(url=url, api="llama", timeout_s=0.5))
         try:
             thread, box = in_thread(lambda: target.try_request(["a"]))
             thread.join(10.5)
@@ -291,7 +291,7 @@ def test_a_404_while_connecting_names_the_path(server: Any) -> None:
     finally:
         target.close()
     assert str(refused.value) == (f"/health answered 404 (Not Found): the server at {url} is not llama.cpp's, or the URL is not "
-                                  "its root (an OpenAI-compatible server takes --api openai)"), str(refused.value)
+                                  "its root (--api auto finds which API a server serves)"), str(refused.value)
 
 
 # -- the end of a run ------------------------------------------------------------------------------------------

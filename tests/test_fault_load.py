@@ -40,6 +40,7 @@ FAULT_KINDS = {
     "a load process killed in the {} step": "test_a_load_process_that_dies_is_the_runs_one_error[{}]",
     "a stop during the client-ceiling step": "test_a_stop_ends_the_ceiling_probe_at_once",
     "a client-ceiling step whose every request fails": "test_a_probe_whose_requests_all_fail_says_it_measured_nothing",
+    "a target whose facts fail before the run's first event": "test_a_target_that_fails_before_the_run_begins_releases_whoever_waits",
 }
 
 LOAD_LINE = r"^\s+load\s+… (concurrency|Poisson)"  # the load phase has begun (tui/console.py ConsoleProgress)
@@ -206,3 +207,22 @@ def test_a_probe_whose_requests_all_fail_says_it_measured_nothing() -> None:
     assert probe.ceiling.requests_per_s is None and set(probe.failed) == {"connection"}
     assert probe.note().startswith("the client's own ceiling could not be measured: its ")
     assert "all failed (connection: " in probe.note() and f"127.0.0.1:{port}" in probe.note(), probe.note()
+
+
+def test_a_target_that_fails_before_the_run_begins_releases_whoever_waits(server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure before the run's first event (the target's facts) leaves nothing to save, but never a caller waiting
+    for ever: run_sync returns "failed", and the failure reaches the thread's own report."""
+    hooked: list[str] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: hooked.append(repr(args.exc_value)))
+
+    def no_facts(self: HttpTarget) -> Any:
+        raise RuntimeError("no facts")
+
+    monkeypatch.setattr(HttpTarget, "describe", no_facts)
+    runner = Runner(HttpTarget(ServerTarget(url=server("ok"), api="llama")), LoadWorkload(LoadPlan(requests=1, concurrency=1)), nvml=None)
+    status: list[str] = []
+    waiter = threading.Thread(target=lambda: status.append(runner.run_sync()), daemon=True)
+    waiter.start()
+    waiter.join(30)
+    assert status == ["failed"], "run_sync was still waiting 30 s after a failure before the run began"
+    assert hooked == ["RuntimeError('no facts')"], hooked

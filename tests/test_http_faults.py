@@ -112,7 +112,8 @@ def test_secrets_are_sent_and_never_written(cli_env: dict[str, str], server: Any
 
 def test_prompts_are_applied_client_side(cli_env: dict[str, str], server: Any, tiny_gemma: Path) -> None:
     url = server("ok")
-    rc, out, err, _ = run_cli(["run", "encode", "--server", url, "--prompts-from", str(tiny_gemma), "--as", "query", "--repeats", "1"], cli_env)
+    rc, out, err, _ = run_cli(["run", "encode", "--server", url, "--api", "llama", "--prompts-from", str(tiny_gemma), "--as", "query",
+                               "--repeats", "1"], cli_env)
     assert rc == 0, err
     sent = [t for b in fault_server.STATE.bodies if isinstance(b.get("content"), list) for t in b["content"]]
     assert sent and all(t.startswith("task: search result | query: ") for t in sent)

@@ -223,6 +223,10 @@ def test_the_knee_of_a_real_llama_server(cli_env: dict[str, str], llama: LlamaSe
     assert all(s.offered_per_s > knee.sustainable_per_s for s in broke)
     phases = [ph.name for ph in snap.summary.phases]
     assert "knee: one connection" in phases and sum(n.startswith("knee step") for n in phases) == len(knee.steps)
+    # The answer held again, for twice a step's time, at the rate found: how it fared is the result's own.
+    held = knee.confirmation
+    assert held is not None and held.offered_per_s == knee.sustainable_per_s and "knee: confirmation" in phases
+    assert knee.stability() == pytest.approx(held.p99_s / knee.search_step().p99_s)
     assert "The knee's steps" in out
     # Exports: the curve as a chart beside the Markdown report, and every step as CSV.
     path, _ = snapshot_from(out)

@@ -338,13 +338,14 @@ def capacity_server() -> Any:
 def test_the_knee_of_a_server_of_known_capacity_is_found_within_ten_percent(cli_env: dict[str, str], capacity_server: str) -> None:
     # The capacity, measured apart: a closed loop of twice the server's slots keeps every slot busy, so what it
     # gets answered is all the server can answer (by construction 200/s, less the server's own overhead).
-    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--concurrency", "100", "--duration", "5"], cli_env)
+    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--api", "llama", "--concurrency", "100", "--duration", "5"],
+                              cli_env)
     assert rc == 0, err
     _, saturated = load_of(out)
     capacity = saturated.requests_per_s
     assert capacity is not None and 170 <= capacity <= 205, capacity
-    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--find-knee", "--rate", "150", "--step-duration", "6",
-                               "--slo-p99", "400"], cli_env)
+    rc, out, err, _ = run_cli(["run", "load", "--server", capacity_server, "--api", "llama", "--find-knee", "--rate", "150",
+                               "--step-duration", "6", "--slo-p99", "400"], cli_env)
     assert rc == 0, err
     _, snap = snapshot_from(out)
     knee = snap.summary.results["knee"]
@@ -407,7 +408,7 @@ def test_a_mix_sends_each_source_in_its_share_and_reports_latency_by_source(cli_
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{httpd.server_address[1]}"
-        rc, out, err, _ = run_cli(["run", "load", "--server", url, "--requests", "400", "--concurrency", "4",
+        rc, out, err, _ = run_cli(["run", "load", "--server", url, "--api", "llama", "--requests", "400", "--concurrency", "4",
                                    "--mix", f"{queries}:0.8,{docs}:0.2"], cli_env)
     finally:
         httpd.shutdown()

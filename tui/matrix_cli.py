@@ -52,7 +52,7 @@ def add_parser(sub: Any, formatter: type[argparse.HelpFormatter]) -> None:
                    "(keys: model, device, dtype, backend, quantize, quantize_mode, truncate_dim, precision; the rest: each axis's first value)")
     g = mx.add_argument_group("servers (each is a cell too)")
     g.add_argument("--server", type=text, action="append", default=None, metavar="URL", help="an embedding server, repeatable")
-    g.add_argument("--api", choices=["llama", "openai"], help="the servers' API (default llama)")
+    g.add_argument("--api", choices=["auto", "llama", "openai", "tei", "ollama"], help="the servers' API (default llama; auto: asked on connect)")
     g.add_argument("--server-of", type=text, action="append", default=None, metavar="MODEL",
                    help="the model a server serves, in --server order (one for all): its agreement is against that model")
     g.add_argument("--server-name", type=text, action="append", default=None, metavar="NAME", help="how the table names a server, in --server order")

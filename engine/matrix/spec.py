@@ -83,7 +83,9 @@ class ServerCell(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)  # strict as the plan is: "yes" is no name, 8080 no URL
 
     url: str
-    api: Literal["llama", "openai"] = "llama"
+    # llama by default, as before auto existed: a cell's id is made of its settings, and a matrix run again must find
+    # the cells it measured. auto (asked on connect) is one setting away.
+    api: Literal["auto", "llama", "openai", "tei", "ollama"] = "llama"
     name: str | None = None  # how the table names it ("minilm q8_0"); default: the URL
     of: str | None = None  # the model it serves ("bundled", a Hub id or folder): its agreement is against that model's reference
     server_model: str | None = None
@@ -387,7 +389,9 @@ def label_of(target: LocalTarget | ServerTarget, precision: str, server_name: st
     if placement is not None:
         return label_of(target, precision, server_name) + f" @ {placement.name}"
     if isinstance(target, ServerTarget):
-        parts = [server_name or strip_credentials(target.url), target.api] + ([f"{precision} vectors"] if precision != "float32" else [])
+        # The API once it is said (auto is found on connect, and the snapshot says what was found).
+        api = [target.api] if target.api != "auto" else []
+        parts = [server_name or strip_credentials(target.url), *api] + ([f"{precision} vectors"] if precision != "float32" else [])
         return " · ".join(parts)
     mode = int8_mode(target)
     weights = target.dtype if target.quantize == "none" else (f"int8 {mode}" if mode else "int8 weights")

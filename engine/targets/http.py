@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,21 +48,19 @@ from ..plan import EncodeMode, ServerTarget, strip_credentials
 from ..results import RequestErrors, ServerMetrics, TargetFacts
 from ..stats import known_sum
 from . import protocol
-from .base import Capabilities, EncodeOutcome, default_prompt_name, resolve_prompt_text
+from .base import Capabilities, EncodeOutcome, bundled_model_dir, default_prompt_name, resolve_prompt_text
+from .discover import Api, Found, discover
+from .token_counts import CountCheck, Counter, folder_counter
 from .local import declared_prompts_of
 from .protocol import (
-    MESSAGE_CHARS,
     MODEL_ID_CHARS,
     BadBody,
     BadShape,
     Failure,
     Width,
     clip,
-    decode_answer,
     embeddings_of,
     is_count,
-    model_id_of,
-    props_of,
     reason,
 )
 
@@ -412,9 +411,8 @@ class HttpTarget:
 
     def __init__(self, spec: ServerTarget) -> None:
         self.spec = spec
-        # llama.cpp's native /embedding reports no token counts; OpenAI's API reports prompt_tokens.
-        self.capabilities = Capabilities(reports_tokens=spec.api == "openai", has_tokenizer=False, local_device=False,
-                                         server_process=True)
+        # What the server answered on connect (discover.py): the API, where it sits, which server it is.
+        self._found: Found | None = None
         self.base = spec.url.rstrip("/")
         self.url = strip_credentials(self.base)
         self.server_pid = spec.server_pid
@@ -432,6 +430,25 @@ class HttpTarget:
         self._width = Width()  # every vector of this run as long as the first answer's
         # Vectors of all zeros met by similarity(): their cosine is undefined, which the run notes.
         self._zero_vectors = 0
+        # What the server's reported counts are (tokens, or characters or words), judged request by request.
+        self.counts = CountCheck()
+
+    @property
+    def api(self) -> Api:
+        """The API this client speaks: what the server answered on connect, or --api before it (auto: asked then)."""
+        if self._found is not None:
+            return self._found.api
+        if self.spec.api == "auto":
+            raise RuntimeError("the server's API is found on connect: resolve() or load() first")
+        return self.spec.api
+
+    @property
+    def capabilities(self) -> Capabilities:
+        # llama.cpp's native /embedding reports no token counts; OpenAI's and Ollama's APIs say them in the answer, TEI's in a header.
+        # Asked before the connect too (auto: the API is not known yet, and no count is promised).
+        api = self._found.api if self._found is not None else self.spec.api
+        return Capabilities(reports_tokens=api in ("openai", "ollama", "tei"), has_tokenizer=False, local_device=False,
+                            server_process=True)
 
     # -- before the run ------------------------------------------------------------------------------
     def resolve(self) -> None:
@@ -534,27 +551,16 @@ class HttpTarget:
     def _reach_once(self) -> None:
         import httpx
 
-        llama = self.spec.api == "llama"
-        where = "/health" if llama else "/v1/models"
+        where = ""
+
+        def get(path: str) -> tuple[int, bytes, str]:
+            nonlocal where
+            where = path  # what a failure of the connection names
+            status, body, answered = self._get(path)
+            return status, body, self.redact(answered)
+
         try:
-            if llama:
-                status, _, answered = self._get(where)
-                if status == 503:
-                    raise UserError(f"the server at {self.url} is still loading its model (/health says 503); try again")
-                if status == 404:  # llama.cpp answers its health: a 404 is another server, or a URL with a path too many
-                    raise UserError(f"{clip(self.redact(answered), MESSAGE_CHARS)} answered 404 (Not Found): the server at {self.url} "
-                                    "is not llama.cpp's, or the URL is not its root (an OpenAI-compatible server takes --api openai)")
-                where = "/props"
-                props_status, props, _ = self._get(where)
-                if props_status == 200:
-                    self._props = props_of(decode_answer(props))
-            else:
-                status, models, _ = self._get(where)
-                # The list is read only for the name to send; a name given on the command line needs none.
-                if status == 200 and self._model_name is None:
-                    self._model_name = model_id_of(decode_answer(models))
-            if status in (401, 403):
-                raise UserError(f"the server at {self.url} refused the credentials (HTTP {status}); see --api-key-env")
+            self._found = discover(get, self.url, self.spec.api, self._model_name)
         except httpx.ConnectError as exc:
             raise UserError(f"cannot connect to {self.url}: {reason(exc, self.redact)} (is the server running?)") from None
         except httpx.TimeoutException as exc:
@@ -568,15 +574,47 @@ class HttpTarget:
         except BadBody:
             raise UserError(f"{self.url}{where} answered with something that is not JSON: is it an embedding server?") from None
         except BadShape as exc:
-            kind = "a llama.cpp" if llama else "an OpenAI-compatible"
-            hint = "" if llama else " (--server-model NAME names the model without the list)"
-            raise UserError(f"{self.url}{where} is not what an embedding server answers ({exc}): is it {kind} server?{hint}") from None
+            raise UserError(f"{self.url}{where} is not what an embedding server answers ({exc}): is it a llama.cpp server?") from None
+        self._props = self._found.props
+        if self._model_name is None:
+            self._model_name = self._found.model
+        self.counts = CountCheck(*self._counter())
+
+    def check_counts_with(self, model: str) -> None:
+        """Check the server's counts with ``model``'s tokenizer (--compare-model, the model it is said to serve), where
+        no tokenizer checks them yet and no count was judged."""
+        if self.counts.has_counter or self.counts.requests:
+            return
+        from .local import tokenizer_folder
+
+        folder = tokenizer_folder(model) if model != "bundled" else Path(bundled_model_dir())
+        counter = folder_counter(folder) if folder is not None else None
+        if counter is not None:
+            self.counts = CountCheck(counter, "all-MiniLM-L6-v2 (bundled)" if model == "bundled" else model)
+
+    def _counter(self) -> tuple[Counter | None, str | None]:
+        """A tokenizer of the served model to check the server's counts with: --prompts-from's folder, or llama.cpp's own
+        /tokenize where the server is llama.cpp (asked only for the first requests' texts)."""
+        if self.spec.prompts_from:
+            from .local import tokenizer_folder
+
+            folder = tokenizer_folder(self.spec.prompts_from)
+            counter = folder_counter(folder) if folder is not None else None
+            if counter is not None:
+                return counter, self.spec.prompts_from
+        if self._found is not None and self._found.software == "llama.cpp":
+            def tokenize(texts: Sequence[str]) -> int | None:
+                lengths = self._tokenize(texts, None)
+                return sum(lengths) if len(lengths) == len(texts) else None
+
+            return tokenize, "llama.cpp's /tokenize"
+        return None, None
 
     def read_counters(self, *, stoppable: bool = False) -> dict[str, float] | None:
         """llama.cpp's own counters from /metrics (started with --metrics); None when it is off. Asked at the
         run's start and end, and at the end even after a stop (briefly: a stop ends the run within 2 s);
         ``stoppable``: asked mid-run, where a stop ends the wait at once."""
-        if self.spec.api != "llama":
+        if self.api != "llama":
             return None
         stopped = self._stop is not None and self._stop.is_set()
         limit = min(STOPPED_METRICS_S if stopped else METRICS_S, self.spec.timeout_s)
@@ -605,7 +643,11 @@ class HttpTarget:
     def describe(self) -> TargetFacts:
         facts: dict[str, Any] = {
             "backend": "http",
-            "api": self.spec.api,
+            # Before the connect (the run's first facts) an API of auto is not known yet; the facts after it say it.
+            "api": self._found.api if self._found is not None else self.spec.api,
+            "api_path": self.payload([])[0] if self._found is not None or self.spec.api != "auto" else None,
+            "api_found": self._found.how if self._found is not None else None,
+            "server_software": self._found.software if self._found is not None else None,
             "url": self.url,
             # The server's own name for its model, which it could make anything.
             "model_name": self.redact(self._model_name or self._server_model_file() or self.url),
@@ -694,6 +736,10 @@ class HttpTarget:
             outcome = self.try_request(chunk)
             if ctx is not None:
                 ctx.emit(outcome.event(ctx, call_index, self._request_index, warmup, group))
+                if outcome.decided:  # what the counts are, said as soon as it is known: the dashboard's labels say it
+                    verdict = self.counts.result()
+                    if verdict is not None:
+                        ctx.emit(Result(t_ns=ctx.now(), result=verdict))
             self._request_index += 1
             if not outcome.error_kind and outcome.vectors is not None:
                 return outcome.vectors, outcome.tokens, outcome.duration_ns
@@ -705,7 +751,7 @@ class HttpTarget:
 
     def payload(self, chunk: list[str]) -> tuple[str, dict[str, Any]]:
         """The path and body of one request for ``chunk`` (the load workload sends the same bodies)."""
-        return protocol.request_payload(self.spec.api, chunk, self._model_name)
+        return protocol.request_payload(self.api, chunk, self._model_name, self._found.prefix if self._found is not None else "/v1")
 
     def try_request(self, chunk: list[str]) -> RequestOutcome:
         """One request, never raising for what the server or the connection did: the vectors, or the failure's
@@ -734,30 +780,39 @@ class HttpTarget:
                 else:
                     raw = _read_capped(r, protocol.MAX_ERROR_BYTES, cut=True)
                 phrase, location, answered = r.reason_phrase or "", r.headers.get("location", ""), r.url.path
+                header_tokens = protocol.header_tokens(self.api, r.headers)
             received = time.perf_counter_ns() - t0
         except RunCancelled:  # the run was stopped while this request was under way: it is no failure of the server's
             raise
         except Exception as exc:  # whatever stopped the answer arriving is this request's failure, not the run's crash
             return failed(_classify(exc), reason(exc, self.redact))
-        answer = protocol.classify_answer(status, raw, len(chunk), self.spec.api, reason_phrase=phrase, location=location,
+        answer = protocol.classify_answer(status, raw, len(chunk), self.api, reason_phrase=phrase, location=location,
                                           path=answered, width=self._width, redact=self.redact)
         if isinstance(answer, Failure):
             return failed(answer.kind, answer.message)
-        return RequestOutcome(duration_ns=time.perf_counter_ns() - t0, items=len(chunk), sent=len(data), received=len(raw),
-                              status=status, vectors=answer.matrix, tokens=answer.tokens, received_ns=received)
+        took = time.perf_counter_ns() - t0
+        reported = answer.tokens if answer.tokens is not None else header_tokens
+        tokens, decided = self.counts.take(chunk, reported)  # after the clock: a check against a tokenizer is not the request
+        return RequestOutcome(duration_ns=took, items=len(chunk), sent=len(data), received=len(raw), status=status,
+                              vectors=answer.matrix, tokens=tokens, received_ns=received, decided=decided)
 
     def parse(self, parsed: Any, n: int) -> tuple[np.ndarray, int | None]:
         """A decoded answer as (n × dim float32 matrix, tokens reported), its dim the same as the run's
         earlier answers; a BadShape otherwise."""
-        vectors, tokens = embeddings_of(parsed, n, self.spec.api)
+        vectors, tokens = embeddings_of(parsed, n, self.api)
         if n:
             self._width.check(int(vectors.shape[1]))
         return vectors, tokens
 
     def token_lengths(self, texts: Sequence[str], prompt: str | None) -> list[int]:
         """llama.cpp's own tokenizer through /tokenize; nothing for other servers."""
-        if self.spec.api != "llama" or len(texts) > 2000:
+        if self.api != "llama" or len(texts) > 2000:
             return []
+        return self._tokenize(texts, prompt)
+
+    def _tokenize(self, texts: Sequence[str], prompt: str | None) -> list[int]:
+        """The token count of each text (``prompt`` before it) by llama.cpp's /tokenize, with the special tokens; [] when
+        any one fails."""
         out = []
         client = self.client
         for t in texts:
@@ -797,6 +852,15 @@ class HttpTarget:
         """The request errors (first: they are this client's own count, and nothing the server does at the end
         may cost them), and what the server counted while the run went on (its /metrics)."""
         ctx.emit(Result(t_ns=ctx.now(), result=RequestErrors(errors=self.errors, errors_by_kind=dict(self.errors_by_kind))))
+        verdict = self.counts.result()
+        if verdict is not None:  # with every request's tally
+            ctx.emit(Result(t_ns=ctx.now(), result=verdict))
+            if verdict.counts != "tokens":
+                ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
+                    f"the server reports its texts' {verdict.counts} where tokens belong ({verdict.matched} of {verdict.requests} "
+                    f"requests' counts equal their {verdict.counts}): no tokens/s is made of them"
+                    + (" (infinity counts tokens when started with --lengths-via-tokenize)" if verdict.counts == "characters"
+                       and self._found is not None and self._found.software == "infinity" else ""))))
         if self._zero_vectors:
             ctx.emit(Note(t_ns=ctx.now(), level="warning", text=(
                 f"the server sent {self._zero_vectors} vector(s) of all zeros: a zero vector's cosine similarity is "
@@ -824,6 +888,7 @@ class RequestOutcome:
     error_kind: str = ""
     error: str = ""
     received_ns: int | None = None
+    decided: bool = False  # this request's count decided what the server's counts are (CountCheck.take)
 
     def event(self, ctx: RunContext, call_index: int, request_index: int, warmup: bool, group: str = "") -> RequestTimed:
         return RequestTimed(

@@ -142,17 +142,25 @@ class SentenceTransformerTarget:
             return declared
         return {**prompts_added_at_load(), **declared}
 
-    def folder_prompts(self) -> dict[str, str] | None:
-        """The prompts the model folder declares, read without importing torch; None if unknown yet."""
+    def local_folder(self, marker: str = "config_sentence_transformers.json") -> Path | None:
+        """The model's folder on this machine, found without importing torch: the folder given, or the Hugging Face
+        cache's snapshot that holds ``marker``; None when it is not here yet."""
         self.resolve()
         folder = Path(self.location)
         if not folder.is_dir():
             from huggingface_hub import try_to_load_from_cache
 
-            cached = try_to_load_from_cache(self.location, "config_sentence_transformers.json")
+            cached = try_to_load_from_cache(self.location, marker)
             if not isinstance(cached, str):
                 return None
             folder = Path(cached).parent
+        return folder
+
+    def folder_prompts(self) -> dict[str, str] | None:
+        """The prompts the model folder declares, read without importing torch; None if unknown yet."""
+        folder = self.local_folder()
+        if folder is None:
+            return None
         cfg = folder / "config_sentence_transformers.json"
         if not cfg.is_file():
             return {}
@@ -460,6 +468,15 @@ class SentenceTransformerTarget:
         self._hooks.clear()
         if self.model is not None and "preprocess" in vars(self.model):
             del self.model.preprocess
+
+
+def tokenizer_folder(model: str) -> Path | None:
+    """A model's folder with its tokenizer on this machine (None when it is not here): a server's model, named by
+    --prompts-from, whose tokenizer checks the server's token counts."""
+    try:
+        return SentenceTransformerTarget(LocalTarget(model=model)).local_folder("tokenizer.json")
+    except UserError:  # a name that is no model here: the counts stay unverified
+        return None
 
 
 def declared_prompts_of(model: str | None) -> dict[str, str] | None:

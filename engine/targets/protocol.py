@@ -2,8 +2,9 @@
 request's payload and headers, the credentials, their redaction, and the classification of every
 answer, shared by the synchronous client (HttpTarget) and the load generator's asynchronous one.
 
-Two APIs: llama.cpp's native ``POST /embedding`` and the OpenAI-compatible ``POST /v1/embeddings``
-(served by llama.cpp, vLLM, TEI, Infinity …). No client object lives here: each client sends, reads
+Four APIs: llama.cpp's native ``POST /embedding``, the OpenAI-compatible ``POST {prefix}/embeddings``
+(served by llama.cpp, vLLM, TEI, infinity, Ollama, hosted APIs; under /v1 or any prefix), TEI's native
+``POST /embed`` and Ollama's native ``POST /api/embed``; which one a URL serves is ``discover``'s. No client object lives here: each client sends, reads
 the answer's bytes to a size limit, and hands status, headers and bytes to ``classify_answer``.
 
 A server's answer is data from outside: it either becomes a float matrix of exactly one vector per
@@ -36,7 +37,7 @@ from ..plan import ServerTarget
 from ..text import one_line
 
 __all__ = ["AnswerError", "BadBody", "BadShape", "Failure", "Redact", "Vectors", "Width", "api_key", "auth_header",
-           "basic_auth", "classify_answer", "clip", "declared_length", "decode_answer", "embeddings_of", "is_count",
+           "basic_auth", "classify_answer", "clip", "declared_length", "decode_answer", "embeddings_of", "header_tokens", "is_count",
            "model_id_of", "not_json", "oversize_message", "parse_answer", "props_of", "reason", "redact_secrets",
            "request_payload", "secrets", "server_message"]
 
@@ -87,12 +88,18 @@ class BadShape(AnswerError):
 
 
 # -- the request -----------------------------------------------------------------------------------------
-def request_payload(api: str, chunk: list[str], model: str | None) -> tuple[str, dict[str, Any]]:
-    """The path and JSON body of one embedding request for ``chunk``; ``model`` is the OpenAI API's
-    model name (the server's first model, or --server-model), ignored by llama.cpp's native API."""
+def request_payload(api: str, chunk: list[str], model: str | None, prefix: str = "/v1") -> tuple[str, dict[str, Any]]:
+    """The path and JSON body of one embedding request for ``chunk``; ``model`` is the model's name for the
+    APIs that take one (OpenAI's, Ollama's: the server's first model, or --server-model); ``prefix`` is where an
+    OpenAI-compatible API sits below the URL ("/v1", or "" where the URL itself is its root)."""
     if api == "llama":
         return "/embedding", {"content": chunk, "embd_normalize": 2}
-    return "/v1/embeddings", {"input": chunk, "encoding_format": "float", "model": model or "default"}
+    if api == "tei":
+        # TEI's own defaults (its vectors normalized, an over-long input refused rather than cut), said explicitly.
+        return "/embed", {"inputs": chunk, "normalize": True, "truncate": False}
+    if api == "ollama":
+        return "/api/embed", {"model": model or "default", "input": chunk}
+    return f"{prefix}/embeddings", {"input": chunk, "encoding_format": "float", "model": model or "default"}
 
 
 # -- credentials -----------------------------------------------------------------------------------------
@@ -300,6 +307,7 @@ def embeddings_of(parsed: Any, n: int, api: str) -> tuple[np.ndarray, int | None
 
     openai: ``{"data": [{"index": i, "embedding": [...]}, ...], "usage": {"prompt_tokens": t}}``.
     llama: a list of ``{"index": i, "embedding": [[...]]}`` (or the older flat vector), or one such object.
+    tei: a list of vectors, in the order sent. ollama: ``{"embeddings": [...], "prompt_eval_count": t}``.
     Items are put in ``index`` order, as OpenAI's clients do; an answer without any index is taken in order.
     """
     tokens: int | None = None
@@ -310,6 +318,17 @@ def embeddings_of(parsed: Any, n: int, api: str) -> tuple[np.ndarray, int | None
         if not isinstance(items, list):
             raise BadShape("the answer has no 'data' list (not an OpenAI embeddings response)")
         tokens = _token_count(parsed.get("usage"))
+    elif api in ("tei", "ollama"):
+        # TEI's /embed: a list of vectors; Ollama's /api/embed: {"embeddings": [vectors], "prompt_eval_count": tokens}.
+        if api == "ollama":
+            if not isinstance(parsed, dict) or not isinstance(parsed.get("embeddings"), list):
+                raise BadShape("the answer has no 'embeddings' list (not an Ollama /api/embed response)")
+            count: Any = parsed.get("prompt_eval_count")
+            tokens = int(count) if is_count(count) else None
+            parsed = parsed["embeddings"]
+        if not isinstance(parsed, list):
+            raise BadShape(f"the answer is a JSON {_json_type(parsed)}, not a list of vectors (not a TEI /embed response)")
+        items = [{"embedding": v} for v in parsed]
     elif isinstance(parsed, list):
         items = parsed
     elif isinstance(parsed, dict):
@@ -379,6 +398,15 @@ def _row(item: dict[str, Any], api: str) -> list[Any]:
         raise BadShape(f"an embedding holds {' and '.join(bad)} where numbers belong")
     row: list[Any] = emb
     return row
+
+
+def header_tokens(api: str, headers: Any) -> int | None:
+    """The prompt tokens an answer's headers report: TEI's /embed says them only there (x-compute-tokens, the total
+    over the inputs); None for any other API, or a value that is no count."""
+    if api != "tei":
+        return None
+    value = str(headers.get("x-compute-tokens") or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 def _token_count(usage: Any) -> int | None:

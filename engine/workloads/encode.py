@@ -62,6 +62,12 @@ class EncodeWorkload:
         lines = self.lines
         kw: dict[str, Any] = {"mode": p.mode, "prompt_name": p.prompt_name, "prompt": p.prompt, "batch_size": p.batch_size,
                               "group": "encode"}
+        if p.compare_model is not None:  # given with a server only
+            from ..targets.http import HttpTarget
+
+            if isinstance(target, HttpTarget):
+                # The model the server's vectors are held against is the one whose tokenizer its counts are held against.
+                target.check_counts_with(p.compare_model)
         for i in range(p.warmups):
             with ctx.phase("warm-up", f"{i + 1}/{p.warmups}"):
                 target.encode(ctx, lines, label=f"warm-up {i + 1}", warmup=True, **kw)

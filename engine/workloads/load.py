@@ -62,6 +62,8 @@ CLIENT_BOUND_PERCENT = 50.0
 GROWTH = 1.5
 BRACKET = 1.05
 MAX_STEPS = 16
+# The search's answer is held for this many steps' time once more: an answer that holds only for a short step is not one.
+CONFIRM_STEPS = 2
 # A step whose requests still waiting at its end are more than this share of those sent fell behind.
 BACKLOG_SHARE = 0.10
 # After a step that left requests waiting, the server still works through them (the client gave up on
@@ -134,9 +136,11 @@ class _Tally:
     def add(self, rec: Record) -> None:
         target = self.target
         message = target.redact(rec.message) if rec.message else ""
+        # A count the warm-up found to be characters or words (CountCheck) is no token count here either.
+        tokens = rec.tokens if target.counts.usable() else None
         self.ctx.emit(RequestTimed(t_ns=self.ctx.now(), phase_id=self.ctx.phase_id, call_index=0, request_index=self.index,
                                    items=rec.items, duration_ns=rec.latency_ns, status=rec.status, bytes_sent=rec.sent_bytes,
-                                   bytes_received=rec.received_bytes, tokens=rec.tokens, error_kind=rec.kind, error=message,
+                                   bytes_received=rec.received_bytes, tokens=tokens, error_kind=rec.kind, error=message,
                                    group=self.group, lag_ns=rec.lag_ns))
         self.index += 1
         self.done += 1
@@ -148,10 +152,10 @@ class _Tally:
             self.latency.add(rec.latency_ns / 1e9)
             if self.mixed:
                 self.by_source.setdefault(self.labels[rec.index % len(self.labels)], LatencySeries()).add(rec.latency_ns / 1e9)
-            if rec.tokens is None:
+            if tokens is None:
                 self.tokens_known = False
             else:
-                self.tokens += rec.tokens
+                self.tokens += tokens
             if rec.server:
                 self.split_count += 1
                 for part, seconds in rec.server.items():
@@ -289,7 +293,7 @@ class LoadWorkload:
         shares = split(concurrency, n) if concurrency else split(workers, n)
         counts = split(requests, n)
         return [ProcessSpec(base_url=strip_credentials(target.base), path=shape.path, bodies=shape.bodies, items=shape.items,
-                            api=target.spec.api, concurrency=max(1, shares[k] or 1), rate=None if rate is None else rate / n,
+                            api=target.api, concurrency=max(1, shares[k] or 1), rate=None if rate is None else rate / n,
                             seed=seed * 1000 + k, requests=counts[k], duration_s=duration_s, timeout_s=target.spec.timeout_s,
                             headers=headers, basic_auth=basic_auth(target.spec), index=k,
                             records_file=None if records is None else f"{records}/process-{k + 1}.jsonl")
@@ -441,18 +445,22 @@ class LoadWorkload:
                             ok=tally.ok, errors=errors, p50_s=lat.p50_s, p99_s=lat.p99_s, send_lag_p99_s=lag.p99_s, passed=not why,
                             why="; ".join(why))
 
-        def run_step(offered: float) -> bool:
-            n = len(steps) + 1
-            with ctx.phase(f"knee step {n}", f"Poisson {offered:.4g}/s for {p.step_s:g} s"):
-                tally, merged = self._step(ctx, target, shape, rate=offered, seconds=p.step_s, group=f"knee {offered:.4g}/s", index=n)
+        confirmation: list[KneeStep] = []
+
+        def run_step(offered: float, confirm: bool = False) -> bool:
+            n = len(steps) + len(confirmation) + 1
+            seconds = p.step_s * (CONFIRM_STEPS if confirm else 1)
+            name, group = ("knee: confirmation", f"knee confirmation {offered:.4g}/s") if confirm else (f"knee step {n}", f"knee {offered:.4g}/s")
+            with ctx.phase(name, f"Poisson {offered:.4g}/s for {seconds:g} s"):
+                tally, merged = self._step(ctx, target, shape, rate=offered, seconds=seconds, group=group, index=n)
             step = judge(offered, tally, merged)
-            steps.append(step)
+            (confirmation if confirm else steps).append(step)
             ctx.emit(Result(t_ns=ctx.now(), result=result()))  # the curve so far: the dashboard draws it as the search goes
             if not idle and step.p50_s is not None:
                 idle.append(step.p50_s)
             if not step.passed and merged.in_flight and idle:  # a step that held leaves only the last few answers, done at once
                 self._drain(ctx, target, shape, idle[0], merged.in_flight)
-            ctx.emit(Note(t_ns=ctx.now(), text=f"knee step {n}: {offered:.4g}/s offered, "
+            ctx.emit(Note(t_ns=ctx.now(), text=f"knee {'confirmation' if confirm else f'step {n}'}: {offered:.4g}/s offered, "
                                                f"{step.achieved_per_s or 0:.4g}/s answered, p99 "
                                                f"{'n/a' if step.p99_s is None else f'{step.p99_s * 1e3:.1f} ms'}: "
                                                + ("holds" if step.passed else f"breaks ({step.why})")))
@@ -461,7 +469,8 @@ class LoadWorkload:
         def result() -> KneeResult:
             return KneeResult(objective_p99_s=slo_p99, objective_errors_percent=slo_errors, objective_min_achieved_share=1 - BACKLOG_SHARE,
                               step_s=p.step_s, steps=tuple(steps), sustainable_per_s=good,
-                              bracket=(good, bad) if good is not None and bad is not None else None, start_from=start_from)
+                              bracket=(good, bad) if good is not None and bad is not None else None, start_from=start_from,
+                              confirmation=confirmation[0] if confirmation else None)
 
         try:
             while len(steps) < MAX_STEPS and not ctx.cancel_event.is_set():
@@ -482,6 +491,8 @@ class LoadWorkload:
                     good = mid
                 else:
                     bad = mid
+            if good is not None and not ctx.cancel_event.is_set():
+                run_step(good, confirm=True)
         finally:  # a stop keeps the steps measured so far
             ctx.emit(Result(t_ns=ctx.now(), result=result()))
         ctx.check_cancel()
@@ -493,6 +504,11 @@ class LoadWorkload:
             ctx.emit(Note(t_ns=ctx.now(), level="warning",
                           text=f"the objective held at every rate tried, up to {good:.4g}/s: the knee is above it "
                                + ("(--max-rate)" if p.max_rate is not None else f"(the search stops after {MAX_STEPS} steps)")))
+        held = final.confirmation
+        if held is not None and not held.passed:
+            ctx.emit(Note(t_ns=ctx.now(), level="warning",
+                          text=f"the knee did not hold for {CONFIRM_STEPS * p.step_s:g} s at {held.offered_per_s:.4g}/s ({held.why}): "
+                               "the sustainable rate is lower than the search's short steps say; try a longer --step-duration"))
 
     def _drain(self, ctx: RunContext, target: HttpTarget, shape: Shape, idle_s: float, waiting: int) -> None:
         """Wait until the server answers one request about as fast as when idle (twice its idle latency, or 5 ms

@@ -5,7 +5,7 @@ from __future__ import annotations
 from embprof.engine import report
 from embprof.engine.fold import CallGroup, RequestGroup
 from embprof.engine.tables import fmt
-from embprof.engine.results import LoadResult
+from embprof.engine.results import LoadResult, TokenCounts
 from rich.table import Table as RichTable
 from rich.text import Text
 from textual.app import ComposeResult
@@ -20,7 +20,9 @@ BAR_CELLS = 12  # the longest call's bar: short enough to leave its value room i
 
 
 def tokens_na_reason(view: RunView) -> str:
-    return report.tokens_missing(server=view.run.target is not None and view.run.target.backend == "http").reason
+    counts = view.run.results.get("token_counts")  # filed as soon as the server's first count was judged
+    return report.tokens_missing(server=view.run.target is not None and view.run.target.backend == "http",
+                                 counts=counts if isinstance(counts, TokenCounts) else None).reason
 
 
 def words_na_reason(view: RunView) -> str:
