@@ -578,7 +578,9 @@ class HttpTarget:
         self._props = self._found.props
         if self._model_name is None:
             self._model_name = self._found.model
-        self.counts = CountCheck(*self._counter())
+        if not self.counts.has_counter and not self.counts.requests:
+            # The server is reached twice (resolve, then load): its tokenizer is found and read once.
+            self.counts = CountCheck(*self._counter())
 
     def check_counts_with(self, model: str) -> None:
         """Check the server's counts with ``model``'s tokenizer (--compare-model, the model it is said to serve), where
